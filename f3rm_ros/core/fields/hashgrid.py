@@ -1,0 +1,137 @@
+"""Multiresolution hash-grid encoding (Mueller et al. 2022): plain-PyTorch reference and the module.
+
+The exact math (shared with the Triton kernel of ``f3rm_ros.core.ops.hashgrid_triton``, see
+``notes/contracts.md``), for level ``l`` with resolution ``R = resolutions[l]``:
+
+* ``x`` clamped to [0, 1]; ``pos = x * R``; ``cell = min(floor(pos), R - 1)``; ``frac = pos - cell``;
+* the 8 corners ``c = cell + {0,1}^3`` (integers in [0, R]);
+* index: dense ``cx + cy*(R+1) + cz*(R+1)**2`` if ``(R+1)**3 <= T``, else the spatial hash
+  ``((cx*1) ^ (cy*2654435761) ^ (cz*805459861)) mod T`` on uint32 (wrap-around, mask 0xFFFFFFFF);
+* trilinear weights ``prod_axes(frac if bit else 1 - frac)``;
+* output level-major ``[level0 feats, level1 feats, ...]``, dtype of the table, math in fp32.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["HASH_PRIMES", "grid_resolutions", "hash_grid_encode_torch", "hash_grid_encode_loop"]
+
+HASH_PRIMES = (1, 2654435761, 805459861)
+_MASK32 = 0xFFFFFFFF
+
+
+def grid_resolutions(num_levels: int, base_res: int, max_res: int) -> list[int]:
+    """Per-level grid resolutions ``R_l = floor(base_res * b**l)``, ``b = exp((ln max - ln base)/(L-1))``.
+
+    A relative tolerance of 1e-9 is added before the floor so that the last level is exactly
+    ``max_res`` despite rounding of ``b**(L-1)`` (e.g. 16 * b**15 = 2047.9999999 -> 2048).
+
+    Args:
+        num_levels: L >= 1 (with L == 1 the single level has ``base_res``).
+        base_res: coarsest resolution (>= 1).
+        max_res: finest resolution (>= base_res).
+    Returns:
+        list of L ints.
+    """
+    if num_levels < 1 or base_res < 1 or max_res < base_res:
+        raise ValueError(f"bad hash grid levels: num_levels={num_levels}, base_res={base_res}, max_res={max_res}")
+    if num_levels == 1:
+        return [int(base_res)]
+    b = math.exp((math.log(max_res) - math.log(base_res)) / (num_levels - 1))
+    return [int(math.floor(base_res * b**l * (1.0 + 1e-9))) for l in range(num_levels)]
+
+
+def _check(x: Tensor, table: Tensor, resolutions: Sequence[int]) -> None:
+    if x.dim() != 2 or x.shape[-1] != 3:
+        raise ValueError(f"x must be [N, 3], got {tuple(x.shape)}")
+    if table.dim() != 3:
+        raise ValueError(f"table must be [L, T, F], got {tuple(table.shape)}")
+    if len(resolutions) != table.shape[0]:
+        raise ValueError(f"{len(resolutions)} resolutions for a table of {table.shape[0]} levels")
+    if any(int(r) < 1 for r in resolutions):
+        raise ValueError(f"resolutions must be >= 1, got {list(resolutions)}")
+
+
+def hash_grid_encode_torch(x: Tensor,  # [N, 3] in [0, 1]
+                           table: Tensor,  # [L, T, F]
+                           resolutions: Sequence[int]) -> Tensor:  # [N, L*F]
+    """Hash-grid encoding in plain PyTorch (the reference every backend is tested against).
+
+    Differentiable with respect to ``table`` (and ``x`` inside the cells). All levels are evaluated
+    at once: memory is about N * L * 8 * (F + 2) floats.
+
+    Args:
+        x: points in the unit cube (clamped), shape [N, 3].
+        table: feature tables, shape [L, T, F].
+        resolutions: L grid resolutions.
+    Returns:
+        [N, L*F] features, level-major, dtype of ``table``.
+    """
+    _check(x, table, resolutions)
+    L, T, F = table.shape
+    n = x.shape[0]
+    dev = x.device
+    res_list = [int(r) for r in resolutions]
+    res_f = torch.tensor(res_list, dtype=torch.float32, device=dev)  # [L]
+    res_i = torch.tensor(res_list, dtype=torch.int64, device=dev)  # [L]
+    dense = torch.tensor([(r + 1) ** 3 <= T for r in res_list], device=dev)  # [L]
+
+    xc = x.float().clamp(0.0, 1.0)
+    pos = xc[:, None, :] * res_f[None, :, None]  # [N, L, 3]
+    cell = torch.minimum(pos.detach().floor().long(), (res_i - 1)[None, :, None])  # [N, L, 3]
+    frac = pos - cell.float()  # [N, L, 3]
+
+    bits = torch.tensor([[(k >> a) & 1 for a in range(3)] for k in range(8)], dtype=torch.int64, device=dev)  # [8,3]
+    corners = cell[:, :, None, :] + bits[None, None]  # [N, L, 8, 3]
+    cx, cy, cz = corners.unbind(-1)
+    stride = (res_i + 1)[None, :, None]
+    idx_dense = cx + cy * stride + cz * stride * stride
+    idx_hash = ((cx * HASH_PRIMES[0]) ^ (cy * HASH_PRIMES[1]) ^ (cz * HASH_PRIMES[2])) & _MASK32
+    idx_hash = idx_hash % T
+    idx = torch.where(dense[None, :, None], idx_dense, idx_hash)  # [N, L, 8]
+    idx = idx + (torch.arange(L, device=dev, dtype=torch.int64) * T)[None, :, None]
+
+    bitf = bits.float()[None, None]  # [1, 1, 8, 3]
+    fr = frac[:, :, None, :]  # [N, L, 1, 3]
+    w = (bitf * fr + (1.0 - bitf) * (1.0 - fr)).prod(-1)  # [N, L, 8]
+
+    feats = table.reshape(L * T, F).float().index_select(0, idx.reshape(-1)).reshape(n, L, 8, F)
+    out = (w[..., None] * feats).sum(2)  # [N, L, F]
+    return out.reshape(n, L * F).to(table.dtype)
+
+
+def hash_grid_encode_loop(x: Tensor, table: Tensor, resolutions: Sequence[int]) -> Tensor:
+    """Per-point, per-corner Python loop of the same math (slow; for tests only). Shapes as
+    :func:`hash_grid_encode_torch`; no autograd through indices (values only)."""
+    _check(x, table, resolutions)
+    L, T, F = table.shape
+    xs = x.detach().double().cpu().tolist()
+    tab = table.detach().double().cpu()
+    out = torch.zeros(len(xs), L * F, dtype=torch.float64)
+    for i, p in enumerate(xs):
+        p = [min(max(v, 0.0), 1.0) for v in p]
+        for l, r in enumerate(resolutions):
+            r = int(r)
+            pos = [v * r for v in p]
+            cell = [min(int(math.floor(v)), r - 1) for v in pos]
+            frac = [pos[a] - cell[a] for a in range(3)]
+            acc = torch.zeros(F, dtype=torch.float64)
+            for k in range(8):
+                c = [cell[a] + ((k >> a) & 1) for a in range(3)]
+                if (r + 1) ** 3 <= T:
+                    index = c[0] + c[1] * (r + 1) + c[2] * (r + 1) ** 2
+                else:
+                    h = ((c[0] * HASH_PRIMES[0]) & _MASK32) ^ ((c[1] * HASH_PRIMES[1]) & _MASK32) \
+                        ^ ((c[2] * HASH_PRIMES[2]) & _MASK32)
+                    index = h % T
+                wgt = 1.0
+                for a in range(3):
+                    wgt *= frac[a] if (k >> a) & 1 else 1.0 - frac[a]
+                acc += wgt * tab[l, index]
+            out[i, l * F:(l + 1) * F] = acc
+    return out.to(table.dtype)
