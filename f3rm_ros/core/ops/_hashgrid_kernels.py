@@ -1,0 +1,101 @@
+"""Triton kernels of the hash-grid encoding (private; imported on first use by ``hashgrid_triton``).
+
+Importing this module imports Triton and defines the kernels; it compiles nothing. The math is
+documented in :mod:`f3rm_ros.core.ops.hashgrid_triton`. Only Triton APIs present in both Triton 3.6
+and 3.8 are used (jit, constexpr, static_range, load/store with masks, where, atomic_add).
+"""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _corner(cx, cy, cz, fx, fy, fz, stride, dense,
+            K: tl.constexpr, T: tl.constexpr, POW2: tl.constexpr):
+    # corner K = (bx, by, bz) bits; returns (table row index int32, trilinear weight fp32)
+    if K & 1:
+        ix = cx + 1
+        wx = fx
+    else:
+        ix = cx
+        wx = 1.0 - fx
+    if (K >> 1) & 1:
+        iy = cy + 1
+        wy = fy
+    else:
+        iy = cy
+        wy = 1.0 - fy
+    if (K >> 2) & 1:
+        iz = cz + 1
+        wz = fz
+    else:
+        iz = cz
+        wz = 1.0 - fz
+    idx_d = ix + iy * stride + iz * (stride * stride)
+    if POW2:
+        # int32 products wrap like uint32; the low log2(T) bits are all that is kept
+        h = ix ^ (iy * -1640531535) ^ (iz * 805459861)
+        idx_h = h & (T - 1)
+    else:
+        h64 = (ix.to(tl.int64) ^ (iy.to(tl.int64) * 2654435761) ^ (iz.to(tl.int64) * 805459861)) & 0xFFFFFFFF
+        idx_h = (h64 % T).to(tl.int32)
+    idx = tl.where(dense != 0, idx_d, idx_h)
+    w = wx * wy * wz
+    return idx, w
+
+@triton.jit
+def _cell(x_ptr, offs, mask, Rf, R):
+    x0 = tl.load(x_ptr + offs * 3 + 0, mask=mask, other=0.0)
+    x1 = tl.load(x_ptr + offs * 3 + 1, mask=mask, other=0.0)
+    x2 = tl.load(x_ptr + offs * 3 + 2, mask=mask, other=0.0)
+    px = tl.minimum(tl.maximum(x0, 0.0), 1.0) * Rf
+    py = tl.minimum(tl.maximum(x1, 0.0), 1.0) * Rf
+    pz = tl.minimum(tl.maximum(x2, 0.0), 1.0) * Rf
+    # pos >= 0, so truncation is floor
+    cx = tl.minimum(px.to(tl.int32), R - 1)
+    cy = tl.minimum(py.to(tl.int32), R - 1)
+    cz = tl.minimum(pz.to(tl.int32), R - 1)
+    fx = px - cx.to(tl.float32)
+    fy = py - cy.to(tl.float32)
+    fz = pz - cz.to(tl.float32)
+    return cx, cy, cz, fx, fy, fz
+
+@triton.jit
+def hash_fwd(x_ptr, table_ptr, meta_ptr, out_ptr, N,
+             T: tl.constexpr, L: tl.constexpr, F: tl.constexpr, BLOCK: tl.constexpr, POW2: tl.constexpr):
+    pid = tl.program_id(0)
+    lvl = tl.program_id(1)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < N
+    R = tl.load(meta_ptr + 2 * lvl)
+    dense = tl.load(meta_ptr + 2 * lvl + 1)
+    cx, cy, cz, fx, fy, fz = _cell(x_ptr, offs, mask, R.to(tl.float32), R)
+    stride = R + 1
+    fo = tl.arange(0, F)
+    base = table_ptr + lvl.to(tl.int64) * (T * F)
+    acc = tl.zeros([BLOCK, F], dtype=tl.float32)
+    for k in tl.static_range(8):
+        idx, w = _corner(cx, cy, cz, fx, fy, fz, stride, dense, k, T, POW2)
+        v = tl.load(base + idx[:, None] * F + fo[None, :], mask=mask[:, None], other=0.0)
+        acc += w[:, None] * v.to(tl.float32)
+    optr = out_ptr + offs.to(tl.int64)[:, None] * (L * F) + lvl * F + fo[None, :]
+    tl.store(optr, acc.to(out_ptr.dtype.element_ty), mask=mask[:, None])
+
+@triton.jit
+def hash_bwd(x_ptr, gout_ptr, meta_ptr, gtab_ptr, N,
+             T: tl.constexpr, L: tl.constexpr, F: tl.constexpr, BLOCK: tl.constexpr, POW2: tl.constexpr):
+    pid = tl.program_id(0)
+    lvl = tl.program_id(1)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < N
+    R = tl.load(meta_ptr + 2 * lvl)
+    dense = tl.load(meta_ptr + 2 * lvl + 1)
+    cx, cy, cz, fx, fy, fz = _cell(x_ptr, offs, mask, R.to(tl.float32), R)
+    stride = R + 1
+    fo = tl.arange(0, F)
+    gptr = gout_ptr + offs.to(tl.int64)[:, None] * (L * F) + lvl * F + fo[None, :]
+    g = tl.load(gptr, mask=mask[:, None], other=0.0).to(tl.float32)
+    base = gtab_ptr + lvl.to(tl.int64) * (T * F)
+    for k in tl.static_range(8):
+        idx, w = _corner(cx, cy, cz, fx, fy, fz, stride, dense, k, T, POW2)
+        tl.atomic_add(base + idx[:, None] * F + fo[None, :], w[:, None] * g, mask=mask[:, None], sem="relaxed")

@@ -1,0 +1,173 @@
+"""Multiresolution hash-grid encoding as Triton kernels (forward + backward, all levels per launch).
+
+Same math as the plain-PyTorch reference
+:func:`f3rm_ros.core.fields.hashgrid.hash_grid_encode_torch` (see ``notes/contracts.md``), for level
+``l`` with resolution ``R``: ``x`` clamped to [0, 1]; ``pos = x*R``; ``cell = min(floor(pos), R-1)``;
+``frac = pos - cell``; 8 corners ``cell + {0,1}^3``; dense index ``cx + cy*(R+1) + cz*(R+1)**2`` when
+``(R+1)**3 <= T``, else ``(cx ^ cy*2654435761 ^ cz*805459861) mod T`` on uint32; trilinear weights;
+output level-major ``[N, L*F]`` in the table's dtype, arithmetic in fp32.
+
+Kernels:
+
+* forward: one launch over a grid ``(ceil(N / BLOCK), L)``; a program gathers the 8 corners of
+  BLOCK points at one level (programs of one level run next to each other, so a level's table stays
+  in L2) and writes its F columns of the output;
+* backward: same grid; scatter-adds ``w * grad_out`` into an fp32 gradient table with relaxed
+  atomics, then casts to the table's dtype. ``x`` gets no gradient.
+
+Nothing is imported from Triton or compiled at import time: the kernels are defined on first use.
+They run on CUDA tensors, or on CPU tensors in Triton's interpreter (``TRITON_INTERPRET=1`` set in
+the environment before Triton is first imported; used by the CPU tests).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["triton_hashgrid_available", "hash_grid_encode_triton", "DEFAULT_FWD_CONFIG", "DEFAULT_BWD_CONFIG"]
+
+# (BLOCK points per program, num_warps); chosen from the sweep of benchmarks/bench_hashgrid.py on an H100.
+DEFAULT_FWD_CONFIG = (128, 4)
+DEFAULT_BWD_CONFIG = (128, 4)
+
+_PRIME_Y_I32 = 2654435761 - (1 << 32)  # same low 32 bits as 2654435761 (int32 wrap-around)
+_PRIME_Z = 805459861
+
+
+def _interpret_mode() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on")
+
+
+def triton_hashgrid_available() -> bool:
+    """True if :func:`hash_grid_encode_triton` can run here.
+
+    That needs Triton importable and either a CUDA device of compute capability >= 7.0, or
+    ``TRITON_INTERPRET=1`` in the environment (CPU interpreter; slow, for tests). Compiles nothing.
+    """
+    try:
+        import triton  # noqa: F401
+    except Exception:  # ImportError, or a broken install
+        return False
+    if _interpret_mode():
+        return True
+    try:
+        return bool(torch.cuda.is_available()) and torch.cuda.get_device_capability()[0] >= 7
+    except Exception:
+        return False
+
+
+@functools.lru_cache(maxsize=None)
+def _kernels():
+    """Import (and so define) the Triton kernels on first use; nothing is compiled until launched."""
+    from . import _hashgrid_kernels as k
+
+    return k.hash_fwd, k.hash_bwd
+
+
+_META_CACHE: dict = {}
+
+
+def _meta(resolutions: Sequence[int], T: int, device: torch.device) -> Tensor:
+    """int32 [L, 2] of (R, dense flag), cached per (resolutions, T, device)."""
+    key = (tuple(int(r) for r in resolutions), int(T), str(device))
+    m = _META_CACHE.get(key)
+    if m is None:
+        rows = [(r, 1 if (r + 1) ** 3 <= T else 0) for r in key[0]]
+        m = torch.tensor(rows, dtype=torch.int32).to(device)
+        _META_CACHE[key] = m
+    return m
+
+
+def _launch_fwd(x: Tensor, table: Tensor, meta: Tensor, cfg) -> Tensor:
+    hash_fwd, _ = _kernels()
+    L, T, F = table.shape
+    n = x.shape[0]
+    out = torch.empty(n, L * F, dtype=table.dtype, device=x.device)
+    if n == 0:
+        return out
+    block, warps = cfg
+    grid = ((n + block - 1) // block, L)
+    hash_fwd[grid](x, table, meta, out, n, T=T, L=L, F=F, BLOCK=block, POW2=(T & (T - 1)) == 0,
+                   num_warps=warps)
+    return out
+
+
+def _launch_bwd(x: Tensor, grad_out: Tensor, meta: Tensor, shape, cfg) -> Tensor:
+    _, hash_bwd = _kernels()
+    L, T, F = shape
+    n = x.shape[0]
+    gtab = torch.zeros(L, T, F, dtype=torch.float32, device=x.device)
+    if n == 0:
+        return gtab
+    block, warps = cfg
+    grid = ((n + block - 1) // block, L)
+    hash_bwd[grid](x, grad_out, meta, gtab, n, T=T, L=L, F=F, BLOCK=block, POW2=(T & (T - 1)) == 0,
+                   num_warps=warps)
+    return gtab
+
+
+class _HashGridTriton(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, table, meta, fwd_cfg, bwd_cfg):  # noqa: D401 - autograd signature
+        ctx.save_for_backward(x, meta)
+        ctx.shape = tuple(table.shape)
+        ctx.dtype = table.dtype
+        ctx.bwd_cfg = bwd_cfg
+        return _launch_fwd(x, table, meta, fwd_cfg)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, meta = ctx.saved_tensors
+        if not ctx.needs_input_grad[1]:
+            return None, None, None, None, None
+        gtab = _launch_bwd(x, grad_out.contiguous(), meta, ctx.shape, ctx.bwd_cfg)
+        if ctx.dtype != torch.float32:
+            gtab = gtab.to(ctx.dtype)
+        return None, gtab, None, None, None
+
+
+def hash_grid_encode_triton(x: Tensor,  # [N, 3] in [0, 1]
+                            table: Tensor,  # [L, T, F]
+                            resolutions: Sequence[int],
+                            fwd_config: tuple[int, int] | None = None,
+                            bwd_config: tuple[int, int] | None = None) -> Tensor:  # [N, L*F]
+    """Hash-grid encoding with Triton kernels; differentiable w.r.t. ``table`` only.
+
+    Args:
+        x: points, shape [N, 3] (any float dtype; clamped to [0, 1], math in fp32). No gradient.
+        table: feature tables, shape [L, T, F], fp32, fp16 or bf16; F a power of two.
+        resolutions: L grid resolutions (ints >= 1).
+        fwd_config, bwd_config: optional (BLOCK, num_warps) overrides (BLOCK a power of two).
+    Returns:
+        [N, L*F] features, level-major, dtype of ``table``.
+    Raises:
+        ValueError: bad shapes/dtypes, or tensors on the CPU without ``TRITON_INTERPRET=1``.
+    """
+    if x.dim() != 2 or x.shape[-1] != 3:
+        raise ValueError(f"x must be [N, 3], got {tuple(x.shape)}")
+    if table.dim() != 3:
+        raise ValueError(f"table must be [L, T, F], got {tuple(table.shape)}")
+    L, T, F = table.shape
+    if len(resolutions) != L:
+        raise ValueError(f"{len(resolutions)} resolutions for a table of {L} levels")
+    if any(int(r) < 1 for r in resolutions):
+        raise ValueError(f"resolutions must be >= 1, got {list(resolutions)}")
+    if F < 1 or F & (F - 1):
+        raise ValueError(f"features per level must be a power of two for the Triton kernel, got {F}")
+    if table.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise ValueError(f"table dtype must be float32, float16 or bfloat16, got {table.dtype}")
+    if x.device != table.device:
+        raise ValueError(f"x on {x.device} but table on {table.device}")
+    if x.device.type != "cuda" and not _interpret_mode():
+        raise ValueError("hash_grid_encode_triton needs CUDA tensors (or TRITON_INTERPRET=1 for the CPU interpreter)")
+    if T * F >= 2**31:
+        raise ValueError(f"one level of the table is too large for int32 indexing: {tuple(table.shape)}")
+    x32 = x.detach().to(torch.float32).contiguous()
+    meta = _meta(resolutions, T, x.device)
+    return _HashGridTriton.apply(x32, table.contiguous(), meta,
+                                 tuple(fwd_config or DEFAULT_FWD_CONFIG), tuple(bwd_config or DEFAULT_BWD_CONFIG))
