@@ -62,6 +62,9 @@ def test_load_fox():
     img = ds.get_image(0)
     print(f"image 0: {img.shape} {img.dtype} mean {img.mean():.1f}")
     assert img.shape == (480, 270, 3) and img.dtype == np.uint8 and 20 < img.mean() < 235
+    all_images = ds.images  # eager load of every frame at /4
+    assert all_images.shape == (50, 480, 270, 3) and np.array_equal(all_images[0], img)
+    assert ds.images is all_images  # cached, not re-stacked
     # the cameras look at a common point (the fox): every camera's optical axis passes near the focus
     c2w_n, n2w = normalise_poses(ds.c2w)
     focus_world = n2w[:3, 3]
@@ -138,8 +141,20 @@ def test_writer_reopen_continues_and_clear(tmp_path):
     print(f"\nafter reopen: {names}")
     assert len(set(names)) == 6 and "images/frame_00003.png" not in names
     ds = load_dataset(root)
+    print(repr(ds))
     assert len(ds) == 6 and all(np.array_equal(ds.get_image(i), imgs[i]) for i in range(6))
     assert np.abs(ds.c2w - poses).max() <= 1e-9
+    # two threads appending at once (a capture callback and a service, say) lose nothing
+    import threading
+
+    threads = [threading.Thread(target=lambda k=k: [w2.add_frame(imgs[k], K_SMALL, poses[k]) for _ in range(4)])
+               for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ds = load_dataset(root)
+    assert len(ds) == 14 and len({p.name for p in ds.image_paths}) == 14
     w2.clear()
     left = sorted(p.name for p in (root / "images").iterdir())
     print(f"after clear: {len(w2)} frames, files left {left}")
@@ -161,7 +176,17 @@ def test_writer_rejects_bad_input(tmp_path):
             w.add_frame(*args)
     with pytest.raises(ValueError, match="clash"):
         w.add_frame(img, K_SMALL, np.eye(4), extra={"transform_matrix": 1})
-    assert len(w) == 0
+    with pytest.raises(ValueError, match="JSON-serialisable"):
+        w.add_frame(img, K_SMALL, np.eye(4), extra={"x": object()})
+    assert len(w) == 0 and not (tmp_path / "images").exists()  # nothing was written
+    # a corrupt transforms.json is never overwritten by a writer reopening the folder
+    w.add_frame(img, K_SMALL, np.eye(4))
+    tj = tmp_path / "transforms.json"
+    tj.write_text(tj.read_text()[:50])
+    before = tj.read_bytes()
+    with pytest.raises(DatasetError, match="not valid JSON"):
+        DatasetWriter(tmp_path)
+    assert tj.read_bytes() == before
 
 
 def _write_small(root, rng, n=3):

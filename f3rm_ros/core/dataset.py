@@ -29,6 +29,7 @@ import json
 import math
 import os
 import re
+import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -189,6 +190,12 @@ class PosedImageDataset:
     def __len__(self) -> int:
         return len(self.image_paths)
 
+    def __repr__(self) -> str:
+        sizes = sorted({k.size for k in self.intrinsics})
+        return (f"PosedImageDataset(root={str(self.root)!r}, frames={len(self)}, train={len(self.train_indices)}, "
+                f"eval={len(self.eval_indices)}, sizes={sizes}, downscale={self.downscale}, "
+                f"labels={self.has_labels}, masks={self.has_masks}, skipped={len(self.skipped)})")
+
     @property
     def has_labels(self) -> bool:
         return any(p is not None for p in self.label_paths)
@@ -218,7 +225,13 @@ class PosedImageDataset:
         if not self.same_size:
             raise DatasetError(f"{self.root}: frames have different sizes {sorted({k.size for k in self.intrinsics})}; "
                                "use get_image(i)")
-        return np.stack([self.get_image(i) for i in range(len(self))])
+        stacked = self._cache.get(-1)
+        if stacked is None or len(stacked) != len(self):
+            stacked = np.stack([self.get_image(i) for i in range(len(self))])
+            self._cache.clear()  # keep one copy: frames become views into the stacked array
+            self._cache.update({i: stacked[i] for i in range(len(self))})
+            self._cache[-1] = stacked
+        return stacked
 
     def load_all(self) -> "PosedImageDataset":
         """Read every image now (eager loading); returns self."""
@@ -258,7 +271,7 @@ class PosedImageDataset:
             stamps=[self.stamps[i] for i in idx], labels_table=dict(self.labels_table), meta=dict(self.meta),
             frames_extra=[dict(self.frames_extra[i]) for i in idx],
             source_indices=None if self.source_indices is None else self.source_indices[idx],
-            _cache={j: self._cache[i] for j, i in enumerate(idx) if i in self._cache})
+            _cache={j: self._cache[i] for j, i in enumerate(idx) if i >= 0 and i in self._cache})
 
 
 # ------------------------------------------------------------------------------------------ reader
@@ -572,6 +585,9 @@ class DatasetWriter:
     in the file's OpenGL convention; intrinsics are stored per frame (and the first frame's also at
     the top level for tools that want shared ones).
 
+    The methods are thread-safe (one lock), so a capture callback may add frames while another
+    thread clears. Only one writer per folder at a time (across processes) is supported.
+
     Args:
         root: dataset folder (created if needed).
         image_format: "png" (lossless, default) or "jpg".
@@ -589,8 +605,9 @@ class DatasetWriter:
         self.image_format = "jpg" if image_format == "jpeg" else image_format
         self.jpeg_quality = int(jpeg_quality)
         self.json_path = self.root / TRANSFORMS_NAME
+        self._lock = threading.RLock()
         self.root.mkdir(parents=True, exist_ok=True)
-        if self.json_path.exists():
+        if self.json_path.exists():  # continue it (a corrupt file raises DatasetError and is left untouched)
             self._data = _read_transforms(self.json_path)
         else:
             self._data = {"camera_model": "OPENCV", "world_frame": world_frame, "units": "metres",
@@ -629,15 +646,17 @@ class DatasetWriter:
     # -- metadata
     def set_labels_table(self, table: Mapping[str | int, Mapping[str, Any]]) -> None:
         """Set the top-level ``f3rm_labels`` table ({id: {"object", "category", "part", "synonyms"}})."""
-        self._data["f3rm_labels"] = {str(k): dict(v) for k, v in table.items()}
-        self._save()
+        with self._lock:
+            self._data["f3rm_labels"] = {str(k): dict(v) for k, v in table.items()}
+            self._save()
 
     def update_meta(self, meta: Mapping[str, Any]) -> None:
         """Add or replace top-level keys (not ``frames``)."""
         if "frames" in meta:
             raise ValueError("update_meta cannot replace 'frames'")
-        self._data.update(json.loads(json.dumps(dict(meta))))
-        self._save()
+        with self._lock:
+            self._data.update(json.loads(json.dumps(dict(meta))))
+            self._save()
 
     # -- frames
     def add_frame(self, image: np.ndarray, intrinsics: CameraIntrinsics, c2w_opencv_world: np.ndarray,
@@ -682,53 +701,62 @@ class DatasetWriter:
             if lab.dtype.kind not in "ui" or lab.min(initial=0) < 0 or lab.max(initial=0) > 65535:
                 raise ValueError("labels must be integer ids in [0, 65535]")
 
-        num = self._next_number
-        stem = f"frame_{num:05d}"
-        ext = "png" if self.image_format == "png" else "jpg"
-        frame: dict[str, Any] = {"file_path": f"images/{stem}.{ext}"}
-        atomic_write_bytes(self.root / frame["file_path"], _encode_image(image, self.image_format, self.jpeg_quality))
-        if mask is not None:
-            frame["mask_path"] = f"masks/{stem}.png"
-            m = (np.asarray(mask) != 0).astype(np.uint8) * 255
-            from PIL import Image
+        try:  # before any file is written
+            extra_json = json.loads(json.dumps(extra, allow_nan=False))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"extra must be JSON-serialisable (finite numbers, lists, dicts, strings): {e}") from None
+        if stamp is not None and not math.isfinite(float(stamp)):
+            raise ValueError(f"stamp must be finite, got {stamp!r}")
 
-            buf = _io.BytesIO()
-            Image.fromarray(m).save(buf, format="PNG")
-            atomic_write_bytes(self.root / frame["mask_path"], buf.getvalue())
-        if labels is not None:
-            frame["label_path"] = f"labels/{stem}.png"
-            atomic_write_bytes(self.root / frame["label_path"], _encode_png16(np.asarray(labels)))
-        frame["transform_matrix"] = c2w_opencv_to_opengl(T_cv).tolist()
-        frame.update(intrinsics.to_dict())
-        if stamp is not None:
-            frame["stamp"] = float(stamp)
-        frame.update(json.loads(json.dumps(extra)))  # fails early on non-serialisable values
-        if not self._data["frames"]:
-            self._data.update({"camera_model": "OPENCV", **intrinsics.to_dict()})
-        self._data["frames"].append(frame)
-        self._next_number = num + 1
-        try:
-            self._save()
-        except BaseException:
-            self._data["frames"].pop()
-            raise
-        return len(self._data["frames"]) - 1
+        with self._lock:
+            num = self._next_number
+            stem = f"frame_{num:05d}"
+            ext = "png" if self.image_format == "png" else "jpg"
+            frame: dict[str, Any] = {"file_path": f"images/{stem}.{ext}"}
+            atomic_write_bytes(self.root / frame["file_path"], _encode_image(image, self.image_format, self.jpeg_quality))
+            if mask is not None:
+                frame["mask_path"] = f"masks/{stem}.png"
+                m = (np.asarray(mask) != 0).astype(np.uint8) * 255
+                from PIL import Image
+
+                buf = _io.BytesIO()
+                Image.fromarray(m).save(buf, format="PNG")
+                atomic_write_bytes(self.root / frame["mask_path"], buf.getvalue())
+            if labels is not None:
+                frame["label_path"] = f"labels/{stem}.png"
+                atomic_write_bytes(self.root / frame["label_path"], _encode_png16(np.asarray(labels)))
+            frame["transform_matrix"] = c2w_opencv_to_opengl(T_cv).tolist()
+            frame.update(intrinsics.to_dict())
+            if stamp is not None:
+                frame["stamp"] = float(stamp)
+            frame.update(extra_json)
+            if not self._data["frames"]:
+                self._data.update({"camera_model": "OPENCV", **intrinsics.to_dict()})
+            self._data["frames"].append(frame)
+            self._next_number = num + 1
+            try:
+                self._save()
+            except BaseException:
+                self._data["frames"].pop()
+                raise
+            return len(self._data["frames"]) - 1
 
     def clear(self) -> None:
         """Remove every frame: the json is rewritten with no frames first, then the files are deleted."""
-        old = list(self._data["frames"])
-        self._data["frames"] = []
-        for k in ("fl_x", "fl_y", "cx", "cy", "w", "h", "k1", "k2", "p1", "p2", "k3"):
-            self._data.pop(k, None)
-        self._save()
-        for fr in old:
-            for key in ("file_path", "mask_path", "label_path"):
-                rel = fr.get(key)
-                if rel:
-                    p = self.root / rel
-                    if p.is_file():
-                        os.unlink(p)
-        self._next_number = self._scan_next_number()
+        with self._lock:
+            old = list(self._data["frames"])
+            self._data["frames"] = []
+            for k in ("fl_x", "fl_y", "cx", "cy", "w", "h", "k1", "k2", "p1", "p2", "k3"):
+                self._data.pop(k, None)
+            self._save()
+            for fr in old:
+                for key in ("file_path", "mask_path", "label_path"):
+                    rel = fr.get(key)
+                    if rel:
+                        p = self.root / rel
+                        if p.is_file():
+                            os.unlink(p)
+            self._next_number = self._scan_next_number()
 
 
 def write_dataset(root: str | Path, images: Sequence[np.ndarray] | np.ndarray,
