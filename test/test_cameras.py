@@ -173,3 +173,28 @@ def test_scaled_intrinsics_consistent_with_projection():
         CameraIntrinsics(float("nan"), 1.0, 0.0, 0.0, 4, 4)
     with pytest.raises(ValueError, match="width"):
         CameraIntrinsics(1.0, 1.0, 0.0, 0.0, 0, 4)
+
+
+def test_opencv_pixel_convention_and_cv2_if_installed():
+    """OpenCV/ROS put pixel centres at integers: from_opencv/to_opencv shift cx, cy by 0.5."""
+    Kcv, d = STRONG.to_opencv()
+    assert Kcv[0, 2] == STRONG.cx - 0.5 and CameraIntrinsics.from_opencv(Kcv, 640, 480, d) == STRONG
+    assert CameraIntrinsics.from_opencv(Kcv.ravel().tolist(), 640, 480, list(d) + [0.0, 0.0, 0.0]) == STRONG
+    with pytest.raises(ValueError, match="higher coefficients"):
+        CameraIntrinsics.from_opencv(Kcv, 640, 480, list(d) + [0.1])
+    try:
+        import cv2
+    except ImportError:
+        pytest.skip("cv2 (opencv-python) is not installed: the cross-check against OpenCV itself is skipped; "
+                    "the convention checks above ran")
+    rng = np.random.default_rng(5)
+    p = np.concatenate([rng.uniform(-0.3, 0.3, (200, 2)), rng.uniform(0.8, 2, (200, 1))], -1)
+    uv_cv = cv2.projectPoints(p, np.zeros(3), np.zeros(3), Kcv, d)[0][:, 0]
+    err_p = np.abs(project_points(STRONG, p) - (uv_cv + 0.5)).max()
+    uv = project_points(STRONG, p)
+    und = cv2.undistortPoints((uv - 0.5)[:, None], Kcv, d, None, None,
+                              criteria=(cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 200, 1e-16))[:, 0]
+    xd = np.stack([(uv[:, 0] - STRONG.cx) / STRONG.fx, (uv[:, 1] - STRONG.cy) / STRONG.fy], -1)
+    err_u = np.abs(undistort(xd, STRONG) - und).max()
+    print(f"\nvs OpenCV {cv2.__version__}: projectPoints {err_p:.1e} px, undistortPoints {err_u:.1e}")
+    assert err_p < 1e-9 and err_u < 1e-12

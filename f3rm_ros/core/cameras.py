@@ -7,8 +7,10 @@ Conventions (used by every function here):
   at the file boundary only (:mod:`f3rm_ros.core.dataset`, via :mod:`f3rm_ros.core.geometry`).
 * **Pixel coordinates** are continuous, in pixels: the image's top-left *corner* is (0, 0), +u right,
   +v down, and the centre of pixel (column i, row j) is (i + 0.5, j + 0.5). ``cx, cy`` are in the
-  same coordinates (as nerfstudio / COLMAP), so ``u = fx * x_d + cx`` with ``x_d`` the distorted
-  normalised coordinate.
+  same coordinates (as nerfstudio / COLMAP / instant-ngp), so ``u = fx * x_d + cx`` with ``x_d`` the
+  distorted normalised coordinate. OpenCV functions and ROS ``sensor_msgs/CameraInfo`` put pixel
+  centres at integers instead: their ``cx, cy`` are ours minus 0.5. Convert with
+  :meth:`CameraIntrinsics.from_opencv` / :meth:`CameraIntrinsics.to_opencv`.
 * **Normalised coordinates** ``(x, y) = (X / Z, Y / Z)`` of a camera-frame point.
 * **Distortion** is OpenCV's 5-parameter model (k1, k2, p1, p2, k3)::
 
@@ -109,8 +111,35 @@ class CameraIntrinsics:
         return (self.width, self.height)
 
     def K(self) -> np.ndarray:  # noqa: N802 - the usual name
-        """3x3 camera matrix (pixel coordinates with the top-left corner at (0, 0))."""
+        """3x3 camera matrix in this module's pixel convention (pixel centres at +0.5)."""
         return np.array([[self.fx, 0.0, self.cx], [0.0, self.fy, self.cy], [0.0, 0.0, 1.0]])
+
+    @classmethod
+    def from_opencv(cls, K: Any, width: int, height: int, dist: Sequence[float] = ()) -> "CameraIntrinsics":
+        """From an OpenCV / ROS ``CameraInfo`` camera matrix (pixel centres at integers).
+
+        Args:
+            K: 3x3 camera matrix (or the 9 numbers of ``CameraInfo.k``, row-major).
+            width, height: image size in pixels.
+            dist: OpenCV distortion ``(k1, k2, p1, p2[, k3, ...])``; coefficients past k3 (rational
+                model) must be zero.
+
+        The principal point is shifted by +0.5 px into this module's convention.
+        """
+        K = np.asarray(K, dtype=np.float64).reshape(3, 3)
+        d = [float(x) for x in dist]
+        if any(x != 0.0 for x in d[5:]):
+            raise ValueError(f"only k1 k2 p1 p2 k3 are supported; higher coefficients {d[5:]} must be zero")
+        d = (d + [0.0] * 5)[:5]
+        return cls(fx=K[0, 0], fy=K[1, 1], cx=K[0, 2] + 0.5, cy=K[1, 2] + 0.5, width=width, height=height,
+                   k1=d[0], k2=d[1], p1=d[2], p2=d[3], k3=d[4])
+
+    def to_opencv(self) -> tuple[np.ndarray, np.ndarray]:
+        """(3x3 camera matrix with integer pixel centres, distortion [k1, k2, p1, p2, k3]) for OpenCV / ROS."""
+        K = self.K()
+        K[0, 2] -= 0.5
+        K[1, 2] -= 0.5
+        return K, np.array(self.distortion)
 
     def to_tensor(self, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
         """Packed parameters ``[9]`` in the order of :data:`INTRINSICS_TENSOR_FIELDS`."""
