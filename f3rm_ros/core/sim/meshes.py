@@ -1,0 +1,329 @@
+"""Procedural object meshes (metres, object frame: base on z = 0, z up) with named parts.
+
+Every generator returns a :class:`PartMesh`: vertices, triangles, a part index per triangle and the
+list of closed components (each a watertight, outward-facing solid; components of one object may
+overlap, e.g. a mug handle whose ends sit inside the mug wall). Surfaces of revolution are built
+from a closed (r, z) profile that starts and ends on the axis, so they are watertight by
+construction; the handle is a tube swept along an arc with capped ends.
+
+Generators and their parts (sizes are realistic defaults, all overridable by keyword):
+
+============  ===========================================  =========================================
+generator     default size                                 parts
+============  ===========================================  =========================================
+mug           radius 0.041, height 0.095, wall 0.004       body, rim, inside, handle
+bowl          radius 0.075, height 0.055, wall 0.005       body, rim, inside
+box           0.065 x 0.050 x 0.120                        body, top
+ball          radius 0.033                                 body
+screwdriver   length 0.20 (handle 0.10, shaft 0.09, tip)   handle, shaft, tip (lies along x)
+can           radius 0.033, height 0.122                   body, top, bottom
+============  ===========================================  =========================================
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+__all__ = ["PartMesh", "GENERATORS", "generate", "revolve", "sweep_tube", "make_box", "merge"]
+
+
+@dataclass
+class PartMesh:
+    """A triangle mesh with a part label per triangle.
+
+    Attributes:
+        vertices: [V, 3] float64, metres, object frame.
+        triangles: [F, 3] int32, counter-clockwise seen from outside (outward normals).
+        tri_part: [F] int32 index into ``part_names`` (-1 = no named part).
+        part_names: part names.
+        components: list of [F_i] triangle-index arrays, one per closed solid.
+    """
+
+    vertices: np.ndarray
+    triangles: np.ndarray
+    tri_part: np.ndarray
+    part_names: list[str]
+    components: list[np.ndarray] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.vertices = np.asarray(self.vertices, dtype=np.float64).reshape(-1, 3)
+        self.triangles = np.asarray(self.triangles, dtype=np.int32).reshape(-1, 3)
+        self.tri_part = np.asarray(self.tri_part, dtype=np.int32).reshape(-1)
+        if len(self.tri_part) != len(self.triangles):
+            raise ValueError(f"tri_part has {len(self.tri_part)} entries for {len(self.triangles)} triangles")
+        if not self.components:
+            self.components = [np.arange(len(self.triangles))]
+
+    def to_open3d(self):
+        """open3d.geometry.TriangleMesh of the whole mesh (no colours)."""
+        import open3d as o3d
+
+        m = o3d.geometry.TriangleMesh(o3d.utility.Vector3dVector(self.vertices),
+                                      o3d.utility.Vector3iVector(self.triangles))
+        return m
+
+    def component_mesh(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """(vertices [V_i, 3], triangles [F_i, 3]) of component ``i``, re-indexed."""
+        tris = self.triangles[self.components[i]]
+        used, inv = np.unique(tris.ravel(), return_inverse=True)
+        return self.vertices[used], inv.reshape(-1, 3).astype(np.int32)
+
+    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.vertices.min(0), self.vertices.max(0)
+
+
+def merge(parts: list[PartMesh]) -> PartMesh:
+    """Concatenate meshes; part names are unified by name, components are kept separate."""
+    names: list[str] = []
+    verts, tris, labels, comps = [], [], [], []
+    nv = nf = 0
+    for p in parts:
+        remap = []
+        for n in p.part_names:
+            if n not in names:
+                names.append(n)
+            remap.append(names.index(n))
+        remap_arr = np.asarray(remap + [-1], dtype=np.int32)
+        verts.append(p.vertices)
+        tris.append(p.triangles + nv)
+        labels.append(remap_arr[p.tri_part])  # -1 indexes the appended -1
+        comps.extend(c + nf for c in p.components)
+        nv += len(p.vertices)
+        nf += len(p.triangles)
+    return PartMesh(np.concatenate(verts), np.concatenate(tris), np.concatenate(labels), names, comps)
+
+
+def revolve(profile: list[tuple[float, float, str]], segments: int = 48) -> PartMesh:
+    """Surface of revolution about the z axis from a closed (r, z) profile.
+
+    Args:
+        profile: points (r, z, part) in order; the first and last must lie on the axis (r = 0).
+            Edge i (point i -> i+1) gets the part of point i. Walk the profile so the solid is on
+            the left when going from the first to the last point in the (r, z) plane seen with r
+            to the right and z up (e.g. bottom centre -> outer bottom -> outer top -> top centre),
+            which gives outward normals.
+        segments: number of angular segments.
+
+    Returns:
+        A closed PartMesh with one component.
+    """
+    if profile[0][0] != 0 or profile[-1][0] != 0:
+        raise ValueError("revolve: the profile must start and end on the axis (r = 0)")
+    names: list[str] = []
+    for _r, _z, p in profile:
+        if p not in names:
+            names.append(p)
+    ang = np.linspace(0, 2 * np.pi, segments, endpoint=False)
+    cs, sn = np.cos(ang), np.sin(ang)
+    verts: list[np.ndarray] = []
+    ring_index: list[np.ndarray] = []  # per profile point: vertex indices (1 for axis points, else segments)
+    nv = 0
+    for r, z, _p in profile:
+        if r == 0:
+            verts.append(np.array([[0.0, 0.0, z]]))
+            ring_index.append(np.full(segments, nv))
+            nv += 1
+        else:
+            verts.append(np.stack([r * cs, r * sn, np.full(segments, z)], 1))
+            ring_index.append(nv + np.arange(segments))
+            nv += segments
+    tris, labels = [], []
+    j = np.arange(segments)
+    jn = (j + 1) % segments
+    for i in range(len(profile) - 1):
+        a, b = ring_index[i], ring_index[i + 1]
+        part = names.index(profile[i][2])
+        # quad (a_j, a_jn, b_jn, b_j); orientation gives outward normals for the walk described above
+        if profile[i][0] != 0:
+            tris.append(np.stack([a[j], a[jn], b[jn]], 1) if profile[i + 1][0] != 0
+                        else np.stack([a[j], a[jn], b[j]], 1))
+            labels.append(np.full(segments, part))
+        if profile[i + 1][0] != 0:
+            tris.append(np.stack([a[j], b[jn], b[j]], 1) if profile[i][0] != 0
+                        else np.stack([a[j], b[jn], b[j]], 1))
+            labels.append(np.full(segments, part))
+    return PartMesh(np.concatenate(verts), np.concatenate(tris), np.concatenate(labels), names)
+
+
+def sweep_tube(path: np.ndarray, radii: tuple[float, float], part: str, sides: int = 16) -> PartMesh:
+    """A closed tube with an elliptical cross-section swept along a polyline, ends capped.
+
+    Args:
+        path: [P, 3] points of the tube's centre line (P >= 2), metres.
+        radii: (a, b) cross-section semi-axes; ``a`` lies in the plane of the path's first three
+            points' normal direction, ``b`` along the binormal.
+        part: part name for every triangle.
+        sides: vertices per cross-section.
+    """
+    path = np.asarray(path, dtype=np.float64)
+    P = len(path)
+    tang = np.gradient(path, axis=0)
+    tang /= np.linalg.norm(tang, axis=1, keepdims=True)
+    # fixed binormal for a planar path (its plane normal), else a stable perpendicular
+    b = np.cross(path[1] - path[0], path[-1] - path[0])
+    if np.linalg.norm(b) < 1e-12:
+        b = np.cross(tang[0], [0.0, 0.0, 1.0] if abs(tang[0, 2]) < 0.9 else [1.0, 0.0, 0.0])
+    b /= np.linalg.norm(b)
+    th = np.linspace(0, 2 * np.pi, sides, endpoint=False)
+    verts = []
+    for k in range(P):
+        n = np.cross(b, tang[k])
+        n /= np.linalg.norm(n)
+        bb = np.cross(tang[k], n)
+        verts.append(path[k] + radii[0] * np.cos(th)[:, None] * n + radii[1] * np.sin(th)[:, None] * bb)
+    V = np.concatenate(verts + [path[:1], path[-1:]])
+    c0, c1 = P * sides, P * sides + 1
+    j = np.arange(sides)
+    jn = (j + 1) % sides
+    tris = []
+    for k in range(P - 1):
+        a, bq = k * sides + j, (k + 1) * sides + j
+        an, bn = k * sides + jn, (k + 1) * sides + jn
+        tris += [np.stack([a, bq, bn], 1), np.stack([a, bn, an], 1)]
+    tris.append(np.stack([np.full(sides, c0), j, jn], 1))
+    last = (P - 1) * sides
+    tris.append(np.stack([np.full(sides, c1), last + jn, last + j], 1))
+    T = np.concatenate(tris)
+    mesh = PartMesh(V, T, np.zeros(len(T), np.int32), [part])
+    _orient_outward(mesh)
+    return mesh
+
+
+def _signed_volume(v: np.ndarray, t: np.ndarray) -> float:
+    return float(np.einsum("ij,ij->i", v[t[:, 0]], np.cross(v[t[:, 1]], v[t[:, 2]])).sum() / 6.0)
+
+
+def _orient_outward(mesh: PartMesh) -> None:
+    """Flip all triangles of a closed single-component mesh if its signed volume is negative."""
+    if _signed_volume(mesh.vertices, mesh.triangles) < 0:
+        mesh.triangles = mesh.triangles[:, ::-1].copy()
+
+
+def make_box(size: tuple[float, float, float], part_top: str = "top", part_rest: str = "body",
+             z0: float = 0.0) -> PartMesh:
+    """Axis-aligned box centred on the z axis with its bottom at ``z0``; the +z face is ``part_top``."""
+    sx, sy, sz = (float(s) for s in size)
+    x = np.array([-sx / 2, sx / 2])
+    y = np.array([-sy / 2, sy / 2])
+    z = np.array([z0, z0 + sz])
+    V = np.array([[x[i], y[j], z[k]] for k in range(2) for j in range(2) for i in range(2)])
+    # vertex index = i + 2 j + 4 k
+    quads = {  # outward-facing quads (counter-clockwise seen from outside)
+        "-z": (0, 2, 3, 1), "+z": (4, 5, 7, 6), "-y": (0, 1, 5, 4),
+        "+y": (2, 6, 7, 3), "-x": (0, 4, 6, 2), "+x": (1, 3, 7, 5),
+    }
+    tris, labels = [], []
+    for face, (a, b, c, d) in quads.items():
+        tris += [(a, b, c), (a, c, d)]
+        labels += [0 if face == "+z" else 1] * 2
+    return PartMesh(V, np.array(tris), np.array(labels), [part_top, part_rest])
+
+
+# ------------------------------------------------------------------------------------ generators
+def mug(radius: float = 0.041, height: float = 0.095, wall: float = 0.004, bottom: float = 0.007,
+        rim_band: float = 0.008, handle_radius: float = 0.030, handle_thickness: float = 0.010,
+        handle_width: float = 0.016, segments: int = 48) -> PartMesh:
+    """Mug (cylindrical cup) with a D-shaped handle on the +x side.
+
+    The handle's centre line is a half circle of ``handle_radius`` in the xz plane, centred on the
+    wall at mid-height, with a cross-section ``handle_thickness`` (radial) x ``handle_width`` (along y).
+    """
+    R, H, w = radius, height, wall
+    ri = R - w
+    prof = [(0.0, 0.0, "body"), (R, 0.0, "body"), (R, H - rim_band, "rim"), (R, H, "rim"),
+            (ri, H, "rim"), (ri, H - rim_band, "inside"), (ri, bottom, "inside"), (0.0, bottom, "inside")]
+    body = revolve(prof, segments)
+    ang = np.linspace(-np.pi / 2, np.pi / 2, 25)
+    cx = R - w / 2
+    path = np.stack([cx + handle_radius * np.cos(ang), np.zeros_like(ang), H * 0.5 + handle_radius * np.sin(ang)], 1)
+    handle = sweep_tube(path, (handle_thickness / 2, handle_width / 2), "handle")
+    return merge([body, handle])
+
+
+def bowl(radius: float = 0.075, height: float = 0.055, wall: float = 0.005, foot_radius: float = 0.035,
+         segments: int = 64, rings: int = 10) -> PartMesh:
+    """Round bowl: a spherical-ish outer wall from a foot of ``foot_radius`` to the rim at ``height``."""
+    R, H, w = radius, height, wall
+    out, inn = [], []
+    for k in range(rings + 1):
+        ang = k / rings * np.pi / 2
+        r_o = foot_radius + (R - foot_radius) * math.sin(ang)
+        z_o = H * (1 - math.cos(ang))
+        out.append((r_o, z_o))
+    for k in range(rings, -1, -1):
+        ang = k / rings * np.pi / 2
+        r_i = (foot_radius - w) + (R - foot_radius) * math.sin(ang)
+        z_i = w + (H - w) * (1 - math.cos(ang))
+        inn.append((r_i, z_i))
+    prof = [(0.0, 0.0, "body")]
+    prof += [(r, z, "body" if z < H - 0.008 else "rim") for r, z in out]
+    prof += [(inn[0][0], inn[0][1], "rim")]
+    prof += [(r, z, "inside") for r, z in inn[1:]]
+    prof += [(0.0, w, "inside")]
+    return revolve(prof, segments)
+
+
+def box(size: tuple[float, float, float] = (0.065, 0.050, 0.120)) -> PartMesh:
+    """Rectangular box (e.g. a tea or cereal box), bottom on z = 0."""
+    return make_box(size)
+
+
+def ball(radius: float = 0.033, segments: int = 32, rings: int = 16) -> PartMesh:
+    """Sphere resting on z = 0."""
+    prof = [(0.0, 0.0, "body")]
+    for k in range(1, rings):
+        a = -np.pi / 2 + np.pi * k / rings
+        prof.append((radius * math.cos(a), radius * (1 + math.sin(a)), "body"))
+    prof.append((0.0, 2 * radius, "body"))
+    return revolve(prof, segments)
+
+
+def can(radius: float = 0.033, height: float = 0.122, lid_inset: float = 0.003, segments: int = 48) -> PartMesh:
+    """Drinks can: a cylinder with a slightly recessed lid and bevelled bottom."""
+    R, H = radius, height
+    prof = [(0.0, 0.0, "bottom"), (R - 0.006, 0.0, "bottom"), (R, 0.006, "body"), (R, H - 0.008, "body"),
+            (R - 0.004, H, "top"), (R - 0.006, H, "top"), (R - 0.007, H - lid_inset, "top"),
+            (0.0, H - lid_inset, "top")]
+    return revolve(prof, segments)
+
+
+def screwdriver(handle_length: float = 0.10, handle_radius: float = 0.016, shaft_length: float = 0.09,
+                shaft_radius: float = 0.003, tip_length: float = 0.012, segments: int = 24) -> PartMesh:
+    """Screwdriver lying on the table along +x (handle at -x, tip at +x), touching z = 0."""
+    hl, hr, sl, sr = handle_length, handle_radius, shaft_length, shaft_radius
+    prof = [(0.0, 0.0, "handle"), (hr * 0.8, 0.0, "handle"), (hr, 0.01, "handle"), (hr, hl - 0.025, "handle"),
+            (hr * 0.75, hl - 0.01, "handle"), (hr * 0.6, hl, "handle"), (sr, hl, "shaft"),
+            (sr, hl + sl, "tip"), (sr * 0.35, hl + sl + tip_length, "tip"), (0.0, hl + sl + tip_length, "tip")]
+    m = revolve(prof, segments)
+    # axis z -> x, then lift so the handle rests on the table
+    total = hl + sl + tip_length
+    R = np.array([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [-1.0, 0.0, 0.0]])
+    m.vertices = m.vertices @ R.T + np.array([-total / 2, 0.0, hr])
+    return m
+
+
+GENERATORS: dict[str, Callable[..., PartMesh]] = {
+    "mug": mug, "bowl": bowl, "box": box, "ball": ball, "screwdriver": screwdriver, "can": can,
+}
+
+
+def generate(name: str, **params) -> PartMesh:
+    """Build a procedural mesh by generator name (see the module docstring).
+
+    Raises:
+        ValueError: unknown generator (lists the valid ones) or unknown parameter.
+    """
+    if name not in GENERATORS:
+        raise ValueError(f"unknown mesh generator {name!r}; valid ones are {sorted(GENERATORS)}")
+    import inspect
+
+    fn = GENERATORS[name]
+    valid = list(inspect.signature(fn).parameters)
+    bad = sorted(set(params) - set(valid))
+    if bad:
+        raise ValueError(f"generator {name!r}: unknown parameter(s) {bad}; valid ones are {valid}")
+    return fn(**params)
