@@ -29,7 +29,7 @@ import numpy as np
 from f3rm_ros.core.config import param
 from f3rm_ros.core.geometry import is_rigid
 from f3rm_ros.core.gripper import Gripper, box_grid_points
-from f3rm_ros.core.sim.render import Renderer
+from f3rm_ros.core.sim.render import Renderer, rotate
 from f3rm_ros.core.sim.scene import Scene
 
 __all__ = ["GraspCheckConfig", "GraspCheckResult", "GraspChecker", "check_grasp", "obb_overlap_depth"]
@@ -182,10 +182,10 @@ class GraspChecker:
                 out[(bname, "table", None)] = depth
             R, t = T_w_box[:3, :3], T_w_box[:3, 3]
             half = size / 2
-            vol_pts = box_grid_points(size, c.gripper_spacing_m) @ R.T + t
+            vol_pts = rotate(box_grid_points(size, c.gripper_spacing_m), R) + t
             for oi, (pts, tris) in enumerate(self._surf):
                 ent = self.scene.entities[oi + 1]
-                local = (pts - t) @ R
+                local = rotate(pts - t, R.T)
                 pen = np.min(half - np.abs(local), axis=1)  # > 0 inside the box, = depth below its surface
                 inside = pen > tol
                 if inside.any():
@@ -240,7 +240,7 @@ class GraspChecker:
         between: Counter = Counter()
         for side, sign in (("left", 1.0), ("right", -1.0)):
             o_g = np.stack([X.ravel(), np.full(X.size, sign * opening / 2), Z.ravel()], 1)
-            o_w = o_g @ R.T + t
+            o_w = rotate(o_g, R) + t
             d_w = np.broadcast_to(-sign * y_w, o_w.shape)
             hits = self.renderer.cast(o_w, d_w)
             ok = hits.hit & (hits.t <= opening)

@@ -26,7 +26,13 @@ from f3rm_ros.core.sim.scene import Scene
 from f3rm_ros.core.sim.textures import texture_factor
 
 __all__ = ["RenderConfig", "RenderOutput", "Renderer", "RayHits", "ray_mesh_intersect_reference",
-           "intrinsics_from_fov", "pixel_rays"]
+           "intrinsics_from_fov", "pixel_rays", "rotate"]
+
+
+def rotate(points: np.ndarray, R: np.ndarray) -> np.ndarray:
+    """``points @ R.T`` for points [N, 3] and a 3x3 matrix, via einsum: numpy's BLAS matmul of an
+    [N, 3] by a 3x3 matrix was ~20x slower on the 2-core CI machine (260 ms vs 11 ms for 307k points)."""
+    return np.einsum("ij,kj->ik", points, R)
 
 
 @dataclass
@@ -110,7 +116,7 @@ def pixel_rays(intrinsics: CameraIntrinsics, T_world_cam: np.ndarray) -> tuple[n
     uu, vv = np.meshgrid(u, v)
     d_cam = np.stack([uu.ravel(), vv.ravel(), np.ones(H * W)], 1)
     T = np.asarray(T_world_cam, dtype=np.float64)
-    dirs = d_cam @ T[:3, :3].T
+    dirs = rotate(d_cam, T[:3, :3])
     origins = np.broadcast_to(T[:3, 3], dirs.shape)
     return origins, dirs
 
@@ -213,7 +219,7 @@ class Renderer:
                 mat = ent.material
                 if mat.texture != "none":
                     Ti = self._T_obj_world[e]
-                    p_obj = p[sel] @ Ti[:3, :3].T + Ti[:3, 3]
+                    p_obj = rotate(p[sel], Ti[:3, :3]) + Ti[:3, 3]
                     f = texture_factor(mat.texture, p_obj, mat.scale)[:, None]
                     col = (1 - f) * col + f * np.asarray(mat.color2)
                 base[sel] = col
@@ -222,7 +228,7 @@ class Renderer:
                 label[idx[sel]] = self._tri_labels[e][t_e]
             L = np.asarray(cfg.light_direction, dtype=np.float64)
             L = L / np.linalg.norm(L)
-            ndl = np.clip(n @ L, 0.0, None)
+            ndl = np.clip(np.einsum("ij,j->i", n, L), 0.0, None)
             if cfg.shadows:
                 lit = ndl > 0
                 vis = np.zeros(len(idx), bool)

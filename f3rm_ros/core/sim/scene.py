@@ -87,7 +87,7 @@ class SceneObject:
 
     def world_vertices(self) -> np.ndarray:
         """[V, 3] mesh vertices in the world frame."""
-        return self.mesh.vertices @ self.T_world_obj[:3, :3].T + self.T_world_obj[:3, 3]
+        return np.einsum("ij,kj->ik", self.mesh.vertices, self.T_world_obj[:3, :3]) + self.T_world_obj[:3, 3]
 
 
 @dataclass
