@@ -57,6 +57,7 @@ GRIDS = {  # name: (levels, features per level, log2 T, base res, max res)
     "rgb_grid": (16, 2, 19, 16, 2048),
     "feat_grid": (12, 8, 19, 16, 128),
 }
+LOSS_SCALE = 2.0**16  # fixed loss scale, as a GradScaler would apply (fp16 gradients underflow otherwise)
 SWEEP = [(64, 2), (128, 4), (256, 4), (256, 8), (512, 8)]
 
 
@@ -126,6 +127,27 @@ def peak_mem_mb(step, dev) -> float | None:
     return (torch.cuda.max_memory_allocated(dev) - base) / 2**20
 
 
+def make_graphed(step, params, dev):
+    """Capture ``step`` (forward + backward) in a CUDA graph; returns a replay function."""
+    s = torch.cuda.Stream(dev)
+    s.wait_stream(torch.cuda.current_stream(dev))
+    with torch.cuda.stream(s):
+        for _ in range(3):
+            for p in params:
+                p.grad = None
+            step()
+    torch.cuda.current_stream(dev).wait_stream(s)
+    for p in params:
+        p.grad = None
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = step()
+    def replay():
+        graph.replay()
+        return out
+    return replay
+
+
 def rel_err(a, b) -> float:
     a, b = a.detach().double(), b.detach().double()
     return float((a - b).norm() / b.norm().clamp_min(1e-30))
@@ -180,6 +202,8 @@ def grid_rows(args, dev, gen, records, meta):
                                         dtype=dtype).to(dev)
                     backends["tcnn"] = lambda x, t, enc=enc: enc(x)
 
+                if points == "rays" and dev.type == "cuda":
+                    backends["triton_graph"] = "graph"
                 outs = {}
                 for bname, fn in backends.items():
                     def step(fn=fn):
@@ -187,6 +211,12 @@ def grid_rows(args, dev, gen, records, meta):
                         y = fn(x, table)
                         y.backward(g if y.dtype == g.dtype else g.to(y.dtype))
                         return y
+                    if fn == "graph":
+                        def body():
+                            y = HT.hash_grid_encode_triton(x, table, res)
+                            y.backward(g)
+                            return y
+                        step = make_graphed(body, [table], dev)
                     t0 = time.perf_counter()
                     y = step()
                     sync(dev)
@@ -246,7 +276,7 @@ def freq_encode(x, n_freq: int):  # [N, 3] -> [N, 3*2*n_freq]
 
 
 def hidden_of(enc, x, mlp, n_freq):
-    h = torch.cat([enc.float(), freq_encode(x, n_freq)], -1)
+    h = torch.cat([enc, freq_encode(x, n_freq).to(enc.dtype)], -1)
     h = torch.relu(mlp.l1(h))
     return torch.relu(mlp.l2(h))
 
@@ -288,31 +318,57 @@ def feature_path_rows(args, dev, gen, records):
         return loss_fused(hash_grid_encode_torch(x, table, res), x, w, target, mlp, n_freq)
 
     post_fused_c = torch.compile(loss_fused, dynamic=False) if args.compile else None
+    enc_h = lambda x: HT.hash_grid_encode_triton(x, table, res, out_dtype=amp_dtype)  # noqa: E731
     variants = {
         "eager": full_ref,
         "triton_unfused": lambda x, w, t: loss_unfused(HT.hash_grid_encode_triton(x, table, res), x, w, t, mlp, n_freq),
         "triton_fused": lambda x, w, t: loss_fused(HT.hash_grid_encode_triton(x, table, res), x, w, t, mlp, n_freq),
+        "triton_fused_h": lambda x, w, t: loss_fused(enc_h(x), x, w, t, mlp, n_freq),
     }
+    if dev.type == "cuda":
+        variants["triton_fused_h_graph"] = ("graph", variants["triton_fused_h"])
     if args.compile:
         variants["compiled"] = torch.compile(full_ref, dynamic=False)
         variants["compiled_fused"] = torch.compile(full_ref_fused, dynamic=False)
         variants["triton_fused_compiled"] = lambda x, w, t: post_fused_c(HT.hash_grid_encode_triton(x, table, res),
                                                                           x, w, t, mlp, n_freq)
+        variants["triton_fused_h_compiled"] = lambda x, w, t: post_fused_c(enc_h(x), x, w, t, mlp, n_freq)
+        if dev.type == "cuda":
+            variants["triton_fused_h_compiled_graph"] = ("graph", variants["triton_fused_h_compiled"])
+            variants["compiled_reduce_overhead"] = ("ro", torch.compile(full_ref, dynamic=False, mode="reduce-overhead"))
     ref = None
+    steps = {}
     for vname, fn in variants.items():
-        def step(fn=fn):
+        mode = None
+        if isinstance(fn, tuple):
+            mode, fn = fn
+
+        def body(fn=fn):
+            with torch.autocast(dev.type, dtype=amp_dtype, cache_enabled=False):
+                loss = fn(x, w, target)
+            (loss * LOSS_SCALE).backward()
+            return loss
+
+        def step(body=body, mode=mode):
+            if mode == "ro":
+                torch.compiler.cudagraph_mark_step_begin()
             for p in params:
                 p.grad = None
-            with torch.autocast(dev.type, dtype=amp_dtype):
-                loss = fn(x, w, target)
-            loss.backward()
-            return loss
-        t0 = time.perf_counter()
-        loss = step()
-        sync(dev)
-        first_s = time.perf_counter() - t0
-        grads = [p.grad.detach().clone() for p in params]
-        tm = time_steps(step, dev, args.reps, args.warmup)
+            return body()
+        try:
+            t0 = time.perf_counter()
+            if mode == "graph":
+                step = make_graphed(body, params, dev)
+            loss = step()
+            sync(dev)
+            first_s = time.perf_counter() - t0
+            grads = [p.grad.detach().clone() for p in params]
+            tm = time_steps(step, dev, args.reps, args.warmup)
+        except Exception as e:  # keep the other variants' numbers
+            print(f"  {'feat_path':28s} {vname:22s} FAILED: {e!r}"[:400], flush=True)
+            records.append({"row": "feat_path", "backend": vname, "error": repr(e)[:2000]})
+            continue
+        steps[vname] = step
         rec = {"row": "feat_path", "backend": vname, "n_points": R * S, "rays": R, "samples": S, "feature_dim": D,
                "levels": L, "T": T, "F": F, "dtype": "float32 table, fp16 autocast", "first_call_s": first_s, **tm,
                "peak_mem_mb": peak_mem_mb(step, dev), "loss": loss.item()}
@@ -322,10 +378,64 @@ def feature_path_rows(args, dev, gen, records):
             rec["loss_rel_err_vs_eager"] = abs(loss.item() - ref[0]) / abs(ref[0])
             rec["table_grad_rel_err_vs_eager"] = rel_err(grads[0], ref[1][0])
             rec["mlp_grad_rel_err_vs_eager"] = max(rel_err(a, b) for a, b in zip(grads[1:], ref[1][1:]))
+            rec["grad_rel_err_per_param"] = [rel_err(a, b) for a, b in zip(grads, ref[1])]
         records.append(rec)
         print(f"  {'feat_path':28s} {vname:22s} {tm['median_ms']:8.3f} ms  "
               + (f"loss err {rec['loss_rel_err_vs_eager']:.1e} table grad {rec['table_grad_rel_err_vs_eager']:.1e} "
                  f"mlp grad {rec['mlp_grad_rel_err_vs_eager']:.1e}" if "loss_rel_err_vs_eager" in rec else ""), flush=True)
+    if args.diag and dev.type == "cuda":
+        for vname in ("triton_fused_h", "triton_fused_h_compiled"):
+            if vname in steps:
+                profile_step(steps[vname], vname)
+
+
+def profile_step(step, name, n=3):
+    """Print the top kernels of ``n`` steps by device time (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+    step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(n):
+            step()
+        torch.cuda.synchronize()
+    ka = prof.key_averages()
+    for key in ("self_device_time_total", "self_cuda_time_total"):
+        try:
+            print(f"\n--- profile {name} ({n} steps), by {key}\n" + ka.table(sort_by=key, row_limit=18, max_name_column_width=60))
+            break
+        except Exception as e:  # noqa: PERF203
+            print("profile sort failed:", key, repr(e)[:200])
+
+
+def diag_kernels(dev, gen):
+    """Atomic instructions in the backward PTX and per-level kernel times for the RGB grid."""
+    from f3rm_ros.core.ops import _hashgrid_kernels as K
+    n = 393216
+    x = ray_points(8192, 48, dev, gen)
+    for gname, (L, F, log2t, base, mx) in GRIDS.items():
+        T = 2**log2t
+        res = grid_resolutions(L, base, mx)
+        table = (torch.rand(L, T, F, generator=gen, device=dev) * 2 - 1) * 1e-4
+        meta = HT._meta(res, T, dev)
+        g = torch.randn(n, L * F, generator=gen, device=dev)
+        gt = torch.zeros_like(table)
+        k = K.hash_bwd[((n + 127) // 128, L)](x, g, meta, gt, n, T=T, L=L, F=F, BLOCK=128, POW2=True, num_warps=4)
+        ptx = k.asm.get("ptx", "")
+        atoms = sorted({ln.strip().split()[0] for ln in ptx.splitlines() if "atom." in ln or "red." in ln})
+        kf = K.hash_fwd[((n + 127) // 128, L)](x, table, meta, torch.empty(n, L * F, device=dev), n, T=T, L=L, F=F,
+                                                BLOCK=128, POW2=True, num_warps=4)
+        lds = sorted({ln.strip().split()[0] for ln in kf.asm.get("ptx", "").splitlines() if "ld.global" in ln})
+        print(f"  {gname}: bwd atomics {atoms}; fwd loads {lds}; regs fwd {getattr(kf, 'n_regs', '?')} "
+              f"bwd {getattr(k, 'n_regs', '?')} spills {getattr(kf, 'n_spills', '?')}/{getattr(k, 'n_spills', '?')}")
+        per = []
+        for l in range(L):
+            t1 = table[l:l + 1].contiguous()
+            m1 = HT._meta(res[l:l + 1], T, dev)
+            g1 = g[:, l * F:(l + 1) * F].contiguous()
+            f = time_steps(lambda: HT._launch_fwd(x, t1, m1, (128, 4)), dev, 20, 3)["median_ms"]
+            b = time_steps(lambda: HT._launch_bwd(x, g1, m1, (1, T, F), (128, 4)), dev, 20, 3)["median_ms"]
+            per.append((res[l], round(f, 4), round(b, 4)))
+        print(f"  {gname} per level (R, fwd ms, bwd ms incl. zeroing the level's grad): {per}", flush=True)
 
 
 # -------------------------------------------------------------------------------------- report
@@ -363,6 +473,7 @@ def main(argv=None) -> int:
     ap.add_argument("--only", nargs="+", default=["grids", "feat_path"])
     ap.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--quick", action="store_true", help="tiny CPU smoke test in Triton's interpreter")
+    ap.add_argument("--diag", action="store_true", help="PTX atomics, per-level kernel times, profiles")
     args = ap.parse_args(argv)
     if args.quick:
         args.rays, args.samples, args.reps, args.warmup, args.compile = 8, 4, 2, 1, False
@@ -384,6 +495,8 @@ def main(argv=None) -> int:
     print(f"commit {meta['commit']}  device {meta['device']}  torch {meta['torch']}  triton {meta['triton']}", flush=True)
     records: list = []
     t0 = time.perf_counter()
+    if args.diag and dev.type == "cuda":
+        diag_kernels(dev, gen)
     if "grids" in args.only:
         grid_rows(args, dev, gen, records, meta)
     if "feat_path" in args.only:

@@ -64,6 +64,21 @@ def _worker() -> None:
             "grad_scale": float(gr.float().abs().max()),
             "grad_nonzero": int((gr != 0).sum()),
         }
+    # fp32 table with an fp16 output (for an fp16 MLP): output = reference rounded to fp16, fp16 grad_out
+    res = grid_resolutions(4, 4, 40)
+    x = torch.rand(150, 3, generator=gen)
+    table = (torch.rand(4, 2**10, 2, generator=gen) * 2 - 1).requires_grad_(True)
+    y = hash_grid_encode_triton(x, table, res, out_dtype=torch.float16)
+    g = torch.randn(y.shape, generator=gen).half()
+    y.backward(g)
+    gt = table.grad.detach().clone()
+    table.grad = None
+    yr = hash_grid_encode_torch(x, table, res)
+    yr.backward(g.float())
+    results["out_dtype_f16"] = {"out_dtype": str(y.dtype), "grad_dtype": str(gt.dtype),
+                                "out_err": float((y.float() - yr.half().float()).abs().max()),
+                                "grad_err": float((gt - table.grad).abs().max()),
+                                "grad_scale": float(table.grad.abs().max())}
     print("RESULTS " + json.dumps(results))
 
 
@@ -107,6 +122,15 @@ def test_triton_matches_reference(interp_results, name):
     assert r["loop_err"] <= tol * max(r["out_scale"], 1.0) + 1e-6
     assert r["grad_nonzero"] > 0
     assert r["grad_err"] <= tol * max(r["grad_scale"], 1.0)
+
+
+def test_fp16_output_from_fp32_table(interp_results):
+    r = interp_results["out_dtype_f16"]
+    print(f"fp32 table, out_dtype=float16: out dtype {r['out_dtype']}, out err vs reference rounded to fp16 "
+          f"{r['out_err']:.3g}; grad dtype {r['grad_dtype']}, grad err {r['grad_err']:.3g} (scale {r['grad_scale']:.3g})")
+    assert r["out_dtype"] == "torch.float16" and r["grad_dtype"] == "torch.float32"
+    assert r["out_err"] <= 1e-3  # at most one fp16 ulp at |y| <= 1
+    assert r["grad_err"] <= 1e-5 * max(r["grad_scale"], 1.0)
 
 
 def test_cases_cover_dense_and_hashed(interp_results):

@@ -83,11 +83,11 @@ def _meta(resolutions: Sequence[int], T: int, device: torch.device) -> Tensor:
     return m
 
 
-def _launch_fwd(x: Tensor, table: Tensor, meta: Tensor, cfg) -> Tensor:
+def _launch_fwd(x: Tensor, table: Tensor, meta: Tensor, cfg, out_dtype: torch.dtype | None = None) -> Tensor:
     hash_fwd, _ = _kernels()
     L, T, F = table.shape
     n = x.shape[0]
-    out = torch.empty(n, L * F, dtype=table.dtype, device=x.device)
+    out = torch.empty(n, L * F, dtype=out_dtype or table.dtype, device=x.device)
     if n == 0:
         return out
     block, warps = cfg
@@ -113,29 +113,30 @@ def _launch_bwd(x: Tensor, grad_out: Tensor, meta: Tensor, shape, cfg) -> Tensor
 
 class _HashGridTriton(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, table, meta, fwd_cfg, bwd_cfg):  # noqa: D401 - autograd signature
+    def forward(ctx, x, table, meta, fwd_cfg, bwd_cfg, out_dtype):  # noqa: D401 - autograd signature
         ctx.save_for_backward(x, meta)
         ctx.shape = tuple(table.shape)
         ctx.dtype = table.dtype
         ctx.bwd_cfg = bwd_cfg
-        return _launch_fwd(x, table, meta, fwd_cfg)
+        return _launch_fwd(x, table, meta, fwd_cfg, out_dtype)
 
     @staticmethod
     def backward(ctx, grad_out):
         x, meta = ctx.saved_tensors
         if not ctx.needs_input_grad[1]:
-            return None, None, None, None, None
+            return None, None, None, None, None, None
         gtab = _launch_bwd(x, grad_out.contiguous(), meta, ctx.shape, ctx.bwd_cfg)
         if ctx.dtype != torch.float32:
             gtab = gtab.to(ctx.dtype)
-        return None, gtab, None, None, None
+        return None, gtab, None, None, None, None
 
 
 def hash_grid_encode_triton(x: Tensor,  # [N, 3] in [0, 1]
                             table: Tensor,  # [L, T, F]
                             resolutions: Sequence[int],
                             fwd_config: tuple[int, int] | None = None,
-                            bwd_config: tuple[int, int] | None = None) -> Tensor:  # [N, L*F]
+                            bwd_config: tuple[int, int] | None = None,
+                            out_dtype: torch.dtype | None = None) -> Tensor:  # [N, L*F]
     """Hash-grid encoding with Triton kernels; differentiable w.r.t. ``table`` only.
 
     Args:
@@ -143,8 +144,10 @@ def hash_grid_encode_triton(x: Tensor,  # [N, 3] in [0, 1]
         table: feature tables, shape [L, T, F], fp32, fp16 or bf16; F a power of two.
         resolutions: L grid resolutions (ints >= 1).
         fwd_config, bwd_config: optional (BLOCK, num_warps) overrides (BLOCK a power of two).
+        out_dtype: output dtype (default: the table's, as the contract says); e.g. float16 for an
+            fp32 table feeding an fp16 MLP, which halves the bytes written and saves a cast.
     Returns:
-        [N, L*F] features, level-major, dtype of ``table``.
+        [N, L*F] features, level-major, dtype ``out_dtype`` or that of ``table``.
     Raises:
         ValueError: bad shapes/dtypes, or tensors on the CPU without ``TRITON_INTERPRET=1``.
     """
@@ -161,6 +164,8 @@ def hash_grid_encode_triton(x: Tensor,  # [N, 3] in [0, 1]
         raise ValueError(f"features per level must be a power of two for the Triton kernel, got {F}")
     if table.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise ValueError(f"table dtype must be float32, float16 or bfloat16, got {table.dtype}")
+    if out_dtype not in (None, torch.float32, torch.float16, torch.bfloat16):
+        raise ValueError(f"out_dtype must be float32, float16 or bfloat16, got {out_dtype}")
     if x.device != table.device:
         raise ValueError(f"x on {x.device} but table on {table.device}")
     if x.device.type != "cuda" and not _interpret_mode():
@@ -170,4 +175,5 @@ def hash_grid_encode_triton(x: Tensor,  # [N, 3] in [0, 1]
     x32 = x.detach().to(torch.float32).contiguous()
     meta = _meta(resolutions, T, x.device)
     return _HashGridTriton.apply(x32, table.contiguous(), meta,
-                                 tuple(fwd_config or DEFAULT_FWD_CONFIG), tuple(bwd_config or DEFAULT_BWD_CONFIG))
+                                 tuple(fwd_config or DEFAULT_FWD_CONFIG), tuple(bwd_config or DEFAULT_BWD_CONFIG),
+                                 out_dtype)
