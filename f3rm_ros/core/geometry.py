@@ -117,7 +117,7 @@ def look_at_opencv(eye: np.ndarray, target: np.ndarray, up: np.ndarray = (0.0, 0
     z = np.asarray(target, dtype=np.float64) - eye
     z /= np.linalg.norm(z)
     up = np.asarray(up, dtype=np.float64)
-    x = np.cross(z, -up)  # image +x is right; image +y (down) is -up
+    x = np.cross(z, up)  # image +x (right) = forward x up; then image +y = forward x right points down
     if np.linalg.norm(x) < 1e-9:  # looking straight along up: pick any perpendicular
         x = np.cross(z, np.array([1.0, 0.0, 0.0]) if abs(z[0]) < 0.9 else np.array([0.0, 1.0, 0.0]))
     x /= np.linalg.norm(x)

@@ -1,0 +1,234 @@
+"""The one place where ROS messages meet numpy: images, camera info, poses, point clouds.
+
+Small stand-ins for what ROS does not ship on PyPI (cv_bridge, sensor_msgs_py.point_cloud2): the
+real packages are used when they import (``HAVE_CV_BRIDGE`` / ``HAVE_SENSOR_MSGS_PY``), these
+otherwise; tests compare both paths where both exist.
+
+Frames: poses are ``T_parent_child`` 4x4 matrices in metres (geometry.py conventions); camera
+intrinsics follow ``sensor_msgs/CameraInfo`` (OpenCV optical frame, ``plumb_bob`` distortion).
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+from geometry_msgs.msg import Point, Pose, PoseStamped, Quaternion, Transform, TransformStamped
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2, PointField
+
+from f3rm_ros.core.geometry import matrix_to_pose, pose_to_matrix
+
+try:  # pragma: no cover - depends on the ROS install
+    from cv_bridge import CvBridge  # type: ignore
+
+    HAVE_CV_BRIDGE = True
+except ImportError:
+    HAVE_CV_BRIDGE = False
+try:  # pragma: no cover - depends on the ROS install
+    from sensor_msgs_py import point_cloud2 as _pc2  # type: ignore
+
+    HAVE_SENSOR_MSGS_PY = True
+except ImportError:
+    HAVE_SENSOR_MSGS_PY = False
+
+__all__ = [
+    "SUPPORTED_ENCODINGS",
+    "ConversionError",
+    "image_to_rgb",
+    "rgb_to_image",
+    "compressed_to_rgb",
+    "camera_info_to_intrinsics",
+    "intrinsics_to_camera_info",
+    "pose_msg_to_matrix",
+    "matrix_to_pose_msg",
+    "transform_msg_to_matrix",
+    "make_point_cloud",
+    "read_point_cloud",
+]
+
+SUPPORTED_ENCODINGS = ("rgb8", "bgr8", "rgba8", "bgra8", "mono8")
+
+
+class ConversionError(ValueError):
+    """A message cannot be converted; the message says which field is wrong."""
+
+
+# --- images ----------------------------------------------------------------------------------------
+
+def image_to_rgb(msg: Image) -> np.ndarray:
+    """``sensor_msgs/Image`` -> (H, W, 3) uint8 RGB. Encodings: rgb8, bgr8, rgba8, bgra8, mono8."""
+    enc = msg.encoding.lower()
+    if enc not in SUPPORTED_ENCODINGS:
+        raise ConversionError(f"unsupported image encoding {msg.encoding!r}; supported: {list(SUPPORTED_ENCODINGS)}")
+    ch = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}[enc]
+    h, w, step = int(msg.height), int(msg.width), int(msg.step)
+    if h <= 0 or w <= 0:
+        raise ConversionError(f"image has no pixels ({w}x{h})")
+    if step < w * ch:
+        raise ConversionError(f"image step {step} is smaller than width*channels = {w * ch}")
+    data = np.frombuffer(bytes(msg.data), dtype=np.uint8)
+    if data.size < h * step:
+        raise ConversionError(f"image data has {data.size} bytes, expected {h * step} ({h} rows x step {step})")
+    arr = data[: h * step].reshape(h, step)[:, : w * ch].reshape(h, w, ch)
+    if enc == "mono8":
+        return np.repeat(arr, 3, axis=2).copy()
+    if enc in ("bgr8", "bgra8"):
+        arr = arr[..., [2, 1, 0]]
+    return np.ascontiguousarray(arr[..., :3])
+
+
+def rgb_to_image(rgb: np.ndarray, stamp: Any = None, frame_id: str = "") -> Image:
+    """(H, W, 3) uint8 RGB -> ``sensor_msgs/Image`` (rgb8)."""
+    rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ConversionError(f"expected an (H, W, 3) image, got shape {rgb.shape}")
+    msg = Image(height=rgb.shape[0], width=rgb.shape[1], encoding="rgb8", is_bigendian=0,
+                step=rgb.shape[1] * 3, data=rgb.tobytes())
+    msg.header.frame_id = frame_id
+    if stamp is not None:
+        msg.header.stamp = stamp
+    return msg
+
+
+def compressed_to_rgb(msg: CompressedImage) -> np.ndarray:
+    """``sensor_msgs/CompressedImage`` (jpeg/png) -> (H, W, 3) uint8 RGB."""
+    from PIL import Image as PILImage
+
+    try:
+        with PILImage.open(io.BytesIO(bytes(msg.data))) as im:
+            return np.asarray(im.convert("RGB")).copy()
+    except Exception as e:  # PIL raises many types for bad data
+        raise ConversionError(f"cannot decode compressed image (format {msg.format!r}): {e}") from None
+
+
+# --- cameras ---------------------------------------------------------------------------------------
+
+def camera_info_to_intrinsics(msg: CameraInfo):
+    """``sensor_msgs/CameraInfo`` -> :class:`f3rm_ros.core.cameras.CameraIntrinsics`.
+
+    ROS puts pixel centres at integer coordinates (like OpenCV); CameraIntrinsics puts them at +0.5
+    (like nerfstudio), so the principal point moves by half a pixel here. Supports ``plumb_bob`` /
+    ``rational_polynomial`` (coefficients past k3 must be zero) and no distortion.
+    Raises ConversionError on a zero/non-finite focal length, no image size or an unknown model.
+    """
+    from f3rm_ros.core.cameras import CameraIntrinsics
+
+    k = np.asarray(msg.k, dtype=np.float64)
+    if k.size != 9 or not np.all(np.isfinite(k)) or k[0] <= 0 or k[4] <= 0:
+        raise ConversionError(f"camera_info K is not a valid intrinsic matrix: {k.tolist()}")
+    if msg.width <= 0 or msg.height <= 0:
+        raise ConversionError(f"camera_info has no image size ({msg.width}x{msg.height})")
+    d = [float(x) for x in msg.d]
+    model = msg.distortion_model or ("plumb_bob" if d else "")
+    if d and model not in ("plumb_bob", "rational_polynomial"):
+        raise ConversionError(f"unsupported distortion model {model!r} (use plumb_bob)")
+    try:
+        return CameraIntrinsics.from_opencv(k, int(msg.width), int(msg.height), d)
+    except ValueError as e:
+        raise ConversionError(f"camera_info rejected: {e}") from None
+
+
+def intrinsics_to_camera_info(intr, stamp: Any = None, frame_id: str = "") -> CameraInfo:
+    """:class:`CameraIntrinsics` -> ``sensor_msgs/CameraInfo`` (plumb_bob, integer pixel centres)."""
+    K, dist = intr.to_opencv()
+    msg = CameraInfo(width=int(intr.width), height=int(intr.height), distortion_model="plumb_bob")
+    msg.k = [float(x) for x in K.reshape(-1)]
+    msg.d = [float(x) for x in dist]
+    msg.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+    msg.p = [float(K[0, 0]), 0.0, float(K[0, 2]), 0.0, 0.0, float(K[1, 1]), float(K[1, 2]), 0.0, 0.0, 0.0, 1.0, 0.0]
+    msg.header.frame_id = frame_id
+    if stamp is not None:
+        msg.header.stamp = stamp
+    return msg
+
+
+# --- poses -----------------------------------------------------------------------------------------
+
+def pose_msg_to_matrix(pose: Pose | PoseStamped) -> np.ndarray:
+    """``Pose``/``PoseStamped`` -> 4x4. Raises ConversionError on NaN/inf or a zero quaternion."""
+    if isinstance(pose, PoseStamped):
+        pose = pose.pose
+    p, q = pose.position, pose.orientation
+    vals = [p.x, p.y, p.z, q.x, q.y, q.z, q.w]
+    if not np.all(np.isfinite(vals)):
+        raise ConversionError(f"pose has non-finite values: {vals}")
+    if np.linalg.norm(vals[3:]) < 1e-6:
+        raise ConversionError("pose orientation is a zero quaternion")
+    return pose_to_matrix(np.array(vals[:3]), np.array(vals[3:]))
+
+
+def transform_msg_to_matrix(tf: Transform | TransformStamped) -> np.ndarray:
+    """``Transform``/``TransformStamped`` -> 4x4 (same checks as :func:`pose_msg_to_matrix`)."""
+    if isinstance(tf, TransformStamped):
+        tf = tf.transform
+    pose = Pose(position=Point(x=tf.translation.x, y=tf.translation.y, z=tf.translation.z),
+                orientation=tf.rotation)
+    return pose_msg_to_matrix(pose)
+
+
+def matrix_to_pose_msg(T: np.ndarray, frame_id: str = "", stamp: Any = None) -> PoseStamped:
+    """Rigid 4x4 -> ``PoseStamped``."""
+    t, q = matrix_to_pose(np.asarray(T, dtype=np.float64))
+    msg = PoseStamped()
+    msg.header.frame_id = frame_id
+    if stamp is not None:
+        msg.header.stamp = stamp
+    msg.pose.position = Point(x=float(t[0]), y=float(t[1]), z=float(t[2]))
+    msg.pose.orientation = Quaternion(x=float(q[0]), y=float(q[1]), z=float(q[2]), w=float(q[3]))
+    return msg
+
+
+# --- point clouds ----------------------------------------------------------------------------------
+
+def make_point_cloud(xyz: np.ndarray, fields: dict[str, np.ndarray] | None = None, *,
+                     rgb: np.ndarray | None = None, frame_id: str = "world", stamp: Any = None) -> PointCloud2:
+    """(N, 3) points in metres (+ float32 scalar fields, + (N, 3) uint8 colours) -> ``PointCloud2``.
+
+    Layout: x y z, then each scalar field (float32), then ``rgb`` packed in a float32 as RViz expects.
+    """
+    xyz = np.asarray(xyz, dtype=np.float32).reshape(-1, 3)
+    n = xyz.shape[0]
+    names = ["x", "y", "z"]
+    cols = [xyz[:, 0], xyz[:, 1], xyz[:, 2]]
+    for name, values in (fields or {}).items():
+        values = np.asarray(values, dtype=np.float32).reshape(-1)
+        if values.shape[0] != n:
+            raise ConversionError(f"field {name!r} has {values.shape[0]} values for {n} points")
+        names.append(name)
+        cols.append(values)
+    if rgb is not None:
+        c = np.asarray(rgb, dtype=np.uint32).reshape(n, 3)
+        packed = (c[:, 0] << 16) | (c[:, 1] << 8) | c[:, 2]
+        names.append("rgb")
+        cols.append(packed.astype(np.uint32).view(np.float32))
+    data = np.stack(cols, axis=1).astype(np.float32) if n else np.zeros((0, len(names)), np.float32)
+    msg = PointCloud2(height=1, width=n, is_bigendian=False, is_dense=True,
+                      point_step=4 * len(names), row_step=4 * len(names) * n, data=data.tobytes())
+    msg.fields = [PointField(name=nm, offset=4 * i, datatype=PointField.FLOAT32, count=1) for i, nm in enumerate(names)]
+    msg.header.frame_id = frame_id
+    if stamp is not None:
+        msg.header.stamp = stamp
+    return msg
+
+
+def read_point_cloud(msg: PointCloud2) -> dict[str, np.ndarray]:
+    """``PointCloud2`` with float32 fields -> ``{"xyz": (N, 3), <field>: (N,)...}`` (``rgb`` as (N, 3) uint8)."""
+    n = int(msg.width) * int(msg.height)
+    step = int(msg.point_step)
+    raw = np.frombuffer(bytes(msg.data), dtype=np.uint8)
+    if raw.size < n * step:
+        raise ConversionError(f"point cloud data has {raw.size} bytes, expected {n * step}")
+    raw = raw[: n * step].reshape(n, step)
+    out: dict[str, np.ndarray] = {}
+    for f in msg.fields:
+        if f.datatype != PointField.FLOAT32:
+            raise ConversionError(f"field {f.name!r} is not FLOAT32 (datatype {f.datatype})")
+        col = raw[:, f.offset: f.offset + 4].copy().view(np.float32).reshape(n)
+        out[f.name] = col
+    if all(k in out for k in "xyz"):
+        out["xyz"] = np.stack([out.pop("x"), out.pop("y"), out.pop("z")], axis=1)
+    if "rgb" in out:
+        packed = out["rgb"].view(np.uint32)
+        out["rgb"] = np.stack([(packed >> 16) & 255, (packed >> 8) & 255, packed & 255], 1).astype(np.uint8)
+    return out

@@ -1,0 +1,106 @@
+"""Message <-> numpy conversions (our small stand-ins for cv_bridge and sensor_msgs_py)."""
+
+import math
+
+import numpy as np
+import pytest
+
+pytest.importorskip("rclpy", reason="ROS message packages are not installed: run scripts/setup.sh first")
+
+from geometry_msgs.msg import PoseStamped  # noqa: E402
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image  # noqa: E402
+
+from f3rm_ros.core.cameras import CameraIntrinsics  # noqa: E402
+from f3rm_ros.ros import conversions as cv  # noqa: E402
+
+
+def test_every_supported_encoding_decodes_to_the_same_rgb():
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, size=(5, 7, 3), dtype=np.uint8)
+    alpha = np.full((5, 7, 1), 200, np.uint8)
+    variants = {"rgb8": rgb, "bgr8": rgb[..., ::-1], "rgba8": np.concatenate([rgb, alpha], 2),
+                "bgra8": np.concatenate([rgb[..., ::-1], alpha], 2)}
+    for enc, arr in variants.items():
+        pad = 3  # rows padded beyond width*channels, as drivers do
+        ch = arr.shape[2]
+        rows = np.zeros((5, 7 * ch + pad), np.uint8)
+        rows[:, : 7 * ch] = arr.reshape(5, -1)
+        msg = Image(height=5, width=7, encoding=enc, step=7 * ch + pad, data=rows.tobytes())
+        assert np.array_equal(cv.image_to_rgb(msg), rgb), enc
+    mono = Image(height=5, width=7, encoding="mono8", step=7, data=rgb[..., 0].tobytes())
+    assert np.array_equal(cv.image_to_rgb(mono), np.repeat(rgb[..., :1], 3, 2))
+    assert np.array_equal(cv.image_to_rgb(cv.rgb_to_image(rgb)), rgb)
+
+
+@pytest.mark.parametrize("msg, reason", [
+    (Image(height=2, width=2, encoding="16UC1", step=4, data=bytes(8)), "unsupported image encoding"),
+    (Image(height=2, width=2, encoding="rgb8", step=6, data=bytes(5)), "expected 12"),
+    (Image(height=0, width=2, encoding="rgb8", step=6, data=b""), "no pixels"),
+    (Image(height=2, width=2, encoding="rgb8", step=2, data=bytes(4)), "step"),
+])
+def test_bad_images_raise_a_reason(msg, reason):
+    with pytest.raises(cv.ConversionError, match=reason):
+        cv.image_to_rgb(msg)
+
+
+def test_compressed_images_decode_and_garbage_is_refused():
+    import io
+
+    from PIL import Image as PILImage
+
+    rgb = np.random.default_rng(1).integers(0, 256, size=(6, 4, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    PILImage.fromarray(rgb).save(buf, format="PNG")
+    assert np.array_equal(cv.compressed_to_rgb(CompressedImage(format="png", data=buf.getvalue())), rgb)
+    with pytest.raises(cv.ConversionError, match="cannot decode"):
+        cv.compressed_to_rgb(CompressedImage(format="jpeg", data=b"not an image"))
+
+
+def test_camera_info_round_trip_shifts_the_principal_point_by_half_a_pixel():
+    intr = CameraIntrinsics(fx=500.0, fy=510.0, cx=320.5, cy=240.5, width=640, height=480, k1=-0.1, p2=0.001)
+    msg = cv.intrinsics_to_camera_info(intr, frame_id="camera_optical_frame")
+    assert msg.k[2] == 320.0 and msg.k[5] == 240.0  # ROS: integer pixel centres
+    assert cv.camera_info_to_intrinsics(msg) == intr
+    with pytest.raises(cv.ConversionError, match="K is not a valid"):
+        cv.camera_info_to_intrinsics(CameraInfo(width=640, height=480))
+    bad = cv.intrinsics_to_camera_info(intr)
+    bad.distortion_model = "equidistant"
+    with pytest.raises(cv.ConversionError, match="distortion model"):
+        cv.camera_info_to_intrinsics(bad)
+
+
+def test_poses_round_trip_and_nan_is_refused():
+    from f3rm_ros.core.geometry import look_at_opencv
+
+    T = look_at_opencv([0.4, 0.1, 0.5], [0.0, 0.0, 0.0])
+    msg = cv.matrix_to_pose_msg(T, frame_id="world")
+    assert msg.header.frame_id == "world"
+    assert np.allclose(cv.pose_msg_to_matrix(msg), T, atol=1e-9)
+    msg.pose.position.x = math.nan
+    with pytest.raises(cv.ConversionError, match="non-finite"):
+        cv.pose_msg_to_matrix(msg)
+    zero = PoseStamped()
+    zero.pose.orientation.w = 0.0  # ROS defaults to the identity quaternion
+    with pytest.raises(cv.ConversionError, match="zero quaternion"):
+        cv.pose_msg_to_matrix(zero)
+
+
+def test_point_cloud_round_trip_with_scalar_field_and_colours():
+    rng = np.random.default_rng(2)
+    xyz = rng.normal(size=(50, 3)).astype(np.float32)
+    sim = rng.random(50).astype(np.float32)
+    rgb = rng.integers(0, 256, size=(50, 3), dtype=np.uint8)
+    msg = cv.make_point_cloud(xyz, {"similarity": sim}, rgb=rgb, frame_id="world")
+    assert [f.name for f in msg.fields] == ["x", "y", "z", "similarity", "rgb"] and msg.width == 50
+    out = cv.read_point_cloud(msg)
+    assert np.array_equal(out["xyz"], xyz) and np.array_equal(out["similarity"], sim)
+    assert np.array_equal(out["rgb"], rgb)
+    if cv.HAVE_SENSOR_MSGS_PY:  # the real package, where installed, reads our clouds the same way
+        from sensor_msgs_py import point_cloud2
+
+        pts = point_cloud2.read_points_numpy(msg, field_names=["x", "y", "z"])
+        assert np.allclose(pts, xyz)
+    empty = cv.make_point_cloud(np.zeros((0, 3)), {"similarity": np.zeros(0)})
+    assert cv.read_point_cloud(empty)["xyz"].shape == (0, 3)
+    with pytest.raises(cv.ConversionError, match="values for"):
+        cv.make_point_cloud(xyz, {"similarity": sim[:3]})
