@@ -150,3 +150,36 @@ def test_sim_camera_frames(scene, renderer):
     assert all(0 < x < 0.05 for x in dev)
     assert np.allclose(frames[1].T_world_cam_true, poses[1])
     assert frames[0].image.shape == (24, 32, 3)
+
+
+def test_trajectory_arcs():
+    cfg = TrajectoryConfig(num_views=12, num_arcs=3, radius_m=0.5, min_height_m=0.2, max_height_m=0.6,
+                           azimuth_range_deg=(-90.0, 90.0), position_jitter_m=0.0, target_jitter_m=0.0,
+                           roll_jitter_deg=0.0)
+    P = scan_poses(cfg)
+    heights = np.round(P[:, 2, 3], 6)
+    radii = np.linalg.norm(P[:, :2, 3] - np.array(cfg.target[:2]), axis=1)
+    az = np.degrees(np.arctan2(P[:, 1, 3], P[:, 0, 3]))
+    fwd_err = [np.linalg.norm(T[:3, 2] - (np.array(cfg.target) - T[:3, 3]) / np.linalg.norm(
+        np.array(cfg.target) - T[:3, 3])) for T in P]
+    print("heights", sorted(set(heights.tolist())), "radius", radii.min(), radii.max(), "azimuth", az.min(), az.max())
+    assert sorted(set(heights.tolist())) == [0.2, 0.4, 0.6]
+    assert np.allclose(radii, 0.5) and az.min() >= -90 - 1e-6 and az.max() <= 90 + 1e-6
+    assert max(fwd_err) < 1e-9  # every camera looks at the target
+    assert np.all(P[:, :3, 1] @ np.array([0, 0, 1.0]) < 0)  # image "down" points down in the world
+
+
+def test_hit_barycentrics(scene, renderer):
+    K = intrinsics_from_fov(40, 30, 42.5)
+    o, d = pixel_rays(K, look_at_cv([0.4, -0.3, 0.35], [0, 0, 0.03]))
+    h = renderer.cast(o, d)
+    i = np.nonzero(h.hit)[0]
+    p = o[i] + h.t[i, None] * d[i]
+    err = []
+    for k, j in enumerate(i):
+        e = scene.entities[h.entity[j]]
+        tv = e.world_vertices()[e.mesh.triangles[h.triangle[j]]]
+        u, v = h.uv[j]
+        err.append(np.linalg.norm((1 - u - v) * tv[0] + u * tv[1] + v * tv[2] - p[k]))
+    print(f"{len(i)} hits: max |barycentric point - hit point| {max(err) * 1000:.5f} mm")
+    assert max(err) < 1e-5

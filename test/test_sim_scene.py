@@ -103,3 +103,23 @@ objects:
     print("file mesh parts", m.part_names, np.bincount(m.tri_part + 1))
     assert m.part_names == ["top", "first"]
     assert (m.tri_part == 0).sum() == 2 and m.tri_part[0] == 1
+
+
+def test_corner_normals_round_and_sharp():
+    from f3rm_ros.core.sim.meshes import corner_normals, make_box
+
+    m = generate("ball", radius=0.033)
+    cn = corner_normals(m.vertices, m.triangles)
+    v = m.vertices[m.triangles]
+    true = v - np.array([0, 0, 0.033])
+    true /= np.linalg.norm(true, axis=2, keepdims=True)
+    err = np.degrees(np.arccos(np.clip((true * cn).sum(-1), -1, 1)))
+    b = make_box((0.1, 0.1, 0.1))
+    cb = corner_normals(b.vertices, b.triangles)
+    fn = np.cross(b.vertices[b.triangles[:, 1]] - b.vertices[b.triangles[:, 0]],
+                  b.vertices[b.triangles[:, 2]] - b.vertices[b.triangles[:, 0]])
+    fn /= np.linalg.norm(fn, axis=1, keepdims=True)
+    print(f"ball smooth normals: max error {err.max():.2f} deg; box corner normals equal face normals: "
+          f"{np.allclose(cb, fn[:, None, :])}")
+    assert err.max() < 3.0
+    assert np.allclose(cb, fn[:, None, :])  # 90 deg edges stay sharp

@@ -147,8 +147,11 @@ class GraspChecker:
         # per object: surface samples (world), their triangle, and SDF scenes of watertight components
         self._surf: list[tuple[np.ndarray, np.ndarray]] = []
         self._solids: list[list] = []
+        self._spheres: list[tuple[np.ndarray, float]] = []  # bounding sphere per object, for culling
         for e in ents[1:]:
             Vw = e.world_vertices()
+            centre = (Vw.min(0) + Vw.max(0)) / 2
+            self._spheres.append((centre, float(np.linalg.norm(Vw - centre, axis=1).max())))
             self._surf.append(_sample_surface(Vw, e.mesh.triangles, c.surface_spacing_m, rng))
             solids = []
             for ci, comp in enumerate(e.mesh.components):
@@ -183,7 +186,11 @@ class GraspChecker:
             R, t = T_w_box[:3, :3], T_w_box[:3, 3]
             half = size / 2
             vol_pts = rotate(box_grid_points(size, c.gripper_spacing_m), R) + t
+            box_radius = float(np.linalg.norm(half))
             for oi, (pts, tris) in enumerate(self._surf):
+                centre, radius = self._spheres[oi]
+                if np.linalg.norm(centre - t) > radius + box_radius:
+                    continue  # too far apart to touch
                 ent = self.scene.entities[oi + 1]
                 local = rotate(pts - t, R.T)
                 pen = np.min(half - np.abs(local), axis=1)  # > 0 inside the box, = depth below its surface

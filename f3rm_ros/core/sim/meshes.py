@@ -28,7 +28,7 @@ from typing import Callable
 
 import numpy as np
 
-__all__ = ["PartMesh", "GENERATORS", "generate", "revolve", "sweep_tube", "make_box", "merge"]
+__all__ = ["PartMesh", "GENERATORS", "generate", "revolve", "sweep_tube", "make_box", "merge", "corner_normals"]
 
 
 @dataclass
@@ -74,6 +74,43 @@ class PartMesh:
 
     def bounds(self) -> tuple[np.ndarray, np.ndarray]:
         return self.vertices.min(0), self.vertices.max(0)
+
+
+def corner_normals(vertices: np.ndarray, triangles: np.ndarray, crease_deg: float = 40.0) -> np.ndarray:
+    """Smooth shading normals per triangle corner, keeping creases sharp.
+
+    The normal at corner k of triangle f is the area-weighted mean of the normals of the triangles
+    sharing that vertex whose normal is within ``crease_deg`` of triangle f's own normal (so a mug
+    rim or a box edge stays sharp, a cylinder looks round).
+
+    Args:
+        vertices: [V, 3]; triangles: [F, 3].
+        crease_deg: angle above which neighbouring faces are not averaged.
+
+    Returns:
+        [F, 3, 3] unit normals (triangle, corner, xyz).
+    """
+    V = np.asarray(vertices, dtype=np.float64)
+    T = np.asarray(triangles, dtype=np.int64)
+    F = len(T)
+    fw = np.cross(V[T[:, 1]] - V[T[:, 0]], V[T[:, 2]] - V[T[:, 0]])  # length = 2 * area
+    fn = fw / np.maximum(np.linalg.norm(fw, axis=1, keepdims=True), 1e-30)
+    vert = T.ravel()                      # incidence i = corner (i // 3, i % 3)
+    face = np.repeat(np.arange(F), 3)
+    order = np.argsort(vert, kind="stable")
+    counts = np.bincount(vert, minlength=len(V))
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    n_i = counts[vert]                    # group size of each corner's vertex
+    s_i = starts[vert]
+    P = int(n_i.sum())
+    corner = np.repeat(np.arange(3 * F), n_i)
+    offs = np.arange(P) - np.repeat(np.cumsum(n_i) - n_i, n_i)
+    partner_face = face[order[np.repeat(s_i, n_i) + offs]]
+    keep = np.einsum("ij,ij->i", fn[face[corner]], fn[partner_face]) >= np.cos(np.deg2rad(crease_deg))
+    out = np.zeros((3 * F, 3))
+    np.add.at(out, corner[keep], fw[partner_face[keep]])
+    out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-30)
+    return out.reshape(F, 3, 3)
 
 
 def merge(parts: list[PartMesh]) -> PartMesh:

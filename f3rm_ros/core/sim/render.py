@@ -4,7 +4,8 @@ One primary ray per pixel through the pixel centre (pixel (i, j) centre at (i + 
 in :mod:`f3rm_ros.core.cameras`), pinhole intrinsics, camera pose ``T_world_cam`` in the **OpenCV**
 convention (+x right, +y down, +z forward). Shading: Lambertian diffuse + ambient + Blinn-Phong
 specular under one white directional light, optional hard shadows (one occlusion ray per pixel),
-procedural textures in object coordinates, flat (per-face) normals.
+procedural textures in object coordinates, smooth shading normals (interpolated per corner, creases
+above ``crease_angle_deg`` kept sharp); the ``normals`` output holds the flat geometric face normals.
 
 Outputs per image (:class:`RenderOutput`): RGB, z-depth, world normals, per-pixel entity index,
 part index and label id (the ``f3rm_labels`` ids of :meth:`Scene.label_table`).
@@ -22,6 +23,7 @@ import numpy as np
 
 from f3rm_ros.core.cameras import CameraIntrinsics
 from f3rm_ros.core.config import param
+from f3rm_ros.core.sim.meshes import corner_normals
 from f3rm_ros.core.sim.scene import Scene
 from f3rm_ros.core.sim.textures import texture_factor
 
@@ -46,6 +48,9 @@ class RenderConfig:
     specular: float = param(1.0, "multiplier on each material's specular strength", range=(0.0, 5.0))
     shininess: float = param(40.0, "Blinn-Phong exponent", range=(1.0, 1000.0))
     shadows: bool = param(True, "cast hard shadows (one extra occlusion ray per pixel)")
+    smooth_shading: bool = param(True, "interpolate normals across faces (curved objects look round)")
+    crease_angle_deg: float = param(40.0, "faces meeting at more than this stay sharp (smooth shading)",
+                                    range=(0.0, 180.0))
     background_color: tuple[float, float, float] = param((0.78, 0.80, 0.84), "RGB where no surface is hit")
     image_noise_std: float = param(0.0, "std of additive Gaussian pixel noise, 8-bit levels", range=(0.0, 64.0))
 
@@ -83,6 +88,7 @@ class RayHits:
     entity: np.ndarray     # [N] int32 index into scene.entities; -1 = miss
     triangle: np.ndarray   # [N] int64 triangle index within that entity's mesh; -1 = miss
     normal: np.ndarray     # [N, 3] float64 outward face normal, world frame (0 for misses)
+    uv: np.ndarray | None = None  # [N, 2] barycentric (u, v): hit = (1-u-v) v0 + u v1 + v v2
 
     @property
     def hit(self) -> np.ndarray:
@@ -140,6 +146,7 @@ class Renderer:
         self.label_table, self._tri_labels = scene.label_table()
         self._tri_colors: list[np.ndarray] = []
         self._T_obj_world: list[np.ndarray] = []
+        self._corner_n: list[np.ndarray | None] = []
         for i, ent in enumerate(scene.entities):
             V = ent.world_vertices().astype(np.float32)
             gid = self._rc.add_triangles(o3d.core.Tensor(V), o3d.core.Tensor(ent.mesh.triangles.astype(np.uint32)))
@@ -148,6 +155,12 @@ class Renderer:
             part_cols = np.stack([np.asarray(ent.part_colors.get(n, base)) for n in ent.mesh.part_names] + [base])
             self._tri_colors.append(part_cols[ent.mesh.tri_part])  # index -1 -> base
             self._T_obj_world.append(np.linalg.inv(ent.T_world_obj))
+            if self.config.smooth_shading:
+                cn = corner_normals(ent.mesh.vertices, ent.mesh.triangles, self.config.crease_angle_deg)
+                F = len(cn)
+                self._corner_n.append(rotate(cn.reshape(-1, 3), ent.T_world_obj[:3, :3]).reshape(F, 3, 3))
+            else:
+                self._corner_n.append(None)
         self._lut = np.full(max(self._gid_to_entity) + 2, -1, dtype=np.int32)
         for g, e in self._gid_to_entity.items():
             self._lut[g] = e
@@ -167,7 +180,8 @@ class Renderer:
         n = ans["primitive_normals"].numpy().astype(np.float64)
         n[miss] = 0.0
         t[miss] = np.inf
-        return RayHits(t, ent.astype(np.int32), tri, n)
+        uv = ans["primitive_uvs"].numpy().astype(np.float64)
+        return RayHits(t, ent.astype(np.int32), tri, n, uv)
 
     def occluded(self, origins: np.ndarray, directions: np.ndarray, t_far: float = np.inf) -> np.ndarray:
         """[N] bool: does anything lie along each ray within (0, t_far)."""
@@ -205,8 +219,10 @@ class Renderer:
             p = origins[idx] + hits.t[idx, None] * dirs[idx]
             view = -dirs[idx] / np.linalg.norm(dirs[idx], axis=1, keepdims=True)
             n = hits.normal[idx]
-            n = np.where((np.einsum("ij,ij->i", n, view) < 0)[:, None], -n, n)  # face the camera
+            flip = np.einsum("ij,ij->i", n, view) < 0
+            n = np.where(flip[:, None], -n, n)  # face the camera
             normals[idx] = n
+            ns = n.copy()  # shading normals
             base = np.empty((len(idx), 3))
             spec_k = np.empty(len(idx))
             ents = hits.entity[idx]
@@ -224,11 +240,19 @@ class Renderer:
                     col = (1 - f) * col + f * np.asarray(mat.color2)
                 base[sel] = col
                 spec_k[sel] = mat.specular
+                cn = self._corner_n[e]
+                if cn is not None:
+                    uv = hits.uv[idx[sel]]
+                    w = np.stack([1 - uv[:, 0] - uv[:, 1], uv[:, 0], uv[:, 1]], 1)
+                    sn = np.einsum("nk,nkj->nj", w, cn[t_e])
+                    sn /= np.maximum(np.linalg.norm(sn, axis=1, keepdims=True), 1e-12)
+                    ns[sel] = np.where(flip[sel][:, None], -sn, sn)
                 part[idx[sel]] = ent.mesh.tri_part[t_e]
                 label[idx[sel]] = self._tri_labels[e][t_e]
             L = np.asarray(cfg.light_direction, dtype=np.float64)
             L = L / np.linalg.norm(L)
-            ndl = np.clip(np.einsum("ij,j->i", n, L), 0.0, None)
+            ndl = np.clip(np.einsum("ij,j->i", ns, L), 0.0, None)
+            ndl = np.where(np.einsum("ij,j->i", n, L) > 0, ndl, 0.0)  # faces turned away stay dark
             if cfg.shadows:
                 lit = ndl > 0
                 vis = np.zeros(len(idx), bool)
@@ -240,7 +264,7 @@ class Renderer:
                 vis = np.ones(len(idx), bool)
             h = L + view
             h /= np.linalg.norm(h, axis=1, keepdims=True)
-            spec = cfg.specular * spec_k * np.clip(np.einsum("ij,ij->i", n, h), 0.0, None) ** cfg.shininess
+            spec = cfg.specular * spec_k * np.clip(np.einsum("ij,ij->i", ns, h), 0.0, None) ** cfg.shininess
             spec = np.where(ndl > 0, spec, 0.0)
             shade = cfg.ambient + cfg.diffuse * ndl * vis
             rgb[idx] = base * shade[:, None] + (spec * vis)[:, None]

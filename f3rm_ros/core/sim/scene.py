@@ -281,7 +281,7 @@ def _object(y: YNode, base_dir: Path) -> SceneObject:
     obj = SceneObject(name, category, synonyms, mesh, T, mat, part_colors, y.line)
     zmin = obj.world_vertices()[:, 2].min()
     if zmin < -0.002:
-        raise m["pose"].error(f"object {name!r} reaches {zmin * 100:.1f} cm below the table top (z = 0)")
+        raise m["pose"].error(f"object {name!r} reaches {-zmin * 100:.1f} cm below the table top (z = 0)")
     return obj
 
 
