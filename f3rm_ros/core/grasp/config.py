@@ -1,0 +1,85 @@
+"""Settings of the grasp planner and of task recording (reference defaults: f3rm-method.md s. 3-4).
+
+Where a number differs from the reference, or is ours (the reference has no "not found" answer),
+the help text says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from f3rm_ros.core.config import param
+
+__all__ = ["PlannerConfig", "TaskConfig", "DEFAULT_NEGATIVES"]
+
+DEFAULT_NEGATIVES = ("object", "things", "stuff", "texture")
+
+
+@dataclass
+class TaskConfig:
+    """How a task's query points are made when recording demonstrations."""
+
+    num_query_points: int = param(100, "query points per task (reference 100)", range=(1, 10000))
+    query_std_m: float = param(0.0075, "std of the isotropic Gaussian the query points are drawn from, metres "
+                                       "(reference 0.0075-0.014)", range=(1e-4, 0.2))
+    voxel_size_m: float = param(0.01, "delta of alpha = 1 - exp(-density * delta) used for the stored "
+                                      "alpha-weighted features (reference: the proposal voxel size)",
+                                range=(1e-4, 0.2))
+    seed: int = param(0, "random seed of the query points", range=(0, 2**31 - 1))
+
+
+@dataclass
+class PlannerConfig:
+    """Language-guided 6-DoF grasp planner. Reference defaults unless the help text says otherwise."""
+
+    # --- workspace and coarse proposals ------------------------------------------------------------
+    workspace_min_m: tuple[float, float, float] = param(
+        (0.1, -0.45, 0.005), "workspace box lower corner in the world frame, metres (reference robot base box)")
+    workspace_max_m: tuple[float, float, float] = param(
+        (0.8, 0.45, 0.35), "workspace box upper corner in the world frame, metres")
+    voxel_size_m: float = param(0.01, "spacing of the dense alpha grid, also alpha's delta and the "
+                                      "downsampling voxel, metres", range=(1e-3, 0.1))
+    surface_alpha: float = param(0.1, "alpha level of the surface (reference: marching cubes at 0.1; here: "
+                                      "occupied voxels with a free 6-neighbour)", range=(1e-4, 1.0))
+    downsample_voxel_m: float = param(0.01, "voxel size of the voxel downsampling, metres", range=(1e-3, 0.1))
+    outlier_neighbors: int = param(50, "statistical outlier removal: neighbours (k)", range=(1, 1000))
+    outlier_std_ratio: float = param(4.0, "statistical outlier removal: std ratio", range=(0.0, 100.0))
+    negatives: tuple[str, ...] = param(DEFAULT_NEGATIVES, "negative phrases of the language mask/similarity")
+    mask_temperature: float = param(0.001, "softmax temperature of the language mask over [query + negatives]",
+                                    range=(1e-6, 10.0))
+    mask_sampling: bool = param(False, "sample each voxel's label from the softmax as the reference does "
+                                       "(False: take the argmax, deterministic; the same at temperature 0.001 "
+                                       "except for near-ties)")
+    similarity_temperature: float = param(0.1, "temperature of the pairwise softmax similarity (LERF)",
+                                          range=(1e-6, 10.0))
+    min_similarity: float = param(0.6, "ours: the best pairwise-softmax similarity over the surface must reach "
+                                       "this, else 'not found' (calibrated on the synthetic scenes)",
+                                  range=(0.0, 1.0))
+    min_masked_voxels: int = param(3, "ours: fewer voxels than this left by the language mask means "
+                                      "'not found'", range=(1, 100000))
+    retrieval: str = param("text+scene", "task retrieval: 'text' (reference: text vs task embeddings) or "
+                                         "'text+scene' (adds the similarity of the task embeddings to the "
+                                         "mean feature of the voxels the query selected)",
+                           choices=("text", "text+scene"))
+    rotations_per_voxel: int = param(8, "uniformly random rotations per voxel", range=(1, 1000))
+    # --- optimisation ------------------------------------------------------------------------------
+    num_steps: int = param(200, "Adam steps", range=(0, 100000))
+    lr: float = param(2e-3, "Adam learning rate (translation in metres and the scaled quaternion)",
+                      range=(0.0, 10.0))
+    quat_scale: float = param(0.1, "the quaternion is optimised multiplied by this", range=(1e-4, 10.0))
+    prune_after_step: int = param(10, "prune after this step", range=(0, 100000))
+    keep_fraction: float = param(0.975, "fraction of poses kept at each pruning", range=(0.0, 1.0))
+    min_poses: int = param(2048, "prune only while more poses than this remain", range=(1, 10**7))
+    # --- collision ---------------------------------------------------------------------------------
+    collision_voxel_m: float = param(0.0075, "gripper voxel size for collision points; also alpha's delta",
+                                     range=(1e-4, 0.1))
+    collision_alpha: float = param(0.2, "a gripper point with alpha >= this is occupied", range=(0.0, 1.0))
+    collision_min_points: int = param(10, "a pose collides if at least this many points are occupied",
+                                      range=(1, 100000))
+    collision_include_fingers: bool = param(False, "check the fingers too (reference: no)")
+    # --- output and resources ----------------------------------------------------------------------
+    max_grasps: int = param(10, "best grasps returned (0 = all survivors)", range=(0, 10**6))
+    opening_m: float = param(0.08, "finger opening reported with each grasp, metres", range=(0.0, 1.0))
+    chunk_points: int = param(2**18, "points per field query chunk (bounds memory: ~1 GB at 768-dim features)", range=(1024, 2**30))
+    device: str = param("auto", "torch device: auto, cpu, cuda, cuda:N")
+    seed: int = param(0, "random seed of rotations (and of mask sampling)", range=(0, 2**31 - 1))

@@ -1,0 +1,68 @@
+"""Small helpers around the field query API (contracts.md): alpha, chunked queries, feature checks.
+
+A "field" here is any object with ``query_density(points_world) -> [N]``,
+``query_features(points_world) -> [N, D]``, ``feature_dim``, ``device`` and ``extractor_info``;
+points are in the world frame, metres.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+__all__ = ["alpha_from_density", "field_has_features", "query_density_chunked", "query_features_chunked",
+           "query_alpha_features"]
+
+
+def alpha_from_density(density: torch.Tensor, delta: float) -> torch.Tensor:
+    """alpha = 1 - exp(-density * delta) for density in 1/metre and a step ``delta`` in metres."""
+    return 1.0 - torch.exp(-torch.clamp(density, min=0.0) * float(delta))
+
+
+def field_has_features(field: Any) -> bool:
+    """True if the field carries a distilled feature field (``feature_dim`` > 0)."""
+    dim = getattr(field, "feature_dim", 0)
+    has = getattr(field, "has_features", True)
+    return bool(has) and dim is not None and int(dim) > 0 and hasattr(field, "query_features")
+
+
+def query_density_chunked(field: Any, points: torch.Tensor,  # [N, 3] world
+                          chunk: int) -> torch.Tensor:  # [N]
+    """Density at ``points`` queried ``chunk`` points at a time (no gradient)."""
+    out = []
+    with torch.no_grad():
+        for i in range(0, points.shape[0], chunk):
+            out.append(field.query_density(points[i:i + chunk]).reshape(-1).float())
+    if not out:
+        return torch.zeros(0, device=points.device)
+    return torch.cat(out)
+
+
+def query_features_chunked(field: Any, points: torch.Tensor,  # [N, 3] world
+                           chunk: int) -> torch.Tensor:  # [N, D]
+    """Raw features at ``points`` queried ``chunk`` points at a time (no gradient)."""
+    out = []
+    with torch.no_grad():
+        for i in range(0, points.shape[0], chunk):
+            out.append(field.query_features(points[i:i + chunk]).float())
+    if not out:
+        return torch.zeros(0, int(field.feature_dim), device=points.device)
+    return torch.cat(out)
+
+
+def query_alpha_features(field: Any, points: torch.Tensor,  # [N, 3] world
+                         delta: float) -> torch.Tensor:  # [N, D]
+    """Alpha-weighted raw features ``alpha(density, delta) * feature`` (differentiable w.r.t. points).
+
+    Uses the field's optional ``query_density_and_features(points) -> (density [N], features [N, D])``
+    when it has one (one pass instead of two), else ``query_density`` and ``query_features``.
+    """
+    both = getattr(field, "query_density_and_features", None)
+    if both is not None:
+        density, feats = both(points)
+        density, feats = density.reshape(-1).float(), feats.float()
+    else:
+        density = field.query_density(points).reshape(-1).float()
+        feats = field.query_features(points).float()
+    return alpha_from_density(density, delta)[:, None] * feats

@@ -1,0 +1,139 @@
+"""Batched 6-DoF pose optimisation against a task embedding (f3rm-method.md s. 4).
+
+Each pose is a translation ``t`` (metres, world) and a scaled quaternion ``p = scale * q`` (x, y, z, w);
+its rotation is that of ``p / |p|``. The loss of a pose is
+
+    w_lang * -cos(flatten(alpha * features at the transformed query points), flatten(task embedding))
+
+with ``w_lang = clamp(1 + (cos(mean_q(alpha * features), text) - s_min) / (s_max - s_min), 0)``.
+Adam runs on all poses at once; the field is queried ``chunk_points`` points at a time and the
+gradients of the chunks are accumulated, so memory is bounded whatever the number of poses.
+
+Our Adam is a few tensor lines rather than ``torch.optim.Adam`` so that pruning can index its moment
+estimates: survivors keep their momentum (the reference rebuilds the optimiser at every pruning,
+restarting the moments of every pose each step while it prunes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from f3rm_ros.core.grasp.field_utils import query_alpha_features
+from f3rm_ros.core.grasp.proposals import quat_to_matrix_torch
+
+__all__ = ["LanguageGuidance", "OptimizeSettings", "pose_losses", "optimize_poses"]
+
+
+@dataclass
+class LanguageGuidance:
+    """Text embedding and the similarity range (over the masked voxels) used to scale pose losses."""
+
+    text_embedding: torch.Tensor  # [C] unit length
+    sim_min: float
+    sim_max: float
+
+    def weight(self, feats: torch.Tensor) -> torch.Tensor:  # [B, Q, C] -> [B]
+        s = torch.nn.functional.cosine_similarity(feats.mean(dim=1), self.text_embedding[None, :], dim=-1)
+        span = self.sim_max - self.sim_min
+        if span < 1e-8:
+            return torch.ones_like(s)
+        return torch.clamp(1.0 + (s - self.sim_min) / span, min=0.0)
+
+
+@dataclass
+class OptimizeSettings:
+    num_steps: int = 200
+    lr: float = 2e-3
+    quat_scale: float = 0.1
+    prune_after_step: int = 10
+    keep_fraction: float = 0.975
+    min_poses: int = 2048
+    delta: float = 0.01
+    chunk_points: int = 2**18
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+
+
+def pose_losses(field: Any, t: torch.Tensor,  # [B, 3]
+                p: torch.Tensor,  # [B, 4] scaled quaternions
+                query_points: torch.Tensor,  # [Q, 3] gripper frame
+                task_emb: torch.Tensor,  # [Q, C]
+                guidance: LanguageGuidance | None, delta: float) -> torch.Tensor:  # [B]
+    """Per-pose loss (differentiable w.r.t. ``t`` and ``p``)."""
+    R = quat_to_matrix_torch(p)
+    pts = torch.einsum("bij,qj->bqi", R, query_points) + t[:, None, :]
+    b, q = pts.shape[:2]
+    feats = query_alpha_features(field, pts.reshape(-1, 3), delta).reshape(b, q, -1)
+    loss = -torch.nn.functional.cosine_similarity(feats.reshape(b, -1), task_emb.reshape(1, -1), dim=-1)
+    if guidance is not None:
+        loss = guidance.weight(feats) * loss
+    return loss
+
+
+def _losses_chunked(field, t, p, qp, emb, guidance, delta, per, with_grad: bool):
+    losses, gt, gp = [], [], []
+    for i in range(0, t.shape[0], per):
+        tc, pc = t[i:i + per], p[i:i + per]
+        if with_grad:
+            tc = tc.detach().requires_grad_(True)
+            pc = pc.detach().requires_grad_(True)
+            with torch.enable_grad():
+                loss = pose_losses(field, tc, pc, qp, emb, guidance, delta)
+                g = torch.autograd.grad(loss.sum(), [tc, pc])
+            gt.append(g[0])
+            gp.append(g[1])
+        else:
+            with torch.no_grad():
+                loss = pose_losses(field, tc, pc, qp, emb, guidance, delta)
+        losses.append(loss.detach())
+    cat = lambda xs: torch.cat(xs) if xs else None  # noqa: E731
+    return cat(losses), cat(gt), cat(gp)
+
+
+def optimize_poses(field: Any, t0: torch.Tensor,  # [N, 3]
+                   q0: torch.Tensor,  # [N, 4] unit quaternions (x, y, z, w)
+                   query_points: torch.Tensor,  # [Q, 3]
+                   task_emb: torch.Tensor,  # [Q, C]
+                   guidance: LanguageGuidance | None,
+                   s: OptimizeSettings) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+    """Optimise N poses with Adam, pruning to ``keep_fraction`` after ``prune_after_step`` while more than
+    ``min_poses`` remain.
+
+    Returns:
+        (t [M, 3], unit quaternions [M, 4], final losses [M] evaluated at the returned poses, info dict
+        with the number of poses after each pruning and the step count).
+    """
+    t = t0.detach().float().clone()
+    p = (q0.detach().float() / q0.norm(dim=-1, keepdim=True).clamp_min(1e-12)) * s.quat_scale
+    mt, vt = torch.zeros_like(t), torch.zeros_like(t)
+    mp, vp = torch.zeros_like(p), torch.zeros_like(p)
+    b1, b2 = s.betas
+    per = max(1, s.chunk_points // max(1, query_points.shape[0]))
+    info: dict = {"initial": int(t.shape[0]), "pruned": []}
+    for step in range(s.num_steps):
+        if t.shape[0] == 0:
+            break
+        losses, gt, gp = _losses_chunked(field, t, p, query_points, task_emb, guidance, s.delta, per, True)
+        k = step + 1
+        for x, g, m, v in ((t, gt, mt, vt), (p, gp, mp, vp)):
+            g = torch.nan_to_num(g)
+            m.mul_(b1).add_(g, alpha=1 - b1)
+            v.mul_(b2).addcmul_(g, g, value=1 - b2)
+            mhat = m / (1 - b1 ** k)
+            vhat = v / (1 - b2 ** k)
+            x.sub_(s.lr * mhat / (vhat.sqrt() + s.eps))
+        n = t.shape[0]
+        if s.keep_fraction < 1.0 and n > s.min_poses and step > s.prune_after_step:
+            keep = max(int(s.keep_fraction * n), s.min_poses)
+            idx = torch.topk(losses, keep, largest=False).indices
+            t, p, mt, vt, mp, vp = (x[idx].contiguous() for x in (t, p, mt, vt, mp, vp))
+            info["pruned"].append((step, keep))
+    info["steps"] = s.num_steps
+    final, _, _ = _losses_chunked(field, t, p, query_points, task_emb, guidance, s.delta, per, False)
+    if final is None:
+        final = torch.zeros(0, device=t.device)
+    q = p / p.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    return t, q, final, info
