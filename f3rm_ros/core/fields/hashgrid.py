@@ -86,19 +86,26 @@ def hash_grid_encode_torch(x: Tensor,  # [N, 3] in [0, 1]
     cell = torch.minimum(pos.detach().floor().long(), (res_i - 1)[None, :, None])  # [N, L, 3]
     frac = pos - cell.float()  # [N, L, 3]
 
-    bits = torch.tensor([[(k >> a) & 1 for a in range(3)] for k in range(8)], dtype=torch.int64, device=dev)  # [8,3]
-    corners = cell[:, :, None, :] + bits[None, None]  # [N, L, 8, 3]
-    cx, cy, cz = corners.unbind(-1)
-    stride = (res_i + 1)[None, :, None]
-    idx_dense = cx + cy * stride + cz * stride * stride
-    idx_hash = ((cx * HASH_PRIMES[0]) ^ (cy * HASH_PRIMES[1]) ^ (cz * HASH_PRIMES[2])) & _MASK32
-    idx_hash = idx_hash % T
+    # Separable per-axis terms for the two corner offsets (0, 1), combined over the 2x2x2 corners by
+    # broadcasting (6 multiplies per point and level instead of 24). Dense levels: cx + cy*s + cz*s^2
+    # (a sum); hashed levels: XOR of the per-axis products masked to uint32 (XOR commutes with the mask).
+    c2 = torch.stack([cell, cell + 1], dim=-1)  # [N, L, 3, 2]
+    stride = (res_i + 1)
+    dense_mul = torch.stack([torch.ones_like(stride), stride, stride * stride], dim=-1)  # [L, 3]
+    hash_mul = torch.tensor(HASH_PRIMES, dtype=torch.int64, device=dev).expand(L, 3)
+    mul = torch.where(dense[:, None], dense_mul, hash_mul)  # [L, 3]
+    terms = (c2 * mul[None, :, :, None]) & _MASK32  # [N, L, 3, 2]
+    tx = terms[:, :, 0, None, None, :]  # corner bit 0 = x (fastest), matching k -> (k>>0, k>>1, k>>2)
+    ty = terms[:, :, 1, None, :, None]
+    tz = terms[:, :, 2, :, None, None]
+    idx_dense = (tx + ty + tz).reshape(n, L, 8)
+    idx_hash = (tx ^ ty ^ tz).reshape(n, L, 8)
+    idx_hash = idx_hash & (T - 1) if T & (T - 1) == 0 else idx_hash % T
     idx = torch.where(dense[None, :, None], idx_dense, idx_hash)  # [N, L, 8]
     idx = idx + (torch.arange(L, device=dev, dtype=torch.int64) * T)[None, :, None]
 
-    bitf = bits.float()[None, None]  # [1, 1, 8, 3]
-    fr = frac[:, :, None, :]  # [N, L, 1, 3]
-    w = (bitf * fr + (1.0 - bitf) * (1.0 - fr)).prod(-1)  # [N, L, 8]
+    w2 = torch.stack([1.0 - frac, frac], dim=-1)  # [N, L, 3, 2]
+    w = (w2[:, :, 2, :, None, None] * w2[:, :, 1, None, :, None] * w2[:, :, 0, None, None, :]).reshape(n, L, 8)
 
     feats = table.reshape(L * T, F).float().index_select(0, idx.reshape(-1)).reshape(n, L, 8, F)
     out = (w[..., None] * feats).sum(2)  # [N, L, F]
