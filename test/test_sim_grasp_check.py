@@ -80,3 +80,22 @@ def test_gripper_lowered_into_table_reports_depth(world):
     print(r.reason, r.collisions)
     assert not r.success and r.collisions[0][1] == "table"
     assert r.collisions[0][3] == pytest.approx(0.005, abs=1e-6)  # fingertips 1 cm below the origin
+
+
+def test_canonical_grasps_pass_in_builtin_scenes():
+    from f3rm_ros.core.sim.grasps import scene_grasps
+    from f3rm_ros.core.sim.scene import builtin_scene_names
+
+    n = 0
+    for name in builtin_scene_names():
+        s = resolve_scene(name)
+        gc = GraspChecker(s)
+        for c in scene_grasps(s):
+            r = gc.check(c.T_world_grasp)
+            print(f"{name:20s} {c.object:12s} {c.task:12s} {r.reason}")
+            assert r.success, (name, c.object, c.task, r.reason)
+            assert r.object == c.object
+            if c.part == "handle":
+                assert r.part == "handle"
+            n += 1
+    assert n >= 15

@@ -123,3 +123,24 @@ def test_corner_normals_round_and_sharp():
           f"{np.allclose(cb, fn[:, None, :])}")
     assert err.max() < 3.0
     assert np.allclose(cb, fn[:, None, :])  # 90 deg edges stay sharp
+
+
+def test_builtin_objects_do_not_interpenetrate():
+    import open3d as o3d
+
+    for name in builtin_scene_names():
+        s = resolve_scene(name)
+        worst = 0
+        for a in s.objects:
+            for b in s.objects:
+                if a is b:
+                    continue
+                Vb = b.world_vertices()
+                for ci in range(len(b.mesh.components)):
+                    tris = b.mesh.triangles[b.mesh.components[ci]]
+                    rc = o3d.t.geometry.RaycastingScene()
+                    rc.add_triangles(o3d.core.Tensor(Vb.astype(np.float32)), o3d.core.Tensor(tris.astype(np.uint32)))
+                    occ = rc.compute_occupancy(o3d.core.Tensor(a.world_vertices().astype(np.float32))).numpy()
+                    worst = max(worst, int(occ.sum()))
+                    assert occ.sum() == 0, (name, a.name, b.name)
+        print(f"{name}: no object vertex inside another object ({len(s.objects)} objects)")

@@ -84,6 +84,8 @@ class SceneObject:
     material: Material = field(default_factory=Material)
     part_colors: dict[str, tuple[float, float, float]] = field(default_factory=dict)
     line: int = 0
+    generator: str | None = None
+    generator_params: dict[str, float] = field(default_factory=dict)
 
     def world_vertices(self) -> np.ndarray:
         """[V, 3] mesh vertices in the world frame."""
@@ -203,7 +205,7 @@ def _load_mesh_file(y: YNode, path: Path, scale: float) -> PartMesh:
     return PartMesh(V, T, np.full(len(T), -1, np.int32), [])
 
 
-def _mesh(y: YNode, base_dir: Path) -> tuple[PartMesh, str | None]:
+def _mesh(y: YNode, base_dir: Path) -> tuple[PartMesh, str | None, dict]:
     m = y.mapping(("generator", "params", "file", "scale"))
     if ("generator" in m) == ("file" in m):
         raise y.error("give exactly one of 'generator' or 'file'")
@@ -218,7 +220,7 @@ def _mesh(y: YNode, base_dir: Path) -> tuple[PartMesh, str | None]:
         if "scale" in m:
             raise m["scale"].error("'scale' applies to mesh files; set generator params instead")
         try:
-            return generate(gname, **params), gname
+            return generate(gname, **params), gname, params
         except (ValueError, TypeError) as e:
             raise (m.get("params") or y).error(str(e)) from None
     scale = m["scale"].number(1e-6, 1e3) if "scale" in m else 1.0
@@ -227,7 +229,7 @@ def _mesh(y: YNode, base_dir: Path) -> tuple[PartMesh, str | None]:
     p = Path(m["file"].string())
     if not p.is_absolute():
         p = base_dir / p
-    return _load_mesh_file(m["file"], p, scale), None
+    return _load_mesh_file(m["file"], p, scale), None, {}
 
 
 def _file_parts(y: YNode, mesh: PartMesh) -> None:
@@ -262,7 +264,7 @@ def _object(y: YNode, base_dir: Path) -> SceneObject:
     m = y.mapping(("name", "category", "synonyms", "mesh", "pose", "color", "texture", "specular",
                    "part_colors", "parts"), required=("name", "mesh", "pose"))
     name = m["name"].string()
-    mesh, gname = _mesh(m["mesh"], base_dir)
+    mesh, gname, gparams = _mesh(m["mesh"], base_dir)
     if "parts" in m:
         if gname is not None:
             raise m["parts"].error(f"generator {gname!r} names its own parts {mesh.part_names}; "
@@ -278,7 +280,7 @@ def _object(y: YNode, base_dir: Path) -> SceneObject:
                 raise c.error(f"unknown part {pname!r}; this mesh has parts {mesh.part_names}")
             part_colors[pname] = _color(c)
     T = _pose(m["pose"])
-    obj = SceneObject(name, category, synonyms, mesh, T, mat, part_colors, y.line)
+    obj = SceneObject(name, category, synonyms, mesh, T, mat, part_colors, y.line, gname, gparams)
     zmin = obj.world_vertices()[:, 2].min()
     if zmin < -0.002:
         raise m["pose"].error(f"object {name!r} reaches {-zmin * 100:.1f} cm below the table top (z = 0)")
