@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from f3rm_ros.core.config import param
-from f3rm_ros.core.geometry import make_transform
+from f3rm_ros.core.geometry import look_at_opencv, make_transform
 
 __all__ = ["TrajectoryConfig", "scan_poses", "perturb_poses", "look_at_cv"]
 
@@ -23,22 +23,10 @@ __all__ = ["TrajectoryConfig", "scan_poses", "perturb_poses", "look_at_cv"]
 def look_at_cv(eye: np.ndarray, target: np.ndarray, up: np.ndarray = (0.0, 0.0, 1.0)) -> np.ndarray:
     """Camera-to-world (4, 4), OpenCV convention, at ``eye`` looking at ``target``, ``up`` upwards in the image.
 
-    (``f3rm_ros.core.geometry.look_at_opencv`` at commit 296ced9 returns the camera rolled by 180
-    degrees - world up appears downwards in the image - so the simulator uses this one.)
-    Camera +z = forward, +x = forward x up (right), +y = z x x (down in the image).
+    Same as :func:`f3rm_ros.core.geometry.look_at_opencv` since e8b4ea6 fixed its roll (a test
+    checks that world up appears upwards); kept as the simulator's name for it.
     """
-    eye = np.asarray(eye, dtype=np.float64)
-    z = np.asarray(target, dtype=np.float64) - eye
-    n = np.linalg.norm(z)
-    if n < 1e-12:
-        raise ValueError("look_at_cv: eye and target coincide")
-    z /= n
-    x = np.cross(z, np.asarray(up, dtype=np.float64))
-    if np.linalg.norm(x) < 1e-9:  # looking along up: any perpendicular
-        x = np.cross(z, [1.0, 0.0, 0.0] if abs(z[0]) < 0.9 else [0.0, 1.0, 0.0])
-    x /= np.linalg.norm(x)
-    y = np.cross(z, x)
-    return make_transform(np.stack([x, y, z], axis=1), eye)
+    return look_at_opencv(eye, target, up)
 
 
 @dataclass
