@@ -107,6 +107,27 @@ def test_object_category_part_semantics(ext):
     assert 0.2 < s[2] < _scores(ext, "mug")[2] and s[2] == pytest.approx(s[4])
 
 
+def test_head_noun_of_instance_synonyms():
+    """As the sim's cluttered_table: mugs with synonyms "red cup"/"blue cup" only; "cup" names both."""
+    table = {"1": {"object": "red mug", "category": "mug", "part": "handle", "synonyms": ["red cup"]},
+             "2": {"object": "red mug", "category": "mug", "part": "body", "synonyms": ["red cup"]},
+             "3": {"object": "blue mug", "category": "mug", "part": "body", "synonyms": ["blue cup"]},
+             "4": {"object": "box", "category": "box", "part": None, "synonyms": ["tea box", "carton"]},
+             "5": {"object": "can", "category": "can", "part": None, "synonyms": ["soda can", "tin"], "extra": 1}}
+    e = LabelFeatureExtractor(LabelFeatureConfig(dim=24), table)
+    ids = [0, 1, 2, 3, 4, 5]
+    feats = torch.from_numpy(e.id_vectors[ids]).float()
+    for text, want in (("cup", {1, 2, 3}), ("cups", {1, 2, 3}), ("red cup", {1, 2}), ("blue cup", {3}),
+                       ("tea box", {4}), ("soda can", {5}), ("mug body", {2, 3})):
+        s = cosine_similarity(feats, e.encode_text([text])[0])
+        hi = {i for i, v in zip(ids, s.tolist()) if v > 0.3}
+        print(f"{e.parse(text).describe():60s} high on {sorted(hi)}")
+        assert hi == want, text
+    s = cosine_similarity(feats, e.encode_text(["red cup handle"])[0])
+    print("red cup handle", [round(v, 3) for v in s.tolist()])
+    assert int(s.argmax()) == 1 and s[1] > s[2] + 0.2
+
+
 def test_pairwise_softmax_relevancy_with_default_negatives(ext):
     feats = torch.from_numpy(ext.id_vectors[IDS]).float()
     negs = ext.encode_text(list(DEFAULT_NEGATIVES))

@@ -64,35 +64,38 @@ def load_timm_vit(cfg: DinoConfig) -> tuple[nn.Module, dict[str, Any]]:
 
     if not timm.is_model(cfg.model_name):
         raise ValueError(f"unknown timm model {cfg.model_name!r}; DINO ViTs: {timm.list_models('*dino*')}")
+    from timm.models import get_pretrained_cfg
+
+    pcfg = get_pretrained_cfg(cfg.model_name)
+    hub_id = (getattr(pcfg, "hf_hub_id", None) or "") if pcfg is not None else ""
+    path = None  # weights are located before the model is built, so a failure is fast
+    if cfg.random_weights:
+        info = {"weights": {"random_seed": cfg.random_seed}}
+    elif cfg.checkpoint_path:
+        path = Path(cfg.checkpoint_path).expanduser()
+        if not path.is_file():
+            raise WeightsUnavailableError(f"DINO checkpoint file for model {cfg.model_name!r} not found: "
+                                          f"{str(path)!r} (dino.checkpoint_path). " + _how_to_provide(cfg, hub_id))
+        info = {"weights": {"file": file_identity(path)}}
+    else:
+        if not hub_id:
+            raise WeightsUnavailableError(f"timm has no pretrained weights for {cfg.model_name!r}; set "
+                                          f"dino.checkpoint_path. " + _how_to_provide(cfg, hub_id))
+        try:
+            from huggingface_hub import hf_hub_download
+
+            path = Path(hf_hub_download(hub_id, "model.safetensors", local_files_only=not cfg.allow_download))
+        except Exception as e:
+            raise WeightsUnavailableError(
+                f"DINO weights for model {cfg.model_name!r} (timm pretrained, hub {hub_id!r}) could not be "
+                + ("downloaded" if cfg.allow_download else "found in the local cache (dino.allow_download "
+                   "is false)") + f" ({type(e).__name__}: {str(e)[:200]}). " + _how_to_provide(cfg, hub_id)
+            ) from e
+        info = {"weights": {"timm_pretrained": cfg.model_name}}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.random_seed)
         model = timm.create_model(cfg.model_name, pretrained=False, num_classes=0)
-    hub_id = (getattr(model, "pretrained_cfg", None) or {}).get("hf_hub_id") or ""
-    if cfg.random_weights:
-        info = {"weights": {"random_seed": cfg.random_seed}}
-    else:
-        if cfg.checkpoint_path:
-            path = Path(cfg.checkpoint_path).expanduser()
-            if not path.is_file():
-                raise WeightsUnavailableError(f"DINO checkpoint file for model {cfg.model_name!r} not found: "
-                                              f"{str(path)!r} (dino.checkpoint_path). " + _how_to_provide(cfg, hub_id))
-            info = {"weights": {"file": file_identity(path)}}
-        else:
-            if not hub_id:
-                raise WeightsUnavailableError(f"timm has no pretrained weights for {cfg.model_name!r}; set "
-                                              f"dino.checkpoint_path. " + _how_to_provide(cfg, hub_id))
-            try:
-                from huggingface_hub import hf_hub_download
-
-                path = Path(hf_hub_download(hub_id, "model.safetensors",
-                                            local_files_only=not cfg.allow_download))
-            except Exception as e:
-                raise WeightsUnavailableError(
-                    f"DINO weights for model {cfg.model_name!r} (timm pretrained, hub {hub_id!r}) could not be "
-                    + ("downloaded" if cfg.allow_download else "found in the local cache (dino.allow_download "
-                       "is false)") + f" ({type(e).__name__}: {str(e)[:200]}). " + _how_to_provide(cfg, hub_id)
-                ) from e
-            info = {"weights": {"timm_pretrained": cfg.model_name}}
+    if path is not None:
         try:
             from timm.models import load_state_dict
 

@@ -25,7 +25,9 @@ Text -> vector (case-insensitive; see :meth:`LabelVocabulary.parse`)
     and a possessive "'s" are dropped and plural words are singularised when the singular is a
     known word ("mugs" -> "mug", "glasses" -> "glass", "cherries" -> "cherry"). Then, first match wins:
 
-    1. *object phrase* (a category name, an object name or a synonym) -> the objects it names. Those
+    1. *object phrase* (a category name, an object name, a synonym, or the trailing words of a
+       multi-word name/synonym that are not a name themselves: "red cup" and "blue cup" make "cup"
+       name both mugs) -> the objects it names. Those
        objects are grouped by category: a category whose objects are all named contributes
        ``e[category:c]``, otherwise each named object contributes ``e[object:o]``. So "mug" ->
        e[category:mug] (high on every mug and all its parts), "red mug" -> e[object:red mug] (high on
@@ -96,7 +98,7 @@ def parse_label_table(table: Mapping[Any, Mapping[str, Any]]) -> dict[int, Label
 
     Raises:
         ValueError: id not an integer in [1, 65535], a missing/empty object or category, synonyms not
-            a list of strings, or one object name given two categories.
+            a list of strings, or one object name given two categories. Other keys are ignored.
     """
     if not isinstance(table, Mapping) or not table:
         raise ValueError(f"f3rm_labels: expected a non-empty mapping id -> entry, got {table!r}")
@@ -111,9 +113,6 @@ def parse_label_table(table: Mapping[Any, Mapping[str, Any]]) -> dict[int, Label
             raise ValueError(f"f3rm_labels: id {lid} outside [1, 65535] (0 means 'no label')")
         if not isinstance(entry, Mapping):
             raise ValueError(f"f3rm_labels[{key}]: expected a mapping, got {entry!r}")
-        unknown = set(entry) - {"object", "category", "part", "synonyms"}
-        if unknown:
-            raise ValueError(f"f3rm_labels[{key}]: unknown key(s) {sorted(unknown)}")
         names = {}
         for k in ("object", "category"):
             v = entry.get(k)
@@ -226,6 +225,16 @@ class LabelVocabulary:
                 self.object_phrases[tuple(s.split())].add(e.object)
             if e.part:
                 self.part_phrases[tuple(e.part.split())].add((e.category, e.part))
+        # head nouns: a trailing part of a multi-word name or synonym ("red cup" -> "cup") that is not a
+        # name itself names the union of the objects it ends ("red cup" + "blue cup" -> both mugs)
+        derived: dict[tuple[str, ...], set[str]] = defaultdict(set)
+        for phrase, objs in self.object_phrases.items():
+            for k in range(1, len(phrase)):
+                tail = phrase[k:]
+                if tail not in self.object_phrases and tail not in self.part_phrases:
+                    derived[tail] |= objs
+        for tail, objs in derived.items():
+            self.object_phrases[tail] = objs
         self.vocab = {t for ph in list(self.object_phrases) + list(self.part_phrases) for t in ph}
         concepts = {"background"}
         for e in self.entries.values():
