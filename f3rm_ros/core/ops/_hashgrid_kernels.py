@@ -107,14 +107,14 @@ def hash_bwd(x_ptr, gout_ptr, meta_ptr, gtab_ptr, N,
 def _red_v2(ptr, a, b):
     return tl.inline_asm_elementwise(
         "mov.b32 $0, 0; red.relaxed.gpu.global.add.v2.f32 [$1], {$2, $3};",
-        "=r,l,f,f", [ptr, a, b], dtype=tl.int32, is_pure=False, pack=1)
+        "=r,l,f,f", [ptr.to(tl.int64), a, b], dtype=tl.int32, is_pure=False, pack=1)
 
 
 @triton.jit
 def _red_v4(ptr, a, b, c, d):
     return tl.inline_asm_elementwise(
         "mov.b32 $0, 0; red.relaxed.gpu.global.add.v4.f32 [$1], {$2, $3, $4, $5};",
-        "=r,l,f,f,f,f", [ptr, a, b, c, d], dtype=tl.int32, is_pure=False, pack=1)
+        "=r,l,f,f,f,f", [ptr.to(tl.int64), a, b, c, d], dtype=tl.int32, is_pure=False, pack=1)
 
 
 @triton.jit
