@@ -1,0 +1,239 @@
+"""The capture node's decisions, without ROS: pose-by-stamp lookup, blur score, keyframe selection.
+
+Kept free of rclpy so it is unit-tested directly; :mod:`f3rm_ros.ros.capture_node` wires it to topics.
+Poses are 4x4 camera-to-world transforms ``T_world_cam`` in metres (OpenCV optical camera frame:
+x right, y down, z forward); stamps are seconds (float).
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.spatial.transform import Rotation, Slerp
+
+from f3rm_ros.core.geometry import make_transform
+
+__all__ = [
+    "PoseLookup",
+    "PoseBuffer",
+    "interpolate_pose",
+    "laplacian_variance",
+    "laplacian_variance_reference",
+    "KeyframeSelector",
+    "T_BODY_OPTICAL",
+]
+
+# Camera "body" frame of REP 103 (x forward, y left, z up) -> optical frame (x right, y down, z forward):
+# T_world_optical = T_world_body @ T_BODY_OPTICAL.
+T_BODY_OPTICAL = np.array([[0.0, 0.0, 1.0, 0.0],
+                           [-1.0, 0.0, 0.0, 0.0],
+                           [0.0, -1.0, 0.0, 0.0],
+                           [0.0, 0.0, 0.0, 1.0]])
+
+
+# --- poses by time stamp ---------------------------------------------------------------------------
+
+@dataclass
+class PoseLookup:
+    """Result of :meth:`PoseBuffer.lookup`.
+
+    status: "ok" (pose set), "wait" (no pose at or after the stamp yet; a newer one may still come),
+    "too_far" (the nearest pose is farther than the tolerance), "empty" (no pose received at all).
+    """
+
+    status: str
+    pose: np.ndarray | None = None  # [4, 4] T_world_cam when status == "ok"
+    dt: float = math.inf  # seconds from the image stamp to the nearest pose
+    interpolated: bool = False
+    detail: str = ""  # overrides the default reason text
+
+    @property
+    def reason(self) -> str:
+        if self.detail:
+            return self.detail
+        if self.status == "too_far":
+            return f"nearest camera pose is {self.dt * 1000:.1f} ms from the image stamp"
+        if self.status == "empty":
+            return "no camera pose received yet"
+        if self.status == "wait":
+            return "waiting for a camera pose at or after the image stamp"
+        return ""
+
+
+def interpolate_pose(T0: np.ndarray, T1: np.ndarray, alpha: float) -> np.ndarray:
+    """Pose between ``T0`` (alpha 0) and ``T1`` (alpha 1): linear translation, spherical rotation."""
+    rots = Rotation.from_matrix(np.stack([T0[:3, :3], T1[:3, :3]]))
+    R = Slerp([0.0, 1.0], rots)([float(alpha)]).as_matrix()[0]
+    t = (1.0 - alpha) * T0[:3, 3] + alpha * T1[:3, 3]
+    return make_transform(R, t)
+
+
+class PoseBuffer:
+    """The camera poses of the last ``duration_s`` seconds, looked up by image stamp (thread-safe).
+
+    Args:
+        duration_s: how long poses are kept (relative to the newest stamp).
+        tolerance_s: the nearest pose must be at most this far from the image stamp.
+        interpolate: when the poses just before and just after the stamp are at most
+            ``2 * tolerance_s`` apart, interpolate between them; else use the nearest pose.
+    """
+
+    def __init__(self, duration_s: float = 5.0, tolerance_s: float = 0.05, interpolate: bool = True) -> None:
+        if not duration_s > 0 or not tolerance_s >= 0:
+            raise ValueError(f"duration_s must be > 0 and tolerance_s >= 0, got {duration_s}, {tolerance_s}")
+        self.duration_s = float(duration_s)
+        self.tolerance_s = float(tolerance_s)
+        self.interpolate = bool(interpolate)
+        self._stamps: list[float] = []
+        self._poses: list[np.ndarray] = []
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._stamps)
+
+    @property
+    def newest_stamp(self) -> float | None:
+        with self._lock:
+            return self._stamps[-1] if self._stamps else None
+
+    def add(self, stamp: float, T_world_cam: np.ndarray) -> None:
+        """Insert a pose (out-of-order stamps are placed in order; an equal stamp replaces the old pose)."""
+        T = np.asarray(T_world_cam, dtype=np.float64)
+        if T.shape != (4, 4) or not np.all(np.isfinite(T)):
+            raise ValueError("pose must be a finite 4x4 matrix")
+        with self._lock:
+            i = bisect.bisect_left(self._stamps, stamp)
+            if i < len(self._stamps) and self._stamps[i] == stamp:
+                self._poses[i] = T
+            else:
+                self._stamps.insert(i, float(stamp))
+                self._poses.insert(i, T)
+            cutoff = self._stamps[-1] - self.duration_s
+            k = bisect.bisect_left(self._stamps, cutoff)
+            if k:
+                del self._stamps[:k]
+                del self._poses[:k]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._stamps.clear()
+            self._poses.clear()
+
+    def lookup(self, stamp: float, final: bool = False) -> PoseLookup:
+        """Camera pose at ``stamp``.
+
+        Args:
+            stamp: the image stamp, seconds.
+            final: no newer pose will be waited for (answer "too_far"/"ok", never "wait").
+        """
+        with self._lock:
+            if not self._stamps:
+                return PoseLookup("empty")
+            i = bisect.bisect_left(self._stamps, stamp)  # first pose at or after the stamp
+            before = i - 1 if i > 0 else None
+            after = i if i < len(self._stamps) else None
+            cands = [j for j in (before, after) if j is not None]
+            j = min(cands, key=lambda k: abs(self._stamps[k] - stamp))
+            dt = abs(self._stamps[j] - stamp)
+            if after is None and not final and dt > 0:
+                # no pose after the image yet: a closer one (or one to interpolate with) may arrive
+                if dt > self.tolerance_s or self.interpolate:
+                    return PoseLookup("wait", dt=dt)
+            if dt > self.tolerance_s:
+                return PoseLookup("too_far", dt=dt)
+            if (self.interpolate and before is not None and after is not None and dt > 0
+                    and self._stamps[after] - self._stamps[before] <= 2.0 * self.tolerance_s):
+                t0, t1 = self._stamps[before], self._stamps[after]
+                alpha = (stamp - t0) / (t1 - t0)
+                return PoseLookup("ok", interpolate_pose(self._poses[before], self._poses[after], alpha), dt, True)
+            return PoseLookup("ok", self._poses[j].copy(), dt, False)
+
+
+# --- blur ------------------------------------------------------------------------------------------
+
+def _gray(image: np.ndarray) -> np.ndarray:
+    img = np.asarray(image)
+    if img.ndim == 3:
+        img = img[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    return img.astype(np.float64)
+
+
+def laplacian_variance(image: np.ndarray) -> float:
+    """Sharpness: variance of the 4-neighbour Laplacian of the grey image (0-255 levels), interior pixels.
+
+    Higher is sharper; a blurred or featureless image scores low. Args: image [H, W, 3] or [H, W].
+    """
+    g = _gray(image)
+    if g.shape[0] < 3 or g.shape[1] < 3:
+        return 0.0
+    lap = g[:-2, 1:-1] + g[2:, 1:-1] + g[1:-1, :-2] + g[1:-1, 2:] - 4.0 * g[1:-1, 1:-1]
+    return float(lap.var())
+
+
+def laplacian_variance_reference(image: np.ndarray) -> float:
+    """Plain per-pixel loop version of :func:`laplacian_variance` (for tests)."""
+    g = _gray(image)
+    vals = []
+    for y in range(1, g.shape[0] - 1):
+        for x in range(1, g.shape[1] - 1):
+            vals.append(g[y - 1, x] + g[y + 1, x] + g[y, x - 1] + g[y, x + 1] - 4.0 * g[y, x])
+    if not vals:
+        return 0.0
+    m = sum(vals) / len(vals)
+    return float(sum((v - m) ** 2 for v in vals) / len(vals))
+
+
+# --- keyframes -------------------------------------------------------------------------------------
+
+class KeyframeSelector:
+    """Keeps a frame only if it moved enough from every frame kept so far.
+
+    A candidate is "too close" when some kept frame is within ``min_translation_m`` AND within
+    ``min_rotation_deg`` of it (so either moving far enough or turning far enough makes a keyframe).
+    Both thresholds 0 = keep every frame.
+    """
+
+    def __init__(self, min_translation_m: float = 0.05, min_rotation_deg: float = 10.0) -> None:
+        self.min_translation_m = float(min_translation_m)
+        self.min_rotation_deg = float(min_rotation_deg)
+        self._t = np.zeros((0, 3))
+        self._R = np.zeros((0, 3, 3))
+
+    def __len__(self) -> int:
+        return len(self._t)
+
+    def reset(self, poses: np.ndarray | None = None) -> None:
+        """Forget every kept frame (or start from ``poses`` [N, 4, 4], e.g. a continued dataset)."""
+        P = np.zeros((0, 4, 4)) if poses is None else np.asarray(poses, dtype=np.float64).reshape(-1, 4, 4)
+        self._t = P[:, :3, 3].copy()
+        self._R = P[:, :3, :3].copy()
+
+    def nearest(self, T: np.ndarray) -> tuple[float, float]:
+        """(distance m, rotation deg) to the kept frame that is closest in the "too close" sense."""
+        if not len(self._t):
+            return math.inf, math.inf
+        d = np.linalg.norm(self._t - T[:3, 3], axis=1)
+        cos = (np.einsum("nij,ij->n", self._R, T[:3, :3]) - 1.0) / 2.0  # trace(R_k^T R) = sum R_k * R
+        ang = np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
+        # the kept frame that is "most" too close: largest max(d/dmin, ang/amin)
+        score = np.maximum(d / max(self.min_translation_m, 1e-12), ang / max(self.min_rotation_deg, 1e-12))
+        k = int(np.argmin(score))
+        return float(d[k]), float(ang[k])
+
+    def check(self, T: np.ndarray) -> tuple[bool, str]:
+        """(keep?, reason if not)."""
+        if self.min_translation_m <= 0 and self.min_rotation_deg <= 0:
+            return True, ""
+        d, a = self.nearest(T)
+        if d < self.min_translation_m and a < self.min_rotation_deg:
+            return False, (f"too close to a kept frame ({d * 100:.1f} cm < {self.min_translation_m * 100:.1f} cm and "
+                           f"{a:.1f} deg < {self.min_rotation_deg:.1f} deg)")
+        return True, ""
+
+    def add(self, T: np.ndarray) -> None:
+        self._t = np.vstack([self._t, T[None, :3, 3]])
+        self._R = np.concatenate([self._R, T[None, :3, :3]])

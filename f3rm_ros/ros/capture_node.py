@@ -1,0 +1,609 @@
+"""``capture_node``: keyframes from a camera stream + camera poses, written as a dataset as they arrive.
+
+Inputs (topics relative to the node's namespace, default ``/f3rm``):
+
+* ``camera/image_raw`` (``sensor_msgs/Image``: rgb8, bgr8, rgba8, bgra8, mono8; sensor-data QoS),
+  or ``camera/image_raw/compressed`` (``sensor_msgs/CompressedImage``, jpeg/png) with
+  ``use_compressed: true``.
+* ``camera/camera_info`` (``sensor_msgs/CameraInfo``; plumb_bob or no distortion). The newest one
+  is used for each image; its size must match the image.
+* The camera pose, one of
+
+  - ``camera/pose`` as ``geometry_msgs/PoseStamped`` (``pose_type: pose_stamped``, default) or
+    ``geometry_msgs/TransformStamped`` (``pose_type: transform_stamped``): **the pose of the camera
+    in the world frame**, ``T_world_camera``, in metres: ``header.frame_id`` = the world frame
+    (parameter ``world_frame``; empty is taken as the world frame), position = the camera's optical
+    centre, orientation = the camera's axes. With ``pose_frame_convention: optical`` (default) the
+    axes are those of a REP 103 ``*_optical_frame`` (= OpenCV: x right, y down, z forward into the
+    scene); with ``body`` they are x forward, y left, z up (e.g. ``camera_link``) and are converted.
+    The stamp must be the time the pose was valid (robot state at image exposure).
+  - TF (``pose_source: tf``; needs ``tf2_ros``): the transform ``world_frame`` -> ``camera_frame``
+    at the image stamp (``camera_frame`` must be the optical frame).
+
+* ``camera/labels`` (optional, ``labels_topic``): 16-bit label images (``mono16``) with the same
+  stamp as the image (the synthetic world's ground truth) and ``camera/label_table``
+  (``std_msgs/String`` JSON, transient-local) with the ``f3rm_labels`` table.
+
+Each image is matched to the pose with the nearest stamp (interpolated between the poses before and
+after it when they are close) within ``pose_tolerance_s``; it waits up to ``pose_wait_s`` for a pose
+after its stamp. Keyframes: the image must be sharp (variance of the Laplacian >= ``blur_threshold``)
+and differ from every kept frame by ``min_translation_m`` or ``min_rotation_deg``; at most
+``max_frames`` are kept (capture stops there).
+
+Output: a ``transforms.json`` dataset in ``<data_root>/<dataset_name>`` written with
+:class:`f3rm_ros.core.dataset.DatasetWriter` after every kept frame (atomic: a crash or kill loses
+at most the frame being written; a restart continues the same dataset). Poses on disk are
+camera-to-world in metres in ``world_frame`` (OpenGL convention in the file, as nerfstudio).
+
+Service ``~/control`` (``f3rm_ros/srv/CaptureControl``: START, STOP, CLEAR, SAVE). Publishes
+``~/status`` (``f3rm_ros/msg/CaptureStatus``) on every decision and at ``status_rate_hz``, and
+``/diagnostics``. Every bad input is counted as a rejection with a reason (see ``REASONS``), logged
+(throttled per reason) and never stops the node.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rclpy
+from geometry_msgs.msg import PoseStamped, TransformStamped
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from std_msgs.msg import String
+
+from f3rm_ros.core.config import param
+from f3rm_ros.core.geometry import c2w_opengl_to_opencv
+from f3rm_ros.msg import CaptureStatus
+from f3rm_ros.ros.capture_logic import T_BODY_OPTICAL, KeyframeSelector, PoseBuffer, PoseLookup, laplacian_variance
+from f3rm_ros.ros.common import OK, WARN, ERROR, DiagnosticsPublisher, PathRefused, resolve_under_root, run_node
+from f3rm_ros.ros.conversions import (ConversionError, camera_info_to_intrinsics, compressed_to_rgb, image_to_rgb,
+                                      pose_msg_to_matrix, transform_msg_to_matrix)
+from f3rm_ros.ros.label_images import image_to_labels, parse_label_table_json
+from f3rm_ros.ros.params import declare_config, read_config
+from f3rm_ros.srv import CaptureControl
+
+try:  # optional: TF as the pose source
+    import tf2_ros  # type: ignore
+
+    HAVE_TF2 = True
+except ImportError:  # the PyPI ROS wheels have no tf2_ros
+    tf2_ros = None
+    HAVE_TF2 = False
+
+__all__ = ["CaptureNodeSettings", "CaptureNode", "REASONS", "HAVE_TF2", "main"]
+
+# Rejection reasons (keys of CaptureStatus.reject_reasons).
+REASONS = {
+    "bad_encoding": "image encoding not supported",
+    "bad_image": "image message malformed or undecodable",
+    "no_camera_info": "no camera_info within pose_wait_s of the image",
+    "bad_camera_info": "camera_info malformed",
+    "size_mismatch": "image size differs from camera_info",
+    "bad_pose": "pose message has NaN/inf values or a zero quaternion",
+    "wrong_frame": "pose is not given in the world frame",
+    "no_pose": "no camera pose received for the image",
+    "pose_too_far": "nearest camera pose too far from the image stamp",
+    "no_labels": "no label image with the image's stamp",
+    "bad_labels": "label image malformed",
+    "blurry": "image too blurry",
+    "too_close": "too close to a kept frame",
+    "max_frames": "dataset full (max_frames)",
+    "overflow": "too many images waiting for a pose",
+    "write_failed": "writing the frame failed",
+}
+
+
+@dataclass
+class CaptureNodeSettings:
+    """Parameters of capture_node (topics and frames are fixed at start; the rest can change at run time)."""
+
+    data_root: str = param("~/f3rm_data", "root folder of all datasets; the dataset folder must resolve inside it",
+                           read_only=True)
+    dataset_name: str = param("capture", "dataset folder under data_root (an existing dataset there is continued; "
+                                         "can be changed while not capturing)")
+    start_capturing: bool = param(False, "keep frames from the start (else wait for START on ~/control)",
+                                  read_only=True)
+    image_topic: str = param("camera/image_raw", "colour image topic (sensor_msgs/Image)", read_only=True)
+    use_compressed: bool = param(False, "subscribe <image_topic>/compressed (sensor_msgs/CompressedImage, jpeg/png) "
+                                        "instead of the raw image", read_only=True)
+    camera_info_topic: str = param("camera/camera_info", "sensor_msgs/CameraInfo of the image", read_only=True)
+    pose_source: str = param("topic", "camera pose from a topic (PoseStamped/TransformStamped) or tf (needs tf2_ros)",
+                             choices=("topic", "tf"), read_only=True)
+    pose_topic: str = param("camera/pose", "camera pose topic: T_world_camera in metres (pose_source topic)",
+                            read_only=True)
+    pose_type: str = param("pose_stamped", "message type on pose_topic", choices=("pose_stamped", "transform_stamped"),
+                           read_only=True)
+    pose_frame_convention: str = param("optical", "axes of the posed camera frame: optical (x right, y down, "
+                                                  "z forward; REP 103 *_optical_frame = OpenCV) or body (x forward, "
+                                                  "y left, z up)", choices=("optical", "body"))
+    world_frame: str = param("world", "frame the poses are given in and the dataset is stored in", read_only=True)
+    camera_frame: str = param("camera_color_optical_frame", "TF frame of the camera (pose_source tf)", read_only=True)
+    pose_tolerance_s: float = param(0.05, "largest time between an image stamp and the nearest pose, seconds",
+                                    range=(0.0, 10.0))
+    pose_buffer_s: float = param(5.0, "how long received poses are kept, seconds", range=(0.01, 600.0))
+    pose_wait_s: float = param(0.5, "how long an image waits for a pose (and label image) after its stamp, "
+                                    "seconds", range=(0.0, 60.0))
+    interpolate_poses: bool = param(True, "interpolate between the poses before and after the image stamp")
+    min_translation_m: float = param(0.05, "keyframe rule: a frame is kept only if, for every kept frame, it is at "
+                                           "least min_translation_m metres away or turned at least min_rotation_deg "
+                                           "from it (both 0 = keep every frame)", range=(0.0, 100.0))
+    min_rotation_deg: float = param(10.0, "rotation part of the keyframe rule, degrees", range=(0.0, 180.0))
+    blur_threshold: float = param(10.0, "reject images whose variance of the Laplacian (grey levels 0-255) is "
+                                        "below this; 0 = off", range=(0.0, 1e6))
+    max_frames: int = param(300, "keyframes kept at most (capture stops there); 0 = no limit", range=(0, 1_000_000))
+    max_pending: int = param(16, "images waiting for their pose at most (older ones are dropped)", range=(1, 1000))
+    image_format: str = param("png", "image file format of the dataset", choices=("png", "jpg"), read_only=True)
+    jpeg_quality: int = param(95, "JPEG quality (image_format jpg)", range=(1, 100), read_only=True)
+    labels_topic: str = param("", "16-bit label images (mono16) with the image's stamp, stored as label_path "
+                                  "(synthetic world); '' = none", read_only=True)
+    label_table_topic: str = param("camera/label_table", "f3rm_labels table as JSON (std_msgs/String, "
+                                                         "transient-local), used with labels_topic", read_only=True)
+    status_rate_hz: float = param(1.0, "rate of ~/status and /diagnostics when nothing changes", range=(0.01, 100.0))
+
+
+def _stamp_s(stamp: Any) -> float:
+    return float(stamp.sec) + 1e-9 * float(stamp.nanosec)
+
+
+def _stamp_ns(stamp: Any) -> int:
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+@dataclass
+class _Pending:
+    stamp: float
+    stamp_ns: int
+    rgb: np.ndarray
+    intrinsics: Any
+    arrival: float
+    sharpness: float
+
+
+class _TfPoses:
+    """Camera poses from TF (tf2_ros): ``world_frame`` -> ``camera_frame`` at the image stamp."""
+
+    def __init__(self, node: Node, world: str, camera: str, cache_s: float) -> None:
+        from rclpy.duration import Duration
+
+        self.buffer = tf2_ros.Buffer(cache_time=Duration(seconds=max(cache_s, 1.0)))
+        self.listener = tf2_ros.TransformListener(self.buffer, node)
+        self.world, self.camera = world, camera
+
+    def lookup(self, stamp_s: float, final: bool) -> PoseLookup:
+        from rclpy.time import Time
+
+        t = Time(nanoseconds=int(round(stamp_s * 1e9)))
+        try:
+            tf = self.buffer.lookup_transform(self.world, self.camera, t)
+        except (tf2_ros.ExtrapolationException, tf2_ros.LookupException, tf2_ros.ConnectivityException) as e:
+            if not final:
+                return PoseLookup("wait")
+            kind = "too_far" if isinstance(e, tf2_ros.ExtrapolationException) else "empty"
+            return PoseLookup(kind, detail=f"TF {self.world} -> {self.camera}: {e}")
+        try:
+            return PoseLookup("ok", transform_msg_to_matrix(tf), 0.0)
+        except ConversionError as e:
+            return PoseLookup("empty", detail=f"TF {self.world} -> {self.camera}: {e}")
+
+
+class CaptureNode(Node):
+    """See the module docstring."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__("capture_node", namespace=kwargs.pop("namespace", "/f3rm"), **kwargs)
+        self.settings: CaptureNodeSettings = declare_config(self, CaptureNodeSettings)
+        s = self.settings
+        if s.pose_source == "tf" and not HAVE_TF2:
+            raise RuntimeError("pose_source 'tf' needs the tf2_ros package, which is not installed here; install "
+                               "ROS 2 tf2_ros or publish the camera pose on a topic (pose_source: topic)")
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.add_post_set_parameters_callback(self._after_set_parameters)
+
+        self._lock = threading.RLock()
+        self.capturing = False
+        self.writer = None
+        self.writer_error = ""
+        self.dataset_path: Path | None = None
+        self.reject_counts: collections.Counter[str] = collections.Counter()
+        self.last_reject_reason = ""
+        self._last_log: dict[str, float] = {}
+        self._camera_info = None
+        self._camera_info_msg_size: tuple[int, int] | None = None
+        self._pending: list[_Pending] = []
+        self._labels: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
+        self._label_table: dict | None = None
+        self.images_seen = 0
+        self._last_image_time = 0.0
+        self.keyframes = KeyframeSelector(s.min_translation_m, s.min_rotation_deg)
+        self.poses = PoseBuffer(s.pose_buffer_s, s.pose_tolerance_s, s.interpolate_poses)
+        self.tf_poses = _TfPoses(self, s.world_frame, s.camera_frame, s.pose_buffer_s) if s.pose_source == "tf" else None
+
+        self._open_dataset(s.dataset_name)
+
+        data = MutuallyExclusiveCallbackGroup()  # all frame processing is serialised
+        ctrl = ReentrantCallbackGroup()
+        best_effort = QoSProfile(depth=100, reliability=ReliabilityPolicy.BEST_EFFORT)
+        self.create_subscription(CameraInfo, s.camera_info_topic, self._on_camera_info, best_effort,
+                                 callback_group=data)
+        if s.pose_source == "topic":
+            if s.pose_type == "pose_stamped":
+                self.create_subscription(PoseStamped, s.pose_topic, self._on_pose, best_effort, callback_group=data)
+            else:
+                self.create_subscription(TransformStamped, s.pose_topic, self._on_pose, best_effort,
+                                         callback_group=data)
+        if s.labels_topic:
+            self.create_subscription(Image, s.labels_topic, self._on_labels, qos_profile_sensor_data,
+                                     callback_group=data)
+            latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL,
+                                 reliability=ReliabilityPolicy.RELIABLE)
+            self.create_subscription(String, s.label_table_topic, self._on_label_table, latched, callback_group=data)
+        # the image subscription last: the executor serves ready subscriptions in creation order, so camera_info
+        # and the pose of the same instant are taken first
+        if s.use_compressed:
+            self.create_subscription(CompressedImage, s.image_topic.rstrip("/") + "/compressed", self._on_image,
+                                     qos_profile_sensor_data, callback_group=data)
+        else:
+            self.create_subscription(Image, s.image_topic, self._on_image, qos_profile_sensor_data, callback_group=data)
+        self.create_timer(0.1, self._on_tick, callback_group=data)
+
+        self.status_pub = self.create_publisher(CaptureStatus, "~/status", 10)
+        self.create_service(CaptureControl, "~/control", self._on_control, callback_group=ctrl)
+        self.create_timer(1.0 / s.status_rate_hz, self.publish_status, callback_group=ctrl)
+        self.diagnostics = DiagnosticsPublisher(self, self._diagnostic_status, 1.0 / s.status_rate_hz,
+                                                callback_group=ctrl)
+        if s.start_capturing:
+            ok, msg = self._start()
+            if not ok:
+                self.get_logger().error(f"start_capturing: {msg}")
+        self.get_logger().info(
+            f"capture_node ready: dataset {self.dataset_path} ({len(self.writer) if self.writer else 0} frames), "
+            f"image {self.resolve_topic_name(s.image_topic)}, pose from "
+            f"{s.pose_source if s.pose_source == 'tf' else self.resolve_topic_name(s.pose_topic)}, "
+            f"capturing={self.capturing}")
+
+    # ------------------------------------------------------------------------------ parameters
+    def _on_set_parameters(self, params: list) -> Any:
+        from rcl_interfaces.msg import SetParametersResult
+
+        changed = {p.name: p.value for p in params}
+        try:
+            new = read_config(self, CaptureNodeSettings, "", changed)
+        except ValueError as e:
+            return SetParametersResult(successful=False, reason=str(e))
+        if "dataset_name" in changed:
+            if self.capturing:
+                return SetParametersResult(successful=False, reason="dataset_name cannot change while capturing; "
+                                                                    "send STOP first")
+            try:
+                resolve_under_root(new.dataset_name, new.data_root, what="dataset folder")
+            except PathRefused as e:
+                return SetParametersResult(successful=False, reason=str(e))
+        return SetParametersResult(successful=True)
+
+    def _after_set_parameters(self, params: list) -> None:
+        with self._lock:
+            old = self.settings
+            self.settings = s = read_config(self, CaptureNodeSettings)
+            self.keyframes.min_translation_m, self.keyframes.min_rotation_deg = s.min_translation_m, s.min_rotation_deg
+            self.poses.tolerance_s, self.poses.duration_s = s.pose_tolerance_s, s.pose_buffer_s
+            self.poses.interpolate = s.interpolate_poses
+            if s.dataset_name != old.dataset_name:
+                self._open_dataset(s.dataset_name)
+
+    # ---------------------------------------------------------------------------------- dataset
+    def _open_dataset(self, name: str) -> None:
+        """Open (or continue) ``<data_root>/<name>``; on failure remember why (START is then refused)."""
+        from f3rm_ros.core.dataset import DatasetWriter
+
+        s = self.settings
+        self.writer, self.writer_error = None, ""
+        try:
+            self.dataset_path = resolve_under_root(name, s.data_root, what="dataset folder")
+            if self.dataset_path == resolve_under_root(".", s.data_root):
+                raise PathRefused("dataset_name must name a folder inside data_root, not data_root itself")
+            self.writer = DatasetWriter(self.dataset_path, image_format=s.image_format, jpeg_quality=s.jpeg_quality,
+                                        world_frame=s.world_frame)
+        except Exception as e:  # PathRefused, DatasetError (corrupt json), OSError
+            self.writer_error = f"cannot open dataset {name!r}: {e}"
+            self.get_logger().error(self.writer_error)
+            return
+        poses = [c2w_opengl_to_opencv(np.asarray(f["transform_matrix"], dtype=np.float64)) for f in self.writer.frames]
+        self.keyframes.reset(np.stack(poses) if poses else None)
+        if self._label_table is not None:
+            self._write_label_table()
+        if len(self.writer):
+            self.get_logger().info(f"continuing dataset {self.dataset_path} with {len(self.writer)} frames")
+
+    def _write_label_table(self) -> None:
+        if self.writer is None or self._label_table is None:
+            return
+        if self.writer._data.get("f3rm_labels") != self._label_table:
+            self.writer.set_labels_table(self._label_table)
+
+    # --------------------------------------------------------------------------------- rejections
+    def reject(self, reason: str, detail: str) -> None:
+        """Count a rejection, remember its reason, log it (at most every 2 s per reason)."""
+        with self._lock:
+            self.reject_counts[reason] += 1
+            self.last_reject_reason = f"{reason}: {detail}"
+        now = time.monotonic()
+        if now - self._last_log.get(reason, -1e9) >= 2.0:
+            self._last_log[reason] = now
+            self.get_logger().warning(f"frame rejected ({reason}, {self.reject_counts[reason]} so far): {detail}")
+        self.publish_status()
+
+    # ---------------------------------------------------------------------------------- callbacks
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        try:
+            K = camera_info_to_intrinsics(msg)
+        except ConversionError as e:
+            self.reject("bad_camera_info", str(e))
+            return
+        self._camera_info = K
+
+    def _on_pose(self, msg: PoseStamped | TransformStamped) -> None:
+        s = self.settings
+        frame = msg.header.frame_id.lstrip("/")
+        if frame not in ("", s.world_frame):
+            self.reject("wrong_frame", f"pose frame_id {msg.header.frame_id!r} is not the world frame "
+                                       f"{s.world_frame!r} (publish T_world_camera, or set world_frame)")
+            return
+        try:
+            T = pose_msg_to_matrix(msg) if isinstance(msg, PoseStamped) else transform_msg_to_matrix(msg)
+        except ConversionError as e:
+            self.reject("bad_pose", str(e))
+            return
+        if s.pose_frame_convention == "body":
+            T = T @ T_BODY_OPTICAL
+        self.poses.add(_stamp_s(msg.header.stamp), T)
+        self._process_pending()
+
+    def _on_labels(self, msg: Image) -> None:
+        try:
+            lab = image_to_labels(msg)
+        except ConversionError as e:
+            self.reject("bad_labels", str(e))
+            return
+        self._labels[_stamp_ns(msg.header.stamp)] = lab
+        while len(self._labels) > 4 * self.settings.max_pending:
+            self._labels.popitem(last=False)
+        self._process_pending()
+
+    def _on_label_table(self, msg: String) -> None:
+        try:
+            table = parse_label_table_json(msg.data)
+        except ConversionError as e:
+            self.reject("bad_labels", str(e))
+            return
+        with self._lock:
+            self._label_table = table
+            try:
+                self._write_label_table()
+            except Exception as e:
+                self.reject("write_failed", f"label table: {e}")
+
+    def _on_image(self, msg: Image | CompressedImage) -> None:
+        self.images_seen += 1
+        self._last_image_time = time.monotonic()
+        if not self.capturing:
+            return
+        s = self.settings
+        stamp = _stamp_s(msg.header.stamp)
+        try:
+            rgb = compressed_to_rgb(msg) if isinstance(msg, CompressedImage) else image_to_rgb(msg)
+        except ConversionError as e:
+            self.reject("bad_encoding" if "encoding" in str(e) else "bad_image", str(e))
+            return
+        K = self._camera_info  # None: wait up to pose_wait_s for one (drivers publish both at once, in any order)
+        if K is not None and not self._size_ok(rgb, K):
+            return
+        sharp = laplacian_variance(rgb)
+        if s.blur_threshold > 0 and sharp < s.blur_threshold:
+            self.reject("blurry", f"variance of Laplacian {sharp:.1f} < blur_threshold {s.blur_threshold:g}")
+            return
+        with self._lock:
+            self._pending.append(_Pending(stamp, _stamp_ns(msg.header.stamp), rgb, K, time.monotonic(), sharp))
+            overflow = self._pending[:-s.max_pending] if len(self._pending) > s.max_pending else []
+            del self._pending[: len(overflow)]
+        for p in overflow:
+            self.reject("overflow", f"image at t={p.stamp:.3f} dropped: more than max_pending={s.max_pending} "
+                                    "images wait for their camera pose")
+        self._process_pending()
+
+    def _size_ok(self, rgb: np.ndarray, K: Any) -> bool:
+        if (rgb.shape[1], rgb.shape[0]) != tuple(K.size):
+            self.reject("size_mismatch", f"image is {rgb.shape[1]}x{rgb.shape[0]} but camera_info says "
+                                         f"{K.width}x{K.height}")
+            return False
+        return True
+
+    def _on_tick(self) -> None:
+        self._process_pending()
+
+    # ---------------------------------------------------------------------------------- decisions
+    def _lookup(self, p: _Pending, final: bool) -> PoseLookup:
+        if self.tf_poses is not None:
+            return self.tf_poses.lookup(p.stamp, final)
+        return self.poses.lookup(p.stamp, final)
+
+    def _process_pending(self) -> None:
+        s = self.settings
+        now = time.monotonic()
+        with self._lock:
+            pending = list(self._pending)
+        for p in pending:
+            final = now - p.arrival >= s.pose_wait_s
+            if p.intrinsics is None:
+                if self._camera_info is None and not final:
+                    continue
+                p.intrinsics = self._camera_info
+            labels = None
+            if s.labels_topic:
+                labels = self._labels.get(p.stamp_ns)
+                if labels is None and not final:
+                    continue
+            look = self._lookup(p, final)
+            if look.status == "wait" or (look.status == "empty" and not final):
+                continue
+            with self._lock:
+                if p not in self._pending:
+                    continue
+                self._pending.remove(p)
+                if not self.capturing:
+                    continue
+            if p.intrinsics is None:
+                self.reject("no_camera_info", f"image at t={p.stamp:.3f} but no camera_info received on "
+                                              f"{self.resolve_topic_name(s.camera_info_topic)} within "
+                                              f"pose_wait_s={s.pose_wait_s:g} s")
+            elif not self._size_ok(p.rgb, p.intrinsics):
+                pass
+            elif look.status == "empty":
+                self.reject("no_pose", f"image at t={p.stamp:.3f}: {look.reason} within pose_wait_s={s.pose_wait_s:g} s")
+            elif look.status == "too_far":
+                self.reject("pose_too_far", f"image at t={p.stamp:.3f}: {look.reason} "
+                                            f"(pose_tolerance_s={s.pose_tolerance_s:g})")
+            elif s.labels_topic and labels is None:
+                self.reject("no_labels", f"image at t={p.stamp:.3f}: no label image with this stamp on "
+                                         f"{self.resolve_topic_name(s.labels_topic)} within {s.pose_wait_s:g} s")
+            elif labels is not None and labels.shape != p.rgb.shape[:2]:
+                self.reject("bad_labels", f"label image {labels.shape[::-1]} differs from image {p.rgb.shape[1::-1]}")
+            else:
+                self._keep(p, look, labels)
+
+    def _keep(self, p: _Pending, look: PoseLookup, labels: np.ndarray | None) -> None:
+        s = self.settings
+        with self._lock:
+            if self.writer is None:
+                self.reject("write_failed", self.writer_error or "no dataset open")
+                return
+            if s.max_frames and len(self.writer) >= s.max_frames:
+                self.capturing = False
+                self.reject("max_frames", f"the dataset has max_frames={s.max_frames} frames; capture stopped")
+                return
+            ok, why = self.keyframes.check(look.pose)
+            if not ok:
+                self.reject("too_close", why)
+                return
+            try:
+                extra = {"sharpness": round(p.sharpness, 3), "pose_dt_s": round(look.dt, 6),
+                         "pose_interpolated": look.interpolated}
+                idx = self.writer.add_frame(p.rgb, p.intrinsics, look.pose, stamp=p.stamp, extra=extra, labels=labels)
+            except Exception as e:  # disk full, permissions, a non-rigid pose
+                self.reject("write_failed", f"{type(e).__name__}: {e}")
+                return
+            self.keyframes.add(look.pose)
+            n = len(self.writer)
+        self.get_logger().info(f"kept frame {idx} (t={p.stamp:.3f}, pose dt {look.dt * 1000:.1f} ms, "
+                               f"sharpness {p.sharpness:.0f}); {n} in {self.dataset_path}")
+        if s.max_frames and n >= s.max_frames:
+            self.capturing = False
+            self.get_logger().info(f"max_frames={s.max_frames} reached: capture stopped")
+        self.publish_status()
+
+    # ----------------------------------------------------------------------------------- control
+    def _start(self) -> tuple[bool, str]:
+        with self._lock:
+            if self.writer is None:
+                self._open_dataset(self.settings.dataset_name)
+            if self.writer is None:
+                return False, self.writer_error
+            if self.settings.max_frames and len(self.writer) >= self.settings.max_frames:
+                return False, f"the dataset already has max_frames={self.settings.max_frames} frames"
+            self.capturing = True
+            return True, "capturing"
+
+    def _on_control(self, req: CaptureControl.Request, res: CaptureControl.Response) -> CaptureControl.Response:
+        cmd = req.command
+        try:
+            with self._lock:
+                if cmd == CaptureControl.Request.START:
+                    res.success, res.message = self._start()
+                elif cmd == CaptureControl.Request.STOP:
+                    self.capturing = False
+                    self._pending.clear()
+                    res.success, res.message = True, "stopped"
+                elif cmd == CaptureControl.Request.CLEAR:
+                    if self.capturing:
+                        res.success, res.message = False, "CLEAR refused while capturing; send STOP first"
+                    elif self.writer is None:
+                        res.success, res.message = False, self.writer_error or "no dataset open"
+                    else:
+                        n = len(self.writer)
+                        self.writer.clear()
+                        self.keyframes.reset()
+                        res.success, res.message = True, f"cleared {n} frames"
+                elif cmd == CaptureControl.Request.SAVE:
+                    if self.writer is None:
+                        res.success, res.message = False, self.writer_error or "no dataset open"
+                    else:
+                        self.writer.update_meta({"f3rm_capture": self._summary()})
+                        res.success, res.message = True, f"saved {self.writer.json_path}"
+                else:
+                    res.success, res.message = False, (f"unknown command {cmd}; use START={CaptureControl.Request.START}, "
+                                                       f"STOP, CLEAR or SAVE")
+        except Exception as e:  # never let a request take the node down
+            res.success, res.message = False, f"{type(e).__name__}: {e}"
+        res.frame_count = len(self.writer) if self.writer is not None else 0
+        res.dataset_path = str(self.dataset_path or "")
+        if res.success:
+            self.get_logger().info(f"control command {cmd}: {res.message} ({res.frame_count} frames)")
+        else:
+            self.get_logger().warning(f"control command {cmd} refused: {res.message}")
+        self.publish_status()
+        return res
+
+    def _summary(self) -> dict[str, Any]:
+        return {"frames_rejected": dict(self.reject_counts), "images_seen": self.images_seen,
+                "settings": {k: getattr(self.settings, k) for k in ("min_translation_m", "min_rotation_deg",
+                                                                     "blur_threshold", "pose_tolerance_s")}}
+
+    # ------------------------------------------------------------------------------------ status
+    def status_message(self) -> CaptureStatus:
+        with self._lock:
+            msg = CaptureStatus(capturing=self.capturing,
+                                frames_kept=len(self.writer) if self.writer is not None else 0,
+                                frames_rejected=sum(self.reject_counts.values()),
+                                reject_reasons=sorted(self.reject_counts),
+                                last_reject_reason=self.last_reject_reason,
+                                dataset_path=str(self.dataset_path or ""))
+            msg.reject_counts = [int(self.reject_counts[k]) for k in msg.reject_reasons]
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.header.frame_id = self.settings.world_frame
+        return msg
+
+    def publish_status(self) -> None:
+        try:
+            self.status_pub.publish(self.status_message())
+        except Exception:  # shutting down
+            pass
+
+    def _diagnostic_status(self) -> tuple[int, str, dict]:
+        st = self.status_message()
+        values = {"capturing": st.capturing, "frames_kept": st.frames_kept, "frames_rejected": st.frames_rejected,
+                  "images_seen": self.images_seen, "dataset": st.dataset_path,
+                  **{f"rejected.{k}": v for k, v in zip(st.reject_reasons, st.reject_counts)}}
+        if self.writer is None:
+            return ERROR, self.writer_error or "no dataset open", values
+        if self.capturing and time.monotonic() - self._last_image_time > 5.0:
+            return WARN, "capturing but no image for 5 s", values
+        return OK, ("capturing" if self.capturing else "idle") + f", {st.frames_kept} frames", values
+
+
+def main(args: list[str] | None = None) -> int:
+    """``ros2 run f3rm_ros capture_node`` / ``scripts/nodes/capture_node``."""
+    return run_node(CaptureNode, args)
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""Shared helpers of the test_node_*.py tests (real rclpy over DDS; no mocks)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import rclpy
+from rclpy.executors import MultiThreadedExecutor
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def wait_for(pred: Callable[[], Any], timeout: float, what: str = "condition", poll: float = 0.05) -> Any:
+    """Poll ``pred`` until it returns something truthy; raise AssertionError naming ``what`` on timeout."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        v = pred()
+        if v:
+            return v
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+class Spinner:
+    """Spins nodes on a MultiThreadedExecutor in a background thread (inside an rclpy context)."""
+
+    def __init__(self, *nodes: Any, threads: int = 4) -> None:
+        self.executor = MultiThreadedExecutor(num_threads=threads)
+        for n in nodes:
+            self.executor.add_node(n)
+        self.thread = threading.Thread(target=self._spin, daemon=True)
+        self.thread.start()
+
+    def _spin(self) -> None:
+        try:
+            self.executor.spin()
+        except Exception:  # context shut down
+            pass
+
+    def add(self, node: Any) -> None:
+        self.executor.add_node(node)
+
+    def stop(self) -> None:
+        self.executor.shutdown(timeout_sec=2.0)
+        self.thread.join(timeout=5.0)
+
+
+def ros_args(params: dict[str, Any], namespace: str) -> list[str]:
+    out = ["--ros-args", "-r", f"__ns:={namespace}"]
+    for k, v in params.items():
+        if isinstance(v, bool):
+            v = "true" if v else "false"
+        out += ["-p", f"{k}:={v}"]
+    return out
+
+
+def start_node(module: str, namespace: str, params: dict[str, Any], log_path: Path) -> subprocess.Popen:
+    """Run ``python -m f3rm_ros.ros.<module>`` with parameters, output to ``log_path``."""
+    env = dict(os.environ)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    log = open(log_path, "w")
+    return subprocess.Popen([sys.executable, "-m", f"f3rm_ros.ros.{module}", *ros_args(params, namespace)],
+                            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(ROOT))
+
+
+def stop_process(p: subprocess.Popen, sig: int | None = None, timeout: float = 15.0) -> int:
+    """Stop a node process (SIGINT by default) and wait for it; kill it if it does not exit."""
+    import signal
+
+    if p.poll() is None:
+        p.send_signal(signal.SIGINT if sig is None else sig)
+        try:
+            p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(timeout=5)
+    return p.returncode
+
+
+def call_service(node: Any, srv_type: Any, name: str, request: Any, timeout: float = 20.0) -> Any:
+    """Call a service from ``node`` (spun elsewhere) and wait for the answer."""
+    client = node.create_client(srv_type, name)
+    try:
+        if not client.wait_for_service(timeout_sec=timeout):
+            raise AssertionError(f"service {name} did not appear within {timeout} s")
+        fut = client.call_async(request)
+        wait_for(fut.done, timeout, f"answer of {name}")
+        return fut.result()
+    finally:
+        node.destroy_client(client)
+
+
+def context() -> Any:
+    """``rclpy.init()`` as a context manager (one per test)."""
+    return rclpy.init()
