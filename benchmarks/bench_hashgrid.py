@@ -216,9 +216,7 @@ def grid_rows(args, dev, gen, records, meta):
                                         dtype=dtype).to(dev)
                     backends["tcnn"] = lambda x, t, enc=enc: enc(x)
 
-                if dev.type == "cuda":
-                    backends["triton_scalar_atomics"] = lambda x, t: HT.hash_grid_encode_triton(x, t, res, vector_atomics=False)
-                if points == "rays" and dev.type == "cuda":
+                if points == "rays" and dev.type == "cuda" and args.graphs:
                     backends["triton_graph"] = "graph"
                 outs = {}
                 for bname, fn in backends.items():
@@ -265,7 +263,6 @@ def grid_rows(args, dev, gen, records, meta):
 def sweep(x, table, g, res, dev, args, records, row):
     """Time the Triton forward and backward kernels alone for each (BLOCK, num_warps); return the best."""
     meta = HT._meta(res, table.shape[1], dev)
-    vec = HT._vector_atomics(table.shape[2], dev, None)
     best = {}
     for kind in ("fwd", "bwd"):
         times = {}
@@ -273,7 +270,7 @@ def sweep(x, table, g, res, dev, args, records, row):
             if kind == "fwd":
                 step = lambda cfg=cfg: HT._launch_fwd(x, table.detach(), meta, cfg)  # noqa: E731
             else:
-                step = lambda cfg=cfg: HT._launch_bwd(x, g, meta, tuple(table.shape), cfg, vec)  # noqa: E731
+                step = lambda cfg=cfg: HT._launch_bwd(x, g, meta, tuple(table.shape), cfg)  # noqa: E731
             tm = time_steps(step, dev, args.reps, max(2, args.warmup // 2))
             times[cfg] = tm["median_ms"]
             records.append({"row": row, "backend": f"sweep_{kind}", "config": list(cfg), **tm})
@@ -385,6 +382,7 @@ def feature_path_rows(args, dev, gen, records):
             loss = step()
             sync(dev)
             first_s = time.perf_counter() - t0
+            loss_val = loss.item()
             grads = [p.grad.detach().clone() for p in params]
             tm = time_steps(step, dev, args.reps, args.warmup)
         except Exception as e:  # keep the other variants' numbers
@@ -394,11 +392,11 @@ def feature_path_rows(args, dev, gen, records):
         steps[vname] = step
         rec = {"row": "feat_path", "backend": vname, "n_points": R * S, "rays": R, "samples": S, "feature_dim": D,
                "levels": L, "T": T, "F": F, "dtype": "float32 table, fp16 autocast", "first_call_s": first_s, **tm,
-               "peak_mem_mb": peak_mem_mb(step, dev), "loss": loss.item()}
+               "peak_mem_mb": peak_mem_mb(step, dev), "loss": loss_val}
         if ref is None:
-            ref = (loss.item(), grads)
+            ref = (loss_val, grads)
         else:
-            rec["loss_rel_err_vs_eager"] = abs(loss.item() - ref[0]) / abs(ref[0])
+            rec["loss_rel_err_vs_eager"] = abs(loss_val - ref[0]) / abs(ref[0])
             rec["table_grad_rel_err_vs_eager"] = rel_err(grads[0], ref[1][0])
             rec["mlp_grad_rel_err_vs_eager"] = max(rel_err(a, b) for a, b in zip(grads[1:], ref[1][1:]))
             rec["grad_rel_err_per_param"] = [rel_err(a, b) for a, b in zip(grads, ref[1])]
@@ -448,9 +446,7 @@ def diag_kernels(dev, gen):
         def ops(kern, pat):
             return dict(Counter(m.group(0) for m in re.finditer(pat, kern.asm.get("ptx", ""))))
         k = K.hash_bwd[((n + 127) // 128, L)](x, g, meta, gt, n, T=T, L=L, F=F, BLOCK=128, POW2=True, num_warps=4)
-        vec = HT._vector_atomics(F, dev, None)
-        kv = K.hash_bwd_vec[((n + 127) // 128, L)](x, g, meta, gt, n, T=T, L=L, F=F, BLOCK=128, POW2=True,
-                                                    VEC=vec, num_warps=4) if vec else None
+        kv = None
         kf = K.hash_fwd[((n + 127) // 128, L)](x, table, meta, torch.empty(n, L * F, device=dev), n, T=T, L=L, F=F,
                                                 BLOCK=128, POW2=True, num_warps=4)
         pat_at = r"\b(atom|red)\.[a-z0-9.:_]+"
@@ -465,7 +461,7 @@ def diag_kernels(dev, gen):
             m1 = HT._meta(res[l:l + 1], T, dev)
             g1 = g[:, l * F:(l + 1) * F].contiguous()
             f = time_steps(lambda: HT._launch_fwd(x, t1, m1, (128, 4)), dev, 20, 3)["median_ms"]
-            b = time_steps(lambda: HT._launch_bwd(x, g1, m1, (1, T, F), (128, 4), vec), dev, 20, 3)["median_ms"]
+            b = time_steps(lambda: HT._launch_bwd(x, g1, m1, (1, T, F), (128, 4)), dev, 20, 3)["median_ms"]
             per.append((res[l], round(f, 4), round(b, 4)))
         print(f"  {gname} per level (R, fwd ms, bwd ms incl. zeroing the level's grad): {per}", flush=True)
 
@@ -506,6 +502,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--quick", action="store_true", help="tiny CPU smoke test in Triton's interpreter")
     ap.add_argument("--diag", action="store_true", help="PTX atomics, per-level kernel times, profiles")
+    ap.add_argument("--graphs", action="store_true", help="also time the grid rows captured in a CUDA graph")
     args = ap.parse_args(argv)
     if args.quick:
         args.rays, args.samples, args.reps, args.warmup, args.compile = 8, 4, 2, 1, False

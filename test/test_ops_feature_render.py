@@ -8,7 +8,7 @@ import torch
 from f3rm_ros.core.ops.feature_render import render_linear_head_fused, render_linear_head_reference
 
 
-@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5), (torch.bfloat16, 1.5e-2)])
 @pytest.mark.parametrize("with_bias", [True, False])
 def test_fused_render_matches_reference(dtype, tol, with_bias):
     g = torch.Generator().manual_seed(7)
@@ -23,12 +23,12 @@ def test_fused_render_matches_reference(dtype, tol, with_bias):
         for t in (hidden, w, *lin.parameters()):
             t.grad = None
         out = fn(hidden, w, lin.weight, lin.bias)
-        loss = ((out.to(dtype) - target) ** 2).mean()
+        loss = ((out.double() - target.double()) ** 2).mean()
         loss.backward()
         results.append((out.detach().to(dtype), [t.grad.clone() for t in (hidden, w, *lin.parameters())]))
     (o_ref, g_ref), (o_fus, g_fus) = results
-    err = ((o_fus - o_ref).norm() / o_ref.norm()).item()
-    gerrs = [((a - b).norm() / b.norm()).item() for a, b in zip(g_fus, g_ref)]
+    err = ((o_fus.double() - o_ref.double()).norm() / o_ref.double().norm()).item()
+    gerrs = [((a.double() - b.double()).norm() / b.double().norm()).item() for a, b in zip(g_fus, g_ref)]
     print(f"{dtype} bias={with_bias}: out rel err {err:.2e}; grad rel errs (hidden, weights, W[, b]) "
           + ", ".join(f"{e:.2e}" for e in gerrs))
     assert o_fus.shape == (R, D)

@@ -3,6 +3,8 @@
 Importing this module imports Triton and defines the kernels; it compiles nothing. The math is
 documented in :mod:`f3rm_ros.core.ops.hashgrid_triton`. Only Triton APIs present in both Triton 3.6
 and 3.8 are used (jit, constexpr, static_range, load/store with masks, where, atomic_add).
+With 16-byte-aligned tensors both versions vectorise the gathers (ld.global.v2/v4) and the
+backward's atomics (atom.global.relaxed.add.v2/v4.f32) over the F features of a corner.
 """
 
 import triton
@@ -99,49 +101,3 @@ def hash_bwd(x_ptr, gout_ptr, meta_ptr, gtab_ptr, N,
     for k in tl.static_range(8):
         idx, w = _corner(cx, cy, cz, fx, fy, fz, stride, dense, k, T, POW2)
         tl.atomic_add(base + idx[:, None] * F + fo[None, :], w[:, None] * g, mask=mask[:, None], sem="relaxed")
-
-
-# --- Hopper (sm_90+) backward: one vector reduction (red.global.add.v2/v4.f32) per corner and 2 or 4
-# features instead of one scalar atomic per feature. Not available in the interpreter (inline PTX).
-@triton.jit
-def _red_v2(ptr, a, b):
-    return tl.inline_asm_elementwise(
-        "mov.b32 $0, 0; red.relaxed.gpu.global.add.v2.f32 [$1], {$2, $3};",
-        "=r,l,f,f", [ptr.to(tl.int64), a, b], dtype=tl.int32, is_pure=False, pack=1)
-
-
-@triton.jit
-def _red_v4(ptr, a, b, c, d):
-    return tl.inline_asm_elementwise(
-        "mov.b32 $0, 0; red.relaxed.gpu.global.add.v4.f32 [$1], {$2, $3, $4, $5};",
-        "=r,l,f,f,f,f", [ptr.to(tl.int64), a, b, c, d], dtype=tl.int32, is_pure=False, pack=1)
-
-
-@triton.jit
-def hash_bwd_vec(x_ptr, gout_ptr, meta_ptr, gtab_ptr, N,
-                 T: tl.constexpr, L: tl.constexpr, F: tl.constexpr, BLOCK: tl.constexpr, POW2: tl.constexpr,
-                 VEC: tl.constexpr):
-    pid = tl.program_id(0)
-    lvl = tl.program_id(1)
-    offs = pid * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < N
-    R = tl.load(meta_ptr + 2 * lvl)
-    dense = tl.load(meta_ptr + 2 * lvl + 1)
-    # masked lanes read x = 0 (a valid cell) and g = 0: they add zeros, so the reductions need no mask
-    cx, cy, cz, fx, fy, fz = _cell(x_ptr, offs, mask, R.to(tl.float32), R)
-    stride = R + 1
-    grow = gout_ptr + offs.to(tl.int64) * (L * F) + lvl * F
-    base = gtab_ptr + lvl.to(tl.int64) * (T * F)
-    for c in tl.static_range(F // VEC):
-        g0 = tl.load(grow + (c * VEC + 0), mask=mask, other=0.0).to(tl.float32)
-        g1 = tl.load(grow + (c * VEC + 1), mask=mask, other=0.0).to(tl.float32)
-        if VEC == 4:
-            g2 = tl.load(grow + (c * VEC + 2), mask=mask, other=0.0).to(tl.float32)
-            g3 = tl.load(grow + (c * VEC + 3), mask=mask, other=0.0).to(tl.float32)
-        for k in tl.static_range(8):
-            idx, w = _corner(cx, cy, cz, fx, fy, fz, stride, dense, k, T, POW2)
-            p = base + idx * F + c * VEC
-            if VEC == 4:
-                _red_v4(p, w * g0, w * g1, w * g2, w * g3)
-            else:
-                _red_v2(p, w * g0, w * g1)

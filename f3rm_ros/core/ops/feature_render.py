@@ -57,14 +57,21 @@ def render_linear_head_fused(hidden: Tensor,  # [..., S, H]
                              bias: Tensor | None = None) -> Tensor:  # [..., D]
     """Same result as :func:`render_linear_head_reference` without forming [..., S, D].
 
-    ``W (sum_s w_s h_s) + b sum_s w_s``: the weighted sum of the hidden vectors is taken in fp32,
-    then the output layer runs once per ray (in the autocast dtype if autocast is on).
+    ``W (sum_s w_s h_s) + b sum_s w_s``: the weighted sum of the hidden vectors is one batched
+    matrix product when ``hidden`` is fp16/bf16 (weights rounded to that dtype, fp32 accumulation),
+    else an exact fp32/fp64 sum; then the output layer runs once per ray (in the autocast dtype if
+    autocast is on).
 
     Args / Returns: as :func:`render_linear_head_reference`.
     """
     _check(hidden, weights, weight, bias)
     acc = torch.promote_types(torch.promote_types(hidden.dtype, weights.dtype), torch.float32)
-    h_ray = (weights.unsqueeze(-1).to(acc) * hidden.to(acc)).sum(-2)  # [..., H]
+    if hidden.dtype in (torch.float16, torch.bfloat16):
+        # one batched matrix product in the half dtype (fp32 accumulation inside); the head that
+        # follows runs in that dtype anyway under autocast, so the result keeps its precision class
+        h_ray = torch.matmul(weights.unsqueeze(-2).to(hidden.dtype), hidden).squeeze(-2)  # [..., H]
+    else:
+        h_ray = (weights.unsqueeze(-1).to(acc) * hidden.to(acc)).sum(-2)  # [..., H]
     out = torch.nn.functional.linear(h_ray.to(weight.dtype), weight)  # [..., D]
     if bias is not None:
         out = out + weights.to(acc).sum(-1, keepdim=True) * bias

@@ -13,8 +13,8 @@ Kernels:
   BLOCK points at one level (programs of one level run next to each other, so a level's table stays
   in L2) and writes its F columns of the output;
 * backward: same grid; scatter-adds ``w * grad_out`` into an fp32 gradient table with relaxed
-  atomics (on Hopper, one vector ``red.global.add.v2/v4.f32`` per corner for 2 or 4 features), then
-  casts to the table's dtype. ``x`` gets no gradient.
+  atomics (vectorised over the F features of a corner), then casts to the table's dtype. ``x``
+  gets no gradient.
 
 The kernels are compiled with ``enable_fp_fusion=False``: a fused multiply-add would compute
 ``x*R - cell`` without rounding ``x*R`` to fp32 first and so differ from the reference's ``frac``
@@ -71,30 +71,7 @@ def _kernels():
     """Import (and so define) the Triton kernels on first use; nothing is compiled until launched."""
     from . import _hashgrid_kernels as k
 
-    return k.hash_fwd, k.hash_bwd, k.hash_bwd_vec
-
-
-def _vector_atomics(F: int, device: torch.device, want: bool | None) -> int:
-    """Width (2 or 4) of the vector reductions the backward may use here, or 0 for scalar atomics.
-
-    Vector ``red.global.add.v2/v4.f32`` needs sm_90+ (Hopper) and real PTX (not the interpreter).
-    ``want``: None = automatic (env ``F3RM_TRITON_VEC_ATOMICS=0`` turns it off), False = never,
-    True = required (ValueError if impossible)."""
-    if want is None:
-        want = os.environ.get("F3RM_TRITON_VEC_ATOMICS", "1") != "0"
-        required = False
-    else:
-        required = bool(want)
-    if not want:
-        return 0
-    ok = device.type == "cuda" and not _interpret_mode() and torch.cuda.get_device_capability(device)[0] >= 9 \
-        and F % 2 == 0
-    if not ok:
-        if required:
-            raise ValueError("vector atomics need a CUDA device of compute capability >= 9.0, an even F and no "
-                             "TRITON_INTERPRET")
-        return 0
-    return 4 if F % 4 == 0 else 2
+    return k.hash_fwd, k.hash_bwd
 
 
 _META_CACHE: dict = {}
@@ -125,8 +102,8 @@ def _launch_fwd(x: Tensor, table: Tensor, meta: Tensor, cfg, out_dtype: torch.dt
     return out
 
 
-def _launch_bwd(x: Tensor, grad_out: Tensor, meta: Tensor, shape, cfg, vec: int = 0) -> Tensor:
-    _, hash_bwd, hash_bwd_vec = _kernels()
+def _launch_bwd(x: Tensor, grad_out: Tensor, meta: Tensor, shape, cfg) -> Tensor:
+    hash_bwd = _kernels()[1]
     L, T, F = shape
     n = x.shape[0]
     gtab = torch.zeros(L, T, F, dtype=torch.float32, device=x.device)
@@ -134,20 +111,15 @@ def _launch_bwd(x: Tensor, grad_out: Tensor, meta: Tensor, shape, cfg, vec: int 
         return gtab
     block, warps = cfg
     grid = ((n + block - 1) // block, L)
-    if vec:
-        hash_bwd_vec[grid](x, grad_out, meta, gtab, n, T=T, L=L, F=F, BLOCK=block, POW2=(T & (T - 1)) == 0,
-                           VEC=vec, num_warps=warps, enable_fp_fusion=False)
-    else:
-        hash_bwd[grid](x, grad_out, meta, gtab, n, T=T, L=L, F=F, BLOCK=block, POW2=(T & (T - 1)) == 0,
-                       num_warps=warps, enable_fp_fusion=False)
+    hash_bwd[grid](x, grad_out, meta, gtab, n, T=T, L=L, F=F, BLOCK=block, POW2=(T & (T - 1)) == 0,
+                   num_warps=warps, enable_fp_fusion=False)
     return gtab
 
 
 class _HashGridTriton(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, table, meta, fwd_cfg, bwd_cfg, out_dtype, vec):  # noqa: D401 - autograd signature
+    def forward(ctx, x, table, meta, fwd_cfg, bwd_cfg, out_dtype):  # noqa: D401 - autograd signature
         ctx.save_for_backward(x, meta)
-        ctx.vec = vec
         ctx.shape = tuple(table.shape)
         ctx.dtype = table.dtype
         ctx.bwd_cfg = bwd_cfg
@@ -157,11 +129,11 @@ class _HashGridTriton(torch.autograd.Function):
     def backward(ctx, grad_out):
         x, meta = ctx.saved_tensors
         if not ctx.needs_input_grad[1]:
-            return None, None, None, None, None, None, None
-        gtab = _launch_bwd(x, grad_out.contiguous(), meta, ctx.shape, ctx.bwd_cfg, ctx.vec)
+            return None, None, None, None, None, None
+        gtab = _launch_bwd(x, grad_out.contiguous(), meta, ctx.shape, ctx.bwd_cfg)
         if ctx.dtype != torch.float32:
             gtab = gtab.to(ctx.dtype)
-        return None, gtab, None, None, None, None, None
+        return None, gtab, None, None, None, None
 
 
 def hash_grid_encode_triton(x: Tensor,  # [N, 3] in [0, 1]
@@ -169,8 +141,7 @@ def hash_grid_encode_triton(x: Tensor,  # [N, 3] in [0, 1]
                             resolutions: Sequence[int],
                             fwd_config: tuple[int, int] | None = None,
                             bwd_config: tuple[int, int] | None = None,
-                            out_dtype: torch.dtype | None = None,
-                            vector_atomics: bool | None = None) -> Tensor:  # [N, L*F]
+                            out_dtype: torch.dtype | None = None) -> Tensor:  # [N, L*F]
     """Hash-grid encoding with Triton kernels; differentiable w.r.t. ``table`` only.
 
     Args:
@@ -180,8 +151,6 @@ def hash_grid_encode_triton(x: Tensor,  # [N, 3] in [0, 1]
         fwd_config, bwd_config: optional (BLOCK, num_warps) overrides (BLOCK a power of two).
         out_dtype: output dtype (default: the table's, as the contract says); e.g. float16 for an
             fp32 table feeding an fp16 MLP, which halves the bytes written and saves a cast.
-        vector_atomics: backward with vector reductions (2 or 4 features per instruction; Hopper+,
-            not in the interpreter). None = when possible (env ``F3RM_TRITON_VEC_ATOMICS=0`` disables).
     Returns:
         [N, L*F] features, level-major, dtype ``out_dtype`` or that of ``table``.
     Raises:
@@ -212,4 +181,4 @@ def hash_grid_encode_triton(x: Tensor,  # [N, 3] in [0, 1]
     meta = _meta(resolutions, T, x.device)
     return _HashGridTriton.apply(x32, table.contiguous(), meta,
                                  tuple(fwd_config or DEFAULT_FWD_CONFIG), tuple(bwd_config or DEFAULT_BWD_CONFIG),
-                                 out_dtype, _vector_atomics(F, x.device, vector_atomics))
+                                 out_dtype)
