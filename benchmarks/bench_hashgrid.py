@@ -254,7 +254,7 @@ def grid_rows(args, dev, gen, records, meta):
                         rec["out_rel_err_vs_eager"] = rel_err(outs[bname][0], outs["eager"][0])
                         rec["grad_rel_err_vs_eager"] = rel_err(outs[bname][1], outs["eager"][1])
                     records.append(rec)
-                    print(f"  {row:28s} {bname:22s} {tm['median_ms']:8.3f} ms  "
+                    print(f"  {row:28s} {bname:22s} {tm['median_ms']:8.3f} ms  first call {first_s:6.1f} s  "
                           + (f"err out {rec.get('out_rel_err_vs_eager', 0):.1e} grad {rec.get('grad_rel_err_vs_eager', 0):.1e}"
                              if bname in outs and bname != "eager" else ""), flush=True)
                 del table, g, x, outs
@@ -401,7 +401,7 @@ def feature_path_rows(args, dev, gen, records):
             rec["mlp_grad_rel_err_vs_eager"] = max(rel_err(a, b) for a, b in zip(grads[1:], ref[1][1:]))
             rec["grad_rel_err_per_param"] = [rel_err(a, b) for a, b in zip(grads, ref[1])]
         records.append(rec)
-        print(f"  {'feat_path':28s} {vname:22s} {tm['median_ms']:8.3f} ms  "
+        print(f"  {'feat_path':28s} {vname:22s} {tm['median_ms']:8.3f} ms  first call {first_s:6.1f} s  "
               + (f"loss err {rec['loss_rel_err_vs_eager']:.1e} table grad {rec['table_grad_rel_err_vs_eager']:.1e} "
                  f"mlp grad {rec['mlp_grad_rel_err_vs_eager']:.1e}" if "loss_rel_err_vs_eager" in rec else ""), flush=True)
     if args.diag and dev.type == "cuda":
