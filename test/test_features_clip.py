@@ -38,13 +38,14 @@ def extractor_b16(vitb16_file):
                                     device="cpu", batch_size=2))
 
 
-def _step_by_step(model, image: np.ndarray, short: int = 224) -> torch.Tensor:
+def _step_by_step(model, images: list, short: int = 224) -> torch.Tensor:
     """MaskCLIP by hand with the model's own modules (independent of f3rm_ros' code path):
     torchvision resize, open_clip's forward_intermediates for blocks 0..L-2 on a copy of the tower
     whose positional embedding is interpolated here, then the last block's attention module with an
-    identity attention mask (each token attends only to itself = the value path), ln_post, proj."""
+    identity attention mask (each token attends only to itself = the value path), ln_post, proj.
+    ``images``: same-size HxWx3 uint8 arrays."""
     visual = copy.deepcopy(model.visual)
-    x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255.0
+    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255.0
     x = TF.resize(x, short, interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
     x = (x - CLIP_MEAN) / CLIP_STD
     p = visual.patch_size[0]
@@ -67,7 +68,7 @@ def _step_by_step(model, image: np.ndarray, short: int = 224) -> torch.Tensor:
     eye_mask.fill_diagonal_(0.0)
     y = last.attention(last.ln_1(tokens), attn_mask=eye_mask)[:, 1:]
     y = visual.ln_post(y) @ visual.proj
-    return y.reshape(1, gh, gw, -1)
+    return y.reshape(len(images), gh, gw, -1)
 
 
 @torch.no_grad()
@@ -77,7 +78,7 @@ def test_maskclip_equals_step_by_step_square(vitb16_file, extractor_b16):
     assert all(torch.equal(sd_file[k], sd_ext[k]) for k in sd_file), "checkpoint file was not loaded"
     img = np.random.default_rng(0).integers(0, 256, (224, 224, 3), dtype=np.uint8)
     got = extractor_b16.extract([img])
-    ref = _step_by_step(model, img)
+    ref = _step_by_step(model, [img])
     err = (got - ref).abs().max().item()
     print(f"ViT-B-16 224x224: grid {tuple(got.shape)}, max |diff| {err:.2e}, |ref| max {ref.abs().max():.3f}")
     assert got.shape == (1, 14, 14, 512)
@@ -91,7 +92,8 @@ def test_maskclip_equals_step_by_step_non_square_batch(vitb16_file, extractor_b1
     imgs = [rng.integers(0, 256, (180, 330, 3), dtype=np.uint8) for _ in range(3)]  # 3 images, batch_size 2
     got = extractor_b16.extract(imgs)
     assert got.shape == (3, 14, 25, 512) and extractor_b16.grid_shape(180, 330) == (14, 25)  # 224x410
-    errs = [(got[i:i + 1] - _step_by_step(model, im)).abs().max().item() for i, im in enumerate(imgs)]
+    ref = _step_by_step(model, imgs)
+    errs = [(got[i] - ref[i]).abs().max().item() for i in range(len(imgs))]
     print(f"ViT-B-16 330x180 -> 410x224: grid {tuple(got.shape)}, max |diff| per image {errs}")
     assert max(errs) < 1e-4
     # not a trivial output: patches differ and images differ
@@ -185,12 +187,34 @@ def test_offline_failures_are_clear(tmp_path):
         ClipExtractor(ClipConfig(model_name="ViT-B-16", pretrained="no-such-tag"))
 
 
-def test_cache_key_settings_and_rebuild(extractor_b16, vitb16_file):
-    key = extractor_b16.cache_key()
+def test_cache_key_settings_and_rebuild(tmp_path):
+    """cache_key() holds what changes the values (not device/batch size) and rebuilds the extractor
+    (checkpoint file loaded again). ViT-S-32 keeps it cheap."""
+    torch.manual_seed(11)
+    model = open_clip.create_model("ViT-S-32", pretrained=None).eval()
+    path = tmp_path / "vits32_random.pt"
+    torch.save(model.state_dict(), path)
+    ext = ClipExtractor(ClipConfig(model_name="ViT-S-32", pretrained="", checkpoint_path=str(path), device="cpu"))
+    key = ext.cache_key()
     print(key["settings"], key["resolved"]["weights"])
     assert key["type"] == "clip" and key["settings"]["precision"] == "fp32"
-    assert key["resolved"]["weights"]["file"]["path"].endswith("vitb16_random.pt")
+    assert key["resolved"]["weights"]["file"]["path"].endswith("vits32_random.pt")
     assert "device" not in key["settings"] and "batch_size" not in key["settings"]
     rebuilt = create_extractor(key, device="cpu")
     img = np.random.default_rng(3).integers(0, 256, (224, 224, 3), dtype=np.uint8)
-    assert torch.equal(rebuilt.extract([img]), extractor_b16.extract([img]))
+    assert torch.equal(rebuilt.extract([img]), ext.extract([img]))
+    assert torch.equal(rebuilt.encode_text(["mug"]), ext.encode_text(["mug"]))
+
+
+@torch.no_grad()
+def test_half_precision_path_matches_fp32(vitb16_file, extractor_b16):
+    """The fp16 path (the default on CUDA) run on the CPU: same features up to rounding."""
+    model, _ = vitb16_file
+    half = ClipExtractor(ClipConfig(model_name="ViT-B-16", random_weights=True, device="cpu", precision="fp16"),
+                         model=copy.deepcopy(model))
+    img = np.random.default_rng(4).integers(0, 256, (224, 224, 3), dtype=np.uint8)
+    f16, f32 = half.extract([img]), extractor_b16.extract([img])
+    cos = torch.nn.functional.cosine_similarity(f16, f32, dim=-1)
+    print(f"fp16 vs fp32 per-patch cosine: min {cos.min():.6f}; fp16 text norm {half.encode_text(['mug']).norm():.6f}")
+    assert f16.dtype == torch.float32 and cos.min() > 0.999
+    assert half.cache_key()["settings"]["precision"] == "fp16"
