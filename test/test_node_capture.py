@@ -184,6 +184,13 @@ def test_capture_from_sim_camera(tmp_path):
     assert max(errs) < 1e-6 and max(img_err) == 0
     ref = intrinsics_from_fov(48, 36, 42.5)
     assert abs(K.fx - ref.fx) < 1e-9 and abs(K.cx - ref.cx) < 1e-9
+    # the captured dataset is usable for label-feature training (what train_node does with feature_type labels)
+    from f3rm_ros.core.features import LabelFeatureConfig, create_extractor, extract_dataset_features
+
+    ex = create_extractor(LabelFeatureConfig(patch_size=4), label_table=ds.labels_table)
+    feats = extract_dataset_features(ex, ds, None, progress=False)
+    print(f"label features of the captured dataset: {tuple(feats.shape)}")
+    assert feats.shape == (views, 9, 12, 64) and bool(feats.isfinite().all())
 
 
 def _frame_image(i: int, w: int = 32, h: int = 24) -> np.ndarray:
