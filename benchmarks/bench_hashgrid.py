@@ -289,16 +289,29 @@ class FeatMLP(torch.nn.Module):
         self.l3 = torch.nn.Linear(hidden, d_out)
 
 
-def freq_encode(x, n_freq: int):  # [N, 3] -> [N, 3*2*n_freq]
-    freqs = (2.0 ** torch.arange(n_freq, device=x.device, dtype=torch.float32)) * (2 * math.pi)
-    xb = x[:, :, None] * freqs  # [N, 3, n_freq]
-    return torch.cat([torch.sin(xb), torch.cos(xb)], -1).reshape(x.shape[0], -1)
+def pe_freqs(n_freq: int, dev):  # as f3rm_ros.core.fields.encodings.FrequencyEncoding: pi * 2^k
+    return math.pi * 2.0 ** torch.linspace(0.0, n_freq - 1.0, n_freq, device=dev)
+
+
+def freq_encode(x, n_freq: int):  # [N, 3] -> [N, 3*2*n_freq]: [sin(dims x freqs), cos(dims x freqs)]
+    xb = (x[:, :, None] * pe_freqs(n_freq, x.device)).reshape(x.shape[0], -1)  # [N, 3*n_freq]
+    return torch.cat([torch.sin(xb), torch.cos(xb)], -1)
+
+
+def mlp_hidden(inp, mlp):
+    return torch.relu(mlp.l2(torch.relu(mlp.l1(inp))))
 
 
 def hidden_of(enc, x, mlp, n_freq):
-    h = torch.cat([enc, freq_encode(x, n_freq).to(enc.dtype)], -1)
-    h = torch.relu(mlp.l1(h))
-    return torch.relu(mlp.l2(h))
+    return mlp_hidden(torch.cat([enc, freq_encode(x, n_freq).to(enc.dtype)], -1), mlp)
+
+
+def loss_fused_inp(inp, w, target, mlp):
+    """Fused head rendering from a ready MLP input (grid + PE already in one buffer)."""
+    R, S = w.shape
+    h = mlp_hidden(inp, mlp).reshape(R, S, -1)
+    r = render_linear_head_fused(h, w, mlp.l3.weight, mlp.l3.bias)
+    return torch.nn.functional.mse_loss(r.float(), target)
 
 
 def loss_unfused(enc, x, w, target, mlp, n_freq):
@@ -339,22 +352,26 @@ def feature_path_rows(args, dev, gen, records):
 
     post_fused_c = torch.compile(loss_fused, dynamic=False) if args.compile else None
     enc_h = lambda x: HT.hash_grid_encode_triton(x, table, res, out_dtype=amp_dtype)  # noqa: E731
+    freqs = pe_freqs(n_freq, dev)
+    inp_h = lambda x: HT.hash_grid_freq_encode_triton(x, table, res, freqs, out_dtype=amp_dtype)  # noqa: E731
+    post_inp_c = torch.compile(loss_fused_inp, dynamic=False) if args.compile else None
     variants = {
         "eager": full_ref,
         "triton_unfused": lambda x, w, t: loss_unfused(HT.hash_grid_encode_triton(x, table, res), x, w, t, mlp, n_freq),
         "triton_fused": lambda x, w, t: loss_fused(HT.hash_grid_encode_triton(x, table, res), x, w, t, mlp, n_freq),
         "triton_fused_h": lambda x, w, t: loss_fused(enc_h(x), x, w, t, mlp, n_freq),
+        "triton_fused_pe": lambda x, w, t: loss_fused_inp(inp_h(x), w, t, mlp),
     }
-    if dev.type == "cuda":
-        variants["triton_fused_h_graph"] = ("graph", variants["triton_fused_h"])
     if args.compile:
         variants["compiled"] = torch.compile(full_ref, dynamic=False)
         variants["compiled_fused"] = torch.compile(full_ref_fused, dynamic=False)
         variants["triton_fused_compiled"] = lambda x, w, t: post_fused_c(HT.hash_grid_encode_triton(x, table, res),
                                                                           x, w, t, mlp, n_freq)
         variants["triton_fused_h_compiled"] = lambda x, w, t: post_fused_c(enc_h(x), x, w, t, mlp, n_freq)
-        if dev.type == "cuda":
-            variants["triton_fused_h_compiled_graph"] = ("graph", variants["triton_fused_h_compiled"])
+        variants["triton_fused_pe_compiled"] = lambda x, w, t: post_inp_c(inp_h(x), w, t, mlp)
+    if dev.type == "cuda" and args.graphs:  # last: a failed capture can leave the process unusable
+        variants["triton_fused_pe_graph"] = ("graph", variants["triton_fused_pe"])
+        if args.compile:
             variants["compiled_reduce_overhead"] = ("ro", torch.compile(full_ref, dynamic=False, mode="reduce-overhead"))
     ref = None
     steps = {}
@@ -405,7 +422,7 @@ def feature_path_rows(args, dev, gen, records):
               + (f"loss err {rec['loss_rel_err_vs_eager']:.1e} table grad {rec['table_grad_rel_err_vs_eager']:.1e} "
                  f"mlp grad {rec['mlp_grad_rel_err_vs_eager']:.1e}" if "loss_rel_err_vs_eager" in rec else ""), flush=True)
     if args.diag and dev.type == "cuda":
-        for vname in ("triton_fused_h", "triton_fused_h_compiled"):
+        for vname in ("triton_fused_pe", "triton_fused_pe_compiled"):
             if vname in steps:
                 profile_step(steps[vname], vname)
 
@@ -445,10 +462,11 @@ def diag_kernels(dev, gen):
 
         def ops(kern, pat):
             return dict(Counter(m.group(0) for m in re.finditer(pat, kern.asm.get("ptx", ""))))
-        k = K.hash_bwd[((n + 127) // 128, L)](x, g, meta, gt, n, T=T, L=L, F=F, BLOCK=128, POW2=True, num_warps=4)
+        k = K.hash_bwd[((n + 127) // 128, L)](x, g, meta, gt, n, L * F, T=T, L=L, F=F, BLOCK=128, POW2=True,
+                                               num_warps=4)
         kv = None
-        kf = K.hash_fwd[((n + 127) // 128, L)](x, table, meta, torch.empty(n, L * F, device=dev), n, T=T, L=L, F=F,
-                                                BLOCK=128, POW2=True, num_warps=4)
+        kf = K.hash_fwd[((n + 127) // 128, L)](x, table, meta, torch.empty(n, L * F, device=dev), n, L * F, T=T, L=L,
+                                                F=F, BLOCK=128, POW2=True, num_warps=4)
         pat_at = r"\b(atom|red)\.[a-z0-9.:_]+"
         pat_ld = r"ld\.global[a-z0-9.:_]*"
         print(f"  {gname}: bwd atomics {ops(k, pat_at)}; vec bwd {ops(kv, pat_at) if kv else None}; "
@@ -470,7 +488,7 @@ def diag_kernels(dev, gen):
 def table_text(records) -> str:
     rows = {}
     for r in records:
-        if r["backend"].startswith("sweep"):
+        if r["backend"].startswith("sweep") or "median_ms" not in r:
             continue
         rows.setdefault(r["row"], {})[r["backend"]] = r
     lines = [f"{'row':28s} {'backend':22s} {'median ms':>10s} {'p10':>8s} {'p90':>8s} {'peak MB':>9s} "

@@ -79,6 +79,27 @@ def _worker() -> None:
                                 "out_err": float((y.float() - yr.half().float()).abs().max()),
                                 "grad_err": float((gt - table.grad).abs().max()),
                                 "grad_scale": float(table.grad.abs().max())}
+    # grid + sin/cos encoding in one buffer vs cat(reference grid, FrequencyEncoding), fp32 and fp16 out
+    from f3rm_ros.core.fields.encodings import FrequencyEncoding
+    from f3rm_ros.core.ops.hashgrid_triton import hash_grid_freq_encode_triton
+
+    pe = FrequencyEncoding(3, 6, 0.0, 5.0)
+    res = grid_resolutions(3, 4, 30)
+    for out_dt in ("float32", "float16"):
+        x = torch.rand(140, 3, generator=gen)
+        table = (torch.rand(3, 2**10, 8, generator=gen) * 2 - 1).requires_grad_(True)
+        y = hash_grid_freq_encode_triton(x, table, res, pe.freqs, out_dtype=getattr(torch, out_dt))
+        g = torch.randn(y.shape, generator=gen).to(y.dtype)
+        y.backward(g)
+        gt = table.grad.detach().clone()
+        table.grad = None
+        yr = torch.cat([hash_grid_encode_torch(x, table, res), pe(x)], -1).to(y.dtype)
+        yr.backward(g)
+        results[f"grid_pe_{out_dt}"] = {"shape": list(y.shape), "ref_shape": list(yr.shape), "out_dtype": str(y.dtype),
+                                        "grid_err": float((y[:, :24].float() - yr[:, :24].float()).abs().max()),
+                                        "pe_err": float((y[:, 24:].float() - yr[:, 24:].float()).abs().max()),
+                                        "grad_err": float((gt - table.grad).abs().max()),
+                                        "grad_scale": float(table.grad.abs().max())}
     print("RESULTS " + json.dumps(results))
 
 
@@ -131,6 +152,18 @@ def test_fp16_output_from_fp32_table(interp_results):
     assert r["out_dtype"] == "torch.float16" and r["grad_dtype"] == "torch.float32"
     assert r["out_err"] <= 1e-3  # at most one fp16 ulp at |y| <= 1
     assert r["grad_err"] <= 1e-5 * max(r["grad_scale"], 1.0)
+
+
+@pytest.mark.parametrize("out_dt", ["float32", "float16"])
+def test_grid_and_freq_encoding_in_one_buffer(interp_results, out_dt):
+    r = interp_results[f"grid_pe_{out_dt}"]
+    print(f"grid+PE ({out_dt}): shape {r['shape']} (ref {r['ref_shape']}), grid err {r['grid_err']:.3g}, "
+          f"sin/cos err {r['pe_err']:.3g}, grad err {r['grad_err']:.3g} (scale {r['grad_scale']:.3g})")
+    tol = 1e-5 if out_dt == "float32" else 1e-3
+    assert r["shape"] == r["ref_shape"] == [140, 3 * 8 + 36]
+    assert r["out_dtype"] == f"torch.{out_dt}"
+    assert r["grid_err"] <= tol and r["pe_err"] <= tol
+    assert r["grad_err"] <= tol * max(1.0, r["grad_scale"])
 
 
 def test_cases_cover_dense_and_hashed(interp_results):

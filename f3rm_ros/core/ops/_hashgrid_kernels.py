@@ -63,7 +63,7 @@ def _cell(x_ptr, offs, mask, Rf, R):
     return cx, cy, cz, fx, fy, fz
 
 @triton.jit
-def hash_fwd(x_ptr, table_ptr, meta_ptr, out_ptr, N,
+def hash_fwd(x_ptr, table_ptr, meta_ptr, out_ptr, N, out_stride,
              T: tl.constexpr, L: tl.constexpr, F: tl.constexpr, BLOCK: tl.constexpr, POW2: tl.constexpr):
     pid = tl.program_id(0)
     lvl = tl.program_id(1)
@@ -80,11 +80,11 @@ def hash_fwd(x_ptr, table_ptr, meta_ptr, out_ptr, N,
         idx, w = _corner(cx, cy, cz, fx, fy, fz, stride, dense, k, T, POW2)
         v = tl.load(base + idx[:, None] * F + fo[None, :], mask=mask[:, None], other=0.0)
         acc += w[:, None] * v.to(tl.float32)
-    optr = out_ptr + offs.to(tl.int64)[:, None] * (L * F) + lvl * F + fo[None, :]
+    optr = out_ptr + offs.to(tl.int64)[:, None] * out_stride + lvl * F + fo[None, :]
     tl.store(optr, acc.to(out_ptr.dtype.element_ty), mask=mask[:, None])
 
 @triton.jit
-def hash_bwd(x_ptr, gout_ptr, meta_ptr, gtab_ptr, N,
+def hash_bwd(x_ptr, gout_ptr, meta_ptr, gtab_ptr, N, g_stride,
              T: tl.constexpr, L: tl.constexpr, F: tl.constexpr, BLOCK: tl.constexpr, POW2: tl.constexpr):
     pid = tl.program_id(0)
     lvl = tl.program_id(1)
@@ -95,9 +95,32 @@ def hash_bwd(x_ptr, gout_ptr, meta_ptr, gtab_ptr, N,
     cx, cy, cz, fx, fy, fz = _cell(x_ptr, offs, mask, R.to(tl.float32), R)
     stride = R + 1
     fo = tl.arange(0, F)
-    gptr = gout_ptr + offs.to(tl.int64)[:, None] * (L * F) + lvl * F + fo[None, :]
+    gptr = gout_ptr + offs.to(tl.int64)[:, None] * g_stride + lvl * F + fo[None, :]
     g = tl.load(gptr, mask=mask[:, None], other=0.0).to(tl.float32)
     base = gtab_ptr + lvl.to(tl.int64) * (T * F)
     for k in tl.static_range(8):
         idx, w = _corner(cx, cy, cz, fx, fy, fz, stride, dense, k, T, POW2)
         tl.atomic_add(base + idx[:, None] * F + fo[None, :], w[:, None] * g, mask=mask[:, None], sem="relaxed")
+
+
+@triton.jit
+def freq_fwd(x_ptr, freq_ptr, out_ptr, N, out_stride, col0,
+             K: tl.constexpr, J: tl.constexpr, BLOCK: tl.constexpr):
+    """sin/cos encoding into columns [col0, col0 + 6K) of out: [sin(x_d * f_k) for d, k], then cos.
+
+    Column j = d*K + k (d the input dim, k the frequency), as ``FrequencyEncoding``; J = next power of
+    two >= 3K."""
+    pid = tl.program_id(0)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < N
+    j = tl.arange(0, J)
+    jm = j < 3 * K
+    d = j // K
+    k = j - d * K
+    m2 = mask[:, None] & jm[None, :]
+    xv = tl.load(x_ptr + offs[:, None] * 3 + d[None, :], mask=m2, other=0.0)
+    fr = tl.load(freq_ptr + k, mask=jm, other=0.0)
+    s = xv * fr[None, :]
+    optr = out_ptr + offs.to(tl.int64)[:, None] * out_stride + col0 + j[None, :]
+    tl.store(optr, tl.sin(s).to(out_ptr.dtype.element_ty), mask=m2)
+    tl.store(optr + 3 * K, tl.cos(s).to(out_ptr.dtype.element_ty), mask=m2)

@@ -34,7 +34,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["triton_hashgrid_available", "hash_grid_encode_triton", "DEFAULT_FWD_CONFIG", "DEFAULT_BWD_CONFIG"]
+__all__ = ["triton_hashgrid_available", "hash_grid_encode_triton", "hash_grid_freq_encode_triton",
+           "DEFAULT_FWD_CONFIG", "DEFAULT_BWD_CONFIG"]
 
 # (BLOCK points per program, num_warps); chosen from the sweep of benchmarks/bench_hashgrid.py on an H100.
 DEFAULT_FWD_CONFIG = (128, 4)
@@ -71,7 +72,7 @@ def _kernels():
     """Import (and so define) the Triton kernels on first use; nothing is compiled until launched."""
     from . import _hashgrid_kernels as k
 
-    return k.hash_fwd, k.hash_bwd
+    return k.hash_fwd, k.hash_bwd, k.freq_fwd
 
 
 _META_CACHE: dict = {}
@@ -88,17 +89,24 @@ def _meta(resolutions: Sequence[int], T: int, device: torch.device) -> Tensor:
     return m
 
 
-def _launch_fwd(x: Tensor, table: Tensor, meta: Tensor, cfg, out_dtype: torch.dtype | None = None) -> Tensor:
-    hash_fwd = _kernels()[0]
+def _launch_fwd(x: Tensor, table: Tensor, meta: Tensor, cfg, out_dtype: torch.dtype | None = None,
+                pe_freqs: Tensor | None = None) -> Tensor:
+    hash_fwd, _, freq_fwd = _kernels()
     L, T, F = table.shape
     n = x.shape[0]
-    out = torch.empty(n, L * F, dtype=out_dtype or table.dtype, device=x.device)
+    K = 0 if pe_freqs is None else pe_freqs.numel()
+    width = L * F + 6 * K
+    out = torch.empty(n, width, dtype=out_dtype or table.dtype, device=x.device)
     if n == 0:
         return out
     block, warps = cfg
     grid = ((n + block - 1) // block, L)
-    hash_fwd[grid](x, table, meta, out, n, T=T, L=L, F=F, BLOCK=block, POW2=(T & (T - 1)) == 0,
+    hash_fwd[grid](x, table, meta, out, n, width, T=T, L=L, F=F, BLOCK=block, POW2=(T & (T - 1)) == 0,
                    num_warps=warps, enable_fp_fusion=False)
+    if K:
+        J = 1 << max(0, (3 * K - 1).bit_length())
+        freq_fwd[((n + 127) // 128,)](x, pe_freqs, out, n, width, L * F, K=K, J=J, BLOCK=128, num_warps=4,
+                                      enable_fp_fusion=False)
     return out
 
 
@@ -111,29 +119,55 @@ def _launch_bwd(x: Tensor, grad_out: Tensor, meta: Tensor, shape, cfg) -> Tensor
         return gtab
     block, warps = cfg
     grid = ((n + block - 1) // block, L)
-    hash_bwd[grid](x, grad_out, meta, gtab, n, T=T, L=L, F=F, BLOCK=block, POW2=(T & (T - 1)) == 0,
-                   num_warps=warps, enable_fp_fusion=False)
+    hash_bwd[grid](x, grad_out, meta, gtab, n, grad_out.stride(0), T=T, L=L, F=F, BLOCK=block,
+                   POW2=(T & (T - 1)) == 0, num_warps=warps, enable_fp_fusion=False)
     return gtab
 
 
 class _HashGridTriton(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, table, meta, fwd_cfg, bwd_cfg, out_dtype):  # noqa: D401 - autograd signature
+    def forward(ctx, x, table, meta, fwd_cfg, bwd_cfg, out_dtype, pe_freqs):  # noqa: D401 - autograd signature
         ctx.save_for_backward(x, meta)
         ctx.shape = tuple(table.shape)
         ctx.dtype = table.dtype
         ctx.bwd_cfg = bwd_cfg
-        return _launch_fwd(x, table, meta, fwd_cfg, out_dtype)
+        return _launch_fwd(x, table, meta, fwd_cfg, out_dtype, pe_freqs)
 
     @staticmethod
     def backward(ctx, grad_out):
         x, meta = ctx.saved_tensors
         if not ctx.needs_input_grad[1]:
-            return None, None, None, None, None, None
-        gtab = _launch_bwd(x, grad_out.contiguous(), meta, ctx.shape, ctx.bwd_cfg)
+            return (None,) * 7
+        if grad_out.stride(-1) != 1:
+            grad_out = grad_out.contiguous()
+        gtab = _launch_bwd(x, grad_out, meta, ctx.shape, ctx.bwd_cfg)  # reads the first L*F columns
         if ctx.dtype != torch.float32:
             gtab = gtab.to(ctx.dtype)
-        return None, gtab, None, None, None, None
+        return None, gtab, None, None, None, None, None
+
+
+def _check_inputs(x: Tensor, table: Tensor, resolutions: Sequence[int], out_dtype) -> None:
+    if x.dim() != 2 or x.shape[-1] != 3:
+        raise ValueError(f"x must be [N, 3], got {tuple(x.shape)}")
+    if table.dim() != 3:
+        raise ValueError(f"table must be [L, T, F], got {tuple(table.shape)}")
+    L, T, F = table.shape
+    if len(resolutions) != L:
+        raise ValueError(f"{len(resolutions)} resolutions for a table of {L} levels")
+    if any(int(r) < 1 for r in resolutions):
+        raise ValueError(f"resolutions must be >= 1, got {list(resolutions)}")
+    if F < 1 or F & (F - 1):
+        raise ValueError(f"features per level must be a power of two for the Triton kernel, got {F}")
+    if table.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise ValueError(f"table dtype must be float32, float16 or bfloat16, got {table.dtype}")
+    if out_dtype not in (None, torch.float32, torch.float16, torch.bfloat16):
+        raise ValueError(f"out_dtype must be float32, float16 or bfloat16, got {out_dtype}")
+    if x.device != table.device:
+        raise ValueError(f"x on {x.device} but table on {table.device}")
+    if x.device.type != "cuda" and not _interpret_mode():
+        raise ValueError("hash_grid_encode_triton needs CUDA tensors (or TRITON_INTERPRET=1 for the CPU interpreter)")
+    if T * F >= 2**31:
+        raise ValueError(f"one level of the table is too large for int32 indexing: {tuple(table.shape)}")
 
 
 def hash_grid_encode_triton(x: Tensor,  # [N, 3] in [0, 1]
@@ -156,29 +190,44 @@ def hash_grid_encode_triton(x: Tensor,  # [N, 3] in [0, 1]
     Raises:
         ValueError: bad shapes/dtypes, or tensors on the CPU without ``TRITON_INTERPRET=1``.
     """
-    if x.dim() != 2 or x.shape[-1] != 3:
-        raise ValueError(f"x must be [N, 3], got {tuple(x.shape)}")
-    if table.dim() != 3:
-        raise ValueError(f"table must be [L, T, F], got {tuple(table.shape)}")
-    L, T, F = table.shape
-    if len(resolutions) != L:
-        raise ValueError(f"{len(resolutions)} resolutions for a table of {L} levels")
-    if any(int(r) < 1 for r in resolutions):
-        raise ValueError(f"resolutions must be >= 1, got {list(resolutions)}")
-    if F < 1 or F & (F - 1):
-        raise ValueError(f"features per level must be a power of two for the Triton kernel, got {F}")
-    if table.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        raise ValueError(f"table dtype must be float32, float16 or bfloat16, got {table.dtype}")
-    if out_dtype not in (None, torch.float32, torch.float16, torch.bfloat16):
-        raise ValueError(f"out_dtype must be float32, float16 or bfloat16, got {out_dtype}")
-    if x.device != table.device:
-        raise ValueError(f"x on {x.device} but table on {table.device}")
-    if x.device.type != "cuda" and not _interpret_mode():
-        raise ValueError("hash_grid_encode_triton needs CUDA tensors (or TRITON_INTERPRET=1 for the CPU interpreter)")
-    if T * F >= 2**31:
-        raise ValueError(f"one level of the table is too large for int32 indexing: {tuple(table.shape)}")
+    _check_inputs(x, table, resolutions, out_dtype)
     x32 = x.detach().to(torch.float32).contiguous()
-    meta = _meta(resolutions, T, x.device)
+    meta = _meta(resolutions, table.shape[1], x.device)
     return _HashGridTriton.apply(x32, table.contiguous(), meta,
                                  tuple(fwd_config or DEFAULT_FWD_CONFIG), tuple(bwd_config or DEFAULT_BWD_CONFIG),
-                                 out_dtype)
+                                 out_dtype, None)
+
+
+def hash_grid_freq_encode_triton(x: Tensor,  # [N, 3] in [0, 1]
+                                 table: Tensor,  # [L, T, F]
+                                 resolutions: Sequence[int],
+                                 pe_freqs: Tensor,  # [K]
+                                 out_dtype: torch.dtype | None = None,
+                                 fwd_config: tuple[int, int] | None = None,
+                                 bwd_config: tuple[int, int] | None = None) -> Tensor:  # [N, L*F + 6K]
+    """Hash-grid encoding and sin/cos encoding written side by side into one buffer (no concat).
+
+    Equal to ``torch.cat([hash_grid_encode_torch(x, table, res), sin(s), cos(s)], -1)`` with
+    ``s = (x[:, :, None] * pe_freqs).reshape(N, 3K)`` (the layout of
+    ``f3rm_ros.core.fields.encodings.FrequencyEncoding`` without the raw input; x is not clamped
+    for the sin/cos part), all in ``out_dtype``: the input of the feature field's MLP in one buffer,
+    and in the backward the hash-grid gradient is read in place from the first L*F columns.
+
+    Args:
+        x: points [N, 3] (no gradient).
+        table: [L, T, F] hash tables (gradient).
+        resolutions: L grid resolutions.
+        pe_freqs: [K] angular frequencies (e.g. ``pi * 2**k``), on x's device.
+        out_dtype: output dtype (default the table's), e.g. float16 for an fp16 MLP.
+        fwd_config, bwd_config: optional (BLOCK, num_warps) of the hash-grid kernels.
+    Returns:
+        [N, L*F + 6K].
+    """
+    _check_inputs(x, table, resolutions, out_dtype)
+    if pe_freqs.dim() != 1 or pe_freqs.numel() < 1:
+        raise ValueError(f"pe_freqs must be a non-empty 1-D tensor, got shape {tuple(pe_freqs.shape)}")
+    x32 = x.detach().to(torch.float32).contiguous()
+    meta = _meta(resolutions, table.shape[1], x.device)
+    return _HashGridTriton.apply(x32, table.contiguous(), meta,
+                                 tuple(fwd_config or DEFAULT_FWD_CONFIG), tuple(bwd_config or DEFAULT_BWD_CONFIG),
+                                 out_dtype, pe_freqs.detach().to(device=x.device, dtype=torch.float32).contiguous())
