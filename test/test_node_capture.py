@@ -427,3 +427,73 @@ def test_sigkill_mid_capture_and_restart(tmp_path):
         assert np.array_equal(ds2.get_image(k), _frame_image(j))
     names = [Path(p).name for p in ds2.image_paths]
     assert len(set(names)) == len(names)
+
+
+def test_compressed_images_transform_poses_body_convention(tmp_path):
+    """use_compressed (PNG in sensor_msgs/CompressedImage), pose_type transform_stamped, pose_frame_convention body:
+    the stored pose is T_world_body @ T_BODY_OPTICAL and the image is bit-exact; a corrupt JPEG is rejected."""
+    import io
+
+    from geometry_msgs.msg import TransformStamped
+    from PIL import Image as PILImage
+    from sensor_msgs.msg import CameraInfo, CompressedImage
+
+    from f3rm_ros.core.cameras import CameraIntrinsics
+    from f3rm_ros.core.dataset import load_dataset
+    from f3rm_ros.core.geometry import matrix_to_pose
+    from f3rm_ros.ros.capture_logic import T_BODY_OPTICAL
+    from f3rm_ros.ros.capture_node import CaptureNode
+    from f3rm_ros.ros.conversions import intrinsics_to_camera_info
+
+    # body x (forward) is the optical z axis, body -y (right) the optical x axis, body -z (down) the optical y axis
+    assert np.allclose(T_BODY_OPTICAL[:3, :3] @ [0, 0, 1], [1, 0, 0])
+    assert np.allclose(T_BODY_OPTICAL[:3, :3] @ [1, 0, 0], [0, -1, 0])
+    ns = "/t_capture_cmp"
+    with rclpy.init():
+        cap = CaptureNode(namespace=ns, parameter_overrides=[
+            Parameter("data_root", value=str(tmp_path / "data")), Parameter("start_capturing", value=True),
+            Parameter("use_compressed", value=True), Parameter("pose_type", value="transform_stamped"),
+            Parameter("pose_frame_convention", value="body"), Parameter("pose_wait_s", value=0.3)])
+        feed = Node("t_feed", namespace=ns)
+        img_pub = feed.create_publisher(CompressedImage, "camera/image_raw/compressed", 10)
+        info_pub = feed.create_publisher(CameraInfo, "camera/camera_info", 10)
+        tf_pub = feed.create_publisher(TransformStamped, "camera/pose", 10)
+        status = _status_listener(feed, f"{ns}/capture_node/status")
+        sp = Spinner(cap, feed)
+        try:
+            wait_for(lambda: all(p.get_subscription_count() for p in (img_pub, info_pub, tf_pub)), 20, "subscriptions")
+            K = CameraIntrinsics(fx=30.0, fy=30.0, cx=16.0, cy=12.0, width=32, height=24)
+            T_body = make_transform(_rot_z(30.0), [0.3, -0.2, 0.4])
+            sent = {}
+            for i, (t, fmt) in enumerate([(10.0, "png"), (11.0, "jpeg-corrupt")]):
+                from builtin_interfaces.msg import Time
+
+                st = Time(sec=int(t))
+                tf = TransformStamped()
+                tf.header.stamp, tf.header.frame_id, tf.child_frame_id = st, "world", "camera_link"
+                pos, q = matrix_to_pose(T_body @ make_transform(np.eye(3), [0.2 * i, 0, 0]))
+                tf.transform.translation.x, tf.transform.translation.y, tf.transform.translation.z = map(float, pos)
+                tf.transform.rotation.x, tf.transform.rotation.y, tf.transform.rotation.z, tf.transform.rotation.w = \
+                    map(float, q)
+                tf_pub.publish(tf)
+                info_pub.publish(intrinsics_to_camera_info(K, stamp=st))
+                img = _frame_image(i)
+                buf = io.BytesIO()
+                PILImage.fromarray(img).save(buf, format="PNG")
+                data = buf.getvalue() if fmt == "png" else b"\xff\xd8\xff\xe0 not really a jpeg"
+                sent[t] = img
+                msg = CompressedImage(format="png" if fmt == "png" else "jpeg", data=data)
+                msg.header.stamp = st
+                img_pub.publish(msg)
+                time.sleep(0.2)
+            wait_for(lambda: status and status[-1].frames_kept == 1 and "bad_image" in _counts(status[-1]), 10,
+                     "one kept frame and one bad_image")
+            print("status:", _counts(status[-1]), status[-1].last_reject_reason)
+        finally:
+            sp.stop()
+            cap.destroy_node()
+            feed.destroy_node()
+    ds = load_dataset(tmp_path / "data" / "capture")
+    err = float(np.abs(ds.c2w[0] - T_body @ T_BODY_OPTICAL).max())
+    print(f"stored pose error vs T_world_body @ T_BODY_OPTICAL: {err:.2e}")
+    assert len(ds) == 1 and err < 1e-9 and np.array_equal(ds.get_image(0), sent[10.0])

@@ -99,6 +99,7 @@ REASONS = {
     "max_frames": "dataset full (max_frames)",
     "overflow": "too many images waiting for a pose",
     "write_failed": "writing the frame failed",
+    "internal_error": "unexpected error in a callback (a bug: please report the logged reason)",
 }
 
 
@@ -232,28 +233,28 @@ class CaptureNode(Node):
         data = MutuallyExclusiveCallbackGroup()  # all frame processing is serialised
         ctrl = ReentrantCallbackGroup()
         best_effort = QoSProfile(depth=100, reliability=ReliabilityPolicy.BEST_EFFORT)
-        self.create_subscription(CameraInfo, s.camera_info_topic, self._on_camera_info, best_effort,
+        self.create_subscription(CameraInfo, s.camera_info_topic, self._safe(self._on_camera_info), best_effort,
                                  callback_group=data)
         if s.pose_source == "topic":
             if s.pose_type == "pose_stamped":
-                self.create_subscription(PoseStamped, s.pose_topic, self._on_pose, best_effort, callback_group=data)
+                self.create_subscription(PoseStamped, s.pose_topic, self._safe(self._on_pose), best_effort, callback_group=data)
             else:
-                self.create_subscription(TransformStamped, s.pose_topic, self._on_pose, best_effort,
+                self.create_subscription(TransformStamped, s.pose_topic, self._safe(self._on_pose), best_effort,
                                          callback_group=data)
         if s.labels_topic:
-            self.create_subscription(Image, s.labels_topic, self._on_labels, qos_profile_sensor_data,
+            self.create_subscription(Image, s.labels_topic, self._safe(self._on_labels), qos_profile_sensor_data,
                                      callback_group=data)
             latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL,
                                  reliability=ReliabilityPolicy.RELIABLE)
-            self.create_subscription(String, s.label_table_topic, self._on_label_table, latched, callback_group=data)
+            self.create_subscription(String, s.label_table_topic, self._safe(self._on_label_table), latched, callback_group=data)
         # the image subscription last: the executor serves ready subscriptions in creation order, so camera_info
         # and the pose of the same instant are taken first
         if s.use_compressed:
-            self.create_subscription(CompressedImage, s.image_topic.rstrip("/") + "/compressed", self._on_image,
+            self.create_subscription(CompressedImage, s.image_topic.rstrip("/") + "/compressed", self._safe(self._on_image),
                                      qos_profile_sensor_data, callback_group=data)
         else:
-            self.create_subscription(Image, s.image_topic, self._on_image, qos_profile_sensor_data, callback_group=data)
-        self.create_timer(0.1, self._on_tick, callback_group=data)
+            self.create_subscription(Image, s.image_topic, self._safe(self._on_image), qos_profile_sensor_data, callback_group=data)
+        self.create_timer(0.1, self._safe(self._on_tick), callback_group=data)
 
         self.status_pub = self.create_publisher(CaptureStatus, "~/status", 10)
         self.create_service(CaptureControl, "~/control", self._on_control, callback_group=ctrl)
@@ -328,6 +329,17 @@ class CaptureNode(Node):
             return
         if self.writer._data.get("f3rm_labels") != self._label_table:
             self.writer.set_labels_table(self._label_table)
+
+    def _safe(self, fn: Any) -> Any:
+        """``fn`` as a callback that never raises: an unexpected error is counted as ``internal_error``."""
+
+        def callback(*args: Any) -> None:
+            try:
+                fn(*args)
+            except Exception as e:
+                self.reject("internal_error", f"{fn.__name__}: {type(e).__name__}: {e}")
+
+        return callback
 
     # --------------------------------------------------------------------------------- rejections
     def reject(self, reason: str, detail: str) -> None:

@@ -241,6 +241,15 @@ class TrainNode(LifecycleNode):
         return path, ftype, steps
 
     def _execute(self, goal_handle: Any) -> TrainFields.Result:
+        try:
+            return self._execute_goal(goal_handle)
+        except Exception as e:  # a bug must not take the node down: end the goal with the reason
+            self.get_logger().error(f"goal failed unexpectedly: {traceback.format_exc()}")
+            if goal_handle.is_active:
+                goal_handle.abort()
+            return TrainFields.Result(success=False, message=f"internal error: {type(e).__name__}: {e}")
+
+    def _execute_goal(self, goal_handle: Any) -> TrainFields.Result:
         req = goal_handle.request
         gid = bytes(goal_handle.goal_id.uuid).hex()[:8]
         result = TrainFields.Result()
@@ -268,21 +277,27 @@ class TrainNode(LifecycleNode):
             return result
 
         self.get_logger().info(f"goal {gid}: training on {path} with {ftype} features for {steps} steps")
-        run.thread = threading.Thread(target=self._train, args=(run, path, ftype, steps), name=f"train-{gid}",
-                                      daemon=True)
-        run.thread.start()
-        period = 1.0 / self.settings.feedback_rate_hz
-        while run.thread.is_alive():
-            run.thread.join(timeout=period)
-            if goal_handle.is_cancel_requested and not run.stop.is_set():
-                run.stop.set()
-            if not goal_handle.is_active:  # e.g. the server is shutting down
-                run.stop.set()
-                continue
-            goal_handle.publish_feedback(self._feedback(run))
         try:
+            run.thread = threading.Thread(target=self._train, args=(run, path, ftype, steps), name=f"train-{gid}",
+                                          daemon=True)
+            run.thread.start()
+            period = 1.0 / self.settings.feedback_rate_hz
+            while run.thread.is_alive():
+                run.thread.join(timeout=period)
+                if goal_handle.is_cancel_requested and not run.stop.is_set():
+                    run.stop.set()
+                if not goal_handle.is_active:  # e.g. the server is shutting down
+                    run.stop.set()
+                    continue
+                try:
+                    goal_handle.publish_feedback(self._feedback(run))
+                except Exception as e:  # feedback is best effort
+                    self.get_logger().warning(f"feedback not sent: {e}", throttle_duration_sec=10.0)
             return self._finish(goal_handle, run, result)
         finally:
+            run.stop.set()
+            if run.thread is not None and run.thread.is_alive():
+                run.thread.join(timeout=60.0)
             with self._lock:
                 self._run = None
 
