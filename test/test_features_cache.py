@@ -21,18 +21,20 @@ TABLE = {"1": {"object": "table", "category": "table", "part": None},
 H, W = 42, 70
 
 
-def _write_dataset(root, n=5):
-    """A tiny dataset in the contracts.md format: PNG images, 16-bit label PNGs, f3rm_labels."""
+def _write_dataset(root, n=5, start=0):
+    """A tiny dataset in the contracts.md format: PNG images, 16-bit label PNGs, f3rm_labels.
+    Files of frames < start are left as they are (an appended dataset)."""
     root.mkdir(parents=True, exist_ok=True)
     frames = []
     for i in range(n):
-        rng = np.random.default_rng(i)
-        Image.fromarray(rng.integers(0, 256, (H, W, 3), dtype=np.uint8)).save(root / f"img_{i:03d}.png")
-        lab = np.ones((H, W), np.uint16)
-        lab[10:30, 5 + 8 * i:30 + 8 * i] = 2
-        lab[10:30, 30 + 8 * i:35 + 8 * i] = 3
-        lab[:3] = 0
-        Image.fromarray(lab).save(root / f"lab_{i:03d}.png")
+        if i >= start:
+            rng = np.random.default_rng(i)
+            Image.fromarray(rng.integers(0, 256, (H, W, 3), dtype=np.uint8)).save(root / f"img_{i:03d}.png")
+            lab = np.ones((H, W), np.uint16)
+            lab[10:30, 5 + 8 * i:30 + 8 * i] = 2
+            lab[10:30, 30 + 8 * i:35 + 8 * i] = 3
+            lab[:3] = 0
+            Image.fromarray(lab).save(root / f"lab_{i:03d}.png")
         T = np.eye(4)
         T[:3, 3] = [0.1 * i, 0.0, 1.0]
         frames.append({"file_path": f"img_{i:03d}.png", "label_path": f"lab_{i:03d}.png",
@@ -72,17 +74,27 @@ def test_label_features_from_files_in_frame_order(tmp_path):
     assert cols == sorted(cols) and cols[0] < cols[-1]
 
 
+class CountingLabels(LabelFeatureExtractor):
+    """The label extractor, counting the frames it is asked to extract."""
+
+    count = 0
+
+    def extract(self, images, label_maps=None):
+        self.count += len(label_maps)
+        return super().extract(images, label_maps)
+
+
 def test_cache_hit_miss_changed_corrupt(tmp_path):
     root = _write_dataset(tmp_path / "ds")
     cache_dir = tmp_path / "cache"
-    ext = LabelFeatureExtractor(LabelFeatureConfig(dim=16, patch_size=7), TABLE)
+    ext = CountingLabels(LabelFeatureConfig(dim=16, patch_size=7), TABLE)
     cache = FeatureCache(cache_dir)
 
     f1, t_miss, bad = _extract(ext, root, cache_dir)
     files = sorted(cache_dir.glob("*.pt"))
-    assert len(files) == 1 and not bad
+    assert len(files) == 1 and not bad and ext.count == 5
     f2, t_hit, bad = _extract(ext, root, cache_dir)
-    assert torch.equal(f1, f2) and not bad
+    assert torch.equal(f1, f2) and not bad and ext.count == 5  # hit: nothing extracted
     # the stored key is checked: a hit reports "hit"
     from f3rm_ros.core.features.extraction import dataset_cache_key
     from f3rm_ros.core.dataset import load_dataset
@@ -106,10 +118,14 @@ def test_cache_hit_miss_changed_corrupt(tmp_path):
     _, key_new = dataset_cache_key(ext, load_dataset(root), "float16")
     assert key_new != key
     assert cache.load(files[0], key_new) is None and cache.last_status == "changed"
+    before = ext.count
     f4, _, bad = _extract(ext, root, cache_dir)
     changed = [i for i in range(5) if not torch.equal(f4[i], f1[i])]
-    print("frames whose features changed after editing lab_002:", changed)
+    print("frames whose features changed after editing lab_002:", changed, "re-extracted:", ext.count - before)
     assert changed == [2] and not bad
+    assert ext.count - before == 1  # the unchanged frames were reused from the stale cache file
+    fresh = extract_dataset_features(ext, root, None, progress=False)
+    assert torch.equal(f4, fresh)
     assert len(list(cache_dir.glob("*.pt"))) == 2  # same slot rewritten
 
     # touching an image file (mtime only) is also a change for the key
@@ -139,6 +155,20 @@ def test_cache_hit_miss_changed_corrupt(tmp_path):
         assert cache.load(path, obj["key"]) is None
     assert cache.last_status == "corrupt"
     assert not path.exists()
+
+
+def test_growing_dataset_extracts_only_new_frames(tmp_path):
+    root = _write_dataset(tmp_path / "ds", n=4)
+    cache_dir = tmp_path / "cache"
+    ext = CountingLabels(LabelFeatureConfig(dim=16, patch_size=7), TABLE)
+    f4 = extract_dataset_features(ext, root, cache_dir, progress=False)
+    _write_dataset(root, n=6, start=4)  # frames 4 and 5 appended, files of 0-3 untouched
+    count = ext.count
+    f6 = extract_dataset_features(ext, root, cache_dir, progress=False)
+    print("frames extracted after growing 4 -> 6:", ext.count - count)
+    assert ext.count - count == 2 and f6.shape[0] == 6
+    assert torch.equal(f6[:4], f4)
+    assert torch.equal(f6, extract_dataset_features(ext, root, None, progress=False))
 
 
 def test_errors(tmp_path):

@@ -4,7 +4,9 @@ One cache *slot* (file) per (extractor settings, dataset folder, downscale): cha
 uses another slot, so switching back and forth between extractors does not re-extract. Inside the
 file the full key is stored: the extractor's ``cache_key()`` plus every frame's image and label
 file (path, size in bytes, modification time in ns). A load whose stored key differs from the
-current one (an image added, removed, replaced or touched) is a miss and the slot is rewritten.
+current one (an image added, removed, replaced or touched) is a miss and the slot is rewritten;
+the extraction then reuses the stored maps of the frames whose files did not change (a dataset that
+grows frame by frame re-extracts only the new frames).
 
 File format (``torch.save`` of a dict, loaded with ``weights_only=True``): ``format``, ``key``,
 ``features`` (the tensor as stored, float16 by default), ``shape``, ``dtype`` and ``sha256`` of
@@ -53,11 +55,14 @@ class FeatureCache:
     Attributes:
         last_status: outcome of the last :meth:`load`: "hit", "miss" (no file), "changed" (file of
             an older key) or "corrupt" (unreadable/checksum failure; file deleted).
+        last_stale: after a "changed" load, ``(stored_key, stored_tensor)`` (valid, checksummed),
+            so a caller can reuse the entries that did not change; else None.
     """
 
     def __init__(self, cache_dir: str | Path):
         self.dir = Path(cache_dir)
         self.last_status = ""
+        self.last_stale: tuple[Any, Tensor] | None = None
 
     def slot_path(self, slot: Any, prefix: str = "features") -> Path:
         """The file for a slot identity (any JSON-serialisable object)."""
@@ -66,6 +71,7 @@ class FeatureCache:
     def load(self, path: Path, key: Any) -> Tensor | None:
         """The stored tensor if ``path`` holds one for exactly ``key``; else None (see ``last_status``)."""
         path = Path(path)
+        self.last_stale = None
         if not path.exists():
             self.last_status = "miss"
             return None
@@ -89,6 +95,7 @@ class FeatureCache:
             return None
         if key_digest(stored_key) != key_digest(key):
             self.last_status = "changed"
+            self.last_stale = (stored_key, feats)
             return None
         self.last_status = "hit"
         return feats

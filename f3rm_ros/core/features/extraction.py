@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -43,6 +44,28 @@ def dataset_cache_key(extractor: FeatureExtractor, dataset: Any, store_dtype: st
         size = list(dataset.intrinsics[i].size) if getattr(dataset, "intrinsics", None) else None
         frames.append({"image": _identity(p), "labels": _identity(lp), "size": size})
     return slot, {**slot, "frames": frames}
+
+
+def _frame_id(frame: dict) -> str:
+    return json.dumps(frame, sort_keys=True)
+
+
+def _reusable_frames(stale: tuple[Any, Tensor], key: dict) -> dict[int, Tensor]:
+    """Stored maps of frames whose files are unchanged, when only the frame list differs."""
+    old_key, old_feats = stale
+    if not isinstance(old_key, dict) or not isinstance(old_key.get("frames"), list):
+        return {}
+    same_rest = {k: v for k, v in old_key.items() if k != "frames"} == \
+        json.loads(json.dumps({k: v for k, v in key.items() if k != "frames"}))
+    if not same_rest or len(old_key["frames"]) != old_feats.shape[0]:
+        return {}
+    old_index = {_frame_id(f): j for j, f in enumerate(old_key["frames"])}
+    reuse = {}
+    for i, f in enumerate(json.loads(json.dumps(key["frames"]))):
+        j = old_index.get(_frame_id(f))
+        if j is not None:
+            reuse[i] = old_feats[j]
+    return reuse
 
 
 class _Progress:
@@ -120,6 +143,7 @@ def extract_dataset_features(extractor: FeatureExtractor, dataset: Any,
         raise ValueError(f"frames have different sizes {sorted(sizes)}; one feature tensor needs one grid size")
 
     cache = path = key = None
+    reuse: dict[int, Tensor] = {}  # frame index -> stored map of an unchanged frame
     if cache_dir is not None:
         cache = FeatureCache(cache_dir)
         slot, key = dataset_cache_key(extractor, dataset, store_dtype)
@@ -130,27 +154,43 @@ def extract_dataset_features(extractor: FeatureExtractor, dataset: Any,
             if on_progress is not None:
                 on_progress(n, n)
             return feats.float()
-        log.info("feature cache %s: extracting %d frames with %s", cache.last_status, n, extractor.name)
+        if cache.last_stale is not None:
+            reuse = _reusable_frames(cache.last_stale, key)
+        log.info("feature cache %s: extracting %d of %d frames with %s (%d reused)", cache.last_status,
+                 n - len(reuse), n, extractor.name, len(reuse))
 
     if batch_size is None:
         batch_size = int(getattr(getattr(extractor, "config", None), "batch_size", 8))
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    dtype = _STORE_DTYPES[store_dtype]
     out: Tensor | None = None
+    if reuse:
+        first = next(iter(reuse.values()))
+        out = torch.empty((n, *first.shape), dtype=dtype)
+        for i, f in reuse.items():
+            out[i] = f.to(dtype)
+    todo = [i for i in range(n) if i not in reuse]
     bar = _Progress(n, f"{extractor.name} features", progress)
+    done = len(reuse)
+    bar.update(done)
     try:
-        for start in range(0, n, batch_size):
-            idx = range(start, min(n, start + batch_size))
+        for start in range(0, len(todo), batch_size):
+            idx = todo[start:start + batch_size]
             # label features need only the label maps (get_labels resizes them to the frame size)
             images = None if uses_labels else [dataset.get_image(i) for i in idx]
             labels = [dataset.get_labels(i) for i in idx] if uses_labels else None
-            f = extractor.extract(images, labels).to(_STORE_DTYPES[store_dtype])
+            f = extractor.extract(images, labels).to(dtype)
             if out is None:
-                out = torch.empty((n, *f.shape[1:]), dtype=f.dtype)
-            out[start:start + len(idx)] = f
+                out = torch.empty((n, *f.shape[1:]), dtype=dtype)
+            elif tuple(f.shape[1:]) != tuple(out.shape[1:]):
+                raise ValueError(f"feature grid {tuple(f.shape[1:])} of frames {idx[:3]}... differs from "
+                                 f"{tuple(out.shape[1:])} of the others")
+            out[idx] = f
+            done += len(idx)
             bar.update(len(idx))
             if on_progress is not None:
-                on_progress(start + len(idx), n)
+                on_progress(done, n)
     finally:
         bar.close()
     assert out is not None
