@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import platform
 import statistics
 import subprocess
@@ -122,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         x = ext.preprocess(images[:bs])
         n_calls = -(-args.num_images // bs)
 
-        def fwd():
+        def fwd(x=x, n_calls=n_calls):
             with torch.inference_mode():
                 for _ in range(n_calls):
                     maskclip_dense_features(ext.model.visual, x, ext._pos_cache)

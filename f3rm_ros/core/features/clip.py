@@ -20,6 +20,7 @@ tried and how to provide a checkpoint file.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -69,9 +70,12 @@ def file_identity(path: str | Path) -> dict[str, Any]:
 
 
 def _how_to_provide(model_name: str, tag: str, tag_cfg: dict) -> str:
-    hub = tag_cfg.get("hf_hub", "")
-    src = f" (open_clip gets them from huggingface.co/{hub.rstrip('/')}" + (
-        f" or {tag_cfg['url']}" if tag_cfg.get("url") else "") + ")" if hub else ""
+    sources = []
+    if tag_cfg.get("hf_hub"):
+        sources.append(f"huggingface.co/{tag_cfg['hf_hub'].rstrip('/')}")
+    if tag_cfg.get("url"):
+        sources.append(tag_cfg["url"])
+    src = f" (open_clip gets them from {' or '.join(sources)})" if sources else ""
     return (f"To provide the weights offline, download the open_clip checkpoint of {model_name!r} tag "
             f"{tag!r}{src} on a machine with internet, copy the file here and set "
             f"clip.checkpoint_path to it (a .bin/.pt/.safetensors open_clip state dict); or run once "
@@ -116,6 +120,24 @@ def _tag_weights_file(model_name: str, tag: str, tag_cfg: dict, cache_dir: str |
         f"CLIP weights for model {model_name!r}, pretrained tag {tag!r} are not in the local cache"
         + ("" if allow_download else " and clip.allow_download is false") + ". "
         + _how_to_provide(model_name, tag, tag_cfg))
+
+
+class _DropRandomInitWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "initialized randomly" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_random_init_warning(active: bool):
+    """Hide open_clip's "Model initialized randomly" warning when weights are loaded right after."""
+    flt = _DropRandomInitWarning()
+    root = logging.getLogger()
+    if active:
+        root.addFilter(flt)
+    try:
+        yield
+    finally:
+        root.removeFilter(flt)
 
 
 def load_open_clip_model(cfg: ClipConfig) -> tuple[nn.Module, dict[str, Any]]:
@@ -163,9 +185,11 @@ def load_open_clip_model(cfg: ClipConfig) -> tuple[nn.Module, dict[str, Any]]:
                                          cfg.allow_download)
         info["weights"] = {"tag": cfg.pretrained}
 
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), _quiet_random_init_warning(weights_file is not None):
         torch.manual_seed(cfg.random_seed)
         model = open_clip.create_model(name, pretrained=None, force_quick_gelu=quick_gelu, device="cpu")
+    if weights_file is None:
+        log.info("CLIP %s uses RANDOM weights (clip.random_weights=true, seed %d)", name, cfg.random_seed)
     if weights_file is not None:
         try:
             open_clip.load_checkpoint(model, weights_file, strict=True)

@@ -10,7 +10,6 @@ does the literal per-negative softmax and the tests compare the two.
 
 from __future__ import annotations
 
-from typing import Sequence
 
 import torch
 from torch import Tensor
