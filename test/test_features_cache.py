@@ -11,7 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from f3rm_ros.core.features import LabelFeatureConfig, create_extractor, extract_dataset_features
+from f3rm_ros.core.features import (LabelFeatureConfig, create_extractor, create_extractor_for_dataset,
+                                    extract_dataset_features)
 from f3rm_ros.core.features.cache import CacheCorruptWarning, FeatureCache
 from f3rm_ros.core.features.labels import LabelFeatureExtractor
 
@@ -169,6 +170,21 @@ def test_growing_dataset_extracts_only_new_frames(tmp_path):
     assert ext.count - count == 2 and f6.shape[0] == 6
     assert torch.equal(f6[:4], f4)
     assert torch.equal(f6, extract_dataset_features(ext, root, None, progress=False))
+
+
+def test_create_extractor_for_dataset_takes_its_label_table(tmp_path):
+    from f3rm_ros.core.dataset import load_dataset
+
+    root = _write_dataset(tmp_path / "ds", n=2)
+    for ds in (root, load_dataset(root)):
+        ext = create_extractor_for_dataset({"extractor": "labels", "labels": {"dim": 16}}, ds)
+        assert ext.table["3"] == {"object": "red mug", "category": "mug", "part": "handle", "synonyms": ["cup"]}
+    fox = "/work/shared/data/fox"
+    if os.path.isdir(fox):
+        with pytest.raises(ValueError, match="f3rm_labels"):
+            create_extractor_for_dataset({"type": "labels"}, fox)
+    else:
+        print("fox dataset not present here; its no-table error case is not checked")
 
 
 def test_errors(tmp_path):

@@ -16,7 +16,8 @@ Modules: ``base`` (interface, errors), ``configs`` (settings), ``factory``, ``cl
 from f3rm_ros.core.features.base import FeatureExtractor, TextNotSupportedError, WeightsUnavailableError
 from f3rm_ros.core.features.configs import ClipConfig, DinoConfig, FeaturesConfig, LabelFeatureConfig
 from f3rm_ros.core.features.extraction import extract_dataset_features
-from f3rm_ros.core.features.factory import create_extractor, list_extractors, register_extractor
+from f3rm_ros.core.features.factory import (create_extractor, create_extractor_for_dataset, list_extractors,
+                                           register_extractor)
 from f3rm_ros.core.features.similarity import (DEFAULT_NEGATIVES, cosine_similarity, normalize_features,
                                                pairwise_softmax_similarity,
                                                pairwise_softmax_similarity_reference)
@@ -30,6 +31,7 @@ __all__ = [
     "LabelFeatureConfig",
     "FeaturesConfig",
     "create_extractor",
+    "create_extractor_for_dataset",
     "list_extractors",
     "register_extractor",
     "extract_dataset_features",

@@ -19,7 +19,8 @@ from f3rm_ros.core.config import ConfigError, from_dict, replace
 from f3rm_ros.core.features.base import FeatureExtractor
 from f3rm_ros.core.features.configs import ClipConfig, DinoConfig, FeaturesConfig, LabelFeatureConfig
 
-__all__ = ["create_extractor", "list_extractors", "register_extractor", "config_class"]
+__all__ = ["create_extractor", "create_extractor_for_dataset", "list_extractors", "register_extractor",
+           "config_class"]
 
 
 def _build_clip(cfg: ClipConfig, **_: Any) -> FeatureExtractor:
@@ -79,6 +80,31 @@ def create_extractor(config: Any, *, label_table: Mapping | None = None, **overr
     if overrides:
         cfg = replace(cfg, **overrides)
     return _REGISTRY[kind][1](cfg, label_table=table)
+
+
+def create_extractor_for_dataset(config: Any, dataset: Any, **overrides: Any) -> FeatureExtractor:
+    """:func:`create_extractor`, taking the label table of ``dataset`` for label features.
+
+    Args:
+        config: as for :func:`create_extractor`.
+        dataset: a ``PosedImageDataset`` (its ``labels_table``) or a dataset folder/``transforms.json``.
+
+    Raises:
+        ValueError: label features were asked for and the dataset has no ``f3rm_labels`` table.
+    """
+    kind, _ = _resolve(config)
+    table = None
+    if kind == "labels" and not (isinstance(config, Mapping) and config.get("label_table")):
+        if isinstance(dataset, (str, bytes)) or hasattr(dataset, "__fspath__"):
+            from f3rm_ros.core.features.labels import load_label_table
+
+            table = load_label_table(dataset)
+        else:
+            table = getattr(dataset, "labels_table", None)
+            if not table:
+                raise ValueError(f"label features need the dataset's f3rm_labels table; {dataset!r} has none "
+                                 "(only synthetic-world datasets carry labels)")
+    return create_extractor(config, label_table=table, **overrides)
 
 
 def _resolve(config: Any) -> tuple[str, Any]:
