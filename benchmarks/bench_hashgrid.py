@@ -206,6 +206,11 @@ def grid_rows(args, dev, gen, records, meta):
                 if points == "rays" and args.compile and (dt == "float32" or args.compile_fp16):
                     cfn = torch.compile(hash_grid_encode_torch, dynamic=False)
                     backends["compiled"] = lambda x, t, cfn=cfn: cfn(x, t, res)
+                if points == "rays" and args.seg_sweep and dev.type == "cuda":
+                    best_seg = seg_sweep(x, table, g, res, dev, args, records, row)
+                    if best_seg:
+                        SEG_STATE["value"] = best_seg  # read by step() for this backend
+                        backends["triton_seg"] = lambda x, t: HT.hash_grid_encode_triton(x, t, res)
                 if points == "rays" and args.sweep:
                     best = sweep(x, table, g, res, dev, args, records, row)
                     backends["triton_best"] = lambda x, t, b=best: HT.hash_grid_encode_triton(x, t, res, b[0], b[1])
@@ -220,10 +225,12 @@ def grid_rows(args, dev, gen, records, meta):
                     backends["triton_graph"] = "graph"
                 outs = {}
                 for bname, fn in backends.items():
-                    def step(fn=fn):
+                    def step(fn=fn, bname=bname):
                         table.grad = None
-                        y = fn(x, table)
-                        y.backward(g if y.dtype == g.dtype else g.to(y.dtype))
+                        with with_seg_ctx(SEG_STATE["value"] if bname == "triton_seg" else
+                                          os.environ.get("F3RM_HASHGRID_SEG_MAX_RES", "")):
+                            y = fn(x, table)
+                            y.backward(g if y.dtype == g.dtype else g.to(y.dtype))
                         return y
                     try:
                         t0 = time.perf_counter()
@@ -258,6 +265,39 @@ def grid_rows(args, dev, gen, records, meta):
                           + (f"err out {rec.get('out_rel_err_vs_eager', 0):.1e} grad {rec.get('grad_rel_err_vs_eager', 0):.1e}"
                              if bname in outs and bname != "eager" else ""), flush=True)
                 del table, g, x, outs
+
+
+class with_seg_ctx:
+    def __init__(self, v):
+        self.v = v
+
+    def __enter__(self):
+        self.old = os.environ.get("F3RM_HASHGRID_SEG_MAX_RES")
+        os.environ["F3RM_HASHGRID_SEG_MAX_RES"] = str(self.v)
+
+    def __exit__(self, *a):
+        if self.old is None:
+            os.environ.pop("F3RM_HASHGRID_SEG_MAX_RES", None)
+        else:
+            os.environ["F3RM_HASHGRID_SEG_MAX_RES"] = self.old
+
+
+SEG_STATE = {"value": None}
+
+
+def seg_sweep(x, table, g, res, dev, args, records, row):
+    """Backward kernel alone with the segmented pre-sum at levels R <= thr; returns the best thr (0 = off)."""
+    meta = HT._meta(res, table.shape[1], dev)
+    times = {}
+    for thr in (0, 24, 48, 96, 192, 100000):
+        step = lambda thr=thr: HT._launch_bwd(x, g, meta, tuple(table.shape), HT.DEFAULT_BWD_CONFIG, thr)  # noqa: E731
+        tm = time_steps(step, dev, args.reps, max(2, args.warmup // 2))
+        times[thr] = tm["median_ms"]
+        records.append({"row": row, "backend": "sweep_seg_bwd", "seg_max_res": thr, **tm})
+    best = min(times, key=times.get)
+    print(f"  {row:28s} seg sweep bwd: " + ", ".join(f"R<={t}: {m:.3f}" for t, m in times.items()) + f" -> best {best}",
+          flush=True)
+    return best
 
 
 def sweep(x, table, g, res, dev, args, records, row):
@@ -362,6 +402,8 @@ def feature_path_rows(args, dev, gen, records):
         "triton_fused_h": lambda x, w, t: loss_fused(enc_h(x), x, w, t, mlp, n_freq),
         "triton_fused_pe": lambda x, w, t: loss_fused_inp(inp_h(x), w, t, mlp),
     }
+    if args.seg:
+        variants["triton_fused_pe_seg"] = ("seg", variants["triton_fused_pe"])
     if args.compile:
         variants["compiled"] = torch.compile(full_ref, dynamic=False)
         variants["compiled_fused"] = torch.compile(full_ref_fused, dynamic=False)
@@ -391,6 +433,9 @@ def feature_path_rows(args, dev, gen, records):
                 torch.compiler.cudagraph_mark_step_begin()
             for p in params:
                 p.grad = None
+            if mode == "seg":
+                with with_seg_ctx(args.seg):
+                    return body()
             return body()
         try:
             t0 = time.perf_counter()
@@ -521,6 +566,9 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="tiny CPU smoke test in Triton's interpreter")
     ap.add_argument("--diag", action="store_true", help="PTX atomics, per-level kernel times, profiles")
     ap.add_argument("--graphs", action="store_true", help="also time the grid rows captured in a CUDA graph")
+    ap.add_argument("--seg-sweep", action="store_true", help="time the backward's segmented pre-sum thresholds")
+    ap.add_argument("--seg", type=int, default=None, help="F3RM_HASHGRID_SEG_MAX_RES for the feature path variant "
+                    "triton_fused_pe_seg")
     args = ap.parse_args(argv)
     if args.quick:
         args.rays, args.samples, args.reps, args.warmup, args.compile = 8, 4, 2, 1, False

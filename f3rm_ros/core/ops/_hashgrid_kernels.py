@@ -84,23 +84,50 @@ def hash_fwd(x_ptr, table_ptr, meta_ptr, out_ptr, N, out_stride,
     tl.store(optr, acc.to(out_ptr.dtype.element_ty), mask=mask[:, None])
 
 @triton.jit
-def hash_bwd(x_ptr, gout_ptr, meta_ptr, gtab_ptr, N, g_stride,
-             T: tl.constexpr, L: tl.constexpr, F: tl.constexpr, BLOCK: tl.constexpr, POW2: tl.constexpr):
+def _seg_add(f1, v1, f2, v2):
+    # segmented inclusive sum: f = 1 where a segment starts
+    return f1 | f2, tl.where(f2 != 0, v2, v1 + v2)
+
+
+@triton.jit
+def hash_bwd(x_ptr, gout_ptr, meta_ptr, gtab_ptr, N, g_stride, seg_max_res,
+             T: tl.constexpr, L: tl.constexpr, F: tl.constexpr, BLOCK: tl.constexpr, POW2: tl.constexpr,
+             SEG: tl.constexpr):
     pid = tl.program_id(0)
     lvl = tl.program_id(1)
     offs = pid * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
     R = tl.load(meta_ptr + 2 * lvl)
     dense = tl.load(meta_ptr + 2 * lvl + 1)
-    cx, cy, cz, fx, fy, fz = _cell(x_ptr, offs, mask, R.to(tl.float32), R)
+    Rf = R.to(tl.float32)
+    cx, cy, cz, fx, fy, fz = _cell(x_ptr, offs, mask, Rf, R)
     stride = R + 1
     fo = tl.arange(0, F)
     gptr = gout_ptr + offs.to(tl.int64)[:, None] * g_stride + lvl * F + fo[None, :]
     g = tl.load(gptr, mask=mask[:, None], other=0.0).to(tl.float32)
     base = gtab_ptr + lvl.to(tl.int64) * (T * F)
-    for k in tl.static_range(8):
-        idx, w = _corner(cx, cy, cz, fx, fy, fz, stride, dense, k, T, POW2)
-        tl.atomic_add(base + idx[:, None] * F + fo[None, :], w[:, None] * g, mask=mask[:, None], sem="relaxed")
+    if SEG and R <= seg_max_res:
+        # Coarse level: consecutive points (samples along a ray) often lie in the same cell, so share
+        # all 8 corner rows. Sum their contributions with a segmented scan over the block and let
+        # only the last point of each run issue the atomics (same sum, fewer atomic operations).
+        i = tl.arange(0, BLOCK)
+        pm = mask & (i > 0)
+        px, py, pz, _a, _b, _c = _cell(x_ptr, offs - 1, pm, Rf, R)
+        nm = ((offs + 1) < N) & (i < BLOCK - 1)
+        nx, ny, nz, _d, _e, _f = _cell(x_ptr, offs + 1, nm, Rf, R)
+        start = ((px != cx) | (py != cy) | (pz != cz) | (i == 0)).to(tl.int32)
+        end = (nx != cx) | (ny != cy) | (nz != cz) | (i == BLOCK - 1) | ((offs + 1) >= N)
+        flags = tl.broadcast_to(start[:, None], (BLOCK, F))
+        amask = (mask & end)[:, None]
+        for k in tl.static_range(8):
+            idx, w = _corner(cx, cy, cz, fx, fy, fz, stride, dense, k, T, POW2)
+            _fl, acc = tl.associative_scan((flags, w[:, None] * g), 0, _seg_add)
+            tl.atomic_add(base + idx[:, None] * F + fo[None, :], acc, mask=amask, sem="relaxed")
+    else:
+        for k in tl.static_range(8):
+            idx, w = _corner(cx, cy, cz, fx, fy, fz, stride, dense, k, T, POW2)
+            tl.atomic_add(base + idx[:, None] * F + fo[None, :], w[:, None] * g, mask=mask[:, None],
+                          sem="relaxed")
 
 
 @triton.jit

@@ -40,6 +40,9 @@ __all__ = ["triton_hashgrid_available", "hash_grid_encode_triton", "hash_grid_fr
 # (BLOCK points per program, num_warps); chosen from the sweep of benchmarks/bench_hashgrid.py on an H100.
 DEFAULT_FWD_CONFIG = (128, 4)
 DEFAULT_BWD_CONFIG = (128, 4)
+# Levels with resolution <= this pre-sum the gradients of consecutive points that share a cell before
+# the atomics (segmented scan); 0 turns it off. Env override: F3RM_HASHGRID_SEG_MAX_RES.
+DEFAULT_SEG_MAX_RES = 0
 
 _PRIME_Y_I32 = 2654435761 - (1 << 32)  # same low 32 bits as 2654435761 (int32 wrap-around)
 _PRIME_Z = 805459861
@@ -110,7 +113,12 @@ def _launch_fwd(x: Tensor, table: Tensor, meta: Tensor, cfg, out_dtype: torch.dt
     return out
 
 
-def _launch_bwd(x: Tensor, grad_out: Tensor, meta: Tensor, shape, cfg) -> Tensor:
+def _seg_max_res() -> int:
+    v = os.environ.get("F3RM_HASHGRID_SEG_MAX_RES")
+    return int(v) if v not in (None, "") else DEFAULT_SEG_MAX_RES
+
+
+def _launch_bwd(x: Tensor, grad_out: Tensor, meta: Tensor, shape, cfg, seg_max_res: int | None = None) -> Tensor:
     hash_bwd = _kernels()[1]
     L, T, F = shape
     n = x.shape[0]
@@ -119,8 +127,9 @@ def _launch_bwd(x: Tensor, grad_out: Tensor, meta: Tensor, shape, cfg) -> Tensor
         return gtab
     block, warps = cfg
     grid = ((n + block - 1) // block, L)
-    hash_bwd[grid](x, grad_out, meta, gtab, n, grad_out.stride(0), T=T, L=L, F=F, BLOCK=block,
-                   POW2=(T & (T - 1)) == 0, num_warps=warps, enable_fp_fusion=False)
+    seg = _seg_max_res() if seg_max_res is None else int(seg_max_res)
+    hash_bwd[grid](x, grad_out, meta, gtab, n, grad_out.stride(0), seg, T=T, L=L, F=F, BLOCK=block,
+                   POW2=(T & (T - 1)) == 0, SEG=seg > 0, num_warps=warps, enable_fp_fusion=False)
     return gtab
 
 
