@@ -27,7 +27,8 @@ def vitb16_file(tmp_path_factory):
     model = open_clip.create_model("ViT-B-16", pretrained=None, force_quick_gelu=True).eval()
     path = tmp_path_factory.mktemp("weights") / "vitb16_random.pt"
     torch.save(model.state_dict(), path)
-    return model, path
+    yield model, path
+    path.unlink(missing_ok=True)  # 600 MB: do not leave it in pytest's kept temp folders
 
 
 @pytest.fixture(scope="module")
@@ -204,6 +205,7 @@ def test_cache_key_settings_and_rebuild(tmp_path):
     img = np.random.default_rng(3).integers(0, 256, (224, 224, 3), dtype=np.uint8)
     assert torch.equal(rebuilt.extract([img]), ext.extract([img]))
     assert torch.equal(rebuilt.encode_text(["mug"]), ext.encode_text(["mug"]))
+    path.unlink()
 
 
 @torch.no_grad()

@@ -41,6 +41,7 @@ def test_keys_equal_timm_forward_at_native_stride(dino_model, tmp_path):
     err = (got - ref).abs().max().item()
     print(f"DINO 224x224 stride 8: {tuple(got.shape)}, max |diff| vs timm forward {err:.2e}")
     assert got.shape == (1, 28, 28, 384) and err < 1e-4
+    path.unlink()
 
 
 @torch.no_grad()
