@@ -585,7 +585,9 @@ def main(argv=None) -> int:
             "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
             "torch": torch.__version__, "triton": triton.__version__, "python": platform.python_version(),
             "argv": sys.argv[1:], "n_points": args.rays * args.samples,
-            "triton_default_config": {"fwd": list(HT.DEFAULT_FWD_CONFIG), "bwd": list(HT.DEFAULT_BWD_CONFIG)},
+            "triton_default_config": {"fwd": list(HT.DEFAULT_FWD_CONFIG), "bwd": list(HT.DEFAULT_BWD_CONFIG),
+                                      "seg_max_res": {str(k): v for k, v in HT.DEFAULT_SEG_MAX_RES.items()},
+                                      "seg_max_res_other": HT.DEFAULT_SEG_MAX_RES_OTHER},
             "files_sha256": files_sha256()}
     print(f"commit {meta['commit']}  device {meta['device']}  torch {meta['torch']}  triton {meta['triton']}", flush=True)
     records: list = []

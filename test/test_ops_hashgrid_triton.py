@@ -33,6 +33,9 @@ CASES = {
 def _worker() -> None:
     """Runs in the child with TRITON_INTERPRET=1: every case, printing one JSON line of errors."""
     assert os.environ.get("TRITON_INTERPRET") == "1"
+    # the interpreter runs the segmented-scan backward slowly: plain atomics for the general cases,
+    # the pre-sum path is checked by the dedicated "seg" cases below (explicit threshold)
+    os.environ["F3RM_HASHGRID_SEG_MAX_RES"] = "0"
     from f3rm_ros.core.fields.hashgrid import grid_resolutions, hash_grid_encode_loop, hash_grid_encode_torch
     from f3rm_ros.core.ops.hashgrid_triton import hash_grid_encode_triton, triton_hashgrid_available
 

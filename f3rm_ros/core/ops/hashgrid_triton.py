@@ -13,8 +13,10 @@ Kernels:
   BLOCK points at one level (programs of one level run next to each other, so a level's table stays
   in L2) and writes its F columns of the output;
 * backward: same grid; scatter-adds ``w * grad_out`` into an fp32 gradient table with relaxed
-  atomics (vectorised over the F features of a corner), then casts to the table's dtype. ``x``
-  gets no gradient.
+  atomics (vectorised over the F features of a corner), then casts to the table's dtype. At coarse
+  levels, consecutive points in the same cell (samples along a ray) are first summed with a
+  segmented scan so that only the last of each run issues atomics (``DEFAULT_SEG_MAX_RES``).
+  ``x`` gets no gradient.
 
 The kernels are compiled with ``enable_fp_fusion=False``: a fused multiply-add would compute
 ``x*R - cell`` without rounding ``x*R`` to fp32 first and so differ from the reference's ``frac``
@@ -40,9 +42,12 @@ __all__ = ["triton_hashgrid_available", "hash_grid_encode_triton", "hash_grid_fr
 # (BLOCK points per program, num_warps); chosen from the sweep of benchmarks/bench_hashgrid.py on an H100.
 DEFAULT_FWD_CONFIG = (128, 4)
 DEFAULT_BWD_CONFIG = (128, 4)
-# Levels with resolution <= this pre-sum the gradients of consecutive points that share a cell before
-# the atomics (segmented scan); 0 turns it off. Env override: F3RM_HASHGRID_SEG_MAX_RES.
-DEFAULT_SEG_MAX_RES = 0
+# Backward: levels with resolution <= this pre-sum the gradients of consecutive points (samples along
+# a ray) that share a cell with a segmented scan before the atomics; 0 turns it off. Per features-per-
+# level F, from the H100 sweep of benchmarks/bench_hashgrid.py --seg-sweep (F=2: 0.78 -> 0.57 ms with
+# every level; F=8: 0.79 -> 0.72-0.73 ms with R <= 24..48). Env override: F3RM_HASHGRID_SEG_MAX_RES.
+DEFAULT_SEG_MAX_RES = {1: 1 << 30, 2: 1 << 30}
+DEFAULT_SEG_MAX_RES_OTHER = 48
 
 _PRIME_Y_I32 = 2654435761 - (1 << 32)  # same low 32 bits as 2654435761 (int32 wrap-around)
 _PRIME_Z = 805459861
@@ -113,9 +118,11 @@ def _launch_fwd(x: Tensor, table: Tensor, meta: Tensor, cfg, out_dtype: torch.dt
     return out
 
 
-def _seg_max_res() -> int:
+def _seg_max_res(F: int) -> int:
     v = os.environ.get("F3RM_HASHGRID_SEG_MAX_RES")
-    return int(v) if v not in (None, "") else DEFAULT_SEG_MAX_RES
+    if v not in (None, ""):
+        return int(v)
+    return DEFAULT_SEG_MAX_RES.get(F, DEFAULT_SEG_MAX_RES_OTHER)
 
 
 def _launch_bwd(x: Tensor, grad_out: Tensor, meta: Tensor, shape, cfg, seg_max_res: int | None = None) -> Tensor:
@@ -127,7 +134,8 @@ def _launch_bwd(x: Tensor, grad_out: Tensor, meta: Tensor, shape, cfg, seg_max_r
         return gtab
     block, warps = cfg
     grid = ((n + block - 1) // block, L)
-    seg = _seg_max_res() if seg_max_res is None else int(seg_max_res)
+    seg = _seg_max_res(F) if seg_max_res is None else int(seg_max_res)
+    seg = min(seg, 1 << 30)
     hash_bwd[grid](x, grad_out, meta, gtab, n, grad_out.stride(0), seg, T=T, L=L, F=F, BLOCK=block,
                    POW2=(T & (T - 1)) == 0, SEG=seg > 0, num_warps=warps, enable_fp_fusion=False)
     return gtab
