@@ -1,0 +1,483 @@
+"""Training the radiance + feature field from posed images (ROS-free).
+
+``Trainer(config, dataset, feature_maps, device, run_dir=None)`` normalises the poses into the field's
+frame, keeps the training images on the device, and ``train(num_steps, on_progress, should_stop)``
+runs Adam on random ray batches drawn uniformly over all pixels of all training images (F3RM recipe:
+lr 1e-2, eps 1e-15, exponential decay to 1e-4 over 200k steps, mixed precision on CUDA, RGB MSE +
+interlevel + distortion + 1e-3 feature MSE). Every ``eval_every`` steps it renders held-out views
+(PSNR, feature MSE); every ``checkpoint_every`` steps it writes a checkpoint (atomically) into
+``run_dir/checkpoints``. Checkpoints hold the field, optimiser, scheduler, AMP scaler and random
+state (so a resumed run takes exactly the step the original would have), the camera poses and the
+``nerf_to_world`` transform, and no foundation-model weights.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from f3rm_ros.core.cameras import CameraIntrinsics, generate_rays, intrinsics_tensor, pixel_centres
+from f3rm_ros.core.config import from_dict, param, to_dict
+from f3rm_ros.core.feature_targets import nearest_patch_targets
+from f3rm_ros.core.fields.losses import LossConfig, distortion_loss, feature_mse, interlevel_loss, psnr, rgb_mse
+from f3rm_ros.core.fields.model import FieldModel, FieldModelConfig
+from f3rm_ros.core.io import atomic_write_bytes, atomic_write_json
+
+__all__ = ["TrainerConfig", "ProgressInfo", "TrainResult", "Trainer", "CheckpointError", "CHECKPOINT_FORMAT",
+           "CHECKPOINT_VERSION", "load_checkpoint", "latest_checkpoint", "save_checkpoint_file"]
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "f3rm_ros.field_checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, corrupt, of another format, or of another format version."""
+
+
+@dataclass
+class TrainerConfig:
+    """Training settings (F3RM / nerfacto defaults)."""
+
+    model: FieldModelConfig = param(FieldModelConfig(), "networks and sampler")
+    losses: LossConfig = param(LossConfig(), "loss weights")
+    rays_per_batch: int = param(4096, "rays per training step", range=(1, 1 << 22))
+    lr: float = param(1e-2, "Adam learning rate (all networks)", range=(0.0, 10.0))
+    adam_eps: float = param(1e-15, "Adam epsilon", range=(0.0, 1.0))
+    lr_final: float = param(1e-4, "learning rate reached after lr_decay_steps (exponential decay)",
+                            range=(0.0, 10.0))
+    lr_decay_steps: int = param(200_000, "steps of the exponential decay", range=(1, 100_000_000))
+    mixed_precision: bool = param(True, "fp16 autocast + gradient scaling (CUDA only; ignored on the CPU)")
+    eval_every: int = param(1000, "steps between evaluations (0 = only at the end)", range=(0, 100_000_000))
+    eval_num_images: int = param(4, "held-out images rendered per evaluation (0 = all)", range=(0, 100000))
+    eval_chunk_rays: int = param(16384, "rays per chunk when rendering images", range=(1, 1 << 24))
+    checkpoint_every: int = param(2000, "steps between checkpoints (0 = only at the end)", range=(0, 100_000_000))
+    keep_checkpoints: int = param(2, "step checkpoints kept in run_dir/checkpoints (0 = all)", range=(0, 10000))
+    progress_every: int = param(10, "steps between progress callbacks", range=(1, 1_000_000))
+    seed: int = param(0, "random seed (initialisation, ray batches, sample jitter)", range=(0, 2**62))
+    pose_center: str = param("focus", "pose normalisation centre: focus, poses or none",
+                             choices=("focus", "poses", "none"))
+    pose_scale_factor: float = param(1.0, "largest |camera coordinate| in the field frame", range=(1e-6, 1e6))
+
+
+@dataclass
+class ProgressInfo:
+    """What ``on_progress`` receives."""
+
+    step: int
+    total_steps: int
+    losses: dict[str, float]
+    psnr: float  # training-batch PSNR (dB) of this step
+    elapsed_s: float
+    eta_s: float
+    steps_per_s: float = 0.0
+    eval_psnr: float | None = None  # latest held-out PSNR
+    eval_feature_mse: float | None = None
+    lr: float = 0.0
+
+
+@dataclass
+class TrainResult:
+    """What ``train`` returns."""
+
+    step: int
+    stopped: bool  # True if should_stop ended the run early
+    elapsed_s: float
+    losses: dict[str, float]
+    eval: dict[str, Any] = field(default_factory=dict)
+    checkpoint: Path | None = None
+
+
+def _torch_save_bytes(obj: Any) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def save_checkpoint_file(path: str | Path, payload: dict[str, Any]) -> Path:
+    """Write a checkpoint dict atomically (never a half-written file)."""
+    return atomic_write_bytes(Path(path), _torch_save_bytes(payload))
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read and check a checkpoint written by :class:`Trainer`.
+
+    Raises:
+        CheckpointError: missing file, not a checkpoint of ours, or another format version.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        ck = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # corrupt, truncated, or pickled objects we refuse to load
+        raise CheckpointError(f"{path}: cannot read checkpoint: {e}") from None
+    if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: not an f3rm_ros field checkpoint (format {ck.get('format') if isinstance(ck, dict) else type(ck).__name__!r})")
+    if ck.get("version") != CHECKPOINT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format version {ck.get('version')!r}, but this code reads version "
+                              f"{CHECKPOINT_VERSION}; retrain with this version of f3rm_ros (or use the matching release)")
+    return ck
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The newest ``step-*.ckpt`` in ``run_dir/checkpoints`` (or ``run_dir`` itself), or None."""
+    run_dir = Path(run_dir)
+    for d in (run_dir / "checkpoints", run_dir):
+        found = sorted(d.glob("step-*.ckpt"))
+        if found:
+            return found[-1]
+    return None
+
+
+def _rng_device(device: torch.device) -> torch.device:
+    return device if device.type == "cuda" else torch.device("cpu")
+
+
+class Trainer:
+    """Trains a :class:`~f3rm_ros.core.fields.model.FieldModel` on a posed-image dataset.
+
+    Args:
+        config: training settings.
+        dataset: a ``PosedImageDataset`` (uint8 images, per-frame intrinsics, OpenCV c2w in metres).
+        feature_maps: ``[N_frames, h, w, D]`` features in the dataset's frame order (any device),
+            or None to train the radiance field only.
+        device: torch device.
+        run_dir: folder for checkpoints, eval images and metrics.json (None = write nothing).
+        extractor_info: name and settings of the 2D extractor (stored in checkpoints).
+    """
+
+    def __init__(self, config: TrainerConfig, dataset: Any, feature_maps: Tensor | None = None,
+                 device: torch.device | str = "cpu", run_dir: str | Path | None = None,
+                 extractor_info: dict[str, Any] | None = None):
+        from f3rm_ros.core.dataset import normalise_poses  # noqa: PLC0415 - keep import light
+
+        self.config = config
+        self.device = torch.device(device)
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.extractor_info = dict(extractor_info or {})
+        self.dataset = dataset
+        n = len(dataset)
+        self.train_indices = np.asarray(dataset.train_indices, dtype=np.int64)
+        self.eval_indices = np.asarray(dataset.eval_indices, dtype=np.int64)
+        if len(self.train_indices) == 0:
+            raise ValueError("the dataset has no training images")
+        if feature_maps is not None:
+            if feature_maps.dim() != 4 or feature_maps.shape[0] != n:
+                raise ValueError(f"feature_maps must be [N_frames={n}, h, w, D], got {tuple(feature_maps.shape)}")
+        self.feature_dim = int(feature_maps.shape[-1]) if feature_maps is not None else 0
+        c2w_nerf, self.nerf_to_world = normalise_poses(dataset.c2w, center=config.pose_center,
+                                                       scale_factor=config.pose_scale_factor)
+        self.c2w_nerf = c2w_nerf  # [N, 4, 4] float64, OpenCV convention, field frame
+        self.intrinsics: list[CameraIntrinsics] = list(dataset.intrinsics)
+
+        torch.manual_seed(config.seed)
+        self.model = FieldModel(config.model, len(self.train_indices), self.feature_dim, self.device)
+        log.info("hash grid backends: %s", self.model.hashgrid_backends())
+        self.use_amp = bool(config.mixed_precision and self.device.type == "cuda")
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, eps=config.adam_eps)
+        ratio = config.lr_final / config.lr if config.lr > 0 else 1.0
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: ratio ** min(s / config.lr_decay_steps, 1.0))
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.generator = torch.Generator(device=_rng_device(self.device))
+        self.generator.manual_seed(config.seed)
+        self.step = 0
+        self.metrics: list[dict[str, Any]] = []
+        self._last_eval: dict[str, Any] = {}
+
+        # training pixels, flattened over all training images
+        dev = self.device
+        imgs = [torch.as_tensor(dataset.get_image(int(i))) for i in self.train_indices]
+        self._sizes = torch.tensor([[im.shape[1], im.shape[0]] for im in imgs], dtype=torch.long, device=dev)  # W, H
+        counts = self._sizes[:, 0] * self._sizes[:, 1]
+        self._starts = torch.cumsum(counts, 0) - counts
+        self._pixels = torch.cat([im.reshape(-1, 3) for im in imgs]).to(dev)  # [P, 3] uint8
+        self._valid = None
+        masks = [dataset.get_mask(int(i)) if hasattr(dataset, "get_mask") else None for i in self.train_indices]
+        if any(m is not None for m in masks):  # sample only unmasked pixels (images without a mask: all)
+            parts = []
+            for k, m in enumerate(masks):
+                full = torch.arange(int(counts[k])) + int(self._starts[k])
+                parts.append(full if m is None else full[torch.as_tensor(m).reshape(-1)])
+            self._valid = torch.cat(parts).to(dev)
+        self._num_pixels = int(self._valid.numel() if self._valid is not None else self._pixels.shape[0])
+        self._K_train = intrinsics_tensor([self.intrinsics[int(i)] for i in self.train_indices], device=dev)
+        self._c2w_train = torch.as_tensor(c2w_nerf[self.train_indices], dtype=torch.float32, device=dev)
+        self._frame_of_train = torch.as_tensor(self.train_indices, device=dev)
+        self.feature_maps = feature_maps.to(dev) if feature_maps is not None else None
+
+    # ------------------------------------------------------------------------------ batches
+    def sample_batch(self) -> dict[str, Tensor]:
+        """A random ray batch: origins/directions (field frame), rgb targets, camera and pixel indices."""
+        B = self.config.rays_per_batch
+        flat = torch.randint(self._num_pixels, (B,), device=self.device, generator=self.generator)
+        if self._valid is not None:
+            flat = self._valid[flat]
+        cam = torch.searchsorted(self._starts, flat, right=True) - 1  # [B] index into train images
+        local = flat - self._starts[cam]
+        W = self._sizes[cam, 0]
+        px, py = local % W, torch.div(local, W, rounding_mode="floor")
+        pix = torch.stack([px, py], -1).float() + 0.5
+        o, d = generate_rays(self._K_train[cam], self._c2w_train[cam], pix)
+        batch = {"origins": o, "directions": d, "rgb": self._pixels[flat].float() / 255.0, "camera_idx": cam}
+        if self.feature_maps is not None:
+            frame = self._frame_of_train[cam]
+            batch["features"] = nearest_patch_targets(self.feature_maps, frame, px, py, W, self._sizes[cam, 1]).float()
+        return batch
+
+    # ---------------------------------------------------------------------------- one step
+    def train_step(self) -> dict[str, float]:
+        """One optimisation step; returns the loss values (floats)."""
+        cfg = self.config
+        self.model.train()
+        batch = self.sample_batch()
+        update = self.model.sampler.should_update(self.step)
+        with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.use_amp):
+            out = self.model.render_rays(batch["origins"], batch["directions"], batch["camera_idx"], training=True,
+                                         step=self.step, update_proposals=update, generator=self.generator)
+        losses = {"rgb": rgb_mse(out["rgb"], batch["rgb"]),
+                  "interlevel": cfg.losses.interlevel_mult * interlevel_loss(out["s_edges"], out["weights"],
+                                                                              out["proposals"]),
+                  "distortion": cfg.losses.distortion_mult * distortion_loss(out["s_edges"], out["weights"])}
+        if "features" in out:
+            losses["feature"] = cfg.losses.feature_mult * feature_mse(out["features"], batch["features"])
+        total = sum(losses.values())
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.step += 1
+        vals = {k: float(v.detach()) for k, v in losses.items()}
+        vals["total"] = float(total.detach())
+        if "feature" in vals:
+            vals["feature_mse"] = vals["feature"] / cfg.losses.feature_mult if cfg.losses.feature_mult > 0 else 0.0
+        return vals
+
+    # ------------------------------------------------------------------------------ render
+    @torch.no_grad()
+    def render_image(self, frame: int, with_features: bool = True) -> dict[str, Tensor]:
+        """Render dataset frame ``frame`` at its (downscaled) size: rgb [H,W,3], depth [H,W] (field
+        units, ray distance), accumulation [H,W], features [H,W,D] if there is a feature field."""
+        K = self.intrinsics[frame]
+        c2w = torch.as_tensor(self.c2w_nerf[frame], dtype=torch.float32, device=self.device)
+        return render_camera(self.model, K, c2w, self.config.eval_chunk_rays, with_features=with_features,
+                             amp=self.use_amp)
+
+    @torch.no_grad()
+    def evaluate(self, frames: list[int] | None = None, save_images: bool | None = None) -> dict[str, Any]:
+        """Held-out PSNR (mean over images) and feature MSE; eval images go to run_dir/eval if saving."""
+        if frames is None:
+            frames = [int(i) for i in self.eval_indices]
+            on_train = not frames
+            if on_train:  # no eval split: report on training views, flagged
+                frames = [int(i) for i in self.train_indices]
+            n = self.config.eval_num_images
+            if n and len(frames) > n:
+                frames = [frames[int(round(j))] for j in np.linspace(0, len(frames) - 1, n)]
+        else:
+            on_train = False
+        psnrs, fmses = [], []
+        save = (self.run_dir is not None) if save_images is None else save_images
+        for f in frames:
+            out = self.render_image(f)
+            gt = torch.as_tensor(self.dataset.get_image(f), device=self.device).float() / 255.0
+            psnrs.append(psnr(torch.mean((out["rgb"].clamp(0, 1) - gt) ** 2)))
+            if self.feature_maps is not None and "features" in out:
+                H, W = gt.shape[:2]
+                py, px = torch.meshgrid(torch.arange(H, device=self.device), torch.arange(W, device=self.device),
+                                        indexing="ij")
+                tgt = nearest_patch_targets(self.feature_maps, torch.full_like(px.reshape(-1), f), px.reshape(-1),
+                                            py.reshape(-1), W, H).float()
+                fmses.append(float(feature_mse(out["features"].reshape(-1, self.feature_dim), tgt)))
+            if save and self.run_dir is not None:
+                _save_eval_png(self.run_dir / "eval" / f"step-{self.step:07d}-frame-{f:04d}.png", gt, out)
+        res = {"step": self.step, "psnr": float(np.mean(psnrs)) if psnrs else float("nan"),
+               "psnr_per_image": psnrs, "frames": frames, "on_train_views": on_train}
+        if fmses:
+            res["feature_mse"] = float(np.mean(fmses))
+        self._last_eval = res
+        return res
+
+    # --------------------------------------------------------------------------- training
+    def train(self, num_steps: int, on_progress: Callable[[ProgressInfo], None] | None = None,
+              should_stop: Callable[[], bool] | None = None) -> TrainResult:
+        """Train until ``self.step == num_steps`` (a total: a resumed run continues to it).
+
+        Args:
+            num_steps: the step count to reach.
+            on_progress: called every ``progress_every`` steps and at the end.
+            should_stop: polled every step; True ends the run early (a checkpoint is still written).
+        """
+        cfg = self.config
+        t0 = time.perf_counter()
+        start = self.step
+        losses: dict[str, float] = {}
+        stopped = False
+        ckpt = None
+        while self.step < num_steps:
+            if should_stop is not None and should_stop():
+                stopped = True
+                break
+            losses = self.train_step()
+            done = self.step - start
+            elapsed = time.perf_counter() - t0
+            if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < num_steps:
+                self._record(self.evaluate(), losses)
+            if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.run_dir is not None:
+                ckpt = self.save_checkpoint()
+            if on_progress is not None and (self.step % cfg.progress_every == 0 or self.step == num_steps):
+                rate = done / max(elapsed, 1e-9)
+                on_progress(ProgressInfo(
+                    step=self.step, total_steps=num_steps, losses=losses, psnr=psnr(losses["rgb"]), elapsed_s=elapsed,
+                    eta_s=(num_steps - self.step) / max(rate, 1e-9), steps_per_s=rate,
+                    eval_psnr=self._last_eval.get("psnr"), eval_feature_mse=self._last_eval.get("feature_mse"),
+                    lr=float(self.scheduler.get_last_lr()[0])))
+        ev = self.evaluate() if self.step > start or not self._last_eval else self._last_eval
+        self._record(ev, losses)
+        if self.run_dir is not None:
+            ckpt = self.save_checkpoint()
+        return TrainResult(step=self.step, stopped=stopped, elapsed_s=time.perf_counter() - t0, losses=losses,
+                           eval=ev, checkpoint=ckpt)
+
+    def _record(self, ev: dict[str, Any], losses: dict[str, float]) -> None:
+        entry = {"step": self.step, "eval_psnr": ev.get("psnr"), "eval_feature_mse": ev.get("feature_mse"),
+                 "eval_on_train_views": ev.get("on_train_views"), "losses": losses, "time": time.time()}
+        if self.metrics and self.metrics[-1]["step"] == self.step:
+            self.metrics[-1] = entry
+        else:
+            self.metrics.append(entry)
+        if self.run_dir is not None:
+            atomic_write_json(self.run_dir / "metrics.json", {"hashgrid_backends": self.model.hashgrid_backends(),
+                                                              "device": str(self.device), "history": self.metrics})
+
+    # ------------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume or to query the field (no foundation-model weights)."""
+        return {
+            "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "step": self.step,
+            "config": to_dict(self.config), "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(), "generator": self.generator.get_state(),
+            "sampler_steps_since_update": self.model.sampler.steps_since_update,
+            "num_train_images": len(self.train_indices), "feature_dim": self.feature_dim,
+            "hashgrid_backends": self.model.hashgrid_backends(),
+            "nerf_to_world": torch.as_tensor(self.nerf_to_world, dtype=torch.float64),
+            "extractor_info": self.extractor_info,
+            "cameras": {"c2w_nerf": torch.as_tensor(self.c2w_nerf, dtype=torch.float64),
+                        "intrinsics": [k.to_dict() for k in self.intrinsics],
+                        "train_indices": torch.as_tensor(self.train_indices),
+                        "eval_indices": torch.as_tensor(self.eval_indices)},
+            "dataset_root": str(getattr(self.dataset, "root", "")), "metrics": self.metrics,
+        }
+
+    def save_checkpoint(self, path: str | Path | None = None) -> Path:
+        """Write a checkpoint atomically (default ``run_dir/checkpoints/step-XXXXXXX.ckpt``; prunes old ones)."""
+        if path is None:
+            if self.run_dir is None:
+                raise ValueError("no path given and the trainer has no run_dir")
+            path = self.run_dir / "checkpoints" / f"step-{self.step:07d}.ckpt"
+        path = save_checkpoint_file(path, self.state_dict())
+        keep = self.config.keep_checkpoints
+        if keep and path.parent == (self.run_dir / "checkpoints" if self.run_dir else None):
+            for old in sorted(path.parent.glob("step-*.ckpt"))[:-keep]:
+                old.unlink(missing_ok=True)
+        return path
+
+    def load_state(self, ck: dict[str, Any]) -> None:
+        """Restore a checkpoint dict (from :func:`load_checkpoint`) into this trainer to resume.
+
+        Raises:
+            CheckpointError: the checkpoint does not fit this dataset / feature setup.
+        """
+        if int(ck["num_train_images"]) != len(self.train_indices) or int(ck["feature_dim"]) != self.feature_dim:
+            raise CheckpointError(f"checkpoint was trained on {ck['num_train_images']} images with feature_dim "
+                                  f"{ck['feature_dim']}, but this run has {len(self.train_indices)} images and "
+                                  f"feature_dim {self.feature_dim}")
+        if to_dict(from_dict(TrainerConfig, ck["config"]).model) != to_dict(self.config.model):
+            raise CheckpointError("checkpoint model config differs from this trainer's; build the trainer with "
+                                  "the checkpoint's config (Trainer.from_checkpoint)")
+        self.model.load_state_dict(ck["model"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        self.scheduler.load_state_dict(ck["scheduler"])
+        self.scaler.load_state_dict(ck["scaler"])
+        self.generator.set_state(ck["generator"].cpu() if self.generator.device.type == "cpu" else ck["generator"])
+        self.model.sampler.steps_since_update = int(ck["sampler_steps_since_update"])
+        self.step = int(ck["step"])
+        self.metrics = list(ck.get("metrics", []))
+        self.nerf_to_world = np.asarray(ck["nerf_to_world"], dtype=np.float64)
+        self.c2w_nerf = np.asarray(ck["cameras"]["c2w_nerf"], dtype=np.float64)
+        self._c2w_train = torch.as_tensor(self.c2w_nerf[self.train_indices], dtype=torch.float32, device=self.device)
+        if ck.get("extractor_info"):
+            self.extractor_info = dict(ck["extractor_info"])
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, dataset: Any, feature_maps: Tensor | None = None,
+                        device: torch.device | str = "cpu", run_dir: str | Path | None = None,
+                        config_overrides: dict[str, Any] | None = None) -> "Trainer":
+        """A trainer resumed from ``path`` (its config, optionally with non-model overrides)."""
+        ck = load_checkpoint(path)
+        data = dict(ck["config"])
+        for k, v in (config_overrides or {}).items():
+            if k == "model":
+                raise CheckpointError("the model config of a checkpoint cannot be changed on resume")
+            data[k] = v
+        tr = cls(from_dict(TrainerConfig, data), dataset, feature_maps, device, run_dir,
+                 extractor_info=ck.get("extractor_info"))
+        tr.load_state(ck)
+        return tr
+
+
+# ----------------------------------------------------------------------------------- helpers
+def render_camera(model: FieldModel, K: CameraIntrinsics, c2w_nerf: Tensor, chunk: int = 16384,
+                  with_features: bool = True, amp: bool = False) -> dict[str, Tensor]:
+    """Render every pixel of a camera (OpenCV c2w in the field frame ``[4, 4]``) in chunks, eval mode.
+
+    Returns:
+        rgb [H,W,3], depth [H,W] (ray distance, field units), accumulation [H,W], features [H,W,D]
+        (if the model has a feature field and ``with_features``), directions [H,W,3] (unit, field frame).
+    """
+    dev = c2w_nerf.device
+    was_training = model.training
+    model.eval()
+    px = pixel_centres(K.width, K.height, device=dev).reshape(-1, 2)
+    K9 = intrinsics_tensor(K, device=dev)
+    outs: dict[str, list[Tensor]] = {}
+    for s in range(0, px.shape[0], chunk):
+        p = px[s:s + chunk]
+        o, d = generate_rays(K9.expand(p.shape[0], -1), c2w_nerf.float().expand(p.shape[0], 4, 4), p)
+        with torch.autocast(device_type=dev.type, dtype=torch.float16, enabled=amp and dev.type == "cuda"):
+            r = model.render_rays(o, d, None, training=False, with_features=with_features)
+        for k in ("rgb", "depth", "accumulation", "features"):
+            if k in r:
+                outs.setdefault(k, []).append(r[k].float())
+        outs.setdefault("directions", []).append(d)
+    model.train(was_training)
+    H, W = K.height, K.width
+    return {k: torch.cat(v).reshape(H, W, -1).squeeze(-1) if k in ("depth", "accumulation")
+            else torch.cat(v).reshape(H, W, -1) for k, v in outs.items()}
+
+
+def _save_eval_png(path: Path, gt: Tensor, out: dict[str, Tensor]) -> None:
+    """ground truth | render | depth (normalised) side by side."""
+    from PIL import Image  # noqa: PLC0415
+
+    from f3rm_ros.core.io import atomic_write  # noqa: PLC0415
+
+    d = out["depth"]
+    lo, hi = torch.quantile(d.flatten()[:: max(1, d.numel() // 100000)], torch.tensor([0.02, 0.98], device=d.device))
+    dn = ((d - lo) / (hi - lo).clamp_min(1e-6)).clamp(0, 1)
+    row = torch.cat([gt, out["rgb"].clamp(0, 1), dn[..., None].expand(-1, -1, 3)], dim=1)
+    arr = (row.cpu().numpy() * 255).round().astype(np.uint8)
+    atomic_write(path, lambda f: Image.fromarray(arr).save(f, format="PNG"))
