@@ -122,7 +122,9 @@ class TrainNode(LifecycleNode):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__("train_node", namespace=kwargs.pop("namespace", "/f3rm"), **kwargs)
         self.settings: TrainNodeSettings = declare_config(self, TrainNodeSettings)
-        self.trainer_config: TrainerConfig = declare_config(self, TrainerConfig, prefix="trainer")
+        # progress every step (the default 10 would make feedback lag by up to 10 steps: slow steps on a CPU)
+        self.trainer_config: TrainerConfig = declare_config(self, TrainerConfig, prefix="trainer",
+                                                            overrides={"progress_every": 1})
         self.budget: TrainBudget = declare_config(self, TrainBudget, prefix="trainer")
         self.features_config: FeaturesConfig = declare_config(self, FeaturesConfig, prefix="features")
         self.add_on_set_parameters_callback(validator(self, {"trainer": TrainerConfig, "features": FeaturesConfig}))
