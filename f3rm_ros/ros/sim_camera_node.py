@@ -111,6 +111,7 @@ class SimCameraNode(Node):
         self.published = 0
         self.finished = False
         self._started_at = time.monotonic()
+        self._matched_at: float | None = None
         self._render_s: list[float] = []
 
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
@@ -141,8 +142,12 @@ class SimCameraNode(Node):
             return
         if time.monotonic() - self._started_at < s.start_delay_s:
             return
-        if s.wait_for_subscribers and min(p.get_subscription_count() for p in self._data_pubs) < s.wait_for_subscribers:
-            return
+        if s.wait_for_subscribers and self._matched_at is None:
+            if min(p.get_subscription_count() for p in self._data_pubs) < s.wait_for_subscribers:
+                return
+            self._matched_at = time.monotonic()
+        if self._matched_at is not None and time.monotonic() - self._matched_at < 0.5:
+            return  # let discovery settle on the subscriber side too
         try:
             self.publish_frame(self.index)
         except Exception as e:  # never die on a render problem; say it and go on
