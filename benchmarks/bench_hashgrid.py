@@ -507,8 +507,8 @@ def diag_kernels(dev, gen):
 
         def ops(kern, pat):
             return dict(Counter(m.group(0) for m in re.finditer(pat, kern.asm.get("ptx", ""))))
-        k = K.hash_bwd[((n + 127) // 128, L)](x, g, meta, gt, n, L * F, T=T, L=L, F=F, BLOCK=128, POW2=True,
-                                               num_warps=4)
+        k = K.hash_bwd[((n + 127) // 128, L)](x, g, meta, gt, n, L * F, 0, T=T, L=L, F=F, BLOCK=128, POW2=True,
+                                               SEG=False, num_warps=4)
         kv = None
         kf = K.hash_fwd[((n + 127) // 128, L)](x, table, meta, torch.empty(n, L * F, device=dev), n, L * F, T=T, L=L,
                                                 F=F, BLOCK=128, POW2=True, num_warps=4)
