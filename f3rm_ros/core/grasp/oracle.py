@@ -49,13 +49,13 @@ class OracleField:
         sigma_max: density deep inside, 1/metre.
         softness: width of the density's sigmoid edge, metres.
         device: torch device of the queries.
+        backend: "open3d" (exact occupancy by ray casting), "scipy" (no open3d: nearest surface
+            samples with normals, for the GPU machine) or "auto" (open3d when installed).
     """
 
     def __init__(self, scene: Any, label_vectors: dict[int, np.ndarray] | None, extractor_info: dict | None = None,
                  resolution: float = 0.003, margin: float = 0.12, sigma_max: float = 2000.0,
-                 softness: float = 0.0006, device: str | torch.device = "cpu"):
-        import open3d as o3d
-
+                 softness: float = 0.0006, device: str | torch.device = "cpu", backend: str = "auto"):
         self.scene = scene
         self.device = torch.device(device)
         self.extractor_info = dict(extractor_info or {})
@@ -74,36 +74,19 @@ class OracleField:
         axes = [lo[i] + np.arange(n[i]) * resolution for i in range(3)]
         pts = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3).astype(np.float32)
 
-        all_scene = o3d.t.geometry.RaycastingScene()
-        inside = np.zeros(len(pts), dtype=bool)
-        geom_labels = []
-        for ent, labels in zip(scene.entities, tri_labels):
-            V = ent.world_vertices().astype(np.float32)
-            tris = ent.mesh.triangles
-            gid = all_scene.add_triangles(o3d.core.Tensor(V), o3d.core.Tensor(tris.astype(np.uint32)))
-            assert gid == len(geom_labels)
-            geom_labels.append(np.asarray(labels, dtype=np.int64))
-            for ci in range(len(ent.mesh.components)):
-                cv, ct = ent.mesh.component_mesh(ci)
-                cv = cv @ ent.T_world_obj[:3, :3].T + ent.T_world_obj[:3, 3]
-                one = o3d.t.geometry.RaycastingScene()
-                one.add_triangles(o3d.core.Tensor(cv.astype(np.float32)), o3d.core.Tensor(ct.astype(np.uint32)))
-                cmin, cmax = cv.min(0) - 2 * resolution, cv.max(0) + 2 * resolution
-                sel = np.all((pts >= cmin) & (pts <= cmax), axis=1)
-                if sel.any():
-                    occ = one.compute_occupancy(o3d.core.Tensor(pts[sel]), nsamples=3).numpy() > 0.5
-                    idx = np.flatnonzero(sel)
-                    inside[idx[occ]] = True
-        q = all_scene.compute_closest_points(o3d.core.Tensor(pts))
-        closest = q["points"].numpy()
-        dist = np.linalg.norm(closest - pts, axis=1)
-        gids = q["geometry_ids"].numpy().astype(np.int64)
-        pids = q["primitive_ids"].numpy().astype(np.int64)
-        lab = np.zeros(len(pts), dtype=np.int64)
-        for g, labels in enumerate(geom_labels):
-            m = gids == g
-            lab[m] = labels[pids[m]]
-        sdf = np.where(inside, -dist, dist).astype(np.float32)
+        if backend == "auto":
+            try:
+                import open3d  # noqa: F401
+                backend = "open3d"
+            except ImportError:
+                backend = "scipy"
+        if backend == "open3d":
+            sdf, lab = _sdf_labels_open3d(scene, pts, tri_labels, resolution)
+        elif backend == "scipy":
+            sdf, lab = _sdf_labels_scipy(scene, pts, tri_labels, resolution)
+        else:
+            raise ValueError(f"backend must be auto, open3d or scipy, got {backend!r}")
+        self.backend = backend
 
         self.label_ids = sorted(self.label_table)
         self._sdf = torch.from_numpy(sdf.reshape(self.shape)).to(self.device)[None, None]  # [1,1,X,Y,Z]
@@ -178,3 +161,91 @@ class OracleField:
         p = np.asarray(points_world, dtype=np.float64)
         idx = np.clip(np.rint((p - self.lo) / self.res).astype(int), 0, np.array(self.shape) - 1)
         return self.nearest_label[idx[:, 0], idx[:, 1], idx[:, 2]]
+
+
+def _sdf_labels_open3d(scene: Any, pts: np.ndarray, tri_labels: list[np.ndarray],
+                       resolution: float) -> tuple[np.ndarray, np.ndarray]:
+    """Signed distance [N] (union of the closed components' occupancy, distance to the nearest
+    triangle) and nearest-triangle label [N] at ``pts`` [N, 3], by open3d ray casting."""
+    import open3d as o3d
+
+    all_scene = o3d.t.geometry.RaycastingScene()
+    inside = np.zeros(len(pts), dtype=bool)
+    geom_labels = []
+    for ent, labels in zip(scene.entities, tri_labels):
+        V = ent.world_vertices().astype(np.float32)
+        tris = ent.mesh.triangles
+        gid = all_scene.add_triangles(o3d.core.Tensor(V), o3d.core.Tensor(tris.astype(np.uint32)))
+        assert gid == len(geom_labels)
+        geom_labels.append(np.asarray(labels, dtype=np.int64))
+        for ci in range(len(ent.mesh.components)):
+            cv, ct = ent.mesh.component_mesh(ci)
+            cv = cv @ ent.T_world_obj[:3, :3].T + ent.T_world_obj[:3, 3]
+            one = o3d.t.geometry.RaycastingScene()
+            one.add_triangles(o3d.core.Tensor(cv.astype(np.float32)), o3d.core.Tensor(ct.astype(np.uint32)))
+            cmin, cmax = cv.min(0) - 2 * resolution, cv.max(0) + 2 * resolution
+            sel = np.all((pts >= cmin) & (pts <= cmax), axis=1)
+            if sel.any():
+                occ = one.compute_occupancy(o3d.core.Tensor(pts[sel]), nsamples=3).numpy() > 0.5
+                idx = np.flatnonzero(sel)
+                inside[idx[occ]] = True
+    q = all_scene.compute_closest_points(o3d.core.Tensor(pts))
+    closest = q["points"].numpy()
+    dist = np.linalg.norm(closest - pts, axis=1)
+    gids = q["geometry_ids"].numpy().astype(np.int64)
+    pids = q["primitive_ids"].numpy().astype(np.int64)
+    lab = np.zeros(len(pts), dtype=np.int64)
+    for g, labels in enumerate(geom_labels):
+        m = gids == g
+        lab[m] = labels[pids[m]]
+    sdf = np.where(inside, -dist, dist).astype(np.float32)
+    return sdf, lab
+
+
+def _sdf_labels_scipy(scene: Any, pts: np.ndarray, tri_labels: list[np.ndarray], resolution: float,
+                      spacing: float = 0.0015, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Twin of :func:`_sdf_labels_open3d` without open3d (scipy cKDTree).
+
+    Each closed component is sampled (area-weighted, ~``spacing`` apart) with its face normals; a
+    point's signed distance to a component is the distance to the tangent plane of its nearest
+    sample near the surface (within 2 spacings) and the signed distance to that sample farther
+    away; the scene's is the minimum over components (union). Labels: nearest sample's triangle.
+    """
+    from scipy.spatial import cKDTree
+
+    rng = np.random.default_rng(seed)
+    sdf = np.full(len(pts), np.inf, dtype=np.float64)
+    all_s, all_l = [], []
+    for ent, labels in zip(scene.entities, tri_labels):
+        V = ent.world_vertices()
+        for comp in ent.mesh.components:
+            tris = ent.mesh.triangles[comp]
+            a, b, c = V[tris[:, 0]], V[tris[:, 1]], V[tris[:, 2]]
+            cr = np.cross(b - a, c - a)
+            area = 0.5 * np.linalg.norm(cr, axis=1)
+            keep = area > 1e-12
+            tris_i, a, b, c, cr, area = comp[keep], a[keep], b[keep], c[keep], cr[keep], area[keep]
+            normal = cr / (2 * area[:, None])
+            step = spacing if ent is not scene.table else max(spacing, 0.004)
+            n = np.maximum(1, np.ceil(area / (step * step) * 2).astype(int))
+            tri = np.repeat(np.arange(len(area)), n)
+            u, v = rng.random(len(tri)), rng.random(len(tri))
+            flip = u + v > 1
+            u[flip], v[flip] = 1 - u[flip], 1 - v[flip]
+            smp = a[tri] + u[:, None] * (b - a)[tri] + v[:, None] * (c - a)[tri]
+            nrm = normal[tri]
+            all_s.append(smp)
+            all_l.append(np.asarray(labels)[tris_i[tri]])
+            lo, hi = smp.min(0) - 3 * resolution - 0.01, smp.max(0) + 3 * resolution + 0.01
+            sel = np.flatnonzero(np.all((pts >= lo) & (pts <= hi), axis=1))
+            if len(sel) == 0:
+                continue
+            d, j = cKDTree(smp).query(pts[sel])
+            diff = pts[sel] - smp[j]
+            plane = np.einsum("ij,ij->i", diff, nrm[j])
+            sd = np.where(d <= 2 * step, plane, np.sign(plane) * d)
+            sdf[sel] = np.minimum(sdf[sel], sd)
+    samples, labels_all = np.concatenate(all_s), np.concatenate(all_l)
+    _, j = cKDTree(samples).query(pts)
+    sdf = np.where(np.isfinite(sdf), sdf, 1.0)
+    return sdf.astype(np.float32), labels_all[j].astype(np.int64)

@@ -77,6 +77,9 @@ class GraspPlanner:
         self._gripper_points = torch.as_tensor(
             gripper_shell_points(self.gripper, c.collision_voxel_m, include_fingers=c.collision_include_fingers),
             dtype=torch.float32, device=self.device)
+        self._fine_points = torch.as_tensor(
+            gripper_shell_points(self.gripper, c.fine_voxel_m, include_fingers=True),
+            dtype=torch.float32, device=self.device)
         self._surface_cache: dict = {}
 
     # --- surface -------------------------------------------------------------------------------------
@@ -230,6 +233,11 @@ class GraspPlanner:
         R = quat_to_matrix_torch(q)
         coll = in_collision(self.field, R, tr, self._gripper_points, c.collision_voxel_m, c.collision_alpha,
                             c.collision_min_points, c.chunk_points)
+        if c.fine_check_after:
+            fine = in_collision(self.field, R, tr, self._fine_points, c.collision_voxel_m, c.collision_alpha,
+                                c.fine_min_points, c.chunk_points)
+            res.stats["fine_check_collisions"] = int((fine & ~coll).sum())
+            coll = coll | fine
         ok = ~coll & torch.isfinite(loss)
         R, tr, loss = R[ok], tr[ok], loss[ok]
         res.stats["final_free"] = int(tr.shape[0])

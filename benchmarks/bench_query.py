@@ -1,0 +1,147 @@
+#!/usr/bin/env python3
+"""Grasp-query latency of the planner with the reference defaults (f3rm-method.md s. 4).
+
+Field: the analytic oracle field of a built-in synthetic scene with label features (no training,
+so the number measures the planner, not a field's network), or a trained checkpoint with
+``--checkpoint`` (needs ``load_trained_field`` from the fields package). Planner: every
+``PlannerConfig`` default (0.01 m grid, 8 rotations per voxel, 200 Adam steps, pruning to 2048,
+collision checks) except the workspace box, which has the reference's size (0.7 x 0.9 x 0.345 m)
+but is centred on the synthetic table instead of in front of a robot base.
+
+Reports per query the median over ``--repeats`` runs of the total latency with the surface cached
+("warm": the surface does not depend on the text and is computed once per field) and the latency of
+the very first query ("cold": includes the alpha grid); stage medians too. Prints a table and
+writes JSON (``--out``).
+
+Examples::
+
+    python benchmarks/bench_query.py --device cpu --out /tmp/bench_query_cpu.json
+    python benchmarks/bench_query.py --device cuda --repeats 5 --out bench_query_cuda.json
+
+The oracle is built with scipy when open3d is missing (the GPU machine has none).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+
+import numpy as np
+import torch
+
+DEFAULT_QUERIES = ("mug handle", "bowl", "box", "mug rim", "banana")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    ap.add_argument("--scene", default="mug_bowl_box", help="built-in scene name")
+    ap.add_argument("--queries", nargs="+", default=list(DEFAULT_QUERIES))
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs per query")
+    ap.add_argument("--steps", type=int, default=None, help="override num_steps (default: reference 200)")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    ap.add_argument("--oracle-backend", default="auto", choices=("auto", "open3d", "scipy"))
+    ap.add_argument("--oracle-resolution", type=float, default=0.003, help="oracle grid spacing, metres")
+    ap.add_argument("--checkpoint", default=None, help="trained field checkpoint instead of the oracle")
+    ap.add_argument("--out", default=None, help="JSON output path")
+    args = ap.parse_args(argv)
+
+    from f3rm_ros.core.config import replace
+    from f3rm_ros.core.device import resolve_device
+    from f3rm_ros.core.features.configs import LabelFeatureConfig
+    from f3rm_ros.core.features.labels import LabelFeatureExtractor
+    from f3rm_ros.core.grasp import GraspPlanner, PlannerConfig, load_default_tasks
+    from f3rm_ros.core.sim.scene import resolve_scene
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    scene = resolve_scene(args.scene)
+    table, _ = scene.label_table()
+    extractor = LabelFeatureExtractor(LabelFeatureConfig(), table=table)
+    t0 = time.perf_counter()
+    if args.checkpoint:
+        from f3rm_ros.core.field_api import load_trained_field  # type: ignore[import-not-found]
+
+        field = load_trained_field(args.checkpoint, device)
+        field_kind = f"trained:{args.checkpoint}"
+    else:
+        from f3rm_ros.core.grasp.oracle import OracleField
+
+        field = OracleField.from_extractor(scene, extractor, resolution=args.oracle_resolution, device=device,
+                                           backend=args.oracle_backend)
+        field_kind = f"oracle:{field.backend}"
+    build_s = time.perf_counter() - t0
+
+    ref = PlannerConfig()
+    size = np.array(ref.workspace_max_m) - np.array(ref.workspace_min_m)
+    cfg = replace(ref, workspace_min_m=[-size[0] / 2, -size[1] / 2, ref.workspace_min_m[2]],
+                  workspace_max_m=[size[0] / 2, size[1] / 2, ref.workspace_max_m[2]], device=str(device))
+    if args.steps is not None:
+        cfg = replace(cfg, num_steps=args.steps)
+    planner = GraspPlanner(field, extractor, load_default_tasks(), config=cfg)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    sync()
+    t0 = time.perf_counter()
+    first = planner.plan(args.queries[0])
+    sync()
+    cold_s = time.perf_counter() - t0
+    results = {}
+    for q in args.queries:
+        runs = []
+        for _ in range(args.repeats):
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            sync()
+            t0 = time.perf_counter()
+            r = planner.plan(q)
+            sync()
+            runs.append((time.perf_counter() - t0, r))
+        stages = {k: statistics.median(r.timing.get(k, 0.0) for _, r in runs) for k in runs[0][1].timing}
+        last = runs[-1][1]
+        results[q] = {
+            "median_s": statistics.median(s for s, _ in runs), "runs_s": [s for s, _ in runs], "stages_s": stages,
+            "found": last.found, "reason": last.reason, "task": last.task,
+            "proposals": last.stats.get("proposals"), "proposals_free": last.stats.get("proposals_free"),
+            "masked_voxels": last.stats.get("masked"),
+            "peak_cuda_mem_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
+        }
+    found = [v["median_s"] for v in results.values() if v["found"]]
+    out = {
+        "benchmark": "grasp query latency", "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "torch": torch.__version__, "threads": torch.get_num_threads(), "scene": args.scene, "field": field_kind,
+        "field_build_s": build_s, "config": {k: getattr(cfg, k) for k in (
+            "workspace_min_m", "workspace_max_m", "voxel_size_m", "rotations_per_voxel", "num_steps", "lr",
+            "min_poses", "keep_fraction", "chunk_points")},
+        "surface_stats": {k: v for k, v in first.stats.items() if k in ("grid", "occupied", "surface", "inliers")},
+        "cold_first_query_s": cold_s, "queries": results,
+        "median_found_query_s": statistics.median(found) if found else None,
+        "median_all_queries_s": statistics.median(v["median_s"] for v in results.values()),
+    }
+    print(f"device {out['device']} ({out['device_name']}), torch {out['torch']}, {out['threads']} threads, "
+          f"field {field_kind} built in {build_s:.1f} s, scene {args.scene}")
+    print(f"cold first query ({args.queries[0]!r}, incl. alpha grid + surface): {cold_s:.2f} s")
+    print(f"{'query':16s} {'median s':>9s} {'found':>6s} {'proposals':>10s} {'free':>6s}  stages (median s)")
+    for q, v in results.items():
+        st = " ".join(f"{k}={s:.2f}" for k, s in v["stages_s"].items() if k != "total")
+        print(f"{q!r:16s} {v['median_s']:9.2f} {str(v['found']):>6s} {str(v['proposals']):>10s} "
+              f"{str(v['proposals_free']):>6s}  {st}")
+    print(f"median latency over queries that found a grasp: {out['median_found_query_s']}")
+    if args.out:
+        from f3rm_ros.core.io import atomic_write_json
+
+        atomic_write_json(args.out, out)
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
