@@ -176,6 +176,7 @@ def test_parameter_file_loads_into_node(tmp_path, node_name):
             undocumented = [n for n, p in node._descriptors.items() if not p.description]
             undocumented = [n for n in undocumented if n not in ("use_sim_time", "start_type_description_service")]
             assert not undocumented, undocumented
-            print(f"{path.name}: {len(params)} parameters in the file, {len(node._parameters)} declared, all documented")
+            print(f"{path.name}: {len(params)} parameters in the file, {len(node._parameters)} declared, "
+                  "all documented")
         finally:
             node.destroy_node()

@@ -44,7 +44,6 @@ Service ``~/control`` (``f3rm_ros/srv/CaptureControl``: START, STOP, CLEAR, SAVE
 from __future__ import annotations
 
 import collections
-import math
 import threading
 import time
 from dataclasses import dataclass
@@ -52,7 +51,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import rclpy
 from geometry_msgs.msg import PoseStamped, TransformStamped
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.node import Node
@@ -226,7 +224,9 @@ class CaptureNode(Node):
         self._last_image_time = 0.0
         self.keyframes = KeyframeSelector(s.min_translation_m, s.min_rotation_deg)
         self.poses = PoseBuffer(s.pose_buffer_s, s.pose_tolerance_s, s.interpolate_poses)
-        self.tf_poses = _TfPoses(self, s.world_frame, s.camera_frame, s.pose_buffer_s) if s.pose_source == "tf" else None
+        self.tf_poses = None
+        if s.pose_source == "tf":
+            self.tf_poses = _TfPoses(self, s.world_frame, s.camera_frame, s.pose_buffer_s)
 
         self._open_dataset(s.dataset_name)
 
@@ -237,7 +237,8 @@ class CaptureNode(Node):
                                  callback_group=data)
         if s.pose_source == "topic":
             if s.pose_type == "pose_stamped":
-                self.create_subscription(PoseStamped, s.pose_topic, self._safe(self._on_pose), best_effort, callback_group=data)
+                self.create_subscription(PoseStamped, s.pose_topic, self._safe(self._on_pose), best_effort,
+                                         callback_group=data)
             else:
                 self.create_subscription(TransformStamped, s.pose_topic, self._safe(self._on_pose), best_effort,
                                          callback_group=data)
@@ -246,14 +247,17 @@ class CaptureNode(Node):
                                      callback_group=data)
             latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL,
                                  reliability=ReliabilityPolicy.RELIABLE)
-            self.create_subscription(String, s.label_table_topic, self._safe(self._on_label_table), latched, callback_group=data)
+            self.create_subscription(String, s.label_table_topic, self._safe(self._on_label_table), latched,
+                                     callback_group=data)
         # the image subscription last: the executor serves ready subscriptions in creation order, so camera_info
         # and the pose of the same instant are taken first
         if s.use_compressed:
-            self.create_subscription(CompressedImage, s.image_topic.rstrip("/") + "/compressed", self._safe(self._on_image),
+            self.create_subscription(CompressedImage, s.image_topic.rstrip("/") + "/compressed",
+                                     self._safe(self._on_image),
                                      qos_profile_sensor_data, callback_group=data)
         else:
-            self.create_subscription(Image, s.image_topic, self._safe(self._on_image), qos_profile_sensor_data, callback_group=data)
+            self.create_subscription(Image, s.image_topic, self._safe(self._on_image), qos_profile_sensor_data,
+                                     callback_group=data)
         self.create_timer(0.1, self._safe(self._on_tick), callback_group=data)
 
         self.status_pub = self.create_publisher(CaptureStatus, "~/status", 10)
@@ -479,7 +483,8 @@ class CaptureNode(Node):
             elif not self._size_ok(p.rgb, p.intrinsics):
                 pass
             elif look.status == "empty":
-                self.reject("no_pose", f"image at t={p.stamp:.3f}: {look.reason} within pose_wait_s={s.pose_wait_s:g} s")
+                self.reject("no_pose", f"image at t={p.stamp:.3f}: {look.reason} within "
+                                       f"pose_wait_s={s.pose_wait_s:g} s")
             elif look.status == "too_far":
                 self.reject("pose_too_far", f"image at t={p.stamp:.3f}: {look.reason} "
                                             f"(pose_tolerance_s={s.pose_tolerance_s:g})")
@@ -560,8 +565,8 @@ class CaptureNode(Node):
                         self.writer.update_meta({"f3rm_capture": self._summary()})
                         res.success, res.message = True, f"saved {self.writer.json_path}"
                 else:
-                    res.success, res.message = False, (f"unknown command {cmd}; use START={CaptureControl.Request.START}, "
-                                                       f"STOP, CLEAR or SAVE")
+                    res.success = False
+                    res.message = f"unknown command {cmd}; use START=0, STOP=1, CLEAR=2 or SAVE=3"
         except Exception as e:  # never let a request take the node down
             res.success, res.message = False, f"{type(e).__name__}: {e}"
         res.frame_count = len(self.writer) if self.writer is not None else 0

@@ -68,7 +68,8 @@ class SimCameraSettings:
     start_delay_s: float = param(0.5, "wait this long after start before the first frame, seconds", range=(0.0, 3600.0),
                                  read_only=True)
     wait_for_subscribers: int = param(0, "hold the trajectory until this many subscribers listen to each of the "
-                                         "image, camera_info, pose (and labels) topics (0 = start at once)", range=(0, 100), read_only=True)
+                                         "image, camera_info, pose (and labels) topics (0 = start at once)",
+                                      range=(0, 100), read_only=True)
     pose_noise_deg: float = param(0.0, "std of the rotation error of the published pose, degrees", range=(0.0, 45.0),
                                   read_only=True)
     pose_noise_m: float = param(0.0, "std of the translation error of the published pose, metres", range=(0.0, 1.0),
@@ -115,12 +116,15 @@ class SimCameraNode(Node):
         self._render_s: list[float] = []
 
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-        latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL, reliability=ReliabilityPolicy.RELIABLE)
+        latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL,
+                             reliability=ReliabilityPolicy.RELIABLE)
         self.pose_pub = self.create_publisher(PoseStamped, s.pose_topic, reliable)
         self.info_pub = self.create_publisher(CameraInfo, s.camera_info_topic, reliable)
         self.image_pub = self.create_publisher(Image, s.image_topic, reliable)
         self.labels_pub = self.create_publisher(Image, s.labels_topic, reliable) if s.labels_topic else None
-        self._data_pubs = [self.pose_pub, self.info_pub, self.image_pub] + ([self.labels_pub] if self.labels_pub else [])
+        self._data_pubs = [self.pose_pub, self.info_pub, self.image_pub]
+        if self.labels_pub is not None:
+            self._data_pubs.append(self.labels_pub)
         self.finished_pub = self.create_publisher(Bool, "~/finished", latched)
         self.finished_pub.publish(Bool(data=False))
         if s.labels_topic:

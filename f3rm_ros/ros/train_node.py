@@ -176,7 +176,8 @@ class TrainNode(LifecycleNode):
         except (OSError, PathRefused) as e:
             self.get_logger().error(f"configure failed: {e}")
             return TransitionCallbackReturn.FAILURE
-        latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL, reliability=ReliabilityPolicy.RELIABLE)
+        latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL,
+                             reliability=ReliabilityPolicy.RELIABLE)
         self.checkpoint_pub = self.create_publisher(String, "~/checkpoint", latched)
         self.state = "inactive"
         return TransitionCallbackReturn.SUCCESS
