@@ -86,6 +86,27 @@ def test_keyframe_selector():
     sel.reset(np.stack([T, make_transform(np.eye(3), [1.0, 0, 0])]))
     assert len(sel) == 2 and not sel.check(make_transform(np.eye(3), [1.01, 0, 0]))[0]
 
+    # vectorised decision == a plain loop over the kept frames (random poses)
+    from scipy.spatial.transform import Rotation
+
+    from f3rm_ros.core.geometry import rotation_angle
+
+    rng = np.random.default_rng(3)
+    kept = [make_transform(Rotation.random(random_state=int(k)).as_matrix(), rng.normal(0, 0.05, 3)) for k in range(20)]
+    sel.reset(np.stack(kept))
+    agree, close = 0, 0
+    for k in range(200):  # perturbed copies of kept frames: some within both thresholds, some not
+        base = kept[k % len(kept)]
+        axis = rng.normal(size=3)
+        dR = Rotation.from_rotvec(axis / np.linalg.norm(axis) * math.radians(rng.uniform(0, 16))).as_matrix()
+        cand = make_transform(base[:3, :3] @ dR, base[:3, 3] + rng.normal(0, 0.03, 3))
+        ref_close = any(np.linalg.norm(cand[:3, 3] - K[:3, 3]) < 0.05
+                        and math.degrees(rotation_angle(K[:3, :3], cand[:3, :3])) < 10.0 for K in kept)
+        close += ref_close
+        agree += (not sel.check(cand)[0]) == ref_close
+    print(f"keyframe decisions equal to the loop reference: {agree}/200 ({close} too close)")
+    assert agree == 200 and 20 < close < 180
+
 
 # --- nodes over DDS --------------------------------------------------------------------------------
 
