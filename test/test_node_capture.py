@@ -518,3 +518,60 @@ def test_compressed_images_transform_poses_body_convention(tmp_path):
     err = float(np.abs(ds.c2w[0] - T_body @ T_BODY_OPTICAL).max())
     print(f"stored pose error vs T_world_body @ T_BODY_OPTICAL: {err:.2e}")
     assert len(ds) == 1 and err < 1e-9 and np.array_equal(ds.get_image(0), sent[10.0])
+
+
+def test_keyframe_rules_blur_and_max_frames_over_dds(tmp_path):
+    """Same pose twice -> too_close; a flat image -> blurry; max_frames reached -> capture stops and START is
+    refused with the reason."""
+    from f3rm_ros.ros.capture_node import CaptureNode
+    from f3rm_ros.ros.conversions import intrinsics_to_camera_info, matrix_to_pose_msg, rgb_to_image
+    from f3rm_ros.srv import CaptureControl
+
+    ns = "/t_capture_rules"
+    with rclpy.init():
+        cap = CaptureNode(namespace=ns, parameter_overrides=[
+            Parameter("data_root", value=str(tmp_path / "data")), Parameter("start_capturing", value=True),
+            Parameter("max_frames", value=2), Parameter("blur_threshold", value=50.0),
+            Parameter("pose_wait_s", value=0.3)])
+        feed = _Feeder(ns)
+        status = _status_listener(feed, f"{ns}/capture_node/status")
+        sp = Spinner(cap, feed)
+
+        def send(t: float, T: np.ndarray, img: np.ndarray) -> None:
+            st = feed.stamp(t)
+            feed.pose_pub.publish(matrix_to_pose_msg(T, "world", st))
+            feed.info_pub.publish(intrinsics_to_camera_info(feed.K, stamp=st))
+            feed.img_pub.publish(rgb_to_image(img, stamp=st))
+
+        def decided(n: int):
+            return lambda: status and status[-1].frames_kept + status[-1].frames_rejected >= n
+
+        try:
+            wait_for(feed.matched, 20, "subscriptions")
+            send(1.0, feed.pose(0), _frame_image(0))  # kept
+            wait_for(decided(1), 10, "frame 1")
+            send(2.0, feed.pose(0), _frame_image(1))  # same pose: too close
+            wait_for(decided(2), 10, "frame 2")
+            send(3.0, feed.pose(1), np.full((24, 32, 3), 120, np.uint8))  # flat: blurry
+            wait_for(decided(3), 10, "frame 3")
+            send(4.0, feed.pose(2), _frame_image(2))  # kept: 2 = max_frames, capture stops
+            wait_for(lambda: status and status[-1].frames_kept == 2 and not status[-1].capturing, 10, "stop at max")
+            st = status[-1]
+            print(f"status: kept={st.frames_kept} capturing={st.capturing} {_counts(st)}")
+            assert _counts(st) == {"too_close": 1, "blurry": 1}
+            r = call_service(feed, CaptureControl, f"{ns}/capture_node/control",
+                             CaptureControl.Request(command=CaptureControl.Request.START))
+            print(f"START at max_frames: {r.success} {r.message!r}")
+            assert not r.success and "max_frames" in r.message and r.frame_count == 2
+            r = call_service(feed, CaptureControl, f"{ns}/capture_node/control",
+                             CaptureControl.Request(command=CaptureControl.Request.CLEAR))
+            assert r.success and r.frame_count == 0
+            r = call_service(feed, CaptureControl, f"{ns}/capture_node/control",
+                             CaptureControl.Request(command=CaptureControl.Request.START))
+            assert r.success
+            send(5.0, feed.pose(0), _frame_image(0))  # the old pose is no longer "kept": accepted again
+            wait_for(lambda: status and status[-1].frames_kept == 1, 10, "a frame after CLEAR")
+        finally:
+            sp.stop()
+            cap.destroy_node()
+            feed.destroy_node()
