@@ -399,6 +399,12 @@ class TrainNode(LifecycleNode):
         except Exception as e:  # every failure is reported in the result; the node keeps serving
             run.error = f"{type(e).__name__}: {e}"
             self.get_logger().debug(traceback.format_exc())
+        finally:  # give GPU memory back (the query node may share the process and the GPU)
+            trainer = feats = None
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
 
     # ---------------------------------------------------------------------------- diagnostics
     def _diagnostic_status(self) -> tuple[int, str, dict]:
