@@ -299,7 +299,7 @@ def test_bad_inputs_answered_with_reasons(tmp_path):
             wait_for(lambda: "pose_too_far" in reasons(), 10, "pose_too_far")
             print("last reason:", status[-1].last_reject_reason)
             assert "500.0 ms" in status[-1].last_reject_reason
-            from f3rm_ros.ros.conversions import matrix_to_pose_msg
+            from f3rm_ros.ros.conversions import matrix_to_pose_msg, rgb_to_image
 
             other = matrix_to_pose_msg(feed.pose(5), "map", feed.stamp(t + 5))  # 5. pose in another frame
             feed.pose_pub.publish(other)
@@ -311,6 +311,12 @@ def test_bad_inputs_answered_with_reasons(tmp_path):
             wait_for(lambda: "bad_image" in reasons(), 10, "bad_image")
             feed.send(8, t + 8)  # 7. a good frame is still kept
             wait_for(lambda: status[-1].frames_kept == 1, 10, "the good frame to be kept")
+            for _ in range(2):  # 8. the same image twice with one stamp (a driver repeating itself), both
+                feed.img_pub.publish(rgb_to_image(_frame_image(9), stamp=feed.stamp(t + 9)))  # waiting for the pose
+            time.sleep(0.1)
+            feed.send(9, t + 9, image=False)
+            wait_for(lambda: "too_close" in reasons(), 10, "the repeated frame to be too close")
+            assert status[-1].frames_kept == 2 and "internal_error" not in reasons()
             st = status[-1]
             print(f"status: kept={st.frames_kept} rejected={st.frames_rejected} {_counts(st)}")
             for reason in ("no_camera_info", "bad_encoding", "bad_pose", "pose_too_far", "wrong_frame", "bad_image"):
@@ -320,7 +326,7 @@ def test_bad_inputs_answered_with_reasons(tmp_path):
             assert not r.success and "unknown command" in r.message
             r = call_service(feed, CaptureControl, f"{ns}/capture_node/control",
                              CaptureControl.Request(command=CaptureControl.Request.SAVE))
-            assert r.success and r.frame_count == 1
+            assert r.success and r.frame_count == 2
         finally:
             sp.stop()
             cap.destroy_node()

@@ -157,7 +157,7 @@ def _stamp_ns(stamp: Any) -> int:
     return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity (equal stamps must not compare image arrays)
 class _Pending:
     stamp: float
     stamp_ns: int
