@@ -205,3 +205,19 @@ def test_refusals_with_reasons(setup, case):
     if case == "clip_without_weights":  # the node keeps serving after a failed goal
         status, res, _ = run_goal(ac, dataset_path="scan", num_steps=2, feature_type="none")
         assert status == GoalStatus.STATUS_SUCCEEDED and res.steps_done == 2
+
+
+def test_parameters_validated_from_the_config(setup):
+    """trainer.* / features.* / node settings are checked by the config dataclasses: a bad value is refused with the
+    config's reason and the old value stays; a good one takes effect for the next goal."""
+    node = setup["node"]
+    for name, value, expect in [("trainer.rays_per_batch", 0, "rays_per_batch"),
+                                ("features.extractor", "sift", "sift"),
+                                ("feedback_rate_hz", 0.0, "feedback_rate_hz")]:
+        res = node.set_parameters([Parameter(name, value=value)])[0]
+        print(f"set {name}={value!r}: {res.successful} {res.reason!r}")
+        assert not res.successful and expect in res.reason
+    assert node.trainer_config.rays_per_batch == TINY["trainer.rays_per_batch"]
+    assert node.set_parameters([Parameter("trainer.rays_per_batch", value=64)])[0].successful
+    assert node.trainer_config.rays_per_batch == 64
+    node.set_parameters([Parameter("trainer.rays_per_batch", value=TINY["trainer.rays_per_batch"])])
