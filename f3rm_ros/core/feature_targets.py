@@ -48,7 +48,7 @@ def synthetic_feature_maps(images: np.ndarray | list[np.ndarray],  # N x [H, W, 
     b = torch.rand(dim, generator=g) * 2 * np.pi
     out = []
     for img in images:
-        x = torch.as_tensor(np.asarray(img)).float().permute(2, 0, 1)[None] / 255.0  # [1, 3, H, W]
+        x = torch.from_numpy(np.array(img, dtype=np.float32)).permute(2, 0, 1)[None] / 255.0  # [1, 3, H, W]
         pooled = torch.nn.functional.avg_pool2d(x, patch, stride=patch, ceil_mode=True)[0]  # [3, h, w]
         out.append(torch.sin(torch.einsum("dc,chw->hwd", A, pooled) + b))
     shapes = {tuple(o.shape) for o in out}

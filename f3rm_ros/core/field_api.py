@@ -129,7 +129,7 @@ class TrainedField:
 
     @torch.no_grad()
     def point_cloud(self, cameras: list[tuple[np.ndarray, CameraIntrinsics]] | None = None,
-                    min_accumulation: float = 0.9, max_depth_m: float | None = None,
+                    min_accumulation: float = 0.9, max_depth_m: float | None = None, bbox_nerf: float | None = 1.0,
                     max_points: int | None = 1_000_000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """Scene point cloud from rendered depth: every pixel with accumulation >= ``min_accumulation``
         back-projected to its expected depth.
@@ -138,6 +138,9 @@ class TrainedField:
             cameras: (c2w OpenCV world [4,4], intrinsics) pairs; default the training cameras.
             min_accumulation: drop pixels the field sees through.
             max_depth_m: drop points farther than this along the ray (e.g. background).
+            bbox_nerf: keep only points with ``|p_nerf|_inf <= bbox_nerf`` in the field frame (1.0 = the
+                un-contracted cube around the cameras; drops the background that the contraction
+                squeezes beyond it); None keeps everything.
             max_points: random subset of at most this many points.
         Returns:
             points [M, 3] float32 (world, metres), colours [M, 3] uint8.
@@ -157,6 +160,8 @@ class TrainedField:
             if max_depth_m is not None:
                 keep &= out["depth"] <= max_depth_m
             p = o + d * out["depth"][..., None]
+            if bbox_nerf is not None:
+                keep &= self.world_to_nerf(p.reshape(-1, 3)).abs().amax(-1).reshape(keep.shape) <= bbox_nerf
             pts.append(p[keep].cpu())
             cols.append((out["rgb"][keep].clamp(0, 1) * 255).round().to(torch.uint8).cpu())
         P = torch.cat(pts).numpy().astype(np.float32)

@@ -198,7 +198,7 @@ class Trainer:
 
         # training pixels, flattened over all training images
         dev = self.device
-        imgs = [torch.as_tensor(dataset.get_image(int(i))) for i in self.train_indices]
+        imgs = [torch.from_numpy(np.array(dataset.get_image(int(i)), dtype=np.uint8)) for i in self.train_indices]
         self._sizes = torch.tensor([[im.shape[1], im.shape[0]] for im in imgs], dtype=torch.long, device=dev)  # W, H
         counts = self._sizes[:, 0] * self._sizes[:, 1]
         self._starts = torch.cumsum(counts, 0) - counts
@@ -292,7 +292,7 @@ class Trainer:
         save = (self.run_dir is not None) if save_images is None else save_images
         for f in frames:
             out = self.render_image(f)
-            gt = torch.as_tensor(self.dataset.get_image(f), device=self.device).float() / 255.0
+            gt = torch.from_numpy(np.array(self.dataset.get_image(f), dtype=np.float32)).to(self.device) / 255.0
             psnrs.append(psnr(torch.mean((out["rgb"].clamp(0, 1) - gt) ** 2)))
             if self.feature_maps is not None and "features" in out:
                 H, W = gt.shape[:2]
