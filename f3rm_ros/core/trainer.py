@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import io
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
