@@ -142,6 +142,13 @@ def test_checkpoint_round_trip_and_world_units(tmp_path):
     p = pts_w[:10].clone().requires_grad_(True)
     field.query_features(p).sum().backward()
     assert p.grad is not None and p.grad.abs().sum() > 0
+    # a field-only file is smaller, loads for queries, and refuses to resume
+    small = tr.save_checkpoint(tmp_path / "field.ckpt", include_optimizer=False)
+    print(f"field-only file {small.stat().st_size / 1e6:.2f} MB vs full checkpoint {size_mb:.2f} MB")
+    assert small.stat().st_size < 0.6 * ck.stat().st_size
+    assert torch.allclose(load_trained_field(small).query_density(pts_w), dens_w)
+    with pytest.raises(CheckpointError, match="not be resumed|not resumed|cannot be resumed|but not resumed"):
+        Trainer(tr.config, ds, fm, "cpu").load_state(load_checkpoint(small))
     # checkpoints are written atomically: no temporary files left behind
     assert not list((tmp_path / "checkpoints").glob(".*tmp"))
 

@@ -5,7 +5,8 @@ Writes a run folder (default ``runs/<dataset name>-<time>``)::
     RUN_DIR/config.yaml          the full TrainerConfig used
     RUN_DIR/run.json             dataset, downscale, device, features, command line, final result
     RUN_DIR/metrics.json         evaluation history (held-out PSNR, feature MSE, losses)
-    RUN_DIR/checkpoints/step-XXXXXXX.ckpt
+    RUN_DIR/checkpoints/step-XXXXXXX.ckpt   resumable (field + optimiser state)
+    RUN_DIR/field.ckpt           the final field only (for load_trained_field; smaller, not resumable)
     RUN_DIR/eval/step-XXXXXXX-frame-XXXX.png   ground truth | render | depth
 
 Examples::
@@ -171,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
                             should_stop=lambda: stop["flag"])
     finally:
         signal.signal(signal.SIGINT, old)
-    run_info["result"] = {"step": res.step, "stopped": res.stopped, "elapsed_s": res.elapsed_s,
+    field_file = trainer.save_checkpoint(out / "field.ckpt", include_optimizer=False)
+    run_info["result"] = {"step": res.step, "stopped": res.stopped, "elapsed_s": res.elapsed_s, "field": str(field_file),
                           "eval_psnr": res.eval.get("psnr"), "eval_feature_mse": res.eval.get("feature_mse"),
                           "checkpoint": str(res.checkpoint) if res.checkpoint else None}
     if device.type == "cuda":

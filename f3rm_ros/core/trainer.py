@@ -362,9 +362,14 @@ class Trainer:
                                                               "device": str(self.device), "history": self.metrics})
 
     # ------------------------------------------------------------------------ checkpoints
-    def state_dict(self) -> dict[str, Any]:
-        """Everything needed to resume or to query the field (no foundation-model weights)."""
-        return {
+    def state_dict(self, include_optimizer: bool = True) -> dict[str, Any]:
+        """Everything needed to resume or to query the field (no foundation-model weights).
+
+        ``include_optimizer=False`` leaves out the optimiser / scheduler / scaler / random state
+        (about 2/3 of the size: Adam keeps two moments per hash-table entry): such a file loads with
+        :func:`f3rm_ros.core.field_api.load_trained_field` but cannot be resumed.
+        """
+        out = {
             "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "step": self.step,
             "config": to_dict(self.config), "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
@@ -380,14 +385,19 @@ class Trainer:
                         "eval_indices": torch.as_tensor(self.eval_indices)},
             "dataset_root": str(getattr(self.dataset, "root", "")), "metrics": self.metrics,
         }
+        if not include_optimizer:
+            for k in ("optimizer", "scheduler", "scaler", "generator", "sampler_steps_since_update"):
+                out.pop(k)
+        return out
 
-    def save_checkpoint(self, path: str | Path | None = None) -> Path:
-        """Write a checkpoint atomically (default ``run_dir/checkpoints/step-XXXXXXX.ckpt``; prunes old ones)."""
+    def save_checkpoint(self, path: str | Path | None = None, include_optimizer: bool = True) -> Path:
+        """Write a checkpoint atomically (default ``run_dir/checkpoints/step-XXXXXXX.ckpt``; prunes old
+        ones). ``include_optimizer=False`` writes a smaller query-only file (see :meth:`state_dict`)."""
         if path is None:
             if self.run_dir is None:
                 raise ValueError("no path given and the trainer has no run_dir")
             path = self.run_dir / "checkpoints" / f"step-{self.step:07d}.ckpt"
-        path = save_checkpoint_file(path, self.state_dict())
+        path = save_checkpoint_file(path, self.state_dict(include_optimizer))
         keep = self.config.keep_checkpoints
         if keep and path.parent == (self.run_dir / "checkpoints" if self.run_dir else None):
             for old in sorted(path.parent.glob("step-*.ckpt"))[:-keep]:
@@ -404,6 +414,9 @@ class Trainer:
             raise CheckpointError(f"checkpoint was trained on {ck['num_train_images']} images with feature_dim "
                                   f"{ck['feature_dim']}, but this run has {len(self.train_indices)} images and "
                                   f"feature_dim {self.feature_dim}")
+        if "optimizer" not in ck:
+            raise CheckpointError("this checkpoint holds the field only (saved without optimiser state); it can be "
+                                  "queried with load_trained_field but not resumed")
         if to_dict(from_dict(TrainerConfig, ck["config"]).model) != to_dict(self.config.model):
             raise CheckpointError("checkpoint model config differs from this trainer's; build the trainer with "
                                   "the checkpoint's config (Trainer.from_checkpoint)")
