@@ -45,7 +45,9 @@ def generate_launch_description():
     )
     query = LifecycleNode(
         package="f3rm_ros", executable="query_node", name="query_node", namespace=namespace, output="screen",
-        parameters=[config("query_node.yaml")],
+        # the synthetic table (world origin at its centre) instead of the reference robot-base box
+        parameters=[config("query_node.yaml"), {"planner.workspace_min_m": [-0.35, -0.3, 0.005],
+                                                "planner.workspace_max_m": [0.35, 0.3, 0.3]}],
     )
     rviz = Node(
         package="rviz2", executable="rviz2", name="rviz2", output="screen",

@@ -6,4 +6,4 @@ cd "$ROOT"
 [ -f env.sh ] || { echo "env.sh missing: run 'bash scripts/setup.sh' first" >&2; exit 1; }
 set +u; source env.sh; set -u
 export ROS_AUTOMATIC_DISCOVERY_RANGE="${ROS_AUTOMATIC_DISCOVERY_RANGE:-LOCALHOST}"
-exec f3rm-ros selftest "$@"
+exec python -m f3rm_ros.ros.demo "$@"   # the end-to-end demo (runs/demo-<time>/); `f3rm-ros selftest` checks the interfaces only

@@ -1,0 +1,333 @@
+"""The end-to-end demo: simulated world -> capture -> train -> three language queries -> checked grasps.
+
+    bash scripts/demo.sh            # = python -m f3rm_ros.ros.demo (in the env.sh environment)
+
+What happens (real nodes over DDS; the nodes run in one child process via ``f3rm-ros bringup
+config/bringup_sim.yaml``, this process talks to them with :class:`~f3rm_ros.ros.client.F3RMClient`):
+
+1. ``sim_camera_node`` flies a scanning trajectory over a built-in scene and publishes images, camera
+   info, poses and ground-truth label images; ``capture_node`` keeps keyframes and writes the dataset;
+2. the ``TrainFields`` action trains the RGB + label-feature field (feedback printed);
+3. the query node loads the checkpoint and answers "mug handle", "bowl" and "banana" (absent);
+4. the ranked grasps are printed and checked with the ground-truth grasp check of the synthetic
+   world; a PNG of the scene with the grasps drawn, the RViz markers (JSON) and a summary are written
+   to ``runs/demo-<time>/``.
+
+Presets (``--preset auto`` picks by device): ``cpu`` (small images, small networks, few steps: a few
+minutes on 2 CPU cores) and ``gpu`` (full images, reference networks, more steps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from f3rm_ros.ros.bringup import CONFIG_DIR, REPO_ROOT
+
+__all__ = ["PRESETS", "QUERIES", "node_overrides", "draw_grasps_png", "main"]
+
+# query -> (objects that count, part or None); an empty tuple means "absent: no grasp expected"
+QUERIES: dict[str, tuple[tuple[str, ...], str | None]] = {
+    "mug handle": (("mug",), "handle"),
+    "bowl": (("bowl",), None),
+    "banana": ((), None),
+}
+
+SMALL_MODEL = {
+    "trainer.model.rgb.grid.num_levels": 8, "trainer.model.rgb.grid.log2_hashmap_size": 15,
+    "trainer.model.rgb.grid.max_res": 512, "trainer.model.rgb.appearance_embedding_dim": 8,
+    "trainer.model.proposal_1.grid.num_levels": 4, "trainer.model.proposal_1.grid.log2_hashmap_size": 12,
+    "trainer.model.proposal_1.grid.max_res": 64,
+    "trainer.model.proposal_2.grid.num_levels": 4, "trainer.model.proposal_2.grid.log2_hashmap_size": 12,
+    "trainer.model.proposal_2.grid.max_res": 128,
+    "trainer.model.feature.grid.num_levels": 6, "trainer.model.feature.grid.log2_hashmap_size": 14,
+    "trainer.model.feature.grid.max_res": 128,
+    "trainer.model.sampler.num_proposal_samples": [32, 16], "trainer.model.sampler.num_samples": 16,
+}
+
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "cpu": {
+        "sim_camera_node": {"width": 240, "height": 180, "rate_hz": 4.0, "trajectory.num_views": 30},
+        "train_node": {"device": "cpu", "trainer.num_steps": 400, "trainer.rays_per_batch": 1024,
+                       "trainer.eval_every": 0, "trainer.eval_num_images": 2, "trainer.checkpoint_every": 0,
+                       "trainer.progress_every": 10, **SMALL_MODEL},
+        "query_node": {"device": "cpu", "planner.num_steps": 40, "cloud_cameras": 4, "cloud_scale": 0.5},
+    },
+    "gpu": {
+        "sim_camera_node": {"width": 640, "height": 480, "rate_hz": 10.0, "trajectory.num_views": 60},
+        "train_node": {"device": "cuda", "trainer.num_steps": 5000, "trainer.eval_every": 0,
+                       "trainer.checkpoint_every": 0},
+        "query_node": {"device": "cuda", "cloud_cameras": 8, "cloud_scale": 0.5},
+    },
+}
+
+
+def node_overrides(preset: str, run_dir: Path, steps: int | None = None) -> dict[str, dict[str, Any]]:
+    """Per-node parameter overrides of the demo: the preset, the run folder's roots, capture settings."""
+    p = {k: dict(v) for k, v in PRESETS[preset].items()}
+    p["sim_camera_node"].update({"wait_for_subscribers": 1, "start_delay_s": 1.0})
+    p["capture_node"] = {"data_root": str(run_dir / "data"), "dataset_name": "sim_capture", "start_capturing": True,
+                         "min_translation_m": 0.02, "min_rotation_deg": 5.0, "max_pending": 64}
+    p["train_node"].update({"data_root": str(run_dir / "data"), "checkpoint_root": str(run_dir / "checkpoints"),
+                            "features.extractor": "labels"})
+    if steps:
+        p["train_node"]["trainer.num_steps"] = int(steps)
+    p["query_node"].update({"checkpoint_root": str(run_dir / "checkpoints"), "tasks_dir": str(run_dir / "tasks")})
+    return p
+
+
+def write_overrides(overrides: dict[str, dict[str, Any]], path: Path) -> Path:
+    from f3rm_ros.ros.paramfile import format_value
+
+    lines = []
+    for node, params in overrides.items():
+        lines += [f"/**/{node}:", "  ros__parameters:"]
+        lines += [f"    {k}: {format_value(v)}" for k, v in params.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+# --- drawing -----------------------------------------------------------------------------------------
+
+QUERY_COLORS = [(40, 200, 60), (255, 140, 0), (220, 40, 200), (40, 120, 255)]
+
+
+def draw_grasps_png(scene: Any, grasps_by_query: dict[str, list], gripper: Any, path: Path,
+                    width: int = 960, height: int = 720, per_query: int = 3) -> Path:
+    """Render the scene (ground-truth renderer) and draw the top grasps of each query as box wireframes.
+
+    The best grasp of each query is drawn thick, the next ones thin; one colour per query (legend).
+    """
+    from PIL import Image, ImageDraw
+
+    from f3rm_ros.core.io import atomic_write
+    from f3rm_ros.core.sim.render import Renderer, intrinsics_from_fov
+    from f3rm_ros.core.sim.trajectory import look_at_cv
+
+    K = intrinsics_from_fov(width, height, 45.0)
+    T_wc = look_at_cv(np.array([0.55, -0.45, 0.5]), np.array([0.0, 0.0, 0.05]))
+    img = Renderer(scene).render(K, T_wc).rgb
+    im = Image.fromarray(np.asarray(img, dtype=np.uint8)).convert("RGB")
+    draw = ImageDraw.Draw(im)
+    T_cw = np.linalg.inv(T_wc)
+
+    def project(p_world: np.ndarray) -> np.ndarray | None:
+        pc = p_world @ T_cw[:3, :3].T + T_cw[:3, 3]
+        if np.any(pc[:, 2] <= 1e-3):
+            return None
+        return np.asarray(K.project(pc))
+
+    corners = np.array([[x, y, z] for x in (-0.5, 0.5) for y in (-0.5, 0.5) for z in (-0.5, 0.5)])
+    edges = [(i, j) for i in range(8) for j in range(i + 1, 8) if bin(i ^ j).count("1") == 1]
+    legend = []
+    for qi, (query, grasps) in enumerate(grasps_by_query.items()):
+        color = QUERY_COLORS[qi % len(QUERY_COLORS)]
+        legend.append((query, color, len(grasps)))
+        for g in list(grasps)[:per_query][::-1]:
+            T = np.asarray(g.pose if hasattr(g, "pose") else g.T_world_gripper)
+            for _name, T_gb, size in gripper.boxes(min(g.width, gripper.max_opening)):
+                pts = (T @ T_gb)[:3, :3] @ (corners * size).T
+                pts = pts.T + (T @ T_gb)[:3, 3]
+                uv = project(pts)
+                if uv is None:
+                    continue
+                for i, j in edges:
+                    draw.line([tuple(uv[i]), tuple(uv[j])], fill=color, width=3 if g.rank == 0 else 1)
+    y = 8
+    for query, color, n in legend:
+        draw.rectangle([8, y, 24, y + 14], fill=color)
+        draw.text((30, y), f"{query}: {n} grasp(s)" if n else f"{query}: none (not found)", fill=(0, 0, 0))
+        y += 20
+    atomic_write(path, lambda f: im.save(f, format="PNG"))
+    return path
+
+
+# --- the demo ------------------------------------------------------------------------------------------
+
+def _log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    import rclpy
+    from std_msgs.msg import Bool
+    from visualization_msgs.msg import MarkerArray
+
+    from f3rm_ros.core.gripper import Gripper
+    from f3rm_ros.core.sim.grasp_check import GraspChecker
+    from f3rm_ros.core.sim.scene import resolve_scene
+    from f3rm_ros.msg import CaptureStatus
+    from f3rm_ros.ros.client import F3RMClient, RequestFailed
+    from f3rm_ros.ros.visuals import markers_to_dict
+
+    t_start = time.perf_counter()
+    preset = args.preset
+    if preset == "auto":
+        import torch
+
+        preset = "gpu" if torch.cuda.is_available() else "cpu"
+    run_dir = Path(args.out) if args.out else REPO_ROOT / "runs" / time.strftime("demo-%Y%m%d-%H%M%S")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    overrides = node_overrides(preset, run_dir, args.steps)
+    overrides["sim_camera_node"]["scene"] = args.scene
+    params = write_overrides(overrides, run_dir / "demo_params.yaml")
+    _log(f"[demo] preset {preset!r}, scene {args.scene!r}, run folder {run_dir}")
+    log = open(run_dir / "nodes.log", "w")
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    ready = run_dir / "nodes.ready"
+    bringup = subprocess.Popen([sys.executable, "-m", "f3rm_ros.cli.ros", "bringup", str(CONFIG_DIR / "bringup_sim.yaml"),
+                                "--params-file", str(params), "--ready-file", str(ready)],
+                               stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(REPO_ROOT))
+    summary: dict[str, Any] = {"preset": preset, "scene": args.scene, "run_dir": str(run_dir), "queries": {}}
+    code = 1
+    try:
+        deadline = time.monotonic() + 120
+        while not ready.exists():
+            if bringup.poll() is not None:
+                raise RuntimeError(f"the nodes did not start (exit {bringup.returncode}); see {run_dir / 'nodes.log'}")
+            if time.monotonic() > deadline:
+                raise RuntimeError("the nodes did not start within 120 s")
+            time.sleep(0.2)
+        _log(f"[demo] nodes up after {time.perf_counter() - t_start:.1f} s: "
+             f"{ready.read_text().split()}")
+        rclpy.init()
+        client = F3RMClient(namespace="/f3rm")
+        try:
+            # 1. capture: the sim camera waits for the capture node, which keeps frames from the start
+            t0 = time.perf_counter()
+            client.wait_for_message(Bool, "/f3rm/sim_camera_node/finished", timeout=args.capture_timeout,
+                                    predicate=lambda m: m.data, transient_local=True)
+            time.sleep(1.5)  # the last frames are being written
+            status = client.wait_for_message(CaptureStatus, "/f3rm/capture_node/status", timeout=10)
+            cap = client.capture("stop")
+            summary["capture"] = {"frames": cap.frame_count, "dataset": cap.dataset_path,
+                                  "rejected": dict(zip(status.reject_reasons, [int(c) for c in status.reject_counts])),
+                                  "seconds": time.perf_counter() - t0}
+            _log(f"[demo] captured {cap.frame_count} keyframes into {cap.dataset_path} in "
+                 f"{time.perf_counter() - t0:.1f} s (rejected: {summary['capture']['rejected']})")
+
+            # 2. train
+            t0 = time.perf_counter()
+            last = [0.0, -1]
+
+            def feedback(fb: Any) -> None:
+                final = fb.step == fb.total_steps and last[1] != fb.step
+                if (time.monotonic() - last[0] > args.feedback_every and fb.step != last[1]) or final:
+                    last[0], last[1] = time.monotonic(), fb.step
+                    losses = ", ".join(f"{n} {v:.4f}" for n, v in zip(fb.loss_names, fb.loss_values))
+                    _log(f"[demo]   train step {fb.step}/{fb.total_steps}  psnr {fb.psnr:5.2f} dB  {losses}  "
+                         f"elapsed {fb.elapsed:5.0f} s  eta {fb.eta:5.0f} s")
+
+            tr = client.train(cap.dataset_path, 0, "labels", feedback, timeout=args.train_timeout)
+            summary["train"] = {"checkpoint": tr.checkpoint_path, "steps": tr.steps_done, "psnr": tr.final_psnr,
+                                "feature_mse": tr.final_feature_mse, "seconds": time.perf_counter() - t0,
+                                "feedback_messages": tr.feedback_count}
+            _log(f"[demo] trained {tr.steps_done} steps in {tr.training_time:.0f} s: held-out PSNR "
+                 f"{tr.final_psnr:.2f} dB, feature MSE {tr.final_feature_mse:.4f}; {tr.checkpoint_path}")
+            info = client.load_field(tr.checkpoint_path, timeout=300)  # also announced on the topic; explicit here
+            _log(f"[demo] query node: {info.message}")
+
+            # 3. queries
+            scene = resolve_scene(args.scene)
+            checker = GraspChecker(scene)
+            gripper = Gripper()
+            by_query: dict[str, list] = {}
+            all_ok = True
+            for query, (objects, part) in QUERIES.items():
+                t0 = time.perf_counter()
+                try:
+                    grasps = client.query_grasps(query, max_grasps=args.max_grasps, timeout=args.query_timeout)
+                    reason = ""
+                except RequestFailed as e:
+                    grasps, reason = [], e.reason
+                latency = time.perf_counter() - t0
+                by_query[query] = grasps
+                entry: dict[str, Any] = {"latency_s": latency, "num_grasps": len(grasps), "reason": reason,
+                                         "expected": "no grasp" if not objects else f"{objects[0]}"
+                                         + (f" ({part})" if part else "")}
+                _log(f"\n[demo] query {query!r}: {len(grasps)} grasps in {latency:.2f} s (client-side latency)"
+                     + (f"; reason: {reason}" if reason else ""))
+                checks = []
+                for g in grasps:
+                    r = checker.check(gripper.from_tool(g.pose))
+                    hit = r.success and r.object in objects and (
+                        part is None or any(o in objects and p == part for (o, p) in r.between))
+                    checks.append(hit)
+                    t = g.pose[:3, 3]
+                    _log(f"    #{g.rank:<2d} score {g.score:7.3f}  sim {g.language_similarity:.2f}  "
+                         f"at ({t[0]:+.3f}, {t[1]:+.3f}, {t[2]:+.3f})  task {g.task!r:32s} "
+                         f"{'PASS' if hit else 'fail'}: {r.reason}")
+                if objects:
+                    ok = bool(checks) and checks[0]
+                    _log(f"  -> top grasp {'PASSES' if ok else 'FAILS'} the ground-truth check "
+                         f"({sum(checks)}/{len(checks)} of the ranked grasps pass)")
+                else:
+                    ok = not grasps
+                    _log(f"  -> {'correctly no grasp' if ok else 'WRONG: grasps returned'} for an absent object")
+                entry.update({"top_passes": ok, "passing": int(sum(checks)),
+                              "grasps": [{"rank": g.rank, "score": g.score, "task": g.task,
+                                          "pose": np.asarray(g.pose).tolist(), "passes": c}
+                                         for g, c in zip(grasps, checks)]})
+                all_ok &= ok
+                markers = client.wait_for_message(MarkerArray, "/f3rm/query_node/grasp_markers", timeout=10,
+                                                  transient_local=True)
+                mpath = run_dir / f"markers_{query.replace(' ', '_')}.json"
+                mpath.write_text(json.dumps(markers_to_dict(markers), indent=1))
+                entry["markers_file"] = str(mpath)
+                summary["queries"][query] = entry
+
+            png = draw_grasps_png(scene, by_query, gripper, run_dir / "grasps.png")
+            summary["png"] = str(png)
+            summary["all_checks_pass"] = all_ok
+            code = 0 if all_ok else 3
+        finally:
+            client.close()
+            rclpy.shutdown()
+    except Exception as e:  # report the failure, keep the logs
+        _log(f"[demo] FAILED: {type(e).__name__}: {e}")
+        summary["error"] = f"{type(e).__name__}: {e}"
+    finally:
+        if bringup.poll() is None:
+            bringup.send_signal(signal.SIGINT)
+            try:
+                bringup.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                bringup.kill()
+        log.close()
+        summary["wall_time_s"] = time.perf_counter() - t_start
+        from f3rm_ros.core.io import atomic_write_json
+
+        atomic_write_json(run_dir / "summary.json", summary)
+    lat = [q["latency_s"] for q in summary["queries"].values()]
+    _log(f"\n[demo] {'ALL CHECKS PASS' if code == 0 else 'SOME CHECKS FAILED' if code == 3 else 'FAILED'}; "
+         f"wall time {summary['wall_time_s']:.0f} s"
+         + (f"; query latency (client) {min(lat):.2f}-{max(lat):.2f} s" if lat else "")
+         + f"\n[demo] outputs: {run_dir} (grasps.png, markers_*.json, summary.json, nodes.log)")
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="f3rm-ros demo", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--preset", choices=("auto", "cpu", "gpu"), default="auto", help="auto: gpu if CUDA is available")
+    ap.add_argument("--scene", default="mug_bowl_box", help="built-in scene (with a mug and a bowl)")
+    ap.add_argument("--steps", type=int, default=None, help="training steps (default: the preset's)")
+    ap.add_argument("--out", default=None, help="run folder (default runs/demo-<time>)")
+    ap.add_argument("--max-grasps", type=int, default=5, help="grasps per query")
+    ap.add_argument("--capture-timeout", type=float, default=300.0)
+    ap.add_argument("--train-timeout", type=float, default=3600.0)
+    ap.add_argument("--query-timeout", type=float, default=300.0)
+    ap.add_argument("--feedback-every", type=float, default=10.0, help="seconds between printed feedback lines")
+    return run_demo(ap.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
