@@ -266,13 +266,14 @@ class Trainer:
 
     # ------------------------------------------------------------------------------ render
     @torch.no_grad()
-    def render_image(self, frame: int, with_features: bool = True) -> dict[str, Tensor]:
+    def render_image(self, frame: int, with_features: bool = True,
+                     feature_sink: Callable[[Tensor, int], None] | None = None) -> dict[str, Tensor]:
         """Render dataset frame ``frame`` at its (downscaled) size: rgb [H,W,3], depth [H,W] (field
         units, ray distance), accumulation [H,W], features [H,W,D] if there is a feature field."""
         K = self.intrinsics[frame]
         c2w = torch.as_tensor(self.c2w_nerf[frame], dtype=torch.float32, device=self.device)
         return render_camera(self.model, K, c2w, self.config.eval_chunk_rays, with_features=with_features,
-                             amp=self.use_amp)
+                             amp=self.use_amp, feature_sink=feature_sink)
 
     @torch.no_grad()
     def evaluate(self, frames: list[int] | None = None, save_images: bool | None = None) -> dict[str, Any]:
@@ -290,16 +291,22 @@ class Trainer:
         psnrs, fmses = [], []
         save = (self.run_dir is not None) if save_images is None else save_images
         for f in frames:
-            out = self.render_image(f)
+            K = self.intrinsics[f]
+            sq = {"sum": 0.0, "n": 0}
+
+            def sink(feats: Tensor, first: int, f: int = f, W: int = K.width, H: int = K.height, sq=sq) -> None:
+                idx = torch.arange(first, first + feats.shape[0], device=feats.device)
+                tgt = nearest_patch_targets(self.feature_maps, torch.full_like(idx, f), idx % W,
+                                            torch.div(idx, W, rounding_mode="floor"), W, H).float()
+                sq["sum"] += float(((feats - tgt) ** 2).sum())
+                sq["n"] += tgt.numel()
+
+            has_feats = self.feature_maps is not None and self.model.feature_field is not None
+            out = self.render_image(f, with_features=has_feats, feature_sink=sink if has_feats else None)
             gt = torch.from_numpy(np.array(self.dataset.get_image(f), dtype=np.float32)).to(self.device) / 255.0
             psnrs.append(psnr(torch.mean((out["rgb"].clamp(0, 1) - gt) ** 2)))
-            if self.feature_maps is not None and "features" in out:
-                H, W = gt.shape[:2]
-                py, px = torch.meshgrid(torch.arange(H, device=self.device), torch.arange(W, device=self.device),
-                                        indexing="ij")
-                tgt = nearest_patch_targets(self.feature_maps, torch.full_like(px.reshape(-1), f), px.reshape(-1),
-                                            py.reshape(-1), W, H).float()
-                fmses.append(float(feature_mse(out["features"].reshape(-1, self.feature_dim), tgt)))
+            if has_feats:
+                fmses.append(sq["sum"] / max(1, sq["n"]))
             if save and self.run_dir is not None:
                 _save_eval_png(self.run_dir / "eval" / f"step-{self.step:07d}-frame-{f:04d}.png", gt, out)
         res = {"step": self.step, "psnr": float(np.mean(psnrs)) if psnrs else float("nan"),
@@ -453,8 +460,12 @@ class Trainer:
 
 # ----------------------------------------------------------------------------------- helpers
 def render_camera(model: FieldModel, K: CameraIntrinsics, c2w_nerf: Tensor, chunk: int = 16384,
-                  with_features: bool = True, amp: bool = False) -> dict[str, Tensor]:
+                  with_features: bool = True, amp: bool = False,
+                  feature_sink: Callable[[Tensor, int], None] | None = None) -> dict[str, Tensor]:
     """Render every pixel of a camera (OpenCV c2w in the field frame ``[4, 4]``) in chunks, eval mode.
+
+    ``feature_sink(features [n, D], first_pixel_index)``, if given, receives each chunk's features
+    (row-major pixel order) instead of them being kept (an [H, W, 768] image is large).
 
     Returns:
         rgb [H,W,3], depth [H,W] (ray distance, field units), accumulation [H,W], features [H,W,D]
@@ -471,6 +482,8 @@ def render_camera(model: FieldModel, K: CameraIntrinsics, c2w_nerf: Tensor, chun
         o, d = generate_rays(K9.expand(p.shape[0], -1), c2w_nerf.float().expand(p.shape[0], 4, 4), p)
         with torch.autocast(device_type=dev.type, dtype=torch.float16, enabled=amp and dev.type == "cuda"):
             r = model.render_rays(o, d, None, training=False, with_features=with_features)
+        if feature_sink is not None and "features" in r:
+            feature_sink(r.pop("features").float(), s)
         for k in ("rgb", "depth", "accumulation", "features"):
             if k in r:
                 outs.setdefault(k, []).append(r[k].float())
