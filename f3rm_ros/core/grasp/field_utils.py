@@ -16,8 +16,15 @@ __all__ = ["alpha_from_density", "field_has_features", "query_density_chunked", 
 
 
 def alpha_from_density(density: torch.Tensor, delta: float) -> torch.Tensor:
-    """alpha = 1 - exp(-density * delta) for density in 1/metre and a step ``delta`` in metres."""
-    return 1.0 - torch.exp(-torch.clamp(density, min=0.0) * float(delta))
+    """alpha = 1 - exp(-density * delta) for density in 1/metre and a step ``delta`` in metres.
+
+    Optical depths below 1e-12 give exactly 0 and above 40 exactly 1: far from surfaces a field's
+    density underflows into denormal floats, which are ~100x slower on CPUs and would then spread
+    through the features and gradients of every pose in empty space.
+    """
+    tau = torch.clamp(density, min=0.0) * float(delta)
+    tau = torch.where(tau < 1e-12, torch.zeros_like(tau), torch.clamp(tau, max=40.0))
+    return 1.0 - torch.exp(-tau)
 
 
 def field_has_features(field: Any) -> bool:
