@@ -196,6 +196,7 @@ def test_not_found_reasons_and_a_ball_grasp(extractor):
     print("best grasp origin distance to the ball centre", dist, "approach z-axis", T[:3, 2])
     assert dist < 0.03 and np.allclose(T[:3, :3] @ T[:3, :3].T, np.eye(3), atol=1e-5)
     assert [g.rank for g in r.grasps] == list(range(len(r.grasps)))
+    assert np.allclose(r.best.T_world_tool, T)  # identity tool transform by default
     assert all(a.score >= b.score for a, b in zip(r.grasps, r.grasps[1:]))
     pts, sim = pl.similarity_map("ball")
     near = np.linalg.norm(pts - f.c.numpy(), axis=1) < f.r + 0.01

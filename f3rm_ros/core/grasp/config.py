@@ -53,7 +53,10 @@ class PlannerConfig:
     similarity_temperature: float = param(0.1, "temperature of the pairwise softmax similarity (LERF)",
                                           range=(1e-6, 10.0))
     min_similarity: float = param(0.6, "ours: the best pairwise-softmax similarity over the surface must reach "
-                                       "this, else 'not found' (calibrated on the synthetic scenes)",
+                                       "this, else 'not found'. Calibrated on the synthetic world's label "
+                                       "features (present things score >= 0.99 on the oracle field, unknown "
+                                       "text exactly 0.5); CLIP relevancies sit closer to 0.5, so recalibrate "
+                                       "this on real scenes",
                                   range=(0.0, 1.0))
     min_masked_voxels: int = param(3, "ours: fewer voxels than this left by the language mask means "
                                       "'not found'", range=(1, 100000))

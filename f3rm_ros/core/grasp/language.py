@@ -38,13 +38,13 @@ def pairwise_softmax(feats_unit: torch.Tensor,  # [N, D] unit
                      pos: torch.Tensor,  # [D] unit
                      negs: torch.Tensor,  # [K, D] unit
                      temperature: float) -> torch.Tensor:  # [N]
-    """min over negatives of softmax([s_pos, s_neg] / T)[0] (LERF); 1 without negatives."""
-    s_pos = feats_unit @ pos
+    """min over negatives of softmax([s_pos, s_neg] / T)[0] (LERF, via the features package's
+    ``pairwise_softmax_similarity``); 1 without negatives."""
     if negs.shape[0] == 0:
-        return torch.ones_like(s_pos)
-    s_neg = feats_unit @ negs.T
-    p = torch.sigmoid((s_pos[:, None] - s_neg) / temperature)  # == 2-way softmax, numerically stable
-    return p.min(dim=1).values
+        return torch.ones(feats_unit.shape[0], device=feats_unit.device)
+    from f3rm_ros.core.features.similarity import pairwise_softmax_similarity
+
+    return pairwise_softmax_similarity(feats_unit, pos, negs, temperature)
 
 
 def language_mask(feats_unit: torch.Tensor,  # [N, D] unit

@@ -255,5 +255,5 @@ class GraspPlanner:
             T[:3, :3] = R_np[rank]
             T[:3, 3] = t_np[rank]
             res.grasps.append(Grasp(T_world_gripper=T, score=float(-l_np[rank]), width=float(c.opening_m),
-                                    task=task.name, rank=rank))
+                                    task=task.name, rank=rank, T_world_tool=self.gripper.to_tool(T)))
         return done("")

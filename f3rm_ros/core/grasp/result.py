@@ -20,6 +20,8 @@ class Grasp:
         width: finger opening to use, metres.
         task: name of the task (demonstrations) used.
         rank: 0 for the best grasp.
+        T_world_tool: (4, 4) the same grasp in the user's tool frame (``Gripper.to_tool``; equal to
+            ``T_world_gripper`` with the default identity tool transform).
     """
 
     T_world_gripper: np.ndarray
@@ -27,6 +29,7 @@ class Grasp:
     width: float
     task: str
     rank: int
+    T_world_tool: np.ndarray | None = None
 
 
 @dataclass
