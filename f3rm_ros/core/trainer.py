@@ -30,6 +30,7 @@ from f3rm_ros.core.feature_targets import nearest_patch_targets
 from f3rm_ros.core.fields.losses import LossConfig, distortion_loss, feature_mse, interlevel_loss, psnr, rgb_mse
 from f3rm_ros.core.fields.model import FieldModel, FieldModelConfig
 from f3rm_ros.core.io import atomic_write_bytes, atomic_write_json
+from f3rm_ros.core.ops.ray_cache import camera_direction_table, direction_table_bytes, rays_from_direction_table
 
 __all__ = ["TrainerConfig", "ProgressInfo", "TrainResult", "Trainer", "CheckpointError", "CHECKPOINT_FORMAT",
            "CHECKPOINT_VERSION", "load_checkpoint", "latest_checkpoint", "save_checkpoint_file"]
@@ -67,6 +68,9 @@ class TrainerConfig:
     pose_center: str = param("focus", "pose normalisation centre: focus, poses or none",
                              choices=("focus", "poses", "none"))
     pose_scale_factor: float = param(1.0, "largest |camera coordinate| in the field frame", range=(1e-6, 1e6))
+    ray_table_max_mb: int = param(1024, "precompute the undistorted camera-frame direction of every training pixel "
+                                        "if that table fits in this many MB (0 = generate rays every step)",
+                                  range=(0, 1 << 20))
 
 
 @dataclass
@@ -184,7 +188,9 @@ class Trainer:
         self.model = FieldModel(config.model, len(self.train_indices), self.feature_dim, self.device)
         log.info("hash grid backends: %s", self.model.hashgrid_backends())
         self.use_amp = bool(config.mixed_precision and self.device.type == "cuda")
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, eps=config.adam_eps)
+        # CUDA: fused Adam (one multi-tensor kernel; the grad scaler's unscale and inf check happen inside it)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, eps=config.adam_eps,
+                                          **({"fused": True} if self.device.type == "cuda" else {}))
         ratio = config.lr_final / config.lr if config.lr > 0 else 1.0
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: ratio ** min(s / config.lr_decay_steps, 1.0))
@@ -214,6 +220,9 @@ class Trainer:
         self._K_train = intrinsics_tensor([self.intrinsics[int(i)] for i in self.train_indices], device=dev)
         self._c2w_train = torch.as_tensor(c2w_nerf[self.train_indices], dtype=torch.float32, device=dev)
         self._frame_of_train = torch.as_tensor(self.train_indices, device=dev)
+        self._dirs_table = None  # [P, 3] camera-frame ray directions (ops.ray_cache), if it fits
+        if 0 < direction_table_bytes(self._pixels.shape[0]) <= config.ray_table_max_mb * 2**20:
+            self._dirs_table = camera_direction_table(self._K_train, self._sizes)
         self.feature_maps = feature_maps.to(dev) if feature_maps is not None else None
 
     # ------------------------------------------------------------------------------ batches
@@ -227,8 +236,11 @@ class Trainer:
         local = flat - self._starts[cam]
         W = self._sizes[cam, 0]
         px, py = local % W, torch.div(local, W, rounding_mode="floor")
-        pix = torch.stack([px, py], -1).float() + 0.5
-        o, d = generate_rays(self._K_train[cam], self._c2w_train[cam], pix)
+        if self._dirs_table is not None:  # same rays as generate_rays, without re-undistorting every step
+            o, d = rays_from_direction_table(self._dirs_table, flat, self._c2w_train[cam])
+        else:
+            pix = torch.stack([px, py], -1).float() + 0.5
+            o, d = generate_rays(self._K_train[cam], self._c2w_train[cam], pix)
         batch = {"origins": o, "directions": d, "rgb": self._pixels[flat].float() / 255.0, "camera_idx": cam}
         if self.feature_maps is not None:
             frame = self._frame_of_train[cam]
@@ -238,6 +250,22 @@ class Trainer:
     # ---------------------------------------------------------------------------- one step
     def train_step(self) -> dict[str, float]:
         """One optimisation step; returns the loss values (floats)."""
+        return self.loss_floats(self._train_step_tensors())
+
+    def loss_floats(self, losses: dict[str, Tensor | float]) -> dict[str, float]:
+        """Loss values of :meth:`_train_step_tensors` as floats (one device sync; floats pass through)."""
+        if not any(isinstance(v, Tensor) for v in losses.values()):
+            return dict(losses)
+        vals = torch.stack([torch.as_tensor(v, dtype=torch.float32, device=self.device).detach().reshape(())
+                            for v in losses.values()]).tolist()
+        out = dict(zip(losses, vals))
+        if "feature" in out and "feature_mse" not in out:
+            fm = self.config.losses.feature_mult
+            out["feature_mse"] = out["feature"] / fm if fm > 0 else 0.0
+        return out
+
+    def _train_step_tensors(self) -> dict[str, Tensor]:
+        """One optimisation step; the losses stay on the device (no host sync)."""
         cfg = self.config
         self.model.train()
         batch = self.sample_batch()
@@ -258,11 +286,7 @@ class Trainer:
         self.scaler.update()
         self.scheduler.step()
         self.step += 1
-        vals = {k: float(v.detach()) for k, v in losses.items()}
-        vals["total"] = float(total.detach())
-        if "feature" in vals:
-            vals["feature_mse"] = vals["feature"] / cfg.losses.feature_mult if cfg.losses.feature_mult > 0 else 0.0
-        return vals
+        return {**{k: v.detach() for k, v in losses.items()}, "total": total.detach()}
 
     # ------------------------------------------------------------------------------ render
     @torch.no_grad()
@@ -336,20 +360,26 @@ class Trainer:
             if should_stop is not None and should_stop():
                 stopped = True
                 break
-            losses = self.train_step()
+            step_losses = self._train_step_tensors()  # no host sync unless something below reports them
             done = self.step - start
+            do_eval = bool(cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < num_steps)
+            do_progress = on_progress is not None and (self.step % cfg.progress_every == 0 or self.step == num_steps)
+            if do_eval or do_progress or self.step >= num_steps:
+                losses = self.loss_floats(step_losses)
             elapsed = time.perf_counter() - t0
-            if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < num_steps:
+            if do_eval:
                 self._record(self.evaluate(), losses)
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.run_dir is not None:
                 ckpt = self.save_checkpoint()
-            if on_progress is not None and (self.step % cfg.progress_every == 0 or self.step == num_steps):
+            if do_progress:
                 rate = done / max(elapsed, 1e-9)
                 on_progress(ProgressInfo(
                     step=self.step, total_steps=num_steps, losses=losses, psnr=psnr(losses["rgb"]), elapsed_s=elapsed,
                     eta_s=(num_steps - self.step) / max(rate, 1e-9), steps_per_s=rate,
                     eval_psnr=self._last_eval.get("psnr"), eval_feature_mse=self._last_eval.get("feature_mse"),
                     lr=float(self.scheduler.get_last_lr()[0])))
+        if self.step > start and stopped:
+            losses = self.loss_floats(step_losses)
         ev = self.evaluate() if self.step > start or not self._last_eval else self._last_eval
         self._record(ev, losses)
         if self.run_dir is not None:
