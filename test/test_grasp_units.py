@@ -125,6 +125,9 @@ def test_task_roundtrip_embedding_and_extractor_check(tmp_path, extractor):
     print("task embedding", tuple(emb.shape), "norm", float(emb.norm()))
     assert emb.shape == (50, extractor.feature_dim) and float(emb.norm()) > 0
     assert [x.name for x in tmp_path.iterdir()] == ["ball.npz"]  # atomic write left no temp file
+    # the trainer stores {"name", "feature_dim", **cache_key()} in checkpoints: the same extractor
+    ckpt_info = {"name": "labels", "feature_dim": extractor.feature_dim, **extractor.cache_key()}
+    assert adapt_task(back, ckpt_info) is back
     # another extractor setting -> refused with a clear message
     other = LabelFeatureExtractor(LabelFeatureConfig(seed=7), table=TABLE)
     with pytest.raises(ExtractorMismatchError, match="settings"):

@@ -194,8 +194,16 @@ def retrieve_task(text_embedding: torch.Tensor,  # [C] unit length
 # --- extractor compatibility -----------------------------------------------------------------------
 
 def extractor_signature(info: dict | None) -> dict:
-    """The part of ``extractor_info`` that defines the feature space (per-dataset keys dropped)."""
+    """The part of ``extractor_info`` that defines the feature space (per-dataset keys dropped).
+
+    Accepts both an extractor's ``cache_key()`` (``type``, ``version``, ``settings``, ...) and the
+    trainer's checkpoint form (the same plus ``name`` and ``feature_dim``, which repeat ``type`` and
+    the settings).
+    """
     info = dict(info or {})
+    if "type" in info:
+        info.pop("name", None)
+        info.pop("feature_dim", None)
     return {k: v for k, v in sorted(info.items()) if k not in _PER_DATASET_KEYS}
 
 
