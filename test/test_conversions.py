@@ -104,3 +104,27 @@ def test_point_cloud_round_trip_with_scalar_field_and_colours():
     assert cv.read_point_cloud(empty)["xyz"].shape == (0, 3)
     with pytest.raises(cv.ConversionError, match="values for"):
         cv.make_point_cloud(xyz, {"similarity": sim[:3]})
+
+
+def test_label_images_round_trip_in_both_byte_orders_and_bad_ones_are_refused():
+    labels = np.random.default_rng(3).integers(0, 65536, size=(4, 5)).astype(np.uint16)
+    msg = cv.labels_to_image(labels, frame_id="camera_optical_frame")
+    assert msg.encoding == "mono16" and np.array_equal(cv.image_to_labels(msg), labels)
+    big = Image(height=4, width=5, encoding="16UC1", is_bigendian=1, step=12,
+                data=np.pad(labels.astype(">u2").view(np.uint8).reshape(4, 10), ((0, 0), (0, 2))).tobytes())
+    assert np.array_equal(cv.image_to_labels(big), labels)
+    with pytest.raises(cv.ConversionError, match="unsupported label image encoding"):
+        cv.image_to_labels(cv.rgb_to_image(np.zeros((2, 2, 3), np.uint8)))
+    with pytest.raises(cv.ConversionError, match="expected 40"):
+        cv.image_to_labels(Image(height=4, width=5, encoding="mono16", step=10, data=bytes(39)))
+    with pytest.raises(cv.ConversionError, match="labels must be"):
+        cv.labels_to_image(np.zeros((2, 2, 3), np.uint16))
+
+
+def test_label_table_json_is_checked():
+    table = cv.parse_label_table_json('{"1": {"object": "table", "category": "table", "part": null}}')
+    assert table["1"]["object"] == "table"
+    for bad, reason in (("[1, 2]", "must map"), ("{nope", "not valid JSON"),
+                        ('{"0": {"object": "x"}}', "not an id")):
+        with pytest.raises(cv.ConversionError, match=reason):
+            cv.parse_label_table_json(bad)

@@ -63,9 +63,9 @@ from f3rm_ros.core.geometry import c2w_opengl_to_opencv
 from f3rm_ros.msg import CaptureStatus
 from f3rm_ros.ros.capture_logic import T_BODY_OPTICAL, KeyframeSelector, PoseBuffer, PoseLookup, laplacian_variance
 from f3rm_ros.ros.common import OK, WARN, ERROR, DiagnosticsPublisher, PathRefused, resolve_under_root, run_node
-from f3rm_ros.ros.conversions import (ConversionError, camera_info_to_intrinsics, compressed_to_rgb, image_to_rgb,
-                                      pose_msg_to_matrix, transform_msg_to_matrix)
-from f3rm_ros.ros.label_images import image_to_labels, parse_label_table_json
+from f3rm_ros.ros.conversions import (ConversionError, camera_info_to_intrinsics, compressed_to_rgb, image_to_labels,
+                                      image_to_rgb, parse_label_table_json, pose_msg_to_matrix,
+                                      transform_msg_to_matrix)
 from f3rm_ros.ros.params import declare_config, read_config
 from f3rm_ros.srv import CaptureControl
 

@@ -11,6 +11,7 @@ intrinsics follow ``sensor_msgs/CameraInfo`` (OpenCV optical frame, ``plumb_bob`
 from __future__ import annotations
 
 import io
+import json
 from typing import Any
 
 import numpy as np
@@ -38,6 +39,10 @@ __all__ = [
     "image_to_rgb",
     "rgb_to_image",
     "compressed_to_rgb",
+    "LABEL_ENCODINGS",
+    "labels_to_image",
+    "image_to_labels",
+    "parse_label_table_json",
     "camera_info_to_intrinsics",
     "intrinsics_to_camera_info",
     "pose_msg_to_matrix",
@@ -56,21 +61,26 @@ class ConversionError(ValueError):
 
 # --- images ----------------------------------------------------------------------------------------
 
+def _pixel_rows(msg: Image, bytes_per_pixel: int, what: str = "image") -> np.ndarray:
+    """The pixel bytes of an ``Image`` as uint8 [H, W * bytes_per_pixel], row padding dropped."""
+    h, w, step = int(msg.height), int(msg.width), int(msg.step)
+    if h <= 0 or w <= 0:
+        raise ConversionError(f"{what} has no pixels ({w}x{h})")
+    if step < w * bytes_per_pixel:
+        raise ConversionError(f"{what} step {step} is smaller than width*bytes per pixel = {w * bytes_per_pixel}")
+    data = np.frombuffer(bytes(msg.data), dtype=np.uint8)
+    if data.size < h * step:
+        raise ConversionError(f"{what} data has {data.size} bytes, expected {h * step} ({h} rows x step {step})")
+    return data[: h * step].reshape(h, step)[:, : w * bytes_per_pixel]
+
+
 def image_to_rgb(msg: Image) -> np.ndarray:
     """``sensor_msgs/Image`` -> (H, W, 3) uint8 RGB. Encodings: rgb8, bgr8, rgba8, bgra8, mono8."""
     enc = msg.encoding.lower()
     if enc not in SUPPORTED_ENCODINGS:
         raise ConversionError(f"unsupported image encoding {msg.encoding!r}; supported: {list(SUPPORTED_ENCODINGS)}")
     ch = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}[enc]
-    h, w, step = int(msg.height), int(msg.width), int(msg.step)
-    if h <= 0 or w <= 0:
-        raise ConversionError(f"image has no pixels ({w}x{h})")
-    if step < w * ch:
-        raise ConversionError(f"image step {step} is smaller than width*channels = {w * ch}")
-    data = np.frombuffer(bytes(msg.data), dtype=np.uint8)
-    if data.size < h * step:
-        raise ConversionError(f"image data has {data.size} bytes, expected {h * step} ({h} rows x step {step})")
-    arr = data[: h * step].reshape(h, step)[:, : w * ch].reshape(h, w, ch)
+    arr = _pixel_rows(msg, ch).reshape(int(msg.height), int(msg.width), ch)
     if enc == "mono8":
         return np.repeat(arr, 3, axis=2).copy()
     if enc in ("bgr8", "bgra8"):
@@ -100,6 +110,49 @@ def compressed_to_rgb(msg: CompressedImage) -> np.ndarray:
             return np.asarray(im.convert("RGB")).copy()
     except Exception as e:  # PIL raises many types for bad data
         raise ConversionError(f"cannot decode compressed image (format {msg.format!r}): {e}") from None
+
+
+# --- label images (the synthetic world's ground truth) --------------------------------------------
+# ``sensor_msgs/Image`` mono16 (or 16UC1), one ``f3rm_labels`` id per pixel (0 = nothing),
+# little-endian unless ``is_bigendian``; the label table travels as JSON in a ``std_msgs/String``.
+
+LABEL_ENCODINGS = ("mono16", "16UC1")
+
+
+def labels_to_image(labels: np.ndarray, stamp: Any = None, frame_id: str = "") -> Image:
+    """uint16 label ids [H, W] -> ``sensor_msgs/Image`` (mono16, little-endian)."""
+    lab = np.asarray(labels)
+    if lab.ndim != 2 or lab.dtype.kind not in "ui" or (lab.size and (lab.min() < 0 or lab.max() > 65535)):
+        raise ConversionError(f"labels must be an [H, W] integer array in [0, 65535], got {lab.dtype} {lab.shape}")
+    lab = np.ascontiguousarray(lab, dtype="<u2")
+    msg = Image(height=lab.shape[0], width=lab.shape[1], encoding="mono16", is_bigendian=0,
+                step=lab.shape[1] * 2, data=lab.tobytes())
+    msg.header.frame_id = frame_id
+    if stamp is not None:
+        msg.header.stamp = stamp
+    return msg
+
+
+def image_to_labels(msg: Image) -> np.ndarray:
+    """``sensor_msgs/Image`` (mono16 / 16UC1) -> uint16 [H, W]."""
+    if msg.encoding not in LABEL_ENCODINGS:
+        raise ConversionError(f"unsupported label image encoding {msg.encoding!r}; supported: {list(LABEL_ENCODINGS)}")
+    rows = _pixel_rows(msg, 2, "label image").copy()
+    return rows.view(">u2" if msg.is_bigendian else "<u2").reshape(int(msg.height), int(msg.width)).astype(np.uint16)
+
+
+def parse_label_table_json(text: str) -> dict[str, dict]:
+    """The ``f3rm_labels`` table from JSON text; raises ConversionError if it is not {id: {...}}."""
+    try:
+        table = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConversionError(f"label table is not valid JSON: {e}") from None
+    if not isinstance(table, dict) or not all(isinstance(v, dict) and "object" in v for v in table.values()):
+        raise ConversionError("label table must map label ids to {'object', 'category', 'part', 'synonyms'}")
+    for k in table:
+        if not str(k).isdigit() or not 0 < int(k) <= 65535:
+            raise ConversionError(f"label table key {k!r} is not an id in [1, 65535]")
+    return {str(k): dict(v) for k, v in table.items()}
 
 
 # --- cameras ---------------------------------------------------------------------------------------

@@ -37,8 +37,7 @@ from f3rm_ros.core.config import param
 from f3rm_ros.core.sim.render import RenderConfig
 from f3rm_ros.core.sim.trajectory import TrajectoryConfig
 from f3rm_ros.ros.common import OK, WARN, DiagnosticsPublisher, run_node
-from f3rm_ros.ros.conversions import intrinsics_to_camera_info, matrix_to_pose_msg, rgb_to_image
-from f3rm_ros.ros.label_images import labels_to_image
+from f3rm_ros.ros.conversions import intrinsics_to_camera_info, labels_to_image, matrix_to_pose_msg, rgb_to_image
 from f3rm_ros.ros.params import declare_config
 
 try:  # optional: also broadcast the camera pose on TF
