@@ -80,7 +80,8 @@ if [ ! -x "$VENV/bin/python" ]; then
     log "creating $VENV"
     "$PY" -m venv "$VENV"
   fi
-  "$VENV/bin/python" -m pip install -q --upgrade "pip>=24" "setuptools>=70,<80" wheel
+  "$VENV/bin/python" -m pip install -q --upgrade "pip>=24" "setuptools>=70,<80" wheel > "$VENV/pip-bootstrap.log" 2>&1 \
+    || { cat "$VENV/pip-bootstrap.log" >&2; exit 1; }
 else
   log "virtual environment: $VENV"
 fi
