@@ -275,3 +275,28 @@ def test_checkpoint_topic_and_latched_visuals(env):
     assert [f.name for f in heat.fields] == ["x", "y", "z", "similarity", "rgb"]
     assert markers.markers and markers.markers[0].action == markers.markers[0].DELETEALL
     assert env["proc"].poll() is None
+
+
+def test_cli_on_the_client(env):
+    """`f3rm-ros query/similarity/load` in another process: the node's reason on stderr, exit status 1."""
+    import subprocess
+    import sys
+
+    def cli(*args):
+        r = subprocess.run([sys.executable, "-m", "f3rm_ros.cli.ros", *args, "--namespace", NS, "--timeout", "60"],
+                           capture_output=True, text=True, timeout=120)
+        print(f"f3rm-ros {' '.join(args)[:40]!r} -> {r.returncode}: {(r.stdout + r.stderr).strip()[-200:]}")
+        return r
+
+    r = cli("query", "")
+    assert r.returncode == 1 and "refused: empty query" in r.stderr
+    r = cli("load", "/etc/passwd")
+    assert r.returncode == 1 and "outside the allowed root" in r.stderr
+    r = cli("load", str(env["good"]))
+    assert r.returncode == 0 and "loaded" in r.stdout
+    r = cli("similarity", "bowl", "--min", "5")
+    assert r.returncode == 1 and "min_similarity" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "f3rm_ros.cli.ros", "query", "mug", "--namespace", "/nobody_here",
+                        "--timeout", "2"], capture_output=True, text=True, timeout=60)
+    print("no node:", r.returncode, r.stderr.strip())
+    assert r.returncode == 2 and "not available" in r.stderr
