@@ -65,7 +65,6 @@ def _p_nosync(tr):
     if tr is not None:
         return
     from f3rm_ros.core.fields import rgb_field
-    from f3rm_ros.core.fields.losses import distortion_loss, feature_mse, interlevel_loss, rgb_mse
 
     def appearance_for(self, camera_idx, num_rays):
         w = self.appearance.weight
@@ -77,29 +76,8 @@ def _p_nosync(tr):
         return torch.where((idx >= 0)[:, None], emb, fallback.expand_as(emb))
     rgb_field.RGBField.appearance_for = appearance_for
 
-    def train_step(self):
-        cfg = self.config
-        self.model.train()
-        batch = self.sample_batch()
-        update = self.model.sampler.should_update(self.step)
-        with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.use_amp):
-            out = self.model.render_rays(batch["origins"], batch["directions"], batch["camera_idx"], training=True,
-                                         step=self.step, update_proposals=update, generator=self.generator)
-        losses = {"rgb": rgb_mse(out["rgb"], batch["rgb"]),
-                  "interlevel": cfg.losses.interlevel_mult * interlevel_loss(out["s_edges"], out["weights"],
-                                                                              out["proposals"]),
-                  "distortion": cfg.losses.distortion_mult * distortion_loss(out["s_edges"], out["weights"])}
-        if "features" in out:
-            losses["feature"] = cfg.losses.feature_mult * feature_mse(out["features"], batch["features"])
-        total = sum(losses.values())
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(total).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.scheduler.step()
-        self.step += 1
-        return {k: v.detach() for k, v in losses.items()}
-    Trainer.train_step = train_step
+    # the library's own sync-free step (Trainer._train_step_tensors) replaces the float-returning one
+    Trainer.train_step = Trainer._train_step_tensors
 
 
 @_patch("fused_adam")
