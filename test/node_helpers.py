@@ -13,6 +13,8 @@ from typing import Any, Callable
 import rclpy
 from rclpy.executors import MultiThreadedExecutor
 
+from f3rm_ros.ros.common import stop_process  # noqa: F401 - re-exported for the node tests
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -67,20 +69,6 @@ def start_node(module: str, namespace: str, params: dict[str, Any], log_path: Pa
     log = open(log_path, "w")
     return subprocess.Popen([sys.executable, "-m", f"f3rm_ros.ros.{module}", *ros_args(params, namespace)],
                             stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(ROOT))
-
-
-def stop_process(p: subprocess.Popen, sig: int | None = None, timeout: float = 15.0) -> int:
-    """Stop a node process (SIGINT by default) and wait for it; kill it if it does not exit."""
-    import signal
-
-    if p.poll() is None:
-        p.send_signal(signal.SIGINT if sig is None else sig)
-        try:
-            p.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(timeout=5)
-    return p.returncode
 
 
 def call_service(node: Any, srv_type: Any, name: str, request: Any, timeout: float = 20.0) -> Any:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -37,6 +36,7 @@ def pipeline(tmp_path_factory):
 
     from f3rm_ros.msg import CaptureStatus
     from f3rm_ros.ros.client import F3RMClient
+    from f3rm_ros.ros.common import stop_process
     from f3rm_ros.ros.demo import node_overrides, write_overrides
 
     run = tmp_path_factory.mktemp("e2e")
@@ -81,12 +81,7 @@ def pipeline(tmp_path_factory):
     finally:
         client.close()
         rclpy.shutdown()
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_process(proc)
         log.close()
         print(f"\nend-to-end fixture {time.perf_counter() - t_all:.0f} s; timings {out['timings']}")
         print("nodes.log tail:\n" + "".join((run / "nodes.log").read_text().splitlines(True)[-8:]))

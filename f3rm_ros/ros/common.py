@@ -244,3 +244,20 @@ def run_node(node_factory: Callable[[], Any], args: Iterable[str] | None = None,
 def spin_node(node_cls: Callable[[], Any], args: Iterable[str] | None = None) -> int:
     """Alias of :func:`run_node` (the name contracts.md uses)."""
     return run_node(node_cls, args)
+
+
+def stop_process(proc: "subprocess.Popen", sig: int | None = None, timeout: float = 20.0) -> int | None:
+    """Stop a child process running nodes (SIGINT by default, so they shut down cleanly) and wait for it;
+    kill it if it has not exited within ``timeout`` seconds. Returns its exit code."""
+    import signal
+    import subprocess
+
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT if sig is None else sig)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+    return proc.returncode
+

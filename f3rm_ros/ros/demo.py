@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -32,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from f3rm_ros.ros.bringup import CONFIG_DIR, REPO_ROOT
+from f3rm_ros.ros.common import stop_process
 
 __all__ = ["PRESETS", "QUERIES", "node_overrides", "draw_grasps_png", "main"]
 
@@ -300,12 +300,7 @@ def run_demo(args: argparse.Namespace) -> int:
         _log(f"[demo] FAILED: {type(e).__name__}: {e}")
         summary["error"] = f"{type(e).__name__}: {e}"
     finally:
-        if bringup.poll() is None:
-            bringup.send_signal(signal.SIGINT)
-            try:
-                bringup.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                bringup.kill()
+        stop_process(bringup)
         log.close()
         summary["wall_time_s"] = time.perf_counter() - t_start
         from f3rm_ros.core.io import atomic_write_json
