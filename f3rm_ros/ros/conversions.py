@@ -59,6 +59,13 @@ class ConversionError(ValueError):
     """A message cannot be converted; the message says which field is wrong."""
 
 
+def _set_header(msg: Any, frame_id: str, stamp: Any) -> None:
+    """Fill a message's header: frame id, and the stamp when one is given."""
+    msg.header.frame_id = frame_id
+    if stamp is not None:
+        msg.header.stamp = stamp
+
+
 # --- images ----------------------------------------------------------------------------------------
 
 def _pixel_rows(msg: Image, bytes_per_pixel: int, what: str = "image") -> np.ndarray:
@@ -95,9 +102,7 @@ def rgb_to_image(rgb: np.ndarray, stamp: Any = None, frame_id: str = "") -> Imag
         raise ConversionError(f"expected an (H, W, 3) image, got shape {rgb.shape}")
     msg = Image(height=rgb.shape[0], width=rgb.shape[1], encoding="rgb8", is_bigendian=0,
                 step=rgb.shape[1] * 3, data=rgb.tobytes())
-    msg.header.frame_id = frame_id
-    if stamp is not None:
-        msg.header.stamp = stamp
+    _set_header(msg, frame_id, stamp)
     return msg
 
 
@@ -127,9 +132,7 @@ def labels_to_image(labels: np.ndarray, stamp: Any = None, frame_id: str = "") -
     lab = np.ascontiguousarray(lab, dtype="<u2")
     msg = Image(height=lab.shape[0], width=lab.shape[1], encoding="mono16", is_bigendian=0,
                 step=lab.shape[1] * 2, data=lab.tobytes())
-    msg.header.frame_id = frame_id
-    if stamp is not None:
-        msg.header.stamp = stamp
+    _set_header(msg, frame_id, stamp)
     return msg
 
 
@@ -190,9 +193,7 @@ def intrinsics_to_camera_info(intr, stamp: Any = None, frame_id: str = "") -> Ca
     msg.d = [float(x) for x in dist]
     msg.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
     msg.p = [float(K[0, 0]), 0.0, float(K[0, 2]), 0.0, 0.0, float(K[1, 1]), float(K[1, 2]), 0.0, 0.0, 0.0, 1.0, 0.0]
-    msg.header.frame_id = frame_id
-    if stamp is not None:
-        msg.header.stamp = stamp
+    _set_header(msg, frame_id, stamp)
     return msg
 
 
@@ -224,9 +225,7 @@ def matrix_to_pose_msg(T: np.ndarray, frame_id: str = "", stamp: Any = None) -> 
     """Rigid 4x4 -> ``PoseStamped``."""
     t, q = matrix_to_pose(np.asarray(T, dtype=np.float64))
     msg = PoseStamped()
-    msg.header.frame_id = frame_id
-    if stamp is not None:
-        msg.header.stamp = stamp
+    _set_header(msg, frame_id, stamp)
     msg.pose.position = Point(x=float(t[0]), y=float(t[1]), z=float(t[2]))
     msg.pose.orientation = Quaternion(x=float(q[0]), y=float(q[1]), z=float(q[2]), w=float(q[3]))
     return msg
@@ -259,9 +258,7 @@ def make_point_cloud(xyz: np.ndarray, fields: dict[str, np.ndarray] | None = Non
     msg = PointCloud2(height=1, width=n, is_bigendian=False, is_dense=True,
                       point_step=4 * len(names), row_step=4 * len(names) * n, data=data.tobytes())
     msg.fields = [PointField(name=nm, offset=4 * i, datatype=PointField.FLOAT32, count=1) for i, nm in enumerate(names)]
-    msg.header.frame_id = frame_id
-    if stamp is not None:
-        msg.header.stamp = stamp
+    _set_header(msg, frame_id, stamp)
     return msg
 
 
