@@ -245,6 +245,17 @@ class _Feeder(Node):
     def matched(self) -> bool:
         return all(p.get_subscription_count() > 0 for p in (self.img_pub, self.info_pub, self.pose_pub))
 
+    def subscriber_gids(self) -> set:
+        """Endpoint ids of every subscription on the three camera topics (a killed node's stay listed
+        until DDS notices it is gone, so a restart is seen as new ids, not as a non-zero count)."""
+        return {bytes(e.endpoint_gid) for p in (self.img_pub, self.info_pub, self.pose_pub)
+                for e in self.get_subscriptions_info_by_topic(p.topic_name)}
+
+    def matched_new(self, old_gids: set) -> bool:
+        """Every camera topic has a subscription that was not among ``old_gids``."""
+        return all(any(bytes(e.endpoint_gid) not in old_gids for e in self.get_subscriptions_info_by_topic(p.topic_name))
+                   for p in (self.img_pub, self.info_pub, self.pose_pub))
+
     def stamp(self, t: float):
         from builtin_interfaces.msg import Time
 
@@ -406,6 +417,7 @@ def test_sigkill_mid_capture_and_restart(tmp_path):
         feed = _Feeder(ns)
         status = _status_listener(feed, f"{ns}/capture_node/status")
         sp = Spinner(feed)
+        proc = None
         try:
             proc = start_node("capture_node", ns, params, tmp_path / "run1.log")
             wait_for(feed.matched, 30, "capture node 1 subscriptions")
@@ -437,9 +449,10 @@ def test_sigkill_mid_capture_and_restart(tmp_path):
             assert n1 >= 6 and len(ds1.skipped) == 0
 
             status.clear()
+            old_gids = feed.subscriber_gids()
             proc = start_node("capture_node", ns, params, tmp_path / "run2.log")
             wait_for(lambda: status and status[-1].frames_kept == n1, 30, "restarted node to report the old frames")
-            wait_for(feed.matched, 30, "capture node 2 subscriptions")
+            wait_for(lambda: feed.matched_new(old_gids), 30, "capture node 2 subscriptions")
             time.sleep(0.3)
             for k in range(5):
                 t = 3000.0 + k
@@ -450,6 +463,8 @@ def test_sigkill_mid_capture_and_restart(tmp_path):
             time.sleep(0.5)
             assert stop_process(proc) == 0
         finally:
+            if proc is not None and proc.poll() is None:  # a failed check must not leave a node running
+                stop_process(proc)
             sp.stop()
             feed.destroy_node()
     ds2 = load_dataset(data / "scan")
