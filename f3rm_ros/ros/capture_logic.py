@@ -1,4 +1,5 @@
-"""The capture node's decisions, without ROS: pose-by-stamp lookup, blur score, keyframe selection.
+"""The capture node's decisions, without ROS: pose-by-stamp lookup, blur score, keyframe selection, and the
+bounded background writer that takes disk writes off the executor thread.
 
 Kept free of rclpy so it is unit-tested directly; :mod:`f3rm_ros.ros.capture_node` wires it to topics.
 Poses are 4x4 camera-to-world transforms ``T_world_cam`` in metres (OpenCV optical camera frame:
@@ -8,9 +9,12 @@ x right, y down, z forward); stamps are seconds (float).
 from __future__ import annotations
 
 import bisect
+import collections
 import math
 import threading
+import time
 from dataclasses import dataclass
+from typing import Any, Callable
 
 import numpy as np
 from scipy.spatial.transform import Rotation, Slerp
@@ -24,6 +28,8 @@ __all__ = [
     "laplacian_variance",
     "laplacian_variance_reference",
     "KeyframeSelector",
+    "BackgroundWriter",
+    "WriteJob",
     "T_BODY_OPTICAL",
 ]
 
@@ -237,3 +243,182 @@ class KeyframeSelector:
     def add(self, T: np.ndarray) -> None:
         self._t = np.vstack([self._t, T[None, :3, 3]])
         self._R = np.concatenate([self._R, T[None, :3, :3]])
+
+    def remove(self, T: np.ndarray) -> bool:
+        """Forget the most recently added kept frame equal to ``T`` [4, 4] (e.g. its write failed).
+
+        Returns:
+            True if one was found and removed.
+        """
+        hit = np.nonzero(np.all(self._t == T[:3, 3], axis=1) & np.all(self._R == T[:3, :3], axis=(1, 2)))[0]
+        if not len(hit):
+            return False
+        k = int(hit[-1])
+        self._t = np.delete(self._t, k, axis=0)
+        self._R = np.delete(self._R, k, axis=0)
+        return True
+
+
+# --- background writing ----------------------------------------------------------------------------
+
+@dataclass(eq=False)
+class WriteJob:
+    """One unit of work for :class:`BackgroundWriter`.
+
+    Attributes:
+        run: does the write; its return value goes to ``on_done``.
+        kind: a tag counted separately in :meth:`BackgroundWriter.pending` (e.g. "frame", "meta").
+        on_done: called with the result on the writer thread after a successful ``run``.
+        on_error: called with the exception on the writer thread when ``run`` raises.
+        on_discard: called (on the discarding thread) when the job is dropped unrun by :meth:`discard`.
+    """
+
+    run: Callable[[], Any]
+    kind: str = "frame"
+    on_done: Callable[[Any], None] | None = None
+    on_error: Callable[[BaseException], None] | None = None
+    on_discard: Callable[[], None] | None = None
+
+
+class BackgroundWriter:
+    """Runs write jobs one at a time, in submission order, on its own thread (a bounded FIFO).
+
+    The producer (a ROS executor thread) never waits for the disk: :meth:`submit` returns False at
+    once when ``max_pending`` jobs of the same kind are already waiting or running, so the caller can
+    reject the frame with a reason. An exception in a job is passed to its ``on_error`` and counted; the thread keeps
+    running. Callbacks run on the writer thread; an exception in a callback is counted in
+    ``callback_errors`` and otherwise ignored.
+
+    Args:
+        max_pending: jobs of one kind waiting or being written at most (>= 1).
+        name: thread name.
+
+    Attributes:
+        delay_s: test hook, settable only in-process: seconds slept before each job (a slow disk).
+        done, failed: jobs finished / raised so far.
+        last_duration_s, max_duration_s: wall time of the last / slowest job (without ``delay_s``).
+    """
+
+    def __init__(self, max_pending: int = 32, name: str = "f3rm-writer") -> None:
+        if int(max_pending) < 1:
+            raise ValueError(f"max_pending must be >= 1, got {max_pending}")
+        self.max_pending = int(max_pending)
+        self.delay_s = 0.0
+        self.done = 0
+        self.failed = 0
+        self.callback_errors = 0
+        self.last_duration_s = 0.0
+        self.max_duration_s = 0.0
+        self._queue: collections.deque[WriteJob] = collections.deque()
+        self._running: WriteJob | None = None
+        self._closed = False
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    # -- producer side
+    def submit(self, job: WriteJob, force: bool = False) -> bool:
+        """Queue ``job``; False (job not queued) when full or closed.
+
+        Args:
+            force: queue even when full (small metadata writes that must not be lost).
+        """
+        with self._cond:
+            if self._closed or (not force and self._count_locked(job.kind) >= self.max_pending):
+                return False
+            self._queue.append(job)
+            self._cond.notify_all()
+            return True
+
+    def pending(self, kind: str | None = None) -> int:
+        """Jobs queued or being written (only those of ``kind`` when given)."""
+        with self._cond:
+            return self._count_locked(kind)
+
+    def _count_locked(self, kind: str | None) -> int:
+        jobs = list(self._queue) + ([self._running] if self._running is not None else [])
+        return sum(1 for j in jobs if kind is None or j.kind == kind)
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until nothing is queued or being written; True if so within ``timeout`` seconds."""
+        deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+        with self._cond:
+            while self._queue or self._running is not None:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._cond.wait(left)
+            return True
+
+    def discard(self, kind: str | None = None) -> int:
+        """Drop queued jobs (of ``kind``) that have not started; the one being written finishes.
+
+        Returns:
+            How many were dropped (their ``on_discard`` is called).
+        """
+        with self._cond:
+            keep, dropped = collections.deque(), []
+            for j in self._queue:
+                (dropped if kind is None or j.kind == kind else keep).append(j)
+            self._queue = keep
+            self._cond.notify_all()
+        for j in dropped:
+            self._call(j.on_discard)
+        return len(dropped)
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Refuse new jobs, write what is queued (at most ``timeout`` seconds), stop the thread.
+
+        Returns:
+            True if everything queued was written (or failed) in time; on False the rest is
+            dropped (a daemon thread, it never blocks process exit).
+        """
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        ok = self.wait_idle(timeout)
+        if ok:
+            self._thread.join(timeout=1.0)
+        else:
+            self.discard()
+        return ok
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # -- writer thread
+    def _call(self, fn: Callable[..., None] | None, *args: Any) -> None:
+        if fn is None:
+            return
+        try:
+            fn(*args)
+        except Exception:
+            self.callback_errors += 1
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closed:
+                    self._cond.wait()
+                if not self._queue:  # closed and empty
+                    self._cond.notify_all()
+                    return
+                job = self._running = self._queue.popleft()
+            if self.delay_s > 0:
+                time.sleep(self.delay_s)
+            t0 = time.perf_counter()
+            try:
+                result = job.run()
+            except BaseException as e:  # disk full, permissions, a bad frame: reported, never the end of the thread
+                self.last_duration_s = time.perf_counter() - t0
+                self.failed += 1
+                self._call(job.on_error, e)
+            else:
+                self.last_duration_s = time.perf_counter() - t0
+                self.done += 1
+                self._call(job.on_done, result)
+            self.max_duration_s = max(self.max_duration_s, self.last_duration_s)
+            with self._cond:
+                self._running = None
+                self._cond.notify_all()

@@ -31,14 +31,29 @@ and differ from every kept frame by ``min_translation_m`` or ``min_rotation_deg`
 ``max_frames`` are kept (capture stops there).
 
 Output: a ``transforms.json`` dataset in ``<data_root>/<dataset_name>`` written with
-:class:`f3rm_ros.core.dataset.DatasetWriter` after every kept frame (atomic: a crash or kill loses
-at most the frame being written; a restart continues the same dataset). Poses on disk are
-camera-to-world in metres in ``world_frame`` (OpenGL convention in the file, as nerfstudio).
+:class:`f3rm_ros.core.dataset.DatasetWriter` frame by frame (atomic: a crash or kill loses at most
+the frames not yet written, never corrupts a saved one; a restart continues the same dataset). Poses
+on disk are camera-to-world in metres in ``world_frame`` (OpenGL convention in the file, as
+nerfstudio).
 
-Service ``~/control`` (``f3rm_ros/srv/CaptureControl``: START, STOP, CLEAR, SAVE). Publishes
-``~/status`` (``f3rm_ros/msg/CaptureStatus``) on every decision and at ``status_rate_hz``, and
-``/diagnostics``. Every bad input is counted as a rejection with a reason (see ``REASONS``), logged
-(throttled per reason) and never stops the node.
+Disk writes never block the executor: the data callbacks only decode, validate and decide keyframes
+(against every kept frame, written or still queued), then hand the frame to a writer thread
+(:class:`f3rm_ros.ros.capture_logic.BackgroundWriter`, FIFO) that writes the image and rewrites
+``transforms.json``. At most ``max_pending_writes`` kept frames wait for the disk; a frame kept while
+the queue is full is rejected as ``writer_busy``. A failed write (disk full, permissions) is counted
+as ``write_failed``, sets ``/diagnostics`` to ERROR until a write succeeds again, and never stops
+the node.
+
+Service ``~/control`` (``f3rm_ros/srv/CaptureControl``): START; STOP (stops keeping frames, then
+waits up to ``drain_timeout_s`` until every kept frame is on disk; success false with the reason if
+not); CLEAR (drops queued frames, waits for the one being written, then deletes the dataset's
+frames; refused while capturing); SAVE (waits up to ``drain_timeout_s`` until every frame kept
+before the request is written, then stores the capture summary). Node shutdown writes what is
+queued (at most ``drain_timeout_s``). Publishes ``~/status`` (``f3rm_ros/msg/CaptureStatus``;
+``frames_kept`` = frames written to the dataset) on every decision and at ``status_rate_hz``, and
+``/diagnostics`` (also frames pending/written, write failures and times). Every bad input is counted
+as a rejection with a reason (see ``REASONS``), logged (throttled per reason) and never stops the
+node.
 """
 
 from __future__ import annotations
@@ -61,7 +76,8 @@ from std_msgs.msg import String
 from f3rm_ros.core.config import param
 from f3rm_ros.core.geometry import c2w_opengl_to_opencv
 from f3rm_ros.msg import CaptureStatus
-from f3rm_ros.ros.capture_logic import T_BODY_OPTICAL, KeyframeSelector, PoseBuffer, PoseLookup, laplacian_variance
+from f3rm_ros.ros.capture_logic import (T_BODY_OPTICAL, BackgroundWriter, KeyframeSelector, PoseBuffer, PoseLookup,
+                                        WriteJob, laplacian_variance)
 from f3rm_ros.ros.common import OK, WARN, ERROR, DiagnosticsPublisher, PathRefused, resolve_under_root, run_node
 from f3rm_ros.ros.conversions import (ConversionError, camera_info_to_intrinsics, compressed_to_rgb, image_to_labels,
                                       image_to_rgb, parse_label_table_json, pose_msg_to_matrix,
@@ -97,6 +113,7 @@ REASONS = {
     "max_frames": "dataset full (max_frames)",
     "overflow": "too many images waiting for a pose",
     "write_failed": "writing the frame failed",
+    "writer_busy": "max_pending_writes kept frames are already waiting to be written (disk too slow)",
     "internal_error": "unexpected error in a callback (a bug: please report the logged reason)",
 }
 
@@ -140,6 +157,10 @@ class CaptureNodeSettings:
                                         "below this; 0 = off", range=(0.0, 1e6))
     max_frames: int = param(300, "keyframes kept at most (capture stops there); 0 = no limit", range=(0, 1_000_000))
     max_pending: int = param(16, "images waiting for their pose at most (older ones are dropped)", range=(1, 1000))
+    max_pending_writes: int = param(32, "kept frames waiting to be written to disk at most (held in memory); a frame "
+                                        "kept while this many wait is rejected as writer_busy", range=(1, 10000))
+    drain_timeout_s: float = param(5.0, "how long STOP, SAVE, CLEAR and node shutdown wait for kept frames to be "
+                                        "written, seconds", range=(0.0, 600.0))
     image_format: str = param("png", "image file format of the dataset", choices=("png", "jpg"), read_only=True)
     jpeg_quality: int = param(95, "JPEG quality (image_format jpg)", range=(1, 100), read_only=True)
     labels_topic: str = param("", "16-bit label images (mono16) with the image's stamp, stored as label_path "
@@ -223,6 +244,10 @@ class CaptureNode(Node):
         self.images_seen = 0
         self._last_image_time = 0.0
         self.keyframes = KeyframeSelector(s.min_translation_m, s.min_rotation_deg)
+        # kept frames of the open dataset: written + waiting in the write queue (keyframes and max_frames use it)
+        self._kept_total = 0
+        self.write_error = ""  # the last write failure; cleared by the next successful write
+        self.write_queue = BackgroundWriter(s.max_pending_writes, name="capture-writer")
         self.poses = PoseBuffer(s.pose_buffer_s, s.pose_tolerance_s, s.interpolate_poses)
         self.tf_poses = None
         if s.pose_source == "tf":
@@ -288,6 +313,9 @@ class CaptureNode(Node):
             if self.capturing:
                 return SetParametersResult(successful=False, reason="dataset_name cannot change while capturing; "
                                                                     "send STOP first")
+            if self.write_queue.pending("frame"):
+                return SetParametersResult(successful=False, reason="dataset_name cannot change while kept frames "
+                                                                    "are still being written; try again")
             try:
                 resolve_under_root(new.dataset_name, new.data_root, what="dataset folder")
             except PathRefused as e:
@@ -301,6 +329,7 @@ class CaptureNode(Node):
             self.keyframes.min_translation_m, self.keyframes.min_rotation_deg = s.min_translation_m, s.min_rotation_deg
             self.poses.tolerance_s, self.poses.duration_s = s.pose_tolerance_s, s.pose_buffer_s
             self.poses.interpolate = s.interpolate_poses
+            self.write_queue.max_pending = s.max_pending_writes
             if s.dataset_name != old.dataset_name:
                 self._open_dataset(s.dataset_name)
 
@@ -323,6 +352,7 @@ class CaptureNode(Node):
             return
         poses = [c2w_opengl_to_opencv(np.asarray(f["transform_matrix"], dtype=np.float64)) for f in self.writer.frames]
         self.keyframes.reset(np.stack(poses) if poses else None)
+        self._kept_total = len(self.writer)
         if self._label_table is not None:
             self._write_label_table()
         if len(self.writer):
@@ -402,10 +432,20 @@ class CaptureNode(Node):
             return
         with self._lock:
             self._label_table = table
-            try:
-                self._write_label_table()
-            except Exception as e:
-                self.reject("write_failed", f"label table: {e}")
+            writer = self.writer
+        if writer is None:
+            return
+
+        def write() -> None:
+            with self._lock:
+                if writer is not self.writer:
+                    return
+            self._write_label_table()
+
+        # through the writer thread (after the frames queued before it); forced: tiny and never to be lost
+        self.write_queue.submit(WriteJob(write, kind="meta",
+                                         on_error=lambda e: self.reject("write_failed", f"label table: {e}")),
+                                force=True)
 
     def _on_image(self, msg: Image | CompressedImage) -> None:
         self.images_seen += 1
@@ -497,12 +537,15 @@ class CaptureNode(Node):
                 self._keep(p, look, labels)
 
     def _keep(self, p: _Pending, look: PoseLookup, labels: np.ndarray | None) -> None:
+        """Decide on a frame with a pose and hand a keyframe to the writer thread (never waits for the disk)."""
         s = self.settings
         with self._lock:
+            if not self.capturing:  # STOP came in between
+                return
             if self.writer is None:
                 self.reject("write_failed", self.writer_error or "no dataset open")
                 return
-            if s.max_frames and len(self.writer) >= s.max_frames:
+            if s.max_frames and self._kept_total >= s.max_frames:
                 self.capturing = False
                 self.reject("max_frames", f"the dataset has max_frames={s.max_frames} frames; capture stopped")
                 return
@@ -510,21 +553,68 @@ class CaptureNode(Node):
             if not ok:
                 self.reject("too_close", why)
                 return
-            try:
-                extra = {"sharpness": round(p.sharpness, 3), "pose_dt_s": round(look.dt, 6),
-                         "pose_interpolated": look.interpolated}
-                idx = self.writer.add_frame(p.rgb, p.intrinsics, look.pose, stamp=p.stamp, extra=extra, labels=labels)
-            except Exception as e:  # disk full, permissions, a non-rigid pose
-                self.reject("write_failed", f"{type(e).__name__}: {e}")
+            extra = {"sharpness": round(p.sharpness, 3), "pose_dt_s": round(look.dt, 6),
+                     "pose_interpolated": look.interpolated}
+            job = self._frame_job(self.writer, p, look, labels, extra)
+            if not self.write_queue.submit(job):
+                self.reject("writer_busy", f"image at t={p.stamp:.3f}: {self.write_queue.pending('frame')} kept "
+                                           f"frames still wait to be written (max_pending_writes="
+                                           f"{s.max_pending_writes}); the disk is too slow")
                 return
-            self.keyframes.add(look.pose)
-            n = len(self.writer)
-        self.get_logger().info(f"kept frame {idx} (t={p.stamp:.3f}, pose dt {look.dt * 1000:.1f} ms, "
-                               f"sharpness {p.sharpness:.0f}); {n} in {self.dataset_path}")
-        if s.max_frames and n >= s.max_frames:
-            self.capturing = False
-            self.get_logger().info(f"max_frames={s.max_frames} reached: capture stopped")
+            self.keyframes.add(look.pose)  # before the write: later frames are decided against it
+            self._kept_total += 1
+            n = self._kept_total
+            if s.max_frames and n >= s.max_frames:
+                self.capturing = False
+                self.get_logger().info(f"max_frames={s.max_frames} reached: capture stopped")
         self.publish_status()
+
+    def _frame_job(self, writer: Any, p: _Pending, look: PoseLookup, labels: np.ndarray | None,
+                   extra: dict) -> WriteJob:
+        """The write of one kept frame, with its bookkeeping (callbacks run on the writer thread)."""
+        pose = look.pose
+
+        def run() -> int:
+            return writer.add_frame(p.rgb, p.intrinsics, pose, stamp=p.stamp, extra=extra, labels=labels)
+
+        def forget() -> None:  # the frame will not be in the dataset: later frames may take its place
+            with self._lock:
+                if writer is self.writer:
+                    self._kept_total -= 1
+                    self.keyframes.remove(pose)
+
+        def done(idx: int) -> None:
+            with self._lock:
+                self.write_error = ""
+            q = self.write_queue
+            self.get_logger().info(f"kept frame {idx} (t={p.stamp:.3f}, pose dt {look.dt * 1000:.1f} ms, sharpness "
+                                   f"{p.sharpness:.0f}, written in {q.last_duration_s:.3f} s); {len(writer)} in "
+                                   f"{writer.root}, {q.pending('frame') - 1} waiting")
+            self.publish_status()
+
+        def failed(e: BaseException) -> None:
+            forget()
+            with self._lock:
+                self.write_error = f"image at t={p.stamp:.3f} not written: {type(e).__name__}: {e}"
+            self.reject("write_failed", self.write_error)
+
+        return WriteJob(run, kind="frame", on_done=done, on_error=failed, on_discard=forget)
+
+    def _wait_written(self, what: str) -> tuple[bool, str]:
+        """Wait (at most drain_timeout_s) until every frame queued so far is written; (ok, reason if not).
+
+        A barrier job through the FIFO, so frames kept after this call (still capturing) are not waited for.
+        Never called with ``self._lock`` held (the writer's callbacks take it).
+        """
+        timeout = self.settings.drain_timeout_s
+        passed = threading.Event()
+        if not self.write_queue.submit(WriteJob(passed.set, kind="barrier"), force=True):
+            return False, f"{what}: the writer is closed (node shutting down)"
+        if passed.wait(timeout):
+            return True, ""
+        n = self.write_queue.pending("frame")
+        return False, (f"{what}: {n} kept frame(s) still wait to be written after drain_timeout_s={timeout:g} s "
+                       f"(disk too slow; they are written in the background: ask again later)")
 
     # ----------------------------------------------------------------------------------- control
     def _start(self) -> tuple[bool, str]:
@@ -533,40 +623,41 @@ class CaptureNode(Node):
                 self._open_dataset(self.settings.dataset_name)
             if self.writer is None:
                 return False, self.writer_error
-            if self.settings.max_frames and len(self.writer) >= self.settings.max_frames:
+            if self.settings.max_frames and self._kept_total >= self.settings.max_frames:
                 return False, f"the dataset already has max_frames={self.settings.max_frames} frames"
             self.capturing = True
             return True, "capturing"
 
     def _on_control(self, req: CaptureControl.Request, res: CaptureControl.Response) -> CaptureControl.Response:
         cmd = req.command
+        C = CaptureControl.Request
         try:
-            with self._lock:
-                if cmd == CaptureControl.Request.START:
+            if cmd == C.START:
+                with self._lock:
                     res.success, res.message = self._start()
-                elif cmd == CaptureControl.Request.STOP:
+            elif cmd == C.STOP:
+                with self._lock:
                     self.capturing = False
                     self._pending.clear()
-                    res.success, res.message = True, "stopped"
-                elif cmd == CaptureControl.Request.CLEAR:
-                    if self.capturing:
-                        res.success, res.message = False, "CLEAR refused while capturing; send STOP first"
-                    elif self.writer is None:
-                        res.success, res.message = False, self.writer_error or "no dataset open"
-                    else:
-                        n = len(self.writer)
-                        self.writer.clear()
-                        self.keyframes.reset()
-                        res.success, res.message = True, f"cleared {n} frames"
-                elif cmd == CaptureControl.Request.SAVE:
-                    if self.writer is None:
-                        res.success, res.message = False, self.writer_error or "no dataset open"
-                    else:
-                        self.writer.update_meta({"f3rm_capture": self._summary()})
-                        res.success, res.message = True, f"saved {self.writer.json_path}"
+                ok, why = self._wait_written("stopped")
+                res.success, res.message = ok, why or "stopped; every kept frame is written"
+            elif cmd == C.CLEAR:
+                res.success, res.message = self._clear()
+            elif cmd == C.SAVE:
+                if self.writer is None:
+                    res.success, res.message = False, self.writer_error or "no dataset open"
                 else:
-                    res.success = False
-                    res.message = f"unknown command {cmd}; use START=0, STOP=1, CLEAR=2 or SAVE=3"
+                    ok, why = self._wait_written("not saved")
+                    if ok:
+                        with self._lock:
+                            writer, summary = self.writer, self._summary()
+                        writer.update_meta({"f3rm_capture": summary})
+                        res.success, res.message = True, f"saved {writer.json_path}"
+                    else:
+                        res.success, res.message = False, why
+            else:
+                res.success = False
+                res.message = f"unknown command {cmd}; use START=0, STOP=1, CLEAR=2 or SAVE=3"
         except Exception as e:  # never let a request take the node down
             res.success, res.message = False, f"{type(e).__name__}: {e}"
         res.frame_count = len(self.writer) if self.writer is not None else 0
@@ -578,10 +669,58 @@ class CaptureNode(Node):
         self.publish_status()
         return res
 
+    def _clear(self) -> tuple[bool, str]:
+        """CLEAR: drop queued frames, let the one being written finish, delete every frame of the dataset."""
+        with self._lock:
+            if self.capturing:
+                return False, "CLEAR refused while capturing; send STOP first"
+            if self.writer is None:
+                return False, self.writer_error or "no dataset open"
+        dropped = self.write_queue.discard("frame")
+        if not self.write_queue.wait_idle(self.settings.drain_timeout_s):
+            return False, (f"CLEAR refused: a write still runs after drain_timeout_s="
+                           f"{self.settings.drain_timeout_s:g} s (disk too slow); try again")
+        with self._lock:
+            if self.capturing or self.write_queue.pending("frame"):
+                return False, "CLEAR refused: capture was started again meanwhile"
+            n = len(self.writer)
+            self.writer.clear()
+            self.keyframes.reset()
+            self._kept_total = 0
+        return True, f"cleared {n} frames" + (f" ({dropped} not yet written dropped)" if dropped else "")
+
     def _summary(self) -> dict[str, Any]:
         return {"frames_rejected": dict(self.reject_counts), "images_seen": self.images_seen,
+                "write_failures": self.write_queue.failed, "max_write_s": round(self.write_queue.max_duration_s, 4),
                 "settings": {k: getattr(self.settings, k) for k in ("min_translation_m", "min_rotation_deg",
                                                                      "blur_threshold", "pose_tolerance_s")}}
+
+    # ---------------------------------------------------------------------------------- shutdown
+    def close(self) -> bool:
+        """Stop capturing and write the queued frames (at most ``drain_timeout_s``); True if all were written.
+
+        Called by :func:`f3rm_ros.ros.common.run_node` after spinning ends and by :meth:`destroy_node`.
+        """
+        if getattr(self, "write_queue", None) is None or self.write_queue.closed:  # never opened / closed
+            return True
+        with self._lock:
+            self.capturing = False
+        n = self.write_queue.pending("frame")
+        t0 = time.monotonic()
+        ok = self.write_queue.close(self.settings.drain_timeout_s)
+        try:
+            if ok and n:
+                self.get_logger().info(f"shutdown: wrote the {n} queued frame(s) in {time.monotonic() - t0:.2f} s")
+            elif not ok:
+                self.get_logger().error(f"shutdown: frames still unwritten after drain_timeout_s="
+                                        f"{self.settings.drain_timeout_s:g} s were dropped")
+        except Exception:  # logging after rclpy shut down
+            pass
+        return ok
+
+    def destroy_node(self) -> None:
+        self.close()
+        super().destroy_node()
 
     # ------------------------------------------------------------------------------------ status
     def status_message(self) -> CaptureStatus:
@@ -593,6 +732,10 @@ class CaptureNode(Node):
                                 last_reject_reason=self.last_reject_reason,
                                 dataset_path=str(self.dataset_path or ""))
             msg.reject_counts = [int(self.reject_counts[k]) for k in msg.reject_reasons]
+            for field, value in (("frames_pending", self.write_queue.pending("frame")),
+                                 ("frames_written", msg.frames_kept)):
+                if hasattr(msg, field):  # in newer CaptureStatus definitions
+                    setattr(msg, field, value)
         msg.header.stamp = self.get_clock().now().to_msg()
         msg.header.frame_id = self.settings.world_frame
         return msg
@@ -605,11 +748,18 @@ class CaptureNode(Node):
 
     def _diagnostic_status(self) -> tuple[int, str, dict]:
         st = self.status_message()
-        values = {"capturing": st.capturing, "frames_kept": st.frames_kept, "frames_rejected": st.frames_rejected,
-                  "images_seen": self.images_seen, "dataset": st.dataset_path,
+        q = self.write_queue
+        values = {"capturing": st.capturing, "frames_kept": st.frames_kept, "frames_written": st.frames_kept,
+                  "frames_pending": q.pending("frame"), "max_pending_writes": q.max_pending,
+                  "write_failures": q.failed, "last_write_s": q.last_duration_s, "max_write_s": q.max_duration_s,
+                  "frames_rejected": st.frames_rejected, "images_seen": self.images_seen, "dataset": st.dataset_path,
                   **{f"rejected.{k}": v for k, v in zip(st.reject_reasons, st.reject_counts)}}
         if self.writer is None:
             return ERROR, self.writer_error or "no dataset open", values
+        if self.write_error:
+            return ERROR, f"writing frames fails: {self.write_error}", values
+        if q.pending("frame") >= q.max_pending:
+            return WARN, f"the disk is behind: {q.pending('frame')} kept frames wait to be written", values
         if self.capturing and time.monotonic() - self._last_image_time > 5.0:
             return WARN, "capturing but no image for 5 s", values
         return OK, ("capturing" if self.capturing else "idle") + f", {st.frames_kept} frames", values
