@@ -280,6 +280,9 @@ class WriteJob:
     on_discard: Callable[[], None] | None = None
 
 
+_BARRIER = "\0barrier"  # kind of the internal markers of BackgroundWriter.barrier
+
+
 class BackgroundWriter:
     """Runs write jobs one at a time, in submission order, on its own thread (a bounded FIFO).
 
@@ -330,6 +333,20 @@ class BackgroundWriter:
             self._cond.notify_all()
             return True
 
+    def barrier(self) -> threading.Event | None:
+        """An event set once every job queued before this call has run (None if closed).
+
+        Lets a caller wait for "everything so far" while new jobs keep coming (a FIFO marker; it is not
+        subject to ``delay_s`` and does not count as a job).
+        """
+        ev = threading.Event()
+        with self._cond:
+            if self._closed:
+                return None
+            self._queue.append(WriteJob(ev.set, kind=_BARRIER))
+            self._cond.notify_all()
+        return ev
+
     def pending(self, kind: str | None = None) -> int:
         """Jobs queued or being written (only those of ``kind`` when given)."""
         with self._cond:
@@ -337,7 +354,7 @@ class BackgroundWriter:
 
     def _count_locked(self, kind: str | None) -> int:
         jobs = list(self._queue) + ([self._running] if self._running is not None else [])
-        return sum(1 for j in jobs if kind is None or j.kind == kind)
+        return sum(1 for j in jobs if j.kind != _BARRIER and (kind is None or j.kind == kind))
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Wait until nothing is queued or being written; True if so within ``timeout`` seconds."""
@@ -359,7 +376,7 @@ class BackgroundWriter:
         with self._cond:
             keep, dropped = collections.deque(), []
             for j in self._queue:
-                (dropped if kind is None or j.kind == kind else keep).append(j)
+                (dropped if j.kind != _BARRIER and (kind is None or j.kind == kind) else keep).append(j)
             self._queue = keep
             self._cond.notify_all()
         for j in dropped:
@@ -405,6 +422,12 @@ class BackgroundWriter:
                     self._cond.notify_all()
                     return
                 job = self._running = self._queue.popleft()
+            if job.kind == _BARRIER:
+                job.run()
+                with self._cond:
+                    self._running = None
+                    self._cond.notify_all()
+                continue
             if self.delay_s > 0:
                 time.sleep(self.delay_s)
             t0 = time.perf_counter()

@@ -607,8 +607,8 @@ class CaptureNode(Node):
         Never called with ``self._lock`` held (the writer's callbacks take it).
         """
         timeout = self.settings.drain_timeout_s
-        passed = threading.Event()
-        if not self.write_queue.submit(WriteJob(passed.set, kind="barrier"), force=True):
+        passed = self.write_queue.barrier()
+        if passed is None:
             return False, f"{what}: the writer is closed (node shutting down)"
         if passed.wait(timeout):
             return True, ""

@@ -1,0 +1,261 @@
+"""capture_node's background writer: disk writes off the executor thread, bounded queue (writer_busy), STOP/SAVE
+waiting for queued frames, write failures answered with a reason while the node keeps serving.
+
+The ROS-free part tests :class:`f3rm_ros.ros.capture_logic.BackgroundWriter` directly; the DDS part runs a real
+capture node in-process (rclpy over DDS, no mocks) with the writer's in-process delay hook (a slow disk) and a
+dataset whose ``images`` folder is replaced by a file (writes really fail)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from f3rm_ros.core.geometry import make_transform
+from f3rm_ros.ros.capture_logic import BackgroundWriter, KeyframeSelector, WriteJob
+
+
+# --- ROS-free --------------------------------------------------------------------------------------
+
+def test_background_writer_fifo_bound_errors_discard_close():
+    w = BackgroundWriter(max_pending=2)
+    w.delay_s = 0.2
+    out: list = []
+    errors: list = []
+    try:
+        t0 = time.perf_counter()
+        accepted = [w.submit(WriteJob(lambda k=k: out.append(k) or k)) for k in range(3)]
+        submit_s = time.perf_counter() - t0
+        forced = w.submit(WriteJob(lambda: out.append("meta"), kind="meta"), force=True)
+        print(f"accepted {accepted} (+ forced meta {forced}) in {submit_s * 1000:.1f} ms; pending {w.pending()} "
+              f"({w.pending('frame')} frames)")
+        assert accepted == [True, True, False] and forced and submit_s < 0.1  # never waits for the writer
+        assert w.pending("frame") == 2 and w.pending() == 3
+        assert not w.wait_idle(0.05)
+        assert w.wait_idle(5.0) and out == [0, 1, "meta"] and w.pending() == 0
+
+        # a barrier waits for what was queued before it, not for what comes after
+        w.delay_s = 0.15
+        for k in range(2):
+            w.submit(WriteJob(lambda k=k: out.append(("b", k))))
+        ev = w.barrier()
+        w.submit(WriteJob(lambda: out.append("after")), force=True)
+        t0 = time.perf_counter()
+        assert ev.wait(5.0)
+        waited = time.perf_counter() - t0
+        print(f"barrier passed after {waited:.2f} s; written by then: {out[3:]}")
+        assert out[3:] == [("b", 0), ("b", 1)] and 0.2 < waited < 2.0  # two delayed jobs, the barrier itself not
+        assert w.wait_idle(5.0) and out[-1] == "after"
+
+        # a failing job: its on_error gets the exception, the thread keeps going, later jobs run
+        def boom() -> None:
+            raise OSError(28, "No space left on device")
+
+        w.delay_s = 0.0
+        done: list = []
+        assert w.submit(WriteJob(boom, on_error=errors.append, on_done=done.append))
+        assert w.submit(WriteJob(lambda: 7, on_done=done.append))
+        assert w.wait_idle(5.0)
+        print(f"error passed on: {errors!r}; then done {done}; failed={w.failed} done={w.done}")
+        assert len(errors) == 1 and isinstance(errors[0], OSError) and done == [7] and w.failed == 1
+
+        # discard drops what has not started; the running job finishes
+        w.delay_s = 0.3
+        dropped: list = []
+        started = threading.Event()
+        assert w.submit(WriteJob(lambda: (started.set(), out.append("a")), on_discard=lambda: dropped.append("a")))
+        time.sleep(0.05)  # the writer took "a" and sleeps in delay_s
+        assert w.submit(WriteJob(lambda: out.append("b"), on_discard=lambda: dropped.append("b")))
+        assert w.discard("frame") == 1 and dropped == ["b"]
+        assert w.wait_idle(5.0) and out[-1] == "a" and "b" not in out
+
+        # close writes what is queued, then refuses new jobs
+        w.delay_s = 0.0
+        assert w.submit(WriteJob(lambda: out.append("last")))
+        assert w.close(5.0) and out[-1] == "last" and w.closed
+        assert not w.submit(WriteJob(lambda: out.append("late"))) and "late" not in out
+        # a job stuck longer than close's timeout: close answers False in time and drops the rest
+        slow = BackgroundWriter(max_pending=4)
+        slow.delay_s = 0.5
+        slow.submit(WriteJob(lambda: None))
+        slow.submit(WriteJob(lambda: out.append("never")))
+        t0 = time.perf_counter()
+        ok = slow.close(0.1)
+        print(f"close with a 0.5 s job and timeout 0.1 s: {ok} after {time.perf_counter() - t0:.2f} s")
+        assert not ok and time.perf_counter() - t0 < 0.4
+        time.sleep(0.7)
+        assert "never" not in out
+    finally:
+        w.close(1.0)
+
+
+def test_keyframe_selector_remove():
+    sel = KeyframeSelector(min_translation_m=0.05, min_rotation_deg=10.0)
+    A = make_transform(np.eye(3), [0.0, 0.0, 0.0])
+    B = make_transform(np.eye(3), [1.0, 0.0, 0.0])
+    sel.add(A)
+    sel.add(B)
+    assert not sel.check(A)[0]
+    assert sel.remove(A) and len(sel) == 1 and sel.check(A)[0] and not sel.check(B)[0]
+    assert not sel.remove(A)  # not there any more
+    print(f"after remove: {len(sel)} kept; A allowed again: {sel.check(A)[0]}")
+
+
+# --- over DDS --------------------------------------------------------------------------------------
+
+def test_slow_and_failing_writes_keep_the_node_serving(tmp_path):
+    """A slow disk (writer delay hook, 1.5 s per frame): images and poses are still decided at once (too_close
+    against a frame still queued, writer_busy when max_pending_writes wait), SAVE answers with a reason when the
+    queue does not drain in drain_timeout_s, STOP waits for it. Then the images folder becomes a file: the write
+    fails with write_failed + diagnostics ERROR, the node keeps serving, and the frame's pose may be kept again."""
+    rclpy = pytest.importorskip("rclpy", reason="rclpy not importable: run the tests through scripts/test.sh")
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.parameter import Parameter
+
+    from f3rm_ros.core.dataset import load_dataset
+    from f3rm_ros.ros.capture_node import CaptureNode
+    from f3rm_ros.ros.common import ERROR, OK
+    from f3rm_ros.srv import CaptureControl
+    from node_helpers import Spinner, call_service, wait_for
+    from test_node_capture import _counts, _Feeder, _frame_image, _status_listener
+
+    ns = "/t_capture_slow"
+    data = tmp_path / "data"
+    delay = 1.5
+    with rclpy.init():
+        cap = CaptureNode(namespace=ns, parameter_overrides=[
+            Parameter("data_root", value=str(data)), Parameter("start_capturing", value=True),
+            Parameter("max_pending_writes", value=3), Parameter("drain_timeout_s", value=0.3),
+            Parameter("pose_wait_s", value=0.3), Parameter("status_rate_hz", value=5.0)])
+        cap.write_queue.delay_s = delay  # in-process hook: every write takes 1.5 s longer (a stalled disk)
+        feed = _Feeder(ns)
+        status = _status_listener(feed, f"{ns}/capture_node/status")
+        diags: list = []
+        feed.create_subscription(DiagnosticArray, "/diagnostics",
+                                 lambda m: diags.extend((time.monotonic(), s) for s in m.status if ns in s.name), 50)
+        sp = Spinner(cap, feed)
+
+        def control(cmd: int):
+            t0 = time.monotonic()
+            r = call_service(feed, CaptureControl, f"{ns}/capture_node/control", CaptureControl.Request(command=cmd))
+            return r, time.monotonic() - t0
+
+        def reasons() -> dict:
+            return _counts(status[-1]) if status else {}
+
+        try:
+            wait_for(feed.matched, 20, "the capture node's subscriptions")
+            time.sleep(0.2)
+            t = 500.0
+            t0 = time.monotonic()
+            sent = 0
+            for i in range(8):  # 8 distinct poses at 20 Hz: 3 fit in the write queue, the rest find it full
+                feed.send(i, t + i)
+                sent += 1
+                time.sleep(0.05)
+            feed.send(20, t + 8, pose=feed.pose(0))  # the pose of frame 0 again: too close to a frame not yet written
+            sent += 1
+            wait_for(lambda: cap.images_seen >= sent and not cap._pending
+                     and reasons().get("too_close", 0) + reasons().get("writer_busy", 0) + cap._kept_total >= sent,
+                     10, "every frame decided")
+            t_decided = time.monotonic() - t0
+            st = status[-1]
+            written_then, pending_then = st.frames_kept, cap.write_queue.pending("frame")
+            print(f"{sent} frames decided {t_decided:.2f} s after the first was sent (writes take {delay} s each): "
+                  f"{_counts(st)}, written {written_then}, pending {pending_then}, kept {cap._kept_total}")
+            assert reasons().get("too_close") == 1 and reasons().get("writer_busy", 0) >= 1
+            assert cap._kept_total == sent - 1 - reasons()["writer_busy"] >= 3
+            assert written_then < cap._kept_total and pending_then >= 1  # decided while the disk was still busy
+
+            # the executor still serves poses while frames wait: a pose in another frame is answered at once
+            t1 = time.monotonic()
+            from f3rm_ros.ros.conversions import matrix_to_pose_msg
+
+            feed.pose_pub.publish(matrix_to_pose_msg(feed.pose(30), "map", feed.stamp(t + 9)))
+            wait_for(lambda: "wrong_frame" in reasons(), 5, "wrong_frame while writes are pending")
+            pose_answer_s = time.monotonic() - t1
+            pending_now = cap.write_queue.pending("frame")
+            print(f"pose answered in {pose_answer_s:.2f} s with {pending_now} frames still waiting for the disk")
+            assert pending_now >= 1
+
+            r, dt = control(CaptureControl.Request.SAVE)  # drain_timeout_s 0.3 < what is queued
+            print(f"SAVE with a busy disk: {r.success} {r.message!r} in {dt:.2f} s (frames on disk {r.frame_count})")
+            assert not r.success and "still wait to be written" in r.message and dt < 5.0
+            pend_diag = [s for _, s in diags if any(kv.key == "frames_pending" and int(kv.value) > 0 for kv in s.values)]
+            print(f"diagnostics with frames_pending > 0: {len(pend_diag)}; e.g. {pend_diag[-1].message!r}")
+            assert pend_diag
+            assert cap.set_parameters([Parameter("drain_timeout_s", value=20.0)])[0].successful
+            r, dt = control(CaptureControl.Request.STOP)
+            kept = cap._kept_total
+            print(f"STOP: {r.success} {r.message!r} in {dt:.2f} s; frames on disk {r.frame_count} (kept {kept})")
+            assert r.success and r.frame_count == kept and cap.write_queue.pending() == 0
+            assert status and (wait_for(lambda: status[-1].frames_kept == kept, 5, "status after STOP"))
+            ds = load_dataset(data / "capture")
+            for k in range(len(ds)):  # the queued frames as sent, in order
+                assert np.array_equal(ds.get_image(k), _frame_image(int(ds.stamps[k] - t))), k
+            assert len(ds) == kept and list(ds.stamps) == sorted(ds.stamps)
+
+            # CLEAR while frames still wait: STOP times out with a reason, CLEAR drops the queued frames, waits for
+            # the one being written and deletes everything (no orphan file, no frame written after the clear)
+            cap.write_queue.delay_s = 1.0
+            assert cap.set_parameters([Parameter("drain_timeout_s", value=0.3)])[0].successful
+            r, _ = control(CaptureControl.Request.START)
+            assert r.success
+            for i in range(10, 13):
+                feed.send(i, t + i)
+                time.sleep(0.05)
+            wait_for(lambda: cap._kept_total == kept + 3, 10, "3 more frames queued")
+            r, dt = control(CaptureControl.Request.STOP)
+            print(f"STOP with 3 frames queued, drain_timeout_s 0.3: {r.success} {r.message!r} in {dt:.2f} s")
+            assert not r.success and "still wait to be written" in r.message and not cap.capturing
+            assert cap.set_parameters([Parameter("drain_timeout_s", value=20.0)])[0].successful
+            r, dt = control(CaptureControl.Request.CLEAR)
+            left = sorted(p.name for p in (data / "capture" / "images").iterdir())
+            print(f"CLEAR: {r.success} {r.message!r} in {dt:.2f} s; files left {left}")
+            assert r.success and "not yet written dropped" in r.message and r.frame_count == 0 and not left
+            time.sleep(1.2)  # nothing dropped is written later
+            assert json.loads((data / "capture" / "transforms.json").read_text())["frames"] == []
+            assert not list((data / "capture" / "images").iterdir()) and cap._kept_total == 0
+            assert len(cap.keyframes) == 0 and cap.write_queue.pending() == 0
+            kept = 0
+
+            # write failure: the images folder becomes a file (a real OSError from the filesystem)
+            cap.write_queue.delay_s = 0.0
+            ds_dir = data / "capture"
+            shutil.move(ds_dir / "images", tmp_path / "images_saved")
+            (ds_dir / "images").write_text("not a folder")
+            r, _ = control(CaptureControl.Request.START)
+            assert r.success
+            feed.send(40, t + 40)
+            wait_for(lambda: "write_failed" in reasons(), 10, "write_failed")
+            print(f"write failure: {status[-1].last_reject_reason!r}")
+            t_fail = time.monotonic()
+            wait_for(lambda: any(ts > t_fail and s.level == bytes([ERROR]) for ts, s in diags), 5, "diagnostics ERROR")
+            err = [s for ts, s in diags if ts > t_fail and s.level == bytes([ERROR])][-1]
+            print(f"diagnostics: ERROR {err.message!r}")
+            assert "writing frames fails" in err.message and cap._kept_total == kept
+            r, _ = control(CaptureControl.Request.SAVE)  # still serving (transforms.json itself is writable)
+            print(f"SAVE after a failed write: {r.success} {r.message!r}")
+            assert r.success and r.frame_count == kept
+            (ds_dir / "images").unlink()
+            shutil.move(tmp_path / "images_saved", ds_dir / "images")
+            feed.send(41, t + 41, pose=feed.pose(40))  # the failed frame's pose: not a kept frame, so kept now
+            wait_for(lambda: status[-1].frames_kept == kept + 1, 10, "a frame written after the failure")
+            t_ok = time.monotonic()
+            wait_for(lambda: any(ts > t_ok and s.level == bytes([OK]) for ts, s in diags), 5, "diagnostics OK again")
+            r, _ = control(CaptureControl.Request.STOP)
+            print(f"after recovery: {_counts(status[-1])}; STOP {r.success} frames {r.frame_count}")
+            assert r.success and r.frame_count == kept + 1 and reasons().get("too_close") == 1
+            assert reasons().get("internal_error", 0) == 0
+        finally:
+            sp.stop()
+            cap.destroy_node()
+            feed.destroy_node()
+
+    ds = load_dataset(data / "capture")
+    print(f"dataset: {len(ds)} frames, stamps {[s - t for s in ds.stamps]}")
+    assert len(ds) == 1 and ds.stamps[0] == t + 41 and np.array_equal(ds.get_image(0), _frame_image(41))
