@@ -15,13 +15,15 @@ from f3rm_ros.core.gripper import Gripper
 from f3rm_ros.core.grasp import (ExtractorMismatchError, GraspPlanner, PlannerConfig, Task, TaskConfig,
                                  TaskFormatError, load_default_tasks, load_task, make_task, retrieve_task,
                                  save_task, task_embedding)
-from f3rm_ros.core.grasp.collision import gripper_shell_points, in_collision, in_collision_reference
+from f3rm_ros.core.grasp.collision import (gripper_corner_points, gripper_shell_points, in_collision,
+                                           in_collision_reference)
 from f3rm_ros.core.grasp.demos import gripper_pose
 from f3rm_ros.core.grasp.language import is_negative_only
 from f3rm_ros.core.grasp.proposals import (quat_to_matrix_torch, random_quaternions, remove_statistical_outliers,
                                            remove_statistical_outliers_reference, surface_voxels,
                                            surface_voxels_reference, voxel_downsample, voxel_downsample_reference)
-from f3rm_ros.core.grasp.task import adapt_task
+from f3rm_ros.core.grasp.optimize import lift_above_floor
+from f3rm_ros.core.grasp.task import adapt_task, check_extractor
 
 TABLE = {"1": {"object": "table", "category": "table", "part": None},
          "2": {"object": "ball", "category": "ball", "part": None, "synonyms": ["sphere"]}}
@@ -212,3 +214,87 @@ def test_default_tasks_load():
     print("default tasks", [t.name for t in tasks])
     assert len(tasks) >= 5 and all(t.extractor_info.get("type") == "labels" for t in tasks)
     assert all(isinstance(t, Task) and t.num_demos == 2 for t in tasks)
+
+
+class SkinTableField(BallField):
+    """BallField whose table is only a 4 mm dense skin under z = 0 (empty below), as a trained field's
+    table: nothing under the visible table top is ever learnt."""
+
+    def query_density(self, p):
+        skin = torch.maximum(p[:, 2], -0.004 - p[:, 2])  # < 0 inside -0.004 < z < 0
+        sdf = torch.minimum(self.sdf_ball(p), skin)
+        return 2000.0 * torch.sigmoid(-sdf / 0.001)
+
+
+def test_floor_counts_as_occupied_in_collision(extractor):
+    """A palm pushed through a skin-only table reads as free without a floor, collides with one."""
+    f = SkinTableField(extractor)
+    g = Gripper()
+    pts = torch.as_tensor(gripper_shell_points(g, 0.0075), dtype=torch.float32)
+    # approach from above, origin 25 cm under the table top: fingers, palm and wrist wholly under the skin
+    T_under = gripper_pose([0.0, 0.2, -0.25], [0, 0, -1], [0, 1, 0])
+    T_above = gripper_pose([0.0, 0.2, 0.05], [0, 0, -1], [0, 1, 0])
+    R = torch.as_tensor(np.stack([T_under[:3, :3], T_above[:3, :3]]), dtype=torch.float32)
+    t = torch.as_tensor(np.stack([T_under[:3, 3], T_above[:3, 3]]), dtype=torch.float32)
+    no_floor = in_collision(f, R, t, pts, 0.0075, 0.2, 10, 4096)
+    with_floor = in_collision(f, R, t, pts, 0.0075, 0.2, 10, 4096, floor_z=0.0)
+    ref = in_collision_reference(f, R, t, pts, 0.0075, 0.2, 10, floor_z=0.0)
+    print("under the table: no floor", no_floor.tolist(), "floor z=0", with_floor.tolist(), "reference", ref.tolist())
+    assert no_floor.tolist() == [False, False] and with_floor.tolist() == [True, False] and torch.equal(ref, with_floor)
+
+
+def test_lift_keeps_gripper_above_floor():
+    g = Gripper()
+    corners = torch.as_tensor(gripper_corner_points(g), dtype=torch.float32)
+    shell = torch.as_tensor(gripper_shell_points(g, 0.004, include_fingers=True), dtype=torch.float32)
+    q = random_quaternions(64, torch.Generator().manual_seed(5))
+    t = torch.randn(64, 3, generator=torch.Generator().manual_seed(6)) * 0.05
+    R = quat_to_matrix_torch(q)
+    low_before = (torch.einsum("nij,mj->nmi", R, shell)[..., 2] + t[:, None, 2]).amin(dim=1)
+    lift = lift_above_floor(t, q * 0.1, corners, 0.01)
+    low_after = (torch.einsum("nij,mj->nmi", R, shell)[..., 2] + t[:, None, 2]).amin(dim=1)
+    print("lowest gripper point before", float(low_before.min()), "after", float(low_after.min()),
+          "poses lifted", int((lift > 0).sum()), "max lift", float(lift.max()))
+    assert bool((low_after >= 0.01).all()) and int((lift > 0).sum()) > 0
+    assert torch.equal(lift > 0, low_before < 0.01)  # only poses that were below move
+    corner_low = (torch.einsum("nij,mj->nmi", R, corners)[..., 2] + t[:, None, 2]).amin(dim=1)
+    assert float((corner_low - 0.01)[lift > 0].max()) < 2e-4  # lifted just above the floor
+
+
+def test_planner_floor_and_proposal_cap(extractor):
+    """On a skin-only table: no returned grasp dips under the floor; max_proposals caps the proposals."""
+    f = SkinTableField(extractor)
+    base = dict(workspace_min_m=(0.15, -0.15, 0.005), workspace_max_m=(0.45, 0.15, 0.2), num_steps=20,
+                rotations_per_voxel=4, min_poses=256, max_grasps=0)
+    g = Gripper()
+    shell = gripper_shell_points(g, 0.004, include_fingers=True)
+    r = GraspPlanner(f, extractor, [_ball_task(f)], config=PlannerConfig(**base)).plan("ball")
+    lows = [float((shell @ x.T_world_gripper[:3, :3].T + x.T_world_gripper[:3, 3])[:, 2].min()) for x in r.grasps]
+    print("floor 0.005: grasps", len(lows), "lowest gripper point", min(lows) if lows else None, r.stats)
+    assert r.found and min(lows) >= 0.005
+    capped = GraspPlanner(f, extractor, [_ball_task(f)], config=PlannerConfig(**base, max_proposals=40)).plan("ball")
+    print("max_proposals 40:", capped.stats["proposals_all"], "->", capped.stats["proposals"], capped.reason)
+    assert capped.stats["proposals_all"] > 40 and capped.stats["proposals"] == 40
+
+
+def test_resolution_settings_do_not_block_tasks(extractor):
+    """Label tasks work with fields made with another patch/image size; a real feature-space change is refused."""
+    f = BallField(extractor)
+    task = _ball_task(f)
+    for kw in (dict(patch_size=8), dict(image_size=240), dict(patch_size=20, image_size=120)):
+        other = LabelFeatureExtractor(LabelFeatureConfig(**kw), table=TABLE)
+        assert adapt_task(task, other.cache_key()) is task
+    clip_a = dict(type="clip", version=1, settings={"model_name": "ViT-L-14-336", "image_size": 0, "precision": "fp16"},
+                  resolved={"weights": "openai", "short_side": 336, "feature_dim": 768})
+    clip_b = dict(clip_a, settings=dict(clip_a["settings"], image_size=480, precision="fp32"),
+                  resolved=dict(clip_a["resolved"], short_side=480))
+    task_clip = Task(name="t", query_points=task.query_points, demo_poses=task.demo_poses,
+                     demo_features=task.demo_features, demo_density=task.demo_density, extractor_info=clip_a)
+    check_extractor(task_clip, clip_b)  # same model at another resolution/precision: accepted
+    other = LabelFeatureExtractor(LabelFeatureConfig(dim=32), table=TABLE)
+    with pytest.raises(ExtractorMismatchError) as e:
+        adapt_task(task, other.cache_key())
+    print("refused:", e.value)
+    assert "settings.dim" in str(e.value) and "Record the task again" in str(e.value)
+    with pytest.raises(ExtractorMismatchError, match="resolved.weights"):
+        check_extractor(task_clip, dict(clip_b, resolved=dict(clip_b["resolved"], weights="laion2b")))

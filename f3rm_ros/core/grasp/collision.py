@@ -1,7 +1,10 @@
 """Collision check of gripper poses against the field's density (f3rm-method.md s. 4).
 
 The gripper is a set of points (its voxelised volume, fingers left out by default); a pose collides
-when at least ``min_points`` of its transformed points have ``alpha(density, voxel) >= alpha_thr``.
+when at least ``min_points`` of its transformed points are occupied: ``alpha(density, voxel) >=
+alpha_thr``, or (ours) below the floor ``floor_z`` (world z, metres) when one is given. A trained
+field is empty under the table top (cameras never see inside the table, so only a thin dense skin is
+learnt), so without the floor a palm pushed through the table top reads as free space.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ import torch
 
 from f3rm_ros.core.grasp.field_utils import alpha_from_density
 
-__all__ = ["in_collision", "in_collision_reference", "transform_points_batched", "gripper_shell_points"]
+__all__ = ["in_collision", "in_collision_reference", "transform_points_batched", "gripper_shell_points",
+           "gripper_corner_points", "lowest_point_z"]
 
 
 def gripper_shell_points(gripper: Any, voxel: float, include_fingers: bool = False,
@@ -39,6 +43,23 @@ def gripper_shell_points(gripper: Any, voxel: float, include_fingers: bool = Fal
 
 
 
+def gripper_corner_points(gripper: Any, include_fingers: bool = True) -> np.ndarray:  # [8 * boxes, 3]
+    """Corners of the gripper's boxes (fingers at the maximum opening), gripper frame: the lowest point of
+    a rigidly moved gripper is one of them."""
+    out = []
+    for _name, T, size in gripper.boxes(None, include_fingers=include_fingers):
+        signs = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)], dtype=np.float64)
+        out.append((signs * np.asarray(size) / 2) @ T[:3, :3].T + T[:3, 3])
+    return np.concatenate(out, axis=0)
+
+
+def lowest_point_z(R: torch.Tensor,  # [N, 3, 3]
+                   t: torch.Tensor,  # [N, 3]
+                   corners: torch.Tensor) -> torch.Tensor:  # [M, 3] -> [N]
+    """World z of the lowest of ``corners`` (gripper frame) for each pose (differentiable)."""
+    return (corners @ R[:, 2, :].transpose(0, 1)).amin(dim=0) + t[:, 2] if R.shape[0] else t[:, 2]
+
+
 def transform_points_batched(R: torch.Tensor,  # [N, 3, 3]
                              t: torch.Tensor,  # [N, 3]
                              p: torch.Tensor) -> torch.Tensor:  # [M, 3] -> [N, M, 3]
@@ -50,8 +71,11 @@ def in_collision(field: Any, R: torch.Tensor,  # [N, 3, 3] world_from_gripper ro
                  t: torch.Tensor,  # [N, 3] translations, metres
                  gripper_points: torch.Tensor,  # [M, 3] gripper frame
                  voxel: float, alpha_thr: float, min_points: int,
-                 chunk_points: int) -> torch.Tensor:  # [N] bool
-    """Density-based collision test of N gripper poses, ``chunk_points`` field queries at a time."""
+                 chunk_points: int, floor_z: float | None = None) -> torch.Tensor:  # [N] bool
+    """Density-based collision test of N gripper poses, ``chunk_points`` field queries at a time.
+
+    ``floor_z``: world z below which every point counts as occupied (None: density only).
+    """
     n, m = R.shape[0], gripper_points.shape[0]
     out = torch.zeros(n, dtype=torch.bool, device=t.device)
     if n == 0 or m == 0:
@@ -61,18 +85,24 @@ def in_collision(field: Any, R: torch.Tensor,  # [N, 3, 3] world_from_gripper ro
         for i in range(0, n, per):
             pts = transform_points_batched(R[i:i + per], t[i:i + per], gripper_points)
             dens = field.query_density(pts.reshape(-1, 3)).reshape(pts.shape[:2]).float()
-            hits = (alpha_from_density(dens, voxel) >= alpha_thr).sum(dim=1)
-            out[i:i + per] = hits >= min_points
+            occ = alpha_from_density(dens, voxel) >= alpha_thr
+            if floor_z is not None:
+                occ |= pts[..., 2] < floor_z
+            out[i:i + per] = occ.sum(dim=1) >= min_points
     return out
 
 
 def in_collision_reference(field: Any, R: torch.Tensor, t: torch.Tensor, gripper_points: torch.Tensor,
-                           voxel: float, alpha_thr: float, min_points: int) -> torch.Tensor:
+                           voxel: float, alpha_thr: float, min_points: int,
+                           floor_z: float | None = None) -> torch.Tensor:
     """One pose at a time twin of :func:`in_collision` (no chunking, no batching)."""
     res = []
     with torch.no_grad():
         for i in range(R.shape[0]):
             pts = gripper_points @ R[i].T + t[i]
             alpha = 1.0 - torch.exp(-field.query_density(pts).reshape(-1).float().clamp_min(0) * voxel)
-            res.append(bool((alpha >= alpha_thr).sum() >= min_points))
+            occ = alpha >= alpha_thr
+            if floor_z is not None:
+                occ = occ | (pts[:, 2] < floor_z)
+            res.append(bool(occ.sum() >= min_points))
     return torch.tensor(res, dtype=torch.bool, device=t.device)

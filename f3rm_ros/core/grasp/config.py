@@ -65,6 +65,13 @@ class PlannerConfig:
                                          "mean feature of the voxels the query selected)",
                            choices=("text", "text+scene"))
     rotations_per_voxel: int = param(8, "uniformly random rotations per voxel", range=(1, 1000))
+    max_proposals: int = param(8192, "ours: at most this many (voxel, rotation) proposals enter the first "
+                                     "collision check and the optimisation; when there are more, a uniform "
+                                     "random (seeded) subset is kept, so spatial coverage and the rotation "
+                                     "distribution stay as they were (the optimisation's pruning then selects "
+                                     "by task loss). Bounds a CPU query whatever the mask selects; the oracle "
+                                     "scenes' queries have <= ~3000 proposals, so the reference run is "
+                                     "unchanged. 0 = no cap", range=(0, 10**8))
     # --- optimisation ------------------------------------------------------------------------------
     num_steps: int = param(200, "Adam steps", range=(0, 100000))
     lr: float = param(2e-3, "Adam learning rate (translation in metres and the scaled quaternion)",
@@ -81,6 +88,16 @@ class PlannerConfig:
                                       range=(1, 100000))
     collision_include_fingers: bool = param(False, "count the fingers with the rest of the gripper in both "
                                                    "checks (reference: no)")
+    floor: str = param("workspace", "ours: where the floor is. Space below it counts as occupied in both "
+                                    "collision checks, and each optimisation step lifts a pose whose gripper "
+                                    "(fingers at the maximum opening included) dips below it. A trained field "
+                                    "is empty under the table top (only its visible skin is dense), so "
+                                    "without a floor a palm through the table reads as free. 'workspace': "
+                                    "the lower z of the workspace box in use (workspace_min_m, or the box "
+                                    "passed to plan()); 'floor_z_m': the floor_z_m value; 'none': no floor",
+                       choices=("workspace", "floor_z_m", "none"))
+    floor_z_m: float = param(0.0, "ours: floor height in the world frame, metres, used when floor = "
+                                  "'floor_z_m' (e.g. the table top plus a safety margin)", range=(-100.0, 100.0))
     fine_check_after: bool = param(True, "ours: after optimisation, check the whole gripper again (fingers at the "
                                          "maximum opening included) with finer points and a lower count; the "
                                          "reference ignores the fingers, and at its 0.0075 m / 10-point setting a "
@@ -90,6 +107,24 @@ class PlannerConfig:
                                 range=(1e-4, 0.1))
     fine_min_points: int = param(4, "ours: fine-check points with alpha >= collision_alpha that make a collision",
                                  range=(1, 100000))
+    antipodal_candidates: int = param(0, "ours: the best this many collision-free grasps (by loss) get an "
+                                          "antipodal estimate from the density (contact normals seen by rays "
+                                          "across the finger pads, see grasp/antipodal.py), a refinement that "
+                                          "turns the closing axis onto the estimated normals, and a re-ranking: "
+                                          "those estimated within antipodal_max_deg come first. 0 = off "
+                                          "(rank by loss alone, as the reference)", range=(0, 100000))
+    antipodal_max_deg: float = param(20.0, "ours: estimated contact-normal angle (larger finger) up to which a "
+                                           "grasp counts as antipodal in the re-ranking; below the 26.6 deg "
+                                           "friction cone of mu = 0.5 to leave room for the field's normal noise",
+                                     range=(0.0, 180.0))
+    antipodal_refine_iters: int = param(2, "ours: closing-axis alignment steps per candidate (each kept only if "
+                                           "collision-free and its estimated angle drops)", range=(0, 20))
+    antipodal_ray_grid: tuple[int, int] = param((3, 7), "ours: rays per finger pad (across its width, along its "
+                                                        "length) of the antipodal estimate")
+    antipodal_step_m: float = param(0.001, "ours: sample spacing along the antipodal estimate's rays, metres",
+                                    range=(1e-4, 0.01))
+    antipodal_normal_step_m: float = param(0.003, "ours: finite-difference step of the density gradient that "
+                                                  "gives contact normals, metres", range=(1e-4, 0.02))
     max_grasps: int = param(10, "best grasps returned (0 = all survivors)", range=(0, 10**6))
     opening_m: float = param(0.08, "finger opening reported with each grasp, metres", range=(0.0, 1.0))
     chunk_points: int = param(2**18, "points per field query chunk (bounds memory: ~1 GB at 768-dim features)", range=(1024, 2**30))

@@ -12,6 +12,10 @@ gradients of the chunks are accumulated, so memory is bounded whatever the numbe
 Our Adam is a few tensor lines rather than ``torch.optim.Adam`` so that pruning can index its moment
 estimates: survivors keep their momentum (the reference rebuilds the optimiser at every pruning,
 restarting the moments of every pose each step while it prunes).
+
+Floor (ours): with ``floor_z`` set and the gripper's box corners given, after every step a pose whose
+lowest corner is below the floor is lifted straight up (world z) until it touches the floor, so no
+optimised gripper ends inside or under the table (see ``PlannerConfig.floor``).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import torch
 from f3rm_ros.core.grasp.field_utils import query_alpha_features
 from f3rm_ros.core.grasp.proposals import quat_to_matrix_torch
 
-__all__ = ["LanguageGuidance", "OptimizeSettings", "pose_losses", "optimize_poses"]
+__all__ = ["LanguageGuidance", "OptimizeSettings", "pose_losses", "optimize_poses", "lift_above_floor"]
 
 
 @dataclass
@@ -55,6 +59,7 @@ class OptimizeSettings:
     chunk_points: int = 2**18
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
+    floor_z: float | None = None  # world z; None: no floor
 
 
 def pose_losses(field: Any, t: torch.Tensor,  # [B, 3]
@@ -71,6 +76,21 @@ def pose_losses(field: Any, t: torch.Tensor,  # [B, 3]
     if guidance is not None:
         loss = guidance.weight(feats) * loss
     return loss
+
+
+def lift_above_floor(t: torch.Tensor,  # [N, 3] modified in place
+                     p: torch.Tensor,  # [N, 4] (scaled) quaternions
+                     corners: torch.Tensor,  # [K, 3] gripper frame
+                     floor_z: float) -> torch.Tensor:  # [N] lift applied, metres
+    """Raise each pose (world +z) just enough that its lowest corner is 0.1 mm above ``floor_z`` (the margin
+    keeps rounding from putting a lifted fingertip a hair under the floor in the collision checks)."""
+    from f3rm_ros.core.grasp.collision import lowest_point_z
+
+    with torch.no_grad():
+        lift = (floor_z + 1e-4 - lowest_point_z(quat_to_matrix_torch(p), t, corners)).clamp_min(0.0)
+        lift = torch.where(lift > 1e-4, lift, torch.zeros_like(lift))  # only poses that were below
+        t[:, 2] += lift
+    return lift
 
 
 def _losses_chunked(field, t, p, qp, emb, guidance, delta, per, with_grad: bool):
@@ -98,15 +118,19 @@ def optimize_poses(field: Any, t0: torch.Tensor,  # [N, 3]
                    query_points: torch.Tensor,  # [Q, 3]
                    task_emb: torch.Tensor,  # [Q, C]
                    guidance: LanguageGuidance | None,
-                   s: OptimizeSettings) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+                   s: OptimizeSettings,
+                   body_corners: torch.Tensor | None = None  # [K, 3] gripper frame, for the floor
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
     """Optimise N poses with Adam, pruning to ``keep_fraction`` after ``prune_after_step`` while more than
-    ``min_poses`` remain.
+    ``min_poses`` remain; with ``s.floor_z`` and ``body_corners``, poses are kept above the floor.
 
     Returns:
         (t [M, 3], unit quaternions [M, 4], final losses [M] evaluated at the returned poses, info dict
         with the number of poses after each pruning and the step count).
     """
     t = t0.detach().float().clone()
+    if s.floor_z is not None and body_corners is not None:
+        lift_above_floor(t, q0.detach().float(), body_corners, s.floor_z)
     p = (q0.detach().float() / q0.norm(dim=-1, keepdim=True).clamp_min(1e-12)) * s.quat_scale
     mt, vt = torch.zeros_like(t), torch.zeros_like(t)
     mp, vp = torch.zeros_like(p), torch.zeros_like(p)
@@ -125,6 +149,8 @@ def optimize_poses(field: Any, t0: torch.Tensor,  # [N, 3]
             mhat = m / (1 - b1 ** k)
             vhat = v / (1 - b2 ** k)
             x.sub_(s.lr * mhat / (vhat.sqrt() + s.eps))
+        if s.floor_z is not None and body_corners is not None:
+            lift_above_floor(t, p, body_corners, s.floor_z)
         n = t.shape[0]
         if s.keep_fraction < 1.0 and n > s.min_poses and step > s.prune_after_step:
             keep = max(int(s.keep_fraction * n), s.min_poses)

@@ -28,12 +28,13 @@ import torch
 
 from f3rm_ros.core.device import resolve_device
 from f3rm_ros.core.gripper import Gripper
-from f3rm_ros.core.grasp.collision import gripper_shell_points, in_collision
+from f3rm_ros.core.grasp.antipodal import AntipodalSettings, align_to_contacts, estimate_antipodal
+from f3rm_ros.core.grasp.collision import gripper_corner_points, gripper_shell_points, in_collision
 from f3rm_ros.core.grasp.config import PlannerConfig
 from f3rm_ros.core.grasp.field_utils import field_has_features, query_features_chunked
 from f3rm_ros.core.grasp.language import (encode_texts, is_negative_only, language_mask, normalise_query,
                                           pairwise_softmax, similarity_map)
-from f3rm_ros.core.grasp.optimize import LanguageGuidance, OptimizeSettings, optimize_poses
+from f3rm_ros.core.grasp.optimize import LanguageGuidance, OptimizeSettings, optimize_poses, pose_losses
 from f3rm_ros.core.grasp.proposals import (alpha_grid, dense_grid, quat_to_matrix_torch, random_quaternions,
                                            remove_statistical_outliers, surface_voxels, voxel_downsample)
 from f3rm_ros.core.grasp.result import Grasp, PlanResult
@@ -80,7 +81,19 @@ class GraspPlanner:
         self._fine_points = torch.as_tensor(
             gripper_shell_points(self.gripper, c.fine_voxel_m, include_fingers=True),
             dtype=torch.float32, device=self.device)
+        self._corners = torch.as_tensor(gripper_corner_points(self.gripper, include_fingers=True),
+                                        dtype=torch.float32, device=self.device)
         self._surface_cache: dict = {}
+
+    def floor_z(self, workspace: tuple[Sequence[float], Sequence[float]] | None = None) -> float | None:
+        """World z below which space counts as occupied (``PlannerConfig.floor``), None for no floor."""
+        c = self.config
+        if c.floor == "none":
+            return None
+        if c.floor == "floor_z_m":
+            return float(c.floor_z_m)
+        lo = workspace[0] if workspace is not None else c.workspace_min_m
+        return float(lo[2])
 
     # --- surface -------------------------------------------------------------------------------------
     def invalidate_cache(self) -> None:
@@ -138,6 +151,65 @@ class GraspPlanner:
         feats = query_features_chunked(self.field, pts, self.config.chunk_points)
         sim = similarity_map(feats, emb[0], emb[1:], self.config.similarity_temperature)
         return pts.cpu().numpy(), sim.cpu().numpy().astype(np.float32)
+
+    # --- antipodal re-ranking ------------------------------------------------------------------------
+    def antipodal_settings(self) -> AntipodalSettings:
+        c, g = self.config, self.gripper
+        return AntipodalSettings(opening=float(g.max_opening), pad_x=float(g.config.finger_size_m[0]),
+                                 pad_z=tuple(float(z) for z in g.finger_z_range), ray_grid=tuple(c.antipodal_ray_grid),
+                                 step=c.antipodal_step_m, delta=c.voxel_size_m, level=c.surface_alpha,
+                                 h=c.antipodal_normal_step_m, chunk_points=c.chunk_points)
+
+    def _antipodal_rerank(self, R, tr, loss, order, floor, qp, emb_task, guidance, res):
+        """Estimate, refine and re-rank the best ``antipodal_candidates`` grasps (PlannerConfig help)."""
+        c = self.config
+        s = self.antipodal_settings()
+        top = order[:c.antipodal_candidates]
+        Rk, tk, lk = R[top], tr[top], loss[top]
+        est = estimate_antipodal(self.field, Rk, tk, s)
+        ang = est.angle_deg
+        before = ang.clone()
+        improved = 0
+        for _ in range(c.antipodal_refine_iters):
+            R2, t2 = align_to_contacts(Rk, tk, est)
+            moved = (R2 - Rk).abs().amax(dim=(1, 2)) > 1e-6
+            if not bool(moved.any()):
+                break
+            idx = torch.nonzero(moved)[:, 0]
+            coll = in_collision(self.field, R2[idx], t2[idx], self._gripper_points, c.collision_voxel_m,
+                                c.collision_alpha, c.collision_min_points, c.chunk_points, floor)
+            if c.fine_check_after:
+                coll |= in_collision(self.field, R2[idx], t2[idx], self._fine_points, c.collision_voxel_m,
+                                     c.collision_alpha, c.fine_min_points, c.chunk_points, floor)
+            est2 = estimate_antipodal(self.field, R2[idx], t2[idx], s)
+            better = ~coll & (est2.angle_deg < ang[idx])
+            if not bool(better.any()):
+                break
+            j = idx[better]
+            improved += int(better.sum())
+            Rk, tk = Rk.clone(), tk.clone()
+            Rk[j], tk[j], ang[j] = R2[j], t2[j], est2.angle_deg[better]
+            for name in ("angles_deg", "contacts", "normals", "valid"):
+                getattr(est, name)[j] = getattr(est2, name)[better]
+            est.angle_deg = ang
+        if improved:
+            from f3rm_ros.core.geometry import matrix_to_quat
+
+            q = torch.as_tensor(matrix_to_quat(Rk.cpu().double().numpy()), dtype=torch.float32, device=self.device)
+            with torch.no_grad():
+                lk = pose_losses(self.field, tk, q, qp, emb_task, guidance, c.voxel_size_m)
+        res.stats["antipodal_refined"] = improved
+        res.stats["antipodal_ok"] = int((ang <= c.antipodal_max_deg).sum())
+        res.stats["antipodal_deg_before"] = [round(float(x), 1) for x in before[:5]]
+        # new order: estimated antipodal first (by loss), then the other candidates, then the rest by loss
+        good = ang <= c.antipodal_max_deg
+        key = lk + torch.where(good, torch.zeros_like(lk), torch.full_like(lk, 1e3))
+        sub = torch.argsort(key)
+        R, tr, loss = R.clone(), tr.clone(), loss.clone()
+        R[top], tr[top], loss[top] = Rk, tk, lk
+        new_order = torch.cat([top[sub], order[c.antipodal_candidates:]])
+        res.stats["antipodal_deg_best"] = round(float(ang[sub[0]]), 1) if len(sub) else None
+        return R, tr, loss, new_order
 
     # --- planning ------------------------------------------------------------------------------------
     def plan(self, text: str, workspace: tuple[Sequence[float], Sequence[float]] | None = None) -> PlanResult:
@@ -211,8 +283,13 @@ class GraspPlanner:
 
         tr = vox.repeat_interleave(c.rotations_per_voxel, dim=0)
         q = random_quaternions(tr.shape[0], gen, self.device)
+        res.stats["proposals_all"] = int(tr.shape[0])
+        if 0 < c.max_proposals < tr.shape[0]:  # uniform random subset (see PlannerConfig.max_proposals)
+            keep = torch.randperm(tr.shape[0], generator=gen)[:c.max_proposals].sort().values.to(self.device)
+            tr, q = tr[keep], q[keep]
+        floor = self.floor_z(workspace)
         coll = in_collision(self.field, quat_to_matrix_torch(q), tr, self._gripper_points, c.collision_voxel_m,
-                            c.collision_alpha, c.collision_min_points, c.chunk_points)
+                            c.collision_alpha, c.collision_min_points, c.chunk_points, floor)
         tr, q = tr[~coll], q[~coll]
         res.stats["proposals"] = int(coll.numel())
         res.stats["proposals_free"] = int(tr.shape[0])
@@ -225,17 +302,18 @@ class GraspPlanner:
         guidance = LanguageGuidance(pos, float(cos.min()), float(cos.max()))
         settings = OptimizeSettings(num_steps=c.num_steps, lr=c.lr, quat_scale=c.quat_scale,
                                     prune_after_step=c.prune_after_step, keep_fraction=c.keep_fraction,
-                                    min_poses=c.min_poses, delta=c.voxel_size_m, chunk_points=c.chunk_points)
-        tr, q, loss, info = optimize_poses(self.field, tr, q, qp, emb_task, guidance, settings)
+                                    min_poses=c.min_poses, delta=c.voxel_size_m, chunk_points=c.chunk_points,
+                                    floor_z=floor)
+        tr, q, loss, info = optimize_poses(self.field, tr, q, qp, emb_task, guidance, settings, self._corners)
         res.stats["optimised"] = int(tr.shape[0])
         t0 = lap("optimise", t0)
 
         R = quat_to_matrix_torch(q)
         coll = in_collision(self.field, R, tr, self._gripper_points, c.collision_voxel_m, c.collision_alpha,
-                            c.collision_min_points, c.chunk_points)
+                            c.collision_min_points, c.chunk_points, floor)
         if c.fine_check_after:
             fine = in_collision(self.field, R, tr, self._fine_points, c.collision_voxel_m, c.collision_alpha,
-                                c.fine_min_points, c.chunk_points)
+                                c.fine_min_points, c.chunk_points, floor)
             res.stats["fine_check_collisions"] = int((fine & ~coll).sum())
             coll = coll | fine
         ok = ~coll & torch.isfinite(loss)
@@ -246,6 +324,9 @@ class GraspPlanner:
             return done(f"{text!r} found, but every optimised grasp collides with the scene")
 
         order = torch.argsort(loss)
+        if c.antipodal_candidates > 0:
+            R, tr, loss, order = self._antipodal_rerank(R, tr, loss, order, floor, qp, emb_task, guidance, res)
+            t0 = lap("antipodal", t0)
         if c.max_grasps > 0:
             order = order[:c.max_grasps]
         R_np, t_np, l_np = R[order].cpu().double().numpy(), tr[order].cpu().double().numpy(), \

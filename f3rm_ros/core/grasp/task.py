@@ -45,6 +45,13 @@ VERSION = 1
 # (a task recorded in one scene must be usable in another scene with the same extractor).
 _PER_DATASET_KEYS = {"images", "image_list", "image_hash", "dataset", "dataset_path", "cache_dir", "num_images",
                      "labels", "label_table", "f3rm_labels", "label_hash", "device"}
+# settings (in ``settings`` or ``resolved``) that only change where, or at which resolution or numeric
+# precision, the same features are sampled in an image, not the space they live in: the patch size and
+# image size of label features (a patch is the mean of its pixels' concept vectors), CLIP's input size
+# (MaskCLIP's features of one model are comparable at any resolution), DINO's image size and patch
+# stride, fp16/fp32. A task recorded with any of these may be used with a field made with others; the
+# model, weights, label dimension/seed/weights (which do change the vectors) must still match.
+_RESOLUTION_KEYS = {"patch_size", "image_size", "short_side", "stride", "precision", "batch_size"}
 
 
 class ExtractorMismatchError(ValueError):
@@ -194,7 +201,8 @@ def retrieve_task(text_embedding: torch.Tensor,  # [C] unit length
 # --- extractor compatibility -----------------------------------------------------------------------
 
 def extractor_signature(info: dict | None) -> dict:
-    """The part of ``extractor_info`` that defines the feature space (per-dataset keys dropped).
+    """The part of ``extractor_info`` that defines the feature space (per-dataset keys dropped, and the
+    resolution-only settings of ``_RESOLUTION_KEYS``: patch size, image size, stride, precision).
 
     Accepts both an extractor's ``cache_key()`` (``type``, ``version``, ``settings``, ...) and the
     trainer's checkpoint form (the same plus ``name`` and ``feature_dim``, which repeat ``type`` and
@@ -204,6 +212,9 @@ def extractor_signature(info: dict | None) -> dict:
     if "type" in info:
         info.pop("name", None)
         info.pop("feature_dim", None)
+    for sub in ("settings", "resolved"):
+        if isinstance(info.get(sub), dict):
+            info[sub] = {k: v for k, v in sorted(info[sub].items()) if k not in _RESOLUTION_KEYS}
     return {k: v for k, v in sorted(info.items()) if k not in _PER_DATASET_KEYS}
 
 
@@ -220,11 +231,24 @@ def check_extractor(task: Task, field_info: dict | None) -> None:
         raise ExtractorMismatchError(f"task {task.name!r}: the {missing} does not say which feature extractor "
                                      f"made its features; refusing to mix feature spaces")
     if a != b:
-        diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        fa, fb = _flatten(a), _flatten(b)
+        diff = sorted(k for k in set(fa) | set(fb) if fa.get(k) != fb.get(k))
         raise ExtractorMismatchError(
             f"task {task.name!r} was made with extractor {_kind(a)!r} but the field was distilled from "
-            f"{_kind(b)!r} (or other settings); they differ in {diff} (task: {[a.get(k) for k in diff]}, field: "
-            f"{[b.get(k) for k in diff]}). Record the task again with this field's extractor.")
+            f"{_kind(b)!r} (or other settings); they differ in {diff} (task: {[fa.get(k) for k in diff]}, field: "
+            f"{[fb.get(k) for k in diff]}). Record the task again with this field's extractor (patch size, "
+            f"image size, stride and precision may differ; the settings listed change the feature space).")
+
+
+def _flatten(info: dict) -> dict:
+    """``{"settings": {"seed": 0}}`` -> ``{"settings.seed": 0}`` (one level, for readable messages)."""
+    out = {}
+    for k, v in info.items():
+        if isinstance(v, dict):
+            out.update({f"{k}.{kk}": vv for kk, vv in v.items()})
+        else:
+            out[k] = v
+    return out
 
 
 # --- files -------------------------------------------------------------------------------------------
