@@ -159,9 +159,10 @@ def test_capture_from_sim_camera(tmp_path):
             node.create_subscription(Bool, f"{ns}/sim_camera_node/finished", lambda m: done.append(m.data),
                                      QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL))
             wait_for(lambda: True in done, 90, "the sim camera to finish its trajectory")
-            # Camera topics are best effort (sensor-data QoS), as on a robot: while the node is busy (frames are
-            # fsynced to disk on the executor thread; seen to stall seconds on a busy disk) frames can be dropped
-            # before it sees them. Allow that for half the trajectory at most, never a wrong decision.
+            # Camera topics are best effort (sensor-data QoS), as on a robot. Disk writes run on the node's writer
+            # thread, so a slow disk (seen to stall fsync for seconds) no longer blocks the executor and drops
+            # frames (this allowed half the trajectory lost before; 10/10 decided in 5 of 5 runs since). One frame
+            # may still be lost in transport on a starved 2-core machine; never a wrong decision.
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline and not (status and status[-1].frames_kept
                                                        + status[-1].frames_rejected >= views):
@@ -169,7 +170,7 @@ def test_capture_from_sim_camera(tmp_path):
             decided_frames = status[-1].frames_kept + status[-1].frames_rejected if status else 0
             if decided_frames < views:
                 print(f"note: {views - decided_frames} frame(s) lost in best-effort transport")
-            assert decided_frames >= views // 2, f"the capture node decided on only {decided_frames}/{views} frames"
+            assert decided_frames >= views - 1, f"the capture node decided on only {decided_frames}/{views} frames"
             time.sleep(0.5)
             r = call_service(node, CaptureControl, f"{ns}/capture_node/control",
                              CaptureControl.Request(command=CaptureControl.Request.CLEAR))

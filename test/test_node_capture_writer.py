@@ -111,7 +111,8 @@ def test_slow_and_failing_writes_keep_the_node_serving(tmp_path):
     """A slow disk (writer delay hook, 1.5 s per frame): images and poses are still decided at once (too_close
     against a frame still queued, writer_busy when max_pending_writes wait), SAVE answers with a reason when the
     queue does not drain in drain_timeout_s, STOP waits for it. Then the images folder becomes a file: the write
-    fails with write_failed + diagnostics ERROR, the node keeps serving, and the frame's pose may be kept again."""
+    fails with write_failed + diagnostics ERROR, the node keeps serving, and the frame's pose may be kept again. Node
+    shutdown writes the frames still queued."""
     rclpy = pytest.importorskip("rclpy", reason="rclpy not importable: run the tests through scripts/test.sh")
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.parameter import Parameter
@@ -251,6 +252,20 @@ def test_slow_and_failing_writes_keep_the_node_serving(tmp_path):
             print(f"after recovery: {_counts(status[-1])}; STOP {r.success} frames {r.frame_count}")
             assert r.success and r.frame_count == kept + 1 and reasons().get("too_close") == 1
             assert reasons().get("internal_error", 0) == 0
+
+            # node shutdown writes what is queued (what run_node does after spinning ends, e.g. on SIGINT)
+            cap.write_queue.delay_s = 0.4
+            r, _ = control(CaptureControl.Request.START)
+            assert r.success
+            for i in (50, 51):
+                feed.send(i, t + i)
+                time.sleep(0.05)
+            wait_for(lambda: cap._kept_total == kept + 3, 10, "2 more frames queued")
+            queued = cap.write_queue.pending("frame")
+            t2 = time.monotonic()
+            assert cap.close()
+            print(f"close() with {queued} frame(s) queued: all written in {time.monotonic() - t2:.2f} s")
+            assert queued >= 1 and not cap.capturing
         finally:
             sp.stop()
             cap.destroy_node()
@@ -258,4 +273,6 @@ def test_slow_and_failing_writes_keep_the_node_serving(tmp_path):
 
     ds = load_dataset(data / "capture")
     print(f"dataset: {len(ds)} frames, stamps {[s - t for s in ds.stamps]}")
-    assert len(ds) == 1 and ds.stamps[0] == t + 41 and np.array_equal(ds.get_image(0), _frame_image(41))
+    assert len(ds) == 3 and list(ds.stamps) == [t + 41, t + 50, t + 51]
+    for k, i in enumerate((41, 50, 51)):
+        assert np.array_equal(ds.get_image(k), _frame_image(i)), k
