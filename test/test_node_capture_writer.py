@@ -189,6 +189,10 @@ def test_slow_and_failing_writes_keep_the_node_serving(tmp_path):
             pend_diag = [s for _, s in diags if any(kv.key == "frames_pending" and int(kv.value) > 0 for kv in s.values)]
             print(f"diagnostics with frames_pending > 0: {len(pend_diag)}; e.g. {pend_diag[-1].message!r}")
             assert pend_diag
+            last = {kv.key: kv.value for kv in pend_diag[-1].values}
+            print(f"diagnostics: written {last['frames_written']}, pending {last['frames_pending']}, kept "
+                  f"{last['frames_kept_total']}")
+            assert int(last["frames_written"]) + int(last["frames_pending"]) == int(last["frames_kept_total"])
             assert cap.set_parameters([Parameter("drain_timeout_s", value=20.0)])[0].successful
             r, dt = control(CaptureControl.Request.STOP)
             kept = cap._kept_total

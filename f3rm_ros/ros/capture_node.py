@@ -723,6 +723,15 @@ class CaptureNode(Node):
         super().destroy_node()
 
     # ------------------------------------------------------------------------------------ status
+    def frame_counts(self) -> tuple[int, int, int]:
+        """(written to the dataset, waiting to be written, kept = written + waiting), one consistent snapshot."""
+        with self._lock:
+            if self.writer is None:
+                return 0, 0, 0
+            written = len(self.writer)
+            kept = max(self._kept_total, written)
+            return written, kept - written, kept
+
     def status_message(self) -> CaptureStatus:
         with self._lock:
             msg = CaptureStatus(capturing=self.capturing,
@@ -732,8 +741,7 @@ class CaptureNode(Node):
                                 last_reject_reason=self.last_reject_reason,
                                 dataset_path=str(self.dataset_path or ""))
             msg.reject_counts = [int(self.reject_counts[k]) for k in msg.reject_reasons]
-            for field, value in (("frames_pending", self.write_queue.pending("frame")),
-                                 ("frames_written", msg.frames_kept)):
+            for field, value in (("frames_pending", self.frame_counts()[1]), ("frames_written", msg.frames_kept)):
                 if hasattr(msg, field):  # in newer CaptureStatus definitions
                     setattr(msg, field, value)
         msg.header.stamp = self.get_clock().now().to_msg()
@@ -749,8 +757,11 @@ class CaptureNode(Node):
     def _diagnostic_status(self) -> tuple[int, str, dict]:
         st = self.status_message()
         q = self.write_queue
-        values = {"capturing": st.capturing, "frames_kept": st.frames_kept, "frames_written": st.frames_kept,
-                  "frames_pending": q.pending("frame"), "max_pending_writes": q.max_pending,
+        written, pending, kept_total = self.frame_counts()
+        # frames_kept as in ~/status (= written); frames_kept_total also counts the frames waiting for the disk
+        values = {"capturing": st.capturing, "frames_kept": st.frames_kept, "frames_written": written,
+                  "frames_pending": pending, "frames_kept_total": kept_total,
+                  "max_pending_writes": q.max_pending,
                   "write_failures": q.failed, "last_write_s": q.last_duration_s, "max_write_s": q.max_duration_s,
                   "frames_rejected": st.frames_rejected, "images_seen": self.images_seen, "dataset": st.dataset_path,
                   **{f"rejected.{k}": v for k, v in zip(st.reject_reasons, st.reject_counts)}}
@@ -758,8 +769,8 @@ class CaptureNode(Node):
             return ERROR, self.writer_error or "no dataset open", values
         if self.write_error:
             return ERROR, f"writing frames fails: {self.write_error}", values
-        if q.pending("frame") >= q.max_pending:
-            return WARN, f"the disk is behind: {q.pending('frame')} kept frames wait to be written", values
+        if pending >= q.max_pending:
+            return WARN, f"the disk is behind: {pending} kept frames wait to be written", values
         if self.capturing and time.monotonic() - self._last_image_time > 5.0:
             return WARN, "capturing but no image for 5 s", values
         return OK, ("capturing" if self.capturing else "idle") + f", {st.frames_kept} frames", values
