@@ -186,7 +186,8 @@ def test_slow_and_failing_writes_keep_the_node_serving(tmp_path):
             r, dt = control(CaptureControl.Request.SAVE)  # drain_timeout_s 0.3 < what is queued
             print(f"SAVE with a busy disk: {r.success} {r.message!r} in {dt:.2f} s (frames on disk {r.frame_count})")
             assert not r.success and "still wait to be written" in r.message and dt < 5.0
-            pend_diag = [s for _, s in diags if any(kv.key == "frames_pending" and int(kv.value) > 0 for kv in s.values)]
+            pend_diag = [s for _, s in diags
+                         if any(kv.key == "frames_pending" and int(kv.value) > 0 for kv in s.values)]
             print(f"diagnostics with frames_pending > 0: {len(pend_diag)}; e.g. {pend_diag[-1].message!r}")
             assert pend_diag
             last = {kv.key: kv.value for kv in pend_diag[-1].values}

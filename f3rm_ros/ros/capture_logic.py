@@ -288,9 +288,9 @@ class BackgroundWriter:
 
     The producer (a ROS executor thread) never waits for the disk: :meth:`submit` returns False at
     once when ``max_pending`` jobs of the same kind are already waiting or running, so the caller can
-    reject the frame with a reason. An exception in a job is passed to its ``on_error`` and counted; the thread keeps
-    running. Callbacks run on the writer thread; an exception in a callback is counted in
-    ``callback_errors`` and otherwise ignored.
+    reject the frame with a reason. An exception in a job is passed to its ``on_error`` and counted;
+    the thread keeps running. Callbacks run on the writer thread (before the job stops counting as
+    pending); an exception in a callback is counted in ``callback_errors`` and otherwise ignored.
 
     Args:
         max_pending: jobs of one kind waiting or being written at most (>= 1).
@@ -387,8 +387,9 @@ class BackgroundWriter:
         """Refuse new jobs, write what is queued (at most ``timeout`` seconds), stop the thread.
 
         Returns:
-            True if everything queued was written (or failed) in time; on False the rest is
-            dropped (a daemon thread, it never blocks process exit).
+            True if everything queued was written (or failed) in time; on False the jobs not yet
+            started are dropped and the one running finishes on its own (a daemon thread: it never
+            blocks process exit; a job cut by the exit is lost whole if it writes atomically).
         """
         with self._cond:
             self._closed = True
