@@ -159,8 +159,9 @@ class CaptureNodeSettings:
     max_pending: int = param(16, "images waiting for their pose at most (older ones are dropped)", range=(1, 1000))
     max_pending_writes: int = param(32, "kept frames waiting to be written to disk at most (held in memory); a frame "
                                         "kept while this many wait is rejected as writer_busy", range=(1, 10000))
-    drain_timeout_s: float = param(5.0, "how long STOP, SAVE, CLEAR and node shutdown wait for kept frames to be "
-                                        "written, seconds", range=(0.0, 600.0))
+    drain_timeout_s: float = param(8.0, "how long STOP, SAVE, CLEAR and node shutdown wait for kept frames to be "
+                                        "written, seconds (keep it below the clients' service timeout, 10 s for "
+                                        "f3rm_ros.ros.client)", range=(0.0, 600.0))
     image_format: str = param("png", "image file format of the dataset", choices=("png", "jpg"), read_only=True)
     jpeg_quality: int = param(95, "JPEG quality (image_format jpg)", range=(1, 100), read_only=True)
     labels_topic: str = param("", "16-bit label images (mono16) with the image's stamp, stored as label_path "
