@@ -74,12 +74,12 @@ def extract(dataset, kind: str, device: torch.device, quick: bool):
     return maps, time.perf_counter() - t0, ex.cache_key()
 
 
-def run_backend(args, dataset, maps, backend: str, device: torch.device) -> dict:
+def run_backend(args, dataset, maps, backend: str, device: torch.device, cuda_graphs: str = "auto") -> dict:
     cfg = TrainerConfig()
     changes = {"model.rgb.grid.backend": backend, "model.proposal_1.grid.backend": backend,
                "model.proposal_2.grid.backend": backend, "model.feature.grid.backend": backend,
                "eval_every": 0, "checkpoint_every": 0, "progress_every": 1_000_000, "seed": 0,
-               "eval_num_images": args.eval_images}
+               "eval_num_images": args.eval_images, "cuda_graphs": cuda_graphs}
     if args.quick:
         changes.update({"rays_per_batch": 256, "model.rgb.grid.num_levels": 4, "model.rgb.grid.log2_hashmap_size": 12,
                         "model.feature.grid.num_levels": 2, "model.feature.grid.log2_hashmap_size": 10})
@@ -88,10 +88,16 @@ def run_backend(args, dataset, maps, backend: str, device: torch.device) -> dict
     except Exception as e:  # config field names differ: say so instead of measuring something else
         return {"backend": backend, "error": f"config: {e}"}
     if device.type == "cuda":
+        import gc
+        gc.collect()
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     trainer = Trainer(cfg, dataset, maps, device=device)
-    out = {"backend": backend, "grid_backends": trainer.model.hashgrid_backends(), "milestones": []}
+    label = backend if cuda_graphs == "auto" and len(args.cuda_graphs) == 1 else f"{backend}/graphs={cuda_graphs}"
+    out = {"backend": label, "grid_backends": trainer.model.hashgrid_backends(), "milestones": [],
+           "cuda_graphs_setting": cuda_graphs, "cuda_graphs": trainer.cuda_graphs_reason}
+    print(f"  [{label}] training step: {trainer.cuda_graphs_reason}", flush=True)
+    backend = label
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     step_times = []
     t_train = 0.0
@@ -105,6 +111,9 @@ def run_backend(args, dataset, maps, backend: str, device: torch.device) -> dict
             t_train += dt
             if args.window[0] <= trainer.step < args.window[1]:
                 step_times.append(dt)
+        if "peak_train_gpu_mb" not in out and device.type == "cuda":  # training only, before any eval render
+            out["peak_train_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+            out["peak_train_gpu_reserved_mb"] = torch.cuda.max_memory_reserved() / 2**20
         ev = trainer.evaluate(save_images=False)
         out["milestones"].append({"step": milestone, "train_s": t_train, "steps_per_s": trainer.step / t_train,
                                   "eval_psnr": ev["psnr"], "eval_feature_mse": ev.get("feature_mse"),
@@ -113,6 +122,8 @@ def run_backend(args, dataset, maps, backend: str, device: torch.device) -> dict
               f"PSNR {ev['psnr']:.2f} dB, feature MSE {ev.get('feature_mse')}", flush=True)
     out["median_step_ms"] = 1000 * statistics.median(step_times) if step_times else None
     out["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
+    out["peak_gpu_reserved_mb"] = torch.cuda.max_memory_reserved() / 2**20 if device.type == "cuda" else None
+    out["cuda_graphs_final"] = trainer.cuda_graphs_reason  # differs from cuda_graphs if a capture failed
     return out
 
 
@@ -125,12 +136,15 @@ def main(argv=None) -> int:
     p.add_argument("--features", default="clip-random", choices=("clip-random", "labels", "synthetic", "none"))
     p.add_argument("--eval-images", type=int, default=0, help="held-out images per evaluation (0 = all)")
     p.add_argument("--window", default="50,250", help="steps whose time gives the median step time")
+    p.add_argument("--cuda-graphs", default="auto",
+                   help="comma-separated trainer cuda_graphs settings to run per backend (auto,on,off)")
     p.add_argument("--quick", action="store_true", help="tiny config for a CPU smoke test")
     p.add_argument("--tag", default="", help="added to the JSON file name")
     p.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
     args = p.parse_args(argv)
     args.steps = [int(s) for s in args.steps.split(",")]
     args.window = [int(s) for s in args.window.split(",")]
+    args.cuda_graphs = [s for s in args.cuda_graphs.split(",") if s]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dataset = load_dataset(args.data, downscale=args.downscale)
     W, H = dataset.intrinsics[0].width, dataset.intrinsics[0].height
@@ -140,23 +154,32 @@ def main(argv=None) -> int:
           + (f", maps {tuple(maps.shape)}" if maps is not None else ""), flush=True)
     rows = []
     for backend in args.backends.split(","):
-        try:
-            r = run_backend(args, dataset, maps, backend, device)
-        except Exception as e:  # report and go on with the next backend
-            r = {"backend": backend, "error": f"{type(e).__name__}: {e}"}
-            print(f"  [{backend}] failed: {r['error']}", flush=True)
-        if r.get("milestones"):
-            r["scene_build_s"] = t_extract + r["milestones"][0]["train_s"]
-        rows.append(r)
-    print(f"\n{'backend':8} {'median step ms':>14} {'steps/s':>8} {'build s':>8} {'peak MB':>8}  PSNR/featMSE per milestone")
+        for graphs in args.cuda_graphs:
+            try:
+                r = run_backend(args, dataset, maps, backend, device, graphs)
+            except Exception as e:  # report and go on with the next backend
+                r = {"backend": f"{backend}/graphs={graphs}", "error": f"{type(e).__name__}: {e}"}
+                print(f"  [{r['backend']}] failed: {r['error']}", flush=True)
+            if r.get("milestones"):
+                r["scene_build_s"] = t_extract + r["milestones"][0]["train_s"]
+            rows.append(r)
+    w = max([8] + [len(r["backend"]) for r in rows])
+    print(f"\n{'backend':{w}} {'median step ms':>14} {'steps/s':>8} {'build s':>8} {'peak MB':>8} {'train MB':>8}"
+          f"  PSNR/featMSE per milestone")
     for r in rows:
         if "error" in r:
-            print(f"{r['backend']:8} error: {r['error']}")
+            print(f"{r['backend']:{w}} error: {r['error']}")
             continue
         ms = "  ".join(f"{m['step']}: {m['eval_psnr']:.2f} dB / {m['eval_feature_mse'] if m['eval_feature_mse'] is None else round(m['eval_feature_mse'], 5)}"
                        for m in r["milestones"])
-        print(f"{r['backend']:8} {r['median_step_ms'] or float('nan'):14.2f} {r['milestones'][-1]['steps_per_s']:8.1f} "
-              f"{r['scene_build_s']:8.1f} {r['peak_gpu_mb'] or 0:8.0f}  {ms}")
+        print(f"{r['backend']:{w}} {r['median_step_ms'] or float('nan'):14.2f} {r['milestones'][-1]['steps_per_s']:8.1f} "
+              f"{r['scene_build_s']:8.1f} {r['peak_gpu_mb'] or 0:8.0f} {r.get('peak_train_gpu_mb') or 0:8.0f}  {ms}")
+    ok = [r for r in rows if "error" not in r and r.get("median_step_ms")]
+    if len(ok) > 1:
+        ref = ok[0]
+        for r in ok[1:]:
+            print(f"ratio {ref['backend']} / {r['backend']}: median step {ref['median_step_ms'] / r['median_step_ms']:.2f}x, "
+                  f"scene build {ref['scene_build_s'] / r['scene_build_s']:.2f}x")
     dev_name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu"
     result = {"commit": commit(), "device": dev_name, "torch": torch.__version__, "data": args.data,
               "image_size": [W, H], "num_images": len(dataset), "features": args.features,

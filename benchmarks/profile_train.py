@@ -12,6 +12,7 @@ time, kernel launches per step, device busy time per step and host-device syncs.
 
     python benchmarks/profile_train.py --data .gpudata/fox --out-dir $OUT
     python benchmarks/profile_train.py --data ../shared/data/fox --quick     # CPU smoke test
+    python benchmarks/profile_train.py --data .gpudata/fox --variants plain,graphs --profile-steps 0
 
 Variants (``--variants base,nosync,fused_adam``) run one after the other in the same process, each on a
 fresh trainer with the same seed. A variant is a name from ``VARIANTS`` (config changes) or from
@@ -45,6 +46,8 @@ from f3rm_ros.core.trainer import Trainer, TrainerConfig  # noqa: E402
 # name -> config changes (dotted keys of TrainerConfig); unknown keys make the variant fail loudly
 VARIANTS: dict[str, dict] = {
     "base": {},
+    "plain": {"cuda_graphs": "off"},  # the eager reference step
+    "graphs": {"cuda_graphs": "on"},  # the step captured as CUDA graphs (Trainer._graph_step)
 }
 
 # Experimental patches (applied in the order given, cumulatively, before a variant's trainer is built);
@@ -156,7 +159,10 @@ def build(args, dataset, maps, device, changes: dict) -> Trainer:
 
 
 def time_steps(trainer: Trainer, n: int, synced: bool, device) -> list[float]:
+    """Per-step times with a sync around each step (``train_step``, losses as floats), or one
+    pipelined mean (``_train_step_tensors``: nothing waits for the GPU until the end)."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    step = trainer.train_step if synced else trainer._train_step_tensors
     out = []
     sync()
     t_all = time.perf_counter()
@@ -164,7 +170,7 @@ def time_steps(trainer: Trainer, n: int, synced: bool, device) -> list[float]:
         if synced:
             sync()
         t0 = time.perf_counter()
-        trainer.train_step()
+        step()
         if synced:
             sync()
         out.append(time.perf_counter() - t0)
@@ -299,10 +305,17 @@ def main(argv=None) -> int:
             import traceback
             traceback.print_exc()
             print(f"[{name}] failed: {type(e).__name__}: {e}", flush=True)
-    print(f"\n{'variant':34} {'synced ms':>10} {'piped ms':>9} {'dev ms':>7} {'launch':>7} {'peak MB':>8} {'warm s':>7}")
+    print(f"\n{'variant':34} {'synced ms':>10} {'piped ms':>9} {'dev ms':>7} {'launch':>7} {'peak MB':>8} "
+          f"{'resv MB':>8} {'warm s':>7}  step")
+    first = next(iter(results.values()), None)
     for n, r in results.items():
         print(f"{n:34} {r['median_synced_ms']:10.2f} {r['pipelined_ms']:9.2f} {r['device_kernel_ms_per_step']:7.2f} "
-              f"{r['launches_per_step']:7.0f} {r['peak_mb'] or 0:8.0f} {r['warmup_s']:7.1f}")
+              f"{r['launches_per_step']:7.0f} {r['peak_mb'] or 0:8.0f} {r.get('peak_reserved_mb') or 0:8.0f} "
+              f"{r['warmup_s']:7.1f}  {r.get('cuda_graphs', '')}")
+    if first is not None and len(results) > 1:
+        for n, r in results.items():
+            print(f"ratio {first['variant']} / {n}: synced {first['median_synced_ms'] / r['median_synced_ms']:.2f}x, "
+                  f"pipelined {first['pipelined_ms'] / r['pipelined_ms']:.2f}x")
     dev = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     (out_dir / f"profile_train{('_' + args.tag) if args.tag else ''}.json").write_text(
         json.dumps({"device": dev, "torch": torch.__version__, "results": results}, indent=1, default=str))
@@ -311,6 +324,8 @@ def main(argv=None) -> int:
 
 def run_variant(args, dataset, maps, device, name, changes, active, out_dir) -> dict:
     if device.type == "cuda":
+        import gc
+        gc.collect()
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
@@ -326,9 +341,10 @@ def run_variant(args, dataset, maps, device, name, changes, active, out_dir) -> 
     prof = profile(tr, args.profile_steps, device, out_dir, f"{args.tag}{name}") if args.profile_steps > 0 else \
         {"launches_per_step": float("nan"), "device_kernel_ms_per_step": float("nan")}
     peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
+    peak_res = torch.cuda.max_memory_reserved() / 2**20 if device.type == "cuda" else None
     loss = {k: float(v) for k, v in tr.train_step().items()}
     r = {"variant": name, "patches": list(active), "changes": changes, "trainer_init_s": t_build,
-         "warmup_s": t_warm,
+         "warmup_s": t_warm, "cuda_graphs": getattr(tr, "cuda_graphs_reason", None), "peak_reserved_mb": peak_res,
          "median_synced_ms": 1000 * statistics.median(synced), "pipelined_ms": 1000 * piped,
          "peak_mb": peak, "loss": loss, **prof}
     print(f"[{name}] synced median {r['median_synced_ms']:.2f} ms, pipelined {r['pipelined_ms']:.2f} ms/step, "

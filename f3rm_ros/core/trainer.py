@@ -9,10 +9,15 @@ interlevel + distortion + 1e-3 feature MSE). Every ``eval_every`` steps it rende
 ``run_dir/checkpoints``. Checkpoints hold the field, optimiser, scheduler, AMP scaler and random
 state (so a resumed run takes exactly the step the original would have), the camera poses and the
 ``nerf_to_world`` transform, and no foundation-model weights.
+
+On CUDA the step is captured as CUDA graphs (``cuda_graphs``, see :meth:`Trainer._graph_step`): two
+graphs (proposal nets updated or not) replayed every step, with the proposal annealing exponent and
+the learning rate read from device tensors; the plain eager step stays the reference path.
 """
 
 from __future__ import annotations
 
+import collections
 import io
 import logging
 import time
@@ -71,6 +76,10 @@ class TrainerConfig:
     ray_table_max_mb: int = param(1024, "precompute the undistorted camera-frame direction of every training pixel "
                                         "if that table fits in this many MB (0 = generate rays every step)",
                                   range=(0, 1 << 20))
+    cuda_graphs: str = param("auto", "capture the whole training step (ray batch, forward, backward, Adam) as CUDA "
+                                     "graphs and replay them: auto = on for CUDA when every hash grid runs on the "
+                                     "triton backend, on (error if not possible), off (the plain eager step)",
+                             choices=("auto", "on", "off"))
 
 
 @dataclass
@@ -145,6 +154,37 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
 
 def _rng_device(device: torch.device) -> torch.device:
     return device if device.type == "cuda" else torch.device("cpu")
+
+
+def _cuda_graphs_decision(mode: str, trainer: "Trainer") -> tuple[bool, str]:
+    """Whether the trainer captures its step as CUDA graphs, and why (``cuda_graphs`` auto | on | off).
+
+    Needs a CUDA device, ``torch.cuda.CUDAGraph.register_generator_state`` (the step draws its random
+    numbers from the trainer's own generator), and every hash grid on the triton backend (the torch
+    reference builds small index tensors on the host every call, which a capture does not allow; tcnn
+    is untested here).
+
+    Raises:
+        ValueError: ``on`` where it is not possible, or an unknown mode.
+    """
+    if mode not in ("auto", "on", "off"):
+        raise ValueError(f"cuda_graphs must be auto, on or off, got {mode!r}")
+    if mode == "off":
+        return False, "cuda_graphs: off"
+    why = None
+    if trainer.device.type != "cuda":
+        why = f"device {trainer.device} is not CUDA"
+    elif not hasattr(torch.cuda, "CUDAGraph") or not hasattr(torch.cuda.CUDAGraph, "register_generator_state"):
+        why = f"torch {torch.__version__} has no CUDAGraph.register_generator_state"
+    else:
+        other = {k: v for k, v in trainer.model.hashgrid_backends().items() if v != "triton"}
+        if other:
+            why = f"hash grids not on the triton backend: {other}"
+    if why is None:
+        return True, f"cuda_graphs: {mode}"
+    if mode == "on":
+        raise ValueError(f"cuda_graphs: on, but the training step cannot be captured here: {why}")
+    return False, f"cuda_graphs: auto -> eager ({why})"
 
 
 class Trainer:
@@ -225,6 +265,19 @@ class Trainer:
             self._dirs_table = camera_direction_table(self._K_train, self._sizes)
         self.feature_maps = feature_maps.to(dev) if feature_maps is not None else None
 
+        # CUDA graphs of the whole step (see _graph_step); decided once here
+        self.cuda_graphs_active, self.cuda_graphs_reason = _cuda_graphs_decision(config.cuda_graphs, self)
+        log.info("training step: %s (%s)", "CUDA graphs" if self.cuda_graphs_active else "eager",
+                 self.cuda_graphs_reason)
+        self._graphs: dict[bool, Any] = {}  # update_proposals -> torch.cuda.CUDAGraph
+        self._graph_out: dict[bool, Tensor] = {}  # update_proposals -> packed losses written by that graph
+        self._graph_warm: dict[bool, int] = {True: 0, False: 0}
+        self._graph_replays = 0
+        self._side_stream = None
+        self._anneal_t = self._lr_t = None
+        if self.cuda_graphs_active:
+            self._init_graph_tensors()
+
     # ------------------------------------------------------------------------------ batches
     def sample_batch(self) -> dict[str, Tensor]:
         """A random ray batch: origins/directions (field frame), rgb targets, camera and pixel indices."""
@@ -264,13 +317,33 @@ class Trainer:
             out["feature_mse"] = out["feature"] / fm if fm > 0 else 0.0
         return out
 
+    def loss_names(self) -> list[str]:
+        """Keys of the loss dict of one step (``total`` last)."""
+        return ["rgb", "interlevel", "distortion"] + (["feature"] if self.feature_maps is not None else []) + ["total"]
+
     def _train_step_tensors(self) -> dict[str, Tensor]:
         """One optimisation step; the losses stay on the device (no host sync)."""
-        cfg = self.config
         self.model.train()
-        batch = self.sample_batch()
         update = self.model.sampler.should_update(self.step)
-        with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.use_amp):
+        if self.cuda_graphs_active:
+            packed = self._graph_step(update)
+            if packed is not None:
+                self.scheduler.step()
+                self.step += 1
+                return dict(zip(self.loss_names(), packed.clone().unbind()))
+        losses = self._forward_backward(update)
+        self.scheduler.step()
+        self.step += 1
+        return {k: v.detach() for k, v in losses.items()}
+
+    def _forward_backward(self, update: bool, graph_safe: bool = False) -> dict[str, Tensor]:
+        """Batch, forward, losses, backward and optimiser step (the plain eager step, and the body
+        the CUDA graphs capture). ``graph_safe`` turns off autocast's weight-cast cache (a cache
+        filled during capture must not outlive it); the maths is the same. Returns the losses."""
+        cfg = self.config
+        batch = self.sample_batch()
+        with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.use_amp,
+                            cache_enabled=False if graph_safe else None):
             out = self.model.render_rays(batch["origins"], batch["directions"], batch["camera_idx"], training=True,
                                          step=self.step, update_proposals=update, generator=self.generator)
         losses = {"rgb": rgb_mse(out["rgb"], batch["rgb"]),
@@ -284,9 +357,106 @@ class Trainer:
         self.scaler.scale(total).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        self.scheduler.step()
-        self.step += 1
         return {**{k: v.detach() for k, v in losses.items()}, "total": total.detach()}
+
+    def _packed(self, losses: dict[str, Tensor]) -> Tensor:  # -> [len(loss_names)] float32
+        return torch.stack([losses[k].float().reshape(()) for k in self.loss_names()])
+
+    # ----------------------------------------------------------------------- CUDA graphs
+    _GRAPH_WARMUP_STEPS = 2  # eager steps (on a side stream) before each graph is captured
+
+    def _init_graph_tensors(self) -> None:
+        """The device scalars a captured step reads: annealing exponent and learning rate."""
+        self._anneal_t = torch.ones((), dtype=torch.float32, device=self.device)
+        self._lr_t = torch.full((), float(self.config.lr), dtype=torch.float32, device=self.device)
+
+    def _graph_step(self, update: bool) -> Tensor | None:
+        """One step through the CUDA graph for ``update`` (proposal nets trained or not).
+
+        The graph holds the whole step: ray batch (random numbers from ``self.generator``, registered
+        with the graph so every replay draws new ones), forward under autocast, losses, backward,
+        the grad scaler's inf check and scale update, and fused Adam (``capturable``; lr read from a
+        device tensor). What changes from step to step outside the graph: the proposal annealing
+        exponent and the learning rate (two device fills before the replay), and which of the two
+        graphs runs (``ProposalSampler.should_update``, on the host). The first
+        ``_GRAPH_WARMUP_STEPS`` steps of each kind run eagerly on a side stream (lazy state, kernel
+        compilation), the next one captures the graph and replays it.
+
+        Returns:
+            the packed losses (``loss_names`` order; overwritten by the next replay), or None when
+            capture failed under ``cuda_graphs: auto`` (logged; the run continues eagerly).
+        """
+        sampler = self.model.sampler
+        sampler.anneal_tensor = self._anneal_t
+        self._anneal_t.fill_(sampler.anneal(self.step))
+        self._lr_t.fill_(float(self.optimizer.param_groups[0]["lr"]))
+        if self.device.type != "cuda":  # no capture off CUDA: the graph body runs eagerly (CPU tests)
+            return self._packed(self._forward_backward(update, graph_safe=True))
+        graph = self._graphs.get(update)
+        if graph is None and self._graph_warm[update] < self._GRAPH_WARMUP_STEPS:
+            if self._side_stream is None:
+                self._side_stream = torch.cuda.Stream(device=self.device)
+            cur = torch.cuda.current_stream(self.device)
+            self._side_stream.wait_stream(cur)
+            with torch.cuda.stream(self._side_stream):
+                packed = self._packed(self._forward_backward(update, graph_safe=True))
+            cur.wait_stream(self._side_stream)
+            self._graph_warm[update] += 1
+            return packed
+        if graph is None:
+            try:
+                graph = self._capture(update)
+            except Exception as e:  # noqa: BLE001 - auto falls back to the eager step, on re-raises
+                self._capture_failed(e)
+                if self.config.cuda_graphs == "on":
+                    raise
+                return None
+        graph.replay()
+        self._graph_replays += 1
+        return self._graph_out[update]
+
+    def _capture(self, update: bool) -> Any:
+        """Capture the step for ``update`` into a new CUDA graph (shares the memory pool of the other one)."""
+        graph = torch.cuda.CUDAGraph()
+        graph.register_generator_state(self.generator)
+        pool = next(iter(self._graphs.values())).pool() if self._graphs else None
+        groups = self.optimizer.param_groups
+        saved = [(g["lr"], g["capturable"]) for g in groups]
+        self.optimizer.zero_grad(set_to_none=True)  # gradients are allocated (and written) inside the graph
+        try:
+            for g in groups:  # Adam reads the lr tensor on every replay; capturable allows capture
+                g["lr"], g["capturable"] = self._lr_t, True
+            with torch.cuda.graph(graph, pool=pool):
+                packed = self._packed(self._forward_backward(update, graph_safe=True))
+        finally:
+            for g, (lr, cap) in zip(groups, saved):
+                g["lr"], g["capturable"] = lr, cap
+        self._graphs[update] = graph
+        self._graph_out[update] = packed
+        log.info("captured the training step (update_proposals=%s) as a CUDA graph at step %d", update, self.step)
+        return graph
+
+    def _capture_failed(self, err: Exception) -> None:
+        """Undo a failed capture and continue with the eager step (cuda_graphs: auto)."""
+        from torch.amp.grad_scaler import _refresh_per_optimizer_state  # noqa: PLC0415
+
+        self.cuda_graphs_active = False
+        self.cuda_graphs_reason = f"capture failed, eager step from step {self.step}: {type(err).__name__}: {err}"
+        log.warning("CUDA graph %s", self.cuda_graphs_reason)
+        self._drop_graphs()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler._per_optimizer_states = collections.defaultdict(_refresh_per_optimizer_state)
+        for attr in ("grad_scale", "found_inf"):
+            if hasattr(self.optimizer, attr):
+                delattr(self.optimizer, attr)
+
+    def _drop_graphs(self) -> None:
+        """Forget captured graphs (their pointers go stale when state tensors are replaced, e.g. on load)."""
+        self._graphs.clear()
+        self._graph_out.clear()
+        self._graph_warm = {True: 0, False: 0}
+        self.model.sampler.anneal_tensor = None
+        self.optimizer.zero_grad(set_to_none=True)
 
     # ------------------------------------------------------------------------------ render
     @torch.no_grad()
@@ -457,6 +627,7 @@ class Trainer:
         if to_dict(from_dict(TrainerConfig, ck["config"]).model) != to_dict(self.config.model):
             raise CheckpointError("checkpoint model config differs from this trainer's; build the trainer with "
                                   "the checkpoint's config (Trainer.from_checkpoint)")
+        self._drop_graphs()  # the optimiser state, poses and generator are replaced below
         self.model.load_state_dict(ck["model"])
         self.optimizer.load_state_dict(ck["optimizer"])
         self.scheduler.load_state_dict(ck["scheduler"])

@@ -95,7 +95,9 @@ class RGBField(nn.Module):
         if camera_idx is None:
             return fallback.expand(num_rays, -1)
         idx = camera_idx.long()
-        if (idx >= self.num_images).any():
+        # the range check reads the indices on the host: skipped while a CUDA graph is being captured
+        # (a sync is not allowed there); the capturing trainer draws indices in range by construction
+        if not (idx.is_cuda and torch.cuda.is_current_stream_capturing()) and (idx >= self.num_images).any():
             raise ValueError(f"camera index out of range (num_images={self.num_images})")
         emb = self.appearance(idx.clamp_min(0))
         return torch.where((idx >= 0)[:, None], emb, fallback.expand_as(emb))

@@ -108,7 +108,13 @@ class ProposalSamplerConfig:
 
 
 class ProposalSampler:
-    """Hierarchical proposal sampling; stateless except for the proposal-update counter."""
+    """Hierarchical proposal sampling; stateless except for the proposal-update counter.
+
+    ``anneal_tensor`` (default None): when set to a 0-dim float tensor on the rays' device, training
+    uses its value as the annealing exponent instead of the Python float ``anneal(step)``. Its owner
+    fills it before each step; a CUDA graph that captured the sampler then reads the current value
+    on every replay instead of the number baked in at capture (the trainer's ``cuda_graphs`` path).
+    """
 
     def __init__(self, config: ProposalSamplerConfig):
         if len(config.num_proposal_samples) < 1:
@@ -117,6 +123,7 @@ class ProposalSampler:
             raise ValueError(f"far ({config.far}) must be > near ({config.near})")
         self.config = config
         self.steps_since_update = 0
+        self.anneal_tensor: Tensor | None = None
 
     def anneal(self, step: int) -> float:
         """Exponent applied to proposal weights before resampling (0 -> 1 over the first steps)."""
@@ -156,7 +163,10 @@ class ProposalSampler:
             raise ValueError(f"{len(density_fns)} density functions for {len(c.num_proposal_samples)} proposal levels")
         R = origins.shape[0]
         jitter = training and c.single_jitter
-        anneal = self.anneal(step) if training else 1.0
+        if not training:
+            anneal: float | Tensor = 1.0
+        else:
+            anneal = self.anneal_tensor if self.anneal_tensor is not None else self.anneal(step)
         proposals: list[tuple[Tensor, Tensor]] = []
         s = uniform_s_edges(R, c.num_proposal_samples[0], jitter, origins.device, generator)
         for k, fn in enumerate(density_fns):
