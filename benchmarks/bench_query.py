@@ -46,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--oracle-backend", default="auto", choices=("auto", "open3d", "scipy"))
     ap.add_argument("--oracle-resolution", type=float, default=0.003, help="oracle grid spacing, metres")
     ap.add_argument("--checkpoint", default=None, help="trained field checkpoint instead of the oracle")
+    ap.add_argument("--optimizer-backends", nargs="+", default=None,
+                    help="PlannerConfig.optimizer_backend values to compare in one run (plain, static, cuda_graph, "
+                         "auto); queries interleave the backends on the same warm field")
     ap.add_argument("--out", default=None, help="JSON output path")
     args = ap.parse_args(argv)
 
@@ -93,26 +96,31 @@ def main(argv: list[str] | None = None) -> int:
     first = planner.plan(args.queries[0])
     sync()
     cold_s = time.perf_counter() - t0
-    results = {}
+    backends = args.optimizer_backends or [cfg.optimizer_backend]
+    per_backend = {b: {} for b in backends}
     for q in args.queries:
-        runs = []
-        for _ in range(args.repeats):
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            sync()
-            t0 = time.perf_counter()
-            r = planner.plan(q)
-            sync()
-            runs.append((time.perf_counter() - t0, r))
-        stages = {k: statistics.median(r.timing.get(k, 0.0) for _, r in runs) for k in runs[0][1].timing}
-        last = runs[-1][1]
-        results[q] = {
-            "median_s": statistics.median(s for s, _ in runs), "runs_s": [s for s, _ in runs], "stages_s": stages,
-            "found": last.found, "reason": last.reason, "task": last.task,
-            "proposals": last.stats.get("proposals"), "proposals_free": last.stats.get("proposals_free"),
-            "masked_voxels": last.stats.get("masked"),
-            "peak_cuda_mem_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
-        }
+        for b in backends:
+            planner.config = replace(cfg, optimizer_backend=b)
+            runs = []
+            for _ in range(args.repeats):
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
+                sync()
+                t0 = time.perf_counter()
+                r = planner.plan(q)
+                sync()
+                runs.append((time.perf_counter() - t0, r))
+            stages = {k: statistics.median(r.timing.get(k, 0.0) for _, r in runs) for k in runs[0][1].timing}
+            last = runs[-1][1]
+            per_backend[b][q] = {
+                "median_s": statistics.median(s for s, _ in runs), "runs_s": [s for s, _ in runs], "stages_s": stages,
+                "found": last.found, "reason": last.reason, "task": last.task, "optimizer": last.stats.get("optimizer"),
+                "proposals": last.stats.get("proposals"), "proposals_free": last.stats.get("proposals_free"),
+                "masked_voxels": last.stats.get("masked"), "best_score": last.best.score if last.found else None,
+                "peak_cuda_mem_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
+            }
+    planner.config = cfg
+    results = per_backend[backends[0]]
     found = [v["median_s"] for v in results.values() if v["found"]]
     out = {
         "benchmark": "grasp query latency", "device": str(device),
@@ -126,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
         "median_found_query_s": statistics.median(found) if found else None,
         "median_all_queries_s": statistics.median(v["median_s"] for v in results.values()),
     }
+    if len(backends) > 1:
+        out["backends"] = {b: {"queries": res, "median_found_query_s": statistics.median(
+            [v["median_s"] for v in res.values() if v["found"]] or [float("nan")])} for b, res in per_backend.items()}
     print(f"device {out['device']} ({out['device_name']}), torch {out['torch']}, {out['threads']} threads, "
           f"field {field_kind} built in {build_s:.1f} s, scene {args.scene}")
     print(f"cold first query ({args.queries[0]!r}, incl. alpha grid + surface): {cold_s:.2f} s")
@@ -135,6 +146,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{q!r:16s} {v['median_s']:9.2f} {str(v['found']):>6s} {str(v['proposals']):>10s} "
               f"{str(v['proposals_free']):>6s}  {st}")
     print(f"median latency over queries that found a grasp: {out['median_found_query_s']}")
+    for b, v in out.get("backends", {}).items():
+        qs = " ".join(f"{q!r}={x['median_s']:.3f}s(optimise {x['stages_s'].get('optimise', 0):.3f})"
+                      for q, x in v["queries"].items())
+        print(f"backend {b:10s} median found {v['median_found_query_s']:.3f} s: {qs}")
     if args.out:
         from f3rm_ros.core.io import atomic_write_json
 

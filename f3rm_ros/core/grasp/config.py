@@ -80,6 +80,12 @@ class PlannerConfig:
     prune_after_step: int = param(10, "prune after this step", range=(0, 100000))
     keep_fraction: float = param(0.975, "fraction of poses kept at each pruning", range=(0.0, 1.0))
     min_poses: int = param(2048, "prune only while more poses than this remain", range=(1, 10**7))
+    optimizer_backend: str = param("auto", "ours: how the Adam loop runs. 'plain': the reference loop (the batch "
+                                           "shrinks at each pruning); 'static': fixed shapes, pruned poses frozen "
+                                           "behind a mask (same result); 'cuda_graph': 'static' with one step "
+                                           "captured in a CUDA graph and replayed (CUDA only, else 'static'); "
+                                           "'auto': cuda_graph on CUDA, plain on the CPU",
+                                   choices=("auto", "plain", "static", "cuda_graph"))
     # --- collision ---------------------------------------------------------------------------------
     collision_voxel_m: float = param(0.0075, "gripper voxel size for collision points; also alpha's delta",
                                      range=(1e-4, 0.1))

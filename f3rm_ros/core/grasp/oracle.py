@@ -141,7 +141,10 @@ class OracleField:
             self._rows = vol[0].permute(1, 2, 3, 0).reshape(-1, vol.shape[1]).contiguous()  # [X*Y*Z, C]
             self._rows_key = key
         X, Y, Z = self.shape
-        hi = torch.tensor([X - 1, Y - 1, Z - 1], dtype=torch.float32, device=points.device)
+        hi = self._hi_cache.get(points.device) if hasattr(self, "_hi_cache") else None
+        if hi is None:  # made once per device: a host-to-device copy per call cannot be captured in a CUDA graph
+            hi = torch.tensor([X - 1, Y - 1, Z - 1], dtype=torch.float32, device=points.device)
+            self.__dict__.setdefault("_hi_cache", {})[points.device] = hi
         p = torch.minimum(((points.float() - self._lo) / self.res).clamp(min=0.0), hi)
         c = torch.minimum(p.detach().floor(), hi - 1).long()
         f = p - c

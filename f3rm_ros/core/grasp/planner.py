@@ -34,7 +34,8 @@ from f3rm_ros.core.grasp.config import PlannerConfig
 from f3rm_ros.core.grasp.field_utils import field_has_features, query_features_chunked
 from f3rm_ros.core.grasp.language import (encode_texts, is_negative_only, language_mask, normalise_query,
                                           pairwise_softmax, similarity_map)
-from f3rm_ros.core.grasp.optimize import LanguageGuidance, OptimizeSettings, optimize_poses, pose_losses
+from f3rm_ros.core.grasp.optimize import (LanguageGuidance, OptimizeSettings, StaticPoseOptimizer, optimize_poses,
+                                          pose_losses)
 from f3rm_ros.core.grasp.proposals import (alpha_grid, dense_grid, quat_to_matrix_torch, random_quaternions,
                                            remove_statistical_outliers, surface_voxels, voxel_downsample)
 from f3rm_ros.core.grasp.result import Grasp, PlanResult
@@ -304,7 +305,16 @@ class GraspPlanner:
                                     prune_after_step=c.prune_after_step, keep_fraction=c.keep_fraction,
                                     min_poses=c.min_poses, delta=c.voxel_size_m, chunk_points=c.chunk_points,
                                     floor_z=floor)
-        tr, q, loss, info = optimize_poses(self.field, tr, q, qp, emb_task, guidance, settings, self._corners)
+        backend = c.optimizer_backend
+        if backend == "auto":
+            backend = "cuda_graph" if self.device.type == "cuda" else "plain"
+        if backend == "plain":
+            tr, q, loss, info = optimize_poses(self.field, tr, q, qp, emb_task, guidance, settings, self._corners)
+        else:
+            opt = StaticPoseOptimizer(self.field, qp, emb_task, guidance, settings, self._corners,
+                                      use_graph=backend == "cuda_graph")
+            tr, q, loss, info = opt.run(tr, q)
+        res.stats["optimizer"] = backend + ("" if backend != "cuda_graph" or info.get("graph") else " (not captured)")
         res.stats["optimised"] = int(tr.shape[0])
         t0 = lap("optimise", t0)
 
