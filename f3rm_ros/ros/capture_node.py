@@ -742,9 +742,7 @@ class CaptureNode(Node):
                                 last_reject_reason=self.last_reject_reason,
                                 dataset_path=str(self.dataset_path or ""))
             msg.reject_counts = [int(self.reject_counts[k]) for k in msg.reject_reasons]
-            for field, value in (("frames_pending", self.frame_counts()[1]), ("frames_written", msg.frames_kept)):
-                if hasattr(msg, field):  # in newer CaptureStatus definitions
-                    setattr(msg, field, value)
+            msg.frames_pending = int(self.frame_counts()[1])
         msg.header.stamp = self.get_clock().now().to_msg()
         msg.header.frame_id = self.settings.world_frame
         return msg
