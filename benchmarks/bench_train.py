@@ -74,11 +74,12 @@ def extract(dataset, kind: str, device: torch.device, quick: bool):
     return maps, time.perf_counter() - t0, ex.cache_key()
 
 
-def run_backend(args, dataset, maps, backend: str, device: torch.device, cuda_graphs: str = "auto") -> dict:
+def run_backend(args, dataset, maps, backend: str, device: torch.device, cuda_graphs: str = "auto",
+                seed: int = 0) -> dict:
     cfg = TrainerConfig()
     changes = {"model.rgb.grid.backend": backend, "model.proposal_1.grid.backend": backend,
                "model.proposal_2.grid.backend": backend, "model.feature.grid.backend": backend,
-               "eval_every": 0, "checkpoint_every": 0, "progress_every": 1_000_000, "seed": 0,
+               "eval_every": 0, "checkpoint_every": 0, "progress_every": 1_000_000, "seed": seed,
                "eval_num_images": args.eval_images, "cuda_graphs": cuda_graphs}
     if args.quick:
         changes.update({"rays_per_batch": 256, "model.rgb.grid.num_levels": 4, "model.rgb.grid.log2_hashmap_size": 12,
@@ -94,7 +95,9 @@ def run_backend(args, dataset, maps, backend: str, device: torch.device, cuda_gr
         torch.cuda.reset_peak_memory_stats()
     trainer = Trainer(cfg, dataset, maps, device=device)
     label = backend if cuda_graphs == "auto" and len(args.cuda_graphs) == 1 else f"{backend}/graphs={cuda_graphs}"
-    out = {"backend": label, "grid_backends": trainer.model.hashgrid_backends(), "milestones": [],
+    if len(args.seeds) > 1 or seed != 0:
+        label += f"/seed={seed}"
+    out = {"backend": label, "seed": seed, "grid_backends": trainer.model.hashgrid_backends(), "milestones": [],
            "cuda_graphs_setting": cuda_graphs, "cuda_graphs": trainer.cuda_graphs_reason}
     print(f"  [{label}] training step: {trainer.cuda_graphs_reason}", flush=True)
     backend = label
@@ -136,6 +139,7 @@ def main(argv=None) -> int:
     p.add_argument("--features", default="clip-random", choices=("clip-random", "labels", "synthetic", "none"))
     p.add_argument("--eval-images", type=int, default=0, help="held-out images per evaluation (0 = all)")
     p.add_argument("--window", default="50,250", help="steps whose time gives the median step time")
+    p.add_argument("--seeds", default="0", help="comma-separated trainer seeds (run-to-run spread of PSNR / feature MSE)")
     p.add_argument("--cuda-graphs", default="auto",
                    help="comma-separated trainer cuda_graphs settings to run per backend (auto,on,off)")
     p.add_argument("--quick", action="store_true", help="tiny config for a CPU smoke test")
@@ -145,6 +149,7 @@ def main(argv=None) -> int:
     args.steps = [int(s) for s in args.steps.split(",")]
     args.window = [int(s) for s in args.window.split(",")]
     args.cuda_graphs = [s for s in args.cuda_graphs.split(",") if s]
+    args.seeds = [int(s) for s in args.seeds.split(",") if s]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dataset = load_dataset(args.data, downscale=args.downscale)
     W, H = dataset.intrinsics[0].width, dataset.intrinsics[0].height
@@ -154,15 +159,16 @@ def main(argv=None) -> int:
           + (f", maps {tuple(maps.shape)}" if maps is not None else ""), flush=True)
     rows = []
     for backend in args.backends.split(","):
-        for graphs in args.cuda_graphs:
-            try:
-                r = run_backend(args, dataset, maps, backend, device, graphs)
-            except Exception as e:  # report and go on with the next backend
-                r = {"backend": f"{backend}/graphs={graphs}", "error": f"{type(e).__name__}: {e}"}
-                print(f"  [{r['backend']}] failed: {r['error']}", flush=True)
-            if r.get("milestones"):
-                r["scene_build_s"] = t_extract + r["milestones"][0]["train_s"]
-            rows.append(r)
+        for seed in args.seeds:
+            for graphs in args.cuda_graphs:
+                try:
+                    r = run_backend(args, dataset, maps, backend, device, graphs, seed)
+                except Exception as e:  # report and go on with the next backend
+                    r = {"backend": f"{backend}/graphs={graphs}/seed={seed}", "error": f"{type(e).__name__}: {e}"}
+                    print(f"  [{r['backend']}] failed: {r['error']}", flush=True)
+                if r.get("milestones"):
+                    r["scene_build_s"] = t_extract + r["milestones"][0]["train_s"]
+                rows.append(r)
     w = max([8] + [len(r["backend"]) for r in rows])
     print(f"\n{'backend':{w}} {'median step ms':>14} {'steps/s':>8} {'build s':>8} {'peak MB':>8} {'train MB':>8}"
           f"  PSNR/featMSE per milestone")
@@ -174,6 +180,16 @@ def main(argv=None) -> int:
                        for m in r["milestones"])
         print(f"{r['backend']:{w}} {r['median_step_ms'] or float('nan'):14.2f} {r['milestones'][-1]['steps_per_s']:8.1f} "
               f"{r['scene_build_s']:8.1f} {r['peak_gpu_mb'] or 0:8.0f} {r.get('peak_train_gpu_mb') or 0:8.0f}  {ms}")
+    groups: dict = {}
+    for r in rows:
+        if "error" not in r and len(args.seeds) > 1:
+            groups.setdefault(r["backend"].rsplit("/seed=", 1)[0], []).append(r["milestones"][0])
+    for name, ms in groups.items():  # spread over seeds at the first milestone
+        ps = [m["eval_psnr"] for m in ms]
+        fs = [m["eval_feature_mse"] for m in ms if m["eval_feature_mse"] is not None]
+        print(f"{name} over {len(ms)} seeds at step {ms[0]['step']}: PSNR {statistics.mean(ps):.2f} "
+              f"(min {min(ps):.2f}, max {max(ps):.2f}) dB" + (f", feature MSE {statistics.mean(fs):.4f} "
+                                                              f"(min {min(fs):.4f}, max {max(fs):.4f})" if fs else ""))
     ok = [r for r in rows if "error" not in r and r.get("median_step_ms")]
     if len(ok) > 1:
         ref = ok[0]
