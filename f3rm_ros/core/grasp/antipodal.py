@@ -14,8 +14,8 @@ This module estimates, from the density, what the closing fingers would touch:
   180 degrees when a finger closes on nothing or starts inside something.
 
 :func:`align_to_contacts` turns a grasp about the midpoint of its contacts so that the closing axis
-lies along the estimated contact normals (``n_left - n_right``), the cheap refinement the planner
-applies to its best candidates. Everything is batched over poses; points are world-frame metres.
+lies along the estimated contact normals (``n_left - n_right``) and shifts it onto the axis of a round
+bar it closes off-centre, the cheap refinement the planner applies to its best candidates. Everything is batched over poses; points are world-frame metres.
 """
 
 from __future__ import annotations
@@ -74,7 +74,8 @@ def _gradient(field: Any, pts: torch.Tensor, h: float, chunk: int) -> torch.Tens
     off = torch.eye(3, device=pts.device) * h
     probe = torch.cat([pts[:, None, :] + off[None], pts[:, None, :] - off[None]], dim=1)  # [M, 6, 3]
     dens = query_density_chunked(field, probe.reshape(-1, 3), chunk).reshape(-1, 6)
-    return (dens[:, :3] - dens[:, 3:]) / (2 * h)
+    ld = torch.log(dens.clamp_min(1e-6))  # density rises ~exponentially at a surface: differences of its log
+    return (ld[:, :3] - ld[:, 3:]) / (2 * h)  # are unbiased there, plain differences lean to the larger side
 
 
 def estimate_antipodal(field: Any, R: torch.Tensor,  # [N, 3, 3] world_from_gripper
@@ -166,7 +167,8 @@ def estimate_antipodal_reference(field: Any, T: np.ndarray,  # [4, 4] one grasp
         ns = []
         for dist, p in found:
             if dist <= dmin + s.band:
-                g = np.array([(dens(p + s.h * e)[0] - dens(p - s.h * e)[0]) / (2 * s.h) for e in np.eye(3)])
+                ld = lambda x: float(np.log(max(dens(x)[0], 1e-6)))  # noqa: E731
+                g = np.array([(ld(p + s.h * e) - ld(p - s.h * e)) / (2 * s.h) for e in np.eye(3)])
                 ns.append(-g / max(np.linalg.norm(g), 1e-12))
         m = np.mean(ns, axis=0)
         m /= max(np.linalg.norm(m), 1e-12)
@@ -187,10 +189,20 @@ def rotation_between(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # [N, 3
 
 
 def align_to_contacts(R: torch.Tensor, t: torch.Tensor,  # [N, 3, 3], [N, 3]
-                      est: AntipodalEstimate, max_deg: float = 30.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Turn each grasp about the midpoint of its contacts so its closing axis (gripper y) lies along
-    ``n_left - n_right`` (the estimated contact normals); grasps without valid contacts, or needing more
-    than ``max_deg``, are left as they are. Returns new (R, t)."""
+                      est: AntipodalEstimate, max_deg: float = 30.0,
+                      max_shift: float = 0.005) -> tuple[torch.Tensor, torch.Tensor]:
+    """One refinement step from the estimated contacts.
+
+    1. Turn each grasp about the midpoint of its contacts so its closing axis (gripper y) lies along
+       ``n_left - n_right`` (what two flat faces at an angle need).
+    2. Shift it across the closing axis against the normals' common tilt: on a round bar (a handle)
+       closed off its axis both normals lean the same way, away from the axis, by theta with
+       tan(theta) = |perpendicular part| / |parallel part|; the bar's axis then lies
+       (width / 2) * tan(theta) further along -(that lean) (at most ``max_shift`` per step).
+
+    Grasps without valid contacts, or needing a turn above ``max_deg``, are left as they are.
+    Returns new (R [N, 3, 3], t [N, 3]).
+    """
     y = R[:, :, 1]
     axis = est.normals[:, 0] - est.normals[:, 1]
     axis = axis / axis.norm(dim=-1, keepdim=True).clamp_min(1e-12)
@@ -201,4 +213,13 @@ def align_to_contacts(R: torch.Tensor, t: torch.Tensor,  # [N, 3, 3], [N, 3]
     mid = torch.where(ok[:, None], est.contacts.mean(dim=1), t)
     R2 = Q @ R
     t2 = torch.einsum("nij,nj->ni", Q, t - mid) + mid
+    nl, nr = torch.nan_to_num(est.normals[:, 0]), torch.nan_to_num(est.normals[:, 1])
+    par = ((nl * axis).sum(-1) - (nr * axis).sum(-1)).abs() / 2  # mean |cos| to the axis
+    lean = (nl + nr) / 2
+    lean = lean - (lean * axis).sum(-1, keepdim=True) * axis  # across the closing axis
+    half_w = torch.nan_to_num((est.contacts[:, 0] - est.contacts[:, 1]).norm(dim=-1) / 2)
+    shift = -half_w[:, None] * lean / par.clamp_min(0.2)[:, None]
+    norm = shift.norm(dim=-1, keepdim=True)
+    shift = shift * (max_shift / norm.clamp_min(max_shift))
+    t2 = torch.where(ok[:, None], t2 + shift, t2)
     return R2, t2

@@ -202,9 +202,10 @@ class GraspPlanner:
         res.stats["antipodal_refined"] = improved
         res.stats["antipodal_ok"] = int((ang <= c.antipodal_max_deg).sum())
         res.stats["antipodal_deg_before"] = [round(float(x), 1) for x in before[:5]]
-        # new order: estimated antipodal first (by loss), then the other candidates, then the rest by loss
+        # new order: estimated antipodal first (by loss), then the other candidates by estimated angle,
+        # then the rest by loss
         good = ang <= c.antipodal_max_deg
-        key = lk + torch.where(good, torch.zeros_like(lk), torch.full_like(lk, 1e3))
+        key = torch.where(good, lk, 1e3 + ang)
         sub = torch.argsort(key)
         R, tr, loss = R.clone(), tr.clone(), loss.clone()
         R[top], tr[top], loss[top] = Rk, tk, lk
@@ -318,15 +319,29 @@ class GraspPlanner:
         res.stats["optimised"] = int(tr.shape[0])
         t0 = lap("optimise", t0)
 
-        R = quat_to_matrix_torch(q)
-        coll = in_collision(self.field, R, tr, self._gripper_points, c.collision_voxel_m, c.collision_alpha,
-                            c.collision_min_points, c.chunk_points, floor)
-        if c.fine_check_after:
-            fine = in_collision(self.field, R, tr, self._fine_points, c.collision_voxel_m, c.collision_alpha,
-                                c.fine_min_points, c.chunk_points, floor)
-            res.stats["fine_check_collisions"] = int((fine & ~coll).sum())
-            coll = coll | fine
-        ok = ~coll & torch.isfinite(loss)
+        # best-first: only as many grasps as will be returned (or re-ranked) need the final checks, so
+        # they run on blocks of the best poses by loss until enough are free (same top grasps as checking all)
+        fin = torch.isfinite(loss)
+        R, tr, loss = quat_to_matrix_torch(q)[fin], tr[fin], loss[fin]
+        by_loss = torch.argsort(loss)
+        R, tr, loss = R[by_loss], tr[by_loss], loss[by_loss]
+        need = max(c.max_grasps, c.antipodal_candidates) if c.max_grasps > 0 else tr.shape[0]
+        block = max(64, 2 * need)
+        ok = torch.zeros(tr.shape[0], dtype=torch.bool, device=tr.device)
+        fine_only, checked = 0, 0
+        while checked < tr.shape[0] and int(ok.sum()) < need:
+            sl = slice(checked, min(checked + block, tr.shape[0]))
+            coll = in_collision(self.field, R[sl], tr[sl], self._gripper_points, c.collision_voxel_m,
+                                c.collision_alpha, c.collision_min_points, c.chunk_points, floor)
+            if c.fine_check_after:
+                fine = in_collision(self.field, R[sl], tr[sl], self._fine_points, c.collision_voxel_m,
+                                    c.collision_alpha, c.fine_min_points, c.chunk_points, floor)
+                fine_only += int((fine & ~coll).sum())
+                coll = coll | fine
+            ok[sl] = ~coll
+            checked = sl.stop
+        res.stats["fine_check_collisions"] = fine_only
+        res.stats["final_checked"] = checked
         R, tr, loss = R[ok], tr[ok], loss[ok]
         res.stats["final_free"] = int(tr.shape[0])
         t0 = lap("collision_after", t0)
