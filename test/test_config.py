@@ -99,3 +99,25 @@ def test_the_same_config_as_ros_parameters_on_a_real_node():
             assert read_config(node, Outer, "planner").inner.lr == 0.5
         finally:
             node.destroy_node()
+
+
+@dataclass
+class _Grid:
+    levels: int = param(16, "levels")
+    width: int = param(2, "width")
+
+
+@dataclass
+class _Two:
+    a: _Grid = param(_Grid(), "class defaults")
+    b: _Grid = param(_Grid(levels=12, width=8), "its own defaults")
+
+
+def test_partial_nested_mapping_changes_the_fields_own_default():
+    cfg = from_dict(_Two, {"b": {"levels": 6}, "a": {"width": 4}})
+    print(cfg)
+    assert cfg.b == _Grid(levels=6, width=8)  # not _Grid(levels=6, width=2)
+    assert cfg.a == _Grid(levels=16, width=4)
+    assert from_dict(_Two, {}).b == _Grid(levels=12, width=8)
+    with pytest.raises(ConfigError, match="unknown key"):
+        from_dict(_Two, {"b": {"depth": 1}})

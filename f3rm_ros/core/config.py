@@ -167,6 +167,23 @@ def _check_value(name: str, tp: Any, value: Any, meta: Mapping[str, Any]) -> Any
     return value
 
 
+def _field_default(f: dataclasses.Field) -> Any:
+    """The default value of a dataclass field (calling its factory), or None if it has none."""
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return None
+
+
+def _merge(base: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``changes`` applied, nested mappings merged key by key."""
+    out = dict(base)
+    for k, v in changes.items():
+        out[k] = _merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else v
+    return out
+
+
 def from_dict(cls: type[T], data: Mapping[str, Any] | None, *, where: str = "") -> T:
     """Build ``cls`` from a (nested) mapping; missing keys keep their defaults.
 
@@ -189,7 +206,10 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, *, where: str = "") 
                 value = to_dict(value)
             if not isinstance(value, Mapping):
                 raise ConfigError(f"{name}: expected a mapping of {tp.__name__} settings, got {value!r}")
-            kwargs[key] = from_dict(tp, value, where=name)
+            # a partial mapping changes the field's own default (e.g. the feature field's 12x8 grid), not
+            # the defaults of the nested class
+            base = _field_default(fields[key])
+            kwargs[key] = from_dict(tp, _merge(to_dict(base), value) if base is not None else value, where=name)
         else:
             kwargs[key] = _check_value(name, tp, value, fields[key].metadata)
     return cls(**kwargs)
