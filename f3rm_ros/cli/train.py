@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CKPT",
                    help="resume from a checkpoint file, or (no value) from the newest one in --out")
     p.add_argument("--config", type=Path, default=None, help="YAML file with TrainerConfig settings")
+    p.add_argument("--preset", default=None, metavar="NAME",
+                   help="named settings instead of the reference defaults, e.g. small, synthetic, small+synthetic "
+                        "(f3rm_ros/core/presets.py); --config and --section.key flags apply on top")
     p.add_argument("--features", choices=("none", "synthetic"), default="none",
                    help="feature targets without an extractor: none (RGB only) or synthetic (smooth stand-in)")
     p.add_argument("--synthetic-dim", type=int, default=16, help="feature dim of --features synthetic")
@@ -93,6 +96,29 @@ class ProgressBar:
         self.stream.flush()
 
 
+def _read_yaml_mapping(path: Path) -> dict:
+    import yaml  # noqa: PLC0415
+
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"{path}: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def _flat_mapping(data: dict, prefix: str = "") -> dict:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (the settings a YAML file states)."""
+    out: dict = {}
+    for k, v in data.items():
+        if isinstance(v, dict):
+            out.update(_flat_mapping(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     import torch  # noqa: PLC0415
 
@@ -108,7 +134,16 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         device = resolve_device(args.device)
-        cfg = load_yaml(TrainerConfig, args.config) if args.config else TrainerConfig()
+        if args.preset:  # the preset, then the file's settings on top of it, then the flags
+            from f3rm_ros.core.presets import trainer_config  # noqa: PLC0415
+
+            try:
+                overrides = _flat_mapping(_read_yaml_mapping(args.config)) if args.config else {}
+                cfg = trainer_config(args.preset, **overrides)
+            except ValueError as e:
+                raise ConfigError(f"--preset {args.preset}: {e}") from None
+        else:
+            cfg = load_yaml(TrainerConfig, args.config) if args.config else TrainerConfig()
         cfg = apply_cli_args(cfg, args)
         data_dir = args.data_dir
         out = args.out or Path("runs") / f"{data_dir.resolve().name}-{time.strftime('%Y%m%d-%H%M%S')}"

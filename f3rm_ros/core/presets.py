@@ -1,0 +1,74 @@
+"""Named training presets: settings as data (flat dotted keys of :class:`~f3rm_ros.core.trainer.TrainerConfig`).
+
+A preset only lists what differs from the reference defaults, so ``TrainerConfig()`` stays the one source of
+the defaults and a preset reads as "the reference, except ...". Presets combine with ``+`` in
+:func:`trainer_preset` ("small+synthetic"); ROS nodes take the same keys under their ``trainer.`` prefix.
+
+- ``reference``: nerfacto + F3RM's feature field as published (a GPU, real scenes, 5k-30k steps).
+- ``small``: the same networks at a size a 2-core CPU trains in minutes (fewer hash levels, smaller tables,
+  32/16 proposal samples, 16 field samples, a 6x2 feature grid).
+- ``synthetic``: scene settings for the synthetic tabletop world. Measured over 7 seeds x 3 built-in scenes,
+  500 steps of ``small`` at 1024 rays (``benchmarks/NOTES_robustness.md``): with the reference
+  near 0.05 / far 1000 / feature weight 1e-3, about half of the fields come out "see-through" (the table and
+  objects left semi-transparent, their colours painted on the far end of the rays: median held-out depth
+  error of hundreds of metres) and one in 21 collapses onto the cameras (held-out PSNR ~14 dB). With
+  near 0.2 (nothing in these views is closer than ~0.25 m), far 5 (the world ends ~1 m from the table: the
+  last sample's interval no longer makes any density opaque) and feature weight 0.1 (label features
+  disagree with a see-through table), 2 of 42 runs failed and the median depth error of the rest is 9 mm.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["TRAINER_PRESETS", "trainer_preset", "trainer_config"]
+
+_SMALL: dict[str, Any] = {
+    "model.rgb.grid.num_levels": 8, "model.rgb.grid.log2_hashmap_size": 15,
+    "model.rgb.grid.max_res": 512, "model.rgb.appearance_embedding_dim": 8,
+    "model.proposal_1.grid.num_levels": 4, "model.proposal_1.grid.log2_hashmap_size": 12,
+    "model.proposal_1.grid.max_res": 64,
+    "model.proposal_2.grid.num_levels": 4, "model.proposal_2.grid.log2_hashmap_size": 12,
+    "model.proposal_2.grid.max_res": 128,
+    "model.feature.grid.num_levels": 6, "model.feature.grid.features_per_level": 2,
+    "model.feature.grid.log2_hashmap_size": 14, "model.feature.grid.max_res": 128,
+    "model.sampler.num_proposal_samples": [32, 16], "model.sampler.num_samples": 16,
+}
+
+_SYNTHETIC: dict[str, Any] = {
+    "model.sampler.near": 0.2, "model.sampler.far": 5.0, "losses.feature_mult": 0.1,
+}
+
+TRAINER_PRESETS: dict[str, dict[str, Any]] = {
+    "reference": {},
+    "small": _SMALL,
+    "synthetic": _SYNTHETIC,
+}
+
+
+def trainer_preset(name: str, prefix: str = "") -> dict[str, Any]:
+    """Flat settings of a preset, or of several joined by ``+`` (later ones win).
+
+    Args:
+        name: e.g. ``"small"``, ``"small+synthetic"``.
+        prefix: put in front of every key (the ROS train node's parameters are ``"trainer." + key``).
+    Returns:
+        ``{dotted key: value}`` (a fresh dict).
+    Raises:
+        ValueError: an unknown preset name (the message lists the known ones).
+    """
+    out: dict[str, Any] = {}
+    for part in (p.strip() for p in str(name).split("+")):
+        if part not in TRAINER_PRESETS:
+            raise ValueError(f"unknown trainer preset {part!r} in {name!r}; known: {', '.join(TRAINER_PRESETS)}")
+        out.update(TRAINER_PRESETS[part])
+    return {prefix + k: (list(v) if isinstance(v, list) else v) for k, v in out.items()}
+
+
+def trainer_config(name: str = "reference", **overrides: Any):
+    """A :class:`TrainerConfig` from a preset plus flat dotted overrides (``**{"seed": 1}``); unknown keys
+    are errors, as everywhere."""
+    from f3rm_ros.core.config import from_dict, unflatten  # noqa: PLC0415
+    from f3rm_ros.core.trainer import TrainerConfig  # noqa: PLC0415
+
+    return from_dict(TrainerConfig, unflatten({**trainer_preset(name), **overrides}))
