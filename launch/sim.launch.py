@@ -41,7 +41,9 @@ def generate_launch_description():
     )
     train = LifecycleNode(
         package="f3rm_ros", executable="train_node", name="train_node", namespace=namespace, output="screen",
-        parameters=[config("train_node.yaml"), {"features.extractor": "labels"}],
+        # the synthetic world's scene settings (f3rm_ros/core/presets.py "synthetic"; a test holds them equal)
+        parameters=[config("train_node.yaml"), {"features.extractor": "labels", "trainer.model.sampler.near": 0.2,
+                                                "trainer.model.sampler.far": 5.0, "trainer.losses.feature_mult": 0.1}],
     )
     query = LifecycleNode(
         package="f3rm_ros", executable="query_node", name="query_node", namespace=namespace, output="screen",

@@ -233,3 +233,21 @@ def test_bringup_files_and_rviz_config(nodes):
     for t in ("/f3rm/query_node/scene_cloud", "/f3rm/query_node/heatmap", "/f3rm/query_node/grasp_markers"):
         assert t in topics and t in pubs, t
         assert topics[t]["Topic"]["Durability Policy"] == "Transient Local"
+
+
+def test_sim_files_use_the_synthetic_training_preset():
+    """bringup_sim.yaml and sim.launch.py give the train node the "synthetic" preset's settings exactly."""
+    from f3rm_ros.core.presets import trainer_preset
+    from f3rm_ros.ros.bringup import load_bringup
+
+    want = trainer_preset("synthetic", prefix="trainer.")
+    sim = load_bringup(CONFIG / "bringup_sim.yaml")
+    train = next(s for s in sim.nodes if s.executable == "train_node")
+    inline = train.overrides
+    print("bringup_sim train_node inline:", inline)
+    assert {k: inline.get(k) for k in want} == want
+    launch = next(p for p in LAUNCH if p.name == "sim.launch.py")
+    entry = next(e for e in launch_nodes(launch) if e["executable"] == "train_node")
+    inline = entry["inline"]
+    print("sim.launch.py train_node inline:", inline)
+    assert {k: inline.get(k) for k in want} == want

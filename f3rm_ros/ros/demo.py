@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from f3rm_ros.core.presets import trainer_preset
 from f3rm_ros.ros.bringup import CONFIG_DIR, REPO_ROOT
 from f3rm_ros.ros.common import stop_process
 
@@ -42,17 +43,10 @@ QUERIES: dict[str, tuple[tuple[str, ...], str | None]] = {
     "banana": ((), None),
 }
 
-SMALL_MODEL = {
-    "trainer.model.rgb.grid.num_levels": 8, "trainer.model.rgb.grid.log2_hashmap_size": 15,
-    "trainer.model.rgb.grid.max_res": 512, "trainer.model.rgb.appearance_embedding_dim": 8,
-    "trainer.model.proposal_1.grid.num_levels": 4, "trainer.model.proposal_1.grid.log2_hashmap_size": 12,
-    "trainer.model.proposal_1.grid.max_res": 64,
-    "trainer.model.proposal_2.grid.num_levels": 4, "trainer.model.proposal_2.grid.log2_hashmap_size": 12,
-    "trainer.model.proposal_2.grid.max_res": 128,
-    "trainer.model.feature.grid.num_levels": 6, "trainer.model.feature.grid.log2_hashmap_size": 14,
-    "trainer.model.feature.grid.max_res": 128,
-    "trainer.model.sampler.num_proposal_samples": [32, 16], "trainer.model.sampler.num_samples": 16,
-}
+# The CPU demo's training settings: small networks + the synthetic world's scene settings (see
+# f3rm_ros/core/presets.py for what each changes and the measurements behind them).
+TRAIN_PRESET = "small+synthetic"
+SMALL_MODEL = trainer_preset(TRAIN_PRESET, prefix="trainer.")
 
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "cpu": {
@@ -69,7 +63,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "gpu": {
         "sim_camera_node": {"width": 640, "height": 480, "rate_hz": 10.0, "trajectory.num_views": 100},
         "train_node": {"device": "cuda", "trainer.num_steps": 5000, "trainer.eval_every": 0,
-                       "trainer.checkpoint_every": 0},
+                       "trainer.checkpoint_every": 0, **trainer_preset("synthetic", prefix="trainer.")},
         "query_node": {"device": "cuda", "cloud_cameras": 8, "cloud_scale": 0.5},
     },
 }
