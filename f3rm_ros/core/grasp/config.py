@@ -113,7 +113,7 @@ class PlannerConfig:
                                 range=(1e-4, 0.1))
     fine_min_points: int = param(4, "ours: fine-check points with alpha >= collision_alpha that make a collision",
                                  range=(1, 100000))
-    antipodal_candidates: int = param(0, "ours: the best this many collision-free grasps (by loss) get an "
+    antipodal_candidates: int = param(32, "ours: the best this many collision-free grasps (by loss) get an "
                                           "antipodal estimate from the density (contact normals seen by rays "
                                           "across the finger pads, see grasp/antipodal.py), a refinement that "
                                           "turns the closing axis onto the estimated normals, and a re-ranking: "
