@@ -116,9 +116,10 @@ class PlannerConfig:
     antipodal_candidates: int = param(32, "ours: the best this many collision-free grasps (by loss) get an "
                                           "antipodal estimate from the density (contact normals seen by rays "
                                           "across the finger pads, see grasp/antipodal.py), a refinement that "
-                                          "turns the closing axis onto the estimated normals, and a re-ranking: "
-                                          "those estimated within antipodal_max_deg come first. 0 = off "
-                                          "(rank by loss alone, as the reference)", range=(0, 100000))
+                                          "turns the closing axis onto the estimated normals and centres a round "
+                                          "bar closed off its axis, and a re-ranking: those estimated within "
+                                          "antipodal_max_deg first (by loss), then the others by estimated angle. "
+                                          "0 = off (rank by loss alone, as the reference)", range=(0, 100000))
     antipodal_max_deg: float = param(20.0, "ours: estimated contact-normal angle (larger finger) up to which a "
                                            "grasp counts as antipodal in the re-ranking; below the 26.6 deg "
                                            "friction cone of mu = 0.5 to leave room for the field's normal noise",
@@ -129,8 +130,8 @@ class PlannerConfig:
                                                         "length) of the antipodal estimate")
     antipodal_step_m: float = param(0.001, "ours: sample spacing along the antipodal estimate's rays, metres",
                                     range=(1e-4, 0.01))
-    antipodal_normal_step_m: float = param(0.003, "ours: finite-difference step of the density gradient that "
-                                                  "gives contact normals, metres", range=(1e-4, 0.02))
+    antipodal_normal_step_m: float = param(0.003, "ours: finite-difference step of the log-density gradient "
+                                                  "that gives contact normals, metres", range=(1e-4, 0.02))
     max_grasps: int = param(10, "best grasps returned (0 = all survivors)", range=(0, 10**6))
     opening_m: float = param(0.08, "finger opening reported with each grasp, metres", range=(0.0, 1.0))
     chunk_points: int = param(2**18, "points per field query chunk (bounds memory: ~1 GB at 768-dim features)", range=(1024, 2**30))
