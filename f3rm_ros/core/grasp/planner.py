@@ -29,7 +29,7 @@ import torch
 from f3rm_ros.core.device import resolve_device
 from f3rm_ros.core.gripper import Gripper
 from f3rm_ros.core.grasp.antipodal import AntipodalSettings, align_to_contacts, estimate_antipodal
-from f3rm_ros.core.grasp.collision import gripper_corner_points, gripper_shell_points, in_collision
+from f3rm_ros.core.grasp.collision import gripper_corner_points, gripper_shell_points, in_collision, lowest_point_z
 from f3rm_ros.core.grasp.config import PlannerConfig
 from f3rm_ros.core.grasp.field_utils import field_has_features, query_features_chunked
 from f3rm_ros.core.grasp.language import (encode_texts, is_negative_only, language_mask, normalise_query,
@@ -173,6 +173,10 @@ class GraspPlanner:
         improved = 0
         for _ in range(c.antipodal_refine_iters):
             R2, t2 = align_to_contacts(Rk, tk, est)
+            if floor is not None:  # keep the refined gripper above the floor, as the optimiser does
+                low = lowest_point_z(R2, t2, self._corners)
+                t2 = t2.clone()
+                t2[:, 2] += torch.where(low < floor, floor + 1e-4 - low, torch.zeros_like(low))
             moved = (R2 - Rk).abs().amax(dim=(1, 2)) > 1e-6
             if not bool(moved.any()):
                 break
