@@ -1,0 +1,139 @@
+"""Issue 6 success table on *trained* fields, in two halves that can run on different machines.
+
+1. ``plan``: per built-in scene, train a field from a rendered dataset (label features, a trainer preset,
+   default ``small+synthetic``, seed 1), then run every query of :mod:`f3rm_ros.core.grasp.evaluate`
+   through the planner (reference defaults unless ``--planner-cpu``) and write the top grasps, reasons and
+   timings to JSON. Needs torch only (runs on the GPU machine, which has no open3d).
+2. ``judge``: read that JSON and judge each top grasp with the ground-truth check (needs open3d), print
+   the table and write it beside the input.
+
+    python benchmarks/bench_grasp_trained.py plan --data-root DIR_WITH_SCENES --out results.json
+    python benchmarks/bench_grasp_trained.py judge results.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+WORKSPACE = ((-0.35, -0.3, 0.005), (0.35, 0.3, 0.3))  # the synthetic table, world frame, metres
+PLANNER_CPU = {"num_steps": 25, "rotations_per_voxel": 4, "min_poses": 512}  # the demo's CPU query settings
+
+
+def plan(a: argparse.Namespace) -> int:
+    import torch  # noqa: PLC0415
+
+    from f3rm_ros.core.dataset import load_dataset  # noqa: PLC0415
+    from f3rm_ros.core.device import resolve_device  # noqa: PLC0415
+    from f3rm_ros.core.features import create_extractor, extract_dataset_features  # noqa: PLC0415
+    from f3rm_ros.core.field_api import load_trained_field  # noqa: PLC0415
+    from f3rm_ros.core.grasp import GraspPlanner, PlannerConfig, load_default_tasks  # noqa: PLC0415
+    from f3rm_ros.core.grasp.evaluate import ABSENT_IN_SCENE, ABSENT_QUERIES, PRESENT_QUERIES  # noqa: PLC0415
+    from f3rm_ros.core.presets import trainer_config  # noqa: PLC0415
+    from f3rm_ros.core.trainer import Trainer  # noqa: PLC0415
+
+    device = resolve_device(a.device)
+    out: dict = {"device": str(device), "gpu": torch.cuda.get_device_name(0) if device.type == "cuda" else None,
+                 "commit": os.environ.get("F3RM_COMMIT", "unknown"), "preset": a.preset, "seed": a.seed,
+                 "steps": a.steps, "planner": PLANNER_CPU if a.planner_cpu else "reference defaults",
+                 "scenes": {}}
+    for scene in a.scenes.split(","):
+        data = a.data_root / scene
+        ds = load_dataset(data)
+        ex = create_extractor({"extractor": "labels", "labels": {"dataset": str(data)}})
+        fm = extract_dataset_features(ex, ds, Path(f"/tmp/f3rm_bench_cache_{scene}"), progress=False)
+        cfg = trainer_config(a.preset, seed=a.seed, rays_per_batch=a.rays, eval_every=0, eval_num_images=0,
+                             checkpoint_every=0)
+        tr = Trainer(cfg, ds, fm, device, extractor_info=ex.cache_key())
+        t0 = time.perf_counter()
+        tr.train(a.steps)
+        train_s = time.perf_counter() - t0
+        ev = tr.evaluate(save_images=False)
+        ckpt = Path(f"/tmp/f3rm_bench_{scene}.ckpt")
+        tr.save_checkpoint(ckpt, include_optimizer=False)
+        field = load_trained_field(ckpt, device)
+        pc = PlannerConfig(workspace_min_m=WORKSPACE[0], workspace_max_m=WORKSPACE[1], device=str(device),
+                           **(PLANNER_CPU if a.planner_cpu else {}))
+        planner = GraspPlanner(field, ex, load_default_tasks(), config=pc)
+        planner.plan("bowl")  # warm-up (kernels, graphs), not timed
+        rows = []
+        queries = [(q, True, objs, part) for q, objs, part in PRESENT_QUERIES[scene]] + \
+                  [(q, False, (), None) for q in tuple(ABSENT_QUERIES) + ABSENT_IN_SCENE.get(scene, ())]
+        for q, present, objs, part in queries:
+            t1 = time.perf_counter()
+            res = planner.plan(q)
+            wall = time.perf_counter() - t1
+            rows.append({"query": q, "present": present, "objects": list(objs), "part": part, "found": bool(res.found),
+                         "reason": res.reason, "task": res.task, "seconds": wall,
+                         "T_world_gripper": res.best.T_world_gripper.tolist() if res.found else None})
+            print(f"{scene:20s} {q!r:22s} found={res.found} {wall:.2f}s {res.reason}", flush=True)
+        out["scenes"][scene] = {"psnr": ev["psnr"], "feature_mse": ev.get("feature_mse"), "train_s": train_s,
+                                "queries": rows}
+        print(f"{scene}: {a.steps} steps in {train_s:.1f} s, held-out PSNR {ev['psnr']:.2f} dB", flush=True)
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(out, indent=1))
+    print(f"wrote {a.out}")
+    return 0
+
+
+def judge_file(a: argparse.Namespace) -> int:
+    from f3rm_ros.core.grasp.evaluate import QueryOutcome, format_table, judge  # noqa: PLC0415
+    from f3rm_ros.core.sim.grasp_check import GraspChecker  # noqa: PLC0415
+    from f3rm_ros.core.sim.scene import resolve_scene  # noqa: PLC0415
+
+    data = json.loads(a.results.read_text())
+    outcomes = []
+    for scene, s in data["scenes"].items():
+        checker = GraspChecker(resolve_scene(scene))
+        for r in s["queries"]:
+            if r["present"]:
+                res = SimpleNamespace(found=r["found"], reason=r["reason"],
+                                      best=SimpleNamespace(T_world_gripper=np.asarray(r["T_world_gripper"]))
+                                      if r["found"] else None)
+                ok, detail = judge(checker, res, tuple(r["objects"]), r["part"])
+            else:
+                ok, detail = (not r["found"]), (r["reason"] if not r["found"] else "returned a grasp")
+            outcomes.append(QueryOutcome(scene, r["query"], r["present"], ok, detail, r["seconds"], r["task"]))
+            print(f"  {scene:20s} {r['query']!r:22s} {'PASS' if ok else 'FAIL'} {r['seconds']:6.2f}s {detail}")
+    table = format_table(outcomes)
+    secs = [o.seconds for o in outcomes if o.present]
+    head = (f"device {data['device']} ({data.get('gpu')}), commit {data['commit']}, preset {data['preset']} seed "
+            f"{data['seed']} {data['steps']} steps, planner {data['planner']}; held-out PSNR "
+            f"{ {k: round(v['psnr'], 2) for k, v in data['scenes'].items()} }; present-query latency median "
+            f"{statistics.median(secs):.2f} s")
+    print(head + "\n" + table)
+    a.results.with_suffix(".table.txt").write_text(head + "\n" + table + "\n")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("plan")
+    p.add_argument("--data-root", type=Path, required=True)
+    p.add_argument("--scenes", default="mug_bowl_box,screwdriver_mug_can,cluttered_table")
+    p.add_argument("--preset", default="small+synthetic")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--steps", type=int, default=500)
+    p.add_argument("--rays", type=int, default=1024)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--planner-cpu", action="store_true", help="the demo's CPU query settings instead of the reference")
+    p.add_argument("--out", type=Path, required=True)
+    j = sub.add_parser("judge")
+    j.add_argument("results", type=Path)
+    a = ap.parse_args(argv)
+    return plan(a) if a.cmd == "plan" else judge_file(a)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
