@@ -49,18 +49,29 @@ def plan(a: argparse.Namespace) -> int:
                  "scenes": {}}
     for scene in a.scenes.split(","):
         data = a.data_root / scene
-        ds = load_dataset(data)
         ex = create_extractor({"extractor": "labels", "labels": {"dataset": str(data)}})
-        fm = extract_dataset_features(ex, ds, Path(f"/tmp/f3rm_bench_cache_{scene}"), progress=False)
-        cfg = trainer_config(a.preset, seed=a.seed, rays_per_batch=a.rays, eval_every=0, eval_num_images=0,
-                             checkpoint_every=0)
-        tr = Trainer(cfg, ds, fm, device, extractor_info=ex.cache_key())
-        t0 = time.perf_counter()
-        tr.train(a.steps)
-        train_s = time.perf_counter() - t0
-        ev = tr.evaluate(save_images=False)
-        ckpt = Path(f"/tmp/f3rm_bench_{scene}.ckpt")
-        tr.save_checkpoint(ckpt, include_optimizer=False)
+        cached = a.ckpt_dir / f"{scene}_{a.preset.replace('+', '_')}_s{a.seed}_{a.steps}.ckpt" if a.ckpt_dir else None
+        if cached is not None and cached.exists():  # reuse a field trained by an earlier run (same settings)
+            ckpt = cached
+            meta = json.loads(cached.with_suffix(".json").read_text())
+            ev, train_s = {"psnr": meta["psnr"], "feature_mse": meta.get("feature_mse")}, meta["train_s"]
+            print(f"{scene}: reusing {cached}", flush=True)
+        else:
+            ds = load_dataset(data)
+            fm = extract_dataset_features(ex, ds, Path(f"/tmp/f3rm_bench_cache_{scene}"), progress=False)
+            cfg = trainer_config(a.preset, seed=a.seed, rays_per_batch=a.rays, eval_every=0, eval_num_images=0,
+                                 checkpoint_every=0)
+            tr = Trainer(cfg, ds, fm, device, extractor_info=ex.cache_key())
+            t0 = time.perf_counter()
+            tr.train(a.steps)
+            train_s = time.perf_counter() - t0
+            ev = tr.evaluate(save_images=False)
+            ckpt = cached if cached is not None else Path(f"/tmp/f3rm_bench_{scene}.ckpt")
+            ckpt.parent.mkdir(parents=True, exist_ok=True)
+            tr.save_checkpoint(ckpt, include_optimizer=False)
+            if cached is not None:
+                cached.with_suffix(".json").write_text(json.dumps(
+                    {"psnr": ev["psnr"], "feature_mse": ev.get("feature_mse"), "train_s": train_s}))
         field = load_trained_field(ckpt, device)
         pc = PlannerConfig(workspace_min_m=WORKSPACE[0], workspace_max_m=WORKSPACE[1], device=str(device),
                            **(PLANNER_CPU if a.planner_cpu else {}))
@@ -69,12 +80,16 @@ def plan(a: argparse.Namespace) -> int:
         rows = []
         queries = [(q, True, objs, part) for q, objs, part in PRESENT_QUERIES[scene]] + \
                   [(q, False, (), None) for q in tuple(ABSENT_QUERIES) + ABSENT_IN_SCENE.get(scene, ())]
+        if a.queries:
+            queries = [row for row in queries if row[0] in a.queries.split(",")]
         for q, present, objs, part in queries:
             t1 = time.perf_counter()
             res = planner.plan(q)
             wall = time.perf_counter() - t1
             rows.append({"query": q, "present": present, "objects": list(objs), "part": part, "found": bool(res.found),
                          "reason": res.reason, "task": res.task, "seconds": wall,
+                         "timing": {k: float(v) for k, v in res.timing.items()},
+                         "stats": {k: (float(v) if isinstance(v, (int, float)) else str(v)) for k, v in res.stats.items()},
                          "T_world_gripper": res.best.T_world_gripper.tolist() if res.found else None})
             print(f"{scene:20s} {q!r:22s} found={res.found} {wall:.2f}s {res.reason}", flush=True)
         out["scenes"][scene] = {"psnr": ev["psnr"], "feature_mse": ev.get("feature_mse"), "train_s": train_s,
@@ -129,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--planner-cpu", action="store_true", help="the demo's CPU query settings instead of the reference")
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--queries", default="", help="comma-separated subset of the queries (default: all)")
+    p.add_argument("--ckpt-dir", type=Path, default=None,
+                   help="cache trained fields here (per scene, preset, seed, steps) and reuse them on later runs")
     j = sub.add_parser("judge")
     j.add_argument("results", type=Path)
     a = ap.parse_args(argv)
