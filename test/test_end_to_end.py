@@ -3,9 +3,9 @@
 
 All four nodes run in one child process started with ``f3rm-ros bringup config/bringup_sim.yaml`` (the
 demo's way); this process is the client (F3RMClient). Small images, a small field and a small planner
-keep it within the CPU test budget. The grasp test needs a field that learned the scene: if the trained
-field's held-out PSNR stays below ``MIN_PSNR`` it is skipped with the measured numbers (a training
-problem, not a plumbing one), otherwise the top "bowl" grasp must pass the ground-truth check.
+keep it within the CPU test budget: the demo's CPU preset (60 views at 240x180, the "small+synthetic"
+training preset, 500 steps of 512 rays, the CPU planner settings). The trained field must reach
+``MIN_PSNR`` on held-out views and the top "bowl" grasp must pass the ground-truth check.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import pytest
 rclpy = pytest.importorskip("rclpy", reason="rclpy not importable: run the tests through scripts/test.sh (env.sh)")
 
 ROOT = Path(__file__).resolve().parents[1]
-STEPS = int(os.environ.get("F3RM_E2E_STEPS", "60"))
+STEPS = int(os.environ.get("F3RM_E2E_STEPS", "500"))
 MIN_PSNR = 20.0  # dB on held-out views: below this the field has not learned the scene's geometry
 # queries look at a box around the bowl (the planner's work grows with the matching surface; a foggy,
 # under-trained field matches a lot), world frame, metres
@@ -41,9 +41,7 @@ def pipeline(tmp_path_factory):
 
     run = tmp_path_factory.mktemp("e2e")
     ov = node_overrides("cpu", run, STEPS)
-    ov["sim_camera_node"].update({"width": 160, "height": 120, "trajectory.num_views": 16, "rate_hz": 5.0})
-    ov["train_node"].update({"trainer.rays_per_batch": 512, "trainer.progress_every": 5, "feedback_rate_hz": 5.0,
-                             "torch_threads": 1})
+    ov["train_node"].update({"trainer.progress_every": 5, "feedback_rate_hz": 5.0})
     ov["query_node"].update({"planner.num_steps": 10, "planner.rotations_per_voxel": 4, "planner.min_poses": 512,
                              "planner.outlier_neighbors": 16, "cloud_cameras": 2})
     params = write_overrides(ov, run / "params.yaml")
@@ -140,10 +138,9 @@ def test_grasps_pass_ground_truth_check(pipeline):
     from f3rm_ros.ros.client import RequestFailed
 
     tr = pipeline["train"]
-    if not (tr.final_psnr >= MIN_PSNR):
-        pytest.skip(f"the field trained by the train node ({STEPS} steps, small CPU config) reached only "
-                    f"{tr.final_psnr:.1f} dB held-out PSNR (< {MIN_PSNR} dB): it has not learned the scene, so its "
-                    f"grasps cannot be judged; set F3RM_E2E_STEPS higher or fix training")
+    assert tr.final_psnr >= MIN_PSNR, (f"the field trained by the train node ({STEPS} steps) reached only "
+                                       f"{tr.final_psnr:.1f} dB held-out PSNR (< {MIN_PSNR} dB): it has not learned "
+                                       "the scene (see benchmarks/NOTES_robustness.md)")
     c = pipeline["client"]
     checker, gripper = GraspChecker(resolve_scene("mug_bowl_box")), Gripper()
     grasps = c.query_grasps("bowl", max_grasps=5, workspace=BOWL_BOX, timeout=240)
