@@ -47,6 +47,9 @@ def plan(a: argparse.Namespace) -> int:
                  "commit": os.environ.get("F3RM_COMMIT", "unknown"), "preset": a.preset, "seed": a.seed,
                  "steps": a.steps, "planner": PLANNER_CPU if a.planner_cpu else "reference defaults",
                  "scenes": {}}
+    overrides = {kv.split("=", 1)[0]: json.loads(kv.split("=", 1)[1]) for kv in a.set}
+    if overrides:
+        out["planner_overrides"] = overrides
     for scene in a.scenes.split(","):
         data = a.data_root / scene
         ex = create_extractor({"extractor": "labels", "labels": {"dataset": str(data)}})
@@ -74,7 +77,7 @@ def plan(a: argparse.Namespace) -> int:
                     {"psnr": ev["psnr"], "feature_mse": ev.get("feature_mse"), "train_s": train_s}))
         field = load_trained_field(ckpt, device)
         pc = PlannerConfig(workspace_min_m=WORKSPACE[0], workspace_max_m=WORKSPACE[1], device=str(device),
-                           **(PLANNER_CPU if a.planner_cpu else {}))
+                           **{**(PLANNER_CPU if a.planner_cpu else {}), **overrides})
         planner = GraspPlanner(field, ex, load_default_tasks(), config=pc)
         planner.plan("bowl")  # warm-up (kernels, graphs), not timed
         rows = []
@@ -90,7 +93,8 @@ def plan(a: argparse.Namespace) -> int:
                          "reason": res.reason, "task": res.task, "seconds": wall,
                          "timing": {k: float(v) for k, v in res.timing.items()},
                          "stats": {k: (float(v) if isinstance(v, (int, float)) else str(v)) for k, v in res.stats.items()},
-                         "T_world_gripper": res.best.T_world_gripper.tolist() if res.found else None})
+                         "T_world_gripper": res.best.T_world_gripper.tolist() if res.found else None,
+                         "tasks_tried": res.stats.get("tasks_tried"), "first_task": res.stats.get("first_task")})
             print(f"{scene:20s} {q!r:22s} found={res.found} {wall:.2f}s {res.reason}", flush=True)
         out["scenes"][scene] = {"psnr": ev["psnr"], "feature_mse": ev.get("feature_mse"), "train_s": train_s,
                                 "queries": rows}
@@ -144,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--planner-cpu", action="store_true", help="the demo's CPU query settings instead of the reference")
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
+                   help="planner setting override, e.g. --set task_fallbacks=0 (repeatable)")
     p.add_argument("--queries", default="", help="comma-separated subset of the queries (default: all)")
     p.add_argument("--ckpt-dir", type=Path, default=None,
                    help="cache trained fields here (per scene, preset, seed, steps) and reuse them on later runs")
