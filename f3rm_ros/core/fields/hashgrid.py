@@ -57,6 +57,25 @@ def _check(x: Tensor, table: Tensor, resolutions: Sequence[int]) -> None:
         raise ValueError(f"resolutions must be >= 1, got {list(resolutions)}")
 
 
+_CONSTANTS: dict = {}
+
+
+def _level_constants(resolutions: Sequence[int], T: int, dev: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Per-level resolutions (float and int), dense flags and the hash primes on ``dev``, made once per
+    (resolutions, T, device): a fresh host-to-device copy per call would also make the encoding impossible
+    to capture in a CUDA graph (the planner's pose optimiser captures field queries)."""
+    key = (tuple(int(r) for r in resolutions), int(T), str(dev))
+    c = _CONSTANTS.get(key)
+    if c is None:
+        res = list(key[0])
+        with torch.inference_mode(False):  # normal tensors even when first made under inference mode
+            c = (torch.tensor(res, dtype=torch.float32, device=dev), torch.tensor(res, dtype=torch.int64, device=dev),
+                 torch.tensor([(r + 1) ** 3 <= T for r in res], device=dev),
+                 torch.tensor(HASH_PRIMES, dtype=torch.int64, device=dev))
+        _CONSTANTS[key] = c
+    return c
+
+
 def hash_grid_encode_torch(x: Tensor,  # [N, 3] in [0, 1]
                            table: Tensor,  # [L, T, F]
                            resolutions: Sequence[int]) -> Tensor:  # [N, L*F]
@@ -76,10 +95,7 @@ def hash_grid_encode_torch(x: Tensor,  # [N, 3] in [0, 1]
     L, T, F = table.shape
     n = x.shape[0]
     dev = x.device
-    res_list = [int(r) for r in resolutions]
-    res_f = torch.tensor(res_list, dtype=torch.float32, device=dev)  # [L]
-    res_i = torch.tensor(res_list, dtype=torch.int64, device=dev)  # [L]
-    dense = torch.tensor([(r + 1) ** 3 <= T for r in res_list], device=dev)  # [L]
+    res_f, res_i, dense, hash_primes = _level_constants(resolutions, T, dev)  # [L], [L], [L], [3]
 
     xc = x.float().clamp(0.0, 1.0)
     pos = xc[:, None, :] * res_f[None, :, None]  # [N, L, 3]
@@ -92,7 +108,7 @@ def hash_grid_encode_torch(x: Tensor,  # [N, 3] in [0, 1]
     c2 = torch.stack([cell, cell + 1], dim=-1)  # [N, L, 3, 2]
     stride = (res_i + 1)
     dense_mul = torch.stack([torch.ones_like(stride), stride, stride * stride], dim=-1)  # [L, 3]
-    hash_mul = torch.tensor(HASH_PRIMES, dtype=torch.int64, device=dev).expand(L, 3)
+    hash_mul = hash_primes.expand(L, 3)
     mul = torch.where(dense[:, None], dense_mul, hash_mul)  # [L, 3]
     terms = (c2 * mul[None, :, :, None]) & _MASK32  # [N, L, 3, 2]
     tx = terms[:, :, 0, None, None, :]  # corner bit 0 = x (fastest), matching k -> (k>>0, k>>1, k>>2)

@@ -320,6 +320,8 @@ class GraspPlanner:
                                       use_graph=backend == "cuda_graph")
             tr, q, loss, info = opt.run(tr, q)
         res.stats["optimizer"] = backend + ("" if backend != "cuda_graph" or info.get("graph") else " (not captured)")
+        if info.get("graph_error"):
+            res.stats["optimizer_graph_error"] = info["graph_error"]
         res.stats["optimised"] = int(tr.shape[0])
         t0 = lap("optimise", t0)
 
