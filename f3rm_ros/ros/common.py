@@ -227,6 +227,11 @@ def run_node(node_factory: Callable[[], Any], args: Iterable[str] | None = None,
                 executor.spin()
             except (KeyboardInterrupt, ExternalShutdownException):
                 pass
+            except Exception:
+                # SIGINT's handler can shut the context down while the executor builds its next wait set
+                # (rclpy then raises RCLError "the given context is not valid"): that is a clean stop too
+                if rclpy.ok():
+                    raise
             finally:
                 closer = getattr(node, "close", None)
                 if callable(closer):
