@@ -337,7 +337,9 @@ def test_bad_inputs_answered_with_reasons(tmp_path):
             time.sleep(0.1)
             feed.send(9, t + 9, image=False)
             wait_for(lambda: "too_close" in reasons(), 10, "the repeated frame to be too close")
-            assert status[-1].frames_kept == 2 and "internal_error" not in reasons()
+            # the kept copy is written by the writer thread: frames_kept counts it once it is on disk
+            wait_for(lambda: status[-1].frames_kept == 2, 10, "the first copy to be written")
+            assert "internal_error" not in reasons()
             st = status[-1]
             print(f"status: kept={st.frames_kept} rejected={st.frames_rejected} {_counts(st)}")
             for reason in ("no_camera_info", "bad_encoding", "bad_pose", "pose_too_far", "wrong_frame", "bad_image"):
