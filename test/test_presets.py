@@ -20,7 +20,7 @@ def test_presets_combine_later_wins_and_unknown_names_are_errors():
     both = trainer_config("small+synthetic", seed=3)
     assert both.model.sampler.num_samples == 16 and both.model.sampler.far == 5.0 and both.seed == 3
     assert trainer_preset("small", prefix="trainer.")["trainer.model.sampler.num_samples"] == 16
-    with pytest.raises(ValueError, match="unknown trainer preset 'tiny'.*known: reference, small, synthetic"):
+    with pytest.raises(ValueError, match="unknown trainer preset 'tiny'.*known: reference, small, synthetic, depth"):
         trainer_preset("small+tiny")
     with pytest.raises(ValueError):
         trainer_config("small", **{"model.sampler.not_a_setting": 1})

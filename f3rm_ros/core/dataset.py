@@ -19,7 +19,11 @@ rejected), shared intrinsics ``fl_x fl_y cx cy w h k1 k2 p1 p2 k3`` (or ``camera
 any of which may be given per frame instead (per-frame values win); ``frames`` with ``file_path``
 (relative to the json's folder; a missing extension is tried as .png/.jpg/.jpeg), a 4x4 (or 3x4)
 ``transform_matrix``, optional ``mask_path`` (0 = ignore) and ``label_path`` (16-bit label ids),
-optional ``stamp``. Other keys are kept in ``meta`` (top level) and ``frames_extra`` (per frame).
+optional ``stamp``. Other keys are kept in ``meta`` (top level) and ``frames_extra`` (per frame);
+among them an optional depth image per frame, read by :meth:`PosedImageDataset.get_depth`:
+``depth_path`` (ours) or ``depth_file_path`` (nerfstudio), a single-channel image of **z-depth** along
+the optical axis (0 = no data), times ``depth_scale`` (per frame) or ``depth_unit_scale_factor`` (top
+level, nerfstudio) metres per unit, default 0.001 (millimetres, as 16-bit PNGs usually hold).
 """
 
 from __future__ import annotations
@@ -246,6 +250,48 @@ class PosedImageDataset:
             return None
         K = self.intrinsics[index]
         return resize_labels(_read_mask(p), K.width, K.height)
+
+    def depth_source(self, index: int) -> tuple[Path, float] | None:
+        """Frame ``index``'s depth image path and metres per unit, or None (see the module docstring)."""
+        extra = self.frames_extra[index] if self.frames_extra else {}
+        rel = extra.get("depth_path", extra.get("depth_file_path"))
+        if not rel:
+            return None
+        where = f"{self.root}: frame {index} ({self.image_paths[index].name})"
+        path = _resolve_path(self.root, rel, f"{where}.depth_path", "depth")
+        scale = extra.get("depth_scale", self.meta.get("depth_unit_scale_factor", 0.001))
+        scale = _number(scale, f"{where}.depth_scale")
+        if scale <= 0:
+            raise DatasetError(f"{where}: depth_scale must be > 0 metres per unit, got {scale}")
+        return path, scale
+
+    @property
+    def has_depth(self) -> bool:
+        """True when at least one frame names a depth image."""
+        return any(e.get("depth_path") or e.get("depth_file_path") for e in self.frames_extra)
+
+    def get_depth(self, index: int) -> np.ndarray | None:
+        """Frame ``index``'s z-depth (along the optical axis, OpenCV camera) in metres as float32
+        ``[H, W]`` (nearest-resized to the frame's size; 0 = no data), or None when it has none."""
+        src = self.depth_source(index)
+        if src is None:
+            return None
+        path, scale = src
+        from PIL import Image
+
+        try:
+            with Image.open(path) as im:
+                arr = np.asarray(im)
+        except OSError as e:
+            raise DatasetError(f"{path}: cannot read depth image: {e}") from None
+        if arr.ndim == 3:
+            arr = arr[..., 0]
+        if arr.ndim != 2 or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+            raise DatasetError(f"{path}: a depth image must be single-channel numbers, got {arr.dtype} {arr.shape}")
+        depth = arr.astype(np.float32) * np.float32(scale)
+        depth[~np.isfinite(depth) | (depth < 0)] = 0.0
+        K = self.intrinsics[index]
+        return resize_labels(depth, K.width, K.height)
 
     def get_labels(self, index: int) -> np.ndarray | None:
         """Frame ``index``'s label ids as uint16 ``[H, W]`` (nearest-resized), or None."""

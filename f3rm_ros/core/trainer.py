@@ -32,7 +32,8 @@ from torch import Tensor
 from f3rm_ros.core.cameras import CameraIntrinsics, generate_rays, intrinsics_tensor, pixel_centres
 from f3rm_ros.core.config import from_dict, param, to_dict
 from f3rm_ros.core.feature_targets import nearest_patch_targets
-from f3rm_ros.core.fields.losses import LossConfig, distortion_loss, feature_mse, interlevel_loss, psnr, rgb_mse
+from f3rm_ros.core.fields.losses import (LossConfig, depth_loss, distortion_loss, feature_mse, interlevel_loss, psnr,
+                                         rgb_mse)
 from f3rm_ros.core.fields.model import FieldModel, FieldModelConfig
 from f3rm_ros.core.io import atomic_write_bytes, atomic_write_json
 from f3rm_ros.core.ops.ray_cache import camera_direction_table, direction_table_bytes, rays_from_direction_table
@@ -264,6 +265,17 @@ class Trainer:
         if 0 < direction_table_bytes(self._pixels.shape[0]) <= config.ray_table_max_mb * 2**20:
             self._dirs_table = camera_direction_table(self._K_train, self._sizes)
         self.feature_maps = feature_maps.to(dev) if feature_maps is not None else None
+        self.field_units_per_metre = 1.0 / float(self.nerf_to_world[0, 0])
+        # depth supervision: per training pixel, the measured distance along the ray (field units) and validity
+        self._depth_t = self._depth_valid = None
+        if config.losses.depth_mult > 0:
+            if getattr(dataset, "has_depth", False):
+                self._depth_t, self._depth_valid = self._depth_targets()
+                log.info("depth supervision on: %.1f%% of the training pixels have a depth measurement",
+                         100.0 * float(self._depth_valid.mean()))
+            else:
+                log.warning("losses.depth_mult is %g but the dataset has no depth images: depth supervision is off",
+                            config.losses.depth_mult)
 
         # CUDA graphs of the whole step (see _graph_step); decided once here
         self.cuda_graphs_active, self.cuda_graphs_reason = _cuda_graphs_decision(config.cuda_graphs, self)
@@ -279,6 +291,23 @@ class Trainer:
             self._init_graph_tensors()
 
     # ------------------------------------------------------------------------------ batches
+    def _depth_targets(self) -> tuple[Tensor, Tensor]:
+        """Measured ray distances of every training pixel (field units) and their validity, both ``[P]``.
+
+        Depth images hold z-depth (OpenCV optical axis, metres); along the unit ray through a pixel
+        the surface lies at ``z / d_z`` with ``d`` the pixel's unit camera-frame direction.
+        """
+        dirs = self._dirs_table if self._dirs_table is not None else camera_direction_table(self._K_train, self._sizes)
+        zs = []
+        for k, i in enumerate(self.train_indices):
+            z = self.dataset.get_depth(int(i))
+            W, H = int(self._sizes[k, 0]), int(self._sizes[k, 1])
+            zs.append(torch.zeros(W * H) if z is None else torch.from_numpy(np.ascontiguousarray(z, np.float32)).reshape(-1))
+        z = torch.cat(zs).to(self.device)
+        valid = (z > 0).float()
+        dist = z / dirs[:, 2].clamp(min=1e-6) * self.field_units_per_metre
+        return dist * valid, valid
+
     def sample_batch(self) -> dict[str, Tensor]:
         """A random ray batch: origins/directions (field frame), rgb targets, camera and pixel indices."""
         B = self.config.rays_per_batch
@@ -295,6 +324,8 @@ class Trainer:
             pix = torch.stack([px, py], -1).float() + 0.5
             o, d = generate_rays(self._K_train[cam], self._c2w_train[cam], pix)
         batch = {"origins": o, "directions": d, "rgb": self._pixels[flat].float() / 255.0, "camera_idx": cam}
+        if self._depth_t is not None:
+            batch["depth"], batch["depth_valid"] = self._depth_t[flat], self._depth_valid[flat]
         if self.feature_maps is not None:
             frame = self._frame_of_train[cam]
             batch["features"] = nearest_patch_targets(self.feature_maps, frame, px, py, W, self._sizes[cam, 1]).float()
@@ -319,7 +350,8 @@ class Trainer:
 
     def loss_names(self) -> list[str]:
         """Keys of the loss dict of one step (``total`` last)."""
-        return ["rgb", "interlevel", "distortion"] + (["feature"] if self.feature_maps is not None else []) + ["total"]
+        return (["rgb", "interlevel", "distortion"] + (["feature"] if self.feature_maps is not None else [])
+                + (["depth"] if self._depth_t is not None else []) + ["total"])
 
     def _train_step_tensors(self) -> dict[str, Tensor]:
         """One optimisation step; the losses stay on the device (no host sync)."""
@@ -352,6 +384,10 @@ class Trainer:
                   "distortion": cfg.losses.distortion_mult * distortion_loss(out["s_edges"], out["weights"])}
         if "features" in out:
             losses["feature"] = cfg.losses.feature_mult * feature_mse(out["features"], batch["features"])
+        if "depth" in batch:
+            losses["depth"] = cfg.losses.depth_mult * depth_loss(
+                out["weights"], out["t_edges"], batch["depth"], batch["depth_valid"],
+                cfg.losses.depth_margin_m * self.field_units_per_metre)
         total = sum(losses.values())
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
@@ -471,7 +507,9 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, frames: list[int] | None = None, save_images: bool | None = None) -> dict[str, Any]:
-        """Held-out PSNR (mean over images) and feature MSE; eval images go to run_dir/eval if saving."""
+        """Held-out PSNR (mean over images), feature MSE and, when the dataset has depth images, the median
+        |rendered - measured| ray distance in metres over measured pixels (``depth_median_error_m``; rendered
+        = the expected depth); eval images go to run_dir/eval if saving."""
         if frames is None:
             frames = [int(i) for i in self.eval_indices]
             on_train = not frames
@@ -482,7 +520,7 @@ class Trainer:
                 frames = [frames[int(round(j))] for j in np.linspace(0, len(frames) - 1, n)]
         else:
             on_train = False
-        psnrs, fmses = [], []
+        psnrs, fmses, depth_errs = [], [], []
         save = (self.run_dir is not None) if save_images is None else save_images
         for f in frames:
             K = self.intrinsics[f]
@@ -501,12 +539,22 @@ class Trainer:
             psnrs.append(psnr(torch.mean((out["rgb"].clamp(0, 1) - gt) ** 2)))
             if has_feats:
                 fmses.append(sq["sum"] / max(1, sq["n"]))
+            z = self.dataset.get_depth(f) if getattr(self.dataset, "has_depth", False) else None
+            if z is not None:
+                dz = camera_direction_table(intrinsics_tensor([K], device=self.device),
+                                            torch.tensor([[K.width, K.height]], device=self.device))[:, 2]
+                zt = torch.from_numpy(np.ascontiguousarray(z, np.float32)).to(self.device).reshape(-1)
+                hit = zt > 0
+                rendered_m = out["depth"].reshape(-1).float() / self.field_units_per_metre
+                depth_errs.append((rendered_m - zt / dz.clamp(min=1e-6))[hit].abs().cpu())
             if save and self.run_dir is not None:
                 _save_eval_png(self.run_dir / "eval" / f"step-{self.step:07d}-frame-{f:04d}.png", gt, out)
         res = {"step": self.step, "psnr": float(np.mean(psnrs)) if psnrs else float("nan"),
                "psnr_per_image": psnrs, "frames": frames, "on_train_views": on_train}
         if fmses:
             res["feature_mse"] = float(np.mean(fmses))
+        if depth_errs and sum(e.numel() for e in depth_errs):
+            res["depth_median_error_m"] = float(torch.cat(depth_errs).median())
         self._last_eval = res
         return res
 
@@ -639,6 +687,10 @@ class Trainer:
         self.nerf_to_world = np.asarray(ck["nerf_to_world"], dtype=np.float64)
         self.c2w_nerf = np.asarray(ck["cameras"]["c2w_nerf"], dtype=np.float64)
         self._c2w_train = torch.as_tensor(self.c2w_nerf[self.train_indices], dtype=torch.float32, device=self.device)
+        units = 1.0 / float(self.nerf_to_world[0, 0])
+        if self._depth_t is not None and units != self.field_units_per_metre:  # depth targets are in field units
+            self._depth_t.mul_(units / self.field_units_per_metre)
+        self.field_units_per_metre = units
         if ck.get("extractor_info"):
             self.extractor_info = dict(ck["extractor_info"])
 
