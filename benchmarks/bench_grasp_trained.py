@@ -50,20 +50,24 @@ def plan(a: argparse.Namespace) -> int:
     overrides = {kv.split("=", 1)[0]: json.loads(kv.split("=", 1)[1]) for kv in a.set}
     if overrides:
         out["planner_overrides"] = overrides
+    train_overrides = {kv.split("=", 1)[0]: json.loads(kv.split("=", 1)[1]) for kv in a.train_set}
+    if train_overrides:
+        out["trainer_overrides"] = train_overrides
+    tag = "".join(f"_{k.split('.')[-1]}{v}" for k, v in sorted(train_overrides.items()))
     for scene in a.scenes.split(","):
         data = a.data_root / scene
         ex = create_extractor({"extractor": "labels", "labels": {"dataset": str(data)}})
-        cached = a.ckpt_dir / f"{scene}_{a.preset.replace('+', '_')}_s{a.seed}_{a.steps}.ckpt" if a.ckpt_dir else None
+        cached = a.ckpt_dir / f"{scene}_{a.preset.replace('+', '_')}{tag}_s{a.seed}_{a.steps}.ckpt" if a.ckpt_dir else None
         if cached is not None and cached.exists():  # reuse a field trained by an earlier run (same settings)
             ckpt = cached
             meta = json.loads(cached.with_suffix(".json").read_text())
-            ev, train_s = {"psnr": meta["psnr"], "feature_mse": meta.get("feature_mse")}, meta["train_s"]
+            ev, train_s = {k: meta.get(k) for k in ("psnr", "feature_mse", "depth_median_error_m")}, meta["train_s"]
             print(f"{scene}: reusing {cached}", flush=True)
         else:
             ds = load_dataset(data)
             fm = extract_dataset_features(ex, ds, Path(f"/tmp/f3rm_bench_cache_{scene}"), progress=False)
             cfg = trainer_config(a.preset, seed=a.seed, rays_per_batch=a.rays, eval_every=0, eval_num_images=0,
-                                 checkpoint_every=0)
+                                 checkpoint_every=0, **train_overrides)
             tr = Trainer(cfg, ds, fm, device, extractor_info=ex.cache_key())
             t0 = time.perf_counter()
             tr.train(a.steps)
@@ -74,7 +78,8 @@ def plan(a: argparse.Namespace) -> int:
             tr.save_checkpoint(ckpt, include_optimizer=False)
             if cached is not None:
                 cached.with_suffix(".json").write_text(json.dumps(
-                    {"psnr": ev["psnr"], "feature_mse": ev.get("feature_mse"), "train_s": train_s}))
+                    {"psnr": ev["psnr"], "feature_mse": ev.get("feature_mse"),
+                     "depth_median_error_m": ev.get("depth_median_error_m"), "train_s": train_s}))
         field = load_trained_field(ckpt, device)
         pc = PlannerConfig(workspace_min_m=WORKSPACE[0], workspace_max_m=WORKSPACE[1], device=str(device),
                            **{**(PLANNER_CPU if a.planner_cpu else {}), **overrides})
@@ -96,9 +101,12 @@ def plan(a: argparse.Namespace) -> int:
                          "T_world_gripper": res.best.T_world_gripper.tolist() if res.found else None,
                          "tasks_tried": res.stats.get("tasks_tried"), "first_task": res.stats.get("first_task")})
             print(f"{scene:20s} {q!r:22s} found={res.found} {wall:.2f}s {res.reason}", flush=True)
-        out["scenes"][scene] = {"psnr": ev["psnr"], "feature_mse": ev.get("feature_mse"), "train_s": train_s,
+        out["scenes"][scene] = {"psnr": ev["psnr"], "feature_mse": ev.get("feature_mse"),
+                                "depth_median_error_m": ev.get("depth_median_error_m"), "train_s": train_s,
                                 "queries": rows}
-        print(f"{scene}: {a.steps} steps in {train_s:.1f} s, held-out PSNR {ev['psnr']:.2f} dB", flush=True)
+        dm = ev.get("depth_median_error_m")
+        print(f"{scene}: {a.steps} steps in {train_s:.1f} s, held-out PSNR {ev['psnr']:.2f} dB"
+              + (f", median depth error {1000 * dm:.1f} mm" if dm is not None else ""), flush=True)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(out, indent=1))
     print(f"wrote {a.out}")
@@ -127,7 +135,8 @@ def judge_file(a: argparse.Namespace) -> int:
     table = format_table(outcomes)
     secs = [o.seconds for o in outcomes if o.present]
     head = (f"device {data['device']} ({data.get('gpu')}), commit {data['commit']}, preset {data['preset']} seed "
-            f"{data['seed']} {data['steps']} steps, planner {data['planner']}; held-out PSNR "
+            f"{data['seed']} {data['steps']} steps{' ' + str(data['trainer_overrides']) if data.get('trainer_overrides') else ''}, "
+            f"planner {data['planner']}; held-out PSNR "
             f"{ {k: round(v['psnr'], 2) for k, v in data['scenes'].items()} }; present-query latency median "
             f"{statistics.median(secs):.2f} s")
     print(head + "\n" + table)
@@ -150,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
                    help="planner setting override, e.g. --set task_fallbacks=0 (repeatable)")
+    p.add_argument("--train-set", action="append", default=[], metavar="KEY=JSON",
+                   help="trainer setting on top of the preset, e.g. losses.depth_mult=0.1 (recorded in the JSON)")
     p.add_argument("--queries", default="", help="comma-separated subset of the queries (default: all)")
     p.add_argument("--ckpt-dir", type=Path, default=None,
                    help="cache trained fields here (per scene, preset, seed, steps) and reuse them on later runs")
