@@ -45,7 +45,7 @@ def plan(a: argparse.Namespace) -> int:
     device = resolve_device(a.device)
     out: dict = {"device": str(device), "gpu": torch.cuda.get_device_name(0) if device.type == "cuda" else None,
                  "commit": os.environ.get("F3RM_COMMIT", "unknown"), "preset": a.preset, "seed": a.seed,
-                 "steps": a.steps, "planner": PLANNER_CPU if a.planner_cpu else "reference defaults",
+                 "steps": a.steps, "rays": a.rays, "planner": PLANNER_CPU if a.planner_cpu else "reference defaults",
                  "scenes": {}}
     overrides = {kv.split("=", 1)[0]: json.loads(kv.split("=", 1)[1]) for kv in a.set}
     if overrides:
@@ -135,7 +135,7 @@ def judge_file(a: argparse.Namespace) -> int:
     table = format_table(outcomes)
     secs = [o.seconds for o in outcomes if o.present]
     head = (f"device {data['device']} ({data.get('gpu')}), commit {data['commit']}, preset {data['preset']} seed "
-            f"{data['seed']} {data['steps']} steps{' ' + str(data['trainer_overrides']) if data.get('trainer_overrides') else ''}, "
+            f"{data['seed']} {data['steps']} steps x {data.get('rays', 1024)} rays{' ' + str(data['trainer_overrides']) if data.get('trainer_overrides') else ''}, "
             f"planner {data['planner']}; held-out PSNR "
             f"{ {k: round(v['psnr'], 2) for k, v in data['scenes'].items()} }; present-query latency median "
             f"{statistics.median(secs):.2f} s")

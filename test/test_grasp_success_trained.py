@@ -1,18 +1,21 @@
 """Issue 6 success table on *trained* fields of the three built-in scenes (slow: ~CPU training).
 
 Opt-in (it trains three fields on the CPU): ``F3RM_GRASP_TRAINED_TEST=1 pytest -s
-test/test_grasp_success_trained.py``; without the variable it skips and says so. Measured on the 2-core
-machine under load (other agents' jobs): training 1036 s for one scene (500 steps), planning 30-125 s per
-present query (~40 queries): about an hour in all, well over a CI budget. ``F3RM_GRASP_FIELDS_CACHE=DIR``
+test/test_grasp_success_trained.py``; without the variable it skips and says so. On a quiet 2-core
+machine one scene trains in ~6 min (2000 steps with depth) and a query takes seconds with the CPU
+planner settings below: about 20-25 minutes in all, well over a CI budget. ``F3RM_GRASP_FIELDS_CACHE=DIR``
 keeps the trained fields between runs.
 
-Expected to fail for now (xfail, not strict): on fields with >= 20 dB the planner's top grasps fail the
-ground-truth check on mug rims and some handles (see the issue 6 report); remove the marker once it passes.
+Not strict xfail: the same table from H200-trained fields (``benchmarks/NOTES_grasp_trained.md``) passes
+86% of present queries at these settings over 6 seeds (90% at 4096 rays over 5 seeds); what still fails is
+mostly "mug handle" (the small fields reconstruct the 10 mm handle only partly). Remove the marker once
+it passes reliably.
 
 Per scene, once per test module (datasets and fields cached in a tmp folder): render 60 views at
-240x180 with label images (the demo's CPU preset), distil label features into the demo's small CPU
-model (the ``small+synthetic`` preset, 1024 rays, ``TRAIN_STEPS`` steps, seed 1) and measure the
-held-out PSNR. Then every query of :mod:`f3rm_ros.core.grasp.evaluate` runs on the trained field and
+240x180 with label and depth images, distil label features into the demo's small CPU model with
+depth supervision (the ``small+synthetic+depth`` preset, 1024 rays, ``TRAIN_STEPS`` steps, seed 1) and
+measure the held-out PSNR. Without depth the small fields put a lid over the uniform inside of every mug
+and the table stays near 57%. Then every query of :mod:`f3rm_ros.core.grasp.evaluate` runs on the trained field and
 the top grasp is judged by the ground-truth check. The issue's thresholds are asserted (>= 90% of
 present queries pass, >= 90% of absent ones return no grasp) -- unless a field's held-out PSNR is below
 ``MIN_PSNR_DB``: the small CPU config is seed-sensitive (floaters), and a planner cannot be judged on a
@@ -37,9 +40,9 @@ import torch
 from f3rm_ros.core.grasp import GraspPlanner, PlannerConfig, load_default_tasks
 from f3rm_ros.core.grasp.evaluate import PRESENT_QUERIES, format_table, success_table
 
-TRAIN_STEPS = int(os.environ.get("F3RM_GRASP_TRAIN_STEPS", "500"))
+TRAIN_STEPS = int(os.environ.get("F3RM_GRASP_TRAIN_STEPS", "2000"))
 TRAIN_SEED = 1
-TRAIN_PRESET = "small+synthetic"  # the demo's (f3rm_ros.ros.demo.TRAIN_PRESET)
+TRAIN_PRESET = "small+synthetic+depth"  # the demo's (f3rm_ros.ros.demo.TRAIN_PRESET) + depth supervision
 NUM_VIEWS, WIDTH, HEIGHT = 60, 240, 180
 MIN_PSNR_DB = 20.0
 PLANNER_CPU = {"num_steps": 25, "rotations_per_voxel": 4, "min_poses": 512}  # f3rm_ros.ros.demo PRESETS["cpu"]
@@ -123,8 +126,9 @@ def make_planner_factory(fields: dict, **overrides):
     return make
 
 
-@pytest.mark.xfail(strict=False, reason="issue 6: on trained fields the top grasps on mug rims and some handles "
-                                         "fail the ground-truth check (not antipodal / empty); the table is printed")
+@pytest.mark.xfail(strict=False, reason="issue 6: on small trained fields the top 'mug handle' grasps often fail "
+                                         "the ground-truth check (86-90% of present queries pass on GPU-trained "
+                                         "fields); the table is printed")
 def test_success_table_trained(trained_fields):
     n = torch.get_num_threads()
     torch.set_num_threads(1)  # the planner's many small ops: one thread is faster on a busy 2-core machine
