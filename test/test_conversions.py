@@ -128,3 +128,23 @@ def test_label_table_json_is_checked():
                         ('{"0": {"object": "x"}}', "not an id")):
         with pytest.raises(cv.ConversionError, match=reason):
             cv.parse_label_table_json(bad)
+
+
+def test_depth_image_round_trip_encodings_and_errors():
+    from f3rm_ros.ros.conversions import ConversionError, depth_to_image, image_to_depth
+
+    z = np.array([[0.0, 0.5004, np.nan], [1.2346, -1.0, 70.0]])
+    msg = depth_to_image(z, frame_id="cam")
+    assert msg.encoding == "16UC1" and msg.step == 6 and msg.header.frame_id == "cam"
+    got = image_to_depth(msg)
+    # millimetres, no data (0, NaN, negative) -> 0, clipped at 65.535 m
+    assert got.dtype == np.float32 and np.allclose(got, [[0.0, 0.5, 0.0], [1.235, 0.0, 65.535]], atol=1e-6)
+    be = Image(height=1, width=2, encoding="32FC1", is_bigendian=1, step=8,
+               data=np.array([1.5, np.inf], dtype=">f4").tobytes())
+    assert np.array_equal(image_to_depth(be), np.array([[1.5, 0.0]], np.float32))
+    with pytest.raises(ConversionError, match="unsupported depth image encoding 'rgb8'"):
+        image_to_depth(Image(height=1, width=1, encoding="rgb8", step=3, data=b"\x00" * 3))
+    with pytest.raises(ConversionError, match="data has 3 bytes"):
+        image_to_depth(Image(height=1, width=2, encoding="16UC1", step=4, data=b"\x00" * 3))
+    with pytest.raises(ConversionError, match="depth must be"):
+        depth_to_image(np.zeros(3))

@@ -146,3 +146,29 @@ def test_depth_mult_without_depth_images_warns_and_trains_without(caplog):
     assert "no depth images" in caplog.text
     assert "depth" not in tr.loss_names() and "depth" not in tr.train_step()
     assert "depth_median_error_m" not in tr.evaluate(save_images=False)
+
+
+def test_writer_stores_depth_and_clear_removes_it(tmp_path):
+    from f3rm_ros.core.cameras import CameraIntrinsics
+    from f3rm_ros.core.dataset import DatasetWriter
+
+    K = CameraIntrinsics(fx=20.0, fy=20.0, cx=8.0, cy=6.0, width=16, height=12)
+    rng = np.random.default_rng(1)
+    z = rng.uniform(0.2, 3.0, (12, 16))
+    z[0, 0] = np.nan
+    w = DatasetWriter(tmp_path / "ds")
+    w.add_frame(rng.integers(0, 255, (12, 16, 3), dtype=np.uint8), K, np.eye(4), depth_m=z)
+    w.add_frame(rng.integers(0, 255, (12, 16, 3), dtype=np.uint8), K, np.eye(4))  # depth is per frame
+    with pytest.raises(ValueError, match="depth_m must have shape"):
+        w.add_frame(rng.integers(0, 255, (12, 16, 3), dtype=np.uint8), K, np.eye(4), depth_m=np.ones((6, 8)))
+    with pytest.raises(ValueError, match="clash"):
+        w.add_frame(rng.integers(0, 255, (12, 16, 3), dtype=np.uint8), K, np.eye(4), depth_m=z,
+                    extra={"depth_scale": 1.0})
+    ds = load_dataset(tmp_path / "ds", eval_every=0)
+    assert ds.has_depth and ds.get_depth(1) is None and ds.frames_extra[0]["depth_path"] == "depth/frame_00000.png"
+    d = ds.get_depth(0)
+    assert d[0, 0] == 0.0 and np.abs(d - z)[1:].max() <= 0.0005 + 1e-6
+    (tmp_path / "ds" / "depth" / "frame_00007.png").write_bytes(b"orphan of a crash")
+    assert DatasetWriter(tmp_path / "ds")._next_number == 8  # never reused
+    w.clear()
+    assert not (tmp_path / "ds" / "depth" / "frame_00000.png").exists()

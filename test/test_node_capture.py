@@ -124,7 +124,7 @@ def _counts(st) -> dict:
 
 def test_capture_from_sim_camera(tmp_path):
     """sim_camera_node -> capture_node (two processes): every kept frame on disk with the sim's pose, image,
-    labels and label table; control service START/STOP/CLEAR/SAVE."""
+    labels, depth and label table; control service START/STOP/CLEAR/SAVE."""
     from f3rm_ros.core.dataset import load_dataset
     from f3rm_ros.core.sim import resolve_scene
     from f3rm_ros.core.sim.camera import SimCamera
@@ -137,6 +137,7 @@ def test_capture_from_sim_camera(tmp_path):
     views = 10
     cap = start_node("capture_node", ns, {"data_root": str(data), "dataset_name": "scan", "start_capturing": False,
                                           "labels_topic": "camera/labels", "min_translation_m": 0.0,
+                                          "depth_topic": "camera/aligned_depth_to_color/image_raw",
                                           "min_rotation_deg": 0.0, "pose_wait_s": 1.0}, tmp_path / "capture.log")
     sim = None
     t0 = time.monotonic()
@@ -151,6 +152,7 @@ def test_capture_from_sim_camera(tmp_path):
             assert r.success and r.frame_count == 0 and r.dataset_path == str((data / "scan").resolve())
             sim = start_node("sim_camera_node", ns, {"width": 48, "height": 36, "rate_hz": 4.0,
                                                      "trajectory.num_views": views, "wait_for_subscribers": 1,
+                                                     "depth_topic": "camera/aligned_depth_to_color/image_raw",
                                                      "start_delay_s": 1.0}, tmp_path / "sim.log")
             from std_msgs.msg import Bool
             from rclpy.qos import DurabilityPolicy, QoSProfile
@@ -209,6 +211,7 @@ def test_capture_from_sim_camera(tmp_path):
         fr = cam.capture(k)
         img_err.append(int(np.abs(ds.get_image(i).astype(int) - fr.image.astype(int)).max()))
         assert np.array_equal(ds.get_labels(i), fr.label)
+        assert np.abs(ds.get_depth(i) - fr.depth).max() <= 0.0005 + 1e-6  # millimetre PNG
     K = ds.intrinsics[0]
     print(f"{len(ds)} frames in {time.monotonic() - t0:.1f} s; max pose error {max(errs):.2e} m; "
           f"max image difference {max(img_err)} levels; fx={K.fx:.3f} cx={K.cx:.3f}")
@@ -615,3 +618,66 @@ def test_keyframe_rules_blur_and_max_frames_over_dds(tmp_path):
             sp.stop()
             cap.destroy_node()
             feed.destroy_node()
+
+
+def test_depth_images_over_dds(tmp_path):
+    """depth_topic: registered depth (16UC1 mm and 32FC1 m) stored with the frame; a depth image of another
+    size, a malformed one and a missing one are rejected with their reasons; the node keeps serving."""
+    from f3rm_ros.core.dataset import load_dataset
+    from f3rm_ros.ros.capture_node import CaptureNode
+    from f3rm_ros.ros.conversions import depth_to_image
+
+    ns = "/t_capture_depth"
+    with rclpy.init():
+        cap = CaptureNode(namespace=ns, parameter_overrides=[
+            Parameter("data_root", value=str(tmp_path / "data")), Parameter("start_capturing", value=True),
+            Parameter("pose_wait_s", value=0.3), Parameter("blur_threshold", value=1.0),
+            Parameter("depth_topic", value="camera/depth")])
+        feed = _Feeder(ns)
+        depth_pub = feed.create_publisher(Image, "camera/depth", 50)
+        status = _status_listener(feed, f"{ns}/capture_node/status")
+        sp = Spinner(cap, feed)
+        rng = np.random.default_rng(5)
+        z0 = rng.uniform(0.3, 2.0, (24, 32)).astype(np.float32)
+        z0[0, :5] = 0.0  # no measurement
+        try:
+            wait_for(lambda: feed.matched() and depth_pub.get_subscription_count() > 0, 20, "the subscriptions")
+
+            def reasons():
+                return _counts(status[-1]) if status else {}
+
+            t = 2000.0
+            depth_pub.publish(depth_to_image(z0, stamp=feed.stamp(t)))  # 1. good, 16UC1 millimetres
+            feed.send(0, t)
+            wait_for(lambda: status and status[-1].frames_kept == 1, 10, "the first frame")
+            feed.send(1, t + 1)  # 2. no depth image with this stamp
+            wait_for(lambda: "no_depth" in reasons(), 10, "no_depth")
+            depth_pub.publish(depth_to_image(np.ones((12, 16)), stamp=feed.stamp(t + 2)))  # 3. another size
+            feed.send(2, t + 2)
+            wait_for(lambda: "bad_depth" in reasons(), 10, "bad_depth (size)")
+            print("last reason:", status[-1].last_reject_reason)
+            assert "registered" in status[-1].last_reject_reason
+            bad = Image(height=24, width=32, encoding="16UC1", step=64, data=b"\x00" * 7)  # 4. truncated
+            bad.header.stamp = feed.stamp(t + 3)
+            depth_pub.publish(bad)
+            wait_for(lambda: reasons().get("bad_depth", 0) >= 2, 10, "bad_depth (truncated)")
+            f32 = Image(height=24, width=32, encoding="32FC1", step=128)  # 5. good, 32FC1 metres with a NaN
+            z1 = z0.copy()
+            z1[1, 1] = np.nan
+            f32.data = z1.astype("<f4").tobytes()
+            f32.header.stamp = feed.stamp(t + 4)
+            depth_pub.publish(f32)
+            feed.send(4, t + 4)
+            wait_for(lambda: status[-1].frames_kept == 2, 10, "the 32FC1 frame")
+            assert "internal_error" not in reasons()
+            print(f"status: kept={status[-1].frames_kept} {_counts(status[-1])}")
+        finally:
+            sp.stop()
+            cap.destroy_node()
+            feed.destroy_node()
+    ds = load_dataset(tmp_path / "data" / "capture", eval_every=0)
+    assert len(ds) == 2 and ds.has_depth
+    d0, d1 = ds.get_depth(0), ds.get_depth(1)
+    print(f"depth on disk: max error {np.abs(d0 - z0).max() * 1000:.2f} mm / {np.nanmax(np.abs(d1 - z1)) * 1000:.2f} mm")
+    assert np.abs(d0 - z0).max() <= 0.0005 + 1e-6 and (d0[0, :5] == 0).all()
+    assert d1[1, 1] == 0.0 and np.nanmax(np.abs(d1 - z1)) <= 0.0005 + 1e-6

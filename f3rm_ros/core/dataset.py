@@ -56,6 +56,7 @@ __all__ = [
     "resize_image",
     "resize_labels",
     "TRANSFORMS_NAME",
+    "encode_depth_png",
 ]
 
 TRANSFORMS_NAME = "transforms.json"
@@ -618,10 +619,23 @@ def _encode_png16(labels: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def encode_depth_png(depth_m: np.ndarray) -> bytes:
+    """16-bit PNG of a z-depth map ``[H, W]`` in metres -> millimetres (0 = no data; NaN/inf/negative -> 0;
+    clipped at 65.535 m), read back by :meth:`PosedImageDataset.get_depth` with ``depth_scale`` 0.001."""
+    from PIL import Image
+
+    d = np.asarray(depth_m, dtype=np.float64)
+    d = np.where(np.isfinite(d) & (d > 0), d, 0.0)
+    mm = np.clip(np.round(d * 1000.0), 0, 65535).astype(np.uint16)
+    buf = _io.BytesIO()
+    Image.fromarray(mm).save(buf, format="PNG")
+    return buf.getvalue()
+
+
 class DatasetWriter:
     """Append frames to a ``transforms.json`` dataset one at a time, crash-safe.
 
-    Each :meth:`add_frame` writes the image (and optional mask / label map) atomically, then
+    Each :meth:`add_frame` writes the image (and optional mask / label map / depth map) atomically, then
     rewrites ``transforms.json`` atomically, so the folder is a valid dataset after every call and a
     crash never leaves a frame half-written in the json. Opening a folder that already holds a
     dataset continues it: numbering resumes after the highest existing file number, existing
@@ -673,11 +687,11 @@ class DatasetWriter:
         nums = [-1]
         pat = re.compile(r"frame_(\d+)")
         for fr in self._data["frames"]:
-            for key in ("file_path", "mask_path", "label_path"):
+            for key in ("file_path", "mask_path", "label_path", "depth_path"):
                 m = pat.search(str(fr.get(key, "")))
                 if m:
                     nums.append(int(m.group(1)))
-        for sub in ("images", "masks", "labels"):  # orphans of an interrupted add_frame are never reused
+        for sub in ("images", "masks", "labels", "depth"):  # orphans of an interrupted add_frame are never reused
             d = self.root / sub
             if d.is_dir():
                 for p in d.iterdir():
@@ -707,7 +721,8 @@ class DatasetWriter:
     # -- frames
     def add_frame(self, image: np.ndarray, intrinsics: CameraIntrinsics, c2w_opencv_world: np.ndarray,
                   stamp: float | None = None, extra: Mapping[str, Any] | None = None,
-                  mask: np.ndarray | None = None, labels: np.ndarray | None = None) -> int:
+                  mask: np.ndarray | None = None, labels: np.ndarray | None = None,
+                  depth_m: np.ndarray | None = None) -> int:
         """Append one frame; returns its index in the dataset.
 
         Args:
@@ -718,6 +733,8 @@ class DatasetWriter:
             extra: additional JSON-serialisable per-frame keys (must not clash with standard keys).
             mask: optional bool/uint8  # [H, W], nonzero = use the pixel
             labels: optional label ids uint16  # [H, W], written as a 16-bit PNG (``label_path``)
+            depth_m: optional z-depth along the optical axis in metres, 0 or NaN = no data  # [H, W];
+                written as a 16-bit PNG in millimetres (``depth_path``, ``depth_scale`` 0.001)
 
         Raises:
             ValueError: wrong image dtype/shape, size not matching the intrinsics, a pose that is not
@@ -736,16 +753,19 @@ class DatasetWriter:
         except DatasetError as e:
             raise ValueError(str(e)) from None
         extra = dict(extra or {})
-        clash = sorted(set(extra) & (set(_FRAME_KEYS) | {"file_path"}))
+        clash = sorted(set(extra) & (set(_FRAME_KEYS) | {"file_path"} | ({"depth_path", "depth_scale"}
+                                                                         if depth_m is not None else set())))
         if clash:
             raise ValueError(f"extra keys {clash} clash with standard frame keys")
-        for name, arr in (("mask", mask), ("labels", labels)):
+        for name, arr in (("mask", mask), ("labels", labels), ("depth_m", depth_m)):
             if arr is not None and np.asarray(arr).shape != image.shape[:2]:
                 raise ValueError(f"{name} must have shape {image.shape[:2]}, got {np.asarray(arr).shape}")
         if labels is not None:
             lab = np.asarray(labels)
             if lab.dtype.kind not in "ui" or lab.min(initial=0) < 0 or lab.max(initial=0) > 65535:
                 raise ValueError("labels must be integer ids in [0, 65535]")
+        if depth_m is not None and np.asarray(depth_m).dtype.kind not in "uif":
+            raise ValueError(f"depth_m must be numbers (metres), got {np.asarray(depth_m).dtype}")
 
         try:  # before any file is written
             extra_json = json.loads(json.dumps(extra, allow_nan=False))
@@ -771,6 +791,9 @@ class DatasetWriter:
             if labels is not None:
                 frame["label_path"] = f"labels/{stem}.png"
                 atomic_write_bytes(self.root / frame["label_path"], _encode_png16(np.asarray(labels)))
+            if depth_m is not None:
+                frame["depth_path"], frame["depth_scale"] = f"depth/{stem}.png", 0.001
+                atomic_write_bytes(self.root / frame["depth_path"], encode_depth_png(depth_m))
             frame["transform_matrix"] = c2w_opencv_to_opengl(T_cv).tolist()
             frame.update(intrinsics.to_dict())
             if stamp is not None:
@@ -796,7 +819,7 @@ class DatasetWriter:
                 self._data.pop(k, None)
             self._save()
             for fr in old:
-                for key in ("file_path", "mask_path", "label_path"):
+                for key in ("file_path", "mask_path", "label_path", "depth_path"):
                     rel = fr.get(key)
                     if rel:
                         p = self.root / rel

@@ -23,6 +23,10 @@ Inputs (topics relative to the node's namespace, default ``/f3rm``):
 * ``camera/labels`` (optional, ``labels_topic``): 16-bit label images (``mono16``) with the same
   stamp as the image (the synthetic world's ground truth) and ``camera/label_table``
   (``std_msgs/String`` JSON, transient-local) with the ``f3rm_labels`` table.
+* a depth image (optional, ``depth_topic``, e.g. ``camera/aligned_depth_to_color/image_raw`` of an RGB-D
+  camera): z-depth **registered to the colour image** (same size and intrinsics), ``16UC1`` millimetres or
+  ``32FC1`` metres (REP 118), with the image's stamp; stored per frame as ``depth_path`` (16-bit PNG,
+  millimetres) for the trainer's depth supervision (``losses.depth_mult``, preset ``depth``).
 
 Each image is matched to the pose with the nearest stamp (interpolated between the poses before and
 after it when they are close) within ``pose_tolerance_s``; it waits up to ``pose_wait_s`` for a pose
@@ -79,8 +83,8 @@ from f3rm_ros.msg import CaptureStatus
 from f3rm_ros.ros.capture_logic import (T_BODY_OPTICAL, BackgroundWriter, KeyframeSelector, PoseBuffer, PoseLookup,
                                         WriteJob, laplacian_variance)
 from f3rm_ros.ros.common import OK, WARN, ERROR, DiagnosticsPublisher, PathRefused, resolve_under_root, run_node
-from f3rm_ros.ros.conversions import (ConversionError, camera_info_to_intrinsics, compressed_to_rgb, image_to_labels,
-                                      image_to_rgb, parse_label_table_json, pose_msg_to_matrix,
+from f3rm_ros.ros.conversions import (ConversionError, camera_info_to_intrinsics, compressed_to_rgb, image_to_depth,
+                                      image_to_labels, image_to_rgb, parse_label_table_json, pose_msg_to_matrix,
                                       transform_msg_to_matrix)
 from f3rm_ros.ros.params import declare_config, read_config
 from f3rm_ros.srv import CaptureControl
@@ -108,6 +112,8 @@ REASONS = {
     "pose_too_far": "nearest camera pose too far from the image stamp",
     "no_labels": "no label image with the image's stamp",
     "bad_labels": "label image malformed",
+    "no_depth": "no depth image with the image's stamp",
+    "bad_depth": "depth image malformed or of another size than the image",
     "blurry": "image too blurry",
     "too_close": "too close to a kept frame",
     "max_frames": "dataset full (max_frames)",
@@ -168,6 +174,8 @@ class CaptureNodeSettings:
                                   "(synthetic world); '' = none", read_only=True)
     label_table_topic: str = param("camera/label_table", "f3rm_labels table as JSON (std_msgs/String, "
                                                          "transient-local), used with labels_topic", read_only=True)
+    depth_topic: str = param("", "z-depth images registered to the colour image (16UC1 mm or 32FC1 m) with the "
+                                 "image's stamp, stored as depth_path; '' = none", read_only=True)
     status_rate_hz: float = param(1.0, "rate of ~/status and /diagnostics when nothing changes", range=(0.01, 100.0))
 
 
@@ -241,6 +249,7 @@ class CaptureNode(Node):
         self._camera_info_msg_size: tuple[int, int] | None = None
         self._pending: list[_Pending] = []
         self._labels: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
+        self._depths: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
         self._label_table: dict | None = None
         self.images_seen = 0
         self._last_image_time = 0.0
@@ -270,6 +279,9 @@ class CaptureNode(Node):
                                          callback_group=data)
         if s.labels_topic:
             self.create_subscription(Image, s.labels_topic, self._safe(self._on_labels), qos_profile_sensor_data,
+                                     callback_group=data)
+        if s.depth_topic:
+            self.create_subscription(Image, s.depth_topic, self._safe(self._on_depth), qos_profile_sensor_data,
                                      callback_group=data)
             latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL,
                                  reliability=ReliabilityPolicy.RELIABLE)
@@ -425,6 +437,17 @@ class CaptureNode(Node):
             self._labels.popitem(last=False)
         self._process_pending()
 
+    def _on_depth(self, msg: Image) -> None:
+        try:
+            depth = image_to_depth(msg)
+        except ConversionError as e:
+            self.reject("bad_depth", str(e))
+            return
+        self._depths[_stamp_ns(msg.header.stamp)] = depth
+        while len(self._depths) > 4 * self.settings.max_pending:
+            self._depths.popitem(last=False)
+        self._process_pending()
+
     def _on_label_table(self, msg: String) -> None:
         try:
             table = parse_label_table_json(msg.data)
@@ -503,10 +526,14 @@ class CaptureNode(Node):
                 if self._camera_info is None and not final:
                     continue
                 p.intrinsics = self._camera_info
-            labels = None
+            labels = depth = None
             if s.labels_topic:
                 labels = self._labels.get(p.stamp_ns)
                 if labels is None and not final:
+                    continue
+            if s.depth_topic:
+                depth = self._depths.get(p.stamp_ns)
+                if depth is None and not final:
                     continue
             look = self._lookup(p, final)
             if look.status == "wait" or (look.status == "empty" and not final):
@@ -534,10 +561,17 @@ class CaptureNode(Node):
                                          f"{self.resolve_topic_name(s.labels_topic)} within {s.pose_wait_s:g} s")
             elif labels is not None and labels.shape != p.rgb.shape[:2]:
                 self.reject("bad_labels", f"label image {labels.shape[::-1]} differs from image {p.rgb.shape[1::-1]}")
+            elif s.depth_topic and depth is None:
+                self.reject("no_depth", f"image at t={p.stamp:.3f}: no depth image with this stamp on "
+                                        f"{self.resolve_topic_name(s.depth_topic)} within {s.pose_wait_s:g} s")
+            elif depth is not None and depth.shape != p.rgb.shape[:2]:
+                self.reject("bad_depth", f"depth image {depth.shape[::-1]} differs from image {p.rgb.shape[1::-1]} "
+                                         "(it must be registered to the colour image)")
             else:
-                self._keep(p, look, labels)
+                self._keep(p, look, labels, depth)
 
-    def _keep(self, p: _Pending, look: PoseLookup, labels: np.ndarray | None) -> None:
+    def _keep(self, p: _Pending, look: PoseLookup, labels: np.ndarray | None,
+              depth: np.ndarray | None = None) -> None:
         """Decide on a frame with a pose and hand a keyframe to the writer thread (never waits for the disk)."""
         s = self.settings
         with self._lock:
@@ -556,7 +590,7 @@ class CaptureNode(Node):
                 return
             extra = {"sharpness": round(p.sharpness, 3), "pose_dt_s": round(look.dt, 6),
                      "pose_interpolated": look.interpolated}
-            job = self._frame_job(self.writer, p, look, labels, extra)
+            job = self._frame_job(self.writer, p, look, labels, extra, depth)
             if not self.write_queue.submit(job):
                 self.reject("writer_busy", f"image at t={p.stamp:.3f}: {self.write_queue.pending('frame')} kept "
                                            f"frames still wait to be written (max_pending_writes="
@@ -571,12 +605,12 @@ class CaptureNode(Node):
         self.publish_status()
 
     def _frame_job(self, writer: Any, p: _Pending, look: PoseLookup, labels: np.ndarray | None,
-                   extra: dict) -> WriteJob:
+                   extra: dict, depth: np.ndarray | None = None) -> WriteJob:
         """The write of one kept frame, with its bookkeeping (callbacks run on the writer thread)."""
         pose = look.pose
 
         def run() -> int:
-            return writer.add_frame(p.rgb, p.intrinsics, pose, stamp=p.stamp, extra=extra, labels=labels)
+            return writer.add_frame(p.rgb, p.intrinsics, pose, stamp=p.stamp, extra=extra, labels=labels, depth_m=depth)
 
         def forget() -> None:  # the frame will not be in the dataset: later frames may take its place
             with self._lock:

@@ -43,6 +43,9 @@ __all__ = [
     "labels_to_image",
     "image_to_labels",
     "parse_label_table_json",
+    "DEPTH_ENCODINGS",
+    "depth_to_image",
+    "image_to_depth",
     "camera_info_to_intrinsics",
     "intrinsics_to_camera_info",
     "pose_msg_to_matrix",
@@ -142,6 +145,38 @@ def image_to_labels(msg: Image) -> np.ndarray:
         raise ConversionError(f"unsupported label image encoding {msg.encoding!r}; supported: {list(LABEL_ENCODINGS)}")
     rows = _pixel_rows(msg, 2, "label image").copy()
     return rows.view(">u2" if msg.is_bigendian else "<u2").reshape(int(msg.height), int(msg.width)).astype(np.uint16)
+
+
+DEPTH_ENCODINGS = ("16UC1", "mono16", "32FC1")
+
+
+def depth_to_image(depth_m: np.ndarray, stamp: Any = None, frame_id: str = "") -> Image:
+    """z-depth [H, W] in metres (0 / NaN = no data) -> ``sensor_msgs/Image`` 16UC1 in millimetres (REP 118)."""
+    d = np.asarray(depth_m, dtype=np.float64)
+    if d.ndim != 2:
+        raise ConversionError(f"depth must be [H, W], got shape {d.shape}")
+    mm = np.clip(np.round(np.where(np.isfinite(d) & (d > 0), d, 0.0) * 1000.0), 0, 65535)
+    mm = np.ascontiguousarray(mm, dtype="<u2")
+    msg = Image(height=mm.shape[0], width=mm.shape[1], encoding="16UC1", is_bigendian=0,
+                step=mm.shape[1] * 2, data=mm.tobytes())
+    _set_header(msg, frame_id, stamp)
+    return msg
+
+
+def image_to_depth(msg: Image) -> np.ndarray:
+    """``sensor_msgs/Image`` depth (REP 118: 16UC1 millimetres or 32FC1 metres) -> float32 z-depth in
+    metres [H, W], 0 where there is no measurement (0, NaN, inf or negative in the message)."""
+    if msg.encoding not in DEPTH_ENCODINGS:
+        raise ConversionError(f"unsupported depth image encoding {msg.encoding!r}; supported: {list(DEPTH_ENCODINGS)}")
+    h, w = int(msg.height), int(msg.width)
+    if msg.encoding == "32FC1":
+        rows = _pixel_rows(msg, 4, "depth image").copy()
+        d = rows.view(">f4" if msg.is_bigendian else "<f4").reshape(h, w).astype(np.float32)
+    else:
+        rows = _pixel_rows(msg, 2, "depth image").copy()
+        d = rows.view(">u2" if msg.is_bigendian else "<u2").reshape(h, w).astype(np.float32) * np.float32(0.001)
+    d[~np.isfinite(d) | (d < 0)] = 0.0
+    return d
 
 
 def parse_label_table_json(text: str) -> dict[str, dict]:

@@ -11,6 +11,8 @@ Renders a :mod:`f3rm_ros.core.sim` scene at ``rate_hz`` along the hemisphere-arc
 * ``camera/camera_info`` (``sensor_msgs/CameraInfo``, plumb_bob with zero distortion).
 * ``camera/labels`` (``sensor_msgs/Image`` mono16 label ids; ``labels_topic`` '' = off) and, once,
   ``camera/label_table`` (``std_msgs/String`` JSON ``f3rm_labels`` table, transient-local).
+* ``camera/aligned_depth_to_color/image_raw`` (``depth_topic``, '' = off, the default): z-depth registered
+  to the colour image, ``sensor_msgs/Image`` 16UC1 in millimetres (REP 118), 0 = nothing hit.
 * ``camera/image_raw`` (``sensor_msgs/Image`` rgb8), published last.
 * ``~/finished`` (``std_msgs/Bool``, transient-local): true once the last pose was published (not with ``loop``).
 
@@ -37,7 +39,8 @@ from f3rm_ros.core.config import param
 from f3rm_ros.core.sim.render import RenderConfig
 from f3rm_ros.core.sim.trajectory import TrajectoryConfig
 from f3rm_ros.ros.common import OK, WARN, DiagnosticsPublisher, run_node
-from f3rm_ros.ros.conversions import intrinsics_to_camera_info, labels_to_image, matrix_to_pose_msg, rgb_to_image
+from f3rm_ros.ros.conversions import (depth_to_image, intrinsics_to_camera_info, labels_to_image, matrix_to_pose_msg,
+                                      rgb_to_image)
 from f3rm_ros.ros.params import declare_config
 
 try:  # optional: also broadcast the camera pose on TF
@@ -82,6 +85,8 @@ class SimCameraSettings:
                               read_only=True)
     label_table_topic: str = param("camera/label_table", "f3rm_labels table topic (String JSON, transient-local)",
                                    read_only=True)
+    depth_topic: str = param("", "z-depth registered to the colour image (16UC1 millimetres), e.g. "
+                                 "camera/aligned_depth_to_color/image_raw; '' = do not publish", read_only=True)
     publish_tf: bool = param(True, "also broadcast world_frame -> camera_frame on TF (when tf2_ros is installed)",
                              read_only=True)
     world_frame: str = param("world", "world frame (z up, table top at z = 0)", read_only=True)
@@ -124,6 +129,9 @@ class SimCameraNode(Node):
         self._data_pubs = [self.pose_pub, self.info_pub, self.image_pub]
         if self.labels_pub is not None:
             self._data_pubs.append(self.labels_pub)
+        self.depth_pub = self.create_publisher(Image, s.depth_topic, reliable) if s.depth_topic else None
+        if self.depth_pub is not None:
+            self._data_pubs.append(self.depth_pub)
         self.finished_pub = self.create_publisher(Bool, "~/finished", latched)
         self.finished_pub.publish(Bool(data=False))
         if s.labels_topic:
@@ -165,7 +173,7 @@ class SimCameraNode(Node):
                 self.get_logger().info(f"trajectory finished after {self.published} frames")
 
     def publish_frame(self, index: int) -> None:
-        """Render pose ``index`` and publish pose, TF, camera_info, labels and image with one stamp."""
+        """Render pose ``index`` and publish pose, TF, camera_info, labels, depth and image with one stamp."""
         s = self.settings
         t0 = time.perf_counter()
         fr = self.camera.capture(index)
@@ -184,6 +192,8 @@ class SimCameraNode(Node):
         self.info_pub.publish(intrinsics_to_camera_info(fr.intrinsics, stamp=stamp, frame_id=s.camera_frame))
         if self.labels_pub is not None:
             self.labels_pub.publish(labels_to_image(fr.label, stamp=stamp, frame_id=s.camera_frame))
+        if self.depth_pub is not None:
+            self.depth_pub.publish(depth_to_image(fr.depth, stamp=stamp, frame_id=s.camera_frame))
         self.image_pub.publish(rgb_to_image(fr.image, stamp=stamp, frame_id=s.camera_frame))
         self.published += 1
 

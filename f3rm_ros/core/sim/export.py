@@ -11,7 +11,6 @@ every setting used.
 
 from __future__ import annotations
 
-import io
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +19,7 @@ import numpy as np
 
 from f3rm_ros.core.config import param, to_dict
 from f3rm_ros.core.geometry import c2w_opencv_to_opengl
-from f3rm_ros.core.io import atomic_write_bytes
+from f3rm_ros.core.dataset import encode_depth_png  # noqa: F401 - re-exported (was defined here)
 from f3rm_ros.core.sim.camera import SimCamera
 from f3rm_ros.core.sim.render import RenderConfig, intrinsics_from_fov
 from f3rm_ros.core.sim.scene import Scene
@@ -45,16 +44,6 @@ class SimDatasetConfig:
     image_format: str = param("png", "image file format", choices=("png", "jpg"))
     trajectory: TrajectoryConfig = param(TrajectoryConfig(), "camera trajectory")
     render: RenderConfig = param(RenderConfig(), "lighting and image noise")
-
-
-def encode_depth_png(depth_m: np.ndarray) -> bytes:
-    """16-bit PNG of a depth map [H, W] in metres -> millimetres (0 = no data, clipped at 65.535 m)."""
-    from PIL import Image
-
-    mm = np.clip(np.round(np.nan_to_num(depth_m, nan=0.0, posinf=0.0) * 1000.0), 0, 65535).astype(np.uint16)
-    buf = io.BytesIO()
-    Image.fromarray(mm).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def render_dataset(scene: Scene, out_dir: str | Path, config: SimDatasetConfig | None = None,
@@ -98,14 +87,10 @@ def render_dataset(scene: Scene, out_dir: str | Path, config: SimDatasetConfig |
         fr = cam.capture(i)
         render_times.append(time.perf_counter() - t0)
         extra = {}
-        if c.write_depth:
-            rel = f"depth/frame_{writer._next_number:05d}.png"
-            atomic_write_bytes(out_dir / rel, encode_depth_png(fr.depth))
-            extra.update({"depth_path": rel, "depth_scale": 0.001})
         if noisy:
             extra["true_transform_matrix"] = c2w_opencv_to_opengl(fr.T_world_cam_true).tolist()
         writer.add_frame(fr.image, fr.intrinsics, fr.T_world_cam, stamp=fr.timestamp, extra=extra,
-                         labels=fr.label)
+                         labels=fr.label, depth_m=fr.depth if c.write_depth else None)
         if progress is not None:
             progress(i, len(cam), render_times[-1])
     return {"path": writer.json_path, "num_frames": len(cam),
