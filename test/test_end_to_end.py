@@ -98,6 +98,10 @@ def test_capture_train_and_load(pipeline):
     assert cap.frame_count >= 12 and len(ds) == cap.frame_count
     assert all((ds_path / f["file_path"]).is_file() and (ds_path / f["label_path"]).is_file() for f in meta["frames"])
     assert meta.get("f3rm_labels"), "the label table reached the dataset"
+    # the simulated RGB-D camera's registered depth reached every frame (z-depth in [0.1, 3] m where it hit)
+    assert all((ds_path / f["depth_path"]).is_file() for f in meta["frames"])
+    z = ds.get_depth(0)
+    assert z.shape == ds.get_image(0).shape[:2] and 0.1 < float(z[z > 0].min()) and float(z.max()) < 3.0
     print(f"train: {tr.steps_done} steps in {tr.training_time:.0f} s, {len(fb)} feedback messages, held-out PSNR "
           f"{tr.final_psnr:.2f} dB, feature MSE {tr.final_feature_mse:.4f}; {tr.checkpoint_path}")
     assert tr.steps_done == STEPS and Path(tr.checkpoint_path).is_file()

@@ -236,7 +236,8 @@ def test_bringup_files_and_rviz_config(nodes):
 
 
 def test_sim_files_use_the_synthetic_training_preset():
-    """bringup_sim.yaml and sim.launch.py give the train node the "synthetic" preset's settings exactly."""
+    """bringup_sim.yaml and sim.launch.py give the train node the "synthetic" preset's settings exactly, and the
+    simulated camera's depth reaches the capture node."""
     from f3rm_ros.core.presets import trainer_preset
     from f3rm_ros.ros.bringup import load_bringup
 
@@ -246,6 +247,8 @@ def test_sim_files_use_the_synthetic_training_preset():
     inline = train.overrides
     print("bringup_sim train_node inline:", inline)
     assert {k: inline.get(k) for k in want} == want
+    depth = {s.executable: s.overrides.get("depth_topic") for s in sim.nodes}
+    assert depth["sim_camera_node"] and depth["capture_node"] == depth["sim_camera_node"], depth
     launch = next(p for p in LAUNCH if p.name == "sim.launch.py")
     entry = next(e for e in launch_nodes(launch) if e["executable"] == "train_node")
     inline = entry["inline"]
