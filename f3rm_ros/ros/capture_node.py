@@ -427,25 +427,21 @@ class CaptureNode(Node):
         self._process_pending()
 
     def _on_labels(self, msg: Image) -> None:
-        try:
-            lab = image_to_labels(msg)
-        except ConversionError as e:
-            self.reject("bad_labels", str(e))
-            return
-        self._labels[_stamp_ns(msg.header.stamp)] = lab
-        while len(self._labels) > 4 * self.settings.max_pending:
-            self._labels.popitem(last=False)
-        self._process_pending()
+        self._cache_by_stamp(msg, image_to_labels, self._labels, "bad_labels")
 
     def _on_depth(self, msg: Image) -> None:
+        self._cache_by_stamp(msg, image_to_depth, self._depths, "bad_depth")
+
+    def _cache_by_stamp(self, msg: Image, convert: Any, cache: collections.OrderedDict, bad_reason: str) -> None:
+        """Keep a per-pixel side image (labels, depth) under its stamp until its colour image is decided."""
         try:
-            depth = image_to_depth(msg)
+            arr = convert(msg)
         except ConversionError as e:
-            self.reject("bad_depth", str(e))
+            self.reject(bad_reason, str(e))
             return
-        self._depths[_stamp_ns(msg.header.stamp)] = depth
-        while len(self._depths) > 4 * self.settings.max_pending:
-            self._depths.popitem(last=False)
+        cache[_stamp_ns(msg.header.stamp)] = arr
+        while len(cache) > 4 * self.settings.max_pending:
+            cache.popitem(last=False)
         self._process_pending()
 
     def _on_label_table(self, msg: String) -> None:

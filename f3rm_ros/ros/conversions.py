@@ -132,9 +132,14 @@ def labels_to_image(labels: np.ndarray, stamp: Any = None, frame_id: str = "") -
     lab = np.asarray(labels)
     if lab.ndim != 2 or lab.dtype.kind not in "ui" or (lab.size and (lab.min() < 0 or lab.max() > 65535)):
         raise ConversionError(f"labels must be an [H, W] integer array in [0, 65535], got {lab.dtype} {lab.shape}")
-    lab = np.ascontiguousarray(lab, dtype="<u2")
-    msg = Image(height=lab.shape[0], width=lab.shape[1], encoding="mono16", is_bigendian=0,
-                step=lab.shape[1] * 2, data=lab.tobytes())
+    return _u16_image(lab, "mono16", stamp, frame_id)
+
+
+def _u16_image(values: np.ndarray, encoding: str, stamp: Any, frame_id: str) -> Image:
+    """[H, W] values in [0, 65535] -> a little-endian 16-bit ``sensor_msgs/Image``."""
+    v = np.ascontiguousarray(values, dtype="<u2")
+    msg = Image(height=v.shape[0], width=v.shape[1], encoding=encoding, is_bigendian=0, step=v.shape[1] * 2,
+                data=v.tobytes())
     _set_header(msg, frame_id, stamp)
     return msg
 
@@ -156,11 +161,7 @@ def depth_to_image(depth_m: np.ndarray, stamp: Any = None, frame_id: str = "") -
     if d.ndim != 2:
         raise ConversionError(f"depth must be [H, W], got shape {d.shape}")
     mm = np.clip(np.round(np.where(np.isfinite(d) & (d > 0), d, 0.0) * 1000.0), 0, 65535)
-    mm = np.ascontiguousarray(mm, dtype="<u2")
-    msg = Image(height=mm.shape[0], width=mm.shape[1], encoding="16UC1", is_bigendian=0,
-                step=mm.shape[1] * 2, data=mm.tobytes())
-    _set_header(msg, frame_id, stamp)
-    return msg
+    return _u16_image(mm, "16UC1", stamp, frame_id)
 
 
 def image_to_depth(msg: Image) -> np.ndarray:
