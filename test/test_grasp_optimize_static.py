@@ -89,12 +89,13 @@ def test_static_matches_plain_on_cpu():
     plain = optimize_poses(f, t0, q0, qp, emb, guid, s, corners)
     static = StaticPoseOptimizer(f, qp, emb, guid, s, corners).run(t0, q0)
     _compare(plain, static, 1e-4)
-    # with a floor: poses lifted far from the ball all have exactly zero loss, so the pruning cut may keep
-    # different ones of those (ties): compare the losses, and that every survivor is above the floor
+    # with a floor: poses lifted far from the ball all have exactly zero loss, so the pruning cut meets ties;
+    # both loops give them to the earlier pose (with topk vs an unstable argsort they kept different ones and
+    # the survivors' final losses differed by 1.3e-3 on one machine, not on another)
     s = dataclasses.replace(s, floor_z=0.005)
     plain = optimize_poses(f, t0, q0, qp, emb, guid, s, corners)
     static = StaticPoseOptimizer(f, qp, emb, guid, s, corners).run(t0, q0)
-    _compare(plain, static, 1e-4, twins=False)
+    _compare(plain, static, 1e-4)
     low = lowest_point_z(quat_to_matrix_torch(static[1]), static[0], corners)
     print("lowest gripper corner of the static survivors", float(low.min()))
     assert float(low.min()) >= 0.005

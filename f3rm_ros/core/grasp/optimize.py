@@ -155,7 +155,9 @@ def optimize_poses(field: Any, t0: torch.Tensor,  # [N, 3]
         n = t.shape[0]
         if s.keep_fraction < 1.0 and n > s.min_poses and step > s.prune_after_step:
             keep = max(int(s.keep_fraction * n), s.min_poses)
-            idx = torch.topk(losses, keep, largest=False).indices
+            # the best `keep` by loss; ties go to the earlier pose (stable sort), and the survivors keep their
+            # order, so the fixed-shape optimiser (which never reorders) cuts the same poses
+            idx = torch.argsort(losses, stable=True)[:keep].sort().values
             t, p, mt, vt, mp, vp = (x[idx].contiguous() for x in (t, p, mt, vt, mp, vp))
             info["pruned"].append((step, keep))
     info["steps"] = s.num_steps
@@ -232,7 +234,7 @@ class StaticPoseOptimizer:
             lift_above_floor(self.t, self.p, self.corners, s.floor_z)
         masked = torch.where(self.alive, loss, torch.full_like(loss, float("inf")))
         rank = torch.empty_like(self.rank_buf)
-        rank.scatter_(0, torch.argsort(masked), self.arange)
+        rank.scatter_(0, torch.argsort(masked, stable=True), self.arange)  # ties: the earlier pose, as the plain loop
         keep, prune = self.keep.index_select(0, k1), self.do_prune.index_select(0, k1)
         self.alive.copy_(torch.where(prune, rank < keep, self.alive))
         self.step_idx.add_(1)
