@@ -4,7 +4,7 @@ Writes a run folder (default ``runs/<dataset name>-<time>``)::
 
     RUN_DIR/config.yaml          the full TrainerConfig used
     RUN_DIR/run.json             dataset, downscale, device, features, command line, final result
-    RUN_DIR/metrics.json         evaluation history (held-out PSNR, feature MSE, losses)
+    RUN_DIR/metrics.json         evaluation history (held-out PSNR, feature MSE, depth error with depth images, losses)
     RUN_DIR/checkpoints/step-XXXXXXX.ckpt   resumable (field + optimiser state)
     RUN_DIR/field.ckpt           the final field only (for load_trained_field; smaller, not resumable)
     RUN_DIR/eval/step-XXXXXXX-frame-XXXX.png   ground truth | render | depth
@@ -217,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     fm = res.eval.get("feature_mse")
     print(f"{'stopped' if res.stopped else 'done'} at step {res.step} in {res.elapsed_s:.1f}s: held-out PSNR "
           f"{res.eval.get('psnr', float('nan')):.2f} dB" + (f", feature MSE {fm:.5f}" if fm is not None else "")
-          + f"; run folder {out}", file=sys.stderr)
+          + (f", median depth error {1000 * dm:.1f} mm" if (dm := res.eval.get("depth_median_error_m")) is not None
+             else "") + f"; run folder {out}", file=sys.stderr)
     return 0
 
 
