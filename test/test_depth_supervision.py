@@ -117,6 +117,10 @@ def test_trainer_depth_targets_are_ray_distances_in_field_units(tmp_path):
     assert err_m < 2e-4
     batch = tr.sample_batch()
     assert batch["depth"].shape == batch["depth_valid"].shape == (512,)
+    # without the precomputed direction table (it did not fit): the same targets, one image at a time
+    tr2 = Trainer(small_config(ray_table_max_mb=0, **{"losses": {"depth_mult": 0.1}}), ds, None, "cpu")
+    assert tr2._dirs_table is None and torch.equal(tr2._depth_valid, tr._depth_valid)
+    assert torch.allclose(tr2._depth_t, tr._depth_t, atol=1e-6)
 
 
 def test_depth_supervision_trains_and_reports_depth_error(tmp_path):

@@ -297,16 +297,24 @@ class Trainer:
         Depth images hold z-depth (OpenCV optical axis, metres); along the unit ray through a pixel
         the surface lies at ``z / d_z`` with ``d`` the pixel's unit camera-frame direction.
         """
-        dirs = self._dirs_table if self._dirs_table is not None else camera_direction_table(self._K_train, self._sizes)
-        zs = []
+        dists, valids = [], []
         for k, i in enumerate(self.train_indices):
-            z = self.dataset.get_depth(int(i))
             W, H = int(self._sizes[k, 0]), int(self._sizes[k, 1])
-            zs.append(torch.zeros(W * H) if z is None else torch.from_numpy(np.ascontiguousarray(z, np.float32)).reshape(-1))
-        z = torch.cat(zs).to(self.device)
-        valid = (z > 0).float()
-        dist = z / dirs[:, 2].clamp(min=1e-6) * self.field_units_per_metre
-        return dist * valid, valid
+            z = self.dataset.get_depth(int(i))
+            if z is None:
+                dists.append(torch.zeros(W * H, device=self.device))
+                valids.append(torch.zeros(W * H, device=self.device))
+                continue
+            if self._dirs_table is not None:
+                start = int(self._starts[k])
+                dz = self._dirs_table[start:start + W * H, 2]
+            else:  # one image at a time: the whole table did not fit in ray_table_max_mb
+                dz = camera_direction_table(self._K_train[k:k + 1], self._sizes[k:k + 1])[:, 2]
+            zt = torch.from_numpy(np.ascontiguousarray(z, np.float32)).reshape(-1).to(self.device)
+            valid = (zt > 0).float()
+            dists.append(zt / dz.clamp(min=1e-6) * self.field_units_per_metre * valid)
+            valids.append(valid)
+        return torch.cat(dists), torch.cat(valids)
 
     def sample_batch(self) -> dict[str, Tensor]:
         """A random ray batch: origins/directions (field frame), rgb targets, camera and pixel indices."""
