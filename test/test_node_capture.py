@@ -681,3 +681,21 @@ def test_depth_images_over_dds(tmp_path):
     print(f"depth on disk: max error {np.abs(d0 - z0).max() * 1000:.2f} mm / {np.nanmax(np.abs(d1 - z1)) * 1000:.2f} mm")
     assert np.abs(d0 - z0).max() <= 0.0005 + 1e-6 and (d0[0, :5] == 0).all()
     assert d1[1, 1] == 0.0 and np.nanmax(np.abs(d1 - z1)) <= 0.0005 + 1e-6
+
+
+def test_side_topics_subscribed_independently(tmp_path):
+    """labels_topic (with the label table) and depth_topic each add exactly their own subscriptions."""
+    from f3rm_ros.ros.capture_node import CaptureNode
+
+    with rclpy.init():
+        for labels, depth in (("camera/labels", ""), ("", "camera/depth"), ("camera/labels", "camera/depth"), ("", "")):
+            cap = CaptureNode(namespace="/t_capture_side", parameter_overrides=[
+                Parameter("data_root", value=str(tmp_path / "data")), Parameter("labels_topic", value=labels),
+                Parameter("depth_topic", value=depth)])
+            try:
+                topics = {sub.topic_name.rsplit("/t_capture_side/", 1)[-1] for sub in cap.subscriptions}
+            finally:
+                cap.destroy_node()
+            print(f"labels {labels!r}, depth {depth!r}: {sorted(topics)}")
+            assert ("camera/labels" in topics) == bool(labels) and ("camera/label_table" in topics) == bool(labels)
+            assert ("camera/depth" in topics) == bool(depth)

@@ -280,12 +280,12 @@ class CaptureNode(Node):
         if s.labels_topic:
             self.create_subscription(Image, s.labels_topic, self._safe(self._on_labels), qos_profile_sensor_data,
                                      callback_group=data)
-        if s.depth_topic:
-            self.create_subscription(Image, s.depth_topic, self._safe(self._on_depth), qos_profile_sensor_data,
-                                     callback_group=data)
             latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL,
                                  reliability=ReliabilityPolicy.RELIABLE)
             self.create_subscription(String, s.label_table_topic, self._safe(self._on_label_table), latched,
+                                     callback_group=data)
+        if s.depth_topic:
+            self.create_subscription(Image, s.depth_topic, self._safe(self._on_depth), qos_profile_sensor_data,
                                      callback_group=data)
         # the image subscription last: the executor serves ready subscriptions in creation order, so camera_info
         # and the pose of the same instant are taken first
