@@ -57,6 +57,7 @@ __all__ = [
     "resize_labels",
     "TRANSFORMS_NAME",
     "encode_depth_png",
+    "depth_to_millimetres",
 ]
 
 TRANSFORMS_NAME = "transforms.json"
@@ -619,17 +620,18 @@ def _encode_png16(labels: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def encode_depth_png(depth_m: np.ndarray) -> bytes:
-    """16-bit PNG of a z-depth map ``[H, W]`` in metres -> millimetres (0 = no data; NaN/inf/negative -> 0;
-    clipped at 65.535 m), read back by :meth:`PosedImageDataset.get_depth` with ``depth_scale`` 0.001."""
-    from PIL import Image
-
+def depth_to_millimetres(depth_m: np.ndarray) -> np.ndarray:
+    """z-depth in metres -> uint16 millimetres (0 = no data; NaN/inf/negative -> 0; clipped at 65.535 m), the
+    encoding of depth PNGs and of 16UC1 depth images (REP 118)."""
     d = np.asarray(depth_m, dtype=np.float64)
     d = np.where(np.isfinite(d) & (d > 0), d, 0.0)
-    mm = np.clip(np.round(d * 1000.0), 0, 65535).astype(np.uint16)
-    buf = _io.BytesIO()
-    Image.fromarray(mm).save(buf, format="PNG")
-    return buf.getvalue()
+    return np.clip(np.round(d * 1000.0), 0, 65535).astype(np.uint16)
+
+
+def encode_depth_png(depth_m: np.ndarray) -> bytes:
+    """16-bit PNG of a z-depth map ``[H, W]`` in metres (:func:`depth_to_millimetres`), read back by
+    :meth:`PosedImageDataset.get_depth` with ``depth_scale`` 0.001."""
+    return _encode_png16(depth_to_millimetres(depth_m))
 
 
 class DatasetWriter:

@@ -18,6 +18,7 @@ import numpy as np
 from geometry_msgs.msg import Point, Pose, PoseStamped, Quaternion, Transform, TransformStamped
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2, PointField
 
+from f3rm_ros.core.dataset import depth_to_millimetres
 from f3rm_ros.core.geometry import matrix_to_pose, pose_to_matrix
 
 try:  # pragma: no cover - depends on the ROS install
@@ -157,11 +158,9 @@ DEPTH_ENCODINGS = ("16UC1", "mono16", "32FC1")
 
 def depth_to_image(depth_m: np.ndarray, stamp: Any = None, frame_id: str = "") -> Image:
     """z-depth [H, W] in metres (0 / NaN = no data) -> ``sensor_msgs/Image`` 16UC1 in millimetres (REP 118)."""
-    d = np.asarray(depth_m, dtype=np.float64)
-    if d.ndim != 2:
-        raise ConversionError(f"depth must be [H, W], got shape {d.shape}")
-    mm = np.clip(np.round(np.where(np.isfinite(d) & (d > 0), d, 0.0) * 1000.0), 0, 65535)
-    return _u16_image(mm, "16UC1", stamp, frame_id)
+    if np.ndim(depth_m) != 2:
+        raise ConversionError(f"depth must be [H, W], got shape {np.shape(depth_m)}")
+    return _u16_image(depth_to_millimetres(depth_m), "16UC1", stamp, frame_id)
 
 
 def image_to_depth(msg: Image) -> np.ndarray:
