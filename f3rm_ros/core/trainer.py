@@ -529,6 +529,7 @@ class Trainer:
         else:
             on_train = False
         psnrs, fmses, depth_errs = [], [], []
+        has_depth = getattr(self.dataset, "has_depth", False)
         save = (self.run_dir is not None) if save_images is None else save_images
         for f in frames:
             K = self.intrinsics[f]
@@ -547,7 +548,7 @@ class Trainer:
             psnrs.append(psnr(torch.mean((out["rgb"].clamp(0, 1) - gt) ** 2)))
             if has_feats:
                 fmses.append(sq["sum"] / max(1, sq["n"]))
-            z = self.dataset.get_depth(f) if getattr(self.dataset, "has_depth", False) else None
+            z = self.dataset.get_depth(f) if has_depth else None
             if z is not None:
                 dz = camera_direction_table(intrinsics_tensor([K], device=self.device),
                                             torch.tensor([[K.width, K.height]], device=self.device))[:, 2]
