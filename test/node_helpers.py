@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import contextlib
+import functools
 import threading
 import time
 from pathlib import Path
@@ -60,6 +62,33 @@ def ros_args(params: dict[str, Any], namespace: str) -> list[str]:
             v = "true" if v else "false"
         out += ["-p", f"{k}:={v}"]
     return out
+
+
+@contextlib.contextmanager
+def logs_on_failure(*log_paths: Path, lines: int = 25):
+    """On an exception inside the block, print the last ``lines`` lines of each node log (the nodes run in their own
+    processes, so their logs are otherwise lost when a check fails on a CI machine), then re-raise."""
+    try:
+        yield
+    except BaseException:
+        for path in log_paths:
+            try:
+                tail = Path(path).read_text(errors="replace").splitlines()[-lines:]
+            except OSError as e:
+                tail = [f"(unreadable: {e})"]
+            print(f"--- last {len(tail)} lines of {Path(path).name} ---\n" + "\n".join(tail))
+        raise
+
+
+def node_logs_on_failure(*names: str):
+    """Decorator of a test taking ``tmp_path``: on failure, print the tails of these node logs under ``tmp_path``."""
+    def deco(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            with logs_on_failure(*(Path(kwargs["tmp_path"]) / n for n in names)):
+                return fn(*args, **kwargs)
+        return wrapper
+    return deco
 
 
 def start_node(module: str, namespace: str, params: dict[str, Any], log_path: Path) -> subprocess.Popen:

@@ -23,7 +23,8 @@ from sensor_msgs.msg import Image  # noqa: E402
 from f3rm_ros.core.geometry import make_transform  # noqa: E402
 from f3rm_ros.ros.capture_logic import (KeyframeSelector, PoseBuffer, interpolate_pose,  # noqa: E402
                                         laplacian_variance, laplacian_variance_reference)
-from node_helpers import Spinner, call_service, start_node, stop_process, wait_for  # noqa: E402
+from node_helpers import (Spinner, call_service, node_logs_on_failure, start_node, stop_process,  # noqa: E402
+                          wait_for)
 
 
 def _rot_z(deg: float) -> np.ndarray:
@@ -122,6 +123,7 @@ def _counts(st) -> dict:
     return dict(zip(st.reject_reasons, st.reject_counts))
 
 
+@node_logs_on_failure("capture.log", "sim.log")
 def test_capture_from_sim_camera(tmp_path):
     """sim_camera_node -> capture_node (two processes): every kept frame on disk with the sim's pose, image,
     labels, depth and label table; control service START/STOP/CLEAR/SAVE."""
@@ -409,6 +411,7 @@ def test_tf_pose_source_optional(tmp_path):
           "(PyPI ROS wheels); only its absence is handled")
 
 
+@node_logs_on_failure("run1.log", "run2.log")
 def test_sigkill_mid_capture_and_restart(tmp_path):
     """SIGKILL the capture process while frames stream in: every frame in transforms.json is intact and equal to
     what was sent; a restart continues the same dataset without overwriting a file."""

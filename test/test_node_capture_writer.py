@@ -68,10 +68,27 @@ def test_background_writer_fifo_bound_errors_discard_close():
         dropped: list = []
         started = threading.Event()
         assert w.submit(WriteJob(lambda: (started.set(), out.append("a")), on_discard=lambda: dropped.append("a")))
-        time.sleep(0.05)  # the writer took "a" and sleeps in delay_s
+        deadline = time.monotonic() + 5.0
+        while not w.busy and time.monotonic() < deadline:  # the writer took "a" and sleeps in delay_s
+            time.sleep(0.005)
+        assert w.busy
         assert w.submit(WriteJob(lambda: out.append("b"), on_discard=lambda: dropped.append("b")))
         assert w.discard("frame") == 1 and dropped == ["b"]
         assert w.wait_idle(5.0) and out[-1] == "a" and "b" not in out
+
+        # hold (a disk that does not answer): nothing starts, everything stays queued and can be discarded
+        w.delay_s = 0.0
+        w.hold = threading.Event()
+        for k in range(2):
+            assert w.submit(WriteJob(lambda k=k: out.append(("held", k)), on_discard=lambda: dropped.append("held")))
+        time.sleep(0.2)
+        print(f"held: pending {w.pending()}, busy {w.busy}")
+        assert w.pending("frame") == 2 and not w.busy and not any(isinstance(o, tuple) and o[0] == "held" for o in out)
+        assert w.discard("frame") == 2 and dropped.count("held") == 2
+        assert w.submit(WriteJob(lambda: out.append("released")))
+        w.hold.set()
+        assert w.wait_idle(5.0) and out[-1] == "released"
+        w.hold = None
 
         # close writes what is queued, then refuses new jobs
         w.delay_s = 0.0
@@ -207,6 +224,10 @@ def test_slow_and_failing_writes_keep_the_node_serving(tmp_path):
 
             # CLEAR while frames still wait: STOP times out with a reason, CLEAR drops the queued frames, waits for
             # the one being written and deletes everything (no orphan file, no frame written after the clear)
+            # The writer is held until the 3 frames are queued, then lets exactly one start (1 s long): however slow
+            # the machine, frames still wait when CLEAR comes (sleep-based timing let all be written first)
+            hold = threading.Event()
+            cap.write_queue.hold = hold
             cap.write_queue.delay_s = 1.0
             assert cap.set_parameters([Parameter("drain_timeout_s", value=0.3)])[0].successful
             r, _ = control(CaptureControl.Request.START)
@@ -215,6 +236,9 @@ def test_slow_and_failing_writes_keep_the_node_serving(tmp_path):
                 feed.send(i, t + i)
                 time.sleep(0.05)
             wait_for(lambda: cap._kept_total == kept + 3, 10, "3 more frames queued")
+            hold.set()
+            wait_for(lambda: cap.write_queue.busy, 5, "the writer to start one frame")
+            hold.clear()
             r, dt = control(CaptureControl.Request.STOP)
             print(f"STOP with 3 frames queued, drain_timeout_s 0.3: {r.success} {r.message!r} in {dt:.2f} s")
             assert not r.success and "still wait to be written" in r.message and not cap.capturing
@@ -230,6 +254,7 @@ def test_slow_and_failing_writes_keep_the_node_serving(tmp_path):
             kept = 0
 
             # write failure: the images folder becomes a file (a real OSError from the filesystem)
+            cap.write_queue.hold = None
             cap.write_queue.delay_s = 0.0
             ds_dir = data / "capture"
             shutil.move(ds_dir / "images", tmp_path / "images_saved")

@@ -298,6 +298,9 @@ class BackgroundWriter:
 
     Attributes:
         delay_s: test hook, settable only in-process: seconds slept before each job (a slow disk).
+        hold: test hook, settable only in-process: while it is a ``threading.Event`` that is not set,
+            no job is started (jobs stay queued: a disk that does not answer; barriers still pass when
+            they reach the head of the queue); None (default) = no hold.
         done, failed: jobs finished / raised so far.
         last_duration_s, max_duration_s: wall time of the last / slowest job (without ``delay_s``).
     """
@@ -307,6 +310,7 @@ class BackgroundWriter:
             raise ValueError(f"max_pending must be >= 1, got {max_pending}")
         self.max_pending = int(max_pending)
         self.delay_s = 0.0
+        self.hold: threading.Event | None = None
         self.done = 0
         self.failed = 0
         self.callback_errors = 0
@@ -405,6 +409,12 @@ class BackgroundWriter:
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def busy(self) -> bool:
+        """Whether a job is being written right now."""
+        with self._cond:
+            return self._running is not None and self._running.kind != _BARRIER
+
     # -- writer thread
     def _call(self, fn: Callable[..., None] | None, *args: Any) -> None:
         if fn is None:
@@ -422,6 +432,14 @@ class BackgroundWriter:
                 if not self._queue:  # closed and empty
                     self._cond.notify_all()
                     return
+                head_is_job = self._queue[0].kind != _BARRIER
+            hold = self.hold
+            if head_is_job and hold is not None and not hold.is_set():
+                hold.wait(0.05)  # checked again after the wait: the queue may have been discarded meanwhile
+                continue
+            with self._cond:
+                if not self._queue:
+                    continue
                 job = self._running = self._queue.popleft()
             if job.kind == _BARRIER:
                 job.run()

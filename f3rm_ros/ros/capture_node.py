@@ -470,6 +470,10 @@ class CaptureNode(Node):
     def _on_image(self, msg: Image | CompressedImage) -> None:
         self.images_seen += 1
         self._last_image_time = time.monotonic()
+        if self.images_seen == 1:
+            self.get_logger().info(f"first image received (t={_stamp_s(msg.header.stamp):.3f}, "
+                                   f"{type(msg).__name__} {getattr(msg, 'encoding', '') or msg.format}); "
+                                   f"capturing={self.capturing}")
         if not self.capturing:
             return
         s = self.settings

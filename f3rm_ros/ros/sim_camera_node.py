@@ -17,7 +17,8 @@ Renders a :mod:`f3rm_ros.core.sim` scene at ``rate_hz`` along the hemisphere-arc
 * ``~/finished`` (``std_msgs/Bool``, transient-local): true once the last pose was published (not with ``loop``).
 
 The pose goes out first so a capture node has it when the image arrives. ``wait_for_subscribers``
-holds the trajectory until that many subscribers listen to each data topic (e.g. a capture node).
+holds the trajectory until that many subscribers listen to each data topic (e.g. a capture node), then
+``discovery_settle_s`` more.
 """
 
 from __future__ import annotations
@@ -72,6 +73,10 @@ class SimCameraSettings:
     wait_for_subscribers: int = param(0, "hold the trajectory until this many subscribers listen to each of the "
                                          "image, camera_info, pose (and labels) topics (0 = start at once)",
                                       range=(0, 100), read_only=True)
+    discovery_settle_s: float = param(1.0, "after wait_for_subscribers is met, wait this long before the first frame, "
+                                           "seconds: the publisher sees a subscriber before that subscriber has "
+                                           "matched the publisher, and best-effort frames sent in between are lost",
+                                      range=(0.0, 60.0), read_only=True)
     pose_noise_deg: float = param(0.0, "std of the rotation error of the published pose, degrees", range=(0.0, 45.0),
                                   read_only=True)
     pose_noise_m: float = param(0.0, "std of the translation error of the published pose, metres", range=(0.0, 1.0),
@@ -157,7 +162,7 @@ class SimCameraNode(Node):
             if min(p.get_subscription_count() for p in self._data_pubs) < s.wait_for_subscribers:
                 return
             self._matched_at = time.monotonic()
-        if self._matched_at is not None and time.monotonic() - self._matched_at < 0.5:
+        if self._matched_at is not None and time.monotonic() - self._matched_at < s.discovery_settle_s:
             return  # let discovery settle on the subscriber side too
         try:
             self.publish_frame(self.index)
