@@ -2,7 +2,8 @@
 
 ``Trainer(config, dataset, feature_maps, device, run_dir=None)`` normalises the poses into the field's
 frame, keeps the training images on the device, and ``train(num_steps, on_progress, should_stop)``
-runs Adam on random ray batches drawn uniformly over all pixels of all training images (F3RM recipe:
+runs Adam on random ray batches drawn uniformly over all pixels of all training images (optionally
+part of each batch by an error map, ``error_sampling``; not in F3RM) (F3RM recipe:
 lr 1e-2, eps 1e-15, exponential decay to 1e-4 over 200k steps, mixed precision on CUDA, RGB MSE +
 interlevel + distortion + 1e-3 feature MSE). Every ``eval_every`` steps it renders held-out views
 (PSNR, feature MSE); every ``checkpoint_every`` steps it writes a checkpoint (atomically) into
@@ -77,6 +78,10 @@ class TrainerConfig:
     ray_table_max_mb: int = param(1024, "precompute the undistorted camera-frame direction of every training pixel "
                                         "if that table fits in this many MB (0 = generate rays every step)",
                                   range=(0, 1 << 20))
+    error_sampling: float = param(0.0, "fraction of each ray batch drawn in proportion to every training pixel's "
+                                       "latest RGB error (an error map, as instant-ngp keeps one; per pixel here) "
+                                       "instead of uniformly: thin parts the field still misses are drawn again "
+                                       "sooner. 0 = uniform over all pixels (F3RM)", range=(0.0, 1.0))
     cuda_graphs: str = param("auto", "capture the whole training step (ray batch, forward, backward, Adam) as CUDA "
                                      "graphs and replay them: auto = on for CUDA when every hash grid runs on the "
                                      "triton backend, on (error if not possible), off (the plain eager step)",
@@ -277,6 +282,10 @@ class Trainer:
                 log.warning("losses.depth_mult is %g but the dataset has no depth images: depth supervision is off",
                             config.losses.depth_mult)
 
+        # error map (error_sampling > 0): the latest squared RGB error of each sampleable pixel, 0 until drawn
+        self._pixel_error = (torch.zeros(self._num_pixels, dtype=torch.float32, device=dev)
+                             if config.error_sampling > 0 else None)
+
         # CUDA graphs of the whole step (see _graph_step); decided once here
         self.cuda_graphs_active, self.cuda_graphs_reason = _cuda_graphs_decision(config.cuda_graphs, self)
         log.info("training step: %s (%s)", "CUDA graphs" if self.cuda_graphs_active else "eager",
@@ -316,10 +325,31 @@ class Trainer:
             valids.append(valid)
         return torch.cat(dists), torch.cat(valids)
 
-    def sample_batch(self) -> dict[str, Tensor]:
-        """A random ray batch: origins/directions (field frame), rgb targets, camera and pixel indices."""
+    def _draw_pixels(self) -> Tensor:
+        """``[B]`` indices into the sampleable pixels: uniform, except ``error_sampling`` of them drawn in
+        proportion to the error map (inverse CDF; no host sync, so a CUDA graph captures it). Pixels never
+        drawn have error 0, so the uniform part is what explores."""
         B = self.config.rays_per_batch
-        flat = torch.randint(self._num_pixels, (B,), device=self.device, generator=self.generator)
+        n_err = int(round(B * self.config.error_sampling)) if self._pixel_error is not None else 0
+        uniform = torch.randint(self._num_pixels, (B - n_err,), device=self.device, generator=self.generator)
+        if n_err == 0:
+            return uniform
+        cdf = torch.cumsum(self._pixel_error + 1e-8, 0)  # + a floor: all-zero at the start means uniform
+        u = torch.rand(n_err, device=self.device, generator=self.generator) * cdf[-1]
+        by_error = torch.searchsorted(cdf, u).clamp_(max=self._num_pixels - 1)
+        return torch.cat([uniform, by_error])
+
+    def _record_pixel_error(self, sample: Tensor, pred_rgb: Tensor, target_rgb: Tensor) -> None:
+        """Write each drawn pixel's squared RGB error (mean over channels) into the error map."""
+        with torch.no_grad():
+            err = (pred_rgb.detach().float() - target_rgb.float()).square().mean(-1)
+            self._pixel_error.index_put_((sample,), err)
+
+    def sample_batch(self) -> dict[str, Tensor]:
+        """A random ray batch: origins/directions (field frame), rgb targets, camera and pixel indices
+        (``sample``: the index into the sampleable pixels, for the error map)."""
+        sample = self._draw_pixels()
+        flat = sample
         if self._valid is not None:
             flat = self._valid[flat]
         cam = torch.searchsorted(self._starts, flat, right=True) - 1  # [B] index into train images
@@ -331,7 +361,8 @@ class Trainer:
         else:
             pix = torch.stack([px, py], -1).float() + 0.5
             o, d = generate_rays(self._K_train[cam], self._c2w_train[cam], pix)
-        batch = {"origins": o, "directions": d, "rgb": self._pixels[flat].float() / 255.0, "camera_idx": cam}
+        batch = {"origins": o, "directions": d, "rgb": self._pixels[flat].float() / 255.0, "camera_idx": cam,
+                 "sample": sample}
         if self._depth_t is not None:
             batch["depth"], batch["depth_valid"] = self._depth_t[flat], self._depth_valid[flat]
         if self.feature_maps is not None:
@@ -396,6 +427,8 @@ class Trainer:
             losses["depth"] = cfg.losses.depth_mult * depth_loss(
                 out["weights"], out["t_edges"], batch["depth"], batch["depth_valid"],
                 cfg.losses.depth_margin_m * self.field_units_per_metre)
+        if self._pixel_error is not None:
+            self._record_pixel_error(batch["sample"], out["rgb"], batch["rgb"])
         total = sum(losses.values())
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
@@ -649,9 +682,11 @@ class Trainer:
                         "eval_indices": torch.as_tensor(self.eval_indices)},
             "dataset_root": str(getattr(self.dataset, "root", "")), "metrics": self.metrics,
         }
+        if self._pixel_error is not None:  # training state: a resumed run draws the same rays
+            out["pixel_error"] = self._pixel_error.detach().cpu().clone()
         if not include_optimizer:
-            for k in ("optimizer", "scheduler", "scaler", "generator", "sampler_steps_since_update"):
-                out.pop(k)
+            for k in ("optimizer", "scheduler", "scaler", "generator", "sampler_steps_since_update", "pixel_error"):
+                out.pop(k, None)
         return out
 
     def save_checkpoint(self, path: str | Path | None = None, include_optimizer: bool = True) -> Path:
@@ -691,6 +726,12 @@ class Trainer:
         self.scaler.load_state_dict(ck["scaler"])
         self.generator.set_state(ck["generator"].cpu() if self.generator.device.type == "cpu" else ck["generator"])
         self.model.sampler.steps_since_update = int(ck["sampler_steps_since_update"])
+        if self._pixel_error is not None:
+            saved = ck.get("pixel_error")
+            if saved is not None and saved.numel() == self._pixel_error.numel():
+                self._pixel_error.copy_(saved.to(self.device))
+            else:  # a checkpoint of a run without the error map (or other images): start the map afresh
+                self._pixel_error.zero_()
         self.step = int(ck["step"])
         self.metrics = list(ck.get("metrics", []))
         self.nerf_to_world = np.asarray(ck["nerf_to_world"], dtype=np.float64)
