@@ -427,19 +427,16 @@ class BackgroundWriter:
     def _loop(self) -> None:
         while True:
             with self._cond:
-                while not self._queue and not self._closed:
-                    self._cond.wait()
-                if not self._queue:  # closed and empty
-                    self._cond.notify_all()
-                    return
-                head_is_job = self._queue[0].kind != _BARRIER
-            hold = self.hold
-            if head_is_job and hold is not None and not hold.is_set():
-                hold.wait(0.05)  # checked again after the wait: the queue may have been discarded meanwhile
-                continue
-            with self._cond:
-                if not self._queue:
-                    continue
+                while True:
+                    while not self._queue and not self._closed:
+                        self._cond.wait()
+                    if not self._queue:  # closed and empty
+                        self._cond.notify_all()
+                        return
+                    hold = self.hold
+                    if self._queue[0].kind == _BARRIER or hold is None or hold.is_set():
+                        break
+                    self._cond.wait(0.05)  # held: look again (the event does not notify this condition)
                 job = self._running = self._queue.popleft()
             if job.kind == _BARRIER:
                 job.run()
