@@ -20,6 +20,11 @@ the defaults and a preset reads as "the reference, except ...". Presets combine 
   H200, ``benchmarks/NOTES_grasp_trained.md``) it brings the median held-out depth error from 6-14 mm to
   0.5-0.7 mm and removes the "lid" colour-only fields put over the uniform inside of a mug, which made
   every rim grasp collide; weight 1.0 is too strong (held-out PSNR drops, one sphere run diverged).
+- ``error_map``: half of each ray batch drawn by the per-pixel RGB error map (``error_sampling`` 0.5), half
+  uniformly. Not part of F3RM. 2000 steps x 1024 rays is less than one pass over the pixels of 60 views at
+  240x180, and a 10 mm mug handle is 2-3 pixels thick there: drawn uniformly, the CPU-trained fields hold
+  only part of it and every "mug handle" query failed; with the error map all of them passed
+  (``small+synthetic+depth+error_map`` on the CPU, ``benchmarks/NOTES_grasp_trained.md``).
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ TRAINER_PRESETS: dict[str, dict[str, Any]] = {
     "small": _SMALL,
     "synthetic": _SYNTHETIC,
     "depth": {"losses.depth_mult": 0.1},
+    "error_map": {"error_sampling": 0.5},
 }
 
 
