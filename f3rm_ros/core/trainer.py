@@ -340,10 +340,12 @@ class Trainer:
         return torch.cat([uniform, by_error])
 
     def _record_pixel_error(self, sample: Tensor, pred_rgb: Tensor, target_rgb: Tensor) -> None:
-        """Write each drawn pixel's squared RGB error (mean over channels) into the error map."""
+        """Write each drawn pixel's squared RGB error (mean over channels) into the error map; a pixel drawn
+        twice in one batch keeps the larger error (a max does not depend on the order the writes land in, so
+        the map, and every later draw, is deterministic; a plain indexed write of duplicates is not)."""
         with torch.no_grad():
             err = (pred_rgb.detach().float() - target_rgb.float()).square().mean(-1)
-            self._pixel_error.index_put_((sample,), err)
+            self._pixel_error.scatter_reduce_(0, sample, err, reduce="amax", include_self=False)
 
     def sample_batch(self) -> dict[str, Tensor]:
         """A random ray batch: origins/directions (field frame), rgb targets, camera and pixel indices
