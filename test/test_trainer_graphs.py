@@ -114,13 +114,15 @@ def test_cuda_graphs_switch_on_cpu():
         tiny_config(cuda_graphs="sometimes")
 
 
-def test_graph_body_equals_plain_step_cpu():
+@pytest.mark.parametrize("error_sampling", [0.0, 0.5])
+def test_graph_body_equals_plain_step_cpu(error_sampling):
     """``_graph_step`` run eagerly (no capture off CUDA: anneal + lr from device tensors, packed losses)
-    follows the plain step from the same seed: same losses and parameters up to rounding."""
+    follows the plain step from the same seed: same losses and parameters up to rounding (also with the
+    error map, whose draw and update are part of the graph body)."""
     torch.set_num_threads(1)
     ds, feats = tiny_dataset()
-    plain = Trainer(tiny_config(), ds, feats)
-    graph = Trainer(tiny_config(), ds, feats)
+    plain = Trainer(tiny_config(error_sampling=error_sampling), ds, feats)
+    graph = Trainer(tiny_config(error_sampling=error_sampling), ds, feats)
     graph.cuda_graphs_active = True  # what auto would do on CUDA; _graph_step runs the body eagerly here
     graph._init_graph_tensors()
     worst = 0.0
@@ -144,16 +146,18 @@ def test_graph_body_equals_plain_step_cpu():
     assert math.isclose(graph._lr_t.item(), cfg.lr * (cfg.lr_final / cfg.lr) ** (13 / cfg.lr_decay_steps), rel_tol=1e-6)
 
 
-def test_cuda_graphs_match_eager_step():
+@pytest.mark.parametrize("error_sampling", [0.0, 0.5])
+def test_cuda_graphs_match_eager_step(error_sampling):
     """Captured + replayed steps follow the eager step from the same seed (same random rays: the
-    trainer's generator is registered with the graphs), both graphs get captured, resume works."""
+    trainer's generator is registered with the graphs), both graphs get captured, resume works; also with
+    the error map (its draw and update are captured too)."""
     if not torch.cuda.is_available():
         why = "no CUDA device here: CUDA graph capture needs one (runs on the GPU machine)"
         print(why)
         pytest.skip(why)
     ds, feats = tiny_dataset()
-    eager = Trainer(tiny_config(cuda_graphs="off"), ds, feats, device="cuda")
-    graph = Trainer(tiny_config(cuda_graphs="on"), ds, feats, device="cuda")
+    eager = Trainer(tiny_config(cuda_graphs="off", error_sampling=error_sampling), ds, feats, device="cuda")
+    graph = Trainer(tiny_config(cuda_graphs="on", error_sampling=error_sampling), ds, feats, device="cuda")
     assert graph.cuda_graphs_active, graph.cuda_graphs_reason
     n = 40
     le = [eager.train_step() for _ in range(n)]
