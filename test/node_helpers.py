@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import subprocess
 import sys
-import contextlib
-import functools
 import threading
 import time
 from pathlib import Path
