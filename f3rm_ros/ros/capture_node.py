@@ -268,6 +268,11 @@ class CaptureNode(Node):
         data = MutuallyExclusiveCallbackGroup()  # all frame processing is serialised
         ctrl = ReentrantCallbackGroup()
         best_effort = QoSProfile(depth=100, reliability=ReliabilityPolicy.BEST_EFFORT)
+        # camera images: sensor-data QoS (best effort, volatile) with a deeper history than its 5, since a
+        # recorder wants every frame, not the latest: an executor stall of 2.2 s at 4 Hz (seen in the sim test on
+        # this 2-core machine) overflowed 5 and lost 3-4 frames
+        sensor = QoSProfile(depth=20, reliability=qos_profile_sensor_data.reliability,
+                            durability=qos_profile_sensor_data.durability, history=qos_profile_sensor_data.history)
         self.create_subscription(CameraInfo, s.camera_info_topic, self._safe(self._on_camera_info), best_effort,
                                  callback_group=data)
         if s.pose_source == "topic":
@@ -278,23 +283,23 @@ class CaptureNode(Node):
                 self.create_subscription(TransformStamped, s.pose_topic, self._safe(self._on_pose), best_effort,
                                          callback_group=data)
         if s.labels_topic:
-            self.create_subscription(Image, s.labels_topic, self._safe(self._on_labels), qos_profile_sensor_data,
+            self.create_subscription(Image, s.labels_topic, self._safe(self._on_labels), sensor,
                                      callback_group=data)
             latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL,
                                  reliability=ReliabilityPolicy.RELIABLE)
             self.create_subscription(String, s.label_table_topic, self._safe(self._on_label_table), latched,
                                      callback_group=data)
         if s.depth_topic:
-            self.create_subscription(Image, s.depth_topic, self._safe(self._on_depth), qos_profile_sensor_data,
+            self.create_subscription(Image, s.depth_topic, self._safe(self._on_depth), sensor,
                                      callback_group=data)
         # the image subscription last: the executor serves ready subscriptions in creation order, so camera_info
         # and the pose of the same instant are taken first
         if s.use_compressed:
             self.create_subscription(CompressedImage, s.image_topic.rstrip("/") + "/compressed",
                                      self._safe(self._on_image),
-                                     qos_profile_sensor_data, callback_group=data)
+                                     sensor, callback_group=data)
         else:
-            self.create_subscription(Image, s.image_topic, self._safe(self._on_image), qos_profile_sensor_data,
+            self.create_subscription(Image, s.image_topic, self._safe(self._on_image), sensor,
                                      callback_group=data)
         self.create_timer(0.1, self._safe(self._on_tick), callback_group=data)
 
