@@ -9,6 +9,11 @@
 
     python benchmarks/bench_grasp_trained.py plan --data-root DIR_WITH_SCENES --out results.json
     python benchmarks/bench_grasp_trained.py judge results.json
+
+``--points-grad-backends triton,torch`` runs every query once per backend of the hash grids' gradient
+w.r.t. the points (``HashGrid.points_grad_backend``: the Triton kernel or the plain-PyTorch reference),
+interleaved on the same warm field; the first backend's grasps are the ones judged, the others' timings
+and whether they found the same top grasp are kept per query, and the medians are printed side by side.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ def plan(a: argparse.Namespace) -> int:
     from f3rm_ros.core.device import resolve_device  # noqa: PLC0415
     from f3rm_ros.core.features import create_extractor, extract_dataset_features  # noqa: PLC0415
     from f3rm_ros.core.field_api import load_trained_field  # noqa: PLC0415
+    from f3rm_ros.core.fields.encodings import HashGrid  # noqa: PLC0415
     from f3rm_ros.core.grasp import GraspPlanner, PlannerConfig, load_default_tasks  # noqa: PLC0415
     from f3rm_ros.core.grasp.evaluate import ABSENT_IN_SCENE, ABSENT_QUERIES, PRESENT_QUERIES  # noqa: PLC0415
     from f3rm_ros.core.presets import trainer_config  # noqa: PLC0415
@@ -53,6 +59,10 @@ def plan(a: argparse.Namespace) -> int:
     train_overrides = {kv.split("=", 1)[0]: json.loads(kv.split("=", 1)[1]) for kv in a.train_set}
     if train_overrides:
         out["trainer_overrides"] = train_overrides
+    pg_backends = [b for b in a.points_grad_backends.split(",") if b]
+    if pg_backends:
+        out["points_grad_backends"] = pg_backends
+    side: dict = {b: [] for b in pg_backends}  # backend -> present-query seconds, all scenes
     tag = "".join(f"_{k.split('.')[-1]}{v}" for k, v in sorted(train_overrides.items()))
     for scene in a.scenes.split(","):
         data = a.data_root / scene
@@ -84,29 +94,60 @@ def plan(a: argparse.Namespace) -> int:
         pc = PlannerConfig(workspace_min_m=WORKSPACE[0], workspace_max_m=WORKSPACE[1], device=str(device),
                            **{**(PLANNER_CPU if a.planner_cpu else {}), **overrides})
         planner = GraspPlanner(field, ex, load_default_tasks(), config=pc)
-        planner.plan("bowl")  # warm-up (kernels, graphs), not timed
+        for b in pg_backends or [None]:
+            if b is not None:
+                HashGrid.points_grad_backend = b
+            planner.plan("bowl")  # warm-up (kernels, graphs), not timed
         rows = []
         queries = [(q, True, objs, part) for q, objs, part in PRESENT_QUERIES[scene]] + \
                   [(q, False, (), None) for q in tuple(ABSENT_QUERIES) + ABSENT_IN_SCENE.get(scene, ())]
         if a.queries:
             queries = [row for row in queries if row[0] in a.queries.split(",")]
         for q, present, objs, part in queries:
+            others = {}
+            for b in reversed(pg_backends[1:]):  # the others first, the judged (first) backend last
+                HashGrid.points_grad_backend = b
+                t1 = time.perf_counter()
+                r2 = planner.plan(q)
+                others[b] = {"seconds": time.perf_counter() - t1, "found": bool(r2.found),
+                             "optimise": float(r2.timing.get("optimise", float("nan"))),
+                             "optimizer": str(r2.stats.get("optimizer")),
+                             "T_world_gripper": r2.best.T_world_gripper.tolist() if r2.found else None}
+            if pg_backends:
+                HashGrid.points_grad_backend = pg_backends[0]
             t1 = time.perf_counter()
             res = planner.plan(q)
             wall = time.perf_counter() - t1
+            if pg_backends and present:
+                side[pg_backends[0]].append(wall)
+                for b, o in others.items():
+                    side[b].append(o["seconds"])
+            for o in others.values():  # same top grasp as the judged backend (within 1 mm / ~0.1 deg)?
+                o["same_top"] = bool(res.found and o["found"] and np.allclose(
+                    np.asarray(o["T_world_gripper"]), res.best.T_world_gripper, atol=1e-3))
             rows.append({"query": q, "present": present, "objects": list(objs), "part": part, "found": bool(res.found),
                          "reason": res.reason, "task": res.task, "seconds": wall,
                          "timing": {k: float(v) for k, v in res.timing.items()},
                          "stats": {k: (float(v) if isinstance(v, (int, float)) else str(v)) for k, v in res.stats.items()},
                          "T_world_gripper": res.best.T_world_gripper.tolist() if res.found else None,
                          "tasks_tried": res.stats.get("tasks_tried"), "first_task": res.stats.get("first_task")})
-            print(f"{scene:20s} {q!r:22s} found={res.found} {wall:.2f}s {res.reason}", flush=True)
+            if others:
+                rows[-1]["by_points_grad_backend"] = others
+            alt = "".join(f" | {b} {o['seconds']:.3f}s same={o['same_top']}" for b, o in others.items())
+            print(f"{scene:20s} {q!r:22s} found={res.found} {wall:.3f}s{alt} {res.reason}", flush=True)
         out["scenes"][scene] = {"psnr": ev["psnr"], "feature_mse": ev.get("feature_mse"),
                                 "depth_median_error_m": ev.get("depth_median_error_m"), "train_s": train_s,
                                 "queries": rows}
         dm = ev.get("depth_median_error_m")
         print(f"{scene}: {a.steps} steps in {train_s:.1f} s, held-out PSNR {ev['psnr']:.2f} dB"
               + (f", median depth error {1000 * dm:.1f} mm" if dm is not None else ""), flush=True)
+    if pg_backends and side[pg_backends[0]]:
+        med = {b: statistics.median(v) for b, v in side.items()}
+        out["points_grad_side_by_side"] = {"present_query_median_s": med, "n": len(side[pg_backends[0]])}
+        print("present-query median by points-gradient backend (same fields, interleaved): "
+              + ", ".join(f"{b} {m:.3f} s" for b, m in med.items())
+              + "".join(f"; {b}/{pg_backends[0]} = {m / med[pg_backends[0]]:.2f}x" for b, m in med.items()
+                        if b != pg_backends[0]), flush=True)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(out, indent=1))
     print(f"wrote {a.out}")
@@ -164,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--queries", default="", help="comma-separated subset of the queries (default: all)")
     p.add_argument("--ckpt-dir", type=Path, default=None,
                    help="cache trained fields here (per scene, preset, seed, steps) and reuse them on later runs")
+    p.add_argument("--points-grad-backends", default="",
+                   help="e.g. triton,torch: time every query with each HashGrid.points_grad_backend (first one judged)")
     j = sub.add_parser("judge")
     j.add_argument("results", type=Path)
     a = ap.parse_args(argv)

@@ -13,6 +13,8 @@ time, kernel launches per step, device busy time per step and host-device syncs.
     python benchmarks/profile_train.py --data .gpudata/fox --out-dir $OUT
     python benchmarks/profile_train.py --data ../shared/data/fox --quick     # CPU smoke test
     python benchmarks/profile_train.py --data .gpudata/fox --variants plain,graphs --profile-steps 0
+    python benchmarks/profile_train.py --data .gpudata/fox --profile-steps 0 \
+        --variants tritongrid+graphs,torchgrid+plain,torchgrid+plain+compile_all   # ours / eager / compiled
 
 Variants (``--variants base,nosync,fused_adam``) run one after the other in the same process, each on a
 fresh trainer with the same seed. A variant is a name from ``VARIANTS`` (config changes) or from
@@ -48,6 +50,9 @@ VARIANTS: dict[str, dict] = {
     "base": {},
     "plain": {"cuda_graphs": "off"},  # the eager reference step
     "graphs": {"cuda_graphs": "on"},  # the step captured as CUDA graphs (Trainer._graph_step)
+    # hash grid backend of every grid, per variant (``--backend`` sets it for all variants instead)
+    "torchgrid": {f"model.{k}.grid.backend": "torch" for k in ("rgb", "proposal_1", "proposal_2", "feature")},
+    "tritongrid": {f"model.{k}.grid.backend": "triton" for k in ("rgb", "proposal_1", "proposal_2", "feature")},
 }
 
 # Experimental patches (applied in the order given, cumulatively, before a variant's trainer is built);
@@ -142,6 +147,21 @@ def _p_compile(tr):
     import f3rm_ros.core.fields.losses as losses
     losses.interlevel_loss = trainer.interlevel_loss
     losses.distortion_loss = trainer.distortion_loss
+
+
+@_patch("compile_all")
+def _p_compile_all(tr):
+    """The compiled reference of the step: the "compile" pieces plus the plain-PyTorch hash grid under
+    torch.compile (default mode, static shapes). Compiling the model's whole ``render_rays`` was tried: it
+    graph-breaks on the seeded ``torch.rand(generator=...)`` jitter and the appearance range check, and the
+    resumed frames recompile until dynamo's limit and run eagerly (4x slower than eager on the CPU)."""
+    if tr is None:
+        # four grids x (grad, no grad for the proposal nets when they are not updated) x sample counts:
+        # more static variants than dynamo's default limit of 8 per function
+        torch._dynamo.config.recompile_limit = 64
+        _p_compile(None)
+        import f3rm_ros.core.fields.encodings as enc
+        enc.hash_grid_encode_torch = torch.compile(enc.hash_grid_encode_torch, dynamic=False)
 
 
 def build(args, dataset, maps, device, changes: dict) -> Trainer:

@@ -67,6 +67,49 @@ def _worker() -> None:
             "grad_scale": float(gr.float().abs().max()),
             "grad_nonzero": int((gr != 0).sum()),
         }
+    # gradient w.r.t. the points (the planner's pose optimisation), with the table frozen and with both
+    # gradients at once; points outside [0, 1] on some axis and on the cube's faces included
+    for name, (n, L, T, F, dt, base, mx) in CASES.items():
+        dtype = getattr(torch, dt)
+        res = grid_resolutions(L, base, mx)
+        x = torch.rand(n, 3, generator=gen) * 1.2 - 0.1
+        x[:4] = torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [1.0, 0.0, 0.5], [0.5, 1.0, 0.0]])
+        table = ((torch.rand(L, T, F, generator=gen) * 2 - 1)).to(dtype)
+        g = torch.randn(n, L * F, generator=gen).to(dtype)
+        out = {}
+        for with_table in (False, True):
+            tab = table.clone().requires_grad_(with_table)
+            xt = x.clone().requires_grad_(True)
+            hash_grid_encode_triton(xt, tab, res).backward(g)
+            xr = x.clone().requires_grad_(True)
+            tr = table.clone().requires_grad_(with_table)
+            hash_grid_encode_torch(xr, tr, res).backward(g)
+            key = "both" if with_table else "x_only"
+            out[f"{key}_x_err"] = float((xt.grad - xr.grad).abs().max())
+            out[f"{key}_x_scale"] = float(xr.grad.abs().max())
+            out[f"{key}_outside_zero"] = bool((xt.grad[(x <= 0) | (x >= 1)] == 0).all())
+            if with_table:
+                out["both_table_err"] = float((tab.grad.float() - tr.grad.float()).abs().max())
+                out["both_table_scale"] = float(tr.grad.float().abs().max())
+        out["outside_count"] = int(((x < 0) | (x > 1)).sum())
+        results[f"xgrad_{name}"] = out
+    # the module a planner differentiates through: HashGrid (triton backend, frozen table) with points that
+    # require grad, Triton points gradient vs the reference path (points_grad_backend "torch")
+    from f3rm_ros.core.fields.encodings import HashGrid, HashGridConfig
+
+    hg = HashGrid(HashGridConfig(num_levels=4, features_per_level=2, log2_hashmap_size=10, base_res=4, max_res=40,
+                                 init_scale=0.5, backend="torch"), device="cpu").requires_grad_(False)
+    hg.backend = "triton"  # the backend check refuses CPU devices; the interpreter runs the kernels here
+    pts = torch.rand(2, 50, 3, generator=gen)
+    g = torch.randn(2, 50, hg.out_dim, generator=gen)
+    grads = {}
+    for b in ("triton", "torch"):
+        hg.points_grad_backend = b
+        p = pts.clone().requires_grad_(True)
+        (hg(p) * g).sum().backward()
+        grads[b] = p.grad
+    results["module_points_grad"] = {"backend": hg.backend, "err": float((grads["triton"] - grads["torch"]).abs().max()),
+                                     "scale": float(grads["torch"].abs().max())}
     # fp32 table with an fp16 output (for an fp16 MLP): output = reference rounded to fp16, fp16 grad_out
     res = grid_resolutions(4, 4, 40)
     x = torch.rand(150, 3, generator=gen)
@@ -197,6 +240,31 @@ def test_grid_and_freq_encoding_in_one_buffer(interp_results, out_dt):
     assert r["grad_err"] <= tol * max(1.0, r["grad_scale"])
 
 
+@pytest.mark.parametrize("name", list(CASES))
+def test_points_gradient_matches_reference(interp_results, name):
+    """d(encoding)/d(points) from the Triton kernel vs the reference's autograd (table frozen, and both)."""
+    r = interp_results[f"xgrad_{name}"]
+    tol = TOL[CASES[name][4]]
+    print(f"{name}: points grad err {r['x_only_x_err']:.3g} (scale {r['x_only_x_scale']:.3g}); with the table "
+          f"grad too: {r['both_x_err']:.3g}, table grad err {r['both_table_err']:.3g} "
+          f"(scale {r['both_table_scale']:.3g}); {r['outside_count']} coordinates outside (0, 1) get 0")
+    assert r["x_only_x_scale"] > 0 and r["outside_count"] > 0
+    # the points gradient sums R * table values over levels: relative to its own scale
+    assert r["x_only_x_err"] <= tol * max(r["x_only_x_scale"], 1.0)
+    assert r["both_x_err"] <= tol * max(r["both_x_scale"], 1.0)
+    assert r["both_table_err"] <= tol * max(r["both_table_scale"], 1.0)
+    assert r["x_only_outside_zero"] and r["both_outside_zero"]
+
+
+def test_hashgrid_module_points_gradient(interp_results):
+    """HashGrid on the triton backend: points that require grad get the kernel's gradient, equal to the
+    reference path's (what the planner's pose optimiser sees)."""
+    r = interp_results["module_points_grad"]
+    print(f"HashGrid ({r['backend']}) points grad, triton vs torch path: err {r['err']:.3g} (scale {r['scale']:.3g})")
+    assert r["backend"] == "triton" and r["scale"] > 0
+    assert r["err"] <= 1e-5 * max(1.0, r["scale"])
+
+
 def test_cases_cover_dense_and_hashed(interp_results):
     dense = [d for name in CASES for d in interp_results[name]["dense"]]
     print(f"{sum(dense)} dense and {len(dense) - sum(dense)} hashed levels over {len(CASES)} cases")
@@ -248,6 +316,14 @@ def test_gpu_matches_reference(monkeypatch):
             print(f"GPU L={L} T={T} F={F} {dt} seg_max_res={seg}: out rel err {eo:.2e}, grad rel err {eg:.2e}")
             tol = 1e-5 if dt == torch.float32 else 2e-3
             assert eo < tol and eg < tol
+        # gradient w.r.t. the points (table frozen), the planner's case
+        xr = x.clone().requires_grad_(True)
+        hash_grid_encode_torch(xr, table.detach(), res).backward(g)
+        xt = x.clone().requires_grad_(True)
+        hash_grid_encode_triton(xt, table.detach(), res).backward(g)
+        ex = ((xt.grad - xr.grad).norm() / xr.grad.norm()).item()
+        print(f"GPU L={L} T={T} F={F} {dt}: points grad rel err {ex:.2e}")
+        assert ex < (1e-5 if dt == torch.float32 else 2e-3)
 
 
 def test_import_compiles_nothing():

@@ -111,7 +111,9 @@ class HashGrid(nn.Module):
     """Multiresolution hash encoding of points in [0, 1]^3.
 
     With the triton backend, inputs that require grad (e.g. a planner optimising poses through the
-    field) go through the torch reference instead: same table, same math, gradient w.r.t. x too.
+    field) get their gradient from the Triton points-gradient kernel (same math as the reference's
+    autograd); ``points_grad_backend = "torch"`` (class or instance attribute) sends them through the
+    plain-PyTorch reference instead, as before that kernel existed (kept for comparisons).
 
     ``forward(x: [..., 3]) -> [..., L*F]`` (float32 for torch/triton; tcnn returns its own dtype,
     cast to float32).
@@ -120,6 +122,8 @@ class HashGrid(nn.Module):
         config: sizes and backend.
         device: where the module will run (decides ``auto``); the module is created on it.
     """
+
+    points_grad_backend: str = "triton"  # "triton" | "torch": who differentiates w.r.t. x on the triton backend
 
     def __init__(self, config: HashGridConfig, device: torch.device | str | None = None):
         super().__init__()
@@ -153,7 +157,7 @@ class HashGrid(nn.Module):
         flat = x.reshape(-1, 3)
         if self.backend == "tcnn":
             out = self.tcnn_encoding(flat.clamp(0.0, 1.0)).float()
-        elif self.backend == "triton" and not flat.requires_grad:  # the kernel has no gradient w.r.t. x
+        elif self.backend == "triton" and (self.points_grad_backend == "triton" or not flat.requires_grad):
             from f3rm_ros.core.ops.hashgrid_triton import hash_grid_encode_triton  # noqa: PLC0415
 
             out = hash_grid_encode_triton(flat.float().contiguous(), self.table, self.resolutions)

@@ -12,9 +12,9 @@ import triton.language as tl
 
 
 @triton.jit
-def _corner(cx, cy, cz, fx, fy, fz, stride, dense,
-            K: tl.constexpr, T: tl.constexpr, POW2: tl.constexpr):
-    # corner K = (bx, by, bz) bits; returns (table row index int32, trilinear weight fp32)
+def _corner_parts(cx, cy, cz, fx, fy, fz, stride, dense,
+                  K: tl.constexpr, T: tl.constexpr, POW2: tl.constexpr):
+    # corner K = (bx, by, bz) bits; returns (table row index int32, per-axis weights wx, wy, wz fp32)
     if K & 1:
         ix = cx + 1
         wx = fx
@@ -42,6 +42,14 @@ def _corner(cx, cy, cz, fx, fy, fz, stride, dense,
         h64 = (ix.to(tl.int64) ^ (iy.to(tl.int64) * 2654435761) ^ (iz.to(tl.int64) * 805459861)) & 0xFFFFFFFF
         idx_h = (h64 % T).to(tl.int32)
     idx = tl.where(dense != 0, idx_d, idx_h)
+    return idx, wx, wy, wz
+
+
+@triton.jit
+def _corner(cx, cy, cz, fx, fy, fz, stride, dense,
+            K: tl.constexpr, T: tl.constexpr, POW2: tl.constexpr):
+    # corner K = (bx, by, bz) bits; returns (table row index int32, trilinear weight fp32)
+    idx, wx, wy, wz = _corner_parts(cx, cy, cz, fx, fy, fz, stride, dense, K, T, POW2)
     w = wx * wy * wz
     return idx, w
 
@@ -151,3 +159,62 @@ def freq_fwd(x_ptr, freq_ptr, out_ptr, N, out_stride, col0,
     optr = out_ptr + offs.to(tl.int64)[:, None] * out_stride + col0 + j[None, :]
     tl.store(optr, tl.sin(s).to(out_ptr.dtype.element_ty), mask=m2)
     tl.store(optr + 3 * K, tl.cos(s).to(out_ptr.dtype.element_ty), mask=m2)
+
+
+@triton.jit
+def hash_bwd_x(x_ptr, table_ptr, meta_ptr, gout_ptr, gx_ptr, N, g_stride,
+               T: tl.constexpr, L: tl.constexpr, F: tl.constexpr, BLOCK: tl.constexpr, POW2: tl.constexpr):
+    """Gradient w.r.t. the points: gx[n, a] = [0 < x_a < 1] * sum_l R_l * sum_k dw_k/dfrac_a * <table[l, idx_k], gout[n, l]>.
+
+    One program per BLOCK points loops over the L levels (no atomics: each program owns its rows, so
+    the result does not depend on scheduling). dw_k/dfrac_a is +-(product of the other two axes'
+    weights), + where corner k takes the upper cell face on axis a."""
+    pid = tl.program_id(0)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < N
+    x0 = tl.load(x_ptr + offs * 3 + 0, mask=mask, other=0.0)
+    x1 = tl.load(x_ptr + offs * 3 + 1, mask=mask, other=0.0)
+    x2 = tl.load(x_ptr + offs * 3 + 2, mask=mask, other=0.0)
+    fo = tl.arange(0, F)
+    gx = tl.zeros([BLOCK], dtype=tl.float32)
+    gy = tl.zeros([BLOCK], dtype=tl.float32)
+    gz = tl.zeros([BLOCK], dtype=tl.float32)
+    base = table_ptr  # advanced by one level's table (T * F rows of 64-bit pointer arithmetic) per level
+    for lvl in range(L):
+        R = tl.load(meta_ptr + 2 * lvl)
+        dense = tl.load(meta_ptr + 2 * lvl + 1)
+        Rf = R.to(tl.float32)
+        cx, cy, cz, fx, fy, fz = _cell(x_ptr, offs, mask, Rf, R)
+        stride = R + 1
+        g = tl.load(gout_ptr + offs.to(tl.int64)[:, None] * g_stride + lvl * F + fo[None, :],
+                    mask=mask[:, None], other=0.0).to(tl.float32)
+        lx = tl.zeros([BLOCK], dtype=tl.float32)
+        ly = tl.zeros([BLOCK], dtype=tl.float32)
+        lz = tl.zeros([BLOCK], dtype=tl.float32)
+        for k in tl.static_range(8):
+            idx, wx, wy, wz = _corner_parts(cx, cy, cz, fx, fy, fz, stride, dense, k, T, POW2)
+            v = tl.load(base + idx[:, None] * F + fo[None, :], mask=mask[:, None], other=0.0).to(tl.float32)
+            s = tl.sum(v * g, axis=1)
+            if k & 1:
+                lx += wy * wz * s
+            else:
+                lx -= wy * wz * s
+            if (k >> 1) & 1:
+                ly += wx * wz * s
+            else:
+                ly -= wx * wz * s
+            if (k >> 2) & 1:
+                lz += wx * wy * s
+            else:
+                lz -= wx * wy * s
+        gx += Rf * lx
+        gy += Rf * ly
+        gz += Rf * lz
+        base += T * F
+    # the clamp to [0, 1] passes the gradient only strictly inside (as torch.clamp's backward: 0 at the bounds)
+    gx = tl.where((x0 > 0.0) & (x0 < 1.0), gx, 0.0)
+    gy = tl.where((x1 > 0.0) & (x1 < 1.0), gy, 0.0)
+    gz = tl.where((x2 > 0.0) & (x2 < 1.0), gz, 0.0)
+    tl.store(gx_ptr + offs * 3 + 0, gx, mask=mask)
+    tl.store(gx_ptr + offs * 3 + 1, gy, mask=mask)
+    tl.store(gx_ptr + offs * 3 + 2, gz, mask=mask)

@@ -15,8 +15,12 @@ Kernels:
 * backward: same grid; scatter-adds ``w * grad_out`` into an fp32 gradient table with relaxed
   atomics (vectorised over the F features of a corner), then casts to the table's dtype. At coarse
   levels, consecutive points in the same cell (samples along a ray) are first summed with a
-  segmented scan so that only the last of each run issues atomics (``DEFAULT_SEG_MAX_RES``).
-  ``x`` gets no gradient.
+  segmented scan so that only the last of each run issues atomics (``DEFAULT_SEG_MAX_RES``);
+* gradient w.r.t. the points (``hash_grid_encode_triton`` with ``x`` requiring grad, e.g. a planner
+  optimising gripper poses through a frozen field): one launch over ``ceil(N / BLOCK)`` programs, each
+  looping over the L levels and gathering the 8 corner rows again, ``d out / d x`` contracted with the
+  upstream gradient in registers; no atomics, so it is deterministic. A point outside the open
+  interval (0, 1) on an axis gets 0 on it (the clamp; ``torch.clamp``'s backward is 0 at the bounds too).
 
 The kernels are compiled with ``enable_fp_fusion=False``: a fused multiply-add would compute
 ``x*R - cell`` without rounding ``x*R`` to fp32 first and so differ from the reference's ``frac``
@@ -80,7 +84,7 @@ def _kernels():
     """Import (and so define) the Triton kernels on first use; nothing is compiled until launched."""
     from . import _hashgrid_kernels as k
 
-    return k.hash_fwd, k.hash_bwd, k.freq_fwd
+    return k.hash_fwd, k.hash_bwd, k.freq_fwd, k.hash_bwd_x
 
 
 _META_CACHE: dict = {}
@@ -99,7 +103,7 @@ def _meta(resolutions: Sequence[int], T: int, device: torch.device) -> Tensor:
 
 def _launch_fwd(x: Tensor, table: Tensor, meta: Tensor, cfg, out_dtype: torch.dtype | None = None,
                 pe_freqs: Tensor | None = None) -> Tensor:
-    hash_fwd, _, freq_fwd = _kernels()
+    hash_fwd, _, freq_fwd, _ = _kernels()
     L, T, F = table.shape
     n = x.shape[0]
     K = 0 if pe_freqs is None else pe_freqs.numel()
@@ -141,10 +145,30 @@ def _launch_bwd(x: Tensor, grad_out: Tensor, meta: Tensor, shape, cfg, seg_max_r
     return gtab
 
 
+# (BLOCK, num_warps) of the points-gradient kernel (the planner's queries: ~1e4-1e5 points, all levels per
+# program). A first choice, not swept: small blocks keep enough programs for the SMs at planner sizes.
+DEFAULT_BWD_X_CONFIG = (64, 2)
+
+
+def _launch_bwd_x(x: Tensor, table: Tensor, grad_out: Tensor, meta: Tensor, cfg=None) -> Tensor:
+    hash_bwd_x = _kernels()[3]
+    L, T, F = table.shape
+    n = x.shape[0]
+    gx = torch.empty(n, 3, dtype=torch.float32, device=x.device)
+    if n == 0:
+        return gx
+    block, warps = cfg or DEFAULT_BWD_X_CONFIG
+    hash_bwd_x[((n + block - 1) // block,)](x, table, meta, grad_out, gx, n, grad_out.stride(0), T=T, L=L, F=F,
+                                            BLOCK=block, POW2=(T & (T - 1)) == 0, num_warps=warps,
+                                            enable_fp_fusion=False)
+    return gx
+
+
 class _HashGridTriton(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, table, meta, fwd_cfg, bwd_cfg, out_dtype, pe_freqs):  # noqa: D401 - autograd signature
-        ctx.save_for_backward(x, meta)
+        # the table is kept only when x needs a gradient (the points-gradient kernel reads it)
+        ctx.save_for_backward(x, meta, table if ctx.needs_input_grad[0] else None)
         ctx.shape = tuple(table.shape)
         ctx.dtype = table.dtype
         ctx.bwd_cfg = bwd_cfg
@@ -152,15 +176,19 @@ class _HashGridTriton(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
-        x, meta = ctx.saved_tensors
-        if not ctx.needs_input_grad[1]:
+        x, meta, table = ctx.saved_tensors
+        if not (ctx.needs_input_grad[0] or ctx.needs_input_grad[1]):
             return (None,) * 7
         if grad_out.stride(-1) != 1:
             grad_out = grad_out.contiguous()
-        gtab = _launch_bwd(x, grad_out, meta, ctx.shape, ctx.bwd_cfg)  # reads the first L*F columns
-        if ctx.dtype != torch.float32:
-            gtab = gtab.to(ctx.dtype)
-        return None, gtab, None, None, None, None, None
+        gx = gtab = None
+        if ctx.needs_input_grad[0]:
+            gx = _launch_bwd_x(x, table.contiguous(), grad_out, meta)  # reads the first L*F columns
+        if ctx.needs_input_grad[1]:
+            gtab = _launch_bwd(x, grad_out, meta, ctx.shape, ctx.bwd_cfg)  # reads the first L*F columns
+            if ctx.dtype != torch.float32:
+                gtab = gtab.to(ctx.dtype)
+        return gx, gtab, None, None, None, None, None
 
 
 def _check_inputs(x: Tensor, table: Tensor, resolutions: Sequence[int], out_dtype) -> None:
@@ -193,10 +221,12 @@ def hash_grid_encode_triton(x: Tensor,  # [N, 3] in [0, 1]
                             fwd_config: tuple[int, int] | None = None,
                             bwd_config: tuple[int, int] | None = None,
                             out_dtype: torch.dtype | None = None) -> Tensor:  # [N, L*F]
-    """Hash-grid encoding with Triton kernels; differentiable w.r.t. ``table`` only.
+    """Hash-grid encoding with Triton kernels; differentiable w.r.t. ``table`` and ``x``.
 
     Args:
-        x: points, shape [N, 3] (any float dtype; clamped to [0, 1], math in fp32). No gradient.
+        x: points, shape [N, 3] (any float dtype; clamped to [0, 1], math in fp32). When it requires
+            grad (and grad mode is on) it gets the gradient of the reference: the trilinear weights'
+            derivative inside the cells, 0 on an axis where the point is outside (0, 1).
         table: feature tables, shape [L, T, F], fp32, fp16 or bf16; F a power of two.
         resolutions: L grid resolutions (ints >= 1).
         fwd_config, bwd_config: optional (BLOCK, num_warps) overrides (BLOCK a power of two).
@@ -208,7 +238,7 @@ def hash_grid_encode_triton(x: Tensor,  # [N, 3] in [0, 1]
         ValueError: bad shapes/dtypes, or tensors on the CPU without ``TRITON_INTERPRET=1``.
     """
     _check_inputs(x, table, resolutions, out_dtype)
-    x32 = x.detach().to(torch.float32).contiguous()
+    x32 = (x if x.requires_grad and torch.is_grad_enabled() else x.detach()).to(torch.float32).contiguous()
     meta = _meta(resolutions, table.shape[1], x.device)
     return _HashGridTriton.apply(x32, table.contiguous(), meta,
                                  tuple(fwd_config or DEFAULT_FWD_CONFIG), tuple(bwd_config or DEFAULT_BWD_CONFIG),
@@ -231,7 +261,7 @@ def hash_grid_freq_encode_triton(x: Tensor,  # [N, 3] in [0, 1]
     and in the backward the hash-grid gradient is read in place from the first L*F columns.
 
     Args:
-        x: points [N, 3] (no gradient).
+        x: points [N, 3] (no gradient: the sin/cos part has no points-gradient kernel).
         table: [L, T, F] hash tables (gradient).
         resolutions: L grid resolutions.
         pe_freqs: [K] angular frequencies (e.g. ``pi * 2**k``), on x's device.
