@@ -138,6 +138,17 @@ def plan(a: argparse.Namespace) -> int:
         out["scenes"][scene] = {"psnr": ev["psnr"], "feature_mse": ev.get("feature_mse"),
                                 "depth_median_error_m": ev.get("depth_median_error_m"), "train_s": train_s,
                                 "queries": rows}
+        if a.profile_query:  # kernels per optimiser step, eager fixed-shape loop and its CUDA graph
+            from dataclasses import replace as dc_replace  # noqa: PLC0415
+
+            from bench_query import _profile_query  # noqa: PLC0415 - benchmarks/ is the script's directory
+
+            prof = {}
+            for b in a.profile_backends.split(","):
+                planner.config = dc_replace(pc, optimizer_backend=b)
+                prof[b] = _profile_query(planner, a.profile_query, pc.num_steps, device, f"{scene} {b}")
+            planner.config = pc
+            out["scenes"][scene]["profiles"] = prof
         dm = ev.get("depth_median_error_m")
         print(f"{scene}: {a.steps} steps in {train_s:.1f} s, held-out PSNR {ev['psnr']:.2f} dB"
               + (f", median depth error {1000 * dm:.1f} mm" if dm is not None else ""), flush=True)
@@ -207,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="cache trained fields here (per scene, preset, seed, steps) and reuse them on later runs")
     p.add_argument("--points-grad-backends", default="",
                    help="e.g. triton,torch: time every query with each HashGrid.points_grad_backend (first one judged)")
+    p.add_argument("--profile-query", default="", help="also run this query under torch.profiler per scene")
+    p.add_argument("--profile-backends", default="static,cuda_graph",
+                   help="optimizer backends to profile --profile-query with")
     j = sub.add_parser("judge")
     j.add_argument("results", type=Path)
     a = ap.parse_args(argv)

@@ -49,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--optimizer-backends", nargs="+", default=None,
                     help="PlannerConfig.optimizer_backend values to compare in one run (plain, static, cuda_graph, "
                          "auto); queries interleave the backends on the same warm field")
+    ap.add_argument("--profile-query", default=None,
+                    help="after the timings, run this query once per optimizer backend under torch.profiler and print "
+                         "kernels per optimiser step and the top kernels by device time (CUDA)")
     ap.add_argument("--out", default=None, help="JSON output path")
     args = ap.parse_args(argv)
 
@@ -120,6 +123,12 @@ def main(argv: list[str] | None = None) -> int:
                 "peak_cuda_mem_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
             }
     planner.config = cfg
+    profiles = {}
+    if args.profile_query:
+        for b in backends:
+            planner.config = replace(cfg, optimizer_backend=b)
+            profiles[b] = _profile_query(planner, args.profile_query, cfg.num_steps, device, b)
+        planner.config = cfg
     results = per_backend[backends[0]]
     found = [v["median_s"] for v in results.values() if v["found"]]
     out = {
@@ -134,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         "median_found_query_s": statistics.median(found) if found else None,
         "median_all_queries_s": statistics.median(v["median_s"] for v in results.values()),
     }
+    if profiles:
+        out["profiles"] = profiles
     if len(backends) > 1:
         out["backends"] = {b: {"queries": res, "median_found_query_s": statistics.median(
             [v["median_s"] for v in res.values() if v["found"]] or [float("nan")])} for b, res in per_backend.items()}
@@ -156,6 +167,40 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write_json(args.out, out)
         print(f"wrote {args.out}")
     return 0
+
+
+def _profile_query(planner, query: str, num_steps: int, device, tag: str) -> dict:
+    """One query under torch.profiler: kernel launches and device time per optimiser step, top kernels."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    planner.plan(query)  # warm (kernels compiled, graphs for this shape made once)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    with profile(activities=acts) as prof:
+        r = planner.plan(query)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    wall = time.perf_counter() - t0
+    kernels = []
+    for e in prof.key_averages():
+        if getattr(e, "device_type", None) == DeviceType.CUDA:
+            dev = getattr(e, "self_device_time_total", None)
+            dev = getattr(e, "self_cuda_time_total", 0.0) if dev is None else dev
+            kernels.append({"name": e.key, "count": e.count, "dev_us": dev})
+    total_us = sum(k["dev_us"] for k in kernels)
+    n_k = sum(k["count"] for k in kernels)
+    top = sorted(kernels, key=lambda k: -k["dev_us"])[:25]
+    print(f"\n[profile {tag}] {query!r}: wall {wall:.3f} s under the profiler (optimise "
+          f"{r.timing.get('optimise', 0):.3f} s), {n_k} kernels, {n_k / max(1, num_steps):.0f} per optimiser step, "
+          f"device kernel time {total_us / 1e3:.1f} ms ({total_us / max(1, num_steps):.0f} us per step), "
+          f"optimizer {r.stats.get('optimizer')}")
+    for k in top:
+        print(f"   {k['dev_us'] / 1e3:8.2f} ms  x{k['count']:6d}  {k['name'][:110]}")
+    return {"wall_s": wall, "kernels": n_k, "kernels_per_step": n_k / max(1, num_steps), "device_ms": total_us / 1e3,
+            "optimise_s": r.timing.get("optimise"), "top": top}
 
 
 if __name__ == "__main__":

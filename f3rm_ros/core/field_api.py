@@ -100,6 +100,21 @@ class TrainedField:
             raise ValueError("this field was trained without a feature field (feature_dim 0)")
         return self._run(points_world, lambda p: self.model.feature_field(p).float())
 
+    def query_feature_hidden(self, points_world: Tensor) -> Tensor:  # [N, 3] -> [N, H]
+        """The feature MLP's last hidden activation at world points: ``query_features(p) == hidden @ W.T + b``
+        with ``(W, b) = feature_head``. A planner can fold the linear head into its loss (no [N, D] tensor)."""
+        if self.model.feature_field is None:
+            raise ValueError("this field was trained without a feature field (feature_dim 0)")
+        return self._run(points_world, lambda p: self.model.feature_field.hidden(p).float())
+
+    @property
+    def feature_head(self) -> tuple[Tensor, Tensor | None]:
+        """The feature field's linear head: weight [D, H] and bias [D] (or None), float32, frozen."""
+        if self.model.feature_field is None:
+            raise ValueError("this field was trained without a feature field (feature_dim 0)")
+        head = self.model.feature_field.head
+        return head.weight.detach().float(), (head.bias.detach().float() if head.bias is not None else None)
+
     def c2w_world_to_nerf(self, c2w_world_opencv: np.ndarray) -> Tensor:  # [4, 4] -> [4, 4]
         """A camera pose (OpenCV, world, metres) in the field frame (rotation stays orthonormal)."""
         T = np.asarray(c2w_world_opencv, dtype=np.float64)

@@ -86,6 +86,9 @@ class PlannerConfig:
                                            "captured in a CUDA graph and replayed (CUDA only, else 'static'); "
                                            "'auto': cuda_graph on CUDA, plain on the CPU",
                                    choices=("auto", "plain", "static", "cuda_graph"))
+    fold_feature_head: bool = param(True, "ours: compute the task loss in the feature MLP's hidden space (the "
+                                          "linear head folded into the loss: no poses x points x D tensors; the "
+                                          "same loss up to float rounding) when the field exposes its head")
     # --- collision ---------------------------------------------------------------------------------
     collision_voxel_m: float = param(0.0075, "gripper voxel size for collision points; also alpha's delta",
                                      range=(1e-4, 0.1))

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 __all__ = ["alpha_from_density", "field_has_features", "query_density_chunked", "query_features_chunked",
-           "query_alpha_features"]
+           "query_alpha_features", "field_has_feature_head", "query_alpha_hidden"]
 
 
 def alpha_from_density(density: torch.Tensor, delta: float) -> torch.Tensor:
@@ -73,3 +73,17 @@ def query_alpha_features(field: Any, points: torch.Tensor,  # [N, 3] world
         density = field.query_density(points).reshape(-1).float()
         feats = field.query_features(points).float()
     return alpha_from_density(density, delta)[:, None] * feats
+
+
+def field_has_feature_head(field: Any) -> bool:
+    """True if the field exposes its feature MLP's hidden activation and linear head
+    (``query_feature_hidden(points) -> [N, H]`` and ``feature_head -> (W [D, H], b [D] | None)``)."""
+    return field_has_features(field) and hasattr(field, "query_feature_hidden") and hasattr(field, "feature_head")
+
+
+def query_alpha_hidden(field: Any, points: torch.Tensor,  # [N, 3] world
+                       delta: float) -> tuple[torch.Tensor, torch.Tensor]:  # [N], [N, H]
+    """Alpha ``alpha(density, delta)`` and the feature MLP's hidden activation (differentiable w.r.t. points);
+    ``query_alpha_features == alpha[:, None] * (hidden @ W.T + b)``."""
+    density = field.query_density(points).reshape(-1).float()
+    return alpha_from_density(density, delta), field.query_feature_hidden(points).float()

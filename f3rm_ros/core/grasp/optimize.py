@@ -13,6 +13,14 @@ Our Adam is a few tensor lines rather than ``torch.optim.Adam`` so that pruning 
 estimates: survivors keep their momentum (the reference rebuilds the optimiser at every pruning,
 restarting the moments of every pose each step while it prunes).
 
+Folded head (ours, :class:`FoldedTaskLoss`): when the field exposes its feature MLP's last hidden
+activation ``h`` (width H, 64) and linear head ``f = W h + b`` (D = 768 for CLIP), the same loss is
+computed in the H-dimensional hidden space: ``<alpha f, e> = alpha (h . W^T e + b . e)`` and
+``|alpha f|^2 = alpha^2 (h^T (W^T W) h + 2 (W^T b) . h + |b|^2)``, with ``W^T e``, ``W^T W`` and ``W^T b``
+made once per query. No [poses x points x D] tensor is formed (forward or backward): on the GPU the
+768-wide head GEMMs and element-wise passes were most of a query's optimisation time.
+:func:`pose_losses` without ``folded`` is the reference it is tested against.
+
 Floor (ours): with ``floor_z`` set and the gripper's box corners given, after every step a pose whose
 lowest corner is below the floor is lifted straight up (world z) until it touches the floor, so no
 optimised gripper ends inside or under the table (see ``PlannerConfig.floor``).
@@ -25,11 +33,11 @@ from typing import Any
 
 import torch
 
-from f3rm_ros.core.grasp.field_utils import query_alpha_features
+from f3rm_ros.core.grasp.field_utils import field_has_feature_head, query_alpha_features, query_alpha_hidden
 from f3rm_ros.core.grasp.proposals import quat_to_matrix_torch
 
 __all__ = ["LanguageGuidance", "OptimizeSettings", "pose_losses", "optimize_poses", "lift_above_floor",
-           "prune_schedule", "StaticPoseOptimizer"]
+           "prune_schedule", "StaticPoseOptimizer", "FoldedTaskLoss"]
 
 
 @dataclass
@@ -48,6 +56,71 @@ class LanguageGuidance:
         return torch.clamp(1.0 + (s - self.sim_min) / span, min=0.0)
 
 
+_EPS = 1e-8  # torch.nn.functional.cosine_similarity's eps on each norm
+
+
+def _norm_from_square(sq: torch.Tensor) -> torch.Tensor:
+    """max(sqrt(sq), eps) with a finite gradient (sq may round slightly below 0)."""
+    return torch.sqrt(torch.clamp_min(sq, _EPS * _EPS))
+
+
+@dataclass
+class FoldedTaskLoss:
+    """The task loss of :func:`pose_losses` with the field's linear feature head folded in (see the module
+    docstring). Build with :meth:`build`; ``losses(alpha [B, Q], hidden [B, Q, H]) -> [B]``."""
+
+    P: torch.Tensor  # [Q, H]  W^T e_q
+    pe: torch.Tensor  # [Q]  b . e_q
+    G: torch.Tensor  # [H, H]  W^T W
+    u: torch.Tensor  # [H]  W^T b
+    bb: float  # |b|^2
+    e_norm: float  # max(|flatten(e)|, eps)
+    guidance: LanguageGuidance | None
+    wt: torch.Tensor | None = None  # [H]  W^T text
+    bt: float = 0.0  # b . text
+    t_norm: float = 1.0  # max(|text|, eps)
+
+    @classmethod
+    def build(cls, field: Any, task_emb: torch.Tensor,  # [Q, D]
+              guidance: LanguageGuidance | None) -> "FoldedTaskLoss | None":
+        """None when the field does not expose its head (``query_feature_hidden`` and ``feature_head``)."""
+        if not field_has_feature_head(field):
+            return None
+        W, b = field.feature_head  # [D, H], [D] | None
+        E = task_emb.float().to(W.device)
+        if b is None:
+            b = torch.zeros(W.shape[0], device=W.device)
+        if E.shape[-1] != W.shape[0]:
+            raise ValueError(f"task embedding dimension {E.shape[-1]} != the field's feature dimension {W.shape[0]}")
+        out = cls(P=E @ W, pe=E @ b, G=W.T @ W, u=W.T @ b, bb=float(b @ b),
+                  e_norm=max(float(E.norm()), _EPS), guidance=guidance)
+        if guidance is not None:
+            t = guidance.text_embedding.float().to(W.device)
+            out.wt, out.bt, out.t_norm = W.T @ t, float(b @ t), max(float(t.norm()), _EPS)
+        return out
+
+    def _sq_norm(self, h: torch.Tensor) -> torch.Tensor:  # [..., H] -> [...]
+        """|W h + b|^2 = h^T G h + 2 u . h + |b|^2."""
+        return ((h @ self.G) * h).sum(-1) + 2.0 * (h @ self.u) + self.bb
+
+    def losses(self, alpha: torch.Tensor,  # [B, Q]
+               hidden: torch.Tensor) -> torch.Tensor:  # [B, Q, H] -> [B]
+        num = ((hidden * self.P).sum(-1) + self.pe) * alpha  # [B, Q]: alpha_q <f_q, e_q>
+        sq = (alpha * alpha * self._sq_norm(hidden)).sum(-1)  # [B]: |alpha f|^2
+        loss = -num.sum(-1) / (_norm_from_square(sq) * self.e_norm)
+        g = self.guidance
+        if g is not None:
+            ma = alpha.mean(-1)  # [B]
+            mh = (alpha[..., None] * hidden).mean(-2)  # [B, H]; mean_q alpha f = W mh + ma b
+            dot = mh @ self.wt + ma * self.bt
+            msq = ((mh @ self.G) * mh).sum(-1) + 2.0 * ma * (mh @ self.u) + ma * ma * self.bb
+            sim = dot / (_norm_from_square(msq) * self.t_norm)
+            span = g.sim_max - g.sim_min
+            if span >= 1e-8:
+                loss = torch.clamp(1.0 + (sim - g.sim_min) / span, min=0.0) * loss
+        return loss
+
+
 @dataclass
 class OptimizeSettings:
     num_steps: int = 200
@@ -61,17 +134,24 @@ class OptimizeSettings:
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     floor_z: float | None = None  # world z; None: no floor
+    fold_head: bool = True  # FoldedTaskLoss when the field exposes its feature head
 
 
 def pose_losses(field: Any, t: torch.Tensor,  # [B, 3]
                 p: torch.Tensor,  # [B, 4] scaled quaternions
                 query_points: torch.Tensor,  # [Q, 3] gripper frame
                 task_emb: torch.Tensor,  # [Q, C]
-                guidance: LanguageGuidance | None, delta: float) -> torch.Tensor:  # [B]
-    """Per-pose loss (differentiable w.r.t. ``t`` and ``p``)."""
+                guidance: LanguageGuidance | None, delta: float,
+                folded: FoldedTaskLoss | None = None) -> torch.Tensor:  # [B]
+    """Per-pose loss (differentiable w.r.t. ``t`` and ``p``). With ``folded`` (made from the same
+    ``task_emb`` and ``guidance``) the loss is computed in the field's hidden feature space: the same
+    value up to float rounding."""
     R = quat_to_matrix_torch(p)
     pts = torch.einsum("bij,qj->bqi", R, query_points) + t[:, None, :]
     b, q = pts.shape[:2]
+    if folded is not None:
+        alpha, hidden = query_alpha_hidden(field, pts.reshape(-1, 3), delta)
+        return folded.losses(alpha.reshape(b, q), hidden.reshape(b, q, -1))
     feats = query_alpha_features(field, pts.reshape(-1, 3), delta).reshape(b, q, -1)
     loss = -torch.nn.functional.cosine_similarity(feats.reshape(b, -1), task_emb.reshape(1, -1), dim=-1)
     if guidance is not None:
@@ -94,7 +174,7 @@ def lift_above_floor(t: torch.Tensor,  # [N, 3] modified in place
     return lift
 
 
-def _losses_chunked(field, t, p, qp, emb, guidance, delta, per, with_grad: bool):
+def _losses_chunked(field, t, p, qp, emb, guidance, delta, per, with_grad: bool, folded=None):
     losses, gt, gp = [], [], []
     for i in range(0, t.shape[0], per):
         tc, pc = t[i:i + per], p[i:i + per]
@@ -102,13 +182,13 @@ def _losses_chunked(field, t, p, qp, emb, guidance, delta, per, with_grad: bool)
             tc = tc.detach().requires_grad_(True)
             pc = pc.detach().requires_grad_(True)
             with torch.enable_grad():
-                loss = pose_losses(field, tc, pc, qp, emb, guidance, delta)
+                loss = pose_losses(field, tc, pc, qp, emb, guidance, delta, folded)
                 g = torch.autograd.grad(loss.sum(), [tc, pc])
             gt.append(g[0])
             gp.append(g[1])
         else:
             with torch.no_grad():
-                loss = pose_losses(field, tc, pc, qp, emb, guidance, delta)
+                loss = pose_losses(field, tc, pc, qp, emb, guidance, delta, folded)
         losses.append(loss.detach())
     cat = lambda xs: torch.cat(xs) if xs else None  # noqa: E731
     return cat(losses), cat(gt), cat(gp)
@@ -133,6 +213,7 @@ def optimize_poses(field: Any, t0: torch.Tensor,  # [N, 3]
     if s.floor_z is not None and body_corners is not None:
         lift_above_floor(t, q0.detach().float(), body_corners, s.floor_z)
     p = (q0.detach().float() / q0.norm(dim=-1, keepdim=True).clamp_min(1e-12)) * s.quat_scale
+    folded = FoldedTaskLoss.build(field, task_emb, guidance) if s.fold_head else None
     mt, vt = torch.zeros_like(t), torch.zeros_like(t)
     mp, vp = torch.zeros_like(p), torch.zeros_like(p)
     b1, b2 = s.betas
@@ -141,7 +222,7 @@ def optimize_poses(field: Any, t0: torch.Tensor,  # [N, 3]
     for step in range(s.num_steps):
         if t.shape[0] == 0:
             break
-        losses, gt, gp = _losses_chunked(field, t, p, query_points, task_emb, guidance, s.delta, per, True)
+        losses, gt, gp = _losses_chunked(field, t, p, query_points, task_emb, guidance, s.delta, per, True, folded)
         k = step + 1
         for x, g, m, v in ((t, gt, mt, vt), (p, gp, mp, vp)):
             g = torch.nan_to_num(g)
@@ -161,7 +242,8 @@ def optimize_poses(field: Any, t0: torch.Tensor,  # [N, 3]
             t, p, mt, vt, mp, vp = (x[idx].contiguous() for x in (t, p, mt, vt, mp, vp))
             info["pruned"].append((step, keep))
     info["steps"] = s.num_steps
-    final, _, _ = _losses_chunked(field, t, p, query_points, task_emb, guidance, s.delta, per, False)
+    info["folded"] = folded is not None
+    final, _, _ = _losses_chunked(field, t, p, query_points, task_emb, guidance, s.delta, per, False, folded)
     if final is None:
         final = torch.zeros(0, device=t.device)
     q = p / p.norm(dim=-1, keepdim=True).clamp_min(1e-12)
@@ -198,6 +280,7 @@ class StaticPoseOptimizer:
                  guidance: LanguageGuidance | None, s: OptimizeSettings, body_corners: torch.Tensor | None = None,
                  use_graph: bool = False, warmup_steps: int = 3):
         self.field, self.qp, self.emb, self.guidance, self.s = field, query_points, task_emb, guidance, s
+        self.folded = FoldedTaskLoss.build(field, task_emb, guidance) if s.fold_head else None
         self.corners = body_corners
         self.use_graph = use_graph
         self.warmup_steps = max(1, int(warmup_steps))
@@ -213,7 +296,7 @@ class StaticPoseOptimizer:
             tc = self.t[i:i + per].detach().requires_grad_(True)
             pc = self.p[i:i + per].detach().requires_grad_(True)
             with torch.enable_grad():
-                loss = pose_losses(self.field, tc, pc, self.qp, self.emb, self.guidance, s.delta)
+                loss = pose_losses(self.field, tc, pc, self.qp, self.emb, self.guidance, s.delta, self.folded)
                 g = torch.autograd.grad(loss.sum(), [tc, pc])
             gts.append(g[0])
             gps.append(g[1])
@@ -266,7 +349,7 @@ class StaticPoseOptimizer:
         self.do_prune = torch.tensor([a != b for a, b in zip(sched, prev)] + [False], dtype=torch.bool, device=dev)
         self.step_idx = torch.zeros((), dtype=torch.long, device=dev)
         info: dict = {"initial": n, "pruned": [(i, k) for i, (k, p) in enumerate(zip(sched, prev)) if k != p],
-                      "steps": s.num_steps, "graph": False}
+                      "steps": s.num_steps, "graph": False, "folded": self.folded is not None}
         if n == 0 or s.num_steps == 0:
             pass
         elif self.use_graph and dev.type == "cuda" and s.num_steps > self.warmup_steps:
@@ -302,7 +385,8 @@ class StaticPoseOptimizer:
         idx = torch.nonzero(self.alive)[:, 0]
         t, p = self.t[idx], self.p[idx]
         per = max(1, s.chunk_points // max(1, self.qp.shape[0]))
-        final, _, _ = _losses_chunked(self.field, t, p, self.qp, self.emb, self.guidance, s.delta, per, False)
+        final, _, _ = _losses_chunked(self.field, t, p, self.qp, self.emb, self.guidance, s.delta, per, False,
+                                      self.folded)
         if final is None:
             final = torch.zeros(0, device=dev)
         q = p / p.norm(dim=-1, keepdim=True).clamp_min(1e-12)

@@ -34,8 +34,8 @@ from f3rm_ros.core.grasp.config import PlannerConfig
 from f3rm_ros.core.grasp.field_utils import field_has_features, query_features_chunked
 from f3rm_ros.core.grasp.language import (encode_texts, is_negative_only, language_mask, normalise_query,
                                           pairwise_softmax, similarity_map)
-from f3rm_ros.core.grasp.optimize import (LanguageGuidance, OptimizeSettings, StaticPoseOptimizer, optimize_poses,
-                                          pose_losses)
+from f3rm_ros.core.grasp.optimize import (FoldedTaskLoss, LanguageGuidance, OptimizeSettings, StaticPoseOptimizer,
+                                          optimize_poses, pose_losses)
 from f3rm_ros.core.grasp.proposals import (alpha_grid, dense_grid, quat_to_matrix_torch, random_quaternions,
                                            remove_statistical_outliers, surface_voxels, voxel_downsample)
 from f3rm_ros.core.grasp.result import Grasp, PlanResult
@@ -202,7 +202,8 @@ class GraspPlanner:
 
             q = torch.as_tensor(matrix_to_quat(Rk.cpu().double().numpy()), dtype=torch.float32, device=self.device)
             with torch.no_grad():
-                lk = pose_losses(self.field, tk, q, qp, emb_task, guidance, c.voxel_size_m)
+                folded = FoldedTaskLoss.build(self.field, emb_task, guidance) if c.fold_feature_head else None
+                lk = pose_losses(self.field, tk, q, qp, emb_task, guidance, c.voxel_size_m, folded)
         res.stats["antipodal_refined"] = improved
         res.stats["antipodal_ok"] = int((ang <= c.antipodal_max_deg).sum())
         res.stats["antipodal_deg_before"] = [round(float(x), 1) for x in before[:5]]
@@ -309,7 +310,7 @@ class GraspPlanner:
         settings = OptimizeSettings(num_steps=c.num_steps, lr=c.lr, quat_scale=c.quat_scale,
                                     prune_after_step=c.prune_after_step, keep_fraction=c.keep_fraction,
                                     min_poses=c.min_poses, delta=c.voxel_size_m, chunk_points=c.chunk_points,
-                                    floor_z=floor)
+                                    floor_z=floor, fold_head=c.fold_feature_head)
         backend = c.optimizer_backend
         if backend == "auto":
             backend = "cuda_graph" if self.device.type == "cuda" else "plain"
@@ -320,6 +321,7 @@ class GraspPlanner:
                                       use_graph=backend == "cuda_graph")
             tr, q, loss, info = opt.run(tr, q)
         res.stats["optimizer"] = backend + ("" if backend != "cuda_graph" or info.get("graph") else " (not captured)")
+        res.stats["folded_head"] = bool(info.get("folded"))
         if info.get("graph_error"):
             res.stats["optimizer_graph_error"] = info["graph_error"]
         res.stats["optimised"] = int(tr.shape[0])
