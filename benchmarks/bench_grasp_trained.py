@@ -63,10 +63,14 @@ def plan(a: argparse.Namespace) -> int:
     if pg_backends:
         out["points_grad_backends"] = pg_backends
     side: dict = {b: [] for b in pg_backends}  # backend -> present-query seconds, all scenes
-    tag = "".join(f"_{k.split('.')[-1]}{v}" for k, v in sorted(train_overrides.items()))
+    tag = "".join(f"_{k.split('.')[-1]}{v}" for k, v in sorted(train_overrides.items())) + \
+        (f"_dim{a.label_dim}" if a.label_dim else "")
+    if a.label_dim:
+        out["label_dim"] = a.label_dim
     for scene in a.scenes.split(","):
         data = a.data_root / scene
-        ex = create_extractor({"extractor": "labels", "labels": {"dataset": str(data)}})
+        ex = create_extractor({"extractor": "labels", "labels": {"dataset": str(data),
+                                                                 **({"dim": a.label_dim} if a.label_dim else {})}})
         cached = a.ckpt_dir / f"{scene}_{a.preset.replace('+', '_')}{tag}_s{a.seed}_{a.steps}.ckpt" if a.ckpt_dir else None
         if cached is not None and cached.exists():  # reuse a field trained by an earlier run (same settings)
             ckpt = cached
@@ -218,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="cache trained fields here (per scene, preset, seed, steps) and reuse them on later runs")
     p.add_argument("--points-grad-backends", default="",
                    help="e.g. triton,torch: time every query with each HashGrid.points_grad_backend (first one judged)")
+    p.add_argument("--label-dim", type=int, default=0,
+                   help="feature dimension of the label features (default: the extractor's 64; 768 = CLIP's width)")
     p.add_argument("--profile-query", default="", help="also run this query under torch.profiler per scene")
     p.add_argument("--profile-backends", default="static,cuda_graph",
                    help="optimizer backends to profile --profile-query with")

@@ -49,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--optimizer-backends", nargs="+", default=None,
                     help="PlannerConfig.optimizer_backend values to compare in one run (plain, static, cuda_graph, "
                          "auto); queries interleave the backends on the same warm field")
+    ap.add_argument("--planner-variants", nargs="+", default=None, metavar="KEY=JSON[,KEY=JSON]",
+                    help="planner settings to compare in one run instead of --optimizer-backends, e.g. "
+                         "fold_feature_head=true fold_feature_head=false; queries interleave them")
     ap.add_argument("--profile-query", default=None,
                     help="after the timings, run this query once per optimizer backend under torch.profiler and print "
                          "kernels per optimiser step and the top kernels by device time (CUDA)")
@@ -99,11 +102,16 @@ def main(argv: list[str] | None = None) -> int:
     first = planner.plan(args.queries[0])
     sync()
     cold_s = time.perf_counter() - t0
-    backends = args.optimizer_backends or [cfg.optimizer_backend]
+    if args.planner_variants:
+        variants = {v: {kv.split("=", 1)[0]: json.loads(kv.split("=", 1)[1]) for kv in v.split(",")}
+                    for v in args.planner_variants}
+    else:
+        variants = {b: {"optimizer_backend": b} for b in (args.optimizer_backends or [cfg.optimizer_backend])}
+    backends = list(variants)
     per_backend = {b: {} for b in backends}
     for q in args.queries:
         for b in backends:
-            planner.config = replace(cfg, optimizer_backend=b)
+            planner.config = replace(cfg, **variants[b])
             runs = []
             for _ in range(args.repeats):
                 if device.type == "cuda":
@@ -126,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     profiles = {}
     if args.profile_query:
         for b in backends:
-            planner.config = replace(cfg, optimizer_backend=b)
+            planner.config = replace(cfg, **variants[b])
             profiles[b] = _profile_query(planner, args.profile_query, cfg.num_steps, device, b)
         planner.config = cfg
     results = per_backend[backends[0]]

@@ -15,7 +15,7 @@ from f3rm_ros.core.grasp.optimize import (FoldedTaskLoss, LanguageGuidance, Opti
 from f3rm_ros.core.grasp.proposals import random_quaternions
 from f3rm_ros.core.trainer import TrainerConfig
 
-D = 48
+D = 192  # wider than the hidden layer (64), as CLIP features (768) are
 
 
 def _field(seed: int = 0, bias: bool = True) -> TrainedField:
@@ -106,5 +106,8 @@ def test_fields_without_a_head_use_the_reference():
             return torch.ones(p.shape[0], D)
 
     assert FoldedTaskLoss.build(Plain(), torch.ones(3, D), None) is None
+    narrow = _field()  # features no wider than the hidden layer: folding saves nothing, the reference runs
+    narrow.model.feature_field.head = torch.nn.Linear(64, 64)
+    assert FoldedTaskLoss.build(narrow, torch.ones(3, 64), None) is None
     with pytest.raises(ValueError, match="dimension"):
         FoldedTaskLoss.build(_field(), torch.ones(3, D + 1), None)

@@ -88,7 +88,8 @@ class PlannerConfig:
                                    choices=("auto", "plain", "static", "cuda_graph"))
     fold_feature_head: bool = param(True, "ours: compute the task loss in the feature MLP's hidden space (the "
                                           "linear head folded into the loss: no poses x points x D tensors; the "
-                                          "same loss up to float rounding) when the field exposes its head")
+                                          "same loss up to float rounding) when the field exposes its head and "
+                                          "its features are wider than the hidden layer (CLIP: 768 vs 64)")
     # --- collision ---------------------------------------------------------------------------------
     collision_voxel_m: float = param(0.0075, "gripper voxel size for collision points; also alpha's delta",
                                      range=(1e-4, 0.1))

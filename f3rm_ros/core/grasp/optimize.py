@@ -83,10 +83,14 @@ class FoldedTaskLoss:
     @classmethod
     def build(cls, field: Any, task_emb: torch.Tensor,  # [Q, D]
               guidance: LanguageGuidance | None) -> "FoldedTaskLoss | None":
-        """None when the field does not expose its head (``query_feature_hidden`` and ``feature_head``)."""
+        """None when the field does not expose its head (``query_feature_hidden`` and ``feature_head``), or when
+        its features are no wider than its hidden layer (D <= H: nothing to save, e.g. the 64-d label
+        features of the synthetic world; CLIP's D = 768 against H = 64)."""
         if not field_has_feature_head(field):
             return None
         W, b = field.feature_head  # [D, H], [D] | None
+        if W.shape[0] <= W.shape[1]:
+            return None
         E = task_emb.float().to(W.device)
         if b is None:
             b = torch.zeros(W.shape[0], device=W.device)
