@@ -44,6 +44,7 @@ def plan(a: argparse.Namespace) -> int:
     from f3rm_ros.core.field_api import load_trained_field  # noqa: PLC0415
     from f3rm_ros.core.fields.encodings import HashGrid  # noqa: PLC0415
     from f3rm_ros.core.grasp import GraspPlanner, PlannerConfig, load_default_tasks  # noqa: PLC0415
+    from f3rm_ros.core.grasp.task import load_tasks  # noqa: PLC0415
     from f3rm_ros.core.grasp.evaluate import ABSENT_IN_SCENE, ABSENT_QUERIES, PRESENT_QUERIES  # noqa: PLC0415
     from f3rm_ros.core.presets import trainer_config  # noqa: PLC0415
     from f3rm_ros.core.trainer import Trainer  # noqa: PLC0415
@@ -97,7 +98,7 @@ def plan(a: argparse.Namespace) -> int:
         field = load_trained_field(ckpt, device)
         pc = PlannerConfig(workspace_min_m=WORKSPACE[0], workspace_max_m=WORKSPACE[1], device=str(device),
                            **{**(PLANNER_CPU if a.planner_cpu else {}), **overrides})
-        planner = GraspPlanner(field, ex, load_default_tasks(), config=pc)
+        planner = GraspPlanner(field, ex, load_tasks(a.tasks_dir) if a.tasks_dir else load_default_tasks(), config=pc)
         for b in pg_backends or [None]:
             if b is not None:
                 HashGrid.points_grad_backend = b
@@ -224,6 +225,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="e.g. triton,torch: time every query with each HashGrid.points_grad_backend (first one judged)")
     p.add_argument("--label-dim", type=int, default=0,
                    help="feature dimension of the label features (default: the extractor's 64; 768 = CLIP's width)")
+    p.add_argument("--tasks-dir", type=Path, default=None,
+                   help="tasks to plan with instead of the shipped ones (e.g. made with scripts/make_default_tasks.py "
+                        "--label-dim 768)")
     p.add_argument("--profile-query", default="", help="also run this query under torch.profiler per scene")
     p.add_argument("--profile-backends", default="static,cuda_graph",
                    help="optimizer backends to profile --profile-query with")

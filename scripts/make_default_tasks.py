@@ -7,7 +7,11 @@ object part, else the script fails. Features and density are recorded in the sce
 field (f3rm_ros.core.grasp.oracle) with the scene's label extractor, i.e. what a perfectly trained
 field would give. Written to f3rm_ros/core/grasp/tasks/<slug>.npz (package data).
 
-Usage: python scripts/make_default_tasks.py [--out DIR] [--check-only]
+Usage: python scripts/make_default_tasks.py [--out DIR] [--check-only] [--label-dim D]
+
+``--label-dim 768`` (with ``--out`` elsewhere) records the same tasks for label features of CLIP's width,
+for benchmarks of the planner on 768-d fields (``benchmarks/bench_grasp_trained.py --label-dim 768
+--tasks-dir DIR``); the shipped tasks use the default 64.
 """
 
 from __future__ import annotations
@@ -65,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=default_tasks_dir(), help="output folder")
     ap.add_argument("--check-only", action="store_true", help="only run the ground-truth check of the demos")
+    ap.add_argument("--label-dim", type=int, default=0, help="label feature dimension (default: the extractor's)")
     args = ap.parse_args(argv)
     scenes, fields, checkers, extractors = {}, {}, {}, {}
     ok = True
@@ -85,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         if scene_name not in fields:
             table, _ = scene.label_table()
-            extractors[scene_name] = LabelFeatureExtractor(LabelFeatureConfig(), table=table)
+            lc = LabelFeatureConfig(dim=args.label_dim) if args.label_dim else LabelFeatureConfig()
+            extractors[scene_name] = LabelFeatureExtractor(lc, table=table)
             fields[scene_name] = OracleField.from_extractor(scene, extractors[scene_name])
         task = make_task(name, fields[scene_name], demos, TaskConfig(),
                          metadata={"scene": scene_name, "object": obj_name, "part": part,
