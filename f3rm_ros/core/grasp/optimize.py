@@ -138,7 +138,7 @@ class OptimizeSettings:
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     floor_z: float | None = None  # world z; None: no floor
-    fold_head: bool = True  # FoldedTaskLoss when the field exposes its feature head
+    fold_head: bool = True  # FoldedTaskLoss when the field exposes its feature head and D > H
 
 
 def pose_losses(field: Any, t: torch.Tensor,  # [B, 3]
