@@ -94,7 +94,13 @@ def test_hashgrid_module_torch_backend_matches_function():
     assert g.table.abs().max() <= 1e-4
     auto = HashGrid(from_dict(HashGridConfig, {"num_levels": 2, "log2_hashmap_size": 8, "max_res": 32}), "cpu")
     print("auto on cpu ->", auto.backend)
-    assert auto.backend == "torch"
+    assert auto.backend == "levels"  # the plain-PyTorch math one level at a time: the CPU path
+    lv = HashGrid(from_dict(HashGridConfig, {"num_levels": 4, "log2_hashmap_size": 10, "max_res": 64,
+                                             "backend": "levels"}))
+    with torch.no_grad():
+        lv.table.copy_(torch.rand_like(lv.table))
+    ref = hash_grid_encode_torch(x.reshape(-1, 3), lv.table, lv.resolutions).reshape(100, 2, -1)
+    assert lv.backend == "levels" and (lv(x) - ref).abs().max() < 1e-6
     with pytest.raises(ValueError, match="not usable"):
         HashGrid(from_dict(HashGridConfig, {"num_levels": 2, "log2_hashmap_size": 8, "backend": "tcnn"}), "cpu")
 

@@ -1,5 +1,7 @@
-"""Hash grid: the vectorised torch reference against a per-point Python loop (dense and hashed levels)."""
+"""Hash grid: the vectorised torch reference against a per-point Python loop (dense and hashed levels), and the
+per-level CPU path against the reference."""
 
+import pytest
 import torch
 
 from f3rm_ros.core.fields.hashgrid import grid_resolutions, hash_grid_encode_loop, hash_grid_encode_torch
@@ -61,3 +63,37 @@ def test_hash_grid_non_power_of_two_table_matches_loop():
     err = (hash_grid_encode_torch(x, table, res).double() - hash_grid_encode_loop(x, table, res).double()).abs().max()
     print(f"hash grid T=1000 torch vs loop: max abs err {err.item():.3e}")
     assert err < 1e-4
+
+
+@pytest.mark.parametrize("L,T,F,dtype,base,mx", [
+    (4, 2**10, 2, torch.float32, 4, 40),  # dense and hashed levels, power-of-two table
+    (3, 1000, 4, torch.float32, 2, 30),  # table size not a power of two (mod T)
+    (5, 2**12, 8, torch.float16, 2, 64),  # fp16 table
+    (2, 2**12, 2, torch.bfloat16, 1024, 2048),  # bf16, fine hashed levels
+    (1, 2**9, 1, torch.float32, 16, 16),  # one level, one feature
+])
+def test_levels_path_matches_reference(L, T, F, dtype, base, mx):
+    """hash_grid_encode_levels (the CPU path) against hash_grid_encode_torch: outputs, table and point gradients."""
+    from f3rm_ros.core.fields.hashgrid import hash_grid_encode_levels
+
+    gen = torch.Generator().manual_seed(L * 1000 + F)
+    res = grid_resolutions(L, base, mx)
+    x = torch.rand(400, 3, generator=gen) * 1.2 - 0.1  # some coordinates outside [0, 1]
+    x[:3] = torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [0.5, 1.0, 0.0]])
+    table = (torch.rand(L, T, F, generator=gen) * 2 - 1).to(dtype)
+    g = torch.randn(400, L * F, generator=gen).to(dtype)
+    out = {}
+    for name, fn in (("reference", hash_grid_encode_torch), ("levels", hash_grid_encode_levels)):
+        xt, tt = x.clone().requires_grad_(True), table.clone().requires_grad_(True)
+        y = fn(xt, tt, res)
+        y.backward(g)
+        out[name] = (y.detach().float(), tt.grad.float(), xt.grad)
+    (y0, gt0, gx0), (y1, gt1, gx1) = out["reference"], out["levels"]
+    tol = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}[dtype]
+    ey, et = (y1 - y0).abs().max().item(), (gt1 - gt0).abs().max().item()
+    ex = ((gx1 - gx0).abs().max() / gx0.abs().max().clamp_min(1e-12)).item()
+    print(f"L={L} T={T} F={F} {dtype}: out err {ey:.2e}, table grad err {et:.2e}, points grad rel err {ex:.2e}")
+    assert out["levels"][0].shape == (400, L * F) and gx0.abs().max() > 0 and gt0.abs().max() > 0
+    assert ey <= tol * max(1.0, y0.abs().max().item())
+    assert et <= tol * max(1.0, gt0.abs().max().item())
+    assert ex <= max(tol, 1e-5)

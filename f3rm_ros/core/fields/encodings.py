@@ -1,13 +1,15 @@
-"""Input encodings: hash grid (backends torch | triton | tcnn), spherical harmonics, frequency (sin/cos).
+"""Input encodings: hash grid (backends torch | levels | triton | tcnn), spherical harmonics, frequency (sin/cos).
 
 Backends of :class:`HashGrid` (config ``backend``):
 
 * ``torch``: :func:`f3rm_ros.core.fields.hashgrid.hash_grid_encode_torch`, runs everywhere (reference).
+* ``levels``: :func:`f3rm_ros.core.fields.hashgrid.hash_grid_encode_levels`, the same plain PyTorch one
+  level at a time (the CPU path: ~5x faster forward there, more kernels on a GPU); same table.
 * ``triton``: ``f3rm_ros.core.ops.hashgrid_triton.hash_grid_encode_triton`` (same math and table
   layout as ``torch``, so parameters are interchangeable), imported lazily; CUDA only.
 * ``tcnn``: ``tinycudann.Encoding`` (its own parameter layout and slightly different grid
   alignment, so a tcnn checkpoint only loads with the tcnn backend); CUDA + tinycudann only.
-* ``auto``: triton if usable, else tcnn if usable, else torch; logs the choice.
+* ``auto``: triton if usable, else tcnn if usable, else levels on a CPU and torch otherwise; logs the choice.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from f3rm_ros.core.config import param
-from f3rm_ros.core.fields.hashgrid import grid_resolutions, hash_grid_encode_torch
+from f3rm_ros.core.fields.hashgrid import grid_resolutions, hash_grid_encode_levels, hash_grid_encode_torch
 
 __all__ = [
     "HashGridConfig",
@@ -47,8 +49,10 @@ class HashGridConfig:
     base_res: int = param(16, "coarsest grid resolution", range=(1, 65536))
     max_res: int = param(2048, "finest grid resolution", range=(1, 1 << 20))
     init_scale: float = param(1e-4, "tables initialised uniform(-s, s)", range=(0.0, 1.0))
-    backend: Literal["auto", "torch", "triton", "tcnn"] = param(
-        "auto", "implementation: auto picks triton, then tcnn, then torch", choices=("auto", "torch", "triton", "tcnn"))
+    backend: Literal["auto", "torch", "levels", "triton", "tcnn"] = param(
+        "auto", "implementation: auto picks triton, then tcnn, then levels (CPU) or torch; torch is the plain "
+                "reference, levels the same math one level at a time (faster on CPUs)",
+        choices=("auto", "torch", "levels", "triton", "tcnn"))
 
 
 def triton_usable(device: torch.device | str | None = None) -> tuple[bool, str]:
@@ -87,15 +91,15 @@ def resolve_hashgrid_backend(backend: str, device: torch.device | str | None = N
     Raises:
         ValueError: an unknown name, or an explicit triton/tcnn request that cannot run here.
     """
-    if backend == "torch":
-        return "torch"
+    if backend in ("torch", "levels"):
+        return backend
     if backend in ("triton", "tcnn"):
         ok, why = (triton_usable if backend == "triton" else tcnn_usable)(device)
         if not ok:
             raise ValueError(f"hash grid backend {backend!r} requested but not usable: {why}")
         return backend
     if backend != "auto":
-        raise ValueError(f"unknown hash grid backend {backend!r}; choose auto, torch, triton or tcnn")
+        raise ValueError(f"unknown hash grid backend {backend!r}; choose auto, torch, levels, triton or tcnn")
     reasons = []
     for name, check in (("triton", triton_usable), ("tcnn", tcnn_usable)):
         ok, why = check(device)
@@ -103,8 +107,9 @@ def resolve_hashgrid_backend(backend: str, device: torch.device | str | None = N
             log.info("hash grid backend auto -> %s", name)
             return name
         reasons.append(f"{name}: {why}")
-    log.info("hash grid backend auto -> torch (%s)", "; ".join(reasons))
-    return "torch"
+    pick = "levels" if device is None or torch.device(device).type == "cpu" else "torch"
+    log.info("hash grid backend auto -> %s (%s)", pick, "; ".join(reasons))
+    return pick
 
 
 class HashGrid(nn.Module):
@@ -131,8 +136,9 @@ class HashGrid(nn.Module):
         self.resolutions = grid_resolutions(config.num_levels, config.base_res, config.max_res)
         F = config.features_per_level
         backend = config.backend
-        if backend == "auto" and F & (F - 1):
-            backend = "torch" if not tcnn_usable(device)[0] else "tcnn"  # the Triton kernel needs F = 2^k
+        if backend == "auto" and F & (F - 1):  # the Triton kernel needs F = 2^k
+            on_cpu = device is None or torch.device(device).type == "cpu"
+            backend = "tcnn" if tcnn_usable(device)[0] else ("levels" if on_cpu else "torch")
         elif backend == "triton" and F & (F - 1):
             raise ValueError(f"the triton hash grid backend needs features_per_level a power of two, got {F}")
         self.backend = resolve_hashgrid_backend(backend, device)
@@ -161,6 +167,8 @@ class HashGrid(nn.Module):
             from f3rm_ros.core.ops.hashgrid_triton import hash_grid_encode_triton  # noqa: PLC0415
 
             out = hash_grid_encode_triton(flat.float().contiguous(), self.table, self.resolutions)
+        elif self.backend == "levels":
+            out = hash_grid_encode_levels(flat, self.table, self.resolutions)
         else:
             out = hash_grid_encode_torch(flat, self.table, self.resolutions)
         return out.float().reshape(*shape, self.out_dim)

@@ -19,7 +19,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["HASH_PRIMES", "grid_resolutions", "hash_grid_encode_torch", "hash_grid_encode_loop"]
+__all__ = ["HASH_PRIMES", "grid_resolutions", "hash_grid_encode_torch", "hash_grid_encode_levels",
+           "hash_grid_encode_loop"]
 
 HASH_PRIMES = (1, 2654435761, 805459861)
 _MASK32 = 0xFFFFFFFF
@@ -126,6 +127,58 @@ def hash_grid_encode_torch(x: Tensor,  # [N, 3] in [0, 1]
     feats = table.reshape(L * T, F).float().index_select(0, idx.reshape(-1)).reshape(n, L, 8, F)
     out = (w[..., None] * feats).sum(2)  # [N, L, F]
     return out.reshape(n, L * F).to(table.dtype)
+
+
+def hash_grid_encode_levels(x: Tensor,  # [N, 3] in [0, 1]
+                            table: Tensor,  # [L, T, F]
+                            resolutions: Sequence[int]) -> Tensor:  # [N, L*F]
+    """The same encoding one level and one corner at a time (the CPU path, backend ``levels``).
+
+    :func:`hash_grid_encode_torch` evaluates all levels and corners at once, which is few kernels on a GPU
+    but on a CPU streams [N, L, 8]-sized int64 and float tensors through memory several times; here each
+    level's working set is a few [N] vectors and the gathered [N, F] rows, so it stays in cache: about 5x
+    faster forward and 1.4-2.4x forward + backward on a 2-core CPU (261k / 65k points). Same math, same
+    gradients (table and x), equal to the reference up to float summation order (tests compare them).
+    """
+    _check(x, table, resolutions)
+    L, T, F = table.shape
+    n = x.shape[0]
+    xc = x.float().clamp(0.0, 1.0)
+    pow2 = T & (T - 1) == 0
+    p1, p2 = HASH_PRIMES[1], HASH_PRIMES[2]
+    levels = []
+    for lvl, r in enumerate(resolutions):
+        r = int(r)
+        pos = xc * float(r)
+        cell = torch.clamp_max(pos.detach().floor(), r - 1)
+        frac = pos - cell
+        c = cell.to(torch.int64)
+        cx, cy, cz = c[:, 0], c[:, 1], c[:, 2]
+        if (r + 1) ** 3 <= T:
+            s1 = r + 1
+            ax, ay, az = (cx, cx + 1), (cy * s1, (cy + 1) * s1), (cz * (s1 * s1), (cz + 1) * (s1 * s1))
+        else:
+            ax = (cx, cx + 1)
+            ay = ((cy * p1) & _MASK32, ((cy + 1) * p1) & _MASK32)
+            az = ((cz * p2) & _MASK32, ((cz + 1) * p2) & _MASK32)
+        fx, fy, fz = frac[:, 0], frac[:, 1], frac[:, 2]
+        wx, wy, wz = (1.0 - fx, fx), (1.0 - fy, fy), (1.0 - fz, fz)
+        tab = table[lvl].float()
+        acc = None
+        for k in range(8):  # corner bit 0 = x, as the reference
+            i, j, m = k & 1, (k >> 1) & 1, (k >> 2) & 1
+            if (r + 1) ** 3 <= T:
+                idx = ax[i] + ay[j] + az[m]
+            else:
+                idx = ax[i] ^ ay[j] ^ az[m]
+                idx = idx & (T - 1) if pow2 else idx % T
+            w = wz[m] * wy[j] * wx[i]  # the reference's product order
+            v = tab.index_select(0, idx) * w[:, None]
+            acc = v if acc is None else acc + v
+        levels.append(acc)
+    if not levels:
+        return torch.zeros(n, 0, dtype=table.dtype, device=x.device)
+    return torch.stack(levels, dim=1).reshape(n, L * F).to(table.dtype)
 
 
 def hash_grid_encode_loop(x: Tensor, table: Tensor, resolutions: Sequence[int]) -> Tensor:
