@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--planner-variants", nargs="+", default=None, metavar="KEY=JSON[,KEY=JSON]",
                     help="planner settings to compare in one run instead of --optimizer-backends, e.g. "
                          "fold_feature_head=true fold_feature_head=false; queries interleave them")
+    ap.add_argument("--grid-backend", default=None, choices=("torch", "levels", "triton"),
+                    help="with --checkpoint: run every hash grid of the loaded field on this backend (same tables)")
     ap.add_argument("--profile-query", default=None,
                     help="after the timings, run this query once per optimizer backend under torch.profiler and print "
                          "kernels per optimiser step and the top kernels by device time (CUDA)")
@@ -77,6 +79,13 @@ def main(argv: list[str] | None = None) -> int:
 
         field = load_trained_field(args.checkpoint, device)
         field_kind = f"trained:{args.checkpoint}"
+        if args.grid_backend:
+            from f3rm_ros.core.fields.encodings import HashGrid
+
+            grids = [m for m in field.model.modules() if isinstance(m, HashGrid)]
+            for g in grids:
+                g.backend = args.grid_backend
+            field_kind += f" (grid backend {args.grid_backend}, {len(grids)} grids)"
     else:
         from f3rm_ros.core.grasp.oracle import OracleField
 
