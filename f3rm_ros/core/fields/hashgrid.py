@@ -154,7 +154,8 @@ def hash_grid_encode_levels(x: Tensor,  # [N, 3] in [0, 1]
         frac = pos - cell
         c = cell.to(torch.int64)
         cx, cy, cz = c[:, 0], c[:, 1], c[:, 2]
-        if (r + 1) ** 3 <= T:
+        dense = (r + 1) ** 3 <= T
+        if dense:
             s1 = r + 1
             ax, ay, az = (cx, cx + 1), (cy * s1, (cy + 1) * s1), (cz * (s1 * s1), (cz + 1) * (s1 * s1))
         else:
@@ -167,7 +168,7 @@ def hash_grid_encode_levels(x: Tensor,  # [N, 3] in [0, 1]
         acc = None
         for k in range(8):  # corner bit 0 = x, as the reference
             i, j, m = k & 1, (k >> 1) & 1, (k >> 2) & 1
-            if (r + 1) ** 3 <= T:
+            if dense:
                 idx = ax[i] + ay[j] + az[m]
             else:
                 idx = ax[i] ^ ay[j] ^ az[m]
