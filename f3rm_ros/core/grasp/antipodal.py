@@ -15,7 +15,8 @@ This module estimates, from the density, what the closing fingers would touch:
 
 :func:`align_to_contacts` turns a grasp about the midpoint of its contacts so that the closing axis
 lies along the estimated contact normals (``n_left - n_right``) and shifts it onto the axis of a round
-bar it closes off-centre, the cheap refinement the planner applies to its best candidates. Everything is batched over poses; points are world-frame metres.
+bar it closes off-centre, the cheap refinement the planner applies to its best candidates. Everything is batched
+over poses; points are world-frame metres.
 """
 
 from __future__ import annotations
@@ -89,7 +90,8 @@ def estimate_antipodal(field: Any, R: torch.Tensor,  # [N, 3, 3] world_from_grip
     nan3 = torch.full((n, 2, 3), float("nan"), device=dev)
     if n == 0:
         z = torch.zeros(0, device=dev)
-        return AntipodalEstimate(z, torch.zeros(0, 2, device=dev), nan3, nan3, torch.zeros(0, dtype=torch.bool, device=dev))
+        return AntipodalEstimate(z, torch.zeros(0, 2, device=dev), nan3, nan3,
+                                 torch.zeros(0, dtype=torch.bool, device=dev))
     with torch.no_grad():
         world = torch.einsum("nij,pkj->npki", R, rays) + t[:, None, None, :]  # [N, P, K, 3]
         dens = query_density_chunked(field, world.reshape(-1, 3), s.chunk_points).reshape(n, P, K)

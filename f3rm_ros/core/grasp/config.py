@@ -138,6 +138,7 @@ class PlannerConfig:
                                                   "that gives contact normals, metres", range=(1e-4, 0.02))
     max_grasps: int = param(10, "best grasps returned (0 = all survivors)", range=(0, 10**6))
     opening_m: float = param(0.08, "finger opening reported with each grasp, metres", range=(0.0, 1.0))
-    chunk_points: int = param(2**18, "points per field query chunk (bounds memory: ~1 GB at 768-dim features)", range=(1024, 2**30))
+    chunk_points: int = param(2**18, "points per field query chunk (bounds memory: ~1 GB at 768-dim features)",
+                              range=(1024, 2**30))
     device: str = param("auto", "torch device: auto, cpu, cuda, cuda:N")
     seed: int = param(0, "random seed of rotations (and of mask sampling)", range=(0, 2**31 - 1))

@@ -9,11 +9,13 @@ among what the fingers close on. Absent things ("banana") must give no grasp.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import numpy as np
 
-__all__ = ["PRESENT_QUERIES", "ABSENT_QUERIES", "ABSENT_IN_SCENE", "QueryOutcome", "judge", "success_table", "format_table"]
+__all__ = ["PRESENT_QUERIES", "ABSENT_QUERIES", "ABSENT_IN_SCENE", "QueryOutcome", "judge", "success_table",
+           "format_table"]
 
 # scene -> list of (query, objects that count, part or None)
 PRESENT_QUERIES: dict[str, list[tuple[str, tuple[str, ...], str | None]]] = {
@@ -109,7 +111,8 @@ def format_table(outcomes: list[QueryOutcome]) -> str:
         p = [o for o in sel if o.present]
         a = [o for o in sel if not o.present]
         med = float(np.median([o.seconds for o in p])) if p else float("nan")
-        lines.append(f"{s:22s} {sum(o.success for o in p):5d}/{len(p):<3d} {100 * np.mean([o.success for o in p]) if p else 0:4.0f}% "
-                     f"{sum(o.success for o in a):7d}/{len(a):<3d} {100 * np.mean([o.success for o in a]) if a else 0:4.0f}% "
-                     f"{med:8.2f}")
+        p_pct = 100 * np.mean([o.success for o in p]) if p else 0
+        a_pct = 100 * np.mean([o.success for o in a]) if a else 0
+        lines.append(f"{s:22s} {sum(o.success for o in p):5d}/{len(p):<3d} {p_pct:4.0f}% "
+                     f"{sum(o.success for o in a):7d}/{len(a):<3d} {a_pct:4.0f}% {med:8.2f}")
     return "\n".join(lines)

@@ -5,7 +5,8 @@ Features are compared with text only after L2 normalisation (f3rm-method.md s. 1
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import torch
 

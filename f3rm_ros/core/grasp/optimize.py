@@ -82,7 +82,7 @@ class FoldedTaskLoss:
 
     @classmethod
     def build(cls, field: Any, task_emb: torch.Tensor,  # [Q, D]
-              guidance: LanguageGuidance | None) -> "FoldedTaskLoss | None":
+              guidance: LanguageGuidance | None) -> FoldedTaskLoss | None:
         """None when the field does not expose its head (``query_feature_hidden`` and ``feature_head``), or when
         its features are no wider than its hidden layer (D <= H: nothing to save, e.g. the 64-d label
         features of the synthetic world; CLIP's D = 768 against H = 64)."""
@@ -350,9 +350,11 @@ class StaticPoseOptimizer:
         self.bc1 = torch.tensor([1 - b1 ** k for k in steps] + [1.0], dtype=torch.float32, device=dev)
         self.bc2 = torch.tensor([1 - b2 ** k for k in steps] + [1.0], dtype=torch.float32, device=dev)
         self.keep = torch.tensor(sched + [n], dtype=torch.long, device=dev)
-        self.do_prune = torch.tensor([a != b for a, b in zip(sched, prev)] + [False], dtype=torch.bool, device=dev)
+        self.do_prune = torch.tensor([a != b for a, b in zip(sched, prev, strict=True)] + [False], dtype=torch.bool,
+                                     device=dev)
         self.step_idx = torch.zeros((), dtype=torch.long, device=dev)
-        info: dict = {"initial": n, "pruned": [(i, k) for i, (k, p) in enumerate(zip(sched, prev)) if k != p],
+        pruned = [(i, k) for i, (k, p) in enumerate(zip(sched, prev, strict=True)) if k != p]
+        info: dict = {"initial": n, "pruned": pruned,
                       "steps": s.num_steps, "graph": False, "folded": self.folded is not None}
         if n == 0 or s.num_steps == 0:
             pass
@@ -371,7 +373,7 @@ class StaticPoseOptimizer:
             except RuntimeError as e:  # the field's query cannot be captured (e.g. a host copy): run eagerly
                 graph = None
                 info["graph_error"] = str(e).splitlines()[0][:200]
-                for x, x0 in zip(self._state(), snapshot):
+                for x, x0 in zip(self._state(), snapshot, strict=True):
                     x.copy_(x0)  # a failed capture may have left partial writes
             del snapshot
             remaining = s.num_steps - self.warmup_steps

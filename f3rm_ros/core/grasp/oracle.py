@@ -119,12 +119,12 @@ class OracleField:
         self.nearest_label = lab.reshape(self.shape)
 
     @classmethod
-    def from_extractor(cls, scene: Any, extractor: Any, **kwargs) -> "OracleField":
+    def from_extractor(cls, scene: Any, extractor: Any, **kwargs) -> OracleField:
         """Oracle whose per-label features come from a label extractor built for ``scene``."""
         table, _ = scene.label_table()
         ids = sorted(int(k) for k in table)
         vecs = label_vectors_from_extractor(extractor, ids)
-        return cls(scene, {i: v for i, v in zip(ids, vecs)}, extractor.cache_key(), **kwargs)
+        return cls(scene, {i: v for i, v in zip(ids, vecs, strict=True)}, extractor.cache_key(), **kwargs)
 
     # --- queries ----------------------------------------------------------------------------------
     def _sample(self, vol: torch.Tensor, points: torch.Tensor) -> torch.Tensor:  # [1,C,X,Y,Z], [N,3] -> [N,C]
@@ -204,7 +204,7 @@ def _sdf_labels_open3d(scene: Any, pts: np.ndarray, tri_labels: list[np.ndarray]
     all_scene = o3d.t.geometry.RaycastingScene()
     inside = np.zeros(len(pts), dtype=bool)
     geom_labels = []
-    for ent, labels in zip(scene.entities, tri_labels):
+    for ent, labels in zip(scene.entities, tri_labels, strict=True):
         V = ent.world_vertices().astype(np.float32)
         tris = ent.mesh.triangles
         gid = all_scene.add_triangles(o3d.core.Tensor(V), o3d.core.Tensor(tris.astype(np.uint32)))
@@ -250,7 +250,7 @@ def _sdf_labels_scipy(scene: Any, pts: np.ndarray, tri_labels: list[np.ndarray],
     rng = np.random.default_rng(seed)
     sdf = np.full(len(pts), np.inf, dtype=np.float64)
     all_s, all_l = [], []
-    for ent, labels in zip(scene.entities, tri_labels):
+    for ent, labels in zip(scene.entities, tri_labels, strict=True):
         V = ent.world_vertices()
         for comp in ent.mesh.components:
             tris = ent.mesh.triangles[comp]

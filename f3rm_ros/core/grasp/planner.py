@@ -21,7 +21,8 @@ so memory stays bounded.
 from __future__ import annotations
 
 import time
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -283,7 +284,7 @@ class GraspPlanner:
         idx, task_sims = retrieve_task(pos, self.tasks, scene_feature=scene_feat)
         task = self.tasks[idx]
         res.task = task.name
-        res.stats["task_similarities"] = {t.name: float(s) for t, s in zip(self.tasks, task_sims)}
+        res.stats["task_similarities"] = {t.name: float(s) for t, s in zip(self.tasks, task_sims, strict=True)}
         emb_task = task_embedding(task, delta=c.voxel_size_m, device=self.device)
         qp = torch.as_tensor(task.query_points, dtype=torch.float32, device=self.device)
         t0 = lap("retrieval", t0)

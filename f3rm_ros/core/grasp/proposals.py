@@ -14,7 +14,8 @@ workspace box cuts an object (grid neighbours outside the box count as occupied,
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -34,8 +35,8 @@ def dense_grid(lo: Sequence[float], hi: Sequence[float], voxel: float,
     lo_t, hi_t = np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64)
     if lo_t.shape != (3,) or hi_t.shape != (3,) or np.any(hi_t < lo_t) or not voxel > 0:
         raise ValueError(f"workspace box must have lo <= hi (3 values each) and voxel > 0, got {lo}, {hi}, {voxel}")
-    axes = [torch.arange(int(np.floor((h - l) / voxel + 1e-6)) + 1, device=device, dtype=torch.float32) * voxel + l
-            for l, h in zip(lo_t, hi_t)]
+    axes = [torch.arange(int(np.floor((hi_i - lo_i) / voxel + 1e-6)) + 1, device=device, dtype=torch.float32) * voxel
+            + lo_i for lo_i, hi_i in zip(lo_t, hi_t, strict=True)]
     return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)
 
 
@@ -62,7 +63,7 @@ def surface_voxels_reference(alpha: np.ndarray, level: float) -> np.ndarray:
     """Plain-loop twin of :func:`surface_voxels` (numpy bool array)."""
     a = np.asarray(alpha)
     out = np.zeros(a.shape, dtype=bool)
-    for i, j, k in zip(*np.nonzero(a >= level)):
+    for i, j, k in zip(*np.nonzero(a >= level), strict=True):
         for d in ((1, 0, 0), (-1, 0, 0), (0, 1, 0), (0, -1, 0), (0, 0, 1), (0, 0, -1)):
             n = (i + d[0], j + d[1], k + d[2])
             if all(0 <= n[ax] < a.shape[ax] for ax in range(3)) and a[n] < level:

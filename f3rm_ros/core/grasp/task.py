@@ -24,7 +24,8 @@ import io
 import json
 from dataclasses import dataclass, field as dc_field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -91,7 +92,8 @@ class Task:
         if self.demo_density.shape != d.shape[:2]:
             raise ValueError(f"task {self.name!r}: demo_density must be {d.shape[:2]}, got {self.demo_density.shape}")
         if self.demo_poses.shape != (d.shape[0], 4, 4):
-            raise ValueError(f"task {self.name!r}: demo_poses must be [{d.shape[0]}, 4, 4], got {self.demo_poses.shape}")
+            raise ValueError(f"task {self.name!r}: demo_poses must be [{d.shape[0]}, 4, 4], "
+                             f"got {self.demo_poses.shape}")
         for nm in ("query_points", "demo_poses", "demo_features", "demo_density"):
             if not np.all(np.isfinite(getattr(self, nm))):
                 raise ValueError(f"task {self.name!r}: {nm} has non-finite values")
@@ -157,7 +159,7 @@ def make_task(name: str, field: Any, demo_poses: Sequence[np.ndarray], config: T
         raise ValueError("a task needs at least one demonstration pose")
     qp = sample_query_points(config.num_query_points, config.query_std_m, config.seed) \
         if query_points is None else np.asarray(query_points, dtype=np.float32)
-    feats, dens = zip(*(record_demo(field, T, qp) for T in demo_poses))
+    feats, dens = zip(*(record_demo(field, T, qp) for T in demo_poses), strict=True)
     return Task(name=name, query_points=qp, demo_poses=np.stack([np.asarray(T) for T in demo_poses]),
                 demo_features=np.stack(feats), demo_density=np.stack(dens),
                 extractor_info=dict(getattr(field, "extractor_info", {}) or {}),
