@@ -163,3 +163,25 @@ def test_workflow_imports_no_ros_and_no_open3d():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                        cwd=Path(__file__).resolve().parents[1])
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_job_in_a_thread_progress_stop_and_errors(data, tmp_path):
+    import time
+
+    from f3rm_ros.core.workflows.train_scene import TrainJob
+
+    phases: list = []
+    job = TrainJob(TrainSceneRequest(data, num_steps=100000, trainer=tiny(), device="cpu", run_dir=tmp_path / "run",
+                                     on_phase=phases.append)).start()
+    t0 = time.monotonic()
+    while (job.progress is None or job.progress.step < 2) and time.monotonic() - t0 < 60:
+        time.sleep(0.05)
+    assert job.phase == "training" and not job.join(0)
+    job.stop()
+    assert job.join(60) and job.stopping and not job.error
+    print(job.result.step, phases)
+    assert job.result.stopped and 2 <= job.result.step < 100000 and job.result.checkpoint.is_file()
+    assert phases == ["loading dataset", "training", "done"] and job.result.trainer is None
+    bad = TrainJob(TrainSceneRequest(tmp_path / "no_such_dataset", num_steps=2, device="cpu")).start()
+    assert bad.join(60) and bad.result is None and "no_such_dataset" in bad.error, bad.error
+    print(bad.error)

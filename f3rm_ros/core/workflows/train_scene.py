@@ -51,7 +51,9 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import logging
+import threading
 import time
+import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from dataclasses import field as dc_field
@@ -61,22 +63,30 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from f3rm_ros.core.config import ConfigError, from_dict, replace, save_yaml, to_dict
+from f3rm_ros.core.config import ConfigError, from_dict, param, replace, save_yaml, to_dict
 from f3rm_ros.core.dataset import load_dataset
 from f3rm_ros.core.device import resolve_device
 from f3rm_ros.core.io import atomic_write_json
 from f3rm_ros.core.trainer import (CheckpointError, ProgressInfo, Trainer, TrainerConfig, latest_checkpoint,
                                    load_checkpoint)
 
-__all__ = ["DEFAULT_NUM_STEPS", "RUN_FORMAT", "FeatureMaps", "TrainSceneRequest", "TrainSceneResult",
-           "extractor_info", "make_extractor_info", "load_scene", "scene_features", "build_trainer",
-           "resolve_resume", "train_scene"]
+__all__ = ["DEFAULT_NUM_STEPS", "RUN_FORMAT", "TrainBudget", "FeatureMaps", "TrainSceneRequest", "TrainSceneResult",
+           "extractor_info", "make_extractor_info", "load_scene", "scene_features", "resolve_resume",
+           "resolve_config", "build_trainer", "train_scene", "TrainJob"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_NUM_STEPS = 30000  # F3RM's budget (nerfstudio's nerfacto default)
 RUN_FORMAT = "f3rm_ros.run"
 RUN_VERSION = 1
+
+
+@dataclass
+class TrainBudget:
+    """The step budget as a setting: the train node's ``trainer.num_steps`` parameter (a goal's ``num_steps`` 0
+    takes it); ``f3rm-train --steps`` and :attr:`TrainSceneRequest.num_steps` default to the same value."""
+
+    num_steps: int = param(DEFAULT_NUM_STEPS, "training steps when a goal gives num_steps 0", range=(1, 100_000_000))
 
 
 # ------------------------------------------------------------------------------ extractor info
@@ -252,26 +262,35 @@ def resolve_resume(resume: str | Path | None, run_dir: str | Path | None) -> Pat
     return path
 
 
-def build_trainer(config: TrainerConfig, dataset: Any, features: FeatureMaps, device: str | torch.device = "cpu",
-                  run_dir: str | Path | None = None, resume: Path | None = None,
-                  overrides: Mapping[str, Any] | None = None) -> Trainer:
-    """A fresh trainer (``config`` with ``overrides``), or one resumed from the checkpoint ``resume`` (its config
-    with ``overrides``; ``model.*`` keys refused).
+def resolve_config(trainer: TrainerConfig, overrides: Mapping[str, Any] | None = None,
+                   resume: Path | None = None) -> TrainerConfig:
+    """The config of a run: ``trainer`` with ``overrides`` (flat dotted keys), or, when resuming, the checkpoint's
+    config with ``overrides`` (``model.*`` keys refused: the networks of a checkpoint are fixed).
 
     Raises:
-        ConfigError: an unknown key or bad value; CheckpointError: the checkpoint does not fit.
+        ConfigError: an unknown key or bad value; CheckpointError: a model key on resume, an unreadable checkpoint.
     """
     overrides = dict(overrides or {})
     if resume is None:
-        cfg = replace(config, **overrides) if overrides else config
-        return Trainer(cfg, dataset, features.maps, device, run_dir=run_dir, extractor_info=features.info)
+        return replace(trainer, **overrides) if overrides else trainer
     if any(k.replace("__", ".").startswith("model.") for k in overrides):
         raise CheckpointError("model settings cannot be changed when resuming")
     cfg = from_dict(TrainerConfig, load_checkpoint(resume)["config"])
-    if overrides:
-        cfg = replace(cfg, **overrides)
+    return replace(cfg, **overrides) if overrides else cfg
+
+
+def build_trainer(config: TrainerConfig, dataset: Any, features: FeatureMaps, device: str | torch.device = "cpu",
+                  run_dir: str | Path | None = None, resume: Path | None = None) -> Trainer:
+    """A fresh trainer, or one resumed from the checkpoint ``resume`` with the non-model settings of ``config``
+    (see :func:`resolve_config`).
+
+    Raises:
+        CheckpointError: the checkpoint does not fit this dataset / feature setup.
+    """
+    if resume is None:
+        return Trainer(config, dataset, features.maps, device, run_dir=run_dir, extractor_info=features.info)
     return Trainer.from_checkpoint(resume, dataset, features.maps, device, run_dir=run_dir,
-                                   config_overrides={k: v for k, v in to_dict(cfg).items() if k != "model"})
+                                   config_overrides={k: v for k, v in to_dict(config).items() if k != "model"})
 
 
 # ------------------------------------------------------------------------------ the workflow
@@ -291,6 +310,7 @@ def train_scene(request: TrainSceneRequest) -> TrainSceneResult:
     device = resolve_device(req.device) if isinstance(req.device, str) else torch.device(req.device)
     run_dir = Path(req.run_dir) if req.run_dir is not None else None
     resume = resolve_resume(req.resume, run_dir)
+    config = resolve_config(req.trainer, req.overrides, resume)  # bad settings fail before any work
 
     phase("loading dataset")
     ds = load_scene(req.dataset, req.downscale, req.eval_every_frame)
@@ -308,7 +328,7 @@ def train_scene(request: TrainSceneRequest) -> TrainSceneResult:
                                 features_s=feats.seconds, extractor_info=feats.info)
 
     phase("training")
-    trainer = build_trainer(req.trainer, ds, feats, device, run_dir, resume, req.overrides)
+    trainer = build_trainer(config, ds, feats, device, run_dir, resume)
     if resume is not None:
         say(f"resumed from {resume} at step {trainer.step}")
     run_info: dict[str, Any] = {}
@@ -366,3 +386,66 @@ def _source_kind(source: Any) -> str:
     if dataclasses.is_dataclass(source) and hasattr(source, "extractor"):
         return str(source.extractor)
     return str(getattr(source, "name", type(source).__name__))
+
+
+class TrainJob:
+    """:func:`train_scene` in a worker thread, for a server that keeps serving while it trains (the train node).
+
+    ``phase`` and ``progress`` (the latest ``ProgressInfo``) are there for feedback, :meth:`stop` asks the run to
+    end at the next step (its last checkpoint is written), and once the thread has ended ``result`` holds the
+    :class:`TrainSceneResult` or ``error`` the reason (every exception becomes ``"<Type>: <message>"``). The
+    request's own callbacks are still called. CUDA's cached memory is given back at the end.
+    """
+
+    def __init__(self, request: TrainSceneRequest, name: str = "train") -> None:
+        self.request = request
+        self.phase = "starting"
+        self.progress: ProgressInfo | None = None
+        self.result: TrainSceneResult | None = None
+        self.error = ""
+        self.t0 = time.monotonic()
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> TrainJob:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the thread; True when it has ended."""
+        if self.thread.ident is not None:
+            self.thread.join(timeout)
+        return not self.thread.is_alive()
+
+    def _run(self) -> None:
+        req = self.request
+
+        def on_phase(p: str) -> None:
+            self.phase = p
+            if req.on_phase is not None:
+                req.on_phase(p)
+
+        def on_progress(p: ProgressInfo) -> None:
+            self.progress = p
+            if req.on_progress is not None:
+                req.on_progress(p)
+
+        def should_stop() -> bool:
+            return self._stop.is_set() or (req.should_stop is not None and bool(req.should_stop()))
+
+        try:
+            self.result = train_scene(dataclasses.replace(req, on_phase=on_phase, on_progress=on_progress,
+                                                          should_stop=should_stop, keep_trainer=False))
+        except Exception as e:  # every failure is the job's outcome, not the server's end
+            self.error = f"{type(e).__name__}: {e}"
+            log.debug("training job failed: %s", traceback.format_exc())
+        finally:  # give GPU memory back (a query node may share the process and the GPU)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
