@@ -52,16 +52,54 @@ def _params(obj: SceneObject) -> dict:
 
 
 def canonical_grasps(obj: SceneObject) -> list[CanonicalGrasp]:
-    """Hand-designed grasps of a procedural object (empty for mesh files and unknown generators)."""
-    if obj.generator not in GENERATORS:
+    """Hand-designed grasps of a procedural object (empty for mesh files and unknown generators).
+
+    The grasps are designed for the object in its generator's own orientation (standing, or lying as
+    the tools are made); an object turned over (its z axis not vertical, e.g. a bottle lying on its
+    side in a generated scene) has none.
+    """
+    if obj.generator not in GENERATORS or obj.T_world_obj[2, 2] < 0.999:
         return []
     p = _params(obj)
     X, Y, Z = np.eye(3)
     g: list[tuple[str, str, np.ndarray]] = []  # (task, part, T_obj_grasp)
     if obj.generator == "mug":
         wall_c = p["radius"] - p["wall"] / 2
-        g.append(("handle_side", "handle", grasp_frame(Y, X, [wall_c + p["handle_radius"], 0, p["height"] / 2])))
+        if p["handle"]:
+            g.append(("handle_side", "handle", grasp_frame(Y, X, [wall_c + p["handle_radius"], 0, p["height"] / 2])))
+        if not p["lid"]:
+            g.append(("rim_top", "rim", grasp_frame(X, Z, [-wall_c, 0, p["height"] - 0.02])))
+    elif obj.generator in ("cup", "glass"):
+        slope = p["radius"] * (1 - p["taper"]) / p["height"]
+        wall_c = p["radius"] - slope * 0.02 - p["wall"] / 2
         g.append(("rim_top", "rim", grasp_frame(X, Z, [-wall_c, 0, p["height"] - 0.02])))
+    elif obj.generator == "plate":
+        wall_c = p["radius"] - p["wall"] / 2
+        g.append(("rim_top", "rim", grasp_frame(X, Z, [-wall_c, 0, p["height"] - p["lip"] + p["wall"] + 0.013])))
+    elif obj.generator == "bottle":
+        z_neck = p["height"] - p["cap_height"] - p["neck_length"]
+        g.append(("neck_side", "neck", grasp_frame(Y, X, [0, 0, z_neck + p["neck_length"] / 2])))
+        g.append(("cap_top", "cap", grasp_frame(Y, Z, [0, 0, p["height"] - 0.002])))
+    elif obj.generator == "pot":
+        a = np.radians(p["handle_rise_deg"])
+        t = 0.6 * p["handle_length"]
+        c = [p["radius"] - p["wall"] / 2 + t * np.cos(a), 0, p["height"] - 0.01 + t * np.sin(a)]
+        g.append(("handle_top", "handle", grasp_frame(Y, Z, c)))
+        g.append(("rim_top", "rim", grasp_frame(Y, Z, [0, -(p["radius"] - p["wall"] / 2), p["height"] - 0.02])))
+    elif obj.generator == "hammer":
+        x0 = -(p["handle_length"] + p["head_width"] / 2) / 2
+        g.append(("handle_top", "handle", grasp_frame(Y, Z, [x0 + 0.4 * p["handle_length"], 0,
+                                                            max(p["handle_radius"], 0.0105)])))
+        g.append(("head_top", "head", grasp_frame(X, Z, [x0 + p["handle_length"], p["head_length"] / 2 - 0.018,
+                                                        max(0.0105, p["head_height"] - 0.012)])))
+    elif obj.generator == "spatula":
+        x0 = -(p["handle_length"] + p["blade_length"]) / 2
+        g.append(("handle_top", "handle", grasp_frame(Y, Z, [x0 + 0.5 * p["handle_length"], 0,
+                                                            max(p["handle_height"] / 2, 0.0105)])))
+    elif obj.generator == "banana":
+        m = GENERATORS["banana"](**{k: p[k] for k in ("length", "radius", "bend", "segments")})
+        v = m.vertices[np.abs(m.vertices[:, 0]) < 0.006]
+        g.append(("middle_top", "body", grasp_frame(Y, Z, [0, v[:, 1].mean(), max(v[:, 2].max() / 2, 0.0105)])))
     elif obj.generator == "bowl":
         wall_c = p["radius"] - p["wall"] / 2
         g.append(("rim_top", "rim", grasp_frame(X, Z, [-wall_c, 0, p["height"] - 0.012])))

@@ -17,14 +17,26 @@ box           0.065 x 0.050 x 0.120                        body, top
 ball          radius 0.033                                 body
 screwdriver   length 0.20 (handle 0.10, shaft 0.09, tip)   handle, shaft, tip (lies along x)
 can           radius 0.033, height 0.122                   body, top, bottom
+cup           radius 0.037, height 0.085, bottom 0.8 x radius  body, rim, inside
+glass         radius 0.034, height 0.13, wall 0.002        body, rim, inside
+plate         radius 0.11, height 0.024 (rim lip 0.012)    body, rim, inside
+bottle        radius 0.033, height 0.22, neck radius 0.013 body, shoulder, neck, cap
+pot           radius 0.075, height 0.09, handle 0.13       body, rim, inside, handle
+hammer        handle 0.26 long, head 0.11 x 0.028          handle, head (lies along x)
+spatula       handle 0.16, blade 0.09 x 0.07 x 0.003       handle, blade (lies along x)
+banana        length 0.19 along a bent arc, radius 0.018   body, stem (lies on the table)
 ============  ===========================================  =========================================
+
+``mug`` also takes ``handle=False`` (no handle) and ``lid=True`` (a closed top: a lid disc, part
+``lid``, on the rim); the defaults are the original mug. Tools and the banana lie on the table in
+their object frame; the others stand on their base.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -186,7 +198,8 @@ def revolve(profile: list[tuple[float, float, str]], segments: int = 48) -> Part
     return PartMesh(np.concatenate(verts), np.concatenate(tris), np.concatenate(labels), names)
 
 
-def sweep_tube(path: np.ndarray, radii: tuple[float, float], part: str, sides: int = 16) -> PartMesh:
+def sweep_tube(path: np.ndarray, radii: tuple[float, float], part: str, sides: int = 16,
+               scales: np.ndarray | None = None) -> PartMesh:
     """A closed tube with an elliptical cross-section swept along a polyline, ends capped.
 
     Args:
@@ -195,9 +208,11 @@ def sweep_tube(path: np.ndarray, radii: tuple[float, float], part: str, sides: i
             points' normal direction, ``b`` along the binormal.
         part: part name for every triangle.
         sides: vertices per cross-section.
+        scales: [P] optional factor on both radii at each path point (a tapered tube); default 1.
     """
     path = np.asarray(path, dtype=np.float64)
     P = len(path)
+    sc = np.ones(P) if scales is None else np.asarray(scales, dtype=np.float64).reshape(P)
     tang = np.gradient(path, axis=0)
     tang /= np.linalg.norm(tang, axis=1, keepdims=True)
     # fixed binormal for a planar path (its plane normal), else a stable perpendicular
@@ -211,7 +226,7 @@ def sweep_tube(path: np.ndarray, radii: tuple[float, float], part: str, sides: i
         n = np.cross(b, tang[k])
         n /= np.linalg.norm(n)
         bb = np.cross(tang[k], n)
-        verts.append(path[k] + radii[0] * np.cos(th)[:, None] * n + radii[1] * np.sin(th)[:, None] * bb)
+        verts.append(path[k] + sc[k] * (radii[0] * np.cos(th)[:, None] * n + radii[1] * np.sin(th)[:, None] * bb))
     V = np.concatenate(verts + [path[:1], path[-1:]])
     c0, c1 = P * sides, P * sides + 1
     j = np.arange(sides)
@@ -263,11 +278,14 @@ def make_box(size: tuple[float, float, float], part_top: str = "top", part_rest:
 # ------------------------------------------------------------------------------------ generators
 def mug(radius: float = 0.041, height: float = 0.095, wall: float = 0.004, bottom: float = 0.007,
         rim_band: float = 0.008, handle_radius: float = 0.030, handle_thickness: float = 0.010,
-        handle_width: float = 0.016, segments: int = 48) -> PartMesh:
+        handle_width: float = 0.016, segments: int = 48, handle: bool = True, lid: bool = False,
+        lid_thickness: float = 0.008) -> PartMesh:
     """Mug (cylindrical cup) with a D-shaped handle on the +x side.
 
     The handle's centre line is a half circle of ``handle_radius`` in the xz plane, centred on the
     wall at mid-height, with a cross-section ``handle_thickness`` (radial) x ``handle_width`` (along y).
+    ``handle=False`` leaves it off; ``lid=True`` closes the top with a lid (part ``lid``, a separate
+    component ``lid_thickness`` thick, 2 mm wider than the mug, resting on the rim).
     """
     R, H, w = radius, height, wall
     ri = R - w
@@ -277,8 +295,14 @@ def mug(radius: float = 0.041, height: float = 0.095, wall: float = 0.004, botto
     ang = np.linspace(-np.pi / 2, np.pi / 2, 25)
     cx = R - w / 2
     path = np.stack([cx + handle_radius * np.cos(ang), np.zeros_like(ang), H * 0.5 + handle_radius * np.sin(ang)], 1)
-    handle = sweep_tube(path, (handle_thickness / 2, handle_width / 2), "handle")
-    return merge([body, handle])
+    meshes = [body]
+    if handle:
+        meshes.append(sweep_tube(path, (handle_thickness / 2, handle_width / 2), "handle"))
+    if lid:
+        t, rl = lid_thickness, R + 0.002
+        meshes.append(revolve([(0.0, H, "lid"), (rl, H, "lid"), (rl, H + 0.6 * t, "lid"), (0.8 * rl, H + t, "lid"),
+                               (0.0, H + t, "lid")], segments))
+    return merge(meshes) if len(meshes) > 1 else body
 
 
 def bowl(radius: float = 0.075, height: float = 0.055, wall: float = 0.005, foot_radius: float = 0.035,
@@ -343,8 +367,138 @@ def screwdriver(handle_length: float = 0.10, handle_radius: float = 0.016, shaft
     return m
 
 
+def cup(radius: float = 0.037, height: float = 0.085, taper: float = 0.8, wall: float = 0.003,
+        bottom: float = 0.006, rim_band: float = 0.008, segments: int = 48) -> PartMesh:
+    """Cup without a handle: an open tapered cylinder, ``radius`` at the rim, ``taper * radius`` at the base."""
+    R, H, w = radius, height, wall
+    r0 = taper * R
+    slope = (R - r0) / H
+    prof = [(0.0, 0.0, "body"), (r0, 0.0, "body"), (R - slope * rim_band, H - rim_band, "rim"), (R, H, "rim"),
+            (R - w, H, "rim"), (R - w - slope * rim_band, H - rim_band, "inside"),
+            (r0 - w + slope * bottom, bottom, "inside"), (0.0, bottom, "inside")]
+    return revolve(prof, segments)
+
+
+def glass(radius: float = 0.034, height: float = 0.13, taper: float = 0.82, wall: float = 0.002,
+          bottom: float = 0.012, segments: int = 48) -> PartMesh:
+    """Drinking glass: tall, tapered (narrower base), thin wall, thick bottom."""
+    return cup(radius=radius, height=height, taper=taper, wall=wall, bottom=bottom, rim_band=0.01, segments=segments)
+
+
+def plate(radius: float = 0.11, height: float = 0.024, lip: float = 0.012, wall: float = 0.004,
+          foot: float = 0.55, segments: int = 64) -> PartMesh:
+    """Plate: a flat floor (``foot * radius`` wide) rising to a vertical rim lip of height ``lip`` at ``radius``."""
+    R, H, w = radius, height, wall
+    rf = foot * R
+    prof = [(0.0, 0.0, "body"), (rf, 0.0, "body"), (R, H - lip, "body"), (R, H, "rim"), (R - w, H, "rim"),
+            (R - w, H - lip + w, "inside"), (rf, w, "inside"), (0.0, w, "inside")]
+    return revolve(prof, segments)
+
+
+def bottle(radius: float = 0.033, height: float = 0.22, shoulder: float = 0.6, neck_radius: float = 0.013,
+           neck_length: float = 0.045, cap_height: float = 0.018, segments: int = 40) -> PartMesh:
+    """Bottle (closed solid): body up to ``shoulder * height``, a rounded shoulder, a neck and a cap.
+
+    The cap is 1.5 mm wider than the neck; ``height`` is the total height including the cap.
+    """
+    R, H, rn = radius, height, neck_radius
+    z_cap = H - cap_height
+    z_neck = z_cap - neck_length
+    z_sh = min(shoulder * H, z_neck - 0.01)
+    prof = [(0.0, 0.0, "body"), (R - 0.004, 0.0, "body"), (R, 0.004, "body")]
+    for k in range(0, 7):  # quarter-ellipse shoulder from (R, z_sh) to (rn, z_neck)
+        a = k / 6 * np.pi / 2
+        # edge i gets the part of point i: the last shoulder point starts the neck edge
+        prof.append((rn + (R - rn) * math.cos(a), z_sh + (z_neck - z_sh) * math.sin(a),
+                     "shoulder" if k < 6 else "neck"))
+    rc = rn + 0.0015
+    prof += [(rn, z_cap, "cap"), (rc, z_cap, "cap"), (rc, H - 0.002, "cap"), (rc - 0.002, H, "cap"), (0.0, H, "cap")]
+    return revolve(prof, segments)
+
+
+def pot(radius: float = 0.075, height: float = 0.09, wall: float = 0.004, bottom: float = 0.006,
+        handle_length: float = 0.13, handle_width: float = 0.022, handle_height: float = 0.012,
+        handle_rise_deg: float = 10.0, segments: int = 48) -> PartMesh:
+    """Cooking pot (saucepan): an open cylinder with one long straight handle along +x, 1 cm below the
+    rim, rising ``handle_rise_deg`` from the horizontal (cross-section ``handle_width`` x ``handle_height``)."""
+    R, H, w = radius, height, wall
+    ri = R - w
+    prof = [(0.0, 0.0, "body"), (R, 0.0, "body"), (R, H - 0.008, "rim"), (R, H, "rim"), (ri, H, "rim"),
+            (ri, H - 0.008, "inside"), (ri, bottom, "inside"), (0.0, bottom, "inside")]
+    body = revolve(prof, segments)
+    a = math.radians(handle_rise_deg)
+    t = np.linspace(0.0, handle_length, 10)  # from the wall's centre outwards
+    x = R - w / 2 + t * math.cos(a)
+    z = H - 0.01 + t * math.sin(a)
+    path = np.stack([x, np.zeros_like(x), z], 1)
+    handle = sweep_tube(path, (handle_height / 2, handle_width / 2), "handle", sides=12)  # a: vertical here
+    return merge([body, handle])
+
+
+def _box_part(size: tuple[float, float, float], centre: tuple[float, float, float], part: str) -> PartMesh:
+    """A closed box with one part name, centred at ``centre``."""
+    b = make_box(size, z0=centre[2] - size[2] / 2)
+    return PartMesh(b.vertices + np.array([centre[0], centre[1], 0.0]), b.triangles,
+                    np.zeros(len(b.triangles), np.int32), [part])
+
+
+def _rod_along_x(length: float, radius: float, x0: float, z: float, part: str, segments: int = 20,
+                 bevel: float = 0.002) -> PartMesh:
+    """A bevelled cylinder along +x from ``x0`` (axis at height ``z``)."""
+    b = min(bevel, radius / 2, length / 4)
+    m = revolve([(0.0, 0.0, part), (radius - b, 0.0, part), (radius, b, part), (radius, length - b, part),
+                 (radius - b, length, part), (0.0, length, part)], segments)
+    Rm = np.array([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [-1.0, 0.0, 0.0]])  # axis z -> x
+    m.vertices = m.vertices @ Rm.T + np.array([x0, 0.0, z])
+    return m
+
+
+def hammer(handle_length: float = 0.26, handle_radius: float = 0.013, head_length: float = 0.11,
+           head_width: float = 0.028, head_height: float = 0.028) -> PartMesh:
+    """Hammer lying on the table: handle along x (at -x), head a block across y at the +x end."""
+    hl, hr = handle_length, handle_radius
+    total = hl + head_width / 2
+    x0 = -total / 2
+    handle = _rod_along_x(hl, hr, x0, hr, "handle")
+    head = _box_part((head_width, head_length, head_height), (x0 + hl, 0.0, head_height / 2), "head")
+    return merge([handle, head])
+
+
+def spatula(handle_length: float = 0.16, handle_width: float = 0.022, handle_height: float = 0.02,
+            blade_length: float = 0.09, blade_width: float = 0.07, blade_thickness: float = 0.003) -> PartMesh:
+    """Spatula lying flat: a handle (elliptical cross-section) along x at -x, a thin blade at +x."""
+    total = handle_length + blade_length
+    x0 = -total / 2
+    path = np.stack([np.linspace(x0, x0 + handle_length + 0.01, 8), np.zeros(8), np.full(8, handle_height / 2)], 1)
+    handle = sweep_tube(path, (handle_height / 2, handle_width / 2), "handle", sides=16)  # a: vertical here
+    blade = _box_part((blade_length, blade_width, blade_thickness),
+                      (x0 + handle_length + blade_length / 2, 0.0, blade_thickness / 2), "blade")
+    return merge([handle, blade])
+
+
+def banana(length: float = 0.19, radius: float = 0.018, bend: float = 0.9, segments: int = 14) -> PartMesh:
+    """Banana lying on the table: a tapered tube along a horizontal arc (``bend`` radians), a stem at one end."""
+    rc = length / bend  # arc radius
+    t = np.linspace(0.0, 1.0, 17)
+    ang = (t - 0.5) * bend
+    path = np.stack([rc * np.sin(ang), rc * (1 - np.cos(ang)) - rc * (1 - math.cos(bend / 2)) / 2,
+                     np.full_like(t, radius)], 1)
+    scales = 0.35 + 0.65 * np.sin(np.pi * t) ** 0.6
+    body = sweep_tube(path, (radius, radius * 0.95), "body", sides=segments, scales=scales)
+    d = path[-1] - path[-2]
+    d /= np.linalg.norm(d)
+    stem_path = np.stack([path[-1] - 0.004 * d, path[-1] + 0.018 * d])
+    stem = sweep_tube(stem_path, (0.004, 0.004), "stem", sides=8)
+    m = merge([body, stem])
+    lo, hi = m.bounds()
+    m.vertices = m.vertices - np.array([(lo[0] + hi[0]) / 2, (lo[1] + hi[1]) / 2, lo[2]])  # centred, on z = 0
+    return m
+
+
 GENERATORS: dict[str, Callable[..., PartMesh]] = {
     "mug": mug, "bowl": bowl, "box": box, "ball": ball, "screwdriver": screwdriver, "can": can,
+    "cup": cup, "glass": glass, "plate": plate, "bottle": bottle, "pot": pot, "hammer": hammer,
+    "spatula": spatula, "banana": banana,
 }
 
 

@@ -16,7 +16,9 @@ YAML schema (every key below is optional unless marked *required*; unknown keys 
       - name: red mug                    # required; what a user types; unique
         category: mug                    # default: the generator name
         synonyms: [cup, coffee mug]
-        mesh: {generator: mug, params: {radius: 0.04}}   # required: generator ...
+        mesh: {generator: mug, params: {radius: 0.04}}   # required: generator (params: numbers in
+        #                                                  #     [0, 10], true/false, or lists such as
+        #                                                  #     the box's size: [0.06, 0.05, 0.12]) ...
         # mesh: {file: meshes/drill.ply, scale: 0.001}    # ... or a PLY/OBJ/STL file (relative paths
         #                                                  #     are relative to the YAML file)
         pose:                            # required
@@ -43,10 +45,10 @@ import numpy as np
 
 from f3rm_ros.core.geometry import make_transform, quat_to_matrix
 from f3rm_ros.core.sim.meshes import GENERATORS, PartMesh, generate, make_box
-from f3rm_ros.core.sim.yamlnodes import SceneError, YNode, load_yaml_nodes
+from f3rm_ros.core.sim.yamlnodes import SceneError, YNode, load_yaml_nodes, load_yaml_text
 
-__all__ = ["Material", "SceneObject", "Scene", "load_scene", "builtin_scene_names", "builtin_scene_path",
-           "resolve_scene", "SceneError", "TEXTURES"]
+__all__ = ["Material", "SceneObject", "Scene", "load_scene", "load_scene_text", "builtin_scene_names",
+           "builtin_scene_path", "resolve_scene", "SceneError", "TEXTURES"]
 
 TEXTURES = ("none", "checker", "stripes", "noise", "wood")
 SCENES_DIR = Path(__file__).resolve().parent / "scenes"
@@ -216,7 +218,14 @@ def _mesh(y: YNode, base_dir: Path) -> tuple[PartMesh, str | None, dict]:
         params = {}
         if "params" in m:
             for k, v in m["params"].mapping().items():
-                params[k] = v.number(0.0, 10.0) if k != "segments" else v.integer(3, 512)
+                if k == "segments":
+                    params[k] = v.integer(3, 512)
+                elif isinstance(v.value(), bool):  # switches such as the mug's handle / lid
+                    params[k] = v.boolean()
+                elif v.is_sequence:  # sizes such as the box's [x, y, z]
+                    params[k] = tuple(it.number(0.0, 10.0) for it in v.sequence())
+                else:
+                    params[k] = v.number(0.0, 10.0)
         if "scale" in m:
             raise m["scale"].error("'scale' applies to mesh files; set generator params instead")
         try:
@@ -307,19 +316,28 @@ def load_scene(path: str | Path) -> Scene:
         SceneError: with ``file:line: setting: problem`` for any invalid content.
     """
     path = Path(path)
-    root = load_yaml_nodes(path)
+    return _scene_from_root(load_yaml_nodes(path), path.parent, str(path))
+
+
+def load_scene_text(text: str, file: str = "<scene>", base_dir: str | Path = ".") -> Scene:
+    """A scene from YAML text (same schema and errors as :func:`load_scene`; ``file`` names it in messages,
+    relative mesh file paths are relative to ``base_dir``)."""
+    return _scene_from_root(load_yaml_text(text, file), Path(base_dir), file)
+
+
+def _scene_from_root(root: YNode, base_dir: Path, source: str) -> Scene:
     m = root.mapping(("name", "description", "table", "objects"), required=("name", "objects"))
     objs_y = m["objects"].sequence()
     if not objs_y:
         raise m["objects"].error("a scene needs at least one object")
-    objects = [_object(o, path.parent) for o in objs_y]
+    objects = [_object(o, base_dir) for o in objs_y]
     names = ["table"]
-    for o, oy in zip(objects, objs_y):
+    for o, oy in zip(objects, objs_y, strict=True):
         if o.name in names:
             raise oy.error(f"duplicate object name {o.name!r}")
         names.append(o.name)
     return Scene(m["name"].string(), m["description"].string() if "description" in m else "",
-                 _table(m.get("table")), objects, str(path))
+                 _table(m.get("table")), objects, source)
 
 
 def builtin_scene_names() -> list[str]:
