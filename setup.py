@@ -13,7 +13,8 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["f3rm_ros", "f3rm_ros.*"]),
     package_data={"f3rm_ros": ["core/sim/scenes/*.yaml", "core/grasp/tasks/*.npz", "py.typed"]},
-    install_requires=["numpy", "scipy", "torch", "torchvision", "pyyaml", "pillow", "open_clip_torch", "timm", "open3d"],
+    install_requires=["numpy", "scipy", "torch", "torchvision", "pyyaml", "pillow", "open_clip_torch", "timm",
+                      "open3d"],
     entry_points={
         "console_scripts": [
             "f3rm-train = f3rm_ros.cli.train:main",

@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     images = [rng.integers(0, 256, (args.height, args.width, 3), dtype=np.uint8) for _ in range(args.num_images)]
     grid = ext.grid_shape(args.height, args.width)
     meta = {"commit": git_commit(),
-            "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else (platform.processor() or "cpu"),
             "torch": torch.__version__, "model": args.model, "weights": "random",
             "dtype": str(ext.dtype).replace("torch.", ""), "image": [args.width, args.height],

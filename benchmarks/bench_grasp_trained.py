@@ -72,7 +72,8 @@ def plan(a: argparse.Namespace) -> int:
         data = a.data_root / scene
         ex = create_extractor({"extractor": "labels", "labels": {"dataset": str(data),
                                                                  **({"dim": a.label_dim} if a.label_dim else {})}})
-        cached = a.ckpt_dir / f"{scene}_{a.preset.replace('+', '_')}{tag}_s{a.seed}_{a.steps}.ckpt" if a.ckpt_dir else None
+        cached = (a.ckpt_dir / f"{scene}_{a.preset.replace('+', '_')}{tag}_s{a.seed}_{a.steps}.ckpt"
+                  if a.ckpt_dir else None)
         if cached is not None and cached.exists():  # reuse a field trained by an earlier run (same settings)
             ckpt = cached
             meta = json.loads(cached.with_suffix(".json").read_text())
@@ -133,7 +134,8 @@ def plan(a: argparse.Namespace) -> int:
             rows.append({"query": q, "present": present, "objects": list(objs), "part": part, "found": bool(res.found),
                          "reason": res.reason, "task": res.task, "seconds": wall,
                          "timing": {k: float(v) for k, v in res.timing.items()},
-                         "stats": {k: (float(v) if isinstance(v, (int, float)) else str(v)) for k, v in res.stats.items()},
+                         "stats": {k: (float(v) if isinstance(v, (int, float)) else str(v))
+                                   for k, v in res.stats.items()},
                          "T_world_gripper": res.best.T_world_gripper.tolist() if res.found else None,
                          "tasks_tried": res.stats.get("tasks_tried"), "first_task": res.stats.get("first_task")})
             if others:
@@ -192,7 +194,8 @@ def judge_file(a: argparse.Namespace) -> int:
     table = format_table(outcomes)
     secs = [o.seconds for o in outcomes if o.present]
     head = (f"device {data['device']} ({data.get('gpu')}), commit {data['commit']}, preset {data['preset']} seed "
-            f"{data['seed']} {data['steps']} steps x {data.get('rays', 1024)} rays{' ' + str(data['trainer_overrides']) if data.get('trainer_overrides') else ''}, "
+            f"{data['seed']} {data['steps']} steps x {data.get('rays', 1024)} rays"
+            f"{' ' + str(data['trainer_overrides']) if data.get('trainer_overrides') else ''}, "
             f"planner {data['planner']}; held-out PSNR "
             f"{ {k: round(v['psnr'], 2) for k, v in data['scenes'].items()} }; present-query latency median "
             f"{statistics.median(secs):.2f} s")

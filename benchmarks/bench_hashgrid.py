@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import math
 import os
 import platform
@@ -201,19 +200,20 @@ def grid_rows(args, dev, gen, records, meta):
                     torch.rand(n, 3, generator=gen, device=dev)
                 table = ((torch.rand(L, T, F, generator=gen, device=dev) * 2 - 1) * 1e-4).to(dtype).requires_grad_(True)
                 g = torch.randn(n, L * F, generator=gen, device=dev).to(dtype)
-                backends = {"eager": lambda x, t: hash_grid_encode_torch(x, t, res),
-                            "triton": lambda x, t: HT.hash_grid_encode_triton(x, t, res)}
+                backends = {"eager": lambda x, t, res=res: hash_grid_encode_torch(x, t, res),
+                            "triton": lambda x, t, res=res: HT.hash_grid_encode_triton(x, t, res)}
                 if points == "rays" and args.compile and (dt == "float32" or args.compile_fp16):
                     cfn = torch.compile(hash_grid_encode_torch, dynamic=False)
-                    backends["compiled"] = lambda x, t, cfn=cfn: cfn(x, t, res)
+                    backends["compiled"] = lambda x, t, cfn=cfn, res=res: cfn(x, t, res)
                 if points == "rays" and args.seg_sweep and dev.type == "cuda":
                     best_seg = seg_sweep(x, table, g, res, dev, args, records, row)
                     if best_seg:
                         SEG_STATE["value"] = best_seg  # read by step() for this backend
-                        backends["triton_seg"] = lambda x, t: HT.hash_grid_encode_triton(x, t, res)
+                        backends["triton_seg"] = lambda x, t, res=res: HT.hash_grid_encode_triton(x, t, res)
                 if points == "rays" and args.sweep:
                     best = sweep(x, table, g, res, dev, args, records, row)
-                    backends["triton_best"] = lambda x, t, b=best: HT.hash_grid_encode_triton(x, t, res, b[0], b[1])
+                    backends["triton_best"] = (lambda x, t, b=best, res=res:
+                                               HT.hash_grid_encode_triton(x, t, res, b[0], b[1]))
                 if points == "rays" and not isinstance(tcnn, str) and dev.type == "cuda":
                     enc = tcnn.Encoding(3, {"otype": "HashGrid", "n_levels": L, "n_features_per_level": F,
                                             "log2_hashmap_size": log2t, "base_resolution": base,
@@ -225,7 +225,7 @@ def grid_rows(args, dev, gen, records, meta):
                     backends["triton_graph"] = "graph"
                 outs = {}
                 for bname, fn in backends.items():
-                    def step(fn=fn, bname=bname):
+                    def step(fn=fn, bname=bname, x=x, table=table, g=g):
                         table.grad = None
                         with with_seg_ctx(SEG_STATE["value"] if bname == "triton_seg" else
                                           os.environ.get("F3RM_HASHGRID_SEG_MAX_RES", "")):
@@ -235,11 +235,12 @@ def grid_rows(args, dev, gen, records, meta):
                     try:
                         t0 = time.perf_counter()
                         if fn == "graph":
-                            def body():
+                            def body(x=x, table=table, g=g, res=res):
                                 y = HT.hash_grid_encode_triton(x, table, res)
                                 y.backward(g)
                                 return y
                             step = make_graphed(body, [table], dev)
+                            del body
                         y = step()
                         sync(dev)
                         first_s = time.perf_counter() - t0
@@ -262,9 +263,10 @@ def grid_rows(args, dev, gen, records, meta):
                         rec["grad_rel_err_vs_eager"] = rel_err(outs[bname][1], outs["eager"][1])
                     records.append(rec)
                     print(f"  {row:28s} {bname:22s} {tm['median_ms']:8.3f} ms  first call {first_s:6.1f} s  "
-                          + (f"err out {rec.get('out_rel_err_vs_eager', 0):.1e} grad {rec.get('grad_rel_err_vs_eager', 0):.1e}"
+                          + (f"err out {rec.get('out_rel_err_vs_eager', 0):.1e} "
+                             f"grad {rec.get('grad_rel_err_vs_eager', 0):.1e}"
                              if bname in outs and bname != "eager" else ""), flush=True)
-                del table, g, x, outs
+                del table, g, x, outs, step  # step binds table, g and x
 
 
 class with_seg_ctx:
@@ -414,7 +416,8 @@ def feature_path_rows(args, dev, gen, records):
     if dev.type == "cuda" and args.graphs:  # last: a failed capture can leave the process unusable
         variants["triton_fused_pe_graph"] = ("graph", variants["triton_fused_pe"])
         if args.compile:
-            variants["compiled_reduce_overhead"] = ("ro", torch.compile(full_ref, dynamic=False, mode="reduce-overhead"))
+            variants["compiled_reduce_overhead"] = ("ro", torch.compile(full_ref, dynamic=False,
+                                                                        mode="reduce-overhead"))
     ref = None
     steps = {}
     for vname, fn in variants.items():
@@ -460,12 +463,13 @@ def feature_path_rows(args, dev, gen, records):
         else:
             rec["loss_rel_err_vs_eager"] = abs(loss_val - ref[0]) / abs(ref[0])
             rec["table_grad_rel_err_vs_eager"] = rel_err(grads[0], ref[1][0])
-            rec["mlp_grad_rel_err_vs_eager"] = max(rel_err(a, b) for a, b in zip(grads[1:], ref[1][1:]))
-            rec["grad_rel_err_per_param"] = [rel_err(a, b) for a, b in zip(grads, ref[1])]
+            rec["mlp_grad_rel_err_vs_eager"] = max(rel_err(a, b) for a, b in zip(grads[1:], ref[1][1:], strict=True))
+            rec["grad_rel_err_per_param"] = [rel_err(a, b) for a, b in zip(grads, ref[1], strict=True)]
         records.append(rec)
         print(f"  {'feat_path':28s} {vname:22s} {tm['median_ms']:8.3f} ms  first call {first_s:6.1f} s  "
               + (f"loss err {rec['loss_rel_err_vs_eager']:.1e} table grad {rec['table_grad_rel_err_vs_eager']:.1e} "
-                 f"mlp grad {rec['mlp_grad_rel_err_vs_eager']:.1e}" if "loss_rel_err_vs_eager" in rec else ""), flush=True)
+                 f"mlp grad {rec['mlp_grad_rel_err_vs_eager']:.1e}" if "loss_rel_err_vs_eager" in rec else ""),
+              flush=True)
     if args.diag and dev.type == "cuda":
         for vname in ("triton_fused_pe", "triton_fused_pe_compiled"):
             if vname in steps:
@@ -484,7 +488,8 @@ def profile_step(step, name, n=3):
     ka = prof.key_averages()
     for key in ("self_device_time_total", "self_cuda_time_total"):
         try:
-            print(f"\n--- profile {name} ({n} steps), by {key}\n" + ka.table(sort_by=key, row_limit=18, max_name_column_width=60))
+            print(f"\n--- profile {name} ({n} steps), by {key}\n"
+                  + ka.table(sort_by=key, row_limit=18, max_name_column_width=60))
             break
         except Exception as e:  # noqa: PERF203
             print("profile sort failed:", key, repr(e)[:200])
@@ -519,13 +524,14 @@ def diag_kernels(dev, gen):
               f"{getattr(k, 'n_regs', '?')}/{getattr(kv, 'n_regs', '?')} spills {getattr(kf, 'n_spills', '?')}/"
               f"{getattr(k, 'n_spills', '?')}/{getattr(kv, 'n_spills', '?')}", flush=True)
         per = []
-        for l in range(L):
-            t1 = table[l:l + 1].contiguous()
-            m1 = HT._meta(res[l:l + 1], T, dev)
-            g1 = g[:, l * F:(l + 1) * F].contiguous()
-            f = time_steps(lambda: HT._launch_fwd(x, t1, m1, (128, 4)), dev, 20, 3)["median_ms"]
-            b = time_steps(lambda: HT._launch_bwd(x, g1, m1, (1, T, F), (128, 4)), dev, 20, 3)["median_ms"]
-            per.append((res[l], round(f, 4), round(b, 4)))
+        for lvl in range(L):
+            t1 = table[lvl:lvl + 1].contiguous()
+            m1 = HT._meta(res[lvl:lvl + 1], T, dev)
+            g1 = g[:, lvl * F:(lvl + 1) * F].contiguous()
+            f = time_steps(lambda t1=t1, m1=m1: HT._launch_fwd(x, t1, m1, (128, 4)), dev, 20, 3)["median_ms"]
+            b = time_steps(lambda g1=g1, m1=m1, T=T, F=F: HT._launch_bwd(x, g1, m1, (1, T, F), (128, 4)),
+                           dev, 20, 3)["median_ms"]
+            per.append((res[lvl], round(f, 4), round(b, 4)))
         print(f"  {gname} per level (R, fwd ms, bwd ms incl. zeroing the level's grad): {per}", flush=True)
 
 
@@ -581,7 +587,7 @@ def main(argv=None) -> int:
     torch.backends.cudnn.allow_tf32 = True
     gen = torch.Generator(device=dev).manual_seed(0)
     import triton
-    meta = {"commit": git_commit(), "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    meta = {"commit": git_commit(), "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
             "torch": torch.__version__, "triton": triton.__version__, "python": platform.python_version(),
             "argv": sys.argv[1:], "n_points": args.rays * args.samples,
@@ -589,7 +595,8 @@ def main(argv=None) -> int:
                                       "seg_max_res": {str(k): v for k, v in HT.DEFAULT_SEG_MAX_RES.items()},
                                       "seg_max_res_other": HT.DEFAULT_SEG_MAX_RES_OTHER},
             "files_sha256": files_sha256()}
-    print(f"commit {meta['commit']}  device {meta['device']}  torch {meta['torch']}  triton {meta['triton']}", flush=True)
+    print(f"commit {meta['commit']}  device {meta['device']}  torch {meta['torch']}  triton {meta['triton']}",
+          flush=True)
     records: list = []
     t0 = time.perf_counter()
     if args.diag and dev.type == "cuda":

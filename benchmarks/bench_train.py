@@ -139,7 +139,8 @@ def main(argv=None) -> int:
     p.add_argument("--features", default="clip-random", choices=("clip-random", "labels", "synthetic", "none"))
     p.add_argument("--eval-images", type=int, default=0, help="held-out images per evaluation (0 = all)")
     p.add_argument("--window", default="50,250", help="steps whose time gives the median step time")
-    p.add_argument("--seeds", default="0", help="comma-separated trainer seeds (run-to-run spread of PSNR / feature MSE)")
+    p.add_argument("--seeds", default="0",
+                   help="comma-separated trainer seeds (run-to-run spread of PSNR / feature MSE)")
     p.add_argument("--cuda-graphs", default="auto",
                    help="comma-separated trainer cuda_graphs settings to run per backend (auto,on,off)")
     p.add_argument("--quick", action="store_true", help="tiny config for a CPU smoke test")
@@ -176,9 +177,11 @@ def main(argv=None) -> int:
         if "error" in r:
             print(f"{r['backend']:{w}} error: {r['error']}")
             continue
-        ms = "  ".join(f"{m['step']}: {m['eval_psnr']:.2f} dB / {m['eval_feature_mse'] if m['eval_feature_mse'] is None else round(m['eval_feature_mse'], 5)}"
+        ms = "  ".join(f"{m['step']}: {m['eval_psnr']:.2f} dB / "
+                       f"{m['eval_feature_mse'] if m['eval_feature_mse'] is None else round(m['eval_feature_mse'], 5)}"
                        for m in r["milestones"])
-        print(f"{r['backend']:{w}} {r['median_step_ms'] or float('nan'):14.2f} {r['milestones'][-1]['steps_per_s']:8.1f} "
+        print(f"{r['backend']:{w}} {r['median_step_ms'] or float('nan'):14.2f} "
+              f"{r['milestones'][-1]['steps_per_s']:8.1f} "
               f"{r['scene_build_s']:8.1f} {r['peak_gpu_mb'] or 0:8.0f} {r.get('peak_train_gpu_mb') or 0:8.0f}  {ms}")
     groups: dict = {}
     for r in rows:
@@ -194,7 +197,8 @@ def main(argv=None) -> int:
     if len(ok) > 1:
         ref = ok[0]
         for r in ok[1:]:
-            print(f"ratio {ref['backend']} / {r['backend']}: median step {ref['median_step_ms'] / r['median_step_ms']:.2f}x, "
+            print(f"ratio {ref['backend']} / {r['backend']}: "
+                  f"median step {ref['median_step_ms'] / r['median_step_ms']:.2f}x, "
                   f"scene build {ref['scene_build_s'] / r['scene_build_s']:.2f}x")
     dev_name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu"
     result = {"commit": commit(), "device": dev_name, "torch": torch.__version__, "data": args.data,

@@ -110,7 +110,8 @@ def run_one(job: tuple) -> dict:
         bg_near.append(float(np.mean(depth[~hit] < 1.0)) if (~hit).any() else 0.0)
     e = np.concatenate(errs)
     return {"scene": data.name, "setting": setting, "seed": seed, "steps": steps, "device": str(tr.device),
-            "train_s": round(train_s, 1), "psnr": round(ev["psnr"], 2), "fmse": round(ev.get("feature_mse", float("nan")), 4),
+            "train_s": round(train_s, 1), "psnr": round(ev["psnr"], 2),
+            "fmse": round(ev.get("feature_mse", float("nan")), 4),
             "depth_med_mm": round(1000 * float(np.median(e)), 1), "depth_bad3cm": round(float(np.mean(e > 0.03)), 3),
             "bg_near": round(float(np.mean(bg_near)), 3)}
 
@@ -135,7 +136,9 @@ def table(rows: list[dict]) -> str:
     for name, rs in by.items():
         ok = [r for r in rs if not failed(r)]
         bad = sorted((r["scene"], r["seed"]) for r in rs if failed(r))
-        stat = (lambda k, f: f"{f(r[k] for r in ok):.3g}" if ok else "-")
+
+        def stat(k, f, ok=ok):
+            return f"{f(r[k] for r in ok):.3g}" if ok else "-"
         lines.append(f"| {name} | {len(bad)} / {len(rs)} | {stat('psnr', statistics.mean)} | "
                      f"{stat('depth_med_mm', statistics.median)} | {stat('depth_bad3cm', statistics.median)} | {bad} |")
     return "\n".join(lines)

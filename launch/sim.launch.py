@@ -33,12 +33,14 @@ def generate_launch_description():
     ]
     sim_camera = Node(
         package="f3rm_ros", executable="sim_camera_node", name="sim_camera_node", namespace=namespace,
-        output="screen", parameters=[config("sim_camera_node.yaml"), {"scene": LaunchConfiguration("scene"),
-                                                                        "depth_topic": "camera/aligned_depth_to_color/image_raw"}],
+        output="screen",
+        parameters=[config("sim_camera_node.yaml"), {"scene": LaunchConfiguration("scene"),
+                                                     "depth_topic": "camera/aligned_depth_to_color/image_raw"}],
     )
     capture = Node(
         package="f3rm_ros", executable="capture_node", name="capture_node", namespace=namespace, output="screen",
-        parameters=[config("capture_node.yaml"), {"labels_topic": "camera/labels", "depth_topic": "camera/aligned_depth_to_color/image_raw",
+        parameters=[config("capture_node.yaml"), {"labels_topic": "camera/labels",
+                                                   "depth_topic": "camera/aligned_depth_to_color/image_raw",
                                                    "dataset_name": "sim_capture"}],
     )
     train = LifecycleNode(

@@ -10,7 +10,8 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import rclpy
 from rclpy.executors import MultiThreadedExecutor

@@ -2,7 +2,7 @@
 
 import argparse
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Literal
 
 import pytest
 
@@ -21,7 +21,7 @@ class Outer:
     name: str = param("mug", "object name")
     box_min: tuple[float, float, float] = param((0.1, -0.45, 0.005), "workspace min corner, metres")
     backend: Literal["auto", "torch", "tcnn"] = param("auto", "hash-grid backend")
-    device: Optional[str] = param(None, "torch device, None = auto", read_only=True)
+    device: str | None = param(None, "torch device, None = auto", read_only=True)
     negatives: list[str] = param(["object", "things"], "negative prompts")
     inner: Inner = param(Inner(), "optimiser")
 

@@ -1,7 +1,6 @@
 """Dataset reader/writer (transforms.json), downscaling, error messages, pose normalisation."""
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -58,7 +57,8 @@ def test_load_fox():
     assert ds.meta.get("aabb_scale") == 4 and "sharpness" in ds.frames_extra[0]
     # OpenCV c2w: the first frame's file matrix with y, z columns negated
     raw = json.loads((FOX / "transforms.json").read_text())["frames"][0]["transform_matrix"]
-    assert np.array_equal(ds.c2w[0][:, 1], -np.asarray(raw)[:, 1]) and np.array_equal(ds.c2w[0][:, 0], np.asarray(raw)[:, 0])
+    assert np.array_equal(ds.c2w[0][:, 1], -np.asarray(raw)[:, 1])
+    assert np.array_equal(ds.c2w[0][:, 0], np.asarray(raw)[:, 0])
     img = ds.get_image(0)
     print(f"image 0: {img.shape} {img.dtype} mean {img.mean():.1f}")
     assert img.shape == (480, 270, 3) and img.dtype == np.uint8 and 20 < img.mean() < 235
@@ -238,7 +238,7 @@ def test_clear_errors_for_bad_files(tmp_path):
     expect(lambda d: d["frames"][0].__setitem__("label_path", "labels/x.png"), r"frames\[0\].*label file not found")
     expect(lambda d: d.__setitem__("camera_model", "OPENCV_FISHEYE"), "OPENCV_FISHEYE.*not supported")
     expect(lambda d: d.__setitem__("frames", []), "'frames' is empty")
-    for k, v in messages.items():
+    for v in messages.values():
         print(f"\n  {v}")
     # a corrupt image file
     tj.write_text(text)
@@ -277,7 +277,8 @@ def test_file_path_quirks_shared_intrinsics_and_downscale(tmp_path):
     assert labels.shape == (20, 30) and set(np.unique(labels)) <= set(np.unique(lab))
     assert np.array_equal(labels, lab[1::2, 1::2])
     assert ds.frames_extra[0] == {"rotation": 0.1}
-    assert np.array_equal(resize_labels(np.arange(6).reshape(2, 3), 6, 4), np.repeat(np.repeat(np.arange(6).reshape(2, 3), 2, 0), 2, 1))
+    assert np.array_equal(resize_labels(np.arange(6).reshape(2, 3), 6, 4),
+                          np.repeat(np.repeat(np.arange(6).reshape(2, 3), 2, 0), 2, 1))
 
 
 def test_downscale_keeps_rays_consistent(tmp_path):

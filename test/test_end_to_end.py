@@ -47,9 +47,11 @@ def pipeline(tmp_path_factory):
     params = write_overrides(ov, run / "params.yaml")
     ready = run / "ready"
     log = open(run / "nodes.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "f3rm_ros.cli.ros", "bringup", str(ROOT / "config" / "bringup_sim.yaml"),
+    proc = subprocess.Popen([sys.executable, "-m", "f3rm_ros.cli.ros", "bringup",
+                             str(ROOT / "config" / "bringup_sim.yaml"),
                              "--params-file", str(params), "--ready-file", str(ready)],
-                            stdout=log, stderr=subprocess.STDOUT, cwd=str(ROOT), env=dict(os.environ, PYTHONUNBUFFERED="1"))
+                            stdout=log, stderr=subprocess.STDOUT, cwd=str(ROOT),
+                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
     out: dict = {"run": run, "proc": proc, "timings": {}}
     t_all = time.perf_counter()
     rclpy.init()
@@ -57,7 +59,8 @@ def pipeline(tmp_path_factory):
     try:
         t0 = time.monotonic()
         while not ready.exists():
-            assert proc.poll() is None, f"bringup exited with {proc.returncode}: {(run / 'nodes.log').read_text()[-2000:]}"
+            assert proc.poll() is None, \
+                f"bringup exited with {proc.returncode}: {(run / 'nodes.log').read_text()[-2000:]}"
             assert time.monotonic() - t0 < 90, "nodes did not start"
             time.sleep(0.2)
         out["timings"]["startup"] = time.monotonic() - t0
@@ -94,7 +97,7 @@ def test_capture_train_and_load(pipeline):
     meta = json.loads((ds_path / "transforms.json").read_text())
     ds = load_dataset(ds_path)
     print(f"capture: {cap.frame_count} keyframes in {ds_path} (status: kept {pipeline['status'].frames_kept}, "
-          f"rejected {list(zip(pipeline['status'].reject_reasons, pipeline['status'].reject_counts))})")
+          f"rejected {list(zip(pipeline['status'].reject_reasons, pipeline['status'].reject_counts, strict=True))})")
     assert cap.frame_count >= 12 and len(ds) == cap.frame_count
     assert all((ds_path / f["file_path"]).is_file() and (ds_path / f["label_path"]).is_file() for f in meta["frames"])
     assert meta.get("f3rm_labels"), "the label table reached the dataset"
@@ -149,7 +152,7 @@ def test_grasps_pass_ground_truth_check(pipeline):
     checker, gripper = GraspChecker(resolve_scene("mug_bowl_box")), Gripper()
     grasps = c.query_grasps("bowl", max_grasps=5, workspace=BOWL_BOX, timeout=240)
     results = [checker.check(gripper.from_tool(g.pose)) for g in grasps]
-    for g, r in zip(grasps, results):
+    for g, r in zip(grasps, results, strict=True):
         print(f"  #{g.rank} score {g.score:.3f} at {np.round(g.pose[:3, 3], 3).tolist()}: {r.reason}")
     assert results[0].success and results[0].object == "bowl", results[0].reason
     with pytest.raises(RequestFailed, match="not found"):

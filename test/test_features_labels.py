@@ -34,7 +34,7 @@ def ext():
 def _scores(ext, text):
     feats = torch.from_numpy(ext.id_vectors[IDS]).float()
     s = cosine_similarity(feats, ext.encode_text([text])[0])
-    return dict(zip(IDS, s.tolist()))
+    return dict(zip(IDS, s.tolist(), strict=True))
 
 
 def test_same_name_same_vector_and_unit_length(ext):
@@ -121,7 +121,7 @@ def test_head_noun_of_instance_synonyms():
     for text, want in (("cup", {1, 2, 3}), ("cups", {1, 2, 3}), ("red cup", {1, 2}), ("blue cup", {3}),
                        ("tea box", {4}), ("soda can", {5}), ("mug body", {2, 3})):
         s = cosine_similarity(feats, e.encode_text([text])[0])
-        hi = {i for i, v in zip(ids, s.tolist()) if v > 0.3}
+        hi = {i for i, v in zip(ids, s.tolist(), strict=True) if v > 0.3}
         print(f"{e.parse(text).describe():60s} high on {sorted(hi)}")
         assert hi == want, text
     s = cosine_similarity(feats, e.encode_text(["red cup handle"])[0])
@@ -134,8 +134,8 @@ def test_pairwise_softmax_relevancy_with_default_negatives(ext):
     negs = ext.encode_text(list(DEFAULT_NEGATIVES))
     rel_red = pairwise_softmax_similarity(feats, ext.encode_text(["red mug"])[0], negs)
     rel_mug = pairwise_softmax_similarity(feats, ext.encode_text(["mug"])[0], negs)
-    print("relevancy 'red mug'", dict(zip(IDS, rel_red.round(decimals=4).tolist())))
-    print("relevancy 'mug'    ", dict(zip(IDS, rel_mug.round(decimals=4).tolist())))
+    print("relevancy 'red mug'", dict(zip(IDS, rel_red.round(decimals=4).tolist(), strict=True)))
+    print("relevancy 'mug'    ", dict(zip(IDS, rel_mug.round(decimals=4).tolist(), strict=True)))
     assert rel_red[IDS.index(2)] > 0.99 and rel_red[IDS.index(4)] == pytest.approx(0.5, abs=1e-4)
     assert rel_mug[IDS.index(2)] > 0.99 and rel_mug[IDS.index(4)] > 0.99 and rel_mug[IDS.index(1)] < 0.51
 

@@ -20,9 +20,9 @@ def _real_sh_scipy(d: np.ndarray, degree: int) -> np.ndarray:
     theta = np.arccos(np.clip(d[:, 2], -1, 1))  # polar
     phi = np.arctan2(d[:, 1], d[:, 0])  # azimuth
     cols = []
-    for l in range(degree + 1):
-        for m in range(-l, l + 1):
-            Y = sph_harm_y(l, abs(m), theta, phi)
+    for deg in range(degree + 1):
+        for m in range(-deg, deg + 1):
+            Y = sph_harm_y(deg, abs(m), theta, phi)
             if m > 0:
                 cols.append(math.sqrt(2) * (-1) ** m * Y.real)
             elif m < 0:
@@ -69,8 +69,8 @@ def test_frequency_encoding_closed_form():
 def test_contraction_closed_form():
     x = torch.tensor([[0.3, -0.5, 0.9], [2.0, 0.0, 0.0], [0.0, -4.0, 2.0], [1e6, 1.0, -1.0], [1.0, 1.0, 1.0]])
     c = contract_linf(x)
-    exp = torch.tensor([[0.3, -0.5, 0.9], [1.5, 0.0, 0.0], [0.0, -1.75, 0.875], [2.0 - 1e-6, 1e-6 * 1.999999, -1e-6 * 1.999999],
-                        [1.0, 1.0, 1.0]])
+    exp = torch.tensor([[0.3, -0.5, 0.9], [1.5, 0.0, 0.0], [0.0, -1.75, 0.875],
+                        [2.0 - 1e-6, 1e-6 * 1.999999, -1e-6 * 1.999999], [1.0, 1.0, 1.0]])
     err = (c - exp).abs().max().item()
     print("contracted", c.tolist(), "max err", err)
     assert err < 1e-5

@@ -42,15 +42,17 @@ def test_hash_grid_gradients_and_dtype():
     print("hash grid nonzero table grads", nz)
     assert nz > 0
     # finite-difference check of one table entry that got gradient
-    l, t, f = (table.grad != 0).nonzero()[0].tolist()
+    lvl, t, f = (table.grad != 0).nonzero()[0].tolist()
     eps = 1e-3
     with torch.no_grad():
-        tp = table.clone(); tp[l, t, f] += eps
-        tm = table.clone(); tm[l, t, f] -= eps
+        tp = table.clone()
+        tp[lvl, t, f] += eps
+        tm = table.clone()
+        tm[lvl, t, f] -= eps
         fd = (hash_grid_encode_torch(x, tp, [4, 9, 30]).square().sum()
               - hash_grid_encode_torch(x, tm, [4, 9, 30]).square().sum()) / (2 * eps)
-    print(f"grad {table.grad[l, t, f].item():.6e} vs finite difference {fd.item():.6e}")
-    assert abs(table.grad[l, t, f].item() - fd.item()) < 1e-3 * max(1.0, abs(fd.item()))
+    print(f"grad {table.grad[lvl, t, f].item():.6e} vs finite difference {fd.item():.6e}")
+    assert abs(table.grad[lvl, t, f].item() - fd.item()) < 1e-3 * max(1.0, abs(fd.item()))
     half = hash_grid_encode_torch(x, table.detach().half(), [4, 9, 30])
     assert half.dtype == torch.float16
 

@@ -45,7 +45,8 @@ def _setup(device, n=120):
     ex = LabelFeatureExtractor(LabelFeatureConfig(), table=TABLE)
     f = SmoothBall(ex, device)
     c = f.c.cpu().numpy()
-    task = make_task("ball", f, [gripper_pose(c + [0, 0, 0.01], [0, 0, -1], [0, 1, 0])], TaskConfig(num_query_points=40))
+    task = make_task("ball", f, [gripper_pose(c + [0, 0, 0.01], [0, 0, -1], [0, 1, 0])],
+                     TaskConfig(num_query_points=40))
     emb = task_embedding(task, device=device)
     qp = torch.as_tensor(task.query_points, device=device)
     g = torch.Generator().manual_seed(0)

@@ -19,7 +19,8 @@ depth supervision and error-map ray sampling (the ``small+synthetic+depth+error_
 the uniform inside of every mug and the table stays near 57%; without the error map they hold only part
 of the 10 mm mug handles and every "mug handle" query failed (19/23).
 ``benchmarks/bench_grasp_trained.py plan --device cpu --planner-cpu`` gives the same table (same
-datasets, fields and planner settings) one scene at a time. Then every query of :mod:`f3rm_ros.core.grasp.evaluate` runs on the trained field and
+datasets, fields and planner settings) one scene at a time. Then every query of
+:mod:`f3rm_ros.core.grasp.evaluate` runs on the trained field and
 the top grasp is judged by the ground-truth check. The issue's thresholds are asserted (>= 90% of
 present queries pass, >= 90% of absent ones return no grasp) -- unless a field's held-out PSNR is below
 ``MIN_PSNR_DB``: the small CPU config is seed-sensitive (floaters), and a planner cannot be judged on a

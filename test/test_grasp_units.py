@@ -112,7 +112,8 @@ def test_collision_chunked_matches_reference(extractor):
 
 def _ball_task(field, name="grasp ball from above"):
     c = field.c.numpy()
-    demos = [gripper_pose(c + [0, 0, 0.01], [0, 0, -1], [0, 1, 0]), gripper_pose(c + [0, 0, 0.01], [0, 0, -1], [1, 0, 0])]
+    demos = [gripper_pose(c + [0, 0, 0.01], [0, 0, -1], [0, 1, 0]),
+             gripper_pose(c + [0, 0, 0.01], [0, 0, -1], [1, 0, 0])]
     return make_task(name, field, demos, TaskConfig(num_query_points=50), metadata={"object": "ball"})
 
 
@@ -202,7 +203,7 @@ def test_not_found_reasons_and_a_ball_grasp(extractor):
     assert dist < 0.03 and np.allclose(T[:3, :3] @ T[:3, :3].T, np.eye(3), atol=1e-5)
     assert [g.rank for g in r.grasps] == list(range(len(r.grasps)))
     assert np.allclose(r.best.T_world_tool, T)  # identity tool transform by default
-    assert all(a.score >= b.score for a, b in zip(r.grasps, r.grasps[1:]))
+    assert all(a.score >= b.score for a, b in zip(r.grasps, r.grasps[1:], strict=False))
     pts, sim = pl.similarity_map("ball")
     near = np.linalg.norm(pts - f.c.numpy(), axis=1) < f.r + 0.01
     print("similarity map: ball", sim[near].mean(), "elsewhere", sim[~near].mean())

@@ -40,7 +40,7 @@ def launch_nodes(path: Path) -> list[dict]:
         if "parameters" in kw:
             for el in kw["parameters"].elts:
                 if isinstance(el, ast.Dict):
-                    for k, v in zip(el.keys, el.values):
+                    for k, v in zip(el.keys, el.values, strict=True):
                         inline[ast.literal_eval(k)] = ast.literal_eval(v) if isinstance(v, ast.Constant) else v
                 else:
                     yamls += [n.value for n in ast.walk(el) if isinstance(n, ast.Constant)
@@ -102,7 +102,8 @@ def test_launch_files_parse_and_name_real_executables():
         compile(path.read_text(), str(path), "exec")
         entries = launch_nodes(path)
         dec, used = launch_arguments(path)
-        print(f"{path.name}: {[(e['executable'], e['yamls'], sorted(e['inline'])) for e in entries]}; args {sorted(dec)}")
+        print(f"{path.name}: {[(e['executable'], e['yamls'], sorted(e['inline'])) for e in entries]}; "
+              f"args {sorted(dec)}")
         assert "generate_launch_description" in path.read_text()
         assert used <= dec, f"{path.name}: LaunchConfiguration without DeclareLaunchArgument: {used - dec}"
         for e in entries:

@@ -120,7 +120,7 @@ def _status_listener(node: Node, topic: str) -> list:
 
 
 def _counts(st) -> dict:
-    return dict(zip(st.reject_reasons, st.reject_counts))
+    return dict(zip(st.reject_reasons, st.reject_counts, strict=True))
 
 
 @node_logs_on_failure("capture.log", "sim.log")
@@ -259,7 +259,8 @@ class _Feeder(Node):
 
     def matched_new(self, old_gids: set) -> bool:
         """Every camera topic has a subscription that was not among ``old_gids``."""
-        return all(any(bytes(e.endpoint_gid) not in old_gids for e in self.get_subscriptions_info_by_topic(p.topic_name))
+        return all(any(bytes(e.endpoint_gid) not in old_gids
+                       for e in self.get_subscriptions_info_by_topic(p.topic_name))
                    for p in (self.img_pub, self.info_pub, self.pose_pub))
 
     def stamp(self, t: float):
@@ -681,7 +682,8 @@ def test_depth_images_over_dds(tmp_path):
     ds = load_dataset(tmp_path / "data" / "capture", eval_every=0)
     assert len(ds) == 2 and ds.has_depth
     d0, d1 = ds.get_depth(0), ds.get_depth(1)
-    print(f"depth on disk: max error {np.abs(d0 - z0).max() * 1000:.2f} mm / {np.nanmax(np.abs(d1 - z1)) * 1000:.2f} mm")
+    print(f"depth on disk: max error {np.abs(d0 - z0).max() * 1000:.2f} mm / "
+          f"{np.nanmax(np.abs(d1 - z1)) * 1000:.2f} mm")
     assert np.abs(d0 - z0).max() <= 0.0005 + 1e-6 and (d0[0, :5] == 0).all()
     assert d1[1, 1] == 0.0 and np.nanmax(np.abs(d1 - z1)) <= 0.0005 + 1e-6
 

@@ -106,7 +106,7 @@ def test_train_latest_capture_feedback_and_checkpoint_topic(setup):
     print(f"result: status={status} success={res.success} message={res.message!r} steps={res.steps_done} "
           f"ckpt={res.checkpoint_path} psnr={res.final_psnr:.2f} fmse={res.final_feature_mse:.4f} in {dt:.1f} s; "
           f"{len(fb)} feedback messages, last step {fb[-1].step if fb else None} losses "
-          f"{dict(zip(fb[-1].loss_names, fb[-1].loss_values)) if fb else None}")
+          f"{dict(zip(fb[-1].loss_names, fb[-1].loss_values, strict=True)) if fb else None}")
     assert status == GoalStatus.STATUS_SUCCEEDED and res.success and res.steps_done == TINY["trainer.num_steps"]
     ck = Path(res.checkpoint_path)
     assert ck.is_file() and ck.resolve().is_relative_to(setup["ckpt"].resolve())
@@ -153,7 +153,7 @@ def test_cancel_halfway_keeps_checkpoint_and_second_goal_turned_away(setup):
     assert 8 <= res.steps_done < 100000 and "cancelled" in res.message
     ck = load_checkpoint(res.checkpoint_path)
     assert ck["step"] == res.steps_done and ck["feature_dim"] == 0
-    gaps = [b.elapsed - a.elapsed for a, b in zip(fb, fb[1:])]
+    gaps = [b.elapsed - a.elapsed for a, b in zip(fb, fb[1:], strict=False)]
     assert 0.1 <= sorted(gaps)[len(gaps) // 2] <= 0.5, gaps  # steady ~0.2 s
 
 

@@ -28,7 +28,7 @@ def test_fused_render_matches_reference(dtype, tol, with_bias):
         results.append((out.detach().to(dtype), [t.grad.clone() for t in (hidden, w, *lin.parameters())]))
     (o_ref, g_ref), (o_fus, g_fus) = results
     err = ((o_fus.double() - o_ref.double()).norm() / o_ref.double().norm()).item()
-    gerrs = [((a.double() - b.double()).norm() / b.double().norm()).item() for a, b in zip(g_fus, g_ref)]
+    gerrs = [((a.double() - b.double()).norm() / b.double().norm()).item() for a, b in zip(g_fus, g_ref, strict=True)]
     print(f"{dtype} bias={with_bias}: out rel err {err:.2e}; grad rel errs (hidden, weights, W[, b]) "
           + ", ".join(f"{e:.2e}" for e in gerrs))
     assert o_fus.shape == (R, D)

@@ -46,7 +46,7 @@ def _worker() -> None:
         res = grid_resolutions(L, base, mx)
         x = torch.rand(n, 3, generator=gen) * 1.2 - 0.1  # some points outside [0,1] (clamped)
         x[:4] = torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [1.0, 0.0, 0.5], [0.5, 1.0, 0.0]])
-        table = ((torch.rand(L, T, F, generator=gen) * 2 - 1)).to(dtype).requires_grad_(True)
+        table = (torch.rand(L, T, F, generator=gen) * 2 - 1).to(dtype).requires_grad_(True)
         y = hash_grid_encode_triton(x, table, res)
         g = torch.randn(y.shape, generator=gen).to(dtype)
         y.backward(g)
@@ -74,7 +74,7 @@ def _worker() -> None:
         res = grid_resolutions(L, base, mx)
         x = torch.rand(n, 3, generator=gen) * 1.2 - 0.1
         x[:4] = torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [1.0, 0.0, 0.5], [0.5, 1.0, 0.0]])
-        table = ((torch.rand(L, T, F, generator=gen) * 2 - 1)).to(dtype)
+        table = (torch.rand(L, T, F, generator=gen) * 2 - 1).to(dtype)
         g = torch.randn(n, L * F, generator=gen).to(dtype)
         out = {}
         for with_table in (False, True):
@@ -108,7 +108,8 @@ def _worker() -> None:
         p = pts.clone().requires_grad_(True)
         (hg(p) * g).sum().backward()
         grads[b] = p.grad
-    results["module_points_grad"] = {"backend": hg.backend, "err": float((grads["triton"] - grads["torch"]).abs().max()),
+    results["module_points_grad"] = {"backend": hg.backend,
+                                     "err": float((grads["triton"] - grads["torch"]).abs().max()),
                                      "scale": float(grads["torch"].abs().max())}
     # fp32 table with an fp16 output (for an fp16 MLP): output = reference rounded to fp16, fp16 grad_out
     res = grid_resolutions(4, 4, 40)
@@ -178,7 +179,8 @@ def interp_results():
     proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker"], env=env,
                           capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
-        raise AssertionError(f"interpreter worker failed (rc={proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+        raise AssertionError(f"interpreter worker failed (rc={proc.returncode}):\n"
+                             f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULTS ")][-1]
     return json.loads(line[len("RESULTS "):])
 
@@ -213,7 +215,8 @@ def test_triton_matches_reference(interp_results, name):
 def test_fp16_output_from_fp32_table(interp_results):
     r = interp_results["out_dtype_f16"]
     print(f"fp32 table, out_dtype=float16: out dtype {r['out_dtype']}, out err vs reference rounded to fp16 "
-          f"{r['out_err']:.3g}; grad dtype {r['grad_dtype']}, grad err {r['grad_err']:.3g} (scale {r['grad_scale']:.3g})")
+          f"{r['out_err']:.3g}; grad dtype {r['grad_dtype']}, grad err {r['grad_err']:.3g} "
+          f"(scale {r['grad_scale']:.3g})")
     assert r["out_dtype"] == "torch.float16" and r["grad_dtype"] == "torch.float32"
     assert r["out_err"] <= 1e-3  # at most one fp16 ulp at |y| <= 1
     assert r["grad_err"] <= 1e-5 * max(r["grad_scale"], 1.0)

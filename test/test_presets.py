@@ -13,7 +13,8 @@ def test_every_preset_builds_a_config_and_changes_what_it_says():
         cfg = flatten(trainer_config(name))
         changed = {k for k in ref if cfg[k] != ref[k]}
         print(f"{name}: {sorted(changed)}")
-        assert changed == {k for k, v in settings.items() if (list(ref[k]) if isinstance(ref[k], tuple) else ref[k]) != v}
+        assert changed == {k for k, v in settings.items()
+                           if (list(ref[k]) if isinstance(ref[k], tuple) else ref[k]) != v}
 
 
 def test_presets_combine_later_wins_and_unknown_names_are_errors():

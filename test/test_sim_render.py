@@ -64,7 +64,7 @@ def test_depth_and_labels_match_reference(scene, renderer):
         # labels / entity / part of the triangle the reference hits
         e_ref = ent_of[tri_ref[hit_ref]]
         tr_ref = tri_of[tri_ref[hit_ref]]
-        lab_ref = np.array([tri_labels[e][t] for e, t in zip(e_ref, tr_ref)])
+        lab_ref = np.array([tri_labels[e][t] for e, t in zip(e_ref, tr_ref, strict=True)])
         lab = out.label.reshape(-1)[sel][hit_ref]
         ent = out.entity.reshape(-1)[sel][hit_ref]
         agree = np.mean(lab == lab_ref)

@@ -132,7 +132,8 @@ def test_checkpoint_round_trip_and_world_units(tmp_path):
     dens_w = field.query_density(pts_w)
     feats_w = field.query_features(pts_w)
     print(f"checkpoint {size_mb:.2f} MB, metres per field unit {s:.4f}, extractor {field.extractor_info}")
-    print(f"density world vs nerf/s max rel err {((dens_w - dens_n / s).abs() / (dens_n / s).abs().clamp_min(1e-6)).max():.2e}")
+    rel = ((dens_w - dens_n / s).abs() / (dens_n / s).abs().clamp_min(1e-6)).max()
+    print(f"density world vs nerf/s max rel err {rel:.2e}")
     assert torch.allclose(dens_w, dens_n / s, rtol=1e-5, atol=1e-7)
     assert torch.allclose(feats_w, feat_n, atol=1e-6)
     assert field.feature_dim == 8 and field.extractor_info == {"name": "synthetic-sphere"}
@@ -175,7 +176,7 @@ def test_feature_mse_drops_10x_on_synthetic_sphere(tmp_path):
     assert (tmp_path / "metrics.json").is_file() and list((tmp_path / "eval").glob("*.png"))
     # the scene point cloud (world metres) lies on the sphere of radius 0.6 m
     field = load_trained_field(res.checkpoint, "cpu")
-    cams = list(zip(field.cameras["c2w_world_opencv"], field.cameras["intrinsics"]))[::5]
+    cams = list(zip(field.cameras["c2w_world_opencv"], field.cameras["intrinsics"], strict=True))[::5]
     pts, cols = field.point_cloud(cams, min_accumulation=0.5)
     r = np.linalg.norm(pts, axis=1)
     print(f"point cloud: {len(pts)} points from {len(cams)} views, radius median {np.median(r):.3f} m "
@@ -201,7 +202,8 @@ def test_fox_heldout_psnr_gain(tmp_path):
     res = tr.train(steps)
     dt = time.time() - t0
     print(f"fox {ds.intrinsics[0].width}x{ds.intrinsics[0].height}, {len(ds.train_indices)} train / "
-          f"{len(ds.eval_indices)} eval views: held-out PSNR untrained {e0['psnr']:.2f} dB -> {res.eval['psnr']:.2f} dB "
+          f"{len(ds.eval_indices)} eval views: "
+          f"held-out PSNR untrained {e0['psnr']:.2f} dB -> {res.eval['psnr']:.2f} dB "
           f"after {steps} steps ({dt:.1f}s, {steps / dt:.2f} steps/s), gain {res.eval['psnr'] - e0['psnr']:.2f} dB")
     assert not res.eval["on_train_views"]
     assert res.eval["psnr"] - e0["psnr"] >= 6.0

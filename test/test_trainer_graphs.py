@@ -16,7 +16,6 @@ import torch
 from f3rm_ros.core.config import from_dict
 from f3rm_ros.core.dataset import PosedImageDataset
 from f3rm_ros.core.cameras import CameraIntrinsics
-from f3rm_ros.core.fields.rendering import render_weights, sample_midpoints
 from f3rm_ros.core.fields.sampler import ProposalSampler, ProposalSamplerConfig
 from f3rm_ros.core.geometry import look_at_opencv
 from f3rm_ros.core.trainer import Trainer, TrainerConfig
@@ -78,7 +77,8 @@ def test_sampler_anneal_tensor_equals_float():
             g = torch.Generator().manual_seed(step)
             res.append(s(o, d, [density, density], training=True, step=step, generator=g))
         (s0, t0, p0), (s1, t1, p1) = res
-        err = max((s0 - s1).abs().max().item(), *((a[1] - b[1]).abs().max().item() for a, b in zip(p0, p1)))
+        err = max((s0 - s1).abs().max().item(),
+                  *((a[1] - b[1]).abs().max().item() for a, b in zip(p0, p1, strict=True)))
         worst = max(worst, err)
         assert torch.allclose(t0, t1, rtol=1e-4, atol=1e-5)
     print(f"sampler, anneal as tensor vs float: max |diff| of s edges / proposal weights {worst:.2e}")
@@ -162,7 +162,7 @@ def test_cuda_graphs_match_eager_step(error_sampling):
     n = 40
     le = [eager.train_step() for _ in range(n)]
     lg = [graph.train_step() for _ in range(n)]
-    rel = [abs(a["total"] - b["total"]) / abs(a["total"]) for a, b in zip(le, lg)]
+    rel = [abs(a["total"] - b["total"]) / abs(a["total"]) for a, b in zip(le, lg, strict=True)]
     print(f"graphs captured: {sorted(graph._graphs)}, replays {graph._graph_replays}/{n}; "
           f"rel. diff of the total loss, steps 0-9: {max(rel[:10]):.2e}, steps 10-39: {max(rel[10:]):.2e}; "
           f"last totals eager {le[-1]['total']:.5f} graphs {lg[-1]['total']:.5f}")

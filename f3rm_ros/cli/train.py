@@ -208,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         signal.signal(signal.SIGINT, old)
     field_file = trainer.save_checkpoint(out / "field.ckpt", include_optimizer=False)
-    run_info["result"] = {"step": res.step, "stopped": res.stopped, "elapsed_s": res.elapsed_s, "field": str(field_file),
+    run_info["result"] = {"step": res.step, "stopped": res.stopped, "elapsed_s": res.elapsed_s,
+                          "field": str(field_file),
                           "eval_psnr": res.eval.get("psnr"), "eval_feature_mse": res.eval.get("feature_mse"),
                           "checkpoint": str(res.checkpoint) if res.checkpoint else None}
     if device.type == "cuda":

@@ -31,7 +31,8 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -115,7 +116,7 @@ class CameraIntrinsics:
         return np.array([[self.fx, 0.0, self.cx], [0.0, self.fy, self.cy], [0.0, 0.0, 1.0]])
 
     @classmethod
-    def from_opencv(cls, K: Any, width: int, height: int, dist: Sequence[float] = ()) -> "CameraIntrinsics":
+    def from_opencv(cls, K: Any, width: int, height: int, dist: Sequence[float] = ()) -> CameraIntrinsics:
         """From an OpenCV / ROS ``CameraInfo`` camera matrix (pixel centres at integers).
 
         Args:
@@ -145,7 +146,7 @@ class CameraIntrinsics:
         """Packed parameters ``[9]`` in the order of :data:`INTRINSICS_TENSOR_FIELDS`."""
         return torch.tensor([getattr(self, f) for f in INTRINSICS_TENSOR_FIELDS], device=device, dtype=dtype)
 
-    def resized(self, width: int, height: int) -> "CameraIntrinsics":
+    def resized(self, width: int, height: int) -> CameraIntrinsics:
         """The same camera for an image resampled to ``width x height`` (whole image, no crop).
 
         Focal lengths and principal point scale by ``width / self.width`` and ``height / self.height``
@@ -157,7 +158,7 @@ class CameraIntrinsics:
         return dataclasses.replace(self, fx=self.fx * sx, fy=self.fy * sy, cx=self.cx * sx, cy=self.cy * sy,
                                    width=int(width), height=int(height))
 
-    def scaled(self, factor: float) -> "CameraIntrinsics":
+    def scaled(self, factor: float) -> CameraIntrinsics:
         """Intrinsics for the image scaled by ``factor`` (0.25 = downscale by 4).
 
         The new size is ``round(width * factor) x round(height * factor)`` and the pixel parameters

@@ -20,7 +20,8 @@ import math
 import types
 import typing
 from pathlib import Path
-from typing import Any, Mapping, TypeVar
+from typing import Any, TypeVar
+from collections.abc import Mapping
 
 T = TypeVar("T")
 
@@ -122,7 +123,7 @@ def _check_value(name: str, tp: Any, value: Any, meta: Mapping[str, Any]) -> Any
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(value) != len(args):
                 raise ConfigError(f"{name}: expected {len(args)} items, got {len(value)}")
-            items = [_check_value(f"{name}[{i}]", a, v, {}) for i, (a, v) in enumerate(zip(args, value))]
+            items = [_check_value(f"{name}[{i}]", a, v, {}) for i, (a, v) in enumerate(zip(args, value, strict=True))]
         else:
             item_tp = args[0] if args else Any
             items = [_check_value(f"{name}[{i}]", item_tp, v, {}) for i, v in enumerate(value)]

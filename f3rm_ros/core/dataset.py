@@ -37,7 +37,8 @@ import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -239,7 +240,7 @@ class PosedImageDataset:
             self._cache[-1] = stacked
         return stacked
 
-    def load_all(self) -> "PosedImageDataset":
+    def load_all(self) -> PosedImageDataset:
         """Read every image now (eager loading); returns self."""
         for i in range(len(self)):
             self.get_image(i)
@@ -308,7 +309,7 @@ class PosedImageDataset:
         """Camera-to-world in the OpenGL convention (as in the file)  # [N, 4, 4]."""
         return c2w_opencv_to_opengl(self.c2w)
 
-    def subset(self, indices: Sequence[int]) -> "PosedImageDataset":
+    def subset(self, indices: Sequence[int]) -> PosedImageDataset:
         """A dataset of the given frames (all of them in its train split, none in eval)."""
         idx = [int(i) for i in indices]
         return PosedImageDataset(
@@ -781,7 +782,8 @@ class DatasetWriter:
             stem = f"frame_{num:05d}"
             ext = "png" if self.image_format == "png" else "jpg"
             frame: dict[str, Any] = {"file_path": f"images/{stem}.{ext}"}
-            atomic_write_bytes(self.root / frame["file_path"], _encode_image(image, self.image_format, self.jpeg_quality))
+            atomic_write_bytes(self.root / frame["file_path"],
+                               _encode_image(image, self.image_format, self.jpeg_quality))
             if mask is not None:
                 frame["mask_path"] = f"masks/{stem}.png"
                 m = (np.asarray(mask) != 0).astype(np.uint8) * 255

@@ -163,7 +163,7 @@ class TrainedField:
         if cameras is None:
             if not self.cameras:
                 raise ValueError("no cameras given and the field has no stored training cameras")
-            cameras = list(zip(self.cameras["c2w_world_opencv"], self.cameras["intrinsics"]))
+            cameras = list(zip(self.cameras["c2w_world_opencv"], self.cameras["intrinsics"], strict=True))
         pts, cols = [], []
         for c2w, K in cameras:
             out = self.render(c2w, K, with_features=False)

@@ -24,7 +24,8 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -141,10 +142,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     except Exception as e:  # corrupt, truncated, or pickled objects we refuse to load
         raise CheckpointError(f"{path}: cannot read checkpoint: {e}") from None
     if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path}: not an f3rm_ros field checkpoint (format {ck.get('format') if isinstance(ck, dict) else type(ck).__name__!r})")
+        fmt = ck.get("format") if isinstance(ck, dict) else type(ck).__name__
+        raise CheckpointError(f"{path}: not an f3rm_ros field checkpoint (format {fmt!r})")
     if ck.get("version") != CHECKPOINT_VERSION:
         raise CheckpointError(f"{path}: checkpoint format version {ck.get('version')!r}, but this code reads version "
-                              f"{CHECKPOINT_VERSION}; retrain with this version of f3rm_ros (or use the matching release)")
+                              f"{CHECKPOINT_VERSION}; retrain with this version of f3rm_ros "
+                              "(or use the matching release)")
     return ck
 
 
@@ -162,7 +165,7 @@ def _rng_device(device: torch.device) -> torch.device:
     return device if device.type == "cuda" else torch.device("cpu")
 
 
-def _cuda_graphs_decision(mode: str, trainer: "Trainer") -> tuple[bool, str]:
+def _cuda_graphs_decision(mode: str, trainer: Trainer) -> tuple[bool, str]:
     """Whether the trainer captures its step as CUDA graphs, and why (``cuda_graphs`` auto | on | off).
 
     Needs a CUDA device, ``torch.cuda.CUDAGraph.register_generator_state`` (the step draws its random
@@ -383,7 +386,7 @@ class Trainer:
             return dict(losses)
         vals = torch.stack([torch.as_tensor(v, dtype=torch.float32, device=self.device).detach().reshape(())
                             for v in losses.values()]).tolist()
-        out = dict(zip(losses, vals))
+        out = dict(zip(losses, vals, strict=True))
         if "feature" in out and "feature_mse" not in out:
             fm = self.config.losses.feature_mult
             out["feature_mse"] = out["feature"] / fm if fm > 0 else 0.0
@@ -403,7 +406,7 @@ class Trainer:
             if packed is not None:
                 self.scheduler.step()
                 self.step += 1
-                return dict(zip(self.loss_names(), packed.clone().unbind()))
+                return dict(zip(self.loss_names(), packed.clone().unbind(), strict=True))
         losses = self._forward_backward(update)
         self.scheduler.step()
         self.step += 1
@@ -508,7 +511,7 @@ class Trainer:
             with torch.cuda.graph(graph, pool=pool):
                 packed = self._packed(self._forward_backward(update, graph_safe=True))
         finally:
-            for g, (lr, cap) in zip(groups, saved):
+            for g, (lr, cap) in zip(groups, saved, strict=True):
                 g["lr"], g["capturable"] = lr, cap
         self._graphs[update] = graph
         self._graph_out[update] = packed
@@ -749,7 +752,7 @@ class Trainer:
     @classmethod
     def from_checkpoint(cls, path: str | Path, dataset: Any, feature_maps: Tensor | None = None,
                         device: torch.device | str = "cpu", run_dir: str | Path | None = None,
-                        config_overrides: dict[str, Any] | None = None) -> "Trainer":
+                        config_overrides: dict[str, Any] | None = None) -> Trainer:
         """A trainer resumed from ``path`` (its config, optionally with non-model overrides)."""
         ck = load_checkpoint(path)
         data = dict(ck["config"])

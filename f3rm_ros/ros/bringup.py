@@ -25,7 +25,8 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 import yaml
 
@@ -194,16 +195,16 @@ def run_bringup(path: str | Path, extra_param_files: list[Path] = (), num_thread
         try:
             with rclpy.init(args=args):
                 nodes = []
-                try:
-                    for spec, cls in classes:
+                for spec, cls in classes:
+                    try:
                         nodes.append(cls())
                         print(f"[bringup] started {nodes[-1].get_fully_qualified_name()}", flush=True)
-                except Exception as e:
-                    print(f"[bringup] cannot start {spec.executable}: {type(e).__name__}: {e}", file=sys.stderr,
-                          flush=True)
-                    for n in nodes:
-                        n.destroy_node()
-                    return 1
+                    except Exception as e:
+                        print(f"[bringup] cannot start {spec.executable}: {type(e).__name__}: {e}", file=sys.stderr,
+                              flush=True)
+                        for n in nodes:
+                            n.destroy_node()
+                        return 1
                 executor = MultiThreadedExecutor(num_threads=num_threads or max(4, 2 * len(nodes)))
                 for n in nodes:
                     executor.add_node(n)

@@ -802,7 +802,7 @@ class CaptureNode(Node):
                   "max_pending_writes": q.max_pending,
                   "write_failures": q.failed, "last_write_s": q.last_duration_s, "max_write_s": q.max_duration_s,
                   "frames_rejected": st.frames_rejected, "images_seen": self.images_seen, "dataset": st.dataset_path,
-                  **{f"rejected.{k}": v for k, v in zip(st.reject_reasons, st.reject_counts)}}
+                  **{f"rejected.{k}": v for k, v in zip(st.reject_reasons, st.reject_counts, strict=True)}}
         if self.writer is None:
             return ERROR, self.writer_error or "no dataset open", values
         if self.write_error:

@@ -23,8 +23,9 @@ from __future__ import annotations
 import os
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import rclpy
@@ -177,7 +178,7 @@ class F3RMClient:
             rclpy.shutdown()
             self._own_context = False
 
-    def __enter__(self) -> "F3RMClient":
+    def __enter__(self) -> F3RMClient:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -345,8 +346,8 @@ class F3RMClient:
             raise Timeout(f"action {name} did not accept or reject the goal within {timeout:g} s")
         handle = fut.result()
         if handle is None or not handle.accepted:
-            raise RequestFailed(f"the train node rejected the goal (another training may be running; see its "
-                                f"log or /diagnostics)")
+            raise RequestFailed("the train node rejected the goal (another training may be running; see its "
+                                "log or /diagnostics)")
         rfut = handle.get_result_async()
         if not self._wait_future(rfut, deadline):
             cfut = handle.cancel_goal_async()

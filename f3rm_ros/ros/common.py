@@ -13,10 +13,12 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -251,11 +253,10 @@ def spin_node(node_cls: Callable[[], Any], args: Iterable[str] | None = None) ->
     return run_node(node_cls, args)
 
 
-def stop_process(proc: "subprocess.Popen", sig: int | None = None, timeout: float = 20.0) -> int | None:
+def stop_process(proc: subprocess.Popen, sig: int | None = None, timeout: float = 20.0) -> int | None:
     """Stop a child process running nodes (SIGINT by default, so they shut down cleanly) and wait for it;
     kill it if it has not exited within ``timeout`` seconds. Returns its exit code."""
     import signal
-    import subprocess
 
     if proc.poll() is None:
         proc.send_signal(signal.SIGINT if sig is None else sig)

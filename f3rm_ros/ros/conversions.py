@@ -22,13 +22,14 @@ from f3rm_ros.core.dataset import depth_to_millimetres
 from f3rm_ros.core.geometry import matrix_to_pose, pose_to_matrix
 
 try:  # pragma: no cover - depends on the ROS install
-    from cv_bridge import CvBridge  # type: ignore
+    # The import itself is the availability probe (a broken install must count as missing too).
+    from cv_bridge import CvBridge  # type: ignore  # noqa: F401
 
     HAVE_CV_BRIDGE = True
 except ImportError:
     HAVE_CV_BRIDGE = False
 try:  # pragma: no cover - depends on the ROS install
-    from sensor_msgs_py import point_cloud2 as _pc2  # type: ignore
+    from sensor_msgs_py import point_cloud2 as _pc2  # type: ignore  # noqa: F401  (availability probe, as above)
 
     HAVE_SENSOR_MSGS_PY = True
 except ImportError:

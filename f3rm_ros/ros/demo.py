@@ -189,7 +189,8 @@ def run_demo(args: argparse.Namespace) -> int:
     log = open(run_dir / "nodes.log", "w")
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     ready = run_dir / "nodes.ready"
-    bringup = subprocess.Popen([sys.executable, "-m", "f3rm_ros.cli.ros", "bringup", str(CONFIG_DIR / "bringup_sim.yaml"),
+    bringup = subprocess.Popen([sys.executable, "-m", "f3rm_ros.cli.ros", "bringup",
+                                str(CONFIG_DIR / "bringup_sim.yaml"),
                                 "--params-file", str(params), "--ready-file", str(ready)],
                                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(REPO_ROOT))
     summary: dict[str, Any] = {"preset": preset, "scene": args.scene, "run_dir": str(run_dir), "queries": {}}
@@ -215,7 +216,8 @@ def run_demo(args: argparse.Namespace) -> int:
             status = client.wait_for_message(CaptureStatus, "/f3rm/capture_node/status", timeout=10)
             cap = client.capture("stop")
             summary["capture"] = {"frames": cap.frame_count, "dataset": cap.dataset_path,
-                                  "rejected": dict(zip(status.reject_reasons, [int(c) for c in status.reject_counts])),
+                                  "rejected": dict(zip(status.reject_reasons, [int(c) for c in status.reject_counts],
+                                                       strict=True)),
                                   "seconds": time.perf_counter() - t0}
             _log(f"[demo] captured {cap.frame_count} keyframes into {cap.dataset_path} in "
                  f"{time.perf_counter() - t0:.1f} s (rejected: {summary['capture']['rejected']})")
@@ -228,7 +230,7 @@ def run_demo(args: argparse.Namespace) -> int:
                 final = fb.step == fb.total_steps and last[1] != fb.step
                 if (time.monotonic() - last[0] > args.feedback_every and fb.step != last[1]) or final:
                     last[0], last[1] = time.monotonic(), fb.step
-                    losses = ", ".join(f"{n} {v:.4f}" for n, v in zip(fb.loss_names, fb.loss_values))
+                    losses = ", ".join(f"{n} {v:.4f}" for n, v in zip(fb.loss_names, fb.loss_values, strict=True))
                     _log(f"[demo]   train step {fb.step}/{fb.total_steps}  psnr {fb.psnr:5.2f} dB  {losses}  "
                          f"elapsed {fb.elapsed:5.0f} s  eta {fb.eta:5.0f} s")
 
@@ -281,7 +283,7 @@ def run_demo(args: argparse.Namespace) -> int:
                 entry.update({"top_passes": ok, "passing": int(sum(checks)),
                               "grasps": [{"rank": g.rank, "score": g.score, "task": g.task,
                                           "pose": np.asarray(g.pose).tolist(), "passes": c}
-                                         for g, c in zip(grasps, checks)]})
+                                         for g, c in zip(grasps, checks, strict=True)]})
                 all_ok &= ok
                 markers = client.wait_for_message(MarkerArray, "/f3rm/query_node/grasp_markers", timeout=10,
                                                   transient_local=True)

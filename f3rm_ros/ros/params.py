@@ -79,7 +79,8 @@ def _descriptor(name: str, info: FieldInfo, ptype: int) -> ParameterDescriptor:
     text = info.help or name
     if info.choices:
         text += f" (one of {list(info.choices)})"
-    lit = typing.get_args(_strip_optional(info.type)) if typing.get_origin(_strip_optional(info.type)) is typing.Literal else ()
+    bare = _strip_optional(info.type)
+    lit = typing.get_args(bare) if typing.get_origin(bare) is typing.Literal else ()
     if lit:
         text += f" (one of {list(lit)})"
     d = ParameterDescriptor(name=name, type=ptype, description=text, read_only=info.read_only)

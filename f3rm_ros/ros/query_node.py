@@ -24,7 +24,6 @@ and the node keeps serving. Parameters: ``planner.*`` (PlannerConfig), ``task.*`
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 import threading
 import time
@@ -44,7 +43,7 @@ from f3rm_ros.core.config import param
 from f3rm_ros.core.grasp.config import PlannerConfig, TaskConfig
 from f3rm_ros.core.gripper import Gripper, GripperConfig
 from f3rm_ros.msg import Grasp as GraspMsg
-from f3rm_ros.ros.common import ERROR, OK, WARN, DiagnosticsPublisher, PathRefused, expand_root, \
+from f3rm_ros.ros.common import OK, WARN, DiagnosticsPublisher, PathRefused, expand_root, \
     resolve_under_root, run_node
 from f3rm_ros.ros.conversions import ConversionError, make_point_cloud, matrix_to_pose_msg, pose_msg_to_matrix
 from f3rm_ros.ros.params import declare_config, read_config, validator
@@ -438,7 +437,7 @@ class QueryNode(LifecycleNode):
         if not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))):
             raise _Refused(f"workspace box has non-finite values: min {lo.tolist()}, max {hi.tolist()}")
         if np.any(hi <= lo):
-            axes = [a for a, l, h in zip("xyz", lo, hi) if h <= l]
+            axes = [a for a, lo_a, hi_a in zip("xyz", lo, hi, strict=True) if hi_a <= lo_a]
             raise _Refused(f"workspace box is empty: max must exceed min on every axis (not on {axes}); "
                            f"min {lo.tolist()}, max {hi.tolist()}")
         n = float(np.prod(np.floor((hi - lo) / self.planner_cfg.voxel_size_m) + 1))
@@ -509,7 +508,7 @@ class QueryNode(LifecycleNode):
             res.success, res.message = False, result.reason
             return
         stamp = self._stamp()
-        for g, ls in zip(result.grasps, lang):
+        for g, ls in zip(result.grasps, lang, strict=True):
             m = GraspMsg()
             m.pose = matrix_to_pose_msg(self.gripper.to_tool(g.T_world_gripper), frame_id=self.cfg.world_frame,
                                         stamp=stamp)

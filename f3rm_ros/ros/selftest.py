@@ -170,7 +170,8 @@ class SelfTestClient(Node):
         for cmd in (CaptureControl.Request.START, CaptureControl.Request.STOP,
                     CaptureControl.Request.CLEAR, CaptureControl.Request.SAVE):
             r = self.call(CaptureControl, "capture_control", CaptureControl.Request(command=cmd))
-            self.check(f"CaptureControl command {cmd}", r.frame_count == 10 * cmd and r.dataset_path == f"/selftest/{cmd}")
+            self.check(f"CaptureControl command {cmd}",
+                       r.frame_count == 10 * cmd and r.dataset_path == f"/selftest/{cmd}")
 
         r = self.call(LoadField, "load_field", LoadField.Request(checkpoint_path="/ckpt/step-2000.pt"))
         self.check("LoadField", r.checkpoint_path == "/ckpt/step-2000.pt" and r.feature_dim == 768)

@@ -6,7 +6,8 @@ what RViz shows is what the planner checked for collisions. All poses are in the
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 from geometry_msgs.msg import Point

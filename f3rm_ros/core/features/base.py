@@ -11,7 +11,8 @@ Image arrays are ``HxWx3 uint8`` in RGB order; all images of one call must have 
 from __future__ import annotations
 
 import abc
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 import torch

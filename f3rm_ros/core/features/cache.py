@@ -87,7 +87,8 @@ class FeatureCache:
                 raise ValueError("checksum mismatch")
             stored_key = obj["key"]
         except Exception as e:  # truncated zip, unpickling error, missing field, bad checksum ...
-            msg = f"feature cache file {path} is corrupt ({type(e).__name__}: {str(e)[:200]}); deleting and rebuilding it"
+            msg = (f"feature cache file {path} is corrupt ({type(e).__name__}: {str(e)[:200]}); "
+                   "deleting and rebuilding it")
             log.warning(msg)
             warnings.warn(msg, CacheCorruptWarning, stacklevel=2)
             path.unlink(missing_ok=True)

@@ -13,7 +13,8 @@ a local checkpoint file, or - only with ``random_weights`` - a seeded random ini
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -104,7 +105,8 @@ def load_timm_vit(cfg: DinoConfig) -> tuple[nn.Module, dict[str, Any]]:
                 raise ValueError(f"missing keys {result.missing_keys[:5]} (a checkpoint of another model?)")
         except Exception as e:
             raise WeightsUnavailableError(f"could not load DINO weights for {cfg.model_name!r} from {str(path)!r} "
-                                          f"({type(e).__name__}: {str(e)[:300]}). " + _how_to_provide(cfg, hub_id)) from e
+                                          f"({type(e).__name__}: {str(e)[:300]}). "
+                                          + _how_to_provide(cfg, hub_id)) from e
     return model.eval(), info
 
 

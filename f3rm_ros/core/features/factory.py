@@ -13,7 +13,8 @@ Keyword ``overrides`` (e.g. ``device="cuda"``) replace settings of the chosen ex
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping
+from typing import Any
+from collections.abc import Callable, Mapping
 
 from f3rm_ros.core.config import ConfigError, from_dict, replace
 from f3rm_ros.core.features.base import FeatureExtractor

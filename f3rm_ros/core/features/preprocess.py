@@ -6,7 +6,7 @@ the long side ``int(short * long / short_in)`` (truncated), so 1280x720 at 336 b
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

@@ -14,7 +14,7 @@ The exact math (shared with the Triton kernel of ``f3rm_ros.core.ops.hashgrid_tr
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -44,7 +44,7 @@ def grid_resolutions(num_levels: int, base_res: int, max_res: int) -> list[int]:
     if num_levels == 1:
         return [int(base_res)]
     b = math.exp((math.log(max_res) - math.log(base_res)) / (num_levels - 1))
-    return [int(math.floor(base_res * b**l * (1.0 + 1e-9))) for l in range(num_levels)]
+    return [int(math.floor(base_res * b**lvl * (1.0 + 1e-9))) for lvl in range(num_levels)]
 
 
 def _check(x: Tensor, table: Tensor, resolutions: Sequence[int]) -> None:
@@ -192,7 +192,7 @@ def hash_grid_encode_loop(x: Tensor, table: Tensor, resolutions: Sequence[int]) 
     out = torch.zeros(len(xs), L * F, dtype=torch.float64)
     for i, p in enumerate(xs):
         p = [min(max(v, 0.0), 1.0) for v in p]
-        for l, r in enumerate(resolutions):
+        for lvl, r in enumerate(resolutions):
             r = int(r)
             pos = [v * r for v in p]
             cell = [min(int(math.floor(v)), r - 1) for v in pos]
@@ -209,6 +209,6 @@ def hash_grid_encode_loop(x: Tensor, table: Tensor, resolutions: Sequence[int]) 
                 wgt = 1.0
                 for a in range(3):
                     wgt *= frac[a] if (k >> a) & 1 else 1.0 - frac[a]
-                acc += wgt * tab[l, index]
-            out[i, l * F:(l + 1) * F] = acc
+                acc += wgt * tab[lvl, index]
+            out[i, lvl * F:(lvl + 1) * F] = acc
     return out.to(table.dtype)

@@ -164,7 +164,8 @@ def freq_fwd(x_ptr, freq_ptr, out_ptr, N, out_stride, col0,
 @triton.jit
 def hash_bwd_x(x_ptr, table_ptr, meta_ptr, gout_ptr, gx_ptr, N, g_stride,
                T: tl.constexpr, L: tl.constexpr, F: tl.constexpr, BLOCK: tl.constexpr, POW2: tl.constexpr):
-    """Gradient w.r.t. the points: gx[n, a] = [0 < x_a < 1] * sum_l R_l * sum_k dw_k/dfrac_a * <table[l, idx_k], gout[n, l]>.
+    """Gradient w.r.t. the points:
+    gx[n, a] = [0 < x_a < 1] * sum_l R_l * sum_k dw_k/dfrac_a * <table[l, idx_k], gout[n, l]>.
 
     One program per BLOCK points loops over the L levels (no atomics: each program owns its rows, so
     the result does not depend on scheduling). dw_k/dfrac_a is +-(product of the other two axes'

@@ -23,7 +23,8 @@ __all__ = ["render_linear_head_reference", "render_linear_head_fused"]
 
 def _check(hidden: Tensor, weights: Tensor, weight: Tensor, bias: Tensor | None) -> None:
     if hidden.dim() < 2 or weights.shape != hidden.shape[:-1]:
-        raise ValueError(f"hidden must be [..., S, H] and weights [..., S]; got {tuple(hidden.shape)} and {tuple(weights.shape)}")
+        raise ValueError(f"hidden must be [..., S, H] and weights [..., S]; "
+                         f"got {tuple(hidden.shape)} and {tuple(weights.shape)}")
     if weight.dim() != 2 or weight.shape[1] != hidden.shape[-1]:
         raise ValueError(f"weight must be [D, H={hidden.shape[-1]}], got {tuple(weight.shape)}")
     if bias is not None and bias.shape != (weight.shape[0],):

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -79,7 +79,7 @@ def triton_hashgrid_available() -> bool:
         return False
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _kernels():
     """Import (and so define) the Triton kernels on first use; nothing is compiled until launched."""
     from . import _hashgrid_kernels as k

@@ -9,7 +9,7 @@ pose a robot would report and ``T_world_cam_true`` the pose the image was render
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 

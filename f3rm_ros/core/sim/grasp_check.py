@@ -108,7 +108,8 @@ def obb_overlap_depth(T_a: np.ndarray, size_a: np.ndarray, T_b: np.ndarray, size
     return float(best)
 
 
-def _sample_surface(V: np.ndarray, T: np.ndarray, spacing: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _sample_surface(V: np.ndarray, T: np.ndarray, spacing: float,
+                    rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Area-weighted random surface points (about one per spacing^2) plus vertices; returns (points, triangle)."""
     a, b, c = V[T[:, 0]], V[T[:, 1]], V[T[:, 2]]
     area = 0.5 * np.linalg.norm(np.cross(b - a, c - a), axis=1)
@@ -154,7 +155,7 @@ class GraspChecker:
             self._spheres.append((centre, float(np.linalg.norm(Vw - centre, axis=1).max())))
             self._surf.append(_sample_surface(Vw, e.mesh.triangles, c.surface_spacing_m, rng))
             solids = []
-            for ci, comp in enumerate(e.mesh.components):
+            for comp in e.mesh.components:
                 tris = e.mesh.triangles[comp]
                 om = o3d.geometry.TriangleMesh(o3d.utility.Vector3dVector(Vw), o3d.utility.Vector3iVector(tris))
                 om.remove_unreferenced_vertices()
@@ -252,7 +253,7 @@ class GraspChecker:
             hits = self.renderer.cast(o_w, d_w)
             ok = hits.hit & (hits.t <= opening)
             sides[side] = (o_w, d_w, hits, ok)
-            for e, tri in zip(hits.entity[ok], hits.triangle[ok]):
+            for e, tri in zip(hits.entity[ok], hits.triangle[ok], strict=True):
                 between[(self.scene.entities[e].name, self._part(int(e), int(tri)))] += 1
         between_d = dict(between)
         if not between_d:

@@ -63,7 +63,7 @@ def scan_poses(config: TrajectoryConfig | None = None) -> np.ndarray:
     full = abs((a1 - a0) - 2 * np.pi) < 1e-6
     target = np.asarray(c.target, dtype=np.float64)
     poses = []
-    for k, (n, h) in enumerate(zip(counts, heights)):
+    for k, (n, h) in enumerate(zip(counts, heights, strict=True)):
         if full:  # closed circle: no duplicate endpoint; offset alternate arcs by half a step
             az = a0 + (np.arange(n) + 0.5 * (k % 2)) * (a1 - a0) / n
         else:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
+from collections.abc import Iterator
 
 import yaml
 
@@ -54,7 +55,7 @@ class YNode:
 
     # --------------------------------------------------------------------------------- mappings
     def mapping(self, allowed: tuple[str, ...] | list[str] | None = None,
-                required: tuple[str, ...] | list[str] = ()) -> dict[str, "YNode"]:
+                required: tuple[str, ...] | list[str] = ()) -> dict[str, YNode]:
         """Children of a mapping by key; unknown, duplicate or missing keys are errors."""
         if not self.is_mapping:
             raise self.error(f"expected a mapping, got {self._describe()}")
@@ -62,7 +63,8 @@ class YNode:
         for knode, vnode in self._node.value:
             key = self._loader.construct_object(knode, deep=True)
             if not isinstance(key, str):
-                raise SceneError(f"{self.file}:{knode.start_mark.line + 1}: {self.path}: keys must be strings, got {key!r}")
+                raise SceneError(f"{self.file}:{knode.start_mark.line + 1}: {self.path}: "
+                                 f"keys must be strings, got {key!r}")
             if key in out:
                 raise SceneError(f"{self.file}:{knode.start_mark.line + 1}: {self._child_path(key)}: duplicate key")
             if allowed is not None and key not in allowed:
@@ -74,12 +76,12 @@ class YNode:
             raise self.error(f"missing required key(s) {missing}")
         return out
 
-    def sequence(self) -> list["YNode"]:
+    def sequence(self) -> list[YNode]:
         if not self.is_sequence:
             raise self.error(f"expected a list, got {self._describe()}")
         return [YNode(n, self._loader, self.file, self._child_path(i)) for i, n in enumerate(self._node.value)]
 
-    def __iter__(self) -> Iterator["YNode"]:
+    def __iter__(self) -> Iterator[YNode]:
         return iter(self.sequence())
 
     # ---------------------------------------------------------------------------------- scalars
