@@ -9,11 +9,11 @@ synthetic scene for tests and the default tasks).
 
 from f3rm_ros.core.grasp.config import DEFAULT_NEGATIVES, PlannerConfig, TaskConfig
 from f3rm_ros.core.grasp.planner import GraspPlanner
-from f3rm_ros.core.grasp.result import Grasp, PlanResult
+from f3rm_ros.core.grasp.result import Grasp, PlanOptions, PlanResult
 from f3rm_ros.core.grasp.task import (ExtractorMismatchError, Task, TaskFormatError, check_extractor,
                                       load_default_tasks, load_task, load_tasks, make_task, retrieve_task,
                                       save_task, task_embedding)
 
-__all__ = ["DEFAULT_NEGATIVES", "PlannerConfig", "TaskConfig", "GraspPlanner", "Grasp", "PlanResult",
+__all__ = ["DEFAULT_NEGATIVES", "PlannerConfig", "TaskConfig", "GraspPlanner", "Grasp", "PlanOptions", "PlanResult",
            "ExtractorMismatchError", "Task", "TaskFormatError", "check_extractor", "load_default_tasks",
            "load_task", "load_tasks", "make_task", "retrieve_task", "save_task", "task_embedding"]

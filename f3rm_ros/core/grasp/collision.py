@@ -21,14 +21,15 @@ __all__ = ["in_collision", "in_collision_reference", "transform_points_batched",
 
 
 def gripper_shell_points(gripper: Any, voxel: float, include_fingers: bool = False,
-                         only_fingers: bool = False) -> np.ndarray:  # [M, 3]
+                         only_fingers: bool = False, margin: float = 0.0) -> np.ndarray:  # [M, 3]
     """The outer layer of the gripper's volume points (``Gripper.collision_points`` grid), gripper frame.
 
     The reference voxelises the gripper mesh's *surface*; the filled grid of ``collision_points``
     (4032 points for the Panda at 0.0075 m) would double the density queries for nothing, since the
     field cannot be inside the gripper without crossing its shell. Keeping grid points within one
     voxel of their box's faces leaves about half of them. ``only_fingers``: just the two fingers
-    (at the maximum opening).
+    (at the maximum opening). ``margin``: every box grown by this much on each side (same centre), metres:
+    the points then lie ``margin`` outside the gripper, so an occupied one means less clearance than that.
     """
     from f3rm_ros.core.gripper import box_grid_points
 
@@ -36,8 +37,9 @@ def gripper_shell_points(gripper: Any, voxel: float, include_fingers: bool = Fal
     for _name, T, size in gripper.boxes(None, include_fingers=include_fingers):
         if only_fingers and not _name.startswith("finger"):
             continue
+        size = np.asarray(size, dtype=np.float64) + 2.0 * float(margin)
         p = box_grid_points(size, voxel)
-        shell = np.any(np.abs(p) >= np.asarray(size) / 2 - voxel, axis=1)
+        shell = np.any(np.abs(p) >= size / 2 - voxel, axis=1)
         out.append(p[shell] + T[:3, 3])
     return np.concatenate(out, axis=0)
 

@@ -117,15 +117,14 @@ class PlannerConfig:
                                 range=(1e-4, 0.1))
     fine_min_points: int = param(4, "ours: fine-check points with alpha >= collision_alpha that make a collision",
                                  range=(1, 100000))
-    antipodal_candidates: int = param(32, "ours: the best this many collision-free grasps (by loss) get an "
-                                          "antipodal estimate from the density (contact normals seen by rays "
-                                          "across the finger pads, see grasp/antipodal.py), a refinement that "
+    antipodal_candidates: int = param(32, "ours: the best this many collision-free demonstration-guided grasps (by "
+                                          "loss) get an antipodal estimate from the density (contact normals seen by "
+                                          "rays across the finger pads, see grasp/antipodal.py), a refinement that "
                                           "turns the closing axis onto the estimated normals and centres a round "
-                                          "bar closed off its axis, and a re-ranking: those estimated within "
-                                          "antipodal_max_deg first (by loss), then the others by estimated angle. "
-                                          "0 = off (rank by loss alone, as the reference)", range=(0, 100000))
+                                          "bar closed off its axis, and the final checks (grasp/verify.py); at "
+                                          "least max_grasps are checked when that is larger", range=(1, 100000))
     antipodal_max_deg: float = param(20.0, "ours: estimated contact-normal angle (larger finger) up to which a "
-                                           "grasp counts as antipodal in the re-ranking; below the 26.6 deg "
+                                           "grasp counts as antipodal in the final checks; below the 26.6 deg "
                                            "friction cone of mu = 0.5 to leave room for the field's normal noise",
                                      range=(0.0, 180.0))
     antipodal_refine_iters: int = param(2, "ours: closing-axis alignment steps per candidate (each kept only if "
@@ -136,6 +135,43 @@ class PlannerConfig:
                                     range=(1e-4, 0.01))
     antipodal_normal_step_m: float = param(0.003, "ours: finite-difference step of the log-density gradient "
                                                   "that gives contact normals, metres", range=(1e-4, 0.02))
+    # --- generalisation: geometric candidates, fallback, the final checks (all ours) ---------------------
+    sources: str = param("auto", "ours: where candidates come from. 'auto': demonstration-guided candidates of the "
+                                 "fitting tasks and zero-shot geometric ones, in one ranking; 'demo': only tasks "
+                                 "(the reference); 'geometric': only geometric candidates",
+                         choices=("auto", "demo", "geometric"))
+    task_fit_min: float = param(0.3, "ours: a task is used only when its retrieval score (text cosine, plus the "
+                                     "scene cosine with retrieval 'text+scene') reaches this; below it no "
+                                     "demonstration fits the query and the geometric candidates stand alone. "
+                                     "Calibrated on the synthetic world's label features (a demonstrated kind "
+                                     "scores 0.8-1.6, an undemonstrated one ~0); recalibrate for CLIP",
+                                range=(-2.0, 2.0))
+    max_tasks_tried: int = param(2, "ours: fitting tasks tried in turn, best first, while no candidate of the "
+                                    "earlier ones passes the checks", range=(0, 100))
+    geometric_max_seeds: int = param(512, "ours: surface voxels of the selected region used as first contacts of "
+                                          "geometric candidates (a seeded random subset when there are more)",
+                                     range=(1, 10**6))
+    geometric_approach_angles: int = param(8, "ours: approach directions per antipodal pair, evenly turned about "
+                                              "the closing axis starting from 'from above'", range=(1, 64))
+    geometric_depths_m: tuple[float, ...] = param((0.012, 0.028), "ours: gripper z of the contacts' midpoint "
+                                                                  "(depth on the finger pads), metres")
+    geometric_max_pair_deg: float = param(30.0, "ours: a (surface point, opposite face) pair is a candidate when "
+                                                "their normals are opposite within this angle", range=(0.0, 90.0))
+    geometric_max_candidates: int = param(1024, "ours: geometric poses kept by pre-score for the collision check "
+                                                "(0 = all)", range=(0, 10**7))
+    geometric_verify: int = param(64, "ours: collision-free geometric poses, best pre-score first, that get the "
+                                      "final checks", range=(0, 10**6))
+    clearance_m: float = param(0.003, "ours: margin of the final collision check: every gripper box (fingers at "
+                                      "the maximum opening, palm, wrist) grown by this on each side must be free",
+                               range=(0.0, 0.05))
+    clearance_min_points: int = param(2, "ours: occupied points of the grown gripper that make a collision",
+                                      range=(1, 100000))
+    contact_radius_m: float = param(0.012, "ours: both contact patches must lie within this of a surface voxel "
+                                           "the language selected (the fingers close on the queried thing)",
+                                    range=(0.0, 1.0))
+    demo_preference: float = param(1.0, "ours: score bonus of a demonstration-guided grasp that passes the "
+                                        "checks over a geometric one (quality terms are each in [0, 1])",
+                                   range=(0.0, 100.0))
     max_grasps: int = param(10, "best grasps returned (0 = all survivors)", range=(0, 10**6))
     opening_m: float = param(0.08, "finger opening reported with each grasp, metres", range=(0.0, 1.0))
     chunk_points: int = param(2**18, "points per field query chunk (bounds memory: ~1 GB at 768-dim features)",

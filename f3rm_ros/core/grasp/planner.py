@@ -2,17 +2,28 @@
 
 Pipeline of :meth:`GraspPlanner.plan`:
 
-1. checks: empty text, text made only of negatives, field without features, no tasks -> no grasp
-   and a reason;
+1. checks: empty text, text made only of negatives, field without features -> no grasp and a reason;
 2. coarse proposals: alpha on a dense grid over the workspace box, surface voxels, voxel
    downsampling, statistical outlier removal (cached per field and workspace: it does not depend on
    the text);
 3. language: pairwise-softmax similarity of each surface point to the query; if the best one is
    below ``min_similarity`` the thing is "not found" (ours: the reference always returns something);
    the language mask (softmax over [query + negatives] at temperature 0.001) keeps the query's voxels;
-4. the task whose embedding best matches the text; ``rotations_per_voxel`` random rotations per
-   voxel; poses in collision dropped; batched Adam with pruning; collision check again; ranking by
-   final loss; best-first grasps in the world frame.
+4. candidates from two sources (ours; the reference has only the first, for the one best task):
+
+   * **demonstrations**: the tasks whose retrieval score reaches ``task_fit_min``, best first;
+     ``rotations_per_voxel`` random rotations per voxel, poses in collision dropped, batched Adam with
+     pruning towards the task's demonstrations, the best collision-free ones by loss. The next
+     fitting task is tried (up to ``max_tasks_tried``) only while no candidate of the earlier ones
+     passes the checks;
+   * **geometry** (zero-shot, grasp/geometric.py): antipodal pairs found on the density inside the
+     selected voxels, several approaches each, the collision-free ones best by pre-score;
+
+5. the final checks of every candidate (grasp/verify.py): refinement onto the estimated contact
+   normals, then clearance margin, contact, antipodality, fingers on the queried thing. Only grasps
+   that pass are returned, ranked by quality (antipodality, similarity at the contacts) plus
+   ``demo_preference`` for demonstration-guided ones; none passing -> no grasp, with the most common
+   failure as the reason.
 
 Everything runs on the field's device (CUDA or CPU); field queries are chunked (``chunk_points``)
 so memory stays bounded.
@@ -20,27 +31,30 @@ so memory stays bounded.
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from typing import Any
+from collections import Counter
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from f3rm_ros.core.device import resolve_device
 from f3rm_ros.core.gripper import Gripper
-from f3rm_ros.core.grasp.antipodal import AntipodalSettings, align_to_contacts, estimate_antipodal
-from f3rm_ros.core.grasp.collision import gripper_corner_points, gripper_shell_points, in_collision, lowest_point_z
+from f3rm_ros.core.grasp.antipodal import AntipodalSettings
+from f3rm_ros.core.grasp.collision import gripper_corner_points, gripper_shell_points, in_collision
 from f3rm_ros.core.grasp.config import PlannerConfig
+from f3rm_ros.core.grasp.geometric import GeometricSettings, geometric_candidates
 from f3rm_ros.core.grasp.field_utils import field_has_features, query_features_chunked
 from f3rm_ros.core.grasp.language import (encode_texts, is_negative_only, language_mask, normalise_query,
                                           pairwise_softmax, similarity_map)
-from f3rm_ros.core.grasp.optimize import (FoldedTaskLoss, LanguageGuidance, OptimizeSettings, StaticPoseOptimizer,
-                                          optimize_poses, pose_losses)
+from f3rm_ros.core.grasp.optimize import LanguageGuidance, OptimizeSettings, StaticPoseOptimizer, optimize_poses
 from f3rm_ros.core.grasp.proposals import (alpha_grid, dense_grid, quat_to_matrix_torch, random_quaternions,
                                            remove_statistical_outliers, surface_voxels, voxel_downsample)
-from f3rm_ros.core.grasp.result import Grasp, PlanResult
+from f3rm_ros.core.grasp.result import Grasp, PlanOptions, PlanResult
 from f3rm_ros.core.grasp.task import Task, adapt_task, retrieve_task, task_embedding
+from f3rm_ros.core.grasp.verify import Verifier, VerifySettings, explain_failures
 
 __all__ = ["GraspPlanner"]
 
@@ -86,6 +100,7 @@ class GraspPlanner:
         self._corners = torch.as_tensor(gripper_corner_points(self.gripper, include_fingers=True),
                                         dtype=torch.float32, device=self.device)
         self._surface_cache: dict = {}
+        self._clear_points: dict = {}
 
     def floor_z(self, workspace: tuple[Sequence[float], Sequence[float]] | None = None) -> float | None:
         """World z below which space counts as occupied (``PlannerConfig.floor``), None for no floor."""
@@ -154,157 +169,64 @@ class GraspPlanner:
         sim = similarity_map(feats, emb[0], emb[1:], self.config.similarity_temperature)
         return pts.cpu().numpy(), sim.cpu().numpy().astype(np.float32)
 
-    # --- antipodal re-ranking ------------------------------------------------------------------------
-    def antipodal_settings(self) -> AntipodalSettings:
-        c, g = self.config, self.gripper
+    # --- the final checks ----------------------------------------------------------------------------
+    def antipodal_settings(self, config: PlannerConfig | None = None) -> AntipodalSettings:
+        c, g = config or self.config, self.gripper
         return AntipodalSettings(opening=float(g.max_opening), pad_x=float(g.config.finger_size_m[0]),
                                  pad_z=tuple(float(z) for z in g.finger_z_range), ray_grid=tuple(c.antipodal_ray_grid),
                                  step=c.antipodal_step_m, delta=c.voxel_size_m, level=c.surface_alpha,
                                  h=c.antipodal_normal_step_m, chunk_points=c.chunk_points)
 
-    def _antipodal_rerank(self, R, tr, loss, order, floor, qp, emb_task, guidance, res):
-        """Estimate, refine and re-rank the best ``antipodal_candidates`` grasps (PlannerConfig help)."""
-        c = self.config
-        s = self.antipodal_settings()
-        top = order[:c.antipodal_candidates]
-        Rk, tk, lk = R[top], tr[top], loss[top]
-        est = estimate_antipodal(self.field, Rk, tk, s)
-        ang = est.angle_deg
-        before = ang.clone()
-        improved = 0
-        for _ in range(c.antipodal_refine_iters):
-            R2, t2 = align_to_contacts(Rk, tk, est)
-            if floor is not None:  # keep the refined gripper above the floor, as the optimiser does
-                low = lowest_point_z(R2, t2, self._corners)
-                t2 = t2.clone()
-                t2[:, 2] += torch.where(low < floor, floor + 1e-4 - low, torch.zeros_like(low))
-            moved = (R2 - Rk).abs().amax(dim=(1, 2)) > 1e-6
-            if not bool(moved.any()):
-                break
-            idx = torch.nonzero(moved)[:, 0]
-            coll = in_collision(self.field, R2[idx], t2[idx], self._gripper_points, c.collision_voxel_m,
-                                c.collision_alpha, c.collision_min_points, c.chunk_points, floor)
-            if c.fine_check_after:
-                coll |= in_collision(self.field, R2[idx], t2[idx], self._fine_points, c.collision_voxel_m,
-                                     c.collision_alpha, c.fine_min_points, c.chunk_points, floor)
-            est2 = estimate_antipodal(self.field, R2[idx], t2[idx], s)
-            better = ~coll & (est2.angle_deg < ang[idx])
-            if not bool(better.any()):
-                break
-            j = idx[better]
-            improved += int(better.sum())
-            Rk, tk = Rk.clone(), tk.clone()
-            Rk[j], tk[j], ang[j] = R2[j], t2[j], est2.angle_deg[better]
-            for name in ("angles_deg", "contacts", "normals", "valid"):
-                getattr(est, name)[j] = getattr(est2, name)[better]
-            est.angle_deg = ang
-        if improved:
-            from f3rm_ros.core.geometry import matrix_to_quat
+    def verifier(self, config: PlannerConfig | None = None) -> Verifier:
+        """The checks every returned grasp passes (grasp/verify.py), with this planner's settings."""
+        c = config or self.config
+        key = (c.clearance_m, c.fine_voxel_m)
+        if key not in self._clear_points:
+            self._clear_points[key] = torch.as_tensor(
+                gripper_shell_points(self.gripper, c.fine_voxel_m, include_fingers=True, margin=c.clearance_m),
+                dtype=torch.float32, device=self.device)
+        vs = VerifySettings(clearance_m=c.clearance_m, clearance_min_points=c.clearance_min_points,
+                            collision_voxel_m=c.collision_voxel_m, collision_alpha=c.collision_alpha,
+                            antipodal_max_deg=c.antipodal_max_deg, contact_radius_m=c.contact_radius_m,
+                            refine_iters=c.antipodal_refine_iters, chunk_points=c.chunk_points)
+        return Verifier(self.field, self._clear_points[key], self._gripper_points, self._fine_points, self._corners,
+                        self.antipodal_settings(c), vs, c.collision_min_points, c.fine_min_points)
 
-            q = torch.as_tensor(matrix_to_quat(Rk.cpu().double().numpy()), dtype=torch.float32, device=self.device)
-            with torch.no_grad():
-                folded = FoldedTaskLoss.build(self.field, emb_task, guidance) if c.fold_feature_head else None
-                lk = pose_losses(self.field, tk, q, qp, emb_task, guidance, c.voxel_size_m, folded)
-        res.stats["antipodal_refined"] = improved
-        res.stats["antipodal_ok"] = int((ang <= c.antipodal_max_deg).sum())
-        res.stats["antipodal_deg_before"] = [round(float(x), 1) for x in before[:5]]
-        # new order: estimated antipodal first (by loss), then the other candidates by estimated angle,
-        # then the rest by loss
-        good = ang <= c.antipodal_max_deg
-        key = torch.where(good, lk, 1e3 + ang)
-        sub = torch.argsort(key)
-        R, tr, loss = R.clone(), tr.clone(), loss.clone()
-        R[top], tr[top], loss[top] = Rk, tk, lk
-        new_order = torch.cat([top[sub], order[c.antipodal_candidates:]])
-        res.stats["antipodal_deg_best"] = round(float(ang[sub[0]]), 1) if len(sub) else None
-        return R, tr, loss, new_order
+    def _contact_similarity(self, contacts: torch.Tensor, pos: torch.Tensor, negs: torch.Tensor,
+                            c: PlannerConfig) -> torch.Tensor:  # [N, 2, 3] -> [N] in [0, 1]
+        """Mean pairwise-softmax similarity to the query at the two contact patches (0 where none)."""
+        n = contacts.shape[0]
+        if n == 0:
+            return torch.zeros(0, device=self.device)
+        pts = torch.nan_to_num(contacts, nan=0.0).reshape(-1, 3)
+        f = query_features_chunked(self.field, pts, c.chunk_points)
+        f = f / f.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        sim = pairwise_softmax(f, pos, negs, c.similarity_temperature).reshape(n, 2).mean(dim=1)
+        return torch.where(torch.isfinite(contacts).all(-1).all(-1), sim, torch.zeros_like(sim))
 
-    # --- planning ------------------------------------------------------------------------------------
-    def plan(self, text: str, workspace: tuple[Sequence[float], Sequence[float]] | None = None) -> PlanResult:
-        """Plan grasps for a text query; never raises for "nothing to grasp" (see ``PlanResult.reason``)."""
-        c = self.config
-        t_start = time.perf_counter()
-        text = normalise_query(text)
-        res = PlanResult(query=text)
-        timing = res.timing
-
-        def done(reason: str = "") -> PlanResult:
-            res.reason = reason
-            timing["total"] = time.perf_counter() - t_start
-            return res
-
-        def lap(name: str, t0: float) -> float:
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-            now = time.perf_counter()
-            timing[name] = now - t0
-            return now
-
-        if not text:
-            return done("empty query: say what to grasp, e.g. 'mug handle'")
-        if is_negative_only(text, c.negatives):
-            return done(f"query {text!r} names no object: it is made only of the negative phrases "
-                        f"{list(c.negatives)} the similarity compares against")
-        if not self.has_features or self.text_encoder is None:
-            return done("the field has no feature field (trained without 2D features), so it cannot be "
-                        "queried by text; train it with a feature extractor")
-        if not self.tasks:
-            return done("no grasp tasks (demonstrations) are loaded")
-
-        t0 = time.perf_counter()
-        pts, counts = self.surface(workspace)
-        res.stats.update(counts)
-        t0 = lap("surface", t0)
-        if pts.shape[0] == 0:
-            return done("no surface in the workspace box: nothing there to grasp (is the box right, and the "
-                        "field trained?)")
-
-        emb = encode_texts(self.text_encoder, [text, *c.negatives], self.device)
-        pos, negs = emb[0], emb[1:]
-        feats = query_features_chunked(self.field, pts, c.chunk_points)
-        f_unit = feats / feats.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        sims = pairwise_softmax(f_unit, pos, negs, c.similarity_temperature)
-        best = float(sims.max())
-        res.stats["best_similarity"] = best
-        gen = torch.Generator().manual_seed(c.seed)
-        mask = language_mask(f_unit, pos, negs, c.mask_temperature, c.mask_sampling, gen) \
-            & (sims >= c.min_similarity)
-        res.stats["masked"] = int(mask.sum())
-        t0 = lap("language", t0)
-        if best < c.min_similarity:
-            return done(f"{text!r} not found in the workspace: best similarity {best:.3f} is below the "
-                        f"threshold {c.min_similarity:.3f}")
-        if int(mask.sum()) < c.min_masked_voxels:
-            return done(f"{text!r} not found: only {int(mask.sum())} surface voxels match it (need "
-                        f"{c.min_masked_voxels})")
-        vox = pts[mask]
-        cos = f_unit[mask] @ pos
-
-        scene_feat = f_unit[mask].mean(dim=0) if c.retrieval == "text+scene" else None
-        idx, task_sims = retrieve_task(pos, self.tasks, scene_feature=scene_feat)
-        task = self.tasks[idx]
-        res.task = task.name
-        res.stats["task_similarities"] = {t.name: float(s) for t, s in zip(self.tasks, task_sims, strict=True)}
+    # --- candidate sources -----------------------------------------------------------------------------
+    def _demo_candidates(self, task: Task, vox: torch.Tensor, cos: torch.Tensor, pos: torch.Tensor,
+                         floor: float | None, gen: torch.Generator, c: PlannerConfig, res: PlanResult, tag: str
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # R [K, 3, 3], t [K, 3], loss [K]
+        """F3RM's path: rotations around the selected voxels, optimised towards the task's demonstrations,
+        then the collision-free ones best by loss (at most ``max(antipodal_candidates, max_grasps)``)."""
         emb_task = task_embedding(task, delta=c.voxel_size_m, device=self.device)
         qp = torch.as_tensor(task.query_points, dtype=torch.float32, device=self.device)
-        t0 = lap("retrieval", t0)
-
         tr = vox.repeat_interleave(c.rotations_per_voxel, dim=0)
         q = random_quaternions(tr.shape[0], gen, self.device)
-        res.stats["proposals_all"] = int(tr.shape[0])
+        res.stats[f"{tag}proposals_all"] = int(tr.shape[0])
         if 0 < c.max_proposals < tr.shape[0]:  # uniform random subset (see PlannerConfig.max_proposals)
             keep = torch.randperm(tr.shape[0], generator=gen)[:c.max_proposals].sort().values.to(self.device)
             tr, q = tr[keep], q[keep]
-        floor = self.floor_z(workspace)
         coll = in_collision(self.field, quat_to_matrix_torch(q), tr, self._gripper_points, c.collision_voxel_m,
                             c.collision_alpha, c.collision_min_points, c.chunk_points, floor)
         tr, q = tr[~coll], q[~coll]
-        res.stats["proposals"] = int(coll.numel())
-        res.stats["proposals_free"] = int(tr.shape[0])
-        t0 = lap("collision_before", t0)
+        res.stats[f"{tag}proposals"] = int(coll.numel())
+        res.stats[f"{tag}proposals_free"] = int(tr.shape[0])
+        empty = (torch.zeros(0, 3, 3, device=self.device), torch.zeros(0, 3, device=self.device),
+                 torch.zeros(0, device=self.device))
         if tr.shape[0] == 0:
-            return done(f"{text!r} found, but every gripper pose around it collides with the scene")
-
+            return empty
         perm = torch.randperm(tr.shape[0], generator=gen).to(self.device)
         tr, q = tr[perm], q[perm]
         guidance = LanguageGuidance(pos, float(cos.min()), float(cos.max()))
@@ -321,54 +243,219 @@ class GraspPlanner:
             opt = StaticPoseOptimizer(self.field, qp, emb_task, guidance, settings, self._corners,
                                       use_graph=backend == "cuda_graph")
             tr, q, loss, info = opt.run(tr, q)
-        res.stats["optimizer"] = backend + ("" if backend != "cuda_graph" or info.get("graph") else " (not captured)")
+        res.stats[f"{tag}optimizer"] = backend + ("" if backend != "cuda_graph" or info.get("graph")
+                                                  else " (not captured)")
         res.stats["folded_head"] = bool(info.get("folded"))
         if info.get("graph_error"):
             res.stats["optimizer_graph_error"] = info["graph_error"]
-        res.stats["optimised"] = int(tr.shape[0])
-        t0 = lap("optimise", t0)
-
-        # best-first: only as many grasps as will be returned (or re-ranked) need the final checks, so
-        # they run on blocks of the best poses by loss until enough are free (same top grasps as checking all)
+        res.stats[f"{tag}optimised"] = int(tr.shape[0])
+        # best-first: only as many as will be checked need the collision checks, so they run on blocks of the
+        # best poses by loss until enough are free (the same top grasps as checking all)
         fin = torch.isfinite(loss)
         R, tr, loss = quat_to_matrix_torch(q)[fin], tr[fin], loss[fin]
         by_loss = torch.argsort(loss)
         R, tr, loss = R[by_loss], tr[by_loss], loss[by_loss]
-        need = max(c.max_grasps, c.antipodal_candidates) if c.max_grasps > 0 else tr.shape[0]
+        need = max(c.max_grasps, c.antipodal_candidates)
         block = max(64, 2 * need)
         ok = torch.zeros(tr.shape[0], dtype=torch.bool, device=tr.device)
-        fine_only, checked = 0, 0
+        checked = 0
         while checked < tr.shape[0] and int(ok.sum()) < need:
             sl = slice(checked, min(checked + block, tr.shape[0]))
             coll = in_collision(self.field, R[sl], tr[sl], self._gripper_points, c.collision_voxel_m,
                                 c.collision_alpha, c.collision_min_points, c.chunk_points, floor)
             if c.fine_check_after:
-                fine = in_collision(self.field, R[sl], tr[sl], self._fine_points, c.collision_voxel_m,
-                                    c.collision_alpha, c.fine_min_points, c.chunk_points, floor)
-                fine_only += int((fine & ~coll).sum())
-                coll = coll | fine
+                coll |= in_collision(self.field, R[sl], tr[sl], self._fine_points, c.collision_voxel_m,
+                                     c.collision_alpha, c.fine_min_points, c.chunk_points, floor)
             ok[sl] = ~coll
             checked = sl.stop
-        res.stats["fine_check_collisions"] = fine_only
-        res.stats["final_checked"] = checked
-        R, tr, loss = R[ok], tr[ok], loss[ok]
-        res.stats["final_free"] = int(tr.shape[0])
-        t0 = lap("collision_after", t0)
-        if tr.shape[0] == 0:
-            return done(f"{text!r} found, but every optimised grasp collides with the scene")
+        res.stats[f"{tag}final_checked"] = checked
+        R, tr, loss = R[ok][:need], tr[ok][:need], loss[ok][:need]
+        res.stats[f"{tag}final_free"] = int(tr.shape[0])
+        return R, tr, loss
 
-        order = torch.argsort(loss)
-        if c.antipodal_candidates > 0:
-            R, tr, loss, order = self._antipodal_rerank(R, tr, loss, order, floor, qp, emb_task, guidance, res)
-            t0 = lap("antipodal", t0)
+    def _geometric_candidates(self, vox: torch.Tensor, floor: float | None, gen: torch.Generator,
+                              c: PlannerConfig, res: PlanResult) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """Zero-shot antipodal candidates on the selected voxels (grasp/geometric.py), collision-free (coarse
+        check), best pre-score first, at most ``geometric_verify``."""
+        seeds = vox
+        if seeds.shape[0] > c.geometric_max_seeds:
+            pick = torch.randperm(seeds.shape[0], generator=gen)[:c.geometric_max_seeds].to(self.device)
+            seeds = seeds[pick]
+        st = GeometricSettings(max_width=float(self.gripper.max_opening) - 2 * c.clearance_m,
+                               level=c.surface_alpha, delta=c.voxel_size_m, step=c.antipodal_step_m,
+                               h=c.antipodal_normal_step_m, max_pair_deg=c.geometric_max_pair_deg,
+                               approach_angles=c.geometric_approach_angles,
+                               depths=tuple(float(d) for d in c.geometric_depths_m),
+                               max_candidates=c.geometric_max_candidates, chunk_points=c.chunk_points)
+        g = geometric_candidates(self.field, seeds, st, gen)
+        coll = in_collision(self.field, g.R, g.t, self._gripper_points, c.collision_voxel_m, c.collision_alpha,
+                            c.collision_min_points, c.chunk_points, floor)
+        free = torch.nonzero(~coll)[:, 0]
+        free = free[torch.argsort(g.prescore[free], descending=True)][:c.geometric_verify]
+        g.stats["free"] = int((~coll).sum())
+        res.stats["geometric"] = g.stats
+        return g.R[free], g.t[free], g.stats
+
+    # --- planning ------------------------------------------------------------------------------------
+    def plan(self, text: str, workspace: tuple[Sequence[float], Sequence[float]] | None = None,
+             options: PlanOptions | None = None) -> PlanResult:
+        """Plan grasps for a text query; never raises for "nothing to grasp" (see ``PlanResult.reason``).
+
+        Args:
+            text: what to grasp ("mug handle").
+            workspace: (lo, hi) world box for this request (default ``workspace_min_m/max_m``); also
+                ``options.workspace``.
+            options: per-request settings (negatives, max grasps, an explicit task, candidate sources).
+        """
+        o = options or PlanOptions()
+        if o.workspace is not None:
+            workspace = o.workspace
+        c = self.config
+        changes = {k: v for k, v in (("negatives", None if o.negatives is None else tuple(o.negatives)),
+                                     ("max_grasps", o.max_grasps), ("sources", o.sources)) if v is not None}
+        if changes:
+            c = dataclasses.replace(c, **changes)
+        t_start = time.perf_counter()
+        text = normalise_query(text)
+        res = PlanResult(query=text)
+        timing = res.timing
+
+        def done(reason: str = "") -> PlanResult:
+            res.reason = reason
+            timing["total"] = time.perf_counter() - t_start
+            return res
+
+        def lap(name: str, t0: float) -> float:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            now = time.perf_counter()
+            timing[name] = timing.get(name, 0.0) + now - t0
+            return now
+
+        tasks = self.tasks
+        if o.task:
+            tasks = [t for t in self.tasks if t.name == o.task]
+            if not tasks:
+                raise ValueError(f"unknown task {o.task!r}; known tasks: {[t.name for t in self.tasks]}")
+        if not text:
+            return done("empty query: say what to grasp, e.g. 'mug handle'")
+        if is_negative_only(text, c.negatives):
+            return done(f"query {text!r} names no object: it is made only of the negative phrases "
+                        f"{list(c.negatives)} the similarity compares against")
+        if not self.has_features or self.text_encoder is None:
+            return done("the field has no feature field (trained without 2D features), so it cannot be "
+                        "queried by text; train it with a feature extractor")
+        if not tasks and c.sources == "demo":
+            return done("no grasp tasks (demonstrations) are loaded, and geometric grasps are off (sources 'demo')")
+
+        t0 = time.perf_counter()
+        pts, counts = self.surface(workspace)
+        res.stats.update(counts)
+        t0 = lap("surface", t0)
+        if pts.shape[0] == 0:
+            return done("no surface in the workspace box: nothing there to grasp (is the box right, and the "
+                        "field trained?)")
+
+        emb = encode_texts(self.text_encoder, [text, *c.negatives], self.device)
+        pos, negs = emb[0], emb[1:]
+        feats = query_features_chunked(self.field, pts, c.chunk_points)
+        f_unit = feats / feats.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        sims = pairwise_softmax(f_unit, pos, negs, c.similarity_temperature)
+        if o.heatmap:
+            res.heatmap_points = pts.cpu().numpy().astype(np.float32)
+            res.heatmap_similarity = sims.cpu().numpy().astype(np.float32)
+        best = float(sims.max())
+        res.stats["best_similarity"] = best
+        gen = torch.Generator().manual_seed(c.seed)
+        mask = language_mask(f_unit, pos, negs, c.mask_temperature, c.mask_sampling, gen) \
+            & (sims >= c.min_similarity)
+        res.stats["masked"] = int(mask.sum())
+        t0 = lap("language", t0)
+        if best < c.min_similarity:
+            return done(f"{text!r} not found in the workspace: best similarity {best:.3f} is below the "
+                        f"threshold {c.min_similarity:.3f}")
+        if int(mask.sum()) < c.min_masked_voxels:
+            return done(f"{text!r} not found: only {int(mask.sum())} surface voxels match it (need "
+                        f"{c.min_masked_voxels})")
+        vox = pts[mask]
+        cos = f_unit[mask] @ pos
+
+        # which demonstrations fit (retrieval score >= task_fit_min), best first
+        fitting: list[tuple[Task, float]] = []
+        if tasks and c.sources != "geometric":
+            scene_feat = f_unit[mask].mean(dim=0) if c.retrieval == "text+scene" else None
+            _, task_sims = retrieve_task(pos, tasks, scene_feature=scene_feat)
+            res.stats["task_similarities"] = {t.name: float(s) for t, s in zip(tasks, task_sims, strict=True)}
+            order = torch.argsort(task_sims, descending=True).tolist()
+            fitting = [(tasks[i], float(task_sims[i])) for i in order
+                       if o.task or float(task_sims[i]) >= c.task_fit_min][:max(1, c.max_tasks_tried)]
+        res.stats["tasks_fitting"] = [t.name for t, _ in fitting]
+        t0 = lap("retrieval", t0)
+        floor = self.floor_z(workspace)
+        verifier = self.verifier(c)
+        failures: Counter = Counter()
+        checked = 0
+        # each entry: (source, task name, R, t, passed verdict arrays, base score)
+        passed: list[tuple[str, str, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+        def accept(source: str, task_name: str, R: torch.Tensor, t: torch.Tensor, bonus: torch.Tensor) -> int:
+            nonlocal checked
+            v = verifier.verify(R, t, floor, vox)
+            checked += R.shape[0]
+            failures.update(v.stats["failures"])
+            res.stats.setdefault("verified", []).append({"source": source, "task": task_name, **v.stats})
+            k = torch.nonzero(v.passed)[:, 0]
+            if k.numel():
+                lang = self._contact_similarity(v.contacts[k], pos, negs, c)
+                angle_q = (1.0 - v.angle_deg[k] / max(c.antipodal_max_deg, 1e-6)).clamp(0.0, 1.0)
+                quality = 0.6 * angle_q + 0.4 * ((lang - 0.5) * 2.0).clamp(0.0, 1.0)
+                passed.append((source, task_name, v.R[k], v.t[k], torch.stack([v.angle_deg[k], v.width[k], lang], 1),
+                               quality + bonus[k], quality))
+            return int(k.numel())
+
+        if c.sources != "demo":
+            Rg, tg, gstats = self._geometric_candidates(vox, floor, gen, c, res)
+            t0 = lap("geometric", t0)
+            accept("geometric", "", Rg, tg, torch.zeros(Rg.shape[0], device=self.device))
+            t0 = lap("verify", t0)
+        else:
+            gstats = {}
+        for i, (task, _fit) in enumerate(fitting):
+            tag = "" if i == 0 else f"task{i}_"
+            R, tr, loss = self._demo_candidates(task, vox, cos, pos, floor, gen, c, res, tag)
+            t0 = lap("optimise", t0)
+            fit_term = 0.25 * (-loss).clamp(0.0, 2.0) / 2.0
+            n_ok = accept("demo", task.name, R, tr, c.demo_preference + fit_term)
+            t0 = lap("verify", t0)
+            if n_ok:
+                break
+        res.stats["checked"] = checked
+        if not passed:
+            return done(f"{text!r} found, but no grasp was returned: "
+                        + explain_failures(failures, checked, gstats.get("no_opposite_face", 0),
+                                           gstats.get("on_surface", 0)))
+        score = torch.cat([p[5] for p in passed])
+        order = torch.argsort(score, descending=True)
         if c.max_grasps > 0:
             order = order[:c.max_grasps]
-        R_np, t_np, l_np = R[order].cpu().double().numpy(), tr[order].cpu().double().numpy(), \
-            loss[order].cpu().double().numpy()
-        for rank in range(len(order)):
+        R_all = torch.cat([p[2] for p in passed])[order].cpu().double().numpy()
+        t_all = torch.cat([p[3] for p in passed])[order].cpu().double().numpy()
+        terms = torch.cat([p[4] for p in passed])[order].cpu().double().numpy()
+        qual = torch.cat([p[6] for p in passed])[order].cpu().double().numpy()
+        sc = score[order].cpu().double().numpy()
+        src = [(p[0], p[1]) for p in passed for _ in range(p[2].shape[0])]
+        src = [src[i] for i in order.tolist()]
+        for rank in range(len(src)):
             T = np.eye(4)
-            T[:3, :3] = R_np[rank]
-            T[:3, 3] = t_np[rank]
-            res.grasps.append(Grasp(T_world_gripper=T, score=float(-l_np[rank]), width=float(c.opening_m),
-                                    task=task.name, rank=rank, T_world_tool=self.gripper.to_tool(T)))
+            T[:3, :3] = R_all[rank]
+            T[:3, 3] = t_all[rank]
+            source, task_name = src[rank]
+            res.grasps.append(Grasp(
+                T_world_gripper=T, score=float(sc[rank]), width=float(c.opening_m), task=task_name, rank=rank,
+                T_world_tool=self.gripper.to_tool(T), source=source,
+                quality={"antipodal_deg": float(terms[rank, 0]), "contact_width_m": float(terms[rank, 1]),
+                         "contact_similarity": float(terms[rank, 2]), "clearance_m": float(c.clearance_m),
+                         "quality": float(qual[rank])}))
+        res.task = res.grasps[0].task or None
+        res.source = res.grasps[0].source
         return done("")
