@@ -707,6 +707,11 @@ class DatasetWriter:
         atomic_write_json(self.json_path, self._data)
 
     # -- metadata
+    @property
+    def labels_table(self) -> dict[str, dict[str, Any]] | None:
+        """The top-level ``f3rm_labels`` table as stored (None if the dataset has none; do not modify)."""
+        return self._data.get("f3rm_labels")
+
     def set_labels_table(self, table: Mapping[str | int, Mapping[str, Any]]) -> None:
         """Set the top-level ``f3rm_labels`` table ({id: {"object", "category", "part", "synonyms"}})."""
         with self._lock:
