@@ -1,6 +1,6 @@
 """capture_node and sim_camera_node over real DDS: sim camera -> capture -> dataset on disk; bad inputs
-answered with reasons while the node keeps serving; SIGKILL mid-capture and restart; plus the ROS-free
-capture decisions (pose-by-stamp lookup, blur score, keyframes)."""
+answered with reasons while the node keeps serving; SIGKILL mid-capture and restart. The ROS-free capture
+decisions are tested in test_capture_logic.py and test_capture_session.py."""
 
 from __future__ import annotations
 
@@ -21,8 +21,6 @@ from rclpy.parameter import Parameter  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
 from f3rm_ros.core.geometry import make_transform  # noqa: E402
-from f3rm_ros.ros.capture_logic import (KeyframeSelector, PoseBuffer, interpolate_pose,  # noqa: E402
-                                        laplacian_variance, laplacian_variance_reference)
 from node_helpers import (Spinner, call_service, node_logs_on_failure, start_node, stop_process,  # noqa: E402
                           wait_for)
 
@@ -30,83 +28,6 @@ from node_helpers import (Spinner, call_service, node_logs_on_failure, start_nod
 def _rot_z(deg: float) -> np.ndarray:
     a = math.radians(deg)
     return np.array([[math.cos(a), -math.sin(a), 0], [math.sin(a), math.cos(a), 0], [0, 0, 1.0]])
-
-
-# --- ROS-free decisions ----------------------------------------------------------------------------
-
-def test_pose_buffer_lookup_cases():
-    buf = PoseBuffer(duration_s=2.0, tolerance_s=0.05, interpolate=True)
-    assert buf.lookup(1.0).status == "empty"
-    T0 = make_transform(np.eye(3), [0.0, 0.0, 0.0])
-    T1 = make_transform(_rot_z(20.0), [0.1, 0.0, 0.0])
-    buf.add(1.00, T0)
-    assert buf.lookup(1.03).status == "wait"  # nothing after the stamp yet: a pose to interpolate may come
-    assert buf.lookup(1.03, final=True).status == "ok"  # ... but the nearest one is within tolerance
-    assert buf.lookup(1.20, final=True).status == "too_far"
-    buf.add(1.08, T1)
-    r = buf.lookup(1.02)
-    ref = interpolate_pose(T0, T1, 0.25)
-    ang = math.degrees(math.acos(np.clip((np.trace(r.pose[:3, :3]) - 1) / 2, -1, 1)))
-    print(f"interpolated at alpha 0.25: t={r.pose[:3, 3]}, angle {ang:.3f} deg, dt {r.dt * 1000:.1f} ms")
-    assert r.status == "ok" and r.interpolated and abs(r.dt - 0.02) < 1e-9
-    assert np.allclose(r.pose[:3, 3], [0.025, 0, 0]) and abs(ang - 5.0) < 1e-6 and np.allclose(r.pose, ref)
-    assert buf.lookup(1.08).pose is not None and np.allclose(buf.lookup(1.08).pose, T1)  # exact stamp
-    far = buf.lookup(0.5)
-    assert far.status == "too_far" and "500.0 ms" in far.reason, far.reason
-    buf.add(4.0, T0)  # older poses fall out of the 2 s window
-    assert len(buf) == 1
-
-
-def test_laplacian_variance_matches_reference_and_orders_sharpness():
-    rng = np.random.default_rng(0)
-    img = rng.integers(0, 256, (9, 11, 3), dtype=np.uint8)
-    fast, ref = laplacian_variance(img), laplacian_variance_reference(img)
-    print(f"random 11x9: fast {fast:.6f} reference {ref:.6f}")
-    assert abs(fast - ref) < 1e-9 * max(1.0, ref)
-    big = np.kron(rng.integers(0, 256, (12, 16), dtype=np.uint8), np.ones((4, 4), np.uint8))  # blocky image
-    blurred = big.astype(float)
-    for _ in range(6):  # box blur
-        blurred = (blurred + np.roll(blurred, 1, 0) + np.roll(blurred, -1, 0) + np.roll(blurred, 1, 1)
-                   + np.roll(blurred, -1, 1)) / 5
-    s_sharp, s_blur = laplacian_variance(big), laplacian_variance(blurred.astype(np.uint8))
-    print(f"sharp {s_sharp:.1f} vs blurred {s_blur:.1f}; flat {laplacian_variance(np.full((8, 8, 3), 77, np.uint8))}")
-    assert s_sharp > 10 * s_blur and laplacian_variance(np.full((8, 8, 3), 77, np.uint8)) == 0.0
-
-
-def test_keyframe_selector():
-    sel = KeyframeSelector(min_translation_m=0.05, min_rotation_deg=10.0)
-    T = make_transform(np.eye(3), [0, 0, 0])
-    assert sel.check(T)[0]
-    sel.add(T)
-    near = make_transform(_rot_z(5.0), [0.03, 0, 0])
-    ok, why = sel.check(near)
-    print(why)
-    assert not ok and "too close" in why
-    assert sel.check(make_transform(np.eye(3), [0.06, 0, 0]))[0]  # moved enough
-    assert sel.check(make_transform(_rot_z(12.0), [0.0, 0, 0]))[0]  # turned enough
-    sel.reset(np.stack([T, make_transform(np.eye(3), [1.0, 0, 0])]))
-    assert len(sel) == 2 and not sel.check(make_transform(np.eye(3), [1.01, 0, 0]))[0]
-
-    # vectorised decision == a plain loop over the kept frames (random poses)
-    from scipy.spatial.transform import Rotation
-
-    from f3rm_ros.core.geometry import rotation_angle
-
-    rng = np.random.default_rng(3)
-    kept = [make_transform(Rotation.random(random_state=int(k)).as_matrix(), rng.normal(0, 0.05, 3)) for k in range(20)]
-    sel.reset(np.stack(kept))
-    agree, close = 0, 0
-    for k in range(200):  # perturbed copies of kept frames: some within both thresholds, some not
-        base = kept[k % len(kept)]
-        axis = rng.normal(size=3)
-        dR = Rotation.from_rotvec(axis / np.linalg.norm(axis) * math.radians(rng.uniform(0, 16))).as_matrix()
-        cand = make_transform(base[:3, :3] @ dR, base[:3, 3] + rng.normal(0, 0.03, 3))
-        ref_close = any(np.linalg.norm(cand[:3, 3] - K[:3, 3]) < 0.05
-                        and math.degrees(rotation_angle(K[:3, :3], cand[:3, :3])) < 10.0 for K in kept)
-        close += ref_close
-        agree += (not sel.check(cand)[0]) == ref_close
-    print(f"keyframe decisions equal to the loop reference: {agree}/200 ({close} too close)")
-    assert agree == 200 and 20 < close < 180
 
 
 # --- nodes over DDS --------------------------------------------------------------------------------
@@ -509,7 +430,7 @@ def test_compressed_images_transform_poses_body_convention(tmp_path):
     from f3rm_ros.core.cameras import CameraIntrinsics
     from f3rm_ros.core.dataset import load_dataset
     from f3rm_ros.core.geometry import matrix_to_pose
-    from f3rm_ros.ros.capture_logic import T_BODY_OPTICAL
+    from f3rm_ros.core.capture import T_BODY_OPTICAL
     from f3rm_ros.ros.capture_node import CaptureNode
     from f3rm_ros.ros.conversions import intrinsics_to_camera_info
 

@@ -1,8 +1,8 @@
 """capture_node's background writer: disk writes off the executor thread, bounded queue (writer_busy), STOP/SAVE
 waiting for queued frames, write failures answered with a reason while the node keeps serving.
 
-The ROS-free part tests :class:`f3rm_ros.ros.capture_logic.BackgroundWriter` directly; the DDS part runs a real
-capture node in-process (rclpy over DDS, no mocks) with the writer's in-process delay hook (a slow disk) and a
+The ROS-free part (:class:`f3rm_ros.core.capture.BackgroundWriter`) is tested in test_capture_logic.py; this runs a
+real capture node in-process (rclpy over DDS, no mocks) with the writer's in-process delay hook (a slow disk) and a
 dataset whose ``images`` folder is replaced by a file (writes really fail)."""
 
 from __future__ import annotations
@@ -14,112 +14,6 @@ import time
 
 import numpy as np
 import pytest
-
-from f3rm_ros.core.geometry import make_transform
-from f3rm_ros.ros.capture_logic import BackgroundWriter, KeyframeSelector, WriteJob
-
-
-# --- ROS-free --------------------------------------------------------------------------------------
-
-def test_background_writer_fifo_bound_errors_discard_close():
-    w = BackgroundWriter(max_pending=2)
-    w.delay_s = 0.2
-    out: list = []
-    errors: list = []
-    try:
-        t0 = time.perf_counter()
-        accepted = [w.submit(WriteJob(lambda k=k: out.append(k) or k)) for k in range(3)]
-        submit_s = time.perf_counter() - t0
-        forced = w.submit(WriteJob(lambda: out.append("meta"), kind="meta"), force=True)
-        print(f"accepted {accepted} (+ forced meta {forced}) in {submit_s * 1000:.1f} ms; pending {w.pending()} "
-              f"({w.pending('frame')} frames)")
-        assert accepted == [True, True, False] and forced and submit_s < 0.1  # never waits for the writer
-        assert w.pending("frame") == 2 and w.pending() == 3
-        assert not w.wait_idle(0.05)
-        assert w.wait_idle(5.0) and out == [0, 1, "meta"] and w.pending() == 0
-
-        # a barrier waits for what was queued before it, not for what comes after
-        w.delay_s = 0.15
-        for k in range(2):
-            w.submit(WriteJob(lambda k=k: out.append(("b", k))))
-        ev = w.barrier()
-        w.submit(WriteJob(lambda: out.append("after")), force=True)
-        t0 = time.perf_counter()
-        assert ev.wait(5.0)
-        waited = time.perf_counter() - t0
-        print(f"barrier passed after {waited:.2f} s; written by then: {out[3:]}")
-        assert out[3:] == [("b", 0), ("b", 1)] and 0.2 < waited < 2.0  # two delayed jobs, the barrier itself not
-        assert w.wait_idle(5.0) and out[-1] == "after"
-
-        # a failing job: its on_error gets the exception, the thread keeps going, later jobs run
-        def boom() -> None:
-            raise OSError(28, "No space left on device")
-
-        w.delay_s = 0.0
-        done: list = []
-        assert w.submit(WriteJob(boom, on_error=errors.append, on_done=done.append))
-        assert w.submit(WriteJob(lambda: 7, on_done=done.append))
-        assert w.wait_idle(5.0)
-        print(f"error passed on: {errors!r}; then done {done}; failed={w.failed} done={w.done}")
-        assert len(errors) == 1 and isinstance(errors[0], OSError) and done == [7] and w.failed == 1
-
-        # discard drops what has not started; the running job finishes
-        w.delay_s = 0.3
-        dropped: list = []
-        started = threading.Event()
-        assert w.submit(WriteJob(lambda: (started.set(), out.append("a")), on_discard=lambda: dropped.append("a")))
-        deadline = time.monotonic() + 5.0
-        while not w.busy and time.monotonic() < deadline:  # the writer took "a" and sleeps in delay_s
-            time.sleep(0.005)
-        assert w.busy
-        assert w.submit(WriteJob(lambda: out.append("b"), on_discard=lambda: dropped.append("b")))
-        assert w.discard("frame") == 1 and dropped == ["b"]
-        assert w.wait_idle(5.0) and out[-1] == "a" and "b" not in out
-
-        # hold (a disk that does not answer): nothing starts, everything stays queued and can be discarded
-        w.delay_s = 0.0
-        w.hold = threading.Event()
-        for k in range(2):
-            assert w.submit(WriteJob(lambda k=k: out.append(("held", k)), on_discard=lambda: dropped.append("held")))
-        time.sleep(0.2)
-        print(f"held: pending {w.pending()}, busy {w.busy}")
-        assert w.pending("frame") == 2 and not w.busy and not any(isinstance(o, tuple) and o[0] == "held" for o in out)
-        assert w.discard("frame") == 2 and dropped.count("held") == 2
-        assert w.submit(WriteJob(lambda: out.append("released")))
-        w.hold.set()
-        assert w.wait_idle(5.0) and out[-1] == "released"
-        w.hold = None
-
-        # close writes what is queued, then refuses new jobs
-        w.delay_s = 0.0
-        assert w.submit(WriteJob(lambda: out.append("last")))
-        assert w.close(5.0) and out[-1] == "last" and w.closed
-        assert not w.submit(WriteJob(lambda: out.append("late"))) and "late" not in out
-        # a job stuck longer than close's timeout: close answers False in time and drops the rest
-        slow = BackgroundWriter(max_pending=4)
-        slow.delay_s = 0.5
-        slow.submit(WriteJob(lambda: None))
-        slow.submit(WriteJob(lambda: out.append("never")))
-        t0 = time.perf_counter()
-        ok = slow.close(0.1)
-        print(f"close with a 0.5 s job and timeout 0.1 s: {ok} after {time.perf_counter() - t0:.2f} s")
-        assert not ok and time.perf_counter() - t0 < 0.4
-        time.sleep(0.7)
-        assert "never" not in out
-    finally:
-        w.close(1.0)
-
-
-def test_keyframe_selector_remove():
-    sel = KeyframeSelector(min_translation_m=0.05, min_rotation_deg=10.0)
-    A = make_transform(np.eye(3), [0.0, 0.0, 0.0])
-    B = make_transform(np.eye(3), [1.0, 0.0, 0.0])
-    sel.add(A)
-    sel.add(B)
-    assert not sel.check(A)[0]
-    assert sel.remove(A) and len(sel) == 1 and sel.check(A)[0] and not sel.check(B)[0]
-    assert not sel.remove(A)  # not there any more
-    print(f"after remove: {len(sel)} kept; A allowed again: {sel.check(A)[0]}")
 
 
 # --- over DDS --------------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ nerfstudio).
 
 Disk writes never block the executor: the data callbacks only decode, validate and decide keyframes
 (against every kept frame, written or still queued), then hand the frame to a writer thread
-(:class:`f3rm_ros.ros.capture_logic.BackgroundWriter`, FIFO) that writes the image and rewrites
+(:class:`f3rm_ros.core.capture.BackgroundWriter`, FIFO) that writes the image and rewrites
 ``transforms.json``. At most ``max_pending_writes`` kept frames wait for the disk; a frame kept while
 the queue is full is rejected as ``writer_busy``. A failed write (disk full, permissions) is counted
 as ``write_failed``, sets ``/diagnostics`` to ERROR until a write succeeds again, and never stops
@@ -80,8 +80,8 @@ from std_msgs.msg import String
 from f3rm_ros.core.config import param
 from f3rm_ros.core.geometry import c2w_opengl_to_opencv
 from f3rm_ros.msg import CaptureStatus
-from f3rm_ros.ros.capture_logic import (T_BODY_OPTICAL, BackgroundWriter, KeyframeSelector, PoseBuffer, PoseLookup,
-                                        WriteJob, laplacian_variance)
+from f3rm_ros.core.capture import (T_BODY_OPTICAL, BackgroundWriter, KeyframeSelector, PoseBuffer, PoseLookup, WriteJob,
+                                   laplacian_variance)
 from f3rm_ros.ros.common import OK, WARN, ERROR, DiagnosticsPublisher, PathRefused, resolve_under_root, run_node
 from f3rm_ros.ros.conversions import (ConversionError, camera_info_to_intrinsics, compressed_to_rgb, image_to_depth,
                                       image_to_labels, image_to_rgb, parse_label_table_json, pose_msg_to_matrix,
