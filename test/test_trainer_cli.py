@@ -43,7 +43,8 @@ def test_cli_train_and_resume(tmp_path, capsys):
     metrics = json.loads((out / "metrics.json").read_text())
     ckpts = sorted((out / "checkpoints").glob("step-*.ckpt"))
     print("run.json result:", run["result"], "checkpoints:", [c.name for c in ckpts])
-    assert run["result"]["step"] == 4 and ckpts[-1].name == "step-0000004.ckpt"
+    assert run["result"]["step"] == 4 and ckpts[-1].name == "step-0000004.ckpt" and run["num_steps"] == 4
+    assert run["features"]["type"] == "synthetic" and run["features"]["feature_dim"] == 4  # train_scene's info
     assert metrics["history"][-1]["step"] == 4 and list((out / "eval").glob("*.png"))
     assert (out / "field.ckpt").is_file() and load_trained_field(out / "field.ckpt").feature_dim == 4
     rc = main([str(data), "--steps", "6", "--device", "cpu", "--out", str(out), "--resume", "--features", "synthetic",

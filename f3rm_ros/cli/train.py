@@ -1,6 +1,7 @@
 """``f3rm-train DATA_DIR``: train the radiance + feature field on a transforms.json dataset.
 
-Writes a run folder (default ``runs/<dataset name>-<time>``)::
+Runs :func:`f3rm_ros.core.workflows.train_scene.train_scene` and writes its run folder (default
+``runs/<dataset name>-<time>``; the layout and run.json are documented there)::
 
     RUN_DIR/config.yaml          the full TrainerConfig used
     RUN_DIR/run.json             dataset, downscale, device, features, command line, final result
@@ -27,18 +28,20 @@ import sys
 import time
 from pathlib import Path
 
-from f3rm_ros.core.config import ConfigError, add_cli_args, apply_cli_args, load_yaml, save_yaml
+from f3rm_ros.core.config import ConfigError, add_cli_args, load_yaml
 
 __all__ = ["main", "build_parser", "ProgressBar"]
 
 
 def build_parser() -> argparse.ArgumentParser:
     from f3rm_ros.core.trainer import TrainerConfig  # noqa: PLC0415
+    from f3rm_ros.core.workflows.train_scene import DEFAULT_NUM_STEPS  # noqa: PLC0415
 
     p = argparse.ArgumentParser(prog="f3rm-train", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("::", 1)[-1])
     p.add_argument("data_dir", type=Path, help="dataset folder (or its transforms.json)")
-    p.add_argument("--steps", type=int, default=30000, help="total training steps to reach (default 30000)")
+    p.add_argument("--steps", type=int, default=DEFAULT_NUM_STEPS,
+                   help=f"total training steps to reach (default {DEFAULT_NUM_STEPS})")
     p.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, cuda:1 (default auto)")
     p.add_argument("--downscale", type=int, default=1, help="integer image downscale factor (default 1)")
     p.add_argument("--out", type=Path, default=None, help="run folder (default runs/<dataset>-<time>)")
@@ -120,77 +123,14 @@ def _flat_mapping(data: dict, prefix: str = "") -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import torch  # noqa: PLC0415
+    import yaml  # noqa: PLC0415
 
-    from f3rm_ros.core.dataset import DatasetError, load_dataset  # noqa: PLC0415
-    from f3rm_ros.core.device import resolve_device  # noqa: PLC0415
-    from f3rm_ros.core.feature_targets import (SYNTHETIC_EXTRACTOR_INFO, features_from_extractor,  # noqa: PLC0415
-                                               synthetic_feature_maps)
-    from f3rm_ros.core.io import atomic_write_json  # noqa: PLC0415
-    from f3rm_ros.core.trainer import (CheckpointError, Trainer, TrainerConfig, latest_checkpoint,  # noqa: PLC0415
-                                       load_checkpoint)
+    from f3rm_ros.core.dataset import DatasetError  # noqa: PLC0415
+    from f3rm_ros.core.trainer import CheckpointError, TrainerConfig  # noqa: PLC0415
+    from f3rm_ros.core.workflows.train_scene import TrainSceneRequest, train_scene  # noqa: PLC0415
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        device = resolve_device(args.device)
-        if args.preset:  # the preset, then the file's settings on top of it, then the flags
-            from f3rm_ros.core.presets import trainer_config  # noqa: PLC0415
-
-            try:
-                overrides = _flat_mapping(_read_yaml_mapping(args.config)) if args.config else {}
-                cfg = trainer_config(args.preset, **overrides)
-            except ValueError as e:
-                raise ConfigError(f"--preset {args.preset}: {e}") from None
-        else:
-            cfg = load_yaml(TrainerConfig, args.config) if args.config else TrainerConfig()
-        cfg = apply_cli_args(cfg, args)
-        data_dir = args.data_dir
-        out = args.out or Path("runs") / f"{data_dir.resolve().name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        ckpt_path = None
-        if args.resume is not None:
-            ckpt_path = latest_checkpoint(out) if args.resume == "latest" else Path(args.resume)
-            if ckpt_path is not None and ckpt_path.is_dir():
-                ckpt_path = latest_checkpoint(ckpt_path)
-            if ckpt_path is None:
-                raise CheckpointError(f"--resume: no checkpoint found in {out / 'checkpoints'}")
-        ds = load_dataset(data_dir, downscale=args.downscale, eval_every=args.eval_every_frame)
-        print(f"dataset {data_dir}: {len(ds)} frames ({len(ds.train_indices)} train, {len(ds.eval_indices)} eval), "
-              f"{ds.intrinsics[0].width}x{ds.intrinsics[0].height} after downscale {args.downscale}; device {device}",
-              file=sys.stderr)
-        feature_maps, info = None, {}
-        if args.features_from:
-            cache = args.features_cache or (ds.root / ".f3rm_feature_cache")
-            feature_maps, info = features_from_extractor(args.features_from, ds, cache)
-        elif args.features == "synthetic":
-            feature_maps = synthetic_feature_maps([ds.get_image(i) for i in range(len(ds))], dim=args.synthetic_dim)
-            info = dict(SYNTHETIC_EXTRACTOR_INFO, feature_dim=args.synthetic_dim)
-        if feature_maps is not None:
-            print(f"feature maps {tuple(feature_maps.shape)} from {info.get('name')}", file=sys.stderr)
-        if ckpt_path is not None:
-            ck_cfg = load_checkpoint(ckpt_path)["config"]
-            overrides = {k: v for k, v in vars(args).items() if k.startswith("cfg:") and v is not None}
-            if any(k.startswith("cfg:model.") for k in overrides):
-                raise CheckpointError("model settings cannot be changed when resuming")
-            from f3rm_ros.core.config import from_dict, to_dict  # noqa: PLC0415
-
-            cfg = apply_cli_args(from_dict(TrainerConfig, ck_cfg), args)
-            trainer = Trainer.from_checkpoint(ckpt_path, ds, feature_maps, device, run_dir=out,
-                                              config_overrides={k: v for k, v in to_dict(cfg).items() if k != "model"})
-            print(f"resumed from {ckpt_path} at step {trainer.step}", file=sys.stderr)
-        else:
-            trainer = Trainer(cfg, ds, feature_maps, device, run_dir=out, extractor_info=info)
-    except (ConfigError, DatasetError, CheckpointError, RuntimeError, ValueError) as e:
-        print(f"f3rm-train: error: {e}", file=sys.stderr)
-        return 2
-
-    save_yaml(trainer.config, out / "config.yaml")
-    run_info = {"data_dir": str(data_dir.resolve()), "downscale": args.downscale, "device": str(device),
-                "features": info, "hashgrid_backends": trainer.model.hashgrid_backends(),
-                "command": " ".join(sys.argv if argv is None else ["f3rm-train", *argv]),
-                "resumed_from": str(ckpt_path) if ckpt_path else None}
-    atomic_write_json(out / "run.json", run_info)
-
     stop = {"flag": False}
 
     def on_sigint(signum, frame):  # noqa: ARG001
@@ -199,27 +139,43 @@ def main(argv: list[str] | None = None) -> int:
         stop["flag"] = True
         print("\nstopping after this step (Ctrl-C again to abort without a checkpoint)", file=sys.stderr)
 
+    data_dir = args.data_dir
+    out = args.out or Path("runs") / f"{data_dir.resolve().name}-{time.strftime('%Y%m%d-%H%M%S')}"
     old = signal.signal(signal.SIGINT, on_sigint)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
     try:
-        res = trainer.train(args.steps, on_progress=None if args.quiet else ProgressBar(),
-                            should_stop=lambda: stop["flag"])
+        if args.preset:  # the preset, then the file's settings on top of it, then the flags (overrides)
+            from f3rm_ros.core.presets import trainer_config  # noqa: PLC0415
+
+            try:
+                cfg = trainer_config(args.preset, **(_flat_mapping(_read_yaml_mapping(args.config))
+                                                     if args.config else {}))
+            except ValueError as e:
+                raise ConfigError(f"--preset {args.preset}: {e}") from None
+        else:
+            cfg = load_yaml(TrainerConfig, args.config) if args.config else TrainerConfig()
+        flags = {k[len("cfg:"):]: yaml.safe_load(v) for k, v in vars(args).items() if k.startswith("cfg:")
+                 and v is not None}  # on --resume they apply to the checkpoint's config
+        cache = None
+        if args.features_from:
+            cache = args.features_cache or (data_dir if data_dir.is_dir() else data_dir.parent) / ".f3rm_feature_cache"
+        res = train_scene(TrainSceneRequest(
+            data_dir, num_steps=args.steps, trainer=cfg, overrides=flags,
+            features=args.features_from or args.features, feature_cache=cache, synthetic_dim=args.synthetic_dim,
+            downscale=args.downscale, eval_every_frame=args.eval_every_frame, device=args.device, run_dir=out,
+            resume=args.resume, command=" ".join(sys.argv if argv is None else ["f3rm-train", *argv]),
+            extraction_progress=not args.quiet, on_progress=None if args.quiet else ProgressBar(),
+            should_stop=lambda: stop["flag"], log=lambda line: print(line, file=sys.stderr)))
+    except (ConfigError, DatasetError, CheckpointError, RuntimeError, ValueError) as e:
+        print(f"f3rm-train: error: {e}", file=sys.stderr)
+        return 2
     finally:
         signal.signal(signal.SIGINT, old)
-    field_file = trainer.save_checkpoint(out / "field.ckpt", include_optimizer=False)
-    run_info["result"] = {"step": res.step, "stopped": res.stopped, "elapsed_s": res.elapsed_s,
-                          "field": str(field_file),
-                          "eval_psnr": res.eval.get("psnr"), "eval_feature_mse": res.eval.get("feature_mse"),
-                          "checkpoint": str(res.checkpoint) if res.checkpoint else None}
-    if device.type == "cuda":
-        run_info["result"]["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
-    atomic_write_json(out / "run.json", run_info)
-    fm = res.eval.get("feature_mse")
+    ev = res.eval
+    fm, dm = ev.get("feature_mse"), ev.get("depth_median_error_m")
     print(f"{'stopped' if res.stopped else 'done'} at step {res.step} in {res.elapsed_s:.1f}s: held-out PSNR "
-          f"{res.eval.get('psnr', float('nan')):.2f} dB" + (f", feature MSE {fm:.5f}" if fm is not None else "")
-          + (f", median depth error {1000 * dm:.1f} mm" if (dm := res.eval.get("depth_median_error_m")) is not None
-             else "") + f"; run folder {out}", file=sys.stderr)
+          f"{ev.get('psnr', float('nan')):.2f} dB" + (f", feature MSE {fm:.5f}" if fm is not None else "")
+          + (f", median depth error {1000 * dm:.1f} mm" if dm is not None else "") + f"; run folder {out}",
+          file=sys.stderr)
     return 0
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["nearest_patch_targets", "synthetic_feature_maps", "SYNTHETIC_EXTRACTOR_INFO", "features_from_extractor"]
+__all__ = ["nearest_patch_targets", "synthetic_feature_maps", "SYNTHETIC_EXTRACTOR_INFO"]
 
 
 def nearest_patch_targets(feature_maps: Tensor,  # [N, h, w, D]
@@ -55,38 +55,3 @@ def synthetic_feature_maps(images: np.ndarray | list[np.ndarray],  # N x [H, W, 
     if len(shapes) != 1:
         raise ValueError(f"images give different feature grid sizes {sorted(shapes)}; resize them first")
     return torch.stack(out)
-
-
-def features_from_extractor(name: str, dataset, cache_dir, settings: dict | None = None
-                            ) -> tuple[Tensor, dict]:
-    """Feature maps of every frame from a 2D extractor of ``f3rm_ros.core.features`` (hook for the
-    trainer CLI / node): builds ``FeaturesConfig(extractor=name, **settings)``, calls
-    ``create_extractor_for_dataset`` (or ``create_extractor``) and
-    ``extract_dataset_features(extractor, dataset, cache_dir)``.
-
-    Returns:
-        feature maps ``[N_frames, h, w, D]`` and the extractor info to store in checkpoints
-        (``name``, ``feature_dim`` and the extractor's ``cache_key()``).
-    Raises:
-        RuntimeError: the features module (or one of those functions) is not available.
-    """
-    try:
-        from f3rm_ros.core import features as F  # noqa: PLC0415
-        extract = F.extract_dataset_features
-        create = getattr(F, "create_extractor_for_dataset", None)  # label features need the dataset's table
-        if create is None:
-            create = lambda cfg, _ds: F.create_extractor(cfg)  # noqa: E731
-    except (ImportError, AttributeError) as e:
-        raise RuntimeError("feature extraction needs f3rm_ros.core.features with create_extractor() and "
-                           f"extract_dataset_features(): {e}") from None
-    cfg_data = {"extractor": name, **(settings or {})}
-    if hasattr(F, "FeaturesConfig"):
-        from f3rm_ros.core.config import from_dict  # noqa: PLC0415
-
-        cfg = from_dict(F.FeaturesConfig, cfg_data)
-    else:
-        cfg = cfg_data
-    extractor = create(cfg, dataset)
-    maps = extract(extractor, dataset, cache_dir)
-    info = {"name": extractor.name, "feature_dim": int(extractor.feature_dim), **dict(extractor.cache_key())}
-    return maps, info

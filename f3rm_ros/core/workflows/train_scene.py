@@ -51,6 +51,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import logging
+import os
 import threading
 import time
 import traceback
@@ -72,7 +73,7 @@ from f3rm_ros.core.trainer import (CheckpointError, ProgressInfo, Trainer, Train
 
 __all__ = ["DEFAULT_NUM_STEPS", "RUN_FORMAT", "TrainBudget", "FeatureMaps", "TrainSceneRequest", "TrainSceneResult",
            "extractor_info", "make_extractor_info", "load_scene", "scene_features", "resolve_resume",
-           "resolve_config", "build_trainer", "train_scene", "TrainJob"]
+           "resolve_config", "build_trainer", "train_scene", "TrainJob", "latest_dataset"]
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +143,7 @@ class TrainSceneRequest:
         synthetic_dim: channels of ``features="synthetic"``.
         downscale, eval_every_frame: how the dataset is read (``load_dataset``) when ``dataset`` is a path.
         device: torch device name (``auto``: CUDA when there is one).
+        torch_threads: CPU threads for torch (``torch.set_num_threads``, process-wide; 0 = leave as is).
         run_dir: the run folder (module docstring); None = write nothing (benchmarks).
         resume: a checkpoint file, a run folder (its newest step checkpoint), ``"latest"`` (the newest in
             ``run_dir``), or None for a fresh run.
@@ -165,6 +167,7 @@ class TrainSceneRequest:
     downscale: int = 1
     eval_every_frame: int = 8
     device: str | torch.device = "auto"
+    torch_threads: int = 0
     run_dir: str | Path | None = None
     resume: str | Path | None = None
     command: str = ""
@@ -201,6 +204,23 @@ class TrainSceneResult:
 
 
 # ------------------------------------------------------------------------------ stages
+def latest_dataset(data_root: str | Path, max_depth: int = 3) -> Path | None:
+    """The dataset folder under ``data_root`` (``~`` and variables expanded) whose ``transforms.json`` was modified
+    last, None if there is none. Candidates whose resolved path leaves the root (symlinks) are ignored."""
+    root = Path(os.path.expandvars(os.path.expanduser(str(data_root)))).resolve()
+    best: tuple[float, Path] | None = None
+    for depth in range(max_depth + 1):
+        for js in root.glob("/".join(["*"] * depth + ["transforms.json"])):
+            try:
+                real = js.resolve(strict=True)
+                m = real.stat().st_mtime
+            except OSError:
+                continue
+            if real.is_relative_to(root) and (best is None or m > best[0]):
+                best = (m, real.parent)
+    return None if best is None else best[1]
+
+
 def load_scene(dataset: Any, downscale: int = 1, eval_every_frame: int = 8) -> Any:
     """The dataset: a loaded one is returned as is, a path is read with ``load_dataset``."""
     if isinstance(dataset, (str, Path)):
@@ -308,6 +328,8 @@ def train_scene(request: TrainSceneRequest) -> TrainSceneResult:
     if req.num_steps < 0:
         raise ConfigError(f"num_steps must be >= 0, got {req.num_steps}")
     device = resolve_device(req.device) if isinstance(req.device, str) else torch.device(req.device)
+    if req.torch_threads:
+        torch.set_num_threads(req.torch_threads)
     run_dir = Path(req.run_dir) if req.run_dir is not None else None
     resume = resolve_resume(req.resume, run_dir)
     config = resolve_config(req.trainer, req.overrides, resume)  # bad settings fail before any work
@@ -399,13 +421,14 @@ class TrainJob:
 
     def __init__(self, request: TrainSceneRequest, name: str = "train") -> None:
         self.request = request
+        self.name = name
         self.phase = "starting"
         self.progress: ProgressInfo | None = None
         self.result: TrainSceneResult | None = None
         self.error = ""
         self.t0 = time.monotonic()
         self._stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self.thread = threading.Thread(target=self._run, name=f"train-{name}", daemon=True)
 
     def start(self) -> TrainJob:
         self.thread.start()
@@ -423,6 +446,25 @@ class TrainJob:
         if self.thread.ident is not None:
             self.thread.join(timeout)
         return not self.thread.is_alive()
+
+    @property
+    def where(self) -> str:
+        """Where the run is: "step 12/500", or the phase before training."""
+        p = self.progress
+        return f"step {p.step}/{p.total_steps}" if p is not None else self.phase
+
+    def outcome(self) -> tuple[str, str]:
+        """``("failed" | "cancelled" | "done", message)`` once the thread has ended (a run that reached its
+        budget while a stop was asked for counts as done)."""
+        res = self.result
+        if self.error or res is None:
+            return "failed", self.error or "the training job has not finished"
+        if self.stopping and res.stopped:
+            return "cancelled", (f"cancelled at step {res.step}/{self.request.num_steps}; last checkpoint: "
+                                 f"{res.checkpoint or 'none (stopped before training started)'}")
+        psnr = res.eval.get("psnr")
+        return "done", (f"trained {res.step} steps in {time.monotonic() - self.t0:.1f} s; eval PSNR "
+                        f"{psnr if psnr is not None and psnr == psnr else 0.0:.2f} dB")
 
     def _run(self) -> None:
         req = self.request
