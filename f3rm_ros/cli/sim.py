@@ -6,6 +6,9 @@ Examples::
     f3rm-sim render mug_bowl_box --out /tmp/mbb --num-views 50
     f3rm-sim render my_scene.yaml --out /tmp/mine --width 320 --height 240 --set.trajectory.radius_m 0.5
     f3rm-sim check mug_bowl_box --pose 0.0 0.1 0.05 0 0 0 1      # x y z qx qy qz qw of the gripper
+    f3rm-sim generate --seed 3 --out data/gen3                      # a random scene + its queries
+    f3rm-sim generate --seed 3 --out data/gen3 --set.max_objects 4 --set.lying_prob 0.5
+    f3rm-sim generate --list-families
 """
 
 from __future__ import annotations
@@ -71,11 +74,36 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 0 if res.success else 1
 
 
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from f3rm_ros.core.sim.families import GeneratorConfig, family_table, generate_scene, write_generated
+
+    if args.list_families:
+        print(family_table())
+        return 0
+    if args.seed is None or args.out is None:
+        raise ValueError("generate needs --seed and --out (or --list-families)")
+    cfg = load_yaml(GeneratorConfig, args.config) if args.config else GeneratorConfig()
+    cfg = apply_cli_args(cfg, args, prefix="set.")
+    out = Path(args.out)
+    if (out / "scene.yaml").exists() and not args.overwrite:
+        raise FileExistsError(f"{out / 'scene.yaml'} exists (pass --overwrite)")
+    g = generate_scene(args.seed, cfg)
+    ys, qs = write_generated(g, out)
+    n_abs = len(g.absent_queries)
+    print(f"seed {g.seed} ({g.split} split): {len(g.scene.objects)} objects: "
+          + ", ".join(f"{o.name} ({o.pose}, {o.placement})" for o in g.objects))
+    print(f"wrote {ys} and {qs} ({len(g.queries) - n_abs} present queries, {n_abs} absent)")
+    if g.split == "eval":
+        print("note: an evaluation seed: report results on it only in aggregate, never tune on it")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from f3rm_ros.core.sim.families import GeneratorConfig
     from f3rm_ros.core.sim.export import SimDatasetConfig
 
     ap = argparse.ArgumentParser(prog="f3rm-sim", description="Synthetic tabletop scenes: render datasets, "
-                                 "list built-in scenes, check grasps against ground truth.")
+                                 "list built-in scenes, check grasps against ground truth, generate random scenes.")
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("list", help="list the built-in scenes")
     r = sub.add_parser("render", help="render a scene into a transforms.json dataset with label images")
@@ -100,6 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--pose", nargs=7, type=float, required=True, metavar=("X", "Y", "Z", "QX", "QY", "QZ", "QW"),
                    help="gripper pose in the world frame (gripper frame: +z towards the wrist, fingers along y)")
     c.add_argument("--opening", type=float, default=None, help="approach opening, m (default: maximum)")
+    g = sub.add_parser("generate", help="a random tabletop scene from a seed: scene.yaml + queries.json")
+    g.add_argument("--seed", type=int, help="scene seed (>= 0; see f3rm_ros.core.sim.families for the dev/eval split)")
+    g.add_argument("--out", type=Path, help="output folder (scene.yaml, queries.json)")
+    g.add_argument("--config", type=Path, help="YAML file of GeneratorConfig settings")
+    g.add_argument("--overwrite", action="store_true", help="replace an existing scene.yaml in --out")
+    g.add_argument("--list-families", action="store_true", help="list the object families and their parameters")
+    add_cli_args(g, GeneratorConfig, prefix="set.")
     return ap
 
 
@@ -108,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
-        return {"list": _cmd_list, "render": _cmd_render, "check": _cmd_check}[args.cmd](args)
+        return {"list": _cmd_list, "render": _cmd_render, "check": _cmd_check,
+                "generate": _cmd_generate}[args.cmd](args)
     except (SceneError, ConfigError, FileExistsError, ValueError) as e:
         print(f"f3rm-sim: error: {e}", file=sys.stderr)
         return 2

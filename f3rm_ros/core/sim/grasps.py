@@ -18,7 +18,11 @@ import numpy as np
 from f3rm_ros.core.sim.meshes import GENERATORS
 from f3rm_ros.core.sim.scene import Scene, SceneObject
 
-__all__ = ["CanonicalGrasp", "canonical_grasps", "scene_grasps", "grasp_frame"]
+__all__ = ["CanonicalGrasp", "canonical_grasps", "scene_grasps", "grasp_frame", "RIM_PINCH_MIN_DIAMETER_M"]
+
+# a rim pinch at the Panda's full opening puts the inner finger (12 mm thick) 40-52 mm from the wall:
+# the open object's inner diameter must be larger than this, with a little room
+RIM_PINCH_MIN_DIAMETER_M = 0.056
 
 
 @dataclass
@@ -65,14 +69,18 @@ def canonical_grasps(obj: SceneObject) -> list[CanonicalGrasp]:
     g: list[tuple[str, str, np.ndarray]] = []  # (task, part, T_obj_grasp)
     if obj.generator == "mug":
         wall_c = p["radius"] - p["wall"] / 2
-        if p["handle"]:
-            g.append(("handle_side", "handle", grasp_frame(Y, X, [wall_c + p["handle_radius"], 0, p["height"] / 2])))
+        if p["handle"]:  # at least 47 mm up, so the wrist stays above the table on short mugs
+            g.append(("handle_side", "handle", grasp_frame(Y, X, [wall_c + p["handle_radius"], 0,
+                                                                 max(p["height"] / 2, 0.047)])))
         if not p["lid"]:
             g.append(("rim_top", "rim", grasp_frame(X, Z, [-wall_c, 0, p["height"] - 0.02])))
     elif obj.generator in ("cup", "glass"):
         slope = p["radius"] * (1 - p["taper"]) / p["height"]
         wall_c = p["radius"] - slope * 0.02 - p["wall"] / 2
-        g.append(("rim_top", "rim", grasp_frame(X, Z, [-wall_c, 0, p["height"] - 0.02])))
+        if 2 * wall_c - p["wall"] / 2 > RIM_PINCH_MIN_DIAMETER_M:  # the inner finger clears the far wall
+            g.append(("rim_top", "rim", grasp_frame(X, Z, [-wall_c, 0, p["height"] - 0.02])))
+        if 2 * p["radius"] <= 0.074:  # narrow enough to close around near the top
+            g.append(("top_down", "rim", grasp_frame(Y, Z, [0, 0, p["height"] - 0.004])))
     elif obj.generator == "plate":
         wall_c = p["radius"] - p["wall"] / 2
         g.append(("rim_top", "rim", grasp_frame(X, Z, [-wall_c, 0, p["height"] - p["lip"] + p["wall"] + 0.013])))
@@ -81,7 +89,7 @@ def canonical_grasps(obj: SceneObject) -> list[CanonicalGrasp]:
         g.append(("neck_side", "neck", grasp_frame(Y, X, [0, 0, z_neck + p["neck_length"] / 2])))
         g.append(("cap_top", "cap", grasp_frame(Y, Z, [0, 0, p["height"] - 0.002])))
     elif obj.generator == "pot":
-        a = np.radians(p["handle_rise_deg"])
+        a = p["handle_rise"]
         t = 0.6 * p["handle_length"]
         c = [p["radius"] - p["wall"] / 2 + t * np.cos(a), 0, p["height"] - 0.01 + t * np.sin(a)]
         g.append(("handle_top", "handle", grasp_frame(Y, Z, c)))

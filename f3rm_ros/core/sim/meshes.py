@@ -418,15 +418,15 @@ def bottle(radius: float = 0.033, height: float = 0.22, shoulder: float = 0.6, n
 
 def pot(radius: float = 0.075, height: float = 0.09, wall: float = 0.004, bottom: float = 0.006,
         handle_length: float = 0.13, handle_width: float = 0.022, handle_height: float = 0.012,
-        handle_rise_deg: float = 10.0, segments: int = 48) -> PartMesh:
+        handle_rise: float = 0.17, segments: int = 48) -> PartMesh:
     """Cooking pot (saucepan): an open cylinder with one long straight handle along +x, 1 cm below the
-    rim, rising ``handle_rise_deg`` from the horizontal (cross-section ``handle_width`` x ``handle_height``)."""
+    rim, rising ``handle_rise`` radians from the horizontal (cross-section ``handle_width`` x ``handle_height``)."""
     R, H, w = radius, height, wall
     ri = R - w
     prof = [(0.0, 0.0, "body"), (R, 0.0, "body"), (R, H - 0.008, "rim"), (R, H, "rim"), (ri, H, "rim"),
             (ri, H - 0.008, "inside"), (ri, bottom, "inside"), (0.0, bottom, "inside")]
     body = revolve(prof, segments)
-    a = math.radians(handle_rise_deg)
+    a = handle_rise
     t = np.linspace(0.0, handle_length, 10)  # from the wall's centre outwards
     x = R - w / 2 + t * math.cos(a)
     z = H - 0.01 + t * math.sin(a)
