@@ -293,8 +293,8 @@ def test_dataset_name_outside_root_refused(tmp_path):
     with rclpy.init():
         cap = CaptureNode(namespace="/t_capture_root", parameter_overrides=[
             Parameter("data_root", value=str(tmp_path / "data")), Parameter("dataset_name", value="../escape")])
-        print("writer error:", cap.writer_error)
-        assert cap.writer is None and "outside" in cap.writer_error
+        print("writer error:", cap.session.writer_error)
+        assert cap.session.writer is None and "outside" in cap.session.writer_error
         client = Node("t_client", namespace="/t_capture_root")
         sp = Spinner(cap, client)
         try:

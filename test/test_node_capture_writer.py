@@ -43,7 +43,7 @@ def test_slow_and_failing_writes_keep_the_node_serving(tmp_path):
             Parameter("data_root", value=str(data)), Parameter("start_capturing", value=True),
             Parameter("max_pending_writes", value=3), Parameter("drain_timeout_s", value=0.3),
             Parameter("pose_wait_s", value=0.3), Parameter("status_rate_hz", value=5.0)])
-        cap.write_queue.delay_s = delay  # in-process hook: every write takes 1.5 s longer (a stalled disk)
+        cap.session.write_queue.delay_s = delay  # in-process hook: every write takes 1.5 s longer (a stalled disk)
         feed = _Feeder(ns)
         status = _status_listener(feed, f"{ns}/capture_node/status")
         diags: list = []
@@ -71,17 +71,18 @@ def test_slow_and_failing_writes_keep_the_node_serving(tmp_path):
                 time.sleep(0.05)
             feed.send(20, t + 8, pose=feed.pose(0))  # the pose of frame 0 again: too close to a frame not yet written
             sent += 1
-            wait_for(lambda: cap.images_seen >= sent and not cap._pending
-                     and reasons().get("too_close", 0) + reasons().get("writer_busy", 0) + cap._kept_total >= sent,
+            se = cap.session
+            wait_for(lambda: se.images_seen >= sent and se.images_waiting == 0
+                     and reasons().get("too_close", 0) + reasons().get("writer_busy", 0) + se.kept_total >= sent,
                      10, "every frame decided")
             t_decided = time.monotonic() - t0
             st = status[-1]
-            written_then, pending_then = st.frames_kept, cap.write_queue.pending("frame")
+            written_then, pending_then = st.frames_kept, cap.session.write_queue.pending("frame")
             print(f"{sent} frames decided {t_decided:.2f} s after the first was sent (writes take {delay} s each): "
-                  f"{_counts(st)}, written {written_then}, pending {pending_then}, kept {cap._kept_total}")
+                  f"{_counts(st)}, written {written_then}, pending {pending_then}, kept {cap.session.kept_total}")
             assert reasons().get("too_close") == 1 and reasons().get("writer_busy", 0) >= 1
-            assert cap._kept_total == sent - 1 - reasons()["writer_busy"] >= 3
-            assert written_then < cap._kept_total and pending_then >= 1  # decided while the disk was still busy
+            assert cap.session.kept_total == sent - 1 - reasons()["writer_busy"] >= 3
+            assert written_then < cap.session.kept_total and pending_then >= 1  # decided while the disk was still busy
 
             # the executor still serves poses while frames wait: a pose in another frame is answered at once
             t1 = time.monotonic()
@@ -90,7 +91,7 @@ def test_slow_and_failing_writes_keep_the_node_serving(tmp_path):
             feed.pose_pub.publish(matrix_to_pose_msg(feed.pose(30), "map", feed.stamp(t + 9)))
             wait_for(lambda: "wrong_frame" in reasons(), 5, "wrong_frame while writes are pending")
             pose_answer_s = time.monotonic() - t1
-            pending_now = cap.write_queue.pending("frame")
+            pending_now = cap.session.write_queue.pending("frame")
             print(f"pose answered in {pose_answer_s:.2f} s with {pending_now} frames still waiting for the disk")
             assert pending_now >= 1
 
@@ -107,9 +108,9 @@ def test_slow_and_failing_writes_keep_the_node_serving(tmp_path):
             assert int(last["frames_written"]) + int(last["frames_pending"]) == int(last["frames_kept_total"])
             assert cap.set_parameters([Parameter("drain_timeout_s", value=20.0)])[0].successful
             r, dt = control(CaptureControl.Request.STOP)
-            kept = cap._kept_total
+            kept = cap.session.kept_total
             print(f"STOP: {r.success} {r.message!r} in {dt:.2f} s; frames on disk {r.frame_count} (kept {kept})")
-            assert r.success and r.frame_count == kept and cap.write_queue.pending() == 0
+            assert r.success and r.frame_count == kept and cap.session.write_queue.pending() == 0
             assert status and (wait_for(lambda: status[-1].frames_kept == kept, 5, "status after STOP"))
             ds = load_dataset(data / "capture")
             for k in range(len(ds)):  # the queued frames as sent, in order
@@ -121,21 +122,21 @@ def test_slow_and_failing_writes_keep_the_node_serving(tmp_path):
             # The writer is held until the 3 frames are queued, then lets exactly one start (1 s long): however slow
             # the machine, frames still wait when CLEAR comes (sleep-based timing let all be written first)
             hold = threading.Event()
-            cap.write_queue.hold = hold
-            cap.write_queue.delay_s = 1.0
+            cap.session.write_queue.hold = hold
+            cap.session.write_queue.delay_s = 1.0
             assert cap.set_parameters([Parameter("drain_timeout_s", value=0.3)])[0].successful
             r, _ = control(CaptureControl.Request.START)
             assert r.success
             for i in range(10, 13):
                 feed.send(i, t + i)
                 time.sleep(0.05)
-            wait_for(lambda: cap._kept_total == kept + 3, 10, "3 more frames queued")
+            wait_for(lambda: cap.session.kept_total == kept + 3, 10, "3 more frames queued")
             hold.set()
-            wait_for(lambda: cap.write_queue.busy, 5, "the writer to start one frame")
+            wait_for(lambda: cap.session.write_queue.busy, 5, "the writer to start one frame")
             hold.clear()
             r, dt = control(CaptureControl.Request.STOP)
             print(f"STOP with 3 frames queued, drain_timeout_s 0.3: {r.success} {r.message!r} in {dt:.2f} s")
-            assert not r.success and "still wait to be written" in r.message and not cap.capturing
+            assert not r.success and "still wait to be written" in r.message and not cap.session.capturing
             assert cap.set_parameters([Parameter("drain_timeout_s", value=20.0)])[0].successful
             r, dt = control(CaptureControl.Request.CLEAR)
             left = sorted(p.name for p in (data / "capture" / "images").iterdir())
@@ -143,13 +144,13 @@ def test_slow_and_failing_writes_keep_the_node_serving(tmp_path):
             assert r.success and "not yet written dropped" in r.message and r.frame_count == 0 and not left
             time.sleep(1.2)  # nothing dropped is written later
             assert json.loads((data / "capture" / "transforms.json").read_text())["frames"] == []
-            assert not list((data / "capture" / "images").iterdir()) and cap._kept_total == 0
-            assert len(cap.keyframes) == 0 and cap.write_queue.pending() == 0
+            assert not list((data / "capture" / "images").iterdir()) and cap.session.kept_total == 0
+            assert len(cap.session.keyframes) == 0 and cap.session.write_queue.pending() == 0
             kept = 0
 
             # write failure: the images folder becomes a file (a real OSError from the filesystem)
-            cap.write_queue.hold = None
-            cap.write_queue.delay_s = 0.0
+            cap.session.write_queue.hold = None
+            cap.session.write_queue.delay_s = 0.0
             ds_dir = data / "capture"
             shutil.move(ds_dir / "images", tmp_path / "images_saved")
             (ds_dir / "images").write_text("not a folder")
@@ -162,7 +163,7 @@ def test_slow_and_failing_writes_keep_the_node_serving(tmp_path):
             wait_for(lambda: any(ts > t_fail and s.level == bytes([ERROR]) for ts, s in diags), 5, "diagnostics ERROR")
             err = [s for ts, s in diags if ts > t_fail and s.level == bytes([ERROR])][-1]
             print(f"diagnostics: ERROR {err.message!r}")
-            assert "writing frames fails" in err.message and cap._kept_total == kept
+            assert "writing frames fails" in err.message and cap.session.kept_total == kept
             r, _ = control(CaptureControl.Request.SAVE)  # still serving (transforms.json itself is writable)
             print(f"SAVE after a failed write: {r.success} {r.message!r}")
             assert r.success and r.frame_count == kept
@@ -178,18 +179,18 @@ def test_slow_and_failing_writes_keep_the_node_serving(tmp_path):
             assert reasons().get("internal_error", 0) == 0
 
             # node shutdown writes what is queued (what run_node does after spinning ends, e.g. on SIGINT)
-            cap.write_queue.delay_s = 0.4
+            cap.session.write_queue.delay_s = 0.4
             r, _ = control(CaptureControl.Request.START)
             assert r.success
             for i in (50, 51):
                 feed.send(i, t + i)
                 time.sleep(0.05)
-            wait_for(lambda: cap._kept_total == kept + 3, 10, "2 more frames queued")
-            queued = cap.write_queue.pending("frame")
+            wait_for(lambda: cap.session.kept_total == kept + 3, 10, "2 more frames queued")
+            queued = cap.session.write_queue.pending("frame")
             t2 = time.monotonic()
             assert cap.close()
             print(f"close() with {queued} frame(s) queued: all written in {time.monotonic() - t2:.2f} s")
-            assert queued >= 1 and not cap.capturing
+            assert queued >= 1 and not cap.session.capturing
         finally:
             sp.stop()
             cap.destroy_node()
