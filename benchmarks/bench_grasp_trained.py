@@ -42,7 +42,7 @@ def plan(a: argparse.Namespace) -> int:
     from f3rm_ros.core.device import resolve_device  # noqa: PLC0415
     from f3rm_ros.core.features import create_extractor, extract_dataset_features  # noqa: PLC0415
     from f3rm_ros.core.field_api import load_trained_field  # noqa: PLC0415
-    from f3rm_ros.core.fields.encodings import HashGrid  # noqa: PLC0415
+    from f3rm_ros.core.hashgrid import HashGrid  # noqa: PLC0415
     from f3rm_ros.core.grasp import GraspPlanner, PlannerConfig, load_default_tasks  # noqa: PLC0415
     from f3rm_ros.core.grasp.task import load_tasks  # noqa: PLC0415
     from f3rm_ros.core.grasp.evaluate import ABSENT_IN_SCENE, ABSENT_QUERIES, PRESENT_QUERIES  # noqa: PLC0415

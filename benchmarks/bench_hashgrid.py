@@ -48,8 +48,8 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from f3rm_ros.core.fields.hashgrid import grid_resolutions, hash_grid_encode_torch  # noqa: E402
-from f3rm_ros.core.ops import hashgrid_triton as HT  # noqa: E402
+from f3rm_ros.core.hashgrid import grid_resolutions, hash_grid_encode_torch  # noqa: E402
+from f3rm_ros.core.hashgrid import triton_op as HT  # noqa: E402
 from f3rm_ros.core.ops.feature_render import render_linear_head_fused  # noqa: E402
 
 GRIDS = {  # name: (levels, features per level, log2 T, base res, max res)
@@ -76,8 +76,8 @@ def files_sha256() -> dict:
     """Hashes of the measured sources (the working tree may differ from the commit)."""
     import hashlib
     out = {}
-    for rel in ("f3rm_ros/core/fields/hashgrid.py", "f3rm_ros/core/ops/hashgrid_triton.py",
-                "f3rm_ros/core/ops/_hashgrid_kernels.py", "f3rm_ros/core/ops/feature_render.py",
+    for rel in ("f3rm_ros/core/hashgrid/reference.py", "f3rm_ros/core/hashgrid/triton_op.py",
+                "f3rm_ros/core/hashgrid/_triton_kernels.py", "f3rm_ros/core/ops/feature_render.py",
                 "benchmarks/bench_hashgrid.py"):
         p = ROOT / rel
         out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()[:16] if p.exists() else None
@@ -497,7 +497,7 @@ def profile_step(step, name, n=3):
 
 def diag_kernels(dev, gen):
     """Atomic instructions in the backward PTX and per-level kernel times for the RGB grid."""
-    from f3rm_ros.core.ops import _hashgrid_kernels as K
+    from f3rm_ros.core.hashgrid import _triton_kernels as K
     n = 393216
     x = ray_points(8192, 48, dev, gen)
     for gname, (L, F, log2t, base, mx) in GRIDS.items():

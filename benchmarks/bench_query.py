@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         field = load_trained_field(args.checkpoint, device)
         field_kind = f"trained:{args.checkpoint}"
         if args.grid_backend:
-            from f3rm_ros.core.fields.encodings import HashGrid
+            from f3rm_ros.core.hashgrid import HashGrid
 
             grids = [m for m in field.model.modules() if isinstance(m, HashGrid)]
             for g in grids:

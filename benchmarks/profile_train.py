@@ -111,7 +111,7 @@ def _p_fused_feat(tr):
     def hidden(self, positions):
         if self.grid.backend != "triton" or self.pe is None or positions.requires_grad:
             return old(self, positions)
-        from f3rm_ros.core.ops.hashgrid_triton import hash_grid_freq_encode_triton
+        from f3rm_ros.core.hashgrid.triton_op import hash_grid_freq_encode_triton
         u = contract_to_unit(positions).reshape(-1, 3)
         dt = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else torch.float32
         x = hash_grid_freq_encode_triton(u, self.grid.table, self.grid.resolutions, self.pe.freqs, out_dtype=dt)
@@ -160,8 +160,8 @@ def _p_compile_all(tr):
         # more static variants than dynamo's default limit of 8 per function
         torch._dynamo.config.recompile_limit = 64
         _p_compile(None)
-        import f3rm_ros.core.fields.encodings as enc
-        enc.hash_grid_encode_torch = torch.compile(enc.hash_grid_encode_torch, dynamic=False)
+        import f3rm_ros.core.hashgrid.module as hgm
+        hgm.hash_grid_encode_torch = torch.compile(hgm.hash_grid_encode_torch, dynamic=False)
 
 
 def build(args, dataset, maps, device, changes: dict) -> Trainer:

@@ -2,7 +2,7 @@
 
 import torch
 
-from f3rm_ros.core.fields.hashgrid import grid_resolutions
+from f3rm_ros.core.hashgrid import grid_resolutions
 from f3rm_ros.core.fields.model import FieldModel
 from f3rm_ros.core.trainer import TrainerConfig
 

@@ -9,9 +9,8 @@ import torch
 
 from f3rm_ros.core.config import from_dict
 from f3rm_ros.core.fields.common import contract_linf, contract_to_unit
-from f3rm_ros.core.fields.encodings import (FrequencyEncoding, HashGrid, HashGridConfig, SHEncoding, tcnn_usable,
-                                            triton_usable)
-from f3rm_ros.core.fields.hashgrid import hash_grid_encode_torch
+from f3rm_ros.core.fields.encodings import FrequencyEncoding, SHEncoding
+from f3rm_ros.core.hashgrid import HashGrid, HashGridConfig, hash_grid_encode_torch, tcnn_usable, triton_usable
 
 
 def _real_sh_scipy(d: np.ndarray, degree: int) -> np.ndarray:

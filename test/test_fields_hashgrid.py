@@ -4,7 +4,7 @@ per-level CPU path against the reference."""
 import pytest
 import torch
 
-from f3rm_ros.core.fields.hashgrid import grid_resolutions, hash_grid_encode_loop, hash_grid_encode_torch
+from f3rm_ros.core.hashgrid import grid_resolutions, hash_grid_encode_loop, hash_grid_encode_torch
 
 
 def test_grid_resolutions_reference_defaults():
@@ -76,7 +76,7 @@ def test_hash_grid_non_power_of_two_table_matches_loop():
 ])
 def test_levels_path_matches_reference(L, T, F, dtype, base, mx):
     """hash_grid_encode_levels (the CPU path) against hash_grid_encode_torch: outputs, table and point gradients."""
-    from f3rm_ros.core.fields.hashgrid import hash_grid_encode_levels
+    from f3rm_ros.core.hashgrid import hash_grid_encode_levels
 
     gen = torch.Generator().manual_seed(L * 1000 + F)
     res = grid_resolutions(L, base, mx)

@@ -36,8 +36,8 @@ def _worker() -> None:
     # the interpreter runs the segmented-scan backward slowly: plain atomics for the general cases,
     # the pre-sum path is checked by the dedicated "seg" cases below (explicit threshold)
     os.environ["F3RM_HASHGRID_SEG_MAX_RES"] = "0"
-    from f3rm_ros.core.fields.hashgrid import grid_resolutions, hash_grid_encode_loop, hash_grid_encode_torch
-    from f3rm_ros.core.ops.hashgrid_triton import hash_grid_encode_triton, triton_hashgrid_available
+    from f3rm_ros.core.hashgrid import grid_resolutions, hash_grid_encode_loop, hash_grid_encode_torch
+    from f3rm_ros.core.hashgrid.triton_op import hash_grid_encode_triton, triton_hashgrid_available
 
     results = {"available": triton_hashgrid_available()}
     gen = torch.Generator().manual_seed(1234)
@@ -95,7 +95,7 @@ def _worker() -> None:
         results[f"xgrad_{name}"] = out
     # the module a planner differentiates through: HashGrid (triton backend, frozen table) with points that
     # require grad, Triton points gradient vs the reference path (points_grad_backend "torch")
-    from f3rm_ros.core.fields.encodings import HashGrid, HashGridConfig
+    from f3rm_ros.core.hashgrid import HashGrid, HashGridConfig
 
     hg = HashGrid(HashGridConfig(num_levels=4, features_per_level=2, log2_hashmap_size=10, base_res=4, max_res=40,
                                  init_scale=0.5, backend="torch"), device="cpu").requires_grad_(False)
@@ -127,7 +127,7 @@ def _worker() -> None:
                                 "grad_err": float((gt - table.grad).abs().max()),
                                 "grad_scale": float(table.grad.abs().max())}
     # backward with the segmented pre-sum at coarse levels (points along rays share cells)
-    from f3rm_ros.core.ops import hashgrid_triton as HT
+    from f3rm_ros.core.hashgrid import triton_op as HT
 
     for F in (2, 8):
         o = torch.rand(3, 3, generator=gen) * 0.6 + 0.2
@@ -147,7 +147,7 @@ def _worker() -> None:
                                 "grad_scale": float(table.grad.abs().max()), "consecutive_same_cell_level0": shared}
     # grid + sin/cos encoding in one buffer vs cat(reference grid, FrequencyEncoding), fp32 and fp16 out
     from f3rm_ros.core.fields.encodings import FrequencyEncoding
-    from f3rm_ros.core.ops.hashgrid_triton import hash_grid_freq_encode_triton
+    from f3rm_ros.core.hashgrid.triton_op import hash_grid_freq_encode_triton
 
     pe = FrequencyEncoding(3, 6, 0.0, 5.0)
     res = grid_resolutions(3, 4, 30)
@@ -276,7 +276,7 @@ def test_cases_cover_dense_and_hashed(interp_results):
 
 def test_cpu_without_interpreter_is_refused():
     """In this (normal) process, CPU tensors are a clear error unless the interpreter is on."""
-    from f3rm_ros.core.ops.hashgrid_triton import hash_grid_encode_triton, triton_hashgrid_available
+    from f3rm_ros.core.hashgrid.triton_op import hash_grid_encode_triton, triton_hashgrid_available
 
     if os.environ.get("TRITON_INTERPRET") == "1":
         pytest.skip("TRITON_INTERPRET=1 is set for the whole test process: CPU tensors are allowed")
@@ -296,8 +296,8 @@ def test_gpu_matches_reference(monkeypatch):
     """On a CUDA device (not in CI): the compiled kernels vs the reference."""
     if not torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1":
         pytest.skip("no CUDA device here: the compiled Triton kernels are checked on the GPU machine only")
-    from f3rm_ros.core.fields.hashgrid import grid_resolutions, hash_grid_encode_torch
-    from f3rm_ros.core.ops.hashgrid_triton import hash_grid_encode_triton
+    from f3rm_ros.core.hashgrid import grid_resolutions, hash_grid_encode_torch
+    from f3rm_ros.core.hashgrid.triton_op import hash_grid_encode_triton
 
     gen = torch.Generator(device="cuda").manual_seed(5)
     for (L, T, F, dt, base, mx) in [(16, 2**14, 2, torch.float32, 16, 2048), (16, 2**14, 2, torch.float16, 16, 2048),
@@ -331,7 +331,7 @@ def test_gpu_matches_reference(monkeypatch):
 
 def test_import_compiles_nothing():
     """Importing the ops package must not import Triton (checked in a fresh interpreter)."""
-    code = ("import sys; import f3rm_ros.core.ops, f3rm_ros.core.fields.hashgrid; "
+    code = ("import sys; import f3rm_ros.core.ops, f3rm_ros.core.hashgrid, f3rm_ros.core.fields.encodings; "
             "bad = [m for m in ('triton', 'open3d', 'open_clip', 'rclpy') if m in sys.modules]; print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     print("modules imported by f3rm_ros.core.ops:", out.stdout.strip(), out.stderr[-500:])

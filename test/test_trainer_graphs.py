@@ -93,7 +93,7 @@ def test_sampler_anneal_tensor_equals_float():
 
 
 def test_appearance_check_still_raises_eagerly():
-    from f3rm_ros.core.fields.encodings import HashGridConfig
+    from f3rm_ros.core.hashgrid import HashGridConfig
     from f3rm_ros.core.fields.rgb_field import RGBField, RGBFieldConfig
 
     f = RGBField(RGBFieldConfig(grid=HashGridConfig(num_levels=2, log2_hashmap_size=8, backend="torch"),

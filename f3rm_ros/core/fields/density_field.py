@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from f3rm_ros.core.config import param
 from f3rm_ros.core.fields.common import contract_to_unit, make_mlp, trunc_exp
-from f3rm_ros.core.fields.encodings import HashGrid, HashGridConfig
+from f3rm_ros.core.hashgrid import HashGrid, HashGridConfig
 
 __all__ = ["ProposalNetConfig", "ProposalDensityField"]
 

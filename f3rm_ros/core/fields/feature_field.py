@@ -10,7 +10,8 @@ from torch import Tensor, nn
 
 from f3rm_ros.core.config import param
 from f3rm_ros.core.fields.common import contract_to_unit, make_mlp
-from f3rm_ros.core.fields.encodings import FrequencyEncoding, HashGrid, HashGridConfig
+from f3rm_ros.core.fields.encodings import FrequencyEncoding
+from f3rm_ros.core.hashgrid import HashGrid, HashGridConfig
 from f3rm_ros.core.ops.feature_render import render_linear_head_fused, render_linear_head_reference
 
 __all__ = ["FeatureFieldConfig", "FeatureField"]

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from f3rm_ros.core.config import param
 from f3rm_ros.core.fields.density_field import ProposalDensityField, ProposalNetConfig
-from f3rm_ros.core.fields.encodings import HashGridConfig
+from f3rm_ros.core.hashgrid import HashGridConfig
 from f3rm_ros.core.fields.feature_field import FeatureField, FeatureFieldConfig
 from f3rm_ros.core.fields.rendering import (render_accumulation, render_depth, render_rgb,
                                             render_weights, sample_midpoints)

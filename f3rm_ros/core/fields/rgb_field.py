@@ -10,7 +10,8 @@ from torch import Tensor, nn
 
 from f3rm_ros.core.config import param
 from f3rm_ros.core.fields.common import contract_to_unit, make_mlp, trunc_exp
-from f3rm_ros.core.fields.encodings import HashGrid, HashGridConfig, SHEncoding
+from f3rm_ros.core.fields.encodings import SHEncoding
+from f3rm_ros.core.hashgrid import HashGrid, HashGridConfig
 
 __all__ = ["RGBFieldConfig", "RGBField"]
 

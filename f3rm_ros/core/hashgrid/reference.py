@@ -1,7 +1,9 @@
-"""Multiresolution hash-grid encoding (Mueller et al. 2022): plain-PyTorch reference and the module.
+"""Multiresolution hash-grid encoding (Mueller et al. 2022): the plain-PyTorch reference.
 
-The exact math (shared with the Triton kernel of ``f3rm_ros.core.ops.hashgrid_triton``, see
-``notes/contracts.md``), for level ``l`` with resolution ``R = resolutions[l]``:
+Every backend of :mod:`f3rm_ros.core.hashgrid` is tested against :func:`hash_grid_encode_torch`. The exact
+math (shared with :mod:`~f3rm_ros.core.hashgrid.levels` and the Triton kernels of
+:mod:`~f3rm_ros.core.hashgrid.triton_op`, see ``notes/contracts.md``), for level ``l`` with resolution
+``R = resolutions[l]``:
 
 * ``x`` clamped to [0, 1]; ``pos = x * R``; ``cell = min(floor(pos), R - 1)``; ``frac = pos - cell``;
 * the 8 corners ``c = cell + {0,1}^3`` (integers in [0, R]);
@@ -19,11 +21,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["HASH_PRIMES", "grid_resolutions", "hash_grid_encode_torch", "hash_grid_encode_levels",
-           "hash_grid_encode_loop"]
+__all__ = ["HASH_PRIMES", "grid_resolutions", "hash_grid_encode_torch", "hash_grid_encode_loop"]
 
 HASH_PRIMES = (1, 2654435761, 805459861)
-_MASK32 = 0xFFFFFFFF
+MASK32 = 0xFFFFFFFF
 
 
 def grid_resolutions(num_levels: int, base_res: int, max_res: int) -> list[int]:
@@ -47,7 +48,7 @@ def grid_resolutions(num_levels: int, base_res: int, max_res: int) -> list[int]:
     return [int(math.floor(base_res * b**lvl * (1.0 + 1e-9))) for lvl in range(num_levels)]
 
 
-def _check(x: Tensor, table: Tensor, resolutions: Sequence[int]) -> None:
+def check_inputs(x: Tensor, table: Tensor, resolutions: Sequence[int]) -> None:
     if x.dim() != 2 or x.shape[-1] != 3:
         raise ValueError(f"x must be [N, 3], got {tuple(x.shape)}")
     if table.dim() != 3:
@@ -92,7 +93,7 @@ def hash_grid_encode_torch(x: Tensor,  # [N, 3] in [0, 1]
     Returns:
         [N, L*F] features, level-major, dtype of ``table``.
     """
-    _check(x, table, resolutions)
+    check_inputs(x, table, resolutions)
     L, T, F = table.shape
     n = x.shape[0]
     dev = x.device
@@ -111,7 +112,7 @@ def hash_grid_encode_torch(x: Tensor,  # [N, 3] in [0, 1]
     dense_mul = torch.stack([torch.ones_like(stride), stride, stride * stride], dim=-1)  # [L, 3]
     hash_mul = hash_primes.expand(L, 3)
     mul = torch.where(dense[:, None], dense_mul, hash_mul)  # [L, 3]
-    terms = (c2 * mul[None, :, :, None]) & _MASK32  # [N, L, 3, 2]
+    terms = (c2 * mul[None, :, :, None]) & MASK32  # [N, L, 3, 2]
     tx = terms[:, :, 0, None, None, :]  # corner bit 0 = x (fastest), matching k -> (k>>0, k>>1, k>>2)
     ty = terms[:, :, 1, None, :, None]
     tz = terms[:, :, 2, :, None, None]
@@ -129,63 +130,10 @@ def hash_grid_encode_torch(x: Tensor,  # [N, 3] in [0, 1]
     return out.reshape(n, L * F).to(table.dtype)
 
 
-def hash_grid_encode_levels(x: Tensor,  # [N, 3] in [0, 1]
-                            table: Tensor,  # [L, T, F]
-                            resolutions: Sequence[int]) -> Tensor:  # [N, L*F]
-    """The same encoding one level and one corner at a time (the CPU path, backend ``levels``).
-
-    :func:`hash_grid_encode_torch` evaluates all levels and corners at once, which is few kernels on a GPU
-    but on a CPU streams [N, L, 8]-sized int64 and float tensors through memory several times; here each
-    level's working set is a few [N] vectors and the gathered [N, F] rows, so it stays in cache: about 5x
-    faster forward and 1.4-2.4x forward + backward on a 2-core CPU (261k / 65k points). Same math, same
-    gradients (table and x), equal to the reference up to float summation order (tests compare them).
-    """
-    _check(x, table, resolutions)
-    L, T, F = table.shape
-    n = x.shape[0]
-    xc = x.float().clamp(0.0, 1.0)
-    pow2 = T & (T - 1) == 0
-    p1, p2 = HASH_PRIMES[1], HASH_PRIMES[2]
-    levels = []
-    for lvl, r in enumerate(resolutions):
-        r = int(r)
-        pos = xc * float(r)
-        cell = torch.clamp_max(pos.detach().floor(), r - 1)
-        frac = pos - cell
-        c = cell.to(torch.int64)
-        cx, cy, cz = c[:, 0], c[:, 1], c[:, 2]
-        dense = (r + 1) ** 3 <= T
-        if dense:
-            s1 = r + 1
-            ax, ay, az = (cx, cx + 1), (cy * s1, (cy + 1) * s1), (cz * (s1 * s1), (cz + 1) * (s1 * s1))
-        else:
-            ax = (cx, cx + 1)
-            ay = ((cy * p1) & _MASK32, ((cy + 1) * p1) & _MASK32)
-            az = ((cz * p2) & _MASK32, ((cz + 1) * p2) & _MASK32)
-        fx, fy, fz = frac[:, 0], frac[:, 1], frac[:, 2]
-        wx, wy, wz = (1.0 - fx, fx), (1.0 - fy, fy), (1.0 - fz, fz)
-        tab = table[lvl].float()
-        acc = None
-        for k in range(8):  # corner bit 0 = x, as the reference
-            i, j, m = k & 1, (k >> 1) & 1, (k >> 2) & 1
-            if dense:
-                idx = ax[i] + ay[j] + az[m]
-            else:
-                idx = ax[i] ^ ay[j] ^ az[m]
-                idx = idx & (T - 1) if pow2 else idx % T
-            w = wz[m] * wy[j] * wx[i]  # the reference's product order
-            v = tab.index_select(0, idx) * w[:, None]
-            acc = v if acc is None else acc + v
-        levels.append(acc)
-    if not levels:
-        return torch.zeros(n, 0, dtype=table.dtype, device=x.device)
-    return torch.stack(levels, dim=1).reshape(n, L * F).to(table.dtype)
-
-
 def hash_grid_encode_loop(x: Tensor, table: Tensor, resolutions: Sequence[int]) -> Tensor:
     """Per-point, per-corner Python loop of the same math (slow; for tests only). Shapes as
     :func:`hash_grid_encode_torch`; no autograd through indices (values only)."""
-    _check(x, table, resolutions)
+    check_inputs(x, table, resolutions)
     L, T, F = table.shape
     xs = x.detach().double().cpu().tolist()
     tab = table.detach().double().cpu()
@@ -203,8 +151,8 @@ def hash_grid_encode_loop(x: Tensor, table: Tensor, resolutions: Sequence[int]) 
                 if (r + 1) ** 3 <= T:
                     index = c[0] + c[1] * (r + 1) + c[2] * (r + 1) ** 2
                 else:
-                    h = ((c[0] * HASH_PRIMES[0]) & _MASK32) ^ ((c[1] * HASH_PRIMES[1]) & _MASK32) \
-                        ^ ((c[2] * HASH_PRIMES[2]) & _MASK32)
+                    h = ((c[0] * HASH_PRIMES[0]) & MASK32) ^ ((c[1] * HASH_PRIMES[1]) & MASK32) \
+                        ^ ((c[2] * HASH_PRIMES[2]) & MASK32)
                     index = h % T
                 wgt = 1.0
                 for a in range(3):

@@ -1,7 +1,7 @@
-"""Triton kernels of the hash-grid encoding (private; imported on first use by ``hashgrid_triton``).
+"""Triton kernels of the hash-grid encoding (private; imported on first use by ``triton_op``).
 
 Importing this module imports Triton and defines the kernels; it compiles nothing. The math is
-documented in :mod:`f3rm_ros.core.ops.hashgrid_triton`. Only Triton APIs present in both Triton 3.6
+documented in :mod:`f3rm_ros.core.hashgrid.triton_op`. Only Triton APIs present in both Triton 3.6
 and 3.8 are used (jit, constexpr, static_range, load/store with masks, where, atomic_add).
 With 16-byte-aligned tensors both versions vectorise the gathers (ld.global.v2/v4) and the
 backward's atomics (atom.global.relaxed.add.v2/v4.f32) over the F features of a corner.
