@@ -4,6 +4,7 @@ the data root, missing dataset, unknown feature type, CLIP without weights, life
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -114,6 +115,9 @@ def test_train_latest_capture_feedback_and_checkpoint_topic(setup):
     payload = load_checkpoint(ck)
     assert payload["step"] == TINY["trainer.num_steps"] and payload["extractor_info"]["type"] == "labels"
     assert payload["feature_dim"] == 64
+    run = json.loads((ck.parents[1] / "run.json").read_text())  # the train_scene run folder, as f3rm-train writes it
+    assert run["result"]["step"] == res.steps_done and run["features"]["type"] == "labels"
+    assert (ck.parents[1] / "field.ckpt").is_file() and (ck.parents[1] / "config.yaml").is_file()
     assert fb and all(f.total_steps == TINY["trainer.num_steps"] for f in fb) and "rgb" in fb[-1].loss_names
 
     got: list = []  # a late subscriber still gets the checkpoint (transient-local)

@@ -1,28 +1,24 @@
 """``train_node``: a lifecycle node serving the ``TrainFields`` action (``~/train``): RGB + feature fields.
 
-One goal at a time (modelled on the ROS 2 single-goal action server example, but the running goal
-wins): a goal that arrives while another trains is answered at once, aborted with
-``success: false`` and the reason in ``message`` (and in the log); the running goal is not
-disturbed. Each goal:
+A goal becomes a :class:`~f3rm_ros.core.workflows.train_scene.TrainSceneRequest` run as a ``TrainJob`` (the core's
+one training workflow; the run folder's layout is documented there). One goal at a time (modelled on the ROS 2
+single-goal action server example, but the running goal wins): a goal that arrives while another trains is
+aborted at once, ``success: false`` and the reason in ``message`` (and in the log). Each goal:
 
-1. dataset: ``dataset_path`` must resolve (after symlinks) inside ``data_root``; empty = the latest
-   capture, i.e. the folder under ``data_root`` whose ``transforms.json`` changed last.
-2. features: ``feature_type`` (empty = parameter ``features.extractor``) ``clip`` | ``dino`` | ``labels``
-   | ``none`` picks the extractor of :func:`f3rm_ros.core.features.create_extractor` with the node's
-   ``features.*`` settings; ``labels`` needs a synthetic-world dataset (label images + table). Features
-   are cached under ``<checkpoint_root>/feature_cache``. A missing model (e.g. no CLIP weights offline)
-   ends the goal with the extractor's message; the node keeps serving.
-3. training: :class:`f3rm_ros.core.trainer.Trainer` with the ``trainer.*`` parameters for ``num_steps``
-   (0 = ``trainer.num_steps``) in a worker thread (the executor keeps serving); the run folder is
-   ``<checkpoint_root>/<dataset folder>/<time>-<feature type>``. Feedback goes out at
-   ``feedback_rate_hz`` with the trainer's latest progress.
-4. cancel: the trainer stops at the next step and writes its last checkpoint; the result (status
-   CANCELED) carries ``steps_done`` and that ``checkpoint_path``.
-5. success: the checkpoint path is published on ``~/checkpoint`` (``std_msgs/String``,
-   transient-local, so a query node started later still gets it).
+1. dataset: ``dataset_path`` must resolve (after symlinks) inside ``data_root``; empty = the latest capture,
+   i.e. the folder under ``data_root`` whose ``transforms.json`` changed last.
+2. features: ``feature_type`` (empty = parameter ``features.extractor``) ``clip`` | ``dino`` | ``labels`` |
+   ``none``, with the node's ``features.*`` settings (``labels``: synthetic-world datasets only), cached under
+   ``<checkpoint_root>/feature_cache``. A missing model (no CLIP weights offline) ends the goal with its message.
+3. training: the ``trainer.*`` parameters for ``num_steps`` (0 = ``trainer.num_steps``) in a worker thread (the
+   executor keeps serving) into ``<checkpoint_root>/<dataset folder>/<time>-<feature type>-<goal>``; feedback
+   at ``feedback_rate_hz`` with the latest progress.
+4. cancel: the trainer stops at the next step and writes its last checkpoint; the result (status CANCELED)
+   carries ``steps_done`` and that ``checkpoint_path``.
+5. success: the checkpoint path is published on ``~/checkpoint`` (``std_msgs/String``, transient-local).
 
-Lifecycle: goals are served only in the ``active`` state (others are answered with the state);
-``autostart`` (default true) configures and activates at start. ``/diagnostics`` at 1 Hz.
+Goals are served only in the lifecycle state ``active``; ``autostart`` (default true) configures and activates
+at start. ``/diagnostics`` at 1 Hz.
 """
 
 from __future__ import annotations
@@ -31,7 +27,6 @@ import dataclasses
 import threading
 import time
 import traceback
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +40,7 @@ from f3rm_ros.action import TrainFields
 from f3rm_ros.core.config import param
 from f3rm_ros.core.features.configs import FeaturesConfig
 from f3rm_ros.core.trainer import TrainerConfig
+from f3rm_ros.core.workflows.train_scene import TrainBudget, TrainJob, TrainSceneRequest, latest_dataset
 from f3rm_ros.ros.common import OK, WARN, DiagnosticsPublisher, PathRefused, expand_root, resolve_under_root, run_node
 from f3rm_ros.ros.params import declare_config, read_config, validator
 
@@ -53,7 +49,7 @@ __all__ = ["TrainNodeSettings", "TrainBudget", "TrainNode", "FEATURE_TYPES", "la
 FEATURE_TYPES = ("clip", "dino", "labels", "none")
 
 
-@dataclass
+@dataclasses.dataclass
 class TrainNodeSettings:
     """Parameters of train_node (besides trainer.* and features.*)."""
 
@@ -69,51 +65,8 @@ class TrainNodeSettings:
     autostart: bool = param(True, "configure and activate at start (no lifecycle manager needed)", read_only=True)
 
 
-@dataclass
-class TrainBudget:
-    """Declared with prefix ``trainer`` beside :class:`TrainerConfig`."""
-
-    num_steps: int = param(30000, "training steps when a goal gives num_steps 0", range=(1, 100_000_000))
-
-
-def latest_dataset(data_root: str | Path, max_depth: int = 3) -> Path | None:
-    """The dataset folder under ``data_root`` whose ``transforms.json`` was modified last (None if none).
-
-    Candidates whose resolved path leaves the root (symlinks) are ignored.
-    """
-    root = expand_root(data_root)
-    best: tuple[float, Path] | None = None
-    pattern = "transforms.json"
-    for depth in range(max_depth + 1):
-        for js in root.glob("/".join(["*"] * depth + [pattern])):
-            try:
-                real = resolve_under_root(js, root)
-                m = real.stat().st_mtime
-            except (PathRefused, OSError):
-                continue
-            if best is None or m > best[0]:
-                best = (m, real.parent)
-    return None if best is None else best[1]
-
-
 class _Refused(Exception):
     """A goal that cannot run; the message is the reason given to the client."""
-
-
-class _Run:
-    """State shared between the action's execute callback and the training thread."""
-
-    def __init__(self, goal_id: str, num_steps: int) -> None:
-        self.goal_id = goal_id
-        self.num_steps = num_steps
-        self.stop = threading.Event()
-        self.phase = "starting"
-        self.progress = None  # latest trainer ProgressInfo
-        self.result = None  # TrainResult
-        self.error = ""
-        self.run_dir: Path | None = None
-        self.t0 = time.monotonic()
-        self.thread: threading.Thread | None = None
 
 
 class TrainNode(LifecycleNode):
@@ -133,14 +86,13 @@ class TrainNode(LifecycleNode):
 
         self.state = "unconfigured"
         self._lock = threading.Lock()
-        self._run: _Run | None = None
-        self._last_checkpoint = ""
-        self._last_outcome = ""
+        self._run: TrainJob | None = None
+        self._last_checkpoint = self._last_outcome = ""
         self.checkpoint_pub = None
         self._group = ReentrantCallbackGroup()
         self._action = ActionServer(self, TrainFields, "~/train", execute_callback=self._execute,
                                     goal_callback=lambda _goal: GoalResponse.ACCEPT,
-                                    cancel_callback=self._on_cancel, callback_group=self._group)
+                                    cancel_callback=lambda _goal: CancelResponse.ACCEPT, callback_group=self._group)
         self.diagnostics = DiagnosticsPublisher(self, self._diagnostic_status, callback_group=self._group)
         if self.settings.autostart:
             self.trigger_configure()
@@ -209,214 +161,125 @@ class TrainNode(LifecycleNode):
         self._stop_run(wait=True)
 
     def _stop_run(self, wait: bool) -> None:
-        run = self._run
-        if run is not None:
-            run.stop.set()
-            if wait and run.thread is not None:
-                run.thread.join(timeout=60.0)
+        if (job := self._run) is not None:
+            job.stop()
+            if wait:
+                job.join(timeout=60.0)
 
     # ------------------------------------------------------------------------------- the goal
-    def _on_cancel(self, goal_handle: Any) -> CancelResponse:
-        self.get_logger().info("cancel requested: training stops at the next step (the last checkpoint is kept)")
-        return CancelResponse.ACCEPT
-
-    def _plan(self, req: Any) -> tuple[Path, str, int]:
-        """(dataset folder, feature type, steps) for a goal, or :class:`_Refused` with the reason."""
+    def _job(self, req: Any, gid: str) -> TrainJob:
+        """The training job of a goal (not started), or :class:`_Refused` with the reason."""
         s = self.settings
-        if req.dataset_path.strip():
-            try:
+        if self.state != "active":
+            raise _Refused(f"train_node is {self.state}, not active; activate it (lifecycle) first")
+        if (busy := self._run) is not None:
+            raise _Refused(f"rejected: another training goal ({busy.name}) is running ({busy.where}); one goal at a "
+                           "time: cancel it or wait for its result")
+        try:
+            if req.dataset_path.strip():
                 path = resolve_under_root(req.dataset_path, s.data_root, what="dataset path", must_exist=True)
-            except PathRefused as e:
-                raise _Refused(str(e)) from None
-            if path.is_file() and path.name == "transforms.json":
-                path = path.parent
-        else:
-            path = latest_dataset(s.data_root)
-            if path is None:
+                if path.is_file() and path.name == "transforms.json":
+                    path = path.parent
+            elif (path := latest_dataset(s.data_root)) is None:
                 raise _Refused(f"dataset_path is empty and there is no dataset (transforms.json) under the data root "
                                f"{expand_root(s.data_root)} yet; capture one first")
-        if not (path / "transforms.json").is_file():
-            raise _Refused(f"dataset path {str(path)!r} holds no transforms.json")
-        ftype = (req.feature_type or self.features_config.extractor).strip().lower()
-        if ftype not in FEATURE_TYPES:
-            raise _Refused(f"feature_type {req.feature_type!r} is not one of {list(FEATURE_TYPES)}")
-        steps = int(req.num_steps) or int(self.budget.num_steps)
-        return path, ftype, steps
+            if not (path / "transforms.json").is_file():
+                raise _Refused(f"dataset path {str(path)!r} holds no transforms.json")
+            ftype = (req.feature_type or self.features_config.extractor).strip().lower()
+            if ftype not in FEATURE_TYPES:
+                raise _Refused(f"feature_type {req.feature_type!r} is not one of {list(FEATURE_TYPES)}")
+            steps = int(req.num_steps) or int(self.budget.num_steps)
+            run_dir = resolve_under_root(Path(path.name) / f"{time.strftime('%Y%m%d-%H%M%S')}-{ftype}-{gid}",
+                                         s.checkpoint_root, what="run folder")
+        except PathRefused as e:
+            raise _Refused(str(e)) from None
+        features = "none" if ftype == "none" else dataclasses.replace(self.features_config, extractor=ftype)
+        return TrainJob(TrainSceneRequest(
+            path, num_steps=steps, trainer=self.trainer_config, features=features,
+            feature_cache=expand_root(s.checkpoint_root) / "feature_cache" if s.cache_features else None,
+            downscale=s.dataset_downscale, eval_every_frame=s.dataset_eval_every, device=s.device,
+            torch_threads=s.torch_threads, run_dir=run_dir,
+            command=f"goal {gid}: training on {path} with {ftype} features for {steps} steps"), name=gid)
 
     def _execute(self, goal_handle: Any) -> TrainFields.Result:
+        gid = bytes(goal_handle.goal_id.uuid).hex()[:8]
+        with self._lock:
+            try:
+                job = self._run = self._job(goal_handle.request, gid)
+            except Exception as e:  # a refusal, or a bug: the node keeps serving either way
+                job, reason = None, str(e) if isinstance(e, _Refused) else f"internal error: {type(e).__name__}: {e}"
+        if job is None:
+            self.get_logger().warning(f"goal {gid} refused: {reason}")
+            goal_handle.abort()
+            return TrainFields.Result(success=False, message=reason)
+        self.get_logger().info(job.request.command)
         try:
-            return self._execute_goal(goal_handle)
+            job.start()
+            period = 1.0 / self.settings.feedback_rate_hz
+            while not job.join(timeout=period):
+                if goal_handle.is_cancel_requested or not goal_handle.is_active:  # not active: shutting down
+                    job.stop()
+                if goal_handle.is_active:
+                    try:
+                        goal_handle.publish_feedback(self._feedback(job))
+                    except Exception as e:  # feedback is best effort
+                        self.get_logger().warning(f"feedback not sent: {e}", throttle_duration_sec=10.0)
+            return self._finish(goal_handle, job)
         except Exception as e:  # a bug must not take the node down: end the goal with the reason
             self.get_logger().error(f"goal failed unexpectedly: {traceback.format_exc()}")
             if goal_handle.is_active:
                 goal_handle.abort()
             return TrainFields.Result(success=False, message=f"internal error: {type(e).__name__}: {e}")
-
-    def _execute_goal(self, goal_handle: Any) -> TrainFields.Result:
-        req = goal_handle.request
-        gid = bytes(goal_handle.goal_id.uuid).hex()[:8]
-        result = TrainFields.Result()
-        with self._lock:
-            busy = self._run
-            if self.state != "active":
-                reason = f"train_node is {self.state}, not active; activate it (lifecycle) first"
-            elif busy is not None:
-                p = busy.progress
-                where = f"step {p.step}/{p.total_steps}" if p is not None else busy.phase
-                reason = (f"rejected: another training goal ({busy.goal_id}) is running ({where}); one goal at a "
-                          "time: cancel it or wait for its result")
-            else:
-                reason = ""
-                try:
-                    path, ftype, steps = self._plan(req)
-                except _Refused as e:
-                    reason = str(e)
-                else:
-                    run = self._run = _Run(gid, steps)
-        if reason:
-            self.get_logger().warning(f"goal {gid} refused: {reason}")
-            goal_handle.abort()
-            result.success, result.message = False, reason
-            return result
-
-        self.get_logger().info(f"goal {gid}: training on {path} with {ftype} features for {steps} steps")
-        try:
-            run.thread = threading.Thread(target=self._train, args=(run, path, ftype, steps), name=f"train-{gid}",
-                                          daemon=True)
-            run.thread.start()
-            period = 1.0 / self.settings.feedback_rate_hz
-            while run.thread.is_alive():
-                run.thread.join(timeout=period)
-                if goal_handle.is_cancel_requested and not run.stop.is_set():
-                    run.stop.set()
-                if not goal_handle.is_active:  # e.g. the server is shutting down
-                    run.stop.set()
-                    continue
-                try:
-                    goal_handle.publish_feedback(self._feedback(run))
-                except Exception as e:  # feedback is best effort
-                    self.get_logger().warning(f"feedback not sent: {e}", throttle_duration_sec=10.0)
-            return self._finish(goal_handle, run, result)
         finally:
-            run.stop.set()
-            if run.thread is not None and run.thread.is_alive():
-                run.thread.join(timeout=60.0)
+            job.stop()
+            job.join(timeout=60.0)
             with self._lock:
                 self._run = None
 
-    def _feedback(self, run: _Run) -> TrainFields.Feedback:
-        fb = TrainFields.Feedback(total_steps=run.num_steps, elapsed=time.monotonic() - run.t0)
-        p = run.progress
-        if p is not None:
+    def _feedback(self, job: TrainJob) -> TrainFields.Feedback:
+        fb = TrainFields.Feedback(total_steps=job.request.num_steps, elapsed=time.monotonic() - job.t0)
+        if (p := job.progress) is not None:
             fb.step, fb.loss = int(p.step), float(p.losses.get("total", sum(p.losses.values())))
             names = [k for k in p.losses if k != "total"]
             fb.loss_names, fb.loss_values = names, [float(p.losses[k]) for k in names]
             fb.psnr, fb.eta = float(p.psnr), float(p.eta_s)
         return fb
 
-    def _finish(self, goal_handle: Any, run: _Run, result: TrainFields.Result) -> TrainFields.Result:
-        res = run.result
-        result.training_time = time.monotonic() - run.t0
-        if res is not None:
-            result.steps_done = int(res.step)
-            result.checkpoint_path = str(res.checkpoint or "")
-            ev = res.eval or {}
-            psnr, fmse = ev.get("psnr"), ev.get("feature_mse")
-            result.final_psnr = float(psnr) if psnr is not None and psnr == psnr else 0.0
-            result.final_feature_mse = float(fmse) if fmse is not None else 0.0
-        elif run.progress is not None:
-            result.steps_done = int(run.progress.step)
-        if run.error:
-            result.success, result.message = False, run.error
-            self.get_logger().error(f"goal {run.goal_id} failed: {run.error}")
-            self._last_outcome = f"failed: {run.error[:200]}"
-            if goal_handle.is_active:
-                goal_handle.abort()
-            return result
-        if run.stop.is_set() and (res is None or res.stopped):
-            result.success = False
-            result.message = (f"cancelled at step {result.steps_done}/{run.num_steps}; last checkpoint: "
-                              f"{result.checkpoint_path or 'none (stopped before training started)'}")
-            self.get_logger().info(f"goal {run.goal_id} {result.message}")
-            self._last_outcome = result.message
-            if goal_handle.is_active:
-                if goal_handle.is_cancel_requested:
-                    goal_handle.canceled()
-                else:
-                    goal_handle.abort()
-            return result
-        result.success = True
-        result.message = (f"trained {result.steps_done} steps in {result.training_time:.1f} s; eval PSNR "
-                          f"{result.final_psnr:.2f} dB")
-        self._last_checkpoint = result.checkpoint_path
-        self._last_outcome = result.message
-        if self.checkpoint_pub is not None and result.checkpoint_path:
-            self.checkpoint_pub.publish(String(data=result.checkpoint_path))
-        self.get_logger().info(f"goal {run.goal_id}: {result.message}; checkpoint {result.checkpoint_path}")
-        goal_handle.succeed()
+    def _finish(self, goal_handle: Any, job: TrainJob) -> TrainFields.Result:
+        kind, message = job.outcome()
+        res, p = job.result, job.progress
+        ev = res.eval if res is not None else {}
+        psnr, fmse = ev.get("psnr"), ev.get("feature_mse")
+        result = TrainFields.Result(success=kind == "done", message=message, training_time=time.monotonic() - job.t0,
+                                    steps_done=int(res.step if res else p.step if p else 0),
+                                    checkpoint_path=str(res.checkpoint or "") if res else "",
+                                    final_psnr=float(psnr) if psnr is not None and psnr == psnr else 0.0,
+                                    final_feature_mse=float(fmse) if fmse is not None else 0.0)
+        self._last_outcome = f"failed: {message[:200]}" if kind == "failed" else message
+        if kind == "done":
+            self._last_checkpoint = result.checkpoint_path
+            if self.checkpoint_pub is not None and result.checkpoint_path:
+                self.checkpoint_pub.publish(String(data=result.checkpoint_path))
+            message += f"; checkpoint {result.checkpoint_path}"
+        if kind == "failed":  # rclpy wants one severity per call site
+            self.get_logger().error(f"goal {job.name}: {message}")
+        else:
+            self.get_logger().info(f"goal {job.name}: {message}")
+        cancelled = kind == "cancelled" and goal_handle.is_cancel_requested
+        if goal_handle.is_active:
+            (goal_handle.succeed if kind == "done" else goal_handle.canceled if cancelled else goal_handle.abort)()
         return result
-
-    # ---------------------------------------------------------------------------- worker thread
-    def _train(self, run: _Run, path: Path, ftype: str, steps: int) -> None:
-        """Load the dataset, extract features, train; every failure becomes ``run.error``."""
-        try:
-            import torch
-
-            from f3rm_ros.core.dataset import load_dataset
-            from f3rm_ros.core.device import resolve_device
-            from f3rm_ros.core.trainer import Trainer
-
-            s = self.settings
-            if s.torch_threads:
-                torch.set_num_threads(s.torch_threads)
-            device = resolve_device(s.device)
-            run.phase = "loading dataset"
-            ds = load_dataset(path, downscale=s.dataset_downscale, eval_every=s.dataset_eval_every)
-            feats, info = None, {"type": "none"}
-            if ftype != "none":
-                from f3rm_ros.core.features import create_extractor, extract_dataset_features
-
-                run.phase = f"extracting {ftype} features"
-                cfg = dataclasses.replace(self.features_config, extractor=ftype)
-                extractor = create_extractor(cfg, label_table=ds.labels_table or None)
-                cache = expand_root(s.checkpoint_root) / "feature_cache" if s.cache_features else None
-                feats = extract_dataset_features(extractor, ds, cache, progress=False)
-                info = extractor.cache_key()
-            if run.stop.is_set():
-                return
-            stamp = time.strftime("%Y%m%d-%H%M%S")
-            run_dir = resolve_under_root(Path(path.name) / f"{stamp}-{ftype}-{run.goal_id}", s.checkpoint_root,
-                                         what="run folder")
-            run.run_dir = run_dir
-            run.phase = "training"
-            trainer = Trainer(self.trainer_config, ds, feats, device, run_dir=run_dir, extractor_info=info)
-
-            def on_progress(p: Any) -> None:
-                run.progress = p
-
-            run.result = trainer.train(steps, on_progress=on_progress, should_stop=run.stop.is_set)
-            run.phase = "done"
-        except Exception as e:  # every failure is reported in the result; the node keeps serving
-            run.error = f"{type(e).__name__}: {e}"
-            self.get_logger().debug(traceback.format_exc())
-        finally:  # give GPU memory back (the query node may share the process and the GPU)
-            trainer = feats = None
-            import torch
-
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
 
     # ---------------------------------------------------------------------------- diagnostics
     def _diagnostic_status(self) -> tuple[int, str, dict]:
-        run = self._run
+        job = self._run
         values: dict[str, Any] = {"state": self.state, "last_checkpoint": self._last_checkpoint,
                                   "last_outcome": self._last_outcome}
-        if run is not None:
-            values.update({"goal": run.goal_id, "phase": run.phase})
-            if run.progress is not None:
-                values.update({"step": run.progress.step, "total_steps": run.progress.total_steps,
-                               "psnr": run.progress.psnr, "eta_s": run.progress.eta_s})
-            return OK, f"training ({run.phase})", values
+        if job is not None:
+            values.update({"goal": job.name, "phase": job.phase})
+            if (p := job.progress) is not None:
+                values.update({"step": p.step, "total_steps": p.total_steps, "psnr": p.psnr, "eta_s": p.eta_s})
+            return OK, f"training ({job.phase})", values
         if self.state != "active":
             return WARN, f"lifecycle state {self.state}", values
         if self._last_outcome.startswith("failed"):
