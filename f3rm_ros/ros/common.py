@@ -1,5 +1,8 @@
 """Helpers shared by every f3rm_ros node: root-confined paths, diagnostics, the ``main()`` runner.
 
+* :class:`Refused`: the one way a node refuses a request with a reason (raise it anywhere below a
+  service, action or topic callback; the callback answers ``success=false`` with the message, and the
+  node lives on). :class:`PathRefused` is the refusal of a path.
 * :func:`resolve_under_root` / :func:`resolve_under_roots`: a path from a request (service, action
   goal, topic) is resolved (symlinks and ``..`` included) and refused with a :class:`PathRefused`
   reason unless it lies inside one of the node's configured roots, so a request can never make a
@@ -25,6 +28,7 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 
 __all__ = [
+    "Refused",
     "PathRefused",
     "resolve_under_root",
     "resolve_under_roots",
@@ -51,10 +55,23 @@ ERROR = _level(DiagnosticStatus.ERROR)
 STALE = _level(DiagnosticStatus.STALE)
 
 
-# --- paths -----------------------------------------------------------------------------------------
+# --- refusals --------------------------------------------------------------------------------------
 
-class PathRefused(ValueError):
+class Refused(Exception):
+    """A request is refused; the message is the reason given to the client.
+
+    A node's request handler raises it (also from helpers it calls) and its callback turns it into the
+    response's ``success=false`` + ``message``; any other exception is an internal error, also answered,
+    never raised into the executor. :class:`~f3rm_ros.ros.params.ParamBinding` takes it from a
+    ``check`` as the reason a parameter change is refused.
+    """
+
+
+class PathRefused(Refused, ValueError):
     """A requested path is empty, malformed or outside every allowed root; the message says why."""
+
+
+# --- paths -----------------------------------------------------------------------------------------
 
 
 def expand_root(root: str | os.PathLike) -> Path:

@@ -43,8 +43,8 @@ from f3rm_ros.core.config import param
 from f3rm_ros.core.grasp.config import PlannerConfig, TaskConfig
 from f3rm_ros.core.gripper import Gripper, GripperConfig
 from f3rm_ros.msg import Grasp as GraspMsg
-from f3rm_ros.ros.common import OK, WARN, DiagnosticsPublisher, PathRefused, expand_root, \
-    resolve_under_root, run_node
+from f3rm_ros.ros.common import (OK, WARN, DiagnosticsPublisher, PathRefused, Refused, expand_root, resolve_under_root,
+                                 run_node)
 from f3rm_ros.ros.conversions import ConversionError, make_point_cloud, matrix_to_pose_msg, pose_msg_to_matrix
 from f3rm_ros.ros.params import declare_config, read_config, validator
 from f3rm_ros.ros.visuals import grasp_markers, heat_colors
@@ -95,10 +95,6 @@ class QueryNodeConfig:
     heatmap_min_similarity: float = param(0.0, "points of ~/heatmap below this similarity are left out "
                                                "(QuerySimilarity requests set their own)", range=(0.0, 1.0))
     diagnostics_period_s: float = param(1.0, "period of the /diagnostics status, seconds", range=(0.01, 3600.0))
-
-
-class _Refused(Exception):
-    """A request is refused; the message is the reason given to the client."""
 
 
 class QueryNode(LifecycleNode):
@@ -192,7 +188,7 @@ class QueryNode(LifecycleNode):
         elif self.field is None and self.cfg.load_newest_on_activate:
             try:
                 self.load_field("")
-            except _Refused as e:
+            except Refused as e:
                 self.get_logger().warning(f"no field loaded on activation: {e}")
         elif self.field is not None:
             self._publish_cloud()
@@ -276,14 +272,14 @@ class QueryNode(LifecycleNode):
         root = expand_root(self.cfg.checkpoint_root)
         found = [p for p in root.rglob("*.ckpt") if p.is_file()] if root.is_dir() else []
         if not found:
-            raise _Refused(f"no checkpoint (*.ckpt) under the checkpoint root {root}; train a field first")
+            raise Refused(f"no checkpoint (*.ckpt) under the checkpoint root {root}; train a field first")
         return max(found, key=lambda p: (p.stat().st_mtime, str(p)))
 
     def load_field(self, checkpoint_path: str) -> str:
         """Load a checkpoint (under ``checkpoint_root``; "" = the newest there). Returns a summary.
 
         Raises:
-            _Refused: outside the root, missing, corrupt, or another format; the current field stays.
+            Refused: outside the root, missing, corrupt, or another format; the current field stays.
         """
         import torch
 
@@ -294,14 +290,14 @@ class QueryNode(LifecycleNode):
             try:
                 path = resolve_under_root(checkpoint_path, self.cfg.checkpoint_root, what="checkpoint path")
             except PathRefused as e:
-                raise _Refused(str(e)) from None
+                raise Refused(str(e)) from None
             if path.is_dir():
                 found = sorted(path.rglob("*.ckpt"), key=lambda p: (p.stat().st_mtime, str(p)))
                 if not found:
-                    raise _Refused(f"no checkpoint (*.ckpt) in the folder {path}")
+                    raise Refused(f"no checkpoint (*.ckpt) in the folder {path}")
                 path = found[-1]
             if not path.is_file():
-                raise _Refused(f"checkpoint not found: {path}")
+                raise Refused(f"checkpoint not found: {path}")
         else:
             path = self._newest_checkpoint()
         t0 = time.perf_counter()
@@ -310,7 +306,7 @@ class QueryNode(LifecycleNode):
                 device = resolve_device(self.cfg.device)
                 field = load_trained_field(path, device)
             except (ValueError, KeyError, RuntimeError, OSError, TypeError) as e:  # CheckpointError is a ValueError
-                raise _Refused(f"cannot load checkpoint {path}: {e}") from None
+                raise Refused(f"cannot load checkpoint {path}: {e}") from None
             encoder, enc_err = None, ""
             if field.feature_dim > 0:
                 try:
@@ -340,7 +336,7 @@ class QueryNode(LifecycleNode):
         try:
             self.load_field(path)
             self._last_error = ""
-        except _Refused as e:
+        except Refused as e:
             self._last_error = f"checkpoint from topic refused: {e}"
             self.get_logger().error(self._last_error)
         except Exception as e:  # never die on a message
@@ -407,24 +403,24 @@ class QueryNode(LifecycleNode):
     # --- request checks -----------------------------------------------------------------------
     def _require_ready(self, need_text: bool = True) -> None:
         if not self._active:
-            raise _Refused("the query node is not active (lifecycle state); activate it first")
+            raise Refused("the query node is not active (lifecycle state); activate it first")
         if self.field is None or self.planner is None:
-            raise _Refused("no field is loaded yet: train one (the train node announces it) or call ~/load_field")
+            raise Refused("no field is loaded yet: train one (the train node announces it) or call ~/load_field")
         if need_text and self.encoder is None:
-            raise _Refused(f"the loaded field cannot be queried by text: {self.encoder_error}")
+            raise Refused(f"the loaded field cannot be queried by text: {self.encoder_error}")
 
     def _check_text(self, text: str, what: str = "query") -> str:
         if len(text) > self.cfg.max_text_chars:
-            raise _Refused(f"{what} text is {len(text)} characters long; at most {self.cfg.max_text_chars} "
+            raise Refused(f"{what} text is {len(text)} characters long; at most {self.cfg.max_text_chars} "
                            f"are accepted")
         if not text.strip():
-            raise _Refused(f"empty {what}: say what to look for, e.g. 'mug handle'")
+            raise Refused(f"empty {what}: say what to look for, e.g. 'mug handle'")
         return text
 
     def _negatives(self, negatives: list[str]) -> tuple[str, ...]:
         negs = [n for n in negatives]
         if len(negs) > self.cfg.max_negatives:
-            raise _Refused(f"{len(negs)} negative phrases; at most {self.cfg.max_negatives} are accepted")
+            raise Refused(f"{len(negs)} negative phrases; at most {self.cfg.max_negatives} are accepted")
         for n in negs:
             self._check_text(n, "negative phrase")
         return tuple(n.strip() for n in negs) if negs else tuple(self.planner_cfg.negatives)
@@ -435,14 +431,14 @@ class QueryNode(LifecycleNode):
         lo = np.array([req.workspace_min.x, req.workspace_min.y, req.workspace_min.z], dtype=np.float64)
         hi = np.array([req.workspace_max.x, req.workspace_max.y, req.workspace_max.z], dtype=np.float64)
         if not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))):
-            raise _Refused(f"workspace box has non-finite values: min {lo.tolist()}, max {hi.tolist()}")
+            raise Refused(f"workspace box has non-finite values: min {lo.tolist()}, max {hi.tolist()}")
         if np.any(hi <= lo):
             axes = [a for a, lo_a, hi_a in zip("xyz", lo, hi, strict=True) if hi_a <= lo_a]
-            raise _Refused(f"workspace box is empty: max must exceed min on every axis (not on {axes}); "
+            raise Refused(f"workspace box is empty: max must exceed min on every axis (not on {axes}); "
                            f"min {lo.tolist()}, max {hi.tolist()}")
         n = float(np.prod(np.floor((hi - lo) / self.planner_cfg.voxel_size_m) + 1))
         if n > self.cfg.max_workspace_voxels:
-            raise _Refused(f"workspace box is too large: {n:.3g} voxels of {self.planner_cfg.voxel_size_m} m "
+            raise Refused(f"workspace box is too large: {n:.3g} voxels of {self.planner_cfg.voxel_size_m} m "
                            f"(at most {self.cfg.max_workspace_voxels}, parameter max_workspace_voxels)")
         return tuple(lo.tolist()), tuple(hi.tolist())
 
@@ -453,7 +449,7 @@ class QueryNode(LifecycleNode):
         try:
             with self._lock:
                 fn(res)
-        except _Refused as e:
+        except Refused as e:
             res.success, res.message = False, str(e)
             self.stats["refused"] += 1
         except Exception as e:  # never let a request take the node down
@@ -482,7 +478,7 @@ class QueryNode(LifecycleNode):
         if req.task:
             match = [t for t in planner.tasks if t.name == req.task]
             if not match:
-                raise _Refused(f"unknown task {req.task!r}; known tasks: {[t.name for t in planner.tasks]}")
+                raise Refused(f"unknown task {req.task!r}; known tasks: {[t.name for t in planner.tasks]}")
             from f3rm_ros.core.grasp.planner import GraspPlanner
 
             cache = planner._surface_cache
@@ -527,7 +523,7 @@ class QueryNode(LifecycleNode):
         self._check_text(req.text)
         self._require_ready()
         if not (0.0 <= req.min_similarity <= 1.0):  # also catches NaN
-            raise _Refused(f"min_similarity must be in [0, 1], got {req.min_similarity}")
+            raise Refused(f"min_similarity must be in [0, 1], got {req.min_similarity}")
         negs = self._negatives(list(req.negatives))
         planner = self.planner
         saved = planner.config
@@ -538,7 +534,7 @@ class QueryNode(LifecycleNode):
             planner.config = saved
         self.stats["last_query"] = req.text[:80]
         if len(sim) == 0:
-            raise _Refused("no surface in the workspace box: nothing to compare the query with")
+            raise Refused("no surface in the workspace box: nothing to compare the query with")
         res.heatmap = self._publish_heatmap(pts, sim, float(req.min_similarity))
         res.num_points = int(np.count_nonzero(sim >= req.min_similarity))
         res.max_similarity = float(sim.max())
@@ -551,7 +547,7 @@ class QueryNode(LifecycleNode):
     def _on_load_field(self, req: LoadField.Request, res: LoadField.Response) -> LoadField.Response:
         def fn(r: Any) -> None:
             if not self._active:
-                raise _Refused("the query node is not active (lifecycle state); activate it first")
+                raise Refused("the query node is not active (lifecycle state); activate it first")
             r.message = self.load_field(req.checkpoint_path)
             r.success = True
             r.checkpoint_path = str(self.checkpoint_path)
@@ -568,20 +564,20 @@ class QueryNode(LifecycleNode):
                                               load_task, make_task, record_demo, save_task)
 
         if not TASK_NAME_RE.match(req.task_name):
-            raise _Refused(f"task name {req.task_name[:80]!r} is not allowed: 1-64 letters, digits, '_' or '-'")
+            raise Refused(f"task name {req.task_name[:80]!r} is not allowed: 1-64 letters, digits, '_' or '-'")
         frame = req.gripper_pose.header.frame_id
         if frame != self.cfg.world_frame:
-            raise _Refused(f"gripper_pose must be in the world frame {self.cfg.world_frame!r}, got {frame!r}")
+            raise Refused(f"gripper_pose must be in the world frame {self.cfg.world_frame!r}, got {frame!r}")
         try:
             T_tool = pose_msg_to_matrix(req.gripper_pose)
         except (ConversionError, ValueError) as e:
-            raise _Refused(f"bad gripper_pose: {e}") from None
+            raise Refused(f"bad gripper_pose: {e}") from None
         self._require_ready(need_text=False)
         if self.field.feature_dim <= 0:
-            raise _Refused("the loaded field has no feature field: demonstrations need features")
+            raise Refused("the loaded field has no feature field: demonstrations need features")
         T = self.gripper.from_tool(T_tool)
         if not self.cfg.tasks_dir:
-            raise _Refused("no tasks_dir is configured: cannot save tasks")
+            raise Refused("no tasks_dir is configured: cannot save tasks")
         folder = expand_root(self.cfg.tasks_dir)
         path = folder / f"{req.task_name}.npz"
         task = None
@@ -590,7 +586,7 @@ class QueryNode(LifecycleNode):
                 old = load_task(path)
                 check_extractor(old, self.field.extractor_info)
             except (TaskFormatError, ExtractorMismatchError) as e:
-                raise _Refused(f"cannot append to {path.name}: {e} (send append=false to replace it)") from None
+                raise Refused(f"cannot append to {path.name}: {e} (send append=false to replace it)") from None
             feats, dens = record_demo(self.field, T, old.query_points)
             task = Task(name=old.name, query_points=old.query_points,
                         demo_poses=np.concatenate([old.demo_poses, T[None]]),
