@@ -46,7 +46,7 @@ from f3rm_ros.msg import Grasp as GraspMsg
 from f3rm_ros.ros.common import (OK, WARN, DiagnosticsPublisher, PathRefused, Refused, expand_root, resolve_under_root,
                                  run_node)
 from f3rm_ros.ros.conversions import ConversionError, make_point_cloud, matrix_to_pose_msg, pose_msg_to_matrix
-from f3rm_ros.ros.params import declare_config, read_config, validator
+from f3rm_ros.ros.params import ParamBinding
 from f3rm_ros.ros.visuals import grasp_markers, heat_colors
 from f3rm_ros.srv import LoadField, QueryGrasps, QuerySimilarity, RecordDemo
 
@@ -103,15 +103,15 @@ class QueryNode(LifecycleNode):
 
     def __init__(self, node_name: str = "query_node", *, namespace: str = "/f3rm", **kwargs: Any):
         super().__init__(node_name, namespace=namespace, **kwargs)
-        self.cfg: QueryNodeConfig = declare_config(self, QueryNodeConfig)
-        self.planner_cfg: PlannerConfig = declare_config(self, PlannerConfig, prefix="planner")
-        self.task_cfg: TaskConfig = declare_config(self, TaskConfig, prefix="task")
-        self.gripper_cfg: GripperConfig = declare_config(self, GripperConfig, prefix="gripper")
-        self._sections = {"": QueryNodeConfig, "planner": PlannerConfig, "task": TaskConfig, "gripper": GripperConfig}
-        self.add_on_set_parameters_callback(self._validate_parameters)
-        self.add_post_set_parameters_callback(self._parameters_changed)
-
         self._lock = threading.RLock()  # the model: field, planner, tasks
+        self.params = {"": ParamBinding(self, QueryNodeConfig, on_change=self._settings_changed),
+                       "planner": ParamBinding(self, PlannerConfig, "planner", on_change=self._planner_changed),
+                       "task": ParamBinding(self, TaskConfig, "task", on_change=self._task_changed),
+                       "gripper": ParamBinding(self, GripperConfig, "gripper", on_change=self._gripper_changed)}
+        self.cfg: QueryNodeConfig = self.params[""].config
+        self.planner_cfg: PlannerConfig = self.params["planner"].config
+        self.task_cfg: TaskConfig = self.params["task"].config
+        self.gripper_cfg: GripperConfig = self.params["gripper"].config
         self._active = False
         self.field: Any = None
         self.encoder: Any = None
@@ -141,25 +141,28 @@ class QueryNode(LifecycleNode):
             self.trigger_activate()
 
     # --- parameters -----------------------------------------------------------------------------
-    def _validate_parameters(self, params: list):
-        return validator(self, self._sections)(params)
-
-    def _parameters_changed(self, params: list) -> None:
-        names = {p.name for p in params}
+    # (each section's ParamBinding has validated and replaced its config; these apply it under the model lock)
+    def _settings_changed(self, new: QueryNodeConfig, old: QueryNodeConfig) -> None:
         with self._lock:
-            self.cfg = read_config(self, QueryNodeConfig)
-            if any(n.startswith("planner.") for n in names):
-                self.planner_cfg = read_config(self, PlannerConfig, "planner")
-                if self.planner is not None:
-                    self.planner.config = self.planner_cfg
-                    self.planner.invalidate_cache()
-            if any(n.startswith("task.") for n in names):
-                self.task_cfg = read_config(self, TaskConfig, "task")
-            if any(n.startswith("gripper.") for n in names):
-                self.gripper_cfg = read_config(self, GripperConfig, "gripper")
-                self.gripper = Gripper(self.gripper_cfg)
-                if self.field is not None:
-                    self._build_planner()
+            self.cfg = new
+
+    def _planner_changed(self, new: PlannerConfig, old: PlannerConfig) -> None:
+        with self._lock:
+            self.planner_cfg = new
+            if self.planner is not None:
+                self.planner.config = new
+                self.planner.invalidate_cache()
+
+    def _task_changed(self, new: TaskConfig, old: TaskConfig) -> None:
+        with self._lock:
+            self.task_cfg = new
+
+    def _gripper_changed(self, new: GripperConfig, old: GripperConfig) -> None:
+        with self._lock:
+            self.gripper_cfg = new
+            self.gripper = Gripper(new)
+            if self.field is not None:
+                self._build_planner()
 
     # --- lifecycle ------------------------------------------------------------------------------
     def on_configure(self, state) -> TransitionCallbackReturn:

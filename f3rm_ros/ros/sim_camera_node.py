@@ -2,7 +2,7 @@
 
 Renders a :mod:`f3rm_ros.core.sim` scene at ``rate_hz`` along the hemisphere-arc trajectory of
 :class:`~f3rm_ros.core.sim.trajectory.TrajectoryConfig` (parameters ``trajectory.*``, lighting
-``render.*``) and publishes, all with the same stamp (the render time):
+``render.*``; every parameter is read-only: fixed at start) and publishes, all with the same stamp (the render time):
 
 * ``camera/pose`` (``geometry_msgs/PoseStamped``): ``T_world_camera`` in metres, ``header.frame_id`` =
   ``world_frame``, camera axes of the optical frame (x right, y down, z forward; OpenCV). With pose
@@ -42,7 +42,7 @@ from f3rm_ros.core.sim.trajectory import TrajectoryConfig
 from f3rm_ros.ros.common import OK, WARN, DiagnosticsPublisher, run_node
 from f3rm_ros.ros.conversions import (depth_to_image, intrinsics_to_camera_info, labels_to_image, matrix_to_pose_msg,
                                       rgb_to_image)
-from f3rm_ros.ros.params import declare_config
+from f3rm_ros.ros.params import ParamBinding
 
 try:  # optional: also broadcast the camera pose on TF
     import tf2_ros  # type: ignore
@@ -109,9 +109,13 @@ class SimCameraNode(Node):
         from f3rm_ros.core.sim.render import intrinsics_from_fov
         from f3rm_ros.core.sim.trajectory import scan_poses
 
-        self.settings: SimCameraSettings = declare_config(self, SimCameraSettings)
-        self.trajectory: TrajectoryConfig = declare_config(self, TrajectoryConfig, prefix="trajectory")
-        self.render_config: RenderConfig = declare_config(self, RenderConfig, prefix="render")
+        # every setting is used once, at start: read-only, so a change is refused rather than accepted and ignored
+        self.params = {"": ParamBinding(self, SimCameraSettings),
+                       "trajectory": ParamBinding(self, TrajectoryConfig, "trajectory", read_only=True),
+                       "render": ParamBinding(self, RenderConfig, "render", read_only=True)}
+        self.settings: SimCameraSettings = self.params[""].config
+        self.trajectory: TrajectoryConfig = self.params["trajectory"].config
+        self.render_config: RenderConfig = self.params["render"].config
         s = self.settings
         self.scene = resolve_scene(s.scene)
         K = intrinsics_from_fov(s.width, s.height, s.fov_y_deg)
