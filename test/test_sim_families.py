@@ -185,7 +185,7 @@ def test_generated_objects_pass_the_ground_truth_grasp_check():
     from f3rm_ros.core.sim.grasp_check import GraspChecker
     from f3rm_ros.core.sim.grasps import canonical_grasps
 
-    for i, fam in enumerate(["can", "bottle", "mug", "pot", "hammer", "spatula", "glass", "plate"]):
+    for i, fam in enumerate(["can", "bottle", "mug", "pot", "hammer", "spatula", "glass", "plate", "jar", "brush"]):
         cfg = GeneratorConfig(min_objects=1, max_objects=1, lying_prob=0.0, family_weights={fam: 1.0})
         g = generate_scene(100 + i, cfg)
         (obj,) = g.scene.objects

@@ -7,14 +7,14 @@ a list of :class:`SceneQuery`. Same seed and config -> the same scene, bit for b
 (one ``numpy.random.default_rng(seed)`` drives everything; nothing iterates over a set).
 
 Families (:data:`FAMILIES`; the category is the family name, the object name is ``"<colour> <family>"``)
-    mug (handle or not, lid or not), cup, glass, bowl, plate, pot, bottle, can, box (many aspect
-    ratios), ball, screwdriver, hammer, spatula, banana. Each samples its generator's parameters
+    mug (handle or not, lid or not), cup, glass, bowl, plate, pot, bottle, can, jar, box (many aspect
+    ratios), ball, screwdriver, hammer, spatula, brush, banana. Each samples its generator's parameters
     uniformly from ranges (:func:`family_table` lists them), a colour from a named palette (distinct
     within a family in one scene, so names are unique), a texture with probability
     ``texture_prob``, a specular strength, and fixed colours for metal parts.
 
 Poses
-    Standing with a random yaw; revolved objects (mug, cup, glass, bottle, can) lie on their side with
+    Standing with a random yaw; revolved objects (mug, cup, glass, bottle, can, jar) lie on their side with
     probability ``lying_prob`` (rotated so the longest side edge of their silhouette's convex hull
     rests on the table, rolled at random (a mug: handle up or sideways), then lowered until the lowest
     vertex is at z = 0); boxes lie on another face. Tools and the banana are made lying. Placement works
@@ -29,8 +29,9 @@ Queries (:class:`SceneQuery`: text, kind, objects that count, part or None, expe
     * ``object``: the category ("mug") when exactly one object has it;
     * ``attribute``: colour + category ("red mug"), every object;
     * ``part``: "<mug|red mug> <part>" for parts a gripper can hold (mug handle and rim, cup / glass /
-      bowl / plate / pot rim, pot handle, bottle neck and cap, screwdriver / hammer / spatula handle,
-      hammer head); rims and caps only of standing objects;
+      bowl / plate / pot rim, pot handle, bottle neck and cap, jar lid, screwdriver / hammer / spatula /
+      brush handle, hammer head); rims, caps and lids only of standing objects, rims only where a pinch
+      at full opening clears the far wall or the object is narrow enough to close around;
     * ``synonym``: one synonym per category ("cup" for mugs, "saucepan" for a pot), or colour +
       synonym when several objects share the category. Objects list colour-prefixed synonyms
       ("red cup"); a synonym is left out of a scene where another present family lists it or it
@@ -204,17 +205,25 @@ FAMILIES: dict[str, Family] = {f.name: f for f in [
                                   "blade_width": (0.05, 0.08)},
            ("turner", "tool"), ("handle",), (), "none", ("screwdriver", "hammer"),
            part_colors={"blade": _METAL}),
+    Family("jar", "jar", {"radius": (0.028, 0.039), "height": (0.07, 0.14), "lid_height": (0.012, 0.02)},
+           ("glass jar", "container"), ("lid",), ("lid",), "revolved", ("can", "bottle", "glass"),
+           part_colors={}),
+    Family("brush", "brush", {"handle_length": (0.10, 0.16), "handle_width": (0.02, 0.026),
+                              "handle_height": (0.017, 0.022), "head_length": (0.05, 0.08),
+                              "head_width": (0.04, 0.06), "head_height": (0.022, 0.032),
+                              "bristle_length": (0.012, 0.022)},
+           ("scrubbing brush", "scrub brush"), ("handle",), (), "none", ("spatula",)),
     Family("banana", "banana", {"length": (0.16, 0.22), "radius": (0.015, 0.02), "bend": (0.6, 1.1)},
            ("fruit",), (), (), "none", (), ("yellow", "green", "brown")),
 ]}
 
 DEFAULT_WEIGHTS: dict[str, float] = {"mug": 2.0, "cup": 1.0, "glass": 1.0, "bowl": 1.0, "plate": 0.7, "pot": 0.7,
                                      "bottle": 1.5, "can": 1.0, "box": 1.5, "ball": 1.0, "screwdriver": 1.0,
-                                     "hammer": 1.0, "spatula": 1.0, "banana": 0.7}
+                                     "hammer": 1.0, "spatula": 1.0, "banana": 0.7, "jar": 0.8, "brush": 0.7}
 
 # things in no family, for absent queries (no word shared with any family name, synonym or part)
 OTHER_THINGS: tuple[str, ...] = ("teapot", "scissors", "apple", "phone", "wrench", "sponge", "stapler", "laptop",
-                                 "pen", "remote control", "toothbrush", "fork", "spoon", "knife", "keyboard",
+                                 "pen", "remote control", "calculator", "fork", "spoon", "knife", "keyboard",
                                  "wallet", "pliers", "lemon", "candle", "watch")
 
 
@@ -521,7 +530,7 @@ def _place(obj: _Placed, placed: list[_Placed], rng: np.random.Generator, cfg: G
         return all(_overlap_depth(obj.poly + t, p.footprint) <= tol for p in placed)
 
     for _ in range(cfg.max_tries):
-        u = rng.random()
+        u = rng.random()  # [0, clutter_prob): touching (if anything is placed), [1 - edge_prob, 1): edge
         if placed and u < cfg.clutter_prob:
             other = placed[int(rng.integers(len(placed)))]
             a = rng.uniform(-math.pi, math.pi)
@@ -535,7 +544,7 @@ def _place(obj: _Placed, placed: list[_Placed], rng: np.random.Generator, cfg: G
                 else:
                     s_out = s
             t, kind = other.t + (s_out + 2e-5) * d, "touching"
-        elif u < cfg.clutter_prob + cfg.edge_prob:
+        elif u >= 1.0 - cfg.edge_prob:
             t = rng.uniform(lo, hi)
             axis = int(rng.integers(2))
             side = hi if rng.random() < 0.5 else lo
@@ -551,6 +560,15 @@ def _place(obj: _Placed, placed: list[_Placed], rng: np.random.Generator, cfg: G
 
 
 # ----------------------------------------------------------------------------------------- queries
+def _part_ok(fam: Family, params: dict, part: str) -> bool:
+    """Extra conditions on a graspable part: a rim a Panda can hold, a jar lid narrow enough."""
+    if part == "rim":
+        return not params.get("lid") and _rim_ok(fam, params)
+    if fam.name == "jar" and part == "lid":
+        return 2 * (params["radius"] - 0.002) <= GRIPPER_MAX_WIDTH_M
+    return True
+
+
 def _rim_ok(fam: Family, params: dict) -> bool:
     """Can a Panda at full opening hold this open object's rim: a pinch whose inner finger clears the far
     wall, or closing around the whole object near its top?"""
@@ -571,7 +589,7 @@ def _graspable_parts(o: _Placed, mesh_parts: list[str]) -> list[str]:
     for part in o.family.grasp_parts:
         if part not in mesh_parts or (o.lying and part in o.family.standing_only_parts):
             continue
-        if part == "rim" and (o.params.get("lid") or not _rim_ok(o.family, o.params)):
+        if not _part_ok(o.family, o.params, part):
             continue
         out.append(part)
     return out

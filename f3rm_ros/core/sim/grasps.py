@@ -104,6 +104,15 @@ def canonical_grasps(obj: SceneObject) -> list[CanonicalGrasp]:
         x0 = -(p["handle_length"] + p["blade_length"]) / 2
         g.append(("handle_top", "handle", grasp_frame(Y, Z, [x0 + 0.5 * p["handle_length"], 0,
                                                             max(p["handle_height"] / 2, 0.0105)])))
+    elif obj.generator == "jar":
+        if 2 * (p["radius"] - 0.002) <= 0.074:
+            g.append(("lid_top", "lid", grasp_frame(Y, Z, [0, 0, p["height"] - 0.002])))
+        if 2 * p["radius"] <= 0.074:
+            g.append(("top_down", "body", grasp_frame(Y, Z, [0, 0, p["height"] - p["lid_height"] - 0.015])))
+    elif obj.generator == "brush":
+        x0 = -(p["handle_length"] + p["head_length"]) / 2
+        g.append(("handle_top", "handle", grasp_frame(Y, Z, [x0 + 0.45 * p["handle_length"], 0,
+                                                            max(p["handle_height"] / 2, 0.0105)])))
     elif obj.generator == "banana":
         m = GENERATORS["banana"](**{k: p[k] for k in ("length", "radius", "bend", "segments")})
         v = m.vertices[np.abs(m.vertices[:, 0]) < 0.006]

@@ -25,6 +25,8 @@ pot           radius 0.075, height 0.09, handle 0.13       body, rim, inside, ha
 hammer        handle 0.26 long, head 0.11 x 0.028          handle, head (lies along x)
 spatula       handle 0.16, blade 0.09 x 0.07 x 0.003       handle, blade (lies along x)
 banana        length 0.19 along a bent arc, radius 0.018   body, stem (lies on the table)
+jar           radius 0.035, height 0.10 incl. lid 0.016    body, lid
+brush         handle 0.14, head 0.06 x 0.05, bristles       handle, head, bristles (lies along x)
 ============  ===========================================  =========================================
 
 ``mug`` also takes ``handle=False`` (no handle) and ``lid=True`` (a closed top: a lid disc, part
@@ -495,10 +497,38 @@ def banana(length: float = 0.19, radius: float = 0.018, bend: float = 0.9, segme
     return m
 
 
+def jar(radius: float = 0.035, height: float = 0.10, lid_height: float = 0.016, segments: int = 40) -> PartMesh:
+    """Closed jar: a rounded-shoulder body and a screw lid (part ``lid``, a separate component 2 mm wider,
+    ``lid_height`` tall, on top); ``height`` includes the lid."""
+    R, H = radius, height - lid_height
+    body = revolve([(0.0, 0.0, "body"), (R - 0.004, 0.0, "body"), (R, 0.004, "body"), (R, H - 0.012, "body"),
+                    (R - 0.006, H - 0.002, "body"), (R - 0.006, H, "body"), (0.0, H, "body")], segments)
+    rl = R - 0.004
+    lid = revolve([(0.0, H - 0.004, "lid"), (rl + 0.002, H - 0.004, "lid"), (rl + 0.002, H + lid_height - 0.002, "lid"),
+                   (rl, H + lid_height, "lid"), (0.0, H + lid_height, "lid")], segments)
+    return merge([body, lid])
+
+
+def brush(handle_length: float = 0.14, handle_width: float = 0.024, handle_height: float = 0.02,
+          head_length: float = 0.06, head_width: float = 0.05, head_height: float = 0.028,
+          bristle_length: float = 0.018) -> PartMesh:
+    """Scrubbing brush lying on the table: a handle along x (at -x), a head block at +x whose bristles
+    (part ``bristles``, a block ``bristle_length`` long) stick out along +y."""
+    total = handle_length + head_length
+    x0 = -total / 2
+    path = np.stack([np.linspace(x0, x0 + handle_length + 0.01, 8), np.zeros(8), np.full(8, handle_height / 2)], 1)
+    handle = sweep_tube(path, (handle_height / 2, handle_width / 2), "handle", sides=16)  # a: vertical here
+    xc = x0 + handle_length + head_length / 2
+    head = _box_part((head_length, head_width, head_height), (xc, 0.0, head_height / 2), "head")
+    bristles = _box_part((head_length * 0.9, bristle_length + 0.002, head_height * 0.8),
+                         (xc, head_width / 2 + bristle_length / 2 - 0.001, head_height * 0.4), "bristles")
+    return merge([handle, head, bristles])
+
+
 GENERATORS: dict[str, Callable[..., PartMesh]] = {
     "mug": mug, "bowl": bowl, "box": box, "ball": ball, "screwdriver": screwdriver, "can": can,
     "cup": cup, "glass": glass, "plate": plate, "bottle": bottle, "pot": pot, "hammer": hammer,
-    "spatula": spatula, "banana": banana,
+    "spatula": spatula, "banana": banana, "jar": jar, "brush": brush,
 }
 
 
