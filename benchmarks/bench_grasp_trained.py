@@ -38,16 +38,15 @@ PLANNER_CPU = {"num_steps": 25, "rotations_per_voxel": 4, "min_poses": 512}  # t
 def plan(a: argparse.Namespace) -> int:
     import torch  # noqa: PLC0415
 
-    from f3rm_ros.core.dataset import load_dataset  # noqa: PLC0415
     from f3rm_ros.core.device import resolve_device  # noqa: PLC0415
-    from f3rm_ros.core.features import create_extractor, extract_dataset_features  # noqa: PLC0415
+    from f3rm_ros.core.features import create_extractor  # noqa: PLC0415
     from f3rm_ros.core.field_api import load_trained_field  # noqa: PLC0415
     from f3rm_ros.core.hashgrid import HashGrid  # noqa: PLC0415
     from f3rm_ros.core.grasp import GraspPlanner, PlannerConfig, load_default_tasks  # noqa: PLC0415
     from f3rm_ros.core.grasp.task import load_tasks  # noqa: PLC0415
     from f3rm_ros.core.grasp.evaluate import ABSENT_IN_SCENE, ABSENT_QUERIES, PRESENT_QUERIES  # noqa: PLC0415
     from f3rm_ros.core.presets import trainer_config  # noqa: PLC0415
-    from f3rm_ros.core.trainer import Trainer  # noqa: PLC0415
+    from f3rm_ros.core.workflows.train_scene import TrainSceneRequest, train_scene  # noqa: PLC0415
 
     device = resolve_device(a.device)
     out: dict = {"device": str(device), "gpu": torch.cuda.get_device_name(0) if device.type == "cuda" else None,
@@ -80,18 +79,16 @@ def plan(a: argparse.Namespace) -> int:
             ev, train_s = {k: meta.get(k) for k in ("psnr", "feature_mse", "depth_median_error_m")}, meta["train_s"]
             print(f"{scene}: reusing {cached}", flush=True)
         else:
-            ds = load_dataset(data)
-            fm = extract_dataset_features(ex, ds, Path(f"/tmp/f3rm_bench_cache_{scene}"), progress=False)
             cfg = trainer_config(a.preset, seed=a.seed, rays_per_batch=a.rays, eval_every=0, eval_num_images=0,
                                  checkpoint_every=0, **train_overrides)
-            tr = Trainer(cfg, ds, fm, device, extractor_info=ex.cache_key())
-            t0 = time.perf_counter()
-            tr.train(a.steps)
-            train_s = time.perf_counter() - t0
-            ev = tr.evaluate(save_images=False)
+            res = train_scene(TrainSceneRequest(data, num_steps=a.steps, trainer=cfg, features=ex, device=device,
+                                                feature_cache=Path(f"/tmp/f3rm_bench_cache_{scene}"),
+                                                keep_trainer=True))
+            train_s, ev = res.elapsed_s, res.eval  # Trainer.train with its final evaluation, as before
             ckpt = cached if cached is not None else Path(f"/tmp/f3rm_bench_{scene}.ckpt")
             ckpt.parent.mkdir(parents=True, exist_ok=True)
-            tr.save_checkpoint(ckpt, include_optimizer=False)
+            res.trainer.save_checkpoint(ckpt, include_optimizer=False)
+            res = None  # the trainer's memory back before the queries
             if cached is not None:
                 cached.with_suffix(".json").write_text(json.dumps(
                     {"psnr": ev["psnr"], "feature_mse": ev.get("feature_mse"),

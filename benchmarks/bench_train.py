@@ -33,8 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from f3rm_ros.core.config import replace  # noqa: E402
-from f3rm_ros.core.dataset import load_dataset  # noqa: E402
-from f3rm_ros.core.trainer import Trainer, TrainerConfig  # noqa: E402
+from f3rm_ros.core.trainer import TrainerConfig  # noqa: E402
+from f3rm_ros.core.workflows.train_scene import FeatureMaps, build_trainer, load_scene, scene_features  # noqa: E402
 
 
 def commit() -> str:
@@ -48,18 +48,19 @@ def commit() -> str:
         return "unknown"
 
 
-def extract(dataset, kind: str, device: torch.device, quick: bool):
-    """(feature_maps [N,h,w,D] or None, seconds, extractor info)."""
+def extract(dataset, kind: str, device: torch.device, quick: bool) -> FeatureMaps:
+    """Feature maps (or None), the seconds of the extraction itself (the model is built before the clock starts),
+    and their extractor info, via the train_scene workflow's feature stage."""
     if kind == "none":
-        return None, 0.0, {}
+        return scene_features(None, dataset)
     t0 = time.perf_counter()
     if kind == "synthetic":  # smooth random target, no model (CPU smoke tests)
         g = torch.Generator().manual_seed(0)
         n = len(dataset)
         maps = torch.nn.functional.interpolate(torch.randn(n, 16, 4, 4, generator=g), size=(12, 16),
                                                mode="bilinear", align_corners=False).permute(0, 2, 3, 1)
-        return maps.contiguous(), time.perf_counter() - t0, {"name": "synthetic"}
-    from f3rm_ros.core.features import create_extractor, extract_dataset_features
+        return FeatureMaps(maps.contiguous(), {"name": "synthetic"}, time.perf_counter() - t0)
+    from f3rm_ros.core.features import create_extractor
 
     cfg = {"extractor": "clip", "clip": {"random_weights": True, "allow_download": False}}
     if quick:
@@ -68,13 +69,14 @@ def extract(dataset, kind: str, device: torch.device, quick: bool):
     if device.type == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    maps = extract_dataset_features(ex, dataset, cache_dir=None, progress=False)
+    feats = scene_features(ex, dataset, cache_dir=None)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return maps, time.perf_counter() - t0, ex.cache_key()
+    feats.seconds = time.perf_counter() - t0
+    return feats
 
 
-def run_backend(args, dataset, maps, backend: str, device: torch.device, cuda_graphs: str = "auto",
+def run_backend(args, dataset, feats: FeatureMaps, backend: str, device: torch.device, cuda_graphs: str = "auto",
                 seed: int = 0) -> dict:
     cfg = TrainerConfig()
     changes = {"model.rgb.grid.backend": backend, "model.proposal_1.grid.backend": backend,
@@ -93,7 +95,7 @@ def run_backend(args, dataset, maps, backend: str, device: torch.device, cuda_gr
         gc.collect()
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    trainer = Trainer(cfg, dataset, maps, device=device)
+    trainer = build_trainer(cfg, dataset, feats, device=device)
     label = backend if cuda_graphs == "auto" and len(args.cuda_graphs) == 1 else f"{backend}/graphs={cuda_graphs}"
     if len(args.seeds) > 1 or seed != 0:
         label += f"/seed={seed}"
@@ -152,10 +154,11 @@ def main(argv=None) -> int:
     args.cuda_graphs = [s for s in args.cuda_graphs.split(",") if s]
     args.seeds = [int(s) for s in args.seeds.split(",") if s]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dataset = load_dataset(args.data, downscale=args.downscale)
+    dataset = load_scene(args.data, downscale=args.downscale)
     W, H = dataset.intrinsics[0].width, dataset.intrinsics[0].height
     print(f"{args.data}: {len(dataset)} images at {W}x{H}, {len(dataset.eval_indices)} held out; device {device}")
-    maps, t_extract, info = extract(dataset, args.features, device, args.quick)
+    feats = extract(dataset, args.features, device, args.quick)
+    maps, t_extract = feats.maps, feats.seconds
     print(f"feature extraction ({args.features}): {t_extract:.2f} s"
           + (f", maps {tuple(maps.shape)}" if maps is not None else ""), flush=True)
     rows = []
@@ -163,7 +166,7 @@ def main(argv=None) -> int:
         for seed in args.seeds:
             for graphs in args.cuda_graphs:
                 try:
-                    r = run_backend(args, dataset, maps, backend, device, graphs, seed)
+                    r = run_backend(args, dataset, feats, backend, device, graphs, seed)
                 except Exception as e:  # report and go on with the next backend
                     r = {"backend": f"{backend}/graphs={graphs}/seed={seed}", "error": f"{type(e).__name__}: {e}"}
                     print(f"  [{r['backend']}] failed: {r['error']}", flush=True)
@@ -203,7 +206,7 @@ def main(argv=None) -> int:
     dev_name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu"
     result = {"commit": commit(), "device": dev_name, "torch": torch.__version__, "data": args.data,
               "image_size": [W, H], "num_images": len(dataset), "features": args.features,
-              "extract_s": t_extract, "extractor": info.get("name", args.features), "quick": args.quick, "rows": rows}
+              "extract_s": t_extract, "extractor": args.features, "quick": args.quick, "rows": rows}
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tag = (f"_{args.tag}" if args.tag else "") + ("_quick" if args.quick else "")

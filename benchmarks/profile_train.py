@@ -42,8 +42,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from f3rm_ros.core.config import replace  # noqa: E402
-from f3rm_ros.core.dataset import load_dataset  # noqa: E402
 from f3rm_ros.core.trainer import Trainer, TrainerConfig  # noqa: E402
+from f3rm_ros.core.workflows.train_scene import FeatureMaps, build_trainer, load_scene  # noqa: E402
 
 # name -> config changes (dotted keys of TrainerConfig); unknown keys make the variant fail loudly
 VARIANTS: dict[str, dict] = {
@@ -175,7 +175,7 @@ def build(args, dataset, maps, device, changes: dict) -> Trainer:
             base[f"model.{k}.grid.backend"] = args.backend
     base.update(changes)
     cfg = replace(cfg, **base)
-    return Trainer(cfg, dataset, maps, device=device)
+    return build_trainer(cfg, dataset, FeatureMaps(maps, {"name": "random"}), device=device)
 
 
 def time_steps(trainer: Trainer, n: int, synced: bool, device) -> list[float]:
@@ -303,7 +303,7 @@ def main(argv=None) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    dataset = load_dataset(args.data, downscale=args.downscale)
+    dataset = load_scene(args.data, downscale=args.downscale)
     g = torch.Generator().manual_seed(0)
     H, W = dataset.intrinsics[0].height, dataset.intrinsics[0].width
     h, w = (int(v) for v in args.map_hw.split(","))

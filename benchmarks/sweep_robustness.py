@@ -57,29 +57,20 @@ def run_one(job: tuple) -> dict:
     from PIL import Image  # noqa: PLC0415
 
     from f3rm_ros.core.cameras import generate_rays, intrinsics_tensor, pixel_centres  # noqa: PLC0415
-    from f3rm_ros.core.dataset import load_dataset  # noqa: PLC0415
-    from f3rm_ros.core.features import create_extractor, extract_dataset_features  # noqa: PLC0415
     from f3rm_ros.core.presets import trainer_config  # noqa: PLC0415
-    from f3rm_ros.core.trainer import Trainer  # noqa: PLC0415
+    from f3rm_ros.core.workflows.train_scene import TrainSceneRequest, train_scene  # noqa: PLC0415
 
     torch.set_num_threads(threads)
     data = Path(scene_dir)
     preset, overrides = SETTINGS[setting]
     overrides = dict(overrides)
     steps = overrides.pop("_steps", steps)
-    ds = load_dataset(data)
-    ex = create_extractor({"extractor": "labels", "labels": {"dataset": str(data)}})
-    fm = extract_dataset_features(ex, ds, Path(f"/tmp/f3rm_sweep_cache_{data.name}"), progress=False)
     cfg = trainer_config(preset, **{"seed": seed, "rays_per_batch": 1024, "eval_every": 0, "eval_num_images": 0,
                                     "checkpoint_every": 0, "mixed_precision": False, **overrides})
-    tr = Trainer(cfg, ds, fm, device, extractor_info=ex.cache_key())
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        tr.train_step()
-    if tr.device.type == "cuda":
-        torch.cuda.synchronize()
-    train_s = time.perf_counter() - t0
-    ev = tr.evaluate(save_images=False)
+    res = train_scene(TrainSceneRequest(data, num_steps=steps, trainer=cfg, device=device, keep_trainer=True,
+                                        features={"extractor": "labels", "labels": {"dataset": str(data)}},
+                                        feature_cache=Path(f"/tmp/f3rm_sweep_cache_{data.name}")))
+    tr, train_s, ev = res.trainer, res.train_s, res.eval  # train_s: the training steps (synchronised at the end)
     metres_per_unit = float(np.cbrt(np.linalg.det(tr.nerf_to_world[:3, :3])))
     meta = json.loads((data / "transforms.json").read_text())
     errs, bg_near = [], []
