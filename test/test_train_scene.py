@@ -185,3 +185,19 @@ def test_job_in_a_thread_progress_stop_and_errors(data, tmp_path):
     bad = TrainJob(TrainSceneRequest(tmp_path / "no_such_dataset", num_steps=2, device="cpu")).start()
     assert bad.join(60) and bad.result is None and "no_such_dataset" in bad.error, bad.error
     print(bad.error)
+
+
+def test_latest_dataset_newest_json_inside_the_root(tmp_path):
+    import os
+
+    from f3rm_ros.core.workflows.train_scene import latest_dataset
+
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    for d, t in ((root / "a", 100), (root / "deep" / "er" / "b", 200), (outside, 300)):
+        d.mkdir(parents=True)
+        (d / "transforms.json").write_text("{}")
+        os.utime(d / "transforms.json", (t, t))
+    (root / "escape").symlink_to(outside)  # newest, but outside the root: ignored
+    assert latest_dataset(root) == (root / "deep" / "er" / "b").resolve()
+    assert latest_dataset(root, max_depth=1) == (root / "a").resolve()
+    assert latest_dataset(tmp_path / "empty") is None
