@@ -261,3 +261,46 @@ def test_query_node_binds_every_parameter_and_applies_changes(ctx):
         assert node.gripper_cfg.max_opening_m == 0.06 and gripper.config.max_opening_m == 0.08
     finally:
         node.destroy_node()
+
+
+def test_capture_node_binds_every_parameter_and_checks_the_dataset(ctx, tmp_path):
+    from f3rm_ros.ros.capture_node import CaptureNode
+
+    node = CaptureNode(namespace="/t_bind", parameter_overrides=[
+        Parameter("data_root", value=str(tmp_path)), Parameter("dataset_name", value="a"),
+        Parameter("start_capturing", value=True)])
+    try:
+        assert not _unbound(node)
+        assert node.session.capturing
+        (r,) = _set(node, dataset_name="b")  # the node's check, through the binding
+        assert not r.successful and r.reason == "dataset_name cannot change while capturing; send STOP first"
+        (r,) = _set(node, min_translation_m=0.2)
+        assert r.successful and node.settings.min_translation_m == 0.2 and node.session.config.min_translation_m == 0.2
+        assert node.session.stop()[0]
+        (r,) = _set(node, dataset_name="../escape")
+        assert not r.successful and "outside" in r.reason
+        (r,) = _set(node, dataset_name="b")
+        assert r.successful and node.settings.dataset_name == "b"
+    finally:
+        node.close()
+        node.destroy_node()
+
+
+def test_train_node_binds_every_parameter_with_a_shared_prefix(ctx, tmp_path):
+    from f3rm_ros.ros.train_node import TrainNode
+
+    node = TrainNode(namespace="/t_bind", parameter_overrides=[
+        Parameter("data_root", value=str(tmp_path / "d")), Parameter("checkpoint_root", value=str(tmp_path / "c")),
+        Parameter("autostart", value=False)])
+    try:
+        assert not _unbound(node)
+        assert node.trainer_config.progress_every == 1  # the node's own default
+        # trainer.num_steps (the step budget) and trainer.* (TrainerConfig) share the prefix, one home each
+        (r,) = _set(node, trainer__num_steps=5)
+        assert r.successful and node.budget.num_steps == 5
+        (r,) = _set(node, trainer__rays_per_batch=64)
+        assert r.successful and node.trainer_config.rays_per_batch == 64
+        (r,) = _set(node, features__extractor="sift")
+        assert not r.successful and "sift" in r.reason and node.features_config.extractor != "sift"
+    finally:
+        node.destroy_node()

@@ -46,11 +46,12 @@ from std_msgs.msg import String
 from f3rm_ros.core.capture import REASONS, CaptureConfig, CaptureSession
 from f3rm_ros.core.config import param
 from f3rm_ros.msg import CaptureStatus
-from f3rm_ros.ros.common import ERROR, OK, WARN, DiagnosticsPublisher, PathRefused, resolve_under_root, run_node
+from f3rm_ros.ros.common import (ERROR, OK, WARN, DiagnosticsPublisher, PathRefused, Refused, resolve_under_root,
+                                 run_node)
 from f3rm_ros.ros.conversions import (ConversionError, camera_info_to_intrinsics, compressed_to_rgb, image_to_depth,
                                       image_to_labels, image_to_rgb, parse_label_table_json, pose_msg_to_matrix,
                                       transform_msg_to_matrix)
-from f3rm_ros.ros.params import declare_config, read_config
+from f3rm_ros.ros.params import ParamBinding
 from f3rm_ros.ros.tf_poses import HAVE_TF2, TfPoses
 from f3rm_ros.srv import CaptureControl
 
@@ -92,13 +93,12 @@ class CaptureNode(Node):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__("capture_node", namespace=kwargs.pop("namespace", "/f3rm"), **kwargs)
-        self.settings: CaptureNodeSettings = declare_config(self, CaptureNodeSettings)
-        s = self.settings
+        self.params = ParamBinding(self, CaptureNodeSettings, check=self._check_settings,
+                                   on_change=self._settings_changed)
+        s = self.settings = self.params.config
         if s.pose_source == "tf" and not HAVE_TF2:
             raise RuntimeError("pose_source 'tf' needs the tf2_ros package, which is not installed here; install "
                                "ROS 2 tf2_ros or publish the camera pose on a topic (pose_source: topic)")
-        self.add_on_set_parameters_callback(self._on_set_parameters)
-        self.add_post_set_parameters_callback(self._after_set_parameters)
         tf = TfPoses(self, s.world_frame, s.camera_frame, s.pose_buffer_s) if s.pose_source == "tf" else None
         self.status_pub = self.create_publisher(CaptureStatus, "~/status", 10)
         def topic(name: str) -> str:
@@ -168,24 +168,17 @@ class CaptureNode(Node):
         return path
 
     # ------------------------------------------------------------------------------ parameters
-    def _on_set_parameters(self, params: list) -> Any:
-        from rcl_interfaces.msg import SetParametersResult
+    def _check_settings(self, new: CaptureNodeSettings, old: CaptureNodeSettings) -> None:
+        """Refuse a new dataset_name while capturing or writing, or outside data_root (the binding checks the rest)."""
+        if new.dataset_name != old.dataset_name:
+            why = self.session.dataset_change_refusal()
+            if why:
+                raise Refused(why)
+            resolve_under_root(new.dataset_name, new.data_root, what="dataset folder")
 
-        changed = {p.name: p.value for p in params}
-        try:
-            new = read_config(self, CaptureNodeSettings, "", changed)
-            if "dataset_name" in changed:
-                why = self.session.dataset_change_refusal()
-                if why:
-                    return SetParametersResult(successful=False, reason=why)
-                resolve_under_root(new.dataset_name, new.data_root, what="dataset folder")
-        except ValueError as e:  # ConfigError, PathRefused
-            return SetParametersResult(successful=False, reason=str(e))
-        return SetParametersResult(successful=True)
-
-    def _after_set_parameters(self, params: list) -> None:
-        self.settings = read_config(self, CaptureNodeSettings)
-        self.session.configure(self.settings)
+    def _settings_changed(self, new: CaptureNodeSettings, old: CaptureNodeSettings) -> None:
+        self.settings = new
+        self.session.configure(new)
 
     def _safe(self, fn: Any) -> Any:
         """``fn`` as a callback that never raises: an unexpected error is counted as ``internal_error``."""

@@ -415,7 +415,7 @@ class QueryNode(LifecycleNode):
     def _check_text(self, text: str, what: str = "query") -> str:
         if len(text) > self.cfg.max_text_chars:
             raise Refused(f"{what} text is {len(text)} characters long; at most {self.cfg.max_text_chars} "
-                           f"are accepted")
+                          f"are accepted")
         if not text.strip():
             raise Refused(f"empty {what}: say what to look for, e.g. 'mug handle'")
         return text
@@ -438,11 +438,11 @@ class QueryNode(LifecycleNode):
         if np.any(hi <= lo):
             axes = [a for a, lo_a, hi_a in zip("xyz", lo, hi, strict=True) if hi_a <= lo_a]
             raise Refused(f"workspace box is empty: max must exceed min on every axis (not on {axes}); "
-                           f"min {lo.tolist()}, max {hi.tolist()}")
+                          f"min {lo.tolist()}, max {hi.tolist()}")
         n = float(np.prod(np.floor((hi - lo) / self.planner_cfg.voxel_size_m) + 1))
         if n > self.cfg.max_workspace_voxels:
             raise Refused(f"workspace box is too large: {n:.3g} voxels of {self.planner_cfg.voxel_size_m} m "
-                           f"(at most {self.cfg.max_workspace_voxels}, parameter max_workspace_voxels)")
+                          f"(at most {self.cfg.max_workspace_voxels}, parameter max_workspace_voxels)")
         return tuple(lo.tolist()), tuple(hi.tolist())
 
     def _serve(self, res: Any, what: str, fn) -> Any:

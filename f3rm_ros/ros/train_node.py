@@ -41,8 +41,9 @@ from f3rm_ros.core.config import param
 from f3rm_ros.core.features.configs import FeaturesConfig
 from f3rm_ros.core.trainer import TrainerConfig
 from f3rm_ros.core.workflows.train_scene import TrainBudget, TrainJob, TrainSceneRequest, latest_dataset
-from f3rm_ros.ros.common import OK, WARN, DiagnosticsPublisher, PathRefused, expand_root, resolve_under_root, run_node
-from f3rm_ros.ros.params import declare_config, read_config, validator
+from f3rm_ros.ros.common import (OK, WARN, DiagnosticsPublisher, PathRefused, Refused, expand_root, resolve_under_root,
+                                 run_node)
+from f3rm_ros.ros.params import ParamBinding
 
 __all__ = ["TrainNodeSettings", "TrainBudget", "TrainNode", "FEATURE_TYPES", "latest_dataset", "main"]
 
@@ -65,24 +66,17 @@ class TrainNodeSettings:
     autostart: bool = param(True, "configure and activate at start (no lifecycle manager needed)", read_only=True)
 
 
-class _Refused(Exception):
-    """A goal that cannot run; the message is the reason given to the client."""
-
-
 class TrainNode(LifecycleNode):
     """See the module docstring."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__("train_node", namespace=kwargs.pop("namespace", "/f3rm"), **kwargs)
-        self.settings: TrainNodeSettings = declare_config(self, TrainNodeSettings)
-        # progress every step (the default 10 would make feedback lag by up to 10 steps: slow steps on a CPU)
-        self.trainer_config: TrainerConfig = declare_config(self, TrainerConfig, prefix="trainer",
-                                                            overrides={"progress_every": 1})
-        self.budget: TrainBudget = declare_config(self, TrainBudget, prefix="trainer")
-        self.features_config: FeaturesConfig = declare_config(self, FeaturesConfig, prefix="features")
-        self.add_on_set_parameters_callback(validator(self, {"trainer": TrainerConfig, "features": FeaturesConfig}))
-        self.add_on_set_parameters_callback(self._check_node_settings)
-        self.add_post_set_parameters_callback(self._reload_settings)
+        # the properties below read each section's current config; a goal takes them when it starts
+        self.params = {"": ParamBinding(self, TrainNodeSettings),
+                       # progress every step (the default 10 would make feedback lag by up to 10 steps on a CPU)
+                       "trainer": ParamBinding(self, TrainerConfig, "trainer", overrides={"progress_every": 1}),
+                       "budget": ParamBinding(self, TrainBudget, "trainer"),  # trainer.num_steps
+                       "features": ParamBinding(self, FeaturesConfig, "features")}
 
         self.state = "unconfigured"
         self._lock = threading.Lock()
@@ -102,22 +96,10 @@ class TrainNode(LifecycleNode):
                                f"{self.settings.data_root}, checkpoints {self.settings.checkpoint_root}")
 
     # ----------------------------------------------------------------------------- parameters
-    def _check_node_settings(self, params: list) -> Any:
-        from rcl_interfaces.msg import SetParametersResult
-
-        changed = {p.name: p.value for p in params}
-        try:
-            read_config(self, TrainNodeSettings, "", changed)
-            read_config(self, TrainBudget, "trainer", changed)
-        except ValueError as e:
-            return SetParametersResult(successful=False, reason=str(e))
-        return SetParametersResult(successful=True)
-
-    def _reload_settings(self, params: list) -> None:
-        self.settings = read_config(self, TrainNodeSettings)
-        self.trainer_config = read_config(self, TrainerConfig, "trainer")
-        self.budget = read_config(self, TrainBudget, "trainer")
-        self.features_config = read_config(self, FeaturesConfig, "features")
+    settings: TrainNodeSettings = property(lambda self: self.params[""].config)  # type: ignore[assignment]
+    trainer_config: TrainerConfig = property(lambda self: self.params["trainer"].config)  # type: ignore[assignment]
+    budget: TrainBudget = property(lambda self: self.params["budget"].config)  # type: ignore[assignment]
+    features_config: FeaturesConfig = property(lambda self: self.params["features"].config)  # type: ignore[assignment]
 
     # ------------------------------------------------------------------------------ lifecycle
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -168,31 +150,31 @@ class TrainNode(LifecycleNode):
 
     # ------------------------------------------------------------------------------- the goal
     def _job(self, req: Any, gid: str) -> TrainJob:
-        """The training job of a goal (not started), or :class:`_Refused` with the reason."""
+        """The training job of a goal (not started), or :class:`Refused` with the reason."""
         s = self.settings
         if self.state != "active":
-            raise _Refused(f"train_node is {self.state}, not active; activate it (lifecycle) first")
+            raise Refused(f"train_node is {self.state}, not active; activate it (lifecycle) first")
         if (busy := self._run) is not None:
-            raise _Refused(f"rejected: another training goal ({busy.name}) is running ({busy.where}); one goal at a "
-                           "time: cancel it or wait for its result")
+            raise Refused(f"rejected: another training goal ({busy.name}) is running ({busy.where}); one goal at a "
+                          "time: cancel it or wait for its result")
         try:
             if req.dataset_path.strip():
                 path = resolve_under_root(req.dataset_path, s.data_root, what="dataset path", must_exist=True)
                 if path.is_file() and path.name == "transforms.json":
                     path = path.parent
             elif (path := latest_dataset(s.data_root)) is None:
-                raise _Refused(f"dataset_path is empty and there is no dataset (transforms.json) under the data root "
-                               f"{expand_root(s.data_root)} yet; capture one first")
+                raise Refused(f"dataset_path is empty and there is no dataset (transforms.json) under the data root "
+                              f"{expand_root(s.data_root)} yet; capture one first")
             if not (path / "transforms.json").is_file():
-                raise _Refused(f"dataset path {str(path)!r} holds no transforms.json")
+                raise Refused(f"dataset path {str(path)!r} holds no transforms.json")
             ftype = (req.feature_type or self.features_config.extractor).strip().lower()
             if ftype not in FEATURE_TYPES:
-                raise _Refused(f"feature_type {req.feature_type!r} is not one of {list(FEATURE_TYPES)}")
+                raise Refused(f"feature_type {req.feature_type!r} is not one of {list(FEATURE_TYPES)}")
             steps = int(req.num_steps) or int(self.budget.num_steps)
             run_dir = resolve_under_root(Path(path.name) / f"{time.strftime('%Y%m%d-%H%M%S')}-{ftype}-{gid}",
                                          s.checkpoint_root, what="run folder")
         except PathRefused as e:
-            raise _Refused(str(e)) from None
+            raise Refused(str(e)) from None
         features = "none" if ftype == "none" else dataclasses.replace(self.features_config, extractor=ftype)
         return TrainJob(TrainSceneRequest(
             path, num_steps=steps, trainer=self.trainer_config, features=features,
@@ -207,7 +189,7 @@ class TrainNode(LifecycleNode):
             try:
                 job = self._run = self._job(goal_handle.request, gid)
             except Exception as e:  # a refusal, or a bug: the node keeps serving either way
-                job, reason = None, str(e) if isinstance(e, _Refused) else f"internal error: {type(e).__name__}: {e}"
+                job, reason = None, str(e) if isinstance(e, Refused) else f"internal error: {type(e).__name__}: {e}"
         if job is None:
             self.get_logger().warning(f"goal {gid} refused: {reason}")
             goal_handle.abort()
