@@ -8,7 +8,7 @@ import pytest
 
 from f3rm_ros.core.sim.families import (
     FAMILIES, GRIPPER_MAX_WIDTH_M, GeneratorConfig, SceneQuery, _sample_params, dev_seeds, eval_seeds,
-    generate_scene, is_eval_seed, judge_query, load_queries, split_of, write_generated,
+    find_witnesses, generate_scene, is_eval_seed, judge_query, load_queries, split_of, write_generated,
 )
 from f3rm_ros.core.sim.meshes import _signed_volume, generate
 
@@ -196,14 +196,25 @@ def test_generated_objects_pass_the_ground_truth_grasp_check():
         assert results and any(r.success and r.object == obj.name for _, r in results), (fam, results)
 
 
-def test_judge_query_expects_no_grasp_where_none_is_feasible():
-    none = SimpleNamespace(found=False, reason="nothing relevant")
-    some = SimpleNamespace(found=True, reason="", best=SimpleNamespace(T_world_gripper=np.eye(4)))
-    absent = SceneQuery("teapot", "absent", (), None, False)
-    assert judge_query(None, none, absent)[0] and not judge_query(None, some, absent)[0]
-    present = SceneQuery("mug", "object", ("red mug",), None, True)
-    ok, detail = judge_query(None, none, present)
-    assert not ok and "no grasp" in detail
+def test_judge_query_and_witnesses():
+    from f3rm_ros.core.sim.grasp_check import GraspChecker
+
+    g = generate_scene(3)  # dev seed: two objects standing apart
+    gc = GraspChecker(g.scene)
+    witnesses = find_witnesses(g, gc)
+    for q, w in zip(g.queries, witnesses, strict=True):
+        assert (w is not None) == q.present, q  # both objects lie free: every present query has one
+        found = SimpleNamespace(found=True, reason="", best=SimpleNamespace(T_world_gripper=w if w is not None
+                                                                            else np.eye(4)))
+        none = SimpleNamespace(found=False, reason="nothing relevant")
+        assert judge_query(gc, none, q)[0] == (not q.expect_grasp)
+        assert judge_query(gc, found, q)[0] == q.present, (q, judge_query(gc, found, q))
+    q0 = g.queries[0]
+    too_big = SceneQuery(q0.text, q0.kind, q0.objects, None, False)  # expected too big, but a grasp passes: right
+    assert judge_query(gc, SimpleNamespace(found=True, best=SimpleNamespace(T_world_gripper=witnesses[0])),
+                       too_big)[0]
+    meta = g.queries_json(witnesses)
+    assert all((d["witness"] is None) == (d["kind"] == "absent") for d in meta["queries"])
 
 
 def test_config_errors():

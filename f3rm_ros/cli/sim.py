@@ -88,7 +88,14 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     if (out / "scene.yaml").exists() and not args.overwrite:
         raise FileExistsError(f"{out / 'scene.yaml'} exists (pass --overwrite)")
     g = generate_scene(args.seed, cfg)
-    ys, qs = write_generated(g, out)
+    witnesses = None
+    if args.witness:
+        from f3rm_ros.core.sim.families import find_witnesses
+
+        witnesses = find_witnesses(g)
+        exp = [w is not None for q, w in zip(g.queries, witnesses, strict=True) if q.present and q.expect_grasp]
+        print(f"ground-truth witnesses for {sum(exp)}/{len(exp)} present queries that expect a grasp")
+    ys, qs = write_generated(g, out, witnesses)
     n_abs = len(g.absent_queries)
     print(f"seed {g.seed} ({g.split} split): {len(g.scene.objects)} objects: "
           + ", ".join(f"{o.name} ({o.pose}, {o.placement})" for o in g.objects))
@@ -134,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--config", type=Path, help="YAML file of GeneratorConfig settings")
     g.add_argument("--overwrite", action="store_true", help="replace an existing scene.yaml in --out")
     g.add_argument("--list-families", action="store_true", help="list the object families and their parameters")
+    g.add_argument("--witness", action="store_true", help="also search a gripper pose per query that passes the "
+                   "ground-truth check (seconds per scene)")
     add_cli_args(g, GeneratorConfig, prefix="set.")
     return ap
 
