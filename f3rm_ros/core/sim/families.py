@@ -487,7 +487,8 @@ def _sample_params(fam: Family, rng: np.random.Generator, cfg: GeneratorConfig) 
     return params, oversize
 
 
-def _material(fam: Family, colour: str, rng: np.random.Generator, cfg: GeneratorConfig) -> dict[str, Any]:
+def _material(fam: Family, colour: str, params: dict, rng: np.random.Generator,
+              cfg: GeneratorConfig) -> dict[str, Any]:
     base = np.clip(np.array(PALETTE[colour]) + rng.uniform(-0.04, 0.04, 3), 0.0, 1.0)
     out: dict[str, Any] = {"color": [round(float(c), 3) for c in base]}
     if fam.name not in ("glass", "banana") and rng.random() < cfg.texture_prob:
@@ -498,6 +499,9 @@ def _material(fam: Family, colour: str, rng: np.random.Generator, cfg: Generator
                           "scale": round(float(rng.uniform(0.006, 0.03)), 4)}
     out["specular"] = round(float(rng.uniform(0.6, 0.9) if fam.name == "glass" else rng.uniform(0.1, 0.6)), 3)
     part_colors = {k: list(v) for k, v in fam.part_colors.items()}
+    lids = {"bottle": ("cap",), "jar": ("lid",), "mug": ("lid",) if params.get("lid") else ()}
+    for part in lids.get(fam.name, ()):  # caps and lids in another colour
+        part_colors[part] = list(PALETTE[str(rng.choice([c for c in _GENERAL if c != colour]))])
     return out | ({"part_colors": part_colors} if part_colors else {})
 
 
@@ -784,7 +788,7 @@ def generate_scene(seed: int, config: GeneratorConfig | None = None) -> Generate
         infos.append(ObjectInfo(name, o.family.name, o.colour, "lying" if o.lying else "standing", o.placement,
                                 o.oversize, round(width, 4), expect))
     synonyms = _synonyms_for(list(dict.fromkeys(o.family.name for o in objs)))
-    materials = [_material(o.family, o.colour, rng, cfg) for o in objs]
+    materials = [_material(o.family, o.colour, o.params, rng, cfg) for o in objs]
     queries = _queries(objs, names, infos, synonyms, rng, cfg, mesh_parts)
     text = yaml.safe_dump(_scene_dict(seed, table, objs, names, materials, synonyms), sort_keys=False,
                           default_flow_style=None, width=120)
