@@ -15,8 +15,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from f3rm_ros.core.cameras import CameraIntrinsics
-from f3rm_ros.core.config import from_dict
+from f3rm_ros.core.cameras import CameraIntrinsics, image_rays
+from f3rm_ros.core.checkpoint import checkpoint_cameras, load_checkpoint, load_field_model
+from f3rm_ros.core.fields.camera_render import render_camera
 from f3rm_ros.core.fields.model import FieldModel
 
 __all__ = ["TrainedField", "load_trained_field"]
@@ -132,10 +133,11 @@ class TrainedField:
             rgb [H,W,3] in [0,1]; depth [H,W] metres along the ray; z_depth [H,W] metres along the
             optical axis; accumulation [H,W]; features [H,W,D] (raw) if there is a feature field.
         """
-        from f3rm_ros.core.trainer import render_camera  # noqa: PLC0415
-
         c2w = self.c2w_world_to_nerf(c2w_world_opencv)
-        out = render_camera(self.model, intrinsics, c2w, chunk, with_features=with_features)
+        self.model.eval()
+        out = render_camera(lambda o, d: self.model.render_rays(o, d, None, training=False,
+                                                                with_features=with_features),
+                            intrinsics, c2w, chunk)
         depth = out["depth"] * self._s
         dirs_cam = out.pop("directions") @ c2w[:3, :3]  # rows: R^T d
         out["depth"] = depth
@@ -168,8 +170,6 @@ class TrainedField:
         for c2w, K in cameras:
             out = self.render(c2w, K, with_features=False)
             c2w_t = torch.as_tensor(np.asarray(c2w), dtype=torch.float32, device=self.device)
-            from f3rm_ros.core.cameras import image_rays  # noqa: PLC0415
-
             o, d = image_rays(K, c2w_t, device=self.device)
             keep = out["accumulation"] >= min_accumulation
             if max_depth_m is not None:
@@ -188,29 +188,22 @@ class TrainedField:
 
 
 def load_trained_field(checkpoint_path: str | Path, device: torch.device | str = "cpu") -> TrainedField:
-    """Load a :class:`TrainedField` from a trainer checkpoint.
+    """Load a :class:`TrainedField` from a trainer checkpoint (:mod:`f3rm_ros.core.checkpoint`; only its
+    ``config["model"]`` is read of the training settings, and no training module is imported).
 
     Raises:
         CheckpointError: missing/corrupt file or another checkpoint format version.
     """
-    from f3rm_ros.core.trainer import TrainerConfig, load_checkpoint  # noqa: PLC0415
-
     ck = load_checkpoint(checkpoint_path)
-    cfg = from_dict(TrainerConfig, ck["config"])
-    dev = torch.device(device)
-    model = FieldModel(cfg.model, int(ck["num_train_images"]), int(ck["feature_dim"]), dev)
-    model.load_state_dict(ck["model"])
+    model = load_field_model(ck, device)
     nerf_to_world = np.asarray(ck["nerf_to_world"], dtype=np.float64)
     cams: dict[str, Any] = {}
-    if "cameras" in ck:
+    stored = checkpoint_cameras(ck)
+    if stored is not None:
+        c2w_n, Ks, tr = stored
         s, R, t = _similarity_parts(nerf_to_world)
-        c2w_n = np.asarray(ck["cameras"]["c2w_nerf"], dtype=np.float64)
         c2w_w = c2w_n.copy()
         c2w_w[:, :3, :3] = R @ c2w_n[:, :3, :3]
         c2w_w[:, :3, 3] = (s * (R @ c2w_n[:, :3, 3].T)).T + t
-        Ks = [CameraIntrinsics(fx=k["fl_x"], fy=k["fl_y"], cx=k["cx"], cy=k["cy"], width=k["w"], height=k["h"],
-                               k1=k["k1"], k2=k["k2"], p1=k["p1"], p2=k["p2"], k3=k["k3"])
-              for k in ck["cameras"]["intrinsics"]]
-        tr = np.asarray(ck["cameras"]["train_indices"], dtype=np.int64)
         cams = {"c2w_world_opencv": [c2w_w[i] for i in tr], "intrinsics": [Ks[i] for i in tr]}
     return TrainedField(model, nerf_to_world, ck.get("extractor_info"), cams)

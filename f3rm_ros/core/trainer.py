@@ -19,7 +19,6 @@ the learning rate read from device tensors; the plain eager step stays the refer
 from __future__ import annotations
 
 import collections
-import io
 import logging
 import time
 from dataclasses import dataclass, field
@@ -31,27 +30,22 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from f3rm_ros.core.cameras import CameraIntrinsics, generate_rays, intrinsics_tensor, pixel_centres
+from f3rm_ros.core.cameras import CameraIntrinsics, generate_rays, intrinsics_tensor
+from f3rm_ros.core.checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, CheckpointError, latest_checkpoint,
+                                      load_checkpoint, save_checkpoint_file)
 from f3rm_ros.core.config import from_dict, param, to_dict
 from f3rm_ros.core.feature_targets import nearest_patch_targets
 from f3rm_ros.core.fields.losses import (LossConfig, depth_loss, distortion_loss, feature_mse, interlevel_loss, psnr,
                                          rgb_mse)
 from f3rm_ros.core.fields.model import FieldModel, FieldModelConfig
-from f3rm_ros.core.io import atomic_write_bytes, atomic_write_json
+from f3rm_ros.core.fields.camera_render import render_camera as _render_camera
+from f3rm_ros.core.io import atomic_write_json
 from f3rm_ros.core.ops.ray_cache import camera_direction_table, direction_table_bytes, rays_from_direction_table
 
 __all__ = ["TrainerConfig", "ProgressInfo", "TrainResult", "Trainer", "CheckpointError", "CHECKPOINT_FORMAT",
            "CHECKPOINT_VERSION", "load_checkpoint", "latest_checkpoint", "save_checkpoint_file"]
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT_FORMAT = "f3rm_ros.field_checkpoint"
-CHECKPOINT_VERSION = 1
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is missing, corrupt, of another format, or of another format version."""
-
 
 @dataclass
 class TrainerConfig:
@@ -115,50 +109,6 @@ class TrainResult:
     losses: dict[str, float]
     eval: dict[str, Any] = field(default_factory=dict)
     checkpoint: Path | None = None
-
-
-def _torch_save_bytes(obj: Any) -> bytes:
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    return buf.getvalue()
-
-
-def save_checkpoint_file(path: str | Path, payload: dict[str, Any]) -> Path:
-    """Write a checkpoint dict atomically (never a half-written file)."""
-    return atomic_write_bytes(Path(path), _torch_save_bytes(payload))
-
-
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read and check a checkpoint written by :class:`Trainer`.
-
-    Raises:
-        CheckpointError: missing file, not a checkpoint of ours, or another format version.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        ck = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # corrupt, truncated, or pickled objects we refuse to load
-        raise CheckpointError(f"{path}: cannot read checkpoint: {e}") from None
-    if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
-        fmt = ck.get("format") if isinstance(ck, dict) else type(ck).__name__
-        raise CheckpointError(f"{path}: not an f3rm_ros field checkpoint (format {fmt!r})")
-    if ck.get("version") != CHECKPOINT_VERSION:
-        raise CheckpointError(f"{path}: checkpoint format version {ck.get('version')!r}, but this code reads version "
-                              f"{CHECKPOINT_VERSION}; retrain with this version of f3rm_ros "
-                              "(or use the matching release)")
-    return ck
-
-
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The newest ``step-*.ckpt`` in ``run_dir/checkpoints`` (or ``run_dir`` itself), or None."""
-    run_dir = Path(run_dir)
-    for d in (run_dir / "checkpoints", run_dir):
-        found = sorted(d.glob("step-*.ckpt"))
-        if found:
-            return found[-1]
-    return None
 
 
 def _rng_device(device: torch.device) -> torch.device:
@@ -770,36 +720,14 @@ class Trainer:
 def render_camera(model: FieldModel, K: CameraIntrinsics, c2w_nerf: Tensor, chunk: int = 16384,
                   with_features: bool = True, amp: bool = False,
                   feature_sink: Callable[[Tensor, int], None] | None = None) -> dict[str, Tensor]:
-    """Render every pixel of a camera (OpenCV c2w in the field frame ``[4, 4]``) in chunks, eval mode.
-
-    ``feature_sink(features [n, D], first_pixel_index)``, if given, receives each chunk's features
-    (row-major pixel order) instead of them being kept (an [H, W, 768] image is large).
-
-    Returns:
-        rgb [H,W,3], depth [H,W] (ray distance, field units), accumulation [H,W], features [H,W,D]
-        (if the model has a feature field and ``with_features``), directions [H,W,3] (unit, field frame).
-    """
-    dev = c2w_nerf.device
+    """:func:`f3rm_ros.core.fields.camera_render.render_camera` of a model in eval mode (its mode is restored)."""
     was_training = model.training
     model.eval()
-    px = pixel_centres(K.width, K.height, device=dev).reshape(-1, 2)
-    K9 = intrinsics_tensor(K, device=dev)
-    outs: dict[str, list[Tensor]] = {}
-    for s in range(0, px.shape[0], chunk):
-        p = px[s:s + chunk]
-        o, d = generate_rays(K9.expand(p.shape[0], -1), c2w_nerf.float().expand(p.shape[0], 4, 4), p)
-        with torch.autocast(device_type=dev.type, dtype=torch.float16, enabled=amp and dev.type == "cuda"):
-            r = model.render_rays(o, d, None, training=False, with_features=with_features)
-        if feature_sink is not None and "features" in r:
-            feature_sink(r.pop("features").float(), s)
-        for k in ("rgb", "depth", "accumulation", "features"):
-            if k in r:
-                outs.setdefault(k, []).append(r[k].float())
-        outs.setdefault("directions", []).append(d)
-    model.train(was_training)
-    H, W = K.height, K.width
-    return {k: torch.cat(v).reshape(H, W, -1).squeeze(-1) if k in ("depth", "accumulation")
-            else torch.cat(v).reshape(H, W, -1) for k, v in outs.items()}
+    try:
+        return _render_camera(lambda o, d: model.render_rays(o, d, None, training=False, with_features=with_features),
+                              K, c2w_nerf, chunk, amp=amp, feature_sink=feature_sink)
+    finally:
+        model.train(was_training)
 
 
 def _save_eval_png(path: Path, gt: Tensor, out: dict[str, Tensor]) -> None:
