@@ -132,7 +132,7 @@ def _p_compile(tr):
     import f3rm_ros.core.fields.model as model
     import f3rm_ros.core.fields.rgb_field as rfield
     import f3rm_ros.core.fields.sampler as sampler
-    import f3rm_ros.core.trainer as trainer
+    import f3rm_ros.core.training.trainer as trainer
     c = lambda f: torch.compile(f, dynamic=False)  # noqa: E731
     rw = c(sampler.render_weights)
     sampler.render_weights = rw
