@@ -275,8 +275,8 @@ class GraspPlanner:
 
     def _geometric_candidates(self, vox: torch.Tensor, floor: float | None, gen: torch.Generator,
                               c: PlannerConfig, res: PlanResult) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        """Zero-shot antipodal candidates on the selected voxels (grasp/geometric.py), collision-free (coarse
-        check), best pre-score first, at most ``geometric_verify``."""
+        """Zero-shot antipodal candidates on the selected voxels (grasp/geometric.py), free with the clearance
+        margin, best pre-score first, at most ``geometric_verify``."""
         seeds = vox
         if seeds.shape[0] > c.geometric_max_seeds:
             pick = torch.randperm(seeds.shape[0], generator=gen)[:c.geometric_max_seeds].to(self.device)
@@ -288,8 +288,9 @@ class GraspPlanner:
                                depths=tuple(float(d) for d in c.geometric_depths_m),
                                max_candidates=c.geometric_max_candidates, chunk_points=c.chunk_points)
         g = geometric_candidates(self.field, seeds, st, gen)
-        coll = in_collision(self.field, g.R, g.t, self._gripper_points, c.collision_voxel_m, c.collision_alpha,
-                            c.collision_min_points, c.chunk_points, floor)
+        # the fingers are what a geometric candidate most often drives into its object: check the whole
+        # gripper with the clearance margin (the final criterion) before choosing which to verify
+        coll = self.verifier(c).collides(g.R, g.t, floor, clearance=True)
         free = torch.nonzero(~coll)[:, 0]
         free = free[torch.argsort(g.prescore[free], descending=True)][:c.geometric_verify]
         g.stats["free"] = int((~coll).sum())

@@ -1,0 +1,169 @@
+"""The planner's own checks of a candidate grasp, shared by every source (demonstration or geometric).
+
+A candidate passes when all of these hold on the field (world frame, metres):
+
+1. **Clearance**: the whole gripper (fingers at the maximum opening, palm, wrist), each box grown by
+   ``clearance_m`` on every side, has fewer than ``clearance_min_points`` occupied points (and none
+   below the floor). The reference F3RM check ignores the fingers and tolerates 9 occupied points at
+   7.5 mm; a trained field's surface is also off by about a millimetre, so without a margin grasps
+   that graze an object by 0.5-1 mm were returned.
+2. **Contact**: rays across both finger pads hit something, and neither finger starts inside it
+   (an object wider than the opening fails here).
+3. **Antipodal**: the estimated contact normals lie within ``antipodal_max_deg`` of the closing axis
+   (:mod:`f3rm_ros.core.grasp.antipodal`).
+4. **On target**: both contact patches lie within ``contact_radius_m`` of a surface voxel the
+   language selected, so the fingers close on the queried thing, not on its neighbour.
+
+Failures are counted by their first failing check, so a planner with no passing candidate can say why.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from f3rm_ros.core.grasp.antipodal import AntipodalEstimate, AntipodalSettings, align_to_contacts, estimate_antipodal
+from f3rm_ros.core.grasp.collision import in_collision, lowest_point_z
+
+__all__ = ["VerifySettings", "Verdict", "Verifier", "REASONS", "explain_failures"]
+
+# failure code -> what it means to a user
+REASONS = {
+    "collision": "the gripper would touch the scene (clearance margin included)",
+    "no_contact": "nothing between the fingers, or a finger would start inside the object (wider than the "
+                  "gripper opens)",
+    "not_antipodal": "the contact surfaces are not opposite each other (would slip)",
+    "off_target": "the fingers would close on something other than the queried thing",
+}
+
+
+@dataclass
+class VerifySettings:
+    clearance_m: float = 0.003
+    clearance_min_points: int = 2
+    collision_voxel_m: float = 0.0075  # alpha's delta in the collision checks
+    collision_alpha: float = 0.2
+    antipodal_max_deg: float = 20.0
+    contact_radius_m: float = 0.012
+    refine_iters: int = 2
+    chunk_points: int = 2**18
+
+
+@dataclass
+class Verdict:
+    """Per-candidate outcome of :meth:`Verifier.verify` (tensors of length N, on the field's device)."""
+
+    R: torch.Tensor  # [N, 3, 3] (refined)
+    t: torch.Tensor  # [N, 3]
+    passed: torch.Tensor  # [N] bool
+    code: list[str]  # "" when passed, else the first failing check (REASONS)
+    angle_deg: torch.Tensor  # [N]
+    width: torch.Tensor  # [N] distance between the contact patches, metres (NaN without contact)
+    contacts: torch.Tensor  # [N, 2, 3]
+    stats: dict = field(default_factory=dict)
+
+
+class Verifier:
+    """Refines and checks candidate grasps of one gripper on one field (see the module docstring)."""
+
+    def __init__(self, field: Any, clear_points: torch.Tensor, coarse_points: torch.Tensor,
+                 fine_points: torch.Tensor, corners: torch.Tensor, antipodal: AntipodalSettings,
+                 settings: VerifySettings, coarse_min_points: int, fine_min_points: int):
+        self.field = field
+        self.clear_points = clear_points  # gripper frame, boxes grown by the clearance
+        self.coarse_points, self.fine_points = coarse_points, fine_points
+        self.corners = corners
+        self.antipodal = antipodal
+        self.s = settings
+        self.coarse_min, self.fine_min = coarse_min_points, fine_min_points
+
+    def collides(self, R: torch.Tensor, t: torch.Tensor, floor: float | None, clearance: bool = True
+                 ) -> torch.Tensor:  # [N] bool
+        s = self.s
+        if clearance:  # the floor is known exactly (and already a margin above the table): no clearance there
+            return in_collision(self.field, R, t, self.clear_points, s.collision_voxel_m, s.collision_alpha,
+                                s.clearance_min_points, s.chunk_points,
+                                None if floor is None else floor - s.clearance_m)
+        coll = in_collision(self.field, R, t, self.coarse_points, s.collision_voxel_m, s.collision_alpha,
+                            self.coarse_min, s.chunk_points, floor)
+        return coll | in_collision(self.field, R, t, self.fine_points, s.collision_voxel_m, s.collision_alpha,
+                                   self.fine_min, s.chunk_points, floor)
+
+    def refine(self, R: torch.Tensor, t: torch.Tensor, floor: float | None
+               ) -> tuple[torch.Tensor, torch.Tensor, AntipodalEstimate, int]:
+        """Turn each closing axis onto its estimated contact normals (``align_to_contacts``); a step is kept
+        only where it is collision-free and lowers the estimated angle. Returns (R, t, estimate, improved)."""
+        est = estimate_antipodal(self.field, R, t, self.antipodal)
+        improved = 0
+        for _ in range(self.s.refine_iters):
+            R2, t2 = align_to_contacts(R, t, est)
+            if floor is not None:  # keep the refined gripper above the floor, as the optimiser does
+                low = lowest_point_z(R2, t2, self.corners)
+                t2 = t2.clone()
+                t2[:, 2] += torch.where(low < floor, floor + 1e-4 - low, torch.zeros_like(low))
+            moved = (R2 - R).abs().amax(dim=(1, 2)) > 1e-6
+            if not bool(moved.any()):
+                break
+            idx = torch.nonzero(moved)[:, 0]
+            coll = self.collides(R2[idx], t2[idx], floor, clearance=False)
+            est2 = estimate_antipodal(self.field, R2[idx], t2[idx], self.antipodal)
+            better = ~coll & (est2.angle_deg < est.angle_deg[idx])
+            if not bool(better.any()):
+                break
+            j = idx[better]
+            improved += int(better.sum())
+            R, t = R.clone(), t.clone()
+            R[j], t[j] = R2[j], t2[j]
+            for name in ("angle_deg", "angles_deg", "contacts", "normals", "valid"):
+                getattr(est, name)[j] = getattr(est2, name)[better]
+        return R, t, est, improved
+
+    def verify(self, R: torch.Tensor, t: torch.Tensor, floor: float | None, target: torch.Tensor,
+               refine: bool = True) -> Verdict:
+        """Refine (optional) and check N candidates; ``target`` [K, 3]: the surface voxels the language selected."""
+        n = R.shape[0]
+        dev = t.device
+        if refine and n:
+            R, t, est, improved = self.refine(R, t, floor)
+        else:
+            est, improved = estimate_antipodal(self.field, R, t, self.antipodal), 0
+        coll = self.collides(R, t, floor, clearance=True) if n else torch.zeros(0, dtype=torch.bool, device=dev)
+        contact = est.valid
+        antipodal = est.angle_deg <= self.s.antipodal_max_deg
+        if target.shape[0] and n:
+            c = torch.nan_to_num(est.contacts, nan=1e6).reshape(-1, 3)
+            d = torch.cdist(c, target).amin(dim=1).reshape(n, 2)
+            on_target = (d <= self.s.contact_radius_m).all(dim=1)
+        else:
+            on_target = torch.zeros(n, dtype=torch.bool, device=dev)
+        codes = []
+        for cl, co, an, ot in zip(coll.tolist(), contact.tolist(), antipodal.tolist(), on_target.tolist(),
+                                  strict=True):
+            codes.append("collision" if cl else "no_contact" if not co else "not_antipodal" if not an
+                         else "off_target" if not ot else "")
+        passed = ~coll & contact & antipodal & on_target
+        width = (est.contacts[:, 0] - est.contacts[:, 1]).norm(dim=-1)
+        stats = {"checked": n, "passed": int(passed.sum()), "refined": improved, "failures": dict(Counter(
+            c for c in codes if c))}
+        return Verdict(R, t, passed, codes, est.angle_deg, width, est.contacts, stats)
+
+
+def explain_failures(counts: Counter, total: int, too_wide: int = 0, seeds: int = 0) -> str:
+    """One sentence on why no candidate passed (most common failure first)."""
+    if total == 0:
+        return "no candidate grasp could be formed"
+    parts = [f"{k}: {v}" for k, v in counts.most_common()]
+    head = f"none of {total} candidate grasps passes the checks ({', '.join(parts)})"
+    main = counts.most_common(1)[0][0] if counts else ""
+    if seeds and too_wide >= 0.8 * seeds:
+        return (f"{head}: it is wider than the gripper opens ({too_wide} of {seeds} surface points have no "
+                f"opposite face within the opening)")
+    return f"{head}: mostly, {REASONS.get(main, main)}" if main else head
+
+
+def as_numpy(x: torch.Tensor) -> np.ndarray:
+    return x.detach().cpu().double().numpy()
