@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from f3rm_ros.core.config import replace  # noqa: E402
-from f3rm_ros.core.trainer import TrainerConfig  # noqa: E402
+from f3rm_ros.core.training import TrainerConfig  # noqa: E402
 from f3rm_ros.core.workflows.train_scene import FeatureMaps, build_trainer, load_scene, scene_features  # noqa: E402
 
 

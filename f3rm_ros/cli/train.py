@@ -34,7 +34,7 @@ __all__ = ["main", "build_parser", "ProgressBar"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from f3rm_ros.core.trainer import TrainerConfig  # noqa: PLC0415
+    from f3rm_ros.core.training import TrainerConfig  # noqa: PLC0415
     from f3rm_ros.core.workflows.train_scene import DEFAULT_NUM_STEPS  # noqa: PLC0415
 
     p = argparse.ArgumentParser(prog="f3rm-train", description=__doc__.split("\n\n")[0],
@@ -126,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     import yaml  # noqa: PLC0415
 
     from f3rm_ros.core.dataset import DatasetError  # noqa: PLC0415
-    from f3rm_ros.core.trainer import CheckpointError, TrainerConfig  # noqa: PLC0415
+    from f3rm_ros.core.checkpoint import CheckpointError  # noqa: PLC0415
+    from f3rm_ros.core.training import TrainerConfig  # noqa: PLC0415
     from f3rm_ros.core.workflows.train_scene import TrainSceneRequest, train_scene  # noqa: PLC0415
 
     args = build_parser().parse_args(argv)

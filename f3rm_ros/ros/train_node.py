@@ -39,7 +39,7 @@ from std_msgs.msg import String
 from f3rm_ros.action import TrainFields
 from f3rm_ros.core.config import param
 from f3rm_ros.core.features.configs import FeaturesConfig
-from f3rm_ros.core.trainer import TrainerConfig
+from f3rm_ros.core.training import TrainerConfig
 from f3rm_ros.core.workflows.train_scene import TrainBudget, TrainJob, TrainSceneRequest, latest_dataset
 from f3rm_ros.ros.common import (OK, WARN, DiagnosticsPublisher, PathRefused, Refused, expand_root, resolve_under_root,
                                  run_node)

@@ -1,4 +1,4 @@
-"""Train a scene: dataset -> 2D features -> :class:`~f3rm_ros.core.trainer.Trainer` -> evaluation -> run folder.
+"""Train a scene: dataset -> 2D features -> :class:`~f3rm_ros.core.training.Trainer` -> evaluation -> run folder.
 
 The one training workflow of the project: ``f3rm-train`` (:mod:`f3rm_ros.cli.train`), the ``TrainFields``
 action of :mod:`f3rm_ros.ros.train_node` and the training benchmarks call it. No ROS, no open3d: it runs
@@ -68,8 +68,8 @@ from f3rm_ros.core.config import ConfigError, from_dict, param, replace, save_ya
 from f3rm_ros.core.dataset import load_dataset
 from f3rm_ros.core.device import resolve_device
 from f3rm_ros.core.io import atomic_write_json
-from f3rm_ros.core.trainer import (CheckpointError, ProgressInfo, Trainer, TrainerConfig, latest_checkpoint,
-                                   load_checkpoint)
+from f3rm_ros.core.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
+from f3rm_ros.core.training import ProgressInfo, Trainer, TrainerConfig
 
 __all__ = ["DEFAULT_NUM_STEPS", "RUN_FORMAT", "TrainBudget", "FeatureMaps", "TrainSceneRequest", "TrainSceneResult",
            "extractor_info", "make_extractor_info", "load_scene", "scene_features", "resolve_resume",
