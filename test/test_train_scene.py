@@ -168,7 +168,7 @@ def test_workflow_imports_no_ros_and_no_open3d():
 def test_job_in_a_thread_progress_stop_and_errors(data, tmp_path):
     import time
 
-    from f3rm_ros.core.workflows.train_scene import TrainJob
+    from f3rm_ros.core.workflows.train_job import TrainJob
 
     phases: list = []
     job = TrainJob(TrainSceneRequest(data, num_steps=100000, trainer=tiny(), device="cpu", run_dir=tmp_path / "run",

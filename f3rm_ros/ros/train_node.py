@@ -40,7 +40,8 @@ from f3rm_ros.action import TrainFields
 from f3rm_ros.core.config import param
 from f3rm_ros.core.features.configs import FeaturesConfig
 from f3rm_ros.core.training import TrainerConfig
-from f3rm_ros.core.workflows.train_scene import TrainBudget, TrainJob, TrainSceneRequest, latest_dataset
+from f3rm_ros.core.workflows.train_job import TrainJob
+from f3rm_ros.core.workflows.train_scene import TrainBudget, TrainSceneRequest, latest_dataset
 from f3rm_ros.ros.common import (OK, WARN, DiagnosticsPublisher, PathRefused, Refused, expand_root, resolve_under_root,
                                  run_node)
 from f3rm_ros.ros.params import ParamBinding

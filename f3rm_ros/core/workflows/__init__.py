@@ -2,4 +2,5 @@
 
 - :mod:`~f3rm_ros.core.workflows.train_scene`: dataset -> 2D features -> :class:`~f3rm_ros.core.training.Trainer`
   -> evaluation -> one run folder (``f3rm-train``, the ``TrainFields`` action, the training benchmarks).
+- :mod:`~f3rm_ros.core.workflows.train_job`: ``TrainJob``, that workflow in a worker thread (the train node).
 """
