@@ -143,9 +143,12 @@ def plan(a: argparse.Namespace) -> int:
         for i in range(a.jobs):
             part = a.out.with_suffix(f".part{i}.json")
             parts.append(part)
-            cmd = [sys.executable, __file__, *[x for x in sys.argv[1:] if not x.startswith("--jobs")]]
-            cmd = [c for j, c in enumerate(cmd) if not (j > 0 and cmd[j - 1] == "--out") and c != "--out"]
-            cmd += ["--out", str(part), "--shard", f"{i}/{a.jobs}", "--jobs", "1"]
+            cmd = [sys.executable, __file__, "plan", "--data-root", str(a.data_root), "--out", str(part),
+                   "--device", a.device, "--preset", a.preset, "--steps", str(a.steps), "--rays", str(a.rays),
+                   "--seed", str(a.seed), "--shard", f"{i}/{a.jobs}", "--jobs", "1"]
+            cmd += ["--planner-cpu"] if a.planner_cpu else []
+            cmd += [x for kv in a.set for x in ("--set", kv)]
+            cmd += ["--ckpt-dir", str(a.ckpt_dir)] if a.ckpt_dir else []
             procs.append(subprocess.Popen(cmd))
         rc = max(p.wait() for p in procs)
         merged: dict = {}

@@ -57,7 +57,7 @@ class GeometricSettings:
     max_pair_deg: float = 30.0  # antipodality of the (seed, exit) normal pair
     approach_angles: int = 8  # approaches per pair, evenly turned about the closing axis
     horizontal_chords: int = 4  # horizontal closing directions tried through each seed (0 = off)
-    depths: tuple[float, ...] = (-0.004, 0.008, 0.022)  # gripper z of the contact midpoint, metres
+    depths: tuple[float, ...] = (-0.008, 0.004, 0.018)  # gripper z of the contact midpoint, metres
     max_candidates: int = 1024  # kept by pre-score (0 = all)
     chunk_points: int = 2**18
 
