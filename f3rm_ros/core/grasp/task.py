@@ -37,7 +37,8 @@ from f3rm_ros.core.io import atomic_write_bytes
 __all__ = [
     "Task", "ExtractorMismatchError", "TaskFormatError", "sample_query_points", "record_demo", "make_task",
     "task_embedding", "retrieve_task", "save_task", "load_task", "load_tasks", "default_tasks_dir",
-    "load_default_tasks", "extractor_signature", "check_extractor", "adapt_task",
+    "load_default_tasks", "extractor_signature", "check_extractor", "adapt_task", "merge_tasks", "task_library",
+    "usable_tasks", "append_demo", "record_task_demo",
 ]
 
 FORMAT = "f3rm_ros.task"
@@ -355,3 +356,83 @@ def adapt_task(task: Task, field_info: dict | None) -> Task:
     return Task(name=task.name, query_points=task.query_points, demo_poses=task.demo_poses,
                 demo_features=new.astype(np.float32), demo_density=task.demo_density,
                 extractor_info=dst, voxel_size_m=task.voxel_size_m, metadata=meta)
+
+
+# --- task libraries and recording into task files -------------------------------------------------------
+
+def merge_tasks(*groups: Sequence[Task]) -> list[Task]:
+    """The tasks of all groups, one per name: a later group's task replaces an earlier one of the same name
+    (keeping the earlier one's place); new names are appended in order."""
+    by_name: dict[str, Task] = {}
+    for group in groups:
+        for t in group:
+            by_name[t.name] = t
+    return list(by_name.values())
+
+
+def task_library(tasks_dir: str | Path | None, use_default: bool = True) -> list[Task]:
+    """The tasks a planner starts with: the package's default tasks (``use_default``) merged with the
+    ``*.npz`` tasks of ``tasks_dir`` (a recorded task replaces a default one of the same name). A missing
+    folder (or None / "") holds no tasks; an unreadable task file raises :class:`TaskFormatError`."""
+    tasks = load_default_tasks() if use_default else []
+    if tasks_dir and Path(tasks_dir).is_dir():
+        tasks = merge_tasks(tasks, load_tasks(tasks_dir))
+    return tasks
+
+
+def usable_tasks(tasks: Sequence[Task], field_info: dict | None, feature_dim: int | None = None
+                 ) -> tuple[list[Task], dict[str, str]]:
+    """The tasks usable with a field (made with its extractor, or re-expressible in its label space by
+    :func:`adapt_task`, with ``feature_dim`` features when given), and for each other task why not."""
+    ok, skipped = [], {}
+    for t in tasks:
+        try:
+            a = adapt_task(t, field_info)
+            if feature_dim is not None and a.feature_dim != int(feature_dim):
+                raise ValueError(f"task {t.name!r} has {a.feature_dim}-dim features, the field {feature_dim}")
+            ok.append(t)
+        except (ExtractorMismatchError, ValueError) as e:
+            skipped[t.name] = str(e)
+    return ok, skipped
+
+
+def append_demo(task: Task, field: Any, T_world_gripper: np.ndarray) -> Task:
+    """``task`` with one more demonstration, recorded in ``field`` at its query points.
+
+    The task is first brought into the field's feature space (:func:`adapt_task`: the same task for the
+    same extractor; label features re-expressed over the field's label table), so every demonstration
+    of the result lives in one space.
+
+    Raises:
+        ExtractorMismatchError: the task was made with another extractor than the field's.
+        ValueError: the field has no features, or the pose is not a finite 4x4.
+    """
+    base = adapt_task(task, getattr(field, "extractor_info", None))
+    feats, dens = record_demo(field, T_world_gripper, base.query_points)
+    return Task(name=base.name, query_points=base.query_points,
+                demo_poses=np.concatenate([base.demo_poses, np.asarray(T_world_gripper, np.float64)[None]]),
+                demo_features=np.concatenate([base.demo_features, feats[None]]),
+                demo_density=np.concatenate([base.demo_density, dens[None]]),
+                extractor_info=base.extractor_info, voxel_size_m=base.voxel_size_m, metadata=base.metadata)
+
+
+def record_task_demo(path: str | Path, field: Any, T_world_gripper: np.ndarray, append: bool = True,
+                     config: TaskConfig | None = None, metadata: dict | None = None) -> Task:
+    """Record one demonstration into the task file ``path`` (``<task name>.npz``) and write it atomically.
+
+    With ``append`` and an existing file the demonstration is added to that task (:func:`append_demo`);
+    otherwise the file becomes a new task of this one demonstration (``config``: its query points;
+    ``metadata``: stored with it), named after the file.
+
+    Raises:
+        TaskFormatError: the existing file is not a readable task (``append`` only).
+        ExtractorMismatchError: the existing task was made with another extractor (``append`` only).
+        ValueError: the field has no features, or the pose is not a finite 4x4.
+    """
+    path = Path(path)
+    if append and path.is_file():
+        task = append_demo(load_task(path), field, T_world_gripper)
+    else:
+        task = make_task(path.stem, field, [np.asarray(T_world_gripper, dtype=np.float64)], config, metadata=metadata)
+    save_task(task, path)
+    return task
