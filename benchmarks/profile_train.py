@@ -49,7 +49,7 @@ from f3rm_ros.core.workflows.train_scene import FeatureMaps, build_trainer, load
 VARIANTS: dict[str, dict] = {
     "base": {},
     "plain": {"cuda_graphs": "off"},  # the eager reference step
-    "graphs": {"cuda_graphs": "on"},  # the step captured as CUDA graphs (Trainer._graph_step)
+    "graphs": {"cuda_graphs": "on"},  # the step captured as CUDA graphs (training.graphs.CudaGraphStep)
     # hash grid backend of every grid, per variant (``--backend`` sets it for all variants instead)
     "torchgrid": {f"model.{k}.grid.backend": "torch" for k in ("rgb", "proposal_1", "proposal_2", "feature")},
     "tritongrid": {f"model.{k}.grid.backend": "triton" for k in ("rgb", "proposal_1", "proposal_2", "feature")},
@@ -200,7 +200,7 @@ def time_steps(trainer: Trainer, n: int, synced: bool, device) -> list[float]:
     return out
 
 
-_PHASES = (("sample_batch", "f3rm_ros.core.trainer", "Trainer", "sample_batch"),
+_PHASES = (("sample_batch", "f3rm_ros.core.training.batcher", "RayBatcher", "sample"),
            ("sampler", "f3rm_ros.core.fields.sampler", "ProposalSampler", "__call__"),
            ("rgb_field", "f3rm_ros.core.fields.rgb_field", "RGBField", "forward"),
            ("feature_render", "f3rm_ros.core.fields.feature_field", "FeatureField", "render"),

@@ -109,8 +109,8 @@ def test_trainer_depth_targets_are_ray_distances_in_field_units(tmp_path):
     disc = b * b - ((oc * oc).sum(-1) - r**2)
     hit = disc > 1e-3
     t = -b - np.sqrt(np.maximum(disc, 0))
-    got = tr._depth_t[: K.width * K.height].numpy()
-    valid = tr._depth_valid[: K.width * K.height].numpy()
+    got = tr.batcher.depth_t[: K.width * K.height].numpy()
+    valid = tr.batcher.depth_valid[: K.width * K.height].numpy()
     assert np.array_equal(valid[hit], np.ones(hit.sum())) and hit.sum() > 50
     err_m = np.abs(got[hit] - t[hit]).max() / tr.field_units_per_metre
     print(f"\ndepth targets: max error {err_m * 1000:.3f} mm over {hit.sum()} hit pixels (0.1 mm PNG units)")
@@ -119,8 +119,8 @@ def test_trainer_depth_targets_are_ray_distances_in_field_units(tmp_path):
     assert batch["depth"].shape == batch["depth_valid"].shape == (512,)
     # without the precomputed direction table (it did not fit): the same targets, one image at a time
     tr2 = Trainer(small_config(ray_table_max_mb=0, **{"losses": {"depth_mult": 0.1}}), ds, None, "cpu")
-    assert tr2._dirs_table is None and torch.equal(tr2._depth_valid, tr._depth_valid)
-    assert torch.allclose(tr2._depth_t, tr._depth_t, atol=1e-6)
+    assert tr2.batcher.dirs_table is None and torch.equal(tr2.batcher.depth_valid, tr.batcher.depth_valid)
+    assert torch.allclose(tr2.batcher.depth_t, tr.batcher.depth_t, atol=1e-6)
 
 
 def test_depth_supervision_trains_and_reports_depth_error(tmp_path):
@@ -145,7 +145,7 @@ def test_depth_mult_without_depth_images_warns_and_trains_without(caplog):
     from f3rm_ros.core.trainer import Trainer
 
     ds, _ = sphere_dataset()
-    with caplog.at_level(logging.WARNING, logger="f3rm_ros.core.trainer"):
+    with caplog.at_level(logging.WARNING, logger="f3rm_ros.core.training"):
         tr = Trainer(small_config(**{"losses": {"depth_mult": 0.1}}), ds, None, "cpu")
     assert "no depth images" in caplog.text
     assert "depth" not in tr.loss_names() and "depth" not in tr.train_step()

@@ -2,7 +2,7 @@
 
 On the CPU: the pieces the graph path changes are compared with the plain path on random inputs
 (annealing exponent from a device tensor in the proposal sampler; the graph body run eagerly through
-``Trainer._graph_step`` vs the plain step), and the config switch. On CUDA: capture + replay of both
+``CudaGraphStep.run`` vs the plain step), and the config switch. On CUDA: capture + replay of both
 graphs against the eager step from the same seed (skipped, with the reason printed, on the CPU).
 """
 
@@ -116,15 +116,14 @@ def test_cuda_graphs_switch_on_cpu():
 
 @pytest.mark.parametrize("error_sampling", [0.0, 0.5])
 def test_graph_body_equals_plain_step_cpu(error_sampling):
-    """``_graph_step`` run eagerly (no capture off CUDA: anneal + lr from device tensors, packed losses)
+    """The graph step run eagerly (no capture off CUDA: anneal + lr from device tensors, packed losses)
     follows the plain step from the same seed: same losses and parameters up to rounding (also with the
     error map, whose draw and update are part of the graph body)."""
     torch.set_num_threads(1)
     ds, feats = tiny_dataset()
     plain = Trainer(tiny_config(error_sampling=error_sampling), ds, feats)
     graph = Trainer(tiny_config(error_sampling=error_sampling), ds, feats)
-    graph.cuda_graphs_active = True  # what auto would do on CUDA; _graph_step runs the body eagerly here
-    graph._init_graph_tensors()
+    graph.graphs.activate()  # what auto would do on CUDA; off CUDA the graph step runs the body eagerly
     worst = 0.0
     updates = []
     for _ in range(14):  # covers proposal-update steps and non-update steps (from step 10 on)
@@ -138,12 +137,13 @@ def test_graph_body_equals_plain_step_cpu(error_sampling):
     pg = torch.cat([p.detach().flatten() for p in graph.model.parameters()])
     perr = ((pp - pg).norm() / pp.norm()).item()
     print(f"graph body (eager, CPU) vs plain step over 14 steps (update steps {updates}): "
-          f"max rel. loss diff {worst:.2e}, rel. param diff {perr:.2e}; lr tensor {graph._lr_t.item():.6g}")
+          f"max rel. loss diff {worst:.2e}, rel. param diff {perr:.2e}; lr tensor {graph.graphs.lr_t.item():.6g}")
     assert True in updates and False in updates
     assert worst < 1e-4 and perr < 1e-5
     assert graph.step == plain.step == 14
     cfg = graph.config  # the lr tensor held the lr of the last step (13)
-    assert math.isclose(graph._lr_t.item(), cfg.lr * (cfg.lr_final / cfg.lr) ** (13 / cfg.lr_decay_steps), rel_tol=1e-6)
+    lr13 = cfg.lr * (cfg.lr_final / cfg.lr) ** (13 / cfg.lr_decay_steps)
+    assert math.isclose(graph.graphs.lr_t.item(), lr13, rel_tol=1e-6)
 
 
 @pytest.mark.parametrize("error_sampling", [0.0, 0.5])
@@ -163,11 +163,11 @@ def test_cuda_graphs_match_eager_step(error_sampling):
     le = [eager.train_step() for _ in range(n)]
     lg = [graph.train_step() for _ in range(n)]
     rel = [abs(a["total"] - b["total"]) / abs(a["total"]) for a, b in zip(le, lg, strict=True)]
-    print(f"graphs captured: {sorted(graph._graphs)}, replays {graph._graph_replays}/{n}; "
+    print(f"graphs captured: {sorted(graph.graphs.captured)}, replays {graph.graphs.replays}/{n}; "
           f"rel. diff of the total loss, steps 0-9: {max(rel[:10]):.2e}, steps 10-39: {max(rel[10:]):.2e}; "
           f"last totals eager {le[-1]['total']:.5f} graphs {lg[-1]['total']:.5f}")
-    assert sorted(graph._graphs) == [False, True]
-    assert graph._graph_replays == n - 4  # 2 eager warm-up steps per graph
+    assert sorted(graph.graphs.captured) == [False, True]
+    assert graph.graphs.replays == n - 4  # 2 eager warm-up steps per graph
     assert all(math.isfinite(v) for d in lg for v in d.values())
     assert max(rel[:10]) < 1e-2  # same rays and maths (only fp16/atomic-order rounding differs)
     assert max(rel[10:]) < 0.1
@@ -176,5 +176,5 @@ def test_cuda_graphs_match_eager_step(error_sampling):
     assert isinstance(ck["optimizer"]["param_groups"][0]["lr"], float)
     graph.load_state(ck)  # drops the graphs; the next steps warm up and capture again
     more = [graph.train_step() for _ in range(6)]
-    print(f"after load_state: graphs {sorted(graph._graphs)}, total loss {more[-1]['total']:.5f}")
-    assert graph._graphs and all(math.isfinite(d["total"]) for d in more)
+    print(f"after load_state: graphs {sorted(graph.graphs.captured)}, total loss {more[-1]['total']:.5f}")
+    assert graph.graphs.captured and all(math.isfinite(d["total"]) for d in more)
