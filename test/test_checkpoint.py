@@ -82,7 +82,7 @@ def test_query_side_imports_no_training_module():
     r = _import_check(
         "import torch\n"
         "import f3rm_ros.core.field_api as api\n"
-        "import f3rm_ros.core.grasp, f3rm_ros.core.grasp.planner\n"
+        "import f3rm_ros.core.grasp, f3rm_ros.core.grasp.planner, f3rm_ros.core.fields.protocol\n"
         f"f = api.load_trained_field({str(FIXTURE)!r})\n"
         "f.query_density(torch.zeros(4, 3)); f.query_features(torch.zeros(4, 3))\n"
         "c, K = f.cameras['c2w_world_opencv'][0], f.cameras['intrinsics'][0]\n"
