@@ -148,3 +148,55 @@ def test_depth_image_round_trip_encodings_and_errors():
         image_to_depth(Image(height=1, width=2, encoding="16UC1", step=4, data=b"\x00" * 3))
     with pytest.raises(ConversionError, match="depth must be"):
         depth_to_image(np.zeros(3))
+
+
+def test_grasps_round_trip_with_source_and_quality_terms():
+    """core Grasp -> msg/Grasp -> the client's dict: the tool-frame pose, source, task and every quality term."""
+    from f3rm_ros.core.geometry import look_at_opencv
+    from f3rm_ros.core.grasp.result import Grasp
+
+    T_g = look_at_opencv([0.3, 0.1, 0.2], [0.0, 0.0, 0.0])
+    T_tool = T_g.copy()
+    T_tool[:3, 3] += (0.0, 0.0, 0.1)
+    quality = {"antipodal_deg": 3.25, "contact_width_m": 0.031, "contact_similarity": 0.875, "clearance_m": 0.003,
+               "quality": 0.8125}
+    demo = Grasp(T_world_gripper=T_g, score=1.5, width=0.08, task="grasp mug by handle", rank=0, T_world_tool=T_tool,
+                 source="demo", quality=quality)
+    m = cv.grasp_to_msg(demo, frame_id="world")
+    assert m.source == "demo" and m.task == "grasp mug by handle" and m.rank == 0 and m.pose.header.frame_id == "world"
+    assert (m.antipodal_angle_deg, m.contact_width, m.language_similarity, m.quality) == pytest.approx(
+        (3.25, 0.031, 0.875, 0.8125), rel=1e-6)
+    assert m.clearance == pytest.approx(0.003, rel=1e-6)
+    d = cv.grasp_msg_to_dict(m)
+    assert np.allclose(d["pose"], T_tool, atol=1e-6), "the message carries the tool frame"
+    assert d["source"] == "demo" and d["task"] == demo.task and d["width"] == pytest.approx(0.08)
+    assert d["quality"] == pytest.approx(quality, rel=1e-6) and d["language_similarity"] == pytest.approx(0.875)
+    geo = Grasp(T_world_gripper=T_g, score=0.7, width=0.08, task="", rank=1, source="geometric")
+    m = cv.grasp_to_msg(geo)
+    assert m.source == "geometric" and m.task == "" and m.quality == 0.0, "no quality terms: zeros"
+    assert np.allclose(cv.pose_msg_to_matrix(m.pose), T_g, atol=1e-6), "no tool pose: the gripper frame"
+
+
+def test_grasp_markers_are_coloured_by_source_with_a_legend():
+    from f3rm_ros.core.grasp.result import Grasp
+    from f3rm_ros.core.gripper import Gripper
+    from f3rm_ros.ros import visuals
+
+    def grasp(rank, source, task=""):
+        T = np.eye(4)
+        T[0, 3] = 0.1 * rank
+        return Grasp(T_world_gripper=T, score=1.0 - rank, width=0.08, task=task, rank=rank, source=source)
+
+    grasps = [grasp(0, "demo", "mug_handle"), grasp(1, "geometric"), grasp(2, "demo", "mug_handle")]
+    arr = visuals.grasp_markers(grasps, Gripper(), "world")
+    assert arr.markers[0].action == arr.markers[0].DELETEALL
+    boxes = [m for m in arr.markers[1:] if m.type == m.CUBE]
+    per = len(boxes) // 3
+    colours = [(b.color.r, b.color.g, b.color.b, b.color.a) for b in boxes[::per]]
+    assert colours[0] == pytest.approx(visuals.SOURCE_COLORS["demo"][0])
+    assert colours[1] == pytest.approx(visuals.SOURCE_COLORS["geometric"][1])
+    assert colours[2][:3] == pytest.approx(visuals.SOURCE_COLORS["demo"][1][:3]) and colours[2][3] < colours[1][3]
+    assert colours[0][1] > colours[0][2] and colours[1][2] > colours[1][0], "demo green, geometric blue"
+    texts = [m.text for m in arr.markers if m.type == m.TEXT_VIEW_FACING]
+    assert texts[0] == "#0 1.000 demo: mug_handle" and visuals.LEGEND in texts and "#1 0.000 geometric" in texts
+    assert len({m.id for m in arr.markers[1:]}) == len(arr.markers) - 1, "marker ids are unique"

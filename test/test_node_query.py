@@ -4,7 +4,8 @@ writes task files atomically under the tasks folder; concurrent requests; transi
 
 The field is a tiny label-feature field of the built-in scene mug_bowl_box, checkpointed after a few
 training steps (it is not good enough to find a mug: the planning itself is tested by the end-to-end
-test and the planner's own tests)."""
+test and the planner's own tests); the grasps' source and quality terms are checked on a second query node
+in this process that plans on the analytic oracle field of the same scene."""
 
 from __future__ import annotations
 
@@ -300,3 +301,68 @@ def test_cli_on_the_client(env):
                         "--timeout", "2"], capture_output=True, text=True, timeout=60)
     print("no node:", r.returncode, r.stderr.strip())
     assert r.returncode == 2 and "not available" in r.stderr
+
+
+def test_grasps_carry_their_source_and_quality_terms(env, tmp_path):
+    """A query node (in this process, real DDS) planning on the analytic oracle field of mug_bowl_box, which a
+    few training steps cannot replace: each returned grasp says where it came from and its quality terms, the
+    heat map is the planner's surface, and the markers are coloured by source."""
+    import torch
+    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.parameter import Parameter
+    from visualization_msgs.msg import MarkerArray
+
+    from f3rm_ros.core.features.configs import LabelFeatureConfig
+    from f3rm_ros.core.features.labels import LabelFeatureExtractor
+    from f3rm_ros.core.grasp.oracle import OracleField
+    from f3rm_ros.core.sim.scene import resolve_scene
+    from f3rm_ros.ros.client import F3RMClient
+    from f3rm_ros.ros.query_node import QueryNode
+    from f3rm_ros.ros.visuals import SOURCE_COLORS
+
+    torch.set_num_threads(1)
+    scene = resolve_scene("mug_bowl_box")
+    table, _ = scene.label_table()
+    ex = LabelFeatureExtractor(LabelFeatureConfig(), table=table)
+    field = OracleField.from_extractor(scene, ex, resolution=0.006)
+    params = {"tasks_dir": str(tmp_path), "checkpoint_topic": "", "cloud_cameras": 0, "device": "cpu",
+              "planner.num_steps": 20, "planner.workspace_min_m": [-0.35, -0.3, 0.005],
+              "planner.workspace_max_m": [0.35, 0.3, 0.3]}
+    node = QueryNode("oracle_query_node", namespace=NS,
+                     parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
+    with node._lock:
+        node.session.use_field(field, ex)
+    ex_node = MultiThreadedExecutor()
+    ex_node.add_node(node)
+    spin = threading.Thread(target=ex_node.spin, daemon=True)
+    spin.start()
+    client = F3RMClient(namespace=NS, query_node="oracle_query_node")
+    try:
+        t0 = time.perf_counter()
+        grasps = client.query_grasps("mug handle", max_grasps=3, timeout=120)
+        print(f"oracle mug handle over DDS: {time.perf_counter() - t0:.1f} s")
+        for g in grasps:
+            print(f"  #{g.rank} {g.score:.3f} {g.source} {g.task!r} {g.quality}")
+        assert grasps and [g.rank for g in grasps] == list(range(len(grasps)))
+        for g in grasps:
+            assert g.source in ("demo", "geometric") and (g.task != "") == (g.source == "demo")
+            q = g.quality
+            assert set(q) == {"antipodal_deg", "contact_width_m", "contact_similarity", "clearance_m", "quality"}
+            assert 0.0 <= q["antipodal_deg"] <= node.planner_cfg.antipodal_max_deg
+            assert 0.0 < q["contact_width_m"] < 0.08 and 0.0 < q["quality"] <= 1.0
+            assert q["clearance_m"] == pytest.approx(node.planner_cfg.clearance_m, rel=1e-6)
+            assert g.language_similarity == q["contact_similarity"] and g.language_similarity > 0.5
+        assert node.session.planner.config is node.planner_cfg, "a request must not swap the planner's config"
+        markers = client.wait_for_message(MarkerArray, f"{NS}/oracle_query_node/grasp_markers", timeout=10,
+                                          transient_local=True)
+        best = [m for m in markers.markers if m.ns == "grasps/best" and m.type == m.CUBE]
+        rgba = (best[0].color.r, best[0].color.g, best[0].color.b, best[0].color.a)
+        assert rgba == pytest.approx(SOURCE_COLORS[grasps[0].source][0], abs=1e-6)
+        assert any(grasps[0].source in m.text for m in markers.markers if m.ns == "grasps/scores")
+        heat = client.query_similarity("mug handle", timeout=60)
+        assert len(heat.similarity) > 100 and heat.max_similarity > 0.9
+    finally:
+        client.close()
+        ex_node.shutdown()
+        spin.join(timeout=5)
+        node.destroy_node()

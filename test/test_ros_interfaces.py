@@ -44,7 +44,8 @@ def test_generated_types_have_documented_fields():
 
     g = Grasp()
     assert set(g.get_fields_and_field_types()) == {
-        "pose", "score", "language_similarity", "opening_width", "task", "rank"}
+        "pose", "score", "language_similarity", "opening_width", "task", "rank", "source", "antipodal_angle_deg",
+        "contact_width", "clearance", "quality"}
     assert g.get_fields_and_field_types()["pose"] == "geometry_msgs/PoseStamped"
     assert "grasps" in QueryGrasps.Response.get_fields_and_field_types()
     assert QuerySimilarity.Response.get_fields_and_field_types()["heatmap"] == "sensor_msgs/PointCloud2"

@@ -49,17 +49,21 @@ def _query(args: argparse.Namespace) -> int:
             out = []
             for g in grasps:
                 t, q = matrix_to_pose(g.pose)
-                out.append({"rank": g.rank, "score": g.score, "width": g.width, "task": g.task,
-                            "language_similarity": g.language_similarity, "frame_id": g.frame_id,
+                out.append({"rank": g.rank, "score": g.score, "source": g.source, "task": g.task, "width": g.width,
+                            "language_similarity": g.language_similarity, "quality": g.quality, "frame_id": g.frame_id,
                             "position": t.tolist(), "quat_xyzw": q.tolist(), "matrix": np.asarray(g.pose).tolist()})
             print(json.dumps(out, indent=2))
         else:
-            print(f"{len(grasps)} grasps for {args.text!r} (best first; world frame, metres):")
+            print(f"{len(grasps)} grasps for {args.text!r} (best first; world frame, metres; source: demo = guided "
+                  f"by a task's demonstrations, geometric = zero-shot):")
             for g in grasps:
                 t, q = matrix_to_pose(g.pose)
-                print(f"  #{g.rank:<2d} score {g.score:7.3f}  sim {g.language_similarity:5.3f}  "
-                      f"xyz ({t[0]:+.3f}, {t[1]:+.3f}, {t[2]:+.3f})  quat xyzw ({q[0]:+.3f}, {q[1]:+.3f}, "
-                      f"{q[2]:+.3f}, {q[3]:+.3f})  width {g.width:.3f}  task {g.task!r}")
+                qa = g.quality
+                print(f"  #{g.rank:<2d} score {g.score:7.3f}  {g.source or '?':9s} task {g.task!r}  sim "
+                      f"{g.language_similarity:5.3f}  antipodal {qa.get('antipodal_deg', 0.0):4.1f} deg  contact width "
+                      f"{qa.get('contact_width_m', 0.0):.3f}  quality {qa.get('quality', 0.0):.3f}\n"
+                      f"      xyz ({t[0]:+.3f}, {t[1]:+.3f}, {t[2]:+.3f})  quat xyzw ({q[0]:+.3f}, {q[1]:+.3f}, "
+                      f"{q[2]:+.3f}, {q[3]:+.3f})  width {g.width:.3f}")
         return 0
 
     return _client_call(args, fn)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from collections.abc import Callable, Sequence
 
@@ -65,7 +65,12 @@ class RequestFailed(F3RMError):
 
 @dataclass
 class GraspResult:
-    """One grasp: ``pose`` (4, 4) gripper (or tool) frame in ``frame_id`` (world), metres."""
+    """One grasp: ``pose`` (4, 4) gripper (or tool) frame in ``frame_id`` (world), metres.
+
+    ``source`` is "demo" (guided by the demonstrations of ``task``) or "geometric" (zero-shot, ``task`` "");
+    ``quality`` holds the terms it was ranked by, as in the core's ``Grasp.quality``: ``antipodal_deg``,
+    ``contact_width_m``, ``contact_similarity`` (= ``language_similarity``), ``clearance_m``, ``quality``
+    (msg/Grasp.msg documents each)."""
 
     pose: np.ndarray
     score: float
@@ -74,6 +79,8 @@ class GraspResult:
     rank: int
     language_similarity: float = 0.0
     frame_id: str = "world"
+    source: str = ""
+    quality: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -266,11 +273,9 @@ class F3RMClient:
             req.workspace_min.x, req.workspace_min.y, req.workspace_min.z = (float(v) for v in lo)
             req.workspace_max.x, req.workspace_max.y, req.workspace_max.z = (float(v) for v in hi)
         res = self._checked(self.call(QueryGrasps, self.names.query_node, "query_grasps", req, timeout), "query")
-        from f3rm_ros.ros.conversions import pose_msg_to_matrix
+        from f3rm_ros.ros.conversions import grasp_msg_to_dict
 
-        return [GraspResult(pose=pose_msg_to_matrix(g.pose), score=float(g.score), width=float(g.opening_width),
-                            task=g.task, rank=int(g.rank), language_similarity=float(g.language_similarity),
-                            frame_id=g.pose.header.frame_id) for g in res.grasps]
+        return [GraspResult(**grasp_msg_to_dict(g)) for g in res.grasps]
 
     def query_similarity(self, text: str, negatives: Sequence[str] = (), min_similarity: float = 0.0,
                          timeout: float = 30.0) -> SimilarityResult:

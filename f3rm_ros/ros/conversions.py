@@ -1,4 +1,4 @@
-"""The one place where ROS messages meet numpy: images, camera info, poses, point clouds.
+"""The one place where ROS messages meet numpy: images, camera info, poses, point clouds, grasps.
 
 Small stand-ins for what ROS does not ship on PyPI (cv_bridge, sensor_msgs_py.point_cloud2): the
 real packages are used when they import (``HAVE_CV_BRIDGE`` / ``HAVE_SENSOR_MSGS_PY``), these
@@ -55,6 +55,9 @@ __all__ = [
     "transform_msg_to_matrix",
     "make_point_cloud",
     "read_point_cloud",
+    "GRASP_QUALITY_FIELDS",
+    "grasp_to_msg",
+    "grasp_msg_to_dict",
 ]
 
 SUPPORTED_ENCODINGS = ("rgb8", "bgr8", "rgba8", "bgra8", "mono8")
@@ -318,3 +321,35 @@ def read_point_cloud(msg: PointCloud2) -> dict[str, np.ndarray]:
         packed = out["rgb"].view(np.uint32)
         out["rgb"] = np.stack([(packed >> 16) & 255, (packed >> 8) & 255, packed & 255], 1).astype(np.uint8)
     return out
+
+
+# --- grasps ------------------------------------------------------------------------------------------
+
+# core Grasp.quality key -> f3rm_ros/msg/Grasp field (contact_similarity travels as language_similarity)
+GRASP_QUALITY_FIELDS = {"antipodal_deg": "antipodal_angle_deg", "contact_width_m": "contact_width",
+                        "clearance_m": "clearance", "quality": "quality", "contact_similarity": "language_similarity"}
+
+
+def grasp_to_msg(grasp: Any, frame_id: str = "world", stamp: Any = None) -> Any:
+    """A planned grasp (:class:`f3rm_ros.core.grasp.Grasp`) -> ``f3rm_ros/msg/Grasp``: the pose in the tool frame
+    (``T_world_tool``; the gripper frame when it has none), source, task, rank and the quality terms (a term the
+    grasp lacks is 0)."""
+    from f3rm_ros.msg import Grasp as GraspMsg
+
+    T = grasp.T_world_tool if getattr(grasp, "T_world_tool", None) is not None else grasp.T_world_gripper
+    m = GraspMsg(pose=matrix_to_pose_msg(T, frame_id=frame_id, stamp=stamp), score=float(grasp.score),
+                 opening_width=float(grasp.width), task=str(grasp.task), rank=int(grasp.rank),
+                 source=str(getattr(grasp, "source", "")))
+    quality = getattr(grasp, "quality", None) or {}
+    for key, name in GRASP_QUALITY_FIELDS.items():
+        setattr(m, name, float(quality.get(key, 0.0)))
+    return m
+
+
+def grasp_msg_to_dict(msg: Any) -> dict[str, Any]:
+    """``f3rm_ros/msg/Grasp`` -> ``{"pose": (4, 4), "frame_id", "score", "width", "task", "rank", "source",
+    "language_similarity", "quality": {core quality key: value}}`` (the inverse of :func:`grasp_to_msg`)."""
+    return {"pose": pose_msg_to_matrix(msg.pose), "frame_id": msg.pose.header.frame_id, "score": float(msg.score),
+            "width": float(msg.opening_width), "task": msg.task, "rank": int(msg.rank), "source": msg.source,
+            "language_similarity": float(msg.language_similarity),
+            "quality": {key: float(getattr(msg, name)) for key, name in GRASP_QUALITY_FIELDS.items()}}

@@ -58,6 +58,9 @@ class EchoServer(Node):
             g.pose.pose.orientation.w = 1.0
             g.score, g.language_similarity, g.opening_width = -float(i), 0.5, 0.08
             g.task, g.rank = req.task or req.text, i
+            g.source = ("demo", "geometric")[i % 2]  # the quality terms: distinct values per grasp
+            g.antipodal_angle_deg, g.contact_width = 1.5 * i, 0.02 + 0.01 * i
+            g.clearance, g.quality = 0.003, 0.9 - 0.1 * i
             res.grasps.append(g)
         res.planning_time = float(len(req.text))
         return res
@@ -156,6 +159,12 @@ class SelfTestClient(Node):
         self.check("QueryGrasps workspace box", math.isclose(r.grasps[1].pose.pose.position.x, 0.8, abs_tol=1e-9)
                    and math.isclose(r.grasps[0].pose.pose.position.z, 0.35, abs_tol=1e-9))
         self.check("QueryGrasps planning_time", r.planning_time == 10.0)
+        g = r.grasps[2]
+        self.check("QueryGrasps source and quality terms",
+                   [x.source for x in r.grasps] == ["demo", "geometric", "demo"]
+                   and all(math.isclose(a, b, rel_tol=1e-6) for a, b in zip(
+                       (g.antipodal_angle_deg, g.contact_width, g.clearance, g.quality), (3.0, 0.04, 0.003, 0.7),
+                       strict=True)))
 
         from f3rm_ros.ros.conversions import read_point_cloud
 
