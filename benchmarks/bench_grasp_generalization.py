@@ -78,8 +78,10 @@ def render(a: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------------------------- plan
-def _scene_dirs(root: Path, shard: str | None) -> list[Path]:
+def _scene_dirs(root: Path, shard: str | None, limit: int = 0) -> list[Path]:
     dirs = sorted(p for p in root.iterdir() if (p / "queries.json").exists())
+    if limit:
+        dirs = dirs[:limit]
     if shard:
         i, n = (int(x) for x in shard.split("/"))
         dirs = dirs[i::n]
@@ -145,7 +147,7 @@ def plan(a: argparse.Namespace) -> int:
             parts.append(part)
             cmd = [sys.executable, __file__, "plan", "--data-root", str(a.data_root), "--out", str(part),
                    "--device", a.device, "--preset", a.preset, "--steps", str(a.steps), "--rays", str(a.rays),
-                   "--seed", str(a.seed), "--shard", f"{i}/{a.jobs}", "--jobs", "1"]
+                   "--seed", str(a.seed), "--shard", f"{i}/{a.jobs}", "--jobs", "1", "--limit", str(a.limit)]
             cmd += ["--planner-cpu"] if a.planner_cpu else []
             cmd += [x for kv in a.set for x in ("--set", kv)]
             cmd += ["--ckpt-dir", str(a.ckpt_dir)] if a.ckpt_dir else []
@@ -179,7 +181,7 @@ def plan(a: argparse.Namespace) -> int:
                  "rays": a.rays, "seed": a.seed, "planner": PLANNER_CPU if a.planner_cpu else "reference defaults",
                  "planner_overrides": overrides, "scenes": {}}
     tasks = load_default_tasks()
-    for d in _scene_dirs(a.data_root, a.shard):
+    for d in _scene_dirs(a.data_root, a.shard, a.limit):
         ex = create_extractor({"extractor": "labels", "labels": {"dataset": str(d)}})
         ck = (a.ckpt_dir / d.name) if a.ckpt_dir else Path(f"/tmp/f3rm_gen_{d.name}")
         meta_path = ck / "bench.json"
@@ -325,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     pl.add_argument("--set", action="append", default=[], help="planner override KEY=JSON")
     pl.add_argument("--ckpt-dir", type=Path, default=None, help="keep/reuse trained fields here")
     pl.add_argument("--jobs", type=int, default=1)
+    pl.add_argument("--limit", type=int, default=0, help="only the first N scenes (0 = all)")
     pl.add_argument("--shard", default=None, help=argparse.SUPPRESS)
     o = sub.add_parser("oracle", help="plan on the scenes' analytic oracle fields and judge (CPU, needs open3d)")
     o.add_argument("--data-root", type=Path, required=True)

@@ -123,9 +123,10 @@ class PlannerConfig:
                                           "turns the closing axis onto the estimated normals and centres a round "
                                           "bar closed off its axis, and the final checks (grasp/verify.py); at "
                                           "least max_grasps are checked when that is larger", range=(1, 100000))
-    antipodal_max_deg: float = param(20.0, "ours: estimated contact-normal angle (larger finger) up to which a "
-                                           "grasp counts as antipodal in the final checks; below the 26.6 deg "
-                                           "friction cone of mu = 0.5 to leave room for the field's normal noise",
+    antipodal_max_deg: float = param(15.0, "ours: estimated contact-normal angle (larger finger) up to which a "
+                                           "grasp counts as antipodal in the final checks; well below the 26.6 "
+                                           "deg friction cone of mu = 0.5: the field's normals differ from the true "
+                                           "ones by up to ~10 deg on thin tapered walls",
                                      range=(0.0, 180.0))
     antipodal_refine_iters: int = param(2, "ours: closing-axis alignment steps per candidate (each kept only if "
                                            "collision-free and its estimated angle drops)", range=(0, 20))
@@ -169,6 +170,10 @@ class PlannerConfig:
     contact_radius_m: float = param(0.012, "ours: both contact patches must lie within this of a surface voxel "
                                            "the language selected (the fingers close on the queried thing)",
                                     range=(0.0, 1.0))
+    contact_min_relative: float = param(0.7, "ours: the field's features at both contacts must match the query "
+                                             "(cosine) at least this fraction of the 90th percentile over the selected "
+                                             "voxels; keeps the fingers off a touching neighbour and off the body "
+                                             "next to a named part (0 = off)", range=(0.0, 1.0))
     demo_preference: float = param(1.0, "ours: score bonus of a demonstration-guided grasp that passes the "
                                         "checks over a geometric one (quality terms are each in [0, 1])",
                                    range=(0.0, 100.0))

@@ -399,9 +399,19 @@ class GraspPlanner:
         # each entry: (source, task name, R, t, passed verdict arrays, base score)
         passed: list[tuple[str, str, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
+        ref_cos = float(torch.quantile(cos.float(), 0.9)) if cos.numel() else 0.0
+
+        def contact_test(contacts: torch.Tensor) -> torch.Tensor:  # [N, 2, 3] -> [N] bool
+            n = contacts.shape[0]
+            if n == 0 or c.contact_min_relative <= 0:
+                return torch.ones(n, dtype=torch.bool, device=self.device)
+            f = query_features_chunked(self.field, torch.nan_to_num(contacts, nan=0.0).reshape(-1, 3), c.chunk_points)
+            cc = (f / f.norm(dim=-1, keepdim=True).clamp_min(1e-12) @ pos).reshape(n, 2)
+            return (cc >= c.contact_min_relative * ref_cos).all(dim=1)
+
         def accept(source: str, task_name: str, R: torch.Tensor, t: torch.Tensor, bonus: torch.Tensor) -> int:
             nonlocal checked
-            v = verifier.verify(R, t, floor, vox)
+            v = verifier.verify(R, t, floor, vox, contact_test=contact_test)
             checked += R.shape[0]
             failures.update(v.stats["failures"])
             res.stats.setdefault("verified", []).append({"source": source, "task": task_name, **v.stats})

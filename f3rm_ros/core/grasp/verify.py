@@ -12,7 +12,9 @@ A candidate passes when all of these hold on the field (world frame, metres):
 3. **Antipodal**: the estimated contact normals lie within ``antipodal_max_deg`` of the closing axis
    (:mod:`f3rm_ros.core.grasp.antipodal`).
 4. **On target**: both contact patches lie within ``contact_radius_m`` of a surface voxel the
-   language selected, so the fingers close on the queried thing, not on its neighbour.
+   language selected, and (the planner's ``contact_test``) the field's features at both match the query
+   nearly as well as the selected voxels do, so the fingers close on the queried thing (or part), not on
+   a neighbour that touches it or on the body next to the handle.
 
 Failures are counted by their first failing check, so a planner with no passing candidate can say why.
 """
@@ -20,6 +22,7 @@ Failures are counted by their first failing check, so a planner with no passing 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,7 +50,7 @@ class VerifySettings:
     clearance_min_points: int = 2
     collision_voxel_m: float = 0.0075  # alpha's delta in the collision checks
     collision_alpha: float = 0.2
-    antipodal_max_deg: float = 20.0
+    antipodal_max_deg: float = 15.0
     contact_radius_m: float = 0.012
     refine_iters: int = 2
     chunk_points: int = 2**18
@@ -123,8 +126,10 @@ class Verifier:
         return R, t, est, improved
 
     def verify(self, R: torch.Tensor, t: torch.Tensor, floor: float | None, target: torch.Tensor,
-               refine: bool = True) -> Verdict:
-        """Refine (optional) and check N candidates; ``target`` [K, 3]: the surface voxels the language selected."""
+               refine: bool = True, contact_test: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Verdict:
+        """Refine (optional) and check N candidates; ``target`` [K, 3]: the surface voxels the language selected;
+        ``contact_test``: contacts [N, 2, 3] -> [N] bool, a further test that the contacts are on the queried
+        thing (the planner's: the features there match the query about as well as the selected voxels do)."""
         n = R.shape[0]
         dev = t.device
         if refine and n:
@@ -138,6 +143,8 @@ class Verifier:
             c = torch.nan_to_num(est.contacts, nan=1e6).reshape(-1, 3)
             d = torch.cdist(c, target).amin(dim=1).reshape(n, 2)
             on_target = (d <= self.s.contact_radius_m).all(dim=1)
+            if contact_test is not None:
+                on_target &= contact_test(est.contacts)
         else:
             on_target = torch.zeros(n, dtype=torch.bool, device=dev)
         codes = []
