@@ -178,3 +178,43 @@ def test_cuda_graphs_match_eager_step(error_sampling):
     more = [graph.train_step() for _ in range(6)]
     print(f"after load_state: graphs {sorted(graph.graphs.captured)}, total loss {more[-1]['total']:.5f}")
     assert graph.graphs.captured and all(math.isfinite(d["total"]) for d in more)
+
+
+def test_failed_capture_falls_back_to_the_eager_step():
+    """``cuda_graphs: auto``: a step body that cannot be captured (here: a host sync inside it) ends in the eager
+    step from then on, with the AMP scaler and the optimiser reset (``reset_amp_step_state``) so training goes on;
+    ``on`` raises instead."""
+    if not torch.cuda.is_available():
+        why = "no CUDA device here: CUDA graph capture needs one (runs on the GPU machine)"
+        print(why)
+        pytest.skip(why)
+    ds, feats = tiny_dataset()
+    results = {}
+    for mode in ("auto", "on"):
+        tr = Trainer(tiny_config(cuda_graphs=mode), ds, feats, device="cuda")
+        assert tr.cuda_graphs_active, tr.cuda_graphs_reason
+        body = tr._forward_backward
+
+        def syncing_body(update, graph_safe=False, body=body):
+            out = body(update, graph_safe)
+            if torch.cuda.is_current_stream_capturing():
+                out["total"].item()  # a host sync: not allowed while capturing
+            return out
+
+        tr._forward_backward = syncing_body
+        if mode == "on":
+            with pytest.raises(RuntimeError):
+                for _ in range(4):
+                    tr.train_step()
+            continue
+        scale0 = None
+        for i in range(12):
+            if i == 2:
+                scale0 = tr.scaler.get_scale()  # before the capture (steps 0-1 warm up)
+            results[i] = tr.train_step()
+        print(f"auto: {tr.cuda_graphs_reason}; scale {scale0} -> {tr.scaler.get_scale()}; "
+              f"totals {[round(r['total'], 5) for r in results.values()]}")
+        assert not tr.cuda_graphs_active and "capture failed" in tr.cuda_graphs_reason
+        assert not tr.graphs.captured and tr.model.sampler.anneal_tensor is None
+        assert all(math.isfinite(v) for r in results.values() for v in r.values())
+        assert tr.scaler.get_scale() >= scale0 / 2  # not reset to the initial scale, at most one backoff

@@ -164,11 +164,20 @@ class CudaGraphStep:
         groups = optimizer.param_groups
         saved = [(g["lr"], g["capturable"]) for g in groups]
         optimizer.zero_grad(set_to_none=True)  # gradients are allocated (and written) inside the graph
+        dev = self.device.index if self.device.index is not None else torch.cuda.current_device()
+        gens = [self.generator, torch.cuda.default_generators[dev]]  # ours, and the one torch registers itself
+        rng_before = [gen.clone_state() for gen in gens]
         try:
             for g in groups:  # Adam reads the lr tensor on every replay; capturable allows capture
                 g["lr"], g["capturable"] = self.lr_t, True
             with torch.cuda.graph(graph, pool=pool):
                 packed = body()
+        except BaseException:
+            # an interrupted capture leaves the registered generators in capture mode (their next eager draw
+            # raises "Offset increment outside graph capture"): give them back their state from before it
+            for gen, state in zip(gens, rng_before, strict=True):
+                gen.graphsafe_set_state(state)
+            raise
         finally:
             for g, (lr, cap) in zip(groups, saved, strict=True):
                 g["lr"], g["capturable"] = lr, cap
