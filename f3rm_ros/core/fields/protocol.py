@@ -14,7 +14,9 @@ implement it.
 
 The planner detects the optional parts with ``hasattr`` (``grasp.field_utils``), so a field that
 has only :class:`GraspField` works everywhere. The protocols are ``runtime_checkable``: an
-``isinstance`` check looks only at the names, not the signatures.
+``isinstance`` check looks only at the names, not the signatures (and on Python 3.11 it reads each
+attribute, so ``isinstance(field, FoldableField)`` raises the ValueError of ``TrainedField.feature_head``
+for a field trained without features; check ``feature_dim`` first).
 """
 
 from __future__ import annotations
