@@ -77,12 +77,14 @@ def _import_check(code: str) -> subprocess.CompletedProcess:
 
 
 def test_query_side_imports_no_training_module():
-    """In a fresh interpreter: import the query API and the planner, load a field, query, render and build a point
-    cloud (the render used to import the trainer lazily); no training module may be in ``sys.modules``."""
+    """In a fresh interpreter: import the query API, the planner and the query session, load a field, query,
+    render and build a point cloud (the render used to import the trainer lazily); no training module may be in
+    ``sys.modules``."""
     r = _import_check(
         "import torch\n"
         "import f3rm_ros.core.field_api as api\n"
-        "import f3rm_ros.core.grasp, f3rm_ros.core.grasp.planner, f3rm_ros.core.fields.protocol\n"
+        "import f3rm_ros.core.grasp, f3rm_ros.core.grasp.planner, f3rm_ros.core.grasp.session\n"
+        "import f3rm_ros.core.fields.protocol\n"
         f"f = api.load_trained_field({str(FIXTURE)!r})\n"
         "f.query_density(torch.zeros(4, 3)); f.query_features(torch.zeros(4, 3))\n"
         "c, K = f.cameras['c2w_world_opencv'][0], f.cameras['intrinsics'][0]\n"
