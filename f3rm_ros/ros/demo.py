@@ -63,8 +63,11 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                        "trainer.eval_every": 0, "trainer.eval_num_images": 2, "trainer.checkpoint_every": 0,
                        "trainer.progress_every": 10, **SMALL_MODEL},
         # fewer Adam steps and rotations than the reference (200, 8): a query must take seconds on 2 cores
+        # and fewer geometric seeds and checked poses than the defaults (512, 8192, 64)
         "query_node": {"device": "cpu", "planner.num_steps": 25, "planner.rotations_per_voxel": 4,
-                       "planner.min_poses": 512, "cloud_cameras": 4, "cloud_scale": 0.5},
+                       "planner.min_poses": 512, "planner.geometric_max_seeds": 192,
+                       "planner.geometric_max_candidates": 1024, "planner.geometric_verify": 32,
+                       "cloud_cameras": 4, "cloud_scale": 0.5},
     },
     "gpu": {
         "sim_camera_node": {"width": 640, "height": 480, "rate_hz": 10.0, "trajectory.num_views": 100},

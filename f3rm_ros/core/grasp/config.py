@@ -158,8 +158,9 @@ class PlannerConfig:
                                                                   "(depth on the finger pads), metres")
     geometric_max_pair_deg: float = param(30.0, "ours: a (surface point, opposite face) pair is a candidate when "
                                                 "their normals are opposite within this angle", range=(0.0, 90.0))
-    geometric_max_candidates: int = param(1024, "ours: geometric poses kept by pre-score for the collision check "
-                                                "(0 = all)", range=(0, 10**7))
+    geometric_max_candidates: int = param(8192, "ours: most geometric poses collision-checked per query (in blocks, "
+                                                "best pre-score first, until geometric_verify are free; 0 = no cap)",
+                                          range=(0, 10**7))
     geometric_verify: int = param(64, "ours: collision-free geometric poses, best pre-score first, that get the "
                                       "final checks", range=(0, 10**6))
     clearance_m: float = param(0.003, "ours: margin of the final collision check: every gripper box (fingers at "
@@ -170,10 +171,10 @@ class PlannerConfig:
     contact_radius_m: float = param(0.012, "ours: both contact patches must lie within this of a surface voxel "
                                            "the language selected (the fingers close on the queried thing)",
                                     range=(0.0, 1.0))
-    contact_min_relative: float = param(0.7, "ours: the field's features at both contacts must match the query "
-                                             "(cosine) at least this fraction of the 90th percentile over the selected "
-                                             "voxels; keeps the fingers off a touching neighbour and off the body "
-                                             "next to a named part (0 = off)", range=(0.0, 1.0))
+    contact_min_relative: float = param(0.65, "ours: the field's features 3 mm inside both contacts must match the "
+                                              "query (cosine) at least this fraction of the 90th percentile over "
+                                              "the selected voxels; keeps the fingers off a touching neighbour and "
+                                              "off the body next to a named part (0 = off)", range=(0.0, 1.0))
     demo_preference: float = param(1.0, "ours: score bonus of a demonstration-guided grasp that passes the "
                                         "checks over a geometric one (quality terms are each in [0, 1])",
                                    range=(0.0, 100.0))

@@ -22,7 +22,7 @@ one is named):
    ``approach_angles`` steps starting from "from above" (gripper +z as close to world +z as the
    closing axis allows).
 
-Each candidate carries a pre-score used only to keep the best ``max_candidates`` before the
+Each candidate carries a pre-score used to keep the best ``max_candidates`` and to order the
 (expensive) collision and antipodal checks of the planner: the pair's antipodality, a preference for
 approaches from above, and a preference for widths well inside the opening. Everything is batched
 over seeds; points are world-frame metres.
@@ -58,7 +58,7 @@ class GeometricSettings:
     approach_angles: int = 8  # approaches per pair, evenly turned about the closing axis
     horizontal_chords: int = 4  # horizontal closing directions tried through each seed (0 = off)
     depths: tuple[float, ...] = (-0.008, 0.004, 0.018)  # gripper z of the contact midpoint, metres
-    max_candidates: int = 1024  # kept by pre-score (0 = all)
+    max_candidates: int = 8192  # kept by pre-score (0 = all)
     chunk_points: int = 2**18
 
 

@@ -288,14 +288,23 @@ class GraspPlanner:
                                depths=tuple(float(d) for d in c.geometric_depths_m),
                                max_candidates=c.geometric_max_candidates, chunk_points=c.chunk_points)
         g = geometric_candidates(self.field, seeds, st, gen)
-        # the fingers are what a geometric candidate most often drives into its object: check the whole
-        # gripper with the clearance margin (the final criterion) before choosing which to verify
-        coll = self.verifier(c).collides(g.R, g.t, floor, clearance=True)
-        free = torch.nonzero(~coll)[:, 0]
-        free = free[torch.argsort(g.prescore[free], descending=True)][:c.geometric_verify]
-        g.stats["free"] = int((~coll).sum())
+        # the fingers are what a geometric candidate most often drives into its object: check the whole gripper
+        # with the clearance margin (the final criterion), in blocks in pre-score order, until geometric_verify
+        # are free (the best pre-scores can all be one kind of grasp that collides, e.g. pinches under a lid)
+        order = torch.argsort(g.prescore, descending=True)
+        verifier = self.verifier(c)
+        free: list[torch.Tensor] = []
+        n_free, checked, block = 0, 0, max(256, 4 * c.geometric_verify)
+        while checked < order.numel() and n_free < c.geometric_verify:
+            idx = order[checked:checked + block]
+            ok = idx[~verifier.collides(g.R[idx], g.t[idx], floor, clearance=True)]
+            free.append(ok)
+            n_free += int(ok.numel())
+            checked += int(idx.numel())
+        keep = torch.cat(free)[:c.geometric_verify] if free else order[:0]
+        g.stats["checked"], g.stats["free"] = checked, n_free
         res.stats["geometric"] = g.stats
-        return g.R[free], g.t[free], g.stats
+        return g.R[keep], g.t[keep], g.stats
 
     # --- planning ------------------------------------------------------------------------------------
     def plan(self, text: str, workspace: tuple[Sequence[float], Sequence[float]] | None = None,
@@ -441,6 +450,9 @@ class GraspPlanner:
             if n_ok:
                 break
         res.stats["checked"] = checked
+        if not passed and not fitting and c.sources == "demo":
+            return done(f"{text!r} found, but no demonstration fits it (best task score below task_fit_min "
+                        f"{c.task_fit_min}) and geometric grasps are off (sources 'demo')")
         if not passed:
             return done(f"{text!r} found, but no grasp was returned: "
                         + explain_failures(failures, checked, gstats.get("no_opposite_face", 0),

@@ -198,6 +198,10 @@ def retrieve_task(text_embedding: torch.Tensor,  # [C] unit length
     if scene_feature is not None:
         sf = scene_feature.reshape(-1).float().cpu()
         sims = sims + torch.nn.functional.cosine_similarity(means, sf[None, :], dim=-1)
+    # a task with (next to) no embedding, e.g. a label task adapted to a scene that has none of its concepts,
+    # fits nothing: the cosine of its rounding noise is meaningless
+    norms = means.norm(dim=-1)
+    sims = torch.where(norms > 1e-4 * norms.max().clamp_min(1e-12), sims, torch.full_like(sims, -1.0))
     return int(torch.argmax(sims)), sims
 
 

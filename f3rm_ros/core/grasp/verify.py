@@ -52,6 +52,7 @@ class VerifySettings:
     collision_alpha: float = 0.2
     antipodal_max_deg: float = 15.0
     contact_radius_m: float = 0.012
+    contact_depth_m: float = 0.003  # the contact test samples features this far inside the surface
     refine_iters: int = 2
     chunk_points: int = 2**18
 
@@ -143,8 +144,9 @@ class Verifier:
             c = torch.nan_to_num(est.contacts, nan=1e6).reshape(-1, 3)
             d = torch.cdist(c, target).amin(dim=1).reshape(n, 2)
             on_target = (d <= self.s.contact_radius_m).all(dim=1)
-            if contact_test is not None:
-                on_target &= contact_test(est.contacts)
+            if contact_test is not None:  # a little inside the surface, where the features are the object's own
+                inner = est.contacts - self.s.contact_depth_m * torch.nan_to_num(est.normals)
+                on_target &= contact_test(inner)
         else:
             on_target = torch.zeros(n, dtype=torch.bool, device=dev)
         codes = []
