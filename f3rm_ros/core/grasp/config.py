@@ -154,7 +154,7 @@ class PlannerConfig:
                                      range=(1, 10**6))
     geometric_approach_angles: int = param(8, "ours: approach directions per antipodal pair, evenly turned about "
                                               "the closing axis starting from 'from above'", range=(1, 64))
-    geometric_depths_m: tuple[float, ...] = param((-0.008, 0.004, 0.018), "ours: gripper z of the contacts' midpoint "
+    geometric_depths_m: tuple[float, ...] = param((-0.005, 0.006, 0.018), "ours: gripper z of the contacts' midpoint "
                                                                   "(depth on the finger pads), metres")
     geometric_max_pair_deg: float = param(30.0, "ours: a (surface point, opposite face) pair is a candidate when "
                                                 "their normals are opposite within this angle", range=(0.0, 90.0))

@@ -11,9 +11,10 @@ one is named):
    solid: the first occupied -> free crossing (across a wall: a pinch on a rim) and the last one
    within reach (across the whole object: both walls of a cup's body). No exit within the gripper's
    opening minus twice the clearance means "wider than the gripper".
-   Also ``horizontal_chords`` horizontal lines through a point 3 mm under each seed, and through the seed
-   itself: where the solid ends on either side gives a pair too (what a flat or lying object offers a
-   gripper from above; its top face's normal points along no useful closing axis).
+   Also ``horizontal_chords`` horizontal lines through a point 3 mm under each seed, through the seed
+   itself and 5 mm above and below it: where the solid ends on either side gives a pair too (what a flat
+   or lying object offers a gripper from above; its top face's normal points along no useful closing
+   axis).
 4. **Antipodality**: each contact's outward normal must point along its finger's push (within
    ``max_pair_deg`` of the line between the contacts).
 5. **Poses**: closing axis (gripper y) along ``n - n_exit`` (left finger at the seed's side), the
@@ -57,7 +58,7 @@ class GeometricSettings:
     max_pair_deg: float = 30.0  # antipodality of the (seed, exit) normal pair
     approach_angles: int = 8  # approaches per pair, evenly turned about the closing axis
     horizontal_chords: int = 4  # horizontal closing directions tried through each seed (0 = off)
-    depths: tuple[float, ...] = (-0.008, 0.004, 0.018)  # gripper z of the contact midpoint, metres
+    depths: tuple[float, ...] = (-0.005, 0.006, 0.018)  # gripper z of the contact midpoint, metres
     max_candidates: int = 8192  # kept by pre-score (0 = all)
     chunk_points: int = 2**18
 
@@ -193,7 +194,12 @@ def geometric_candidates(field: Any, seeds: torch.Tensor, st: GeometricSettings,
         # (b) horizontal chords through a point just under the surface, and through the seed itself (a 1 cm
         # surface voxel often lies inside a thin part, where the normal is noise): what a flat or lying object
         # offers a gripper coming from above (its top face's normal points along no useful closing axis)
-        for p, ok_p in ((x0 - n * min(0.003, 0.5 * st.project_span_m), ok0), (seeds, torch.ones_like(ok0))):
+        # and 5 mm above and below the seed (a 1 cm voxel grid rarely meets the equator of a bar lying on the table,
+        # the only height where a horizontal closing axis is antipodal on it)
+        dz = torch.tensor([0.0, 0.0, 0.005], device=dev)
+        origins = ((x0 - n * min(0.003, 0.5 * st.project_span_m), ok0), (seeds, torch.ones_like(ok0)),
+                   (seeds - dz, torch.ones_like(ok0)), (seeds + dz, torch.ones_like(ok0)))
+        for p, ok_p in origins:
             for j in range(st.horizontal_chords):
                 a = math.pi * j / st.horizontal_chords
                 u = torch.tensor([math.cos(a), math.sin(a), 0.0], device=dev).expand_as(p)
