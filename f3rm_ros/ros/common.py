@@ -266,7 +266,7 @@ def run_node(node_factory: Callable[[], Any], args: Iterable[str] | None = None,
 
 
 def spin_node(node_cls: Callable[[], Any], args: Iterable[str] | None = None) -> int:
-    """Alias of :func:`run_node` (the name contracts.md uses)."""
+    """Alias of :func:`run_node` (an older name of it)."""
     return run_node(node_cls, args)
 
 

@@ -14,7 +14,7 @@ Conventions:
   returns ``nerf_to_world``, the 4x4 similarity (rotation-free, uniform scale) that maps field
   points back to metres in the world frame.
 
-File format accepted by :func:`load_dataset` (see ``/work/notes/contracts.md``): top-level
+File format accepted by :func:`load_dataset` (:mod:`f3rm_ros.core.sim.export` writes it): top-level
 ``camera_model`` ("OPENCV", "PINHOLE", "SIMPLE_PINHOLE", "RADIAL", "SIMPLE_RADIAL"; fisheye models are
 rejected), shared intrinsics ``fl_x fl_y cx cy w h k1 k2 p1 p2 k3`` (or ``camera_angle_x/_y``),
 any of which may be given per frame instead (per-frame values win); ``frames`` with ``file_path``

@@ -1,6 +1,6 @@
 """2D feature extractors: dense CLIP (MaskCLIP), DINO, and label features for the synthetic world.
 
-Public API (contracts.md, "Feature extractors")::
+Public API (the interface is :class:`~f3rm_ros.core.features.base.FeatureExtractor`)::
 
     extractor = create_extractor(FeaturesConfig(extractor="clip"))   # or a dict / cache key
     feats = extractor.extract(images)                  # [B, h, w, D] raw features

@@ -1,6 +1,6 @@
 """Label features: a stand-in for CLIP built from the synthetic world's per-pixel labels.
 
-The synthetic world (contracts.md) writes per frame a 16-bit label image (0 = nothing / no label)
+The synthetic world (:mod:`f3rm_ros.core.sim.export`) writes per frame a 16-bit label image (0 = nothing / no label)
 and one table ``f3rm_labels``: ``{"<id>": {"object": "red mug", "category": "mug", "part": "handle"
 or null, "synonyms": ["cup", ...]}}``. This module turns that into an extractor with CLIP's
 interface, so the whole pipeline (distillation, language query, grasp planning) runs and is tested

@@ -22,11 +22,11 @@ over poses; points are world-frame metres.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 
+from f3rm_ros.core.fields.protocol import GraspField
 from f3rm_ros.core.grasp.field_utils import alpha_from_density, query_density_chunked
 
 __all__ = ["AntipodalSettings", "AntipodalEstimate", "estimate_antipodal", "estimate_antipodal_reference",
@@ -71,7 +71,7 @@ def _pad_rays(s: AntipodalSettings, device) -> tuple[torch.Tensor, torch.Tensor]
     return pts.to(device), d.to(device)
 
 
-def _gradient(field: Any, pts: torch.Tensor, h: float, chunk: int) -> torch.Tensor:  # [M, 3] -> [M, 3]
+def _gradient(field: GraspField, pts: torch.Tensor, h: float, chunk: int) -> torch.Tensor:  # [M, 3] -> [M, 3]
     off = torch.eye(3, device=pts.device) * h
     probe = torch.cat([pts[:, None, :] + off[None], pts[:, None, :] - off[None]], dim=1)  # [M, 6, 3]
     dens = query_density_chunked(field, probe.reshape(-1, 3), chunk).reshape(-1, 6)
@@ -79,7 +79,7 @@ def _gradient(field: Any, pts: torch.Tensor, h: float, chunk: int) -> torch.Tens
     return (ld[:, :3] - ld[:, 3:]) / (2 * h)  # are unbiased there, plain differences lean to the larger side
 
 
-def estimate_antipodal(field: Any, R: torch.Tensor,  # [N, 3, 3] world_from_gripper
+def estimate_antipodal(field: GraspField, R: torch.Tensor,  # [N, 3, 3] world_from_gripper
                        t: torch.Tensor,  # [N, 3]
                        s: AntipodalSettings) -> AntipodalEstimate:
     """Batched antipodal estimate of N grasps (see the module docstring)."""
@@ -135,7 +135,7 @@ def estimate_antipodal(field: Any, R: torch.Tensor,  # [N, 3, 3] world_from_grip
     return AntipodalEstimate(angles.amax(dim=1), angles, contacts, normals, valid)
 
 
-def estimate_antipodal_reference(field: Any, T: np.ndarray,  # [4, 4] one grasp
+def estimate_antipodal_reference(field: GraspField, T: np.ndarray,  # [4, 4] one grasp
                                  s: AntipodalSettings) -> tuple[float, bool]:
     """Plain one-grasp, ray-by-ray twin of :func:`estimate_antipodal` (angle in degrees, valid)."""
     R, t = np.asarray(T[:3, :3], dtype=np.float64), np.asarray(T[:3, 3], dtype=np.float64)

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from f3rm_ros.core.fields.protocol import GraspField
 from f3rm_ros.core.grasp.field_utils import alpha_from_density
 
 __all__ = ["in_collision", "in_collision_reference", "transform_points_batched", "gripper_shell_points",
@@ -69,7 +70,7 @@ def transform_points_batched(R: torch.Tensor,  # [N, 3, 3]
     return torch.einsum("nij,mj->nmi", R, p) + t[:, None, :]
 
 
-def in_collision(field: Any, R: torch.Tensor,  # [N, 3, 3] world_from_gripper rotations
+def in_collision(field: GraspField, R: torch.Tensor,  # [N, 3, 3] world_from_gripper rotations
                  t: torch.Tensor,  # [N, 3] translations, metres
                  gripper_points: torch.Tensor,  # [M, 3] gripper frame
                  voxel: float, alpha_thr: float, min_points: int,
@@ -94,7 +95,7 @@ def in_collision(field: Any, R: torch.Tensor,  # [N, 3, 3] world_from_gripper ro
     return out
 
 
-def in_collision_reference(field: Any, R: torch.Tensor, t: torch.Tensor, gripper_points: torch.Tensor,
+def in_collision_reference(field: GraspField, R: torch.Tensor, t: torch.Tensor, gripper_points: torch.Tensor,
                            voxel: float, alpha_thr: float, min_points: int,
                            floor_z: float | None = None) -> torch.Tensor:
     """One pose at a time twin of :func:`in_collision` (no chunking, no batching)."""

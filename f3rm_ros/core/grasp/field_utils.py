@@ -1,4 +1,5 @@
-"""Small helpers around the field query API (contracts.md): alpha, chunked queries, feature checks.
+"""Small helpers around the field query API (:mod:`f3rm_ros.core.fields.protocol`): alpha, chunked queries,
+feature checks.
 
 A "field" here is any object with ``query_density(points_world) -> [N]``,
 ``query_features(points_world) -> [N, D]``, ``feature_dim``, ``device`` and ``extractor_info``;
@@ -7,9 +8,10 @@ points are in the world frame, metres.
 
 from __future__ import annotations
 
-from typing import Any
 
 import torch
+
+from f3rm_ros.core.fields.protocol import FoldableField, GraspField
 
 __all__ = ["alpha_from_density", "field_has_features", "query_density_chunked", "query_features_chunked",
            "query_alpha_features", "field_has_feature_head", "query_alpha_hidden"]
@@ -27,14 +29,14 @@ def alpha_from_density(density: torch.Tensor, delta: float) -> torch.Tensor:
     return 1.0 - torch.exp(-tau)
 
 
-def field_has_features(field: Any) -> bool:
+def field_has_features(field: GraspField) -> bool:
     """True if the field carries a distilled feature field (``feature_dim`` > 0)."""
     dim = getattr(field, "feature_dim", 0)
     has = getattr(field, "has_features", True)
     return bool(has) and dim is not None and int(dim) > 0 and hasattr(field, "query_features")
 
 
-def query_density_chunked(field: Any, points: torch.Tensor,  # [N, 3] world
+def query_density_chunked(field: GraspField, points: torch.Tensor,  # [N, 3] world
                           chunk: int) -> torch.Tensor:  # [N]
     """Density at ``points`` queried ``chunk`` points at a time (no gradient)."""
     out = []
@@ -46,7 +48,7 @@ def query_density_chunked(field: Any, points: torch.Tensor,  # [N, 3] world
     return torch.cat(out)
 
 
-def query_features_chunked(field: Any, points: torch.Tensor,  # [N, 3] world
+def query_features_chunked(field: GraspField, points: torch.Tensor,  # [N, 3] world
                            chunk: int) -> torch.Tensor:  # [N, D]
     """Raw features at ``points`` queried ``chunk`` points at a time (no gradient)."""
     out = []
@@ -58,7 +60,7 @@ def query_features_chunked(field: Any, points: torch.Tensor,  # [N, 3] world
     return torch.cat(out)
 
 
-def query_alpha_features(field: Any, points: torch.Tensor,  # [N, 3] world
+def query_alpha_features(field: GraspField, points: torch.Tensor,  # [N, 3] world
                          delta: float) -> torch.Tensor:  # [N, D]
     """Alpha-weighted raw features ``alpha(density, delta) * feature`` (differentiable w.r.t. points).
 
@@ -75,13 +77,13 @@ def query_alpha_features(field: Any, points: torch.Tensor,  # [N, 3] world
     return alpha_from_density(density, delta)[:, None] * feats
 
 
-def field_has_feature_head(field: Any) -> bool:
+def field_has_feature_head(field: GraspField) -> bool:
     """True if the field exposes its feature MLP's hidden activation and linear head
     (``query_feature_hidden(points) -> [N, H]`` and ``feature_head -> (W [D, H], b [D] | None)``)."""
     return field_has_features(field) and hasattr(field, "query_feature_hidden") and hasattr(field, "feature_head")
 
 
-def query_alpha_hidden(field: Any, points: torch.Tensor,  # [N, 3] world
+def query_alpha_hidden(field: FoldableField, points: torch.Tensor,  # [N, 3] world
                        delta: float) -> tuple[torch.Tensor, torch.Tensor]:  # [N], [N, H]
     """Alpha ``alpha(density, delta)`` and the feature MLP's hidden activation (differentiable w.r.t. points);
     ``query_alpha_features == alpha[:, None] * (hidden @ W.T + b)``."""

@@ -33,10 +33,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
+from f3rm_ros.core.fields.protocol import GraspField
 from f3rm_ros.core.grasp.antipodal import _gradient
 from f3rm_ros.core.grasp.field_utils import alpha_from_density, query_density_chunked
 
@@ -75,20 +75,20 @@ class GeometricCandidates:
     stats: dict
 
 
-def surface_normals(field: Any, pts: torch.Tensor, h: float, chunk: int) -> torch.Tensor:  # [M, 3] unit
+def surface_normals(field: GraspField, pts: torch.Tensor, h: float, chunk: int) -> torch.Tensor:  # [M, 3] unit
     """Outward unit normals ``-grad log density`` (NaN-free; zero where the gradient vanishes)."""
     g = _gradient(field, pts, h, chunk)
     return -g / g.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
-def _alpha_along(field: Any, origins: torch.Tensor, dirs: torch.Tensor, s: torch.Tensor,
+def _alpha_along(field: GraspField, origins: torch.Tensor, dirs: torch.Tensor, s: torch.Tensor,
                  delta: float, chunk: int) -> torch.Tensor:  # [M, 3], [M, 3], [K] -> [M, K]
     pts = origins[:, None, :] + s[None, :, None] * dirs[:, None, :]
     dens = query_density_chunked(field, pts.reshape(-1, 3), chunk).reshape(pts.shape[:2])
     return alpha_from_density(dens, delta)
 
 
-def project_to_surface(field: Any, pts: torch.Tensor, normals: torch.Tensor, st: GeometricSettings
+def project_to_surface(field: GraspField, pts: torch.Tensor, normals: torch.Tensor, st: GeometricSettings
                        ) -> tuple[torch.Tensor, torch.Tensor]:  # [M, 3], [M] bool
     """Each point moved along its normal onto the outermost level crossing within +- ``project_span_m``."""
     k = int(round(2 * st.project_span_m / st.step)) + 1
@@ -103,7 +103,7 @@ def project_to_surface(field: Any, pts: torch.Tensor, normals: torch.Tensor, st:
     return pts + off[:, None] * normals, ok
 
 
-def opposite_face(field: Any, x0: torch.Tensor, n: torch.Tensor, st: GeometricSettings
+def opposite_face(field: GraspField, x0: torch.Tensor, n: torch.Tensor, st: GeometricSettings
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # width [M, 2], exit [M, 2, 3], ok [M, 2]
     """March from surface points ``x0`` into the solid along ``-n`` up to ``max_width``. Two opposite faces per
     point: the first occupied -> free crossing after entering (a wall: the pinch across a rim) and the last
@@ -154,7 +154,7 @@ def grasp_frames(mid: torch.Tensor, y: torch.Tensor, angles: torch.Tensor, depth
     return R, t.reshape(-1, 3), ang, pair
 
 
-def chord_exits(field: Any, p: torch.Tensor, u: torch.Tensor, st: GeometricSettings
+def chord_exits(field: GraspField, p: torch.Tensor, u: torch.Tensor, st: GeometricSettings
                 ) -> tuple[torch.Tensor, torch.Tensor]:  # distance [M], ok [M]
     """Distance from points ``p`` (inside the solid) along ``u`` to where the solid ends (first free sample);
     ``ok`` False where ``p`` is not inside or the solid goes on past ``max_width``."""
@@ -167,7 +167,7 @@ def chord_exits(field: Any, p: torch.Tensor, u: torch.Tensor, st: GeometricSetti
     return s[first] - 0.5 * st.step, ok
 
 
-def geometric_candidates(field: Any, seeds: torch.Tensor, st: GeometricSettings,
+def geometric_candidates(field: GraspField, seeds: torch.Tensor, st: GeometricSettings,
                          generator: torch.Generator | None = None) -> GeometricCandidates:
     """Antipodal candidates from surface seeds [M, 3] (see the module docstring)."""
     dev = seeds.device

@@ -29,10 +29,10 @@ optimised gripper ends inside or under the table (see ``PlannerConfig.floor``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
+from f3rm_ros.core.fields.protocol import GraspField
 from f3rm_ros.core.grasp.field_utils import field_has_feature_head, query_alpha_features, query_alpha_hidden
 from f3rm_ros.core.grasp.proposals import quat_to_matrix_torch
 
@@ -81,7 +81,7 @@ class FoldedTaskLoss:
     t_norm: float = 1.0  # max(|text|, eps)
 
     @classmethod
-    def build(cls, field: Any, task_emb: torch.Tensor,  # [Q, D]
+    def build(cls, field: GraspField, task_emb: torch.Tensor,  # [Q, D]
               guidance: LanguageGuidance | None) -> FoldedTaskLoss | None:
         """None when the field does not expose its head (``query_feature_hidden`` and ``feature_head``), or when
         its features are no wider than its hidden layer (D <= H: nothing to save, e.g. the 64-d label
@@ -141,7 +141,7 @@ class OptimizeSettings:
     fold_head: bool = True  # FoldedTaskLoss when the field exposes its feature head and D > H
 
 
-def pose_losses(field: Any, t: torch.Tensor,  # [B, 3]
+def pose_losses(field: GraspField, t: torch.Tensor,  # [B, 3]
                 p: torch.Tensor,  # [B, 4] scaled quaternions
                 query_points: torch.Tensor,  # [Q, 3] gripper frame
                 task_emb: torch.Tensor,  # [Q, C]
@@ -198,7 +198,7 @@ def _losses_chunked(field, t, p, qp, emb, guidance, delta, per, with_grad: bool,
     return cat(losses), cat(gt), cat(gp)
 
 
-def optimize_poses(field: Any, t0: torch.Tensor,  # [N, 3]
+def optimize_poses(field: GraspField, t0: torch.Tensor,  # [N, 3]
                    q0: torch.Tensor,  # [N, 4] unit quaternions (x, y, z, w)
                    query_points: torch.Tensor,  # [Q, 3]
                    task_emb: torch.Tensor,  # [Q, C]
@@ -280,7 +280,7 @@ class StaticPoseOptimizer:
     ranking and float rounding); ``test_grasp_optimize_static.py`` compares them.
     """
 
-    def __init__(self, field: Any, query_points: torch.Tensor, task_emb: torch.Tensor,
+    def __init__(self, field: GraspField, query_points: torch.Tensor, task_emb: torch.Tensor,
                  guidance: LanguageGuidance | None, s: OptimizeSettings, body_corners: torch.Tensor | None = None,
                  use_graph: bool = False, warmup_steps: int = 3):
         self.field, self.qp, self.emb, self.guidance, self.s = field, query_points, task_emb, guidance, s

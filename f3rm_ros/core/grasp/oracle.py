@@ -9,7 +9,7 @@ on a regular grid over the scene (CPU, open3d ray casting), then queried by tril
 * features: the feature vector of the label of the nearest surface triangle, interpolated as a
   one-hot label volume times the per-label vector table ``[L, D]``.
 
-Per-label vectors come from the label feature extractor (contracts.md) through its ordinary
+Per-label vectors come from the label feature extractor (:mod:`f3rm_ros.core.features.labels`) through its ordinary
 ``extract`` call on uniform label maps, so the oracle's features live in the same space as that
 extractor's text embeddings, like a perfectly trained field's would.
 

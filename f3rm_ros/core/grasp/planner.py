@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from f3rm_ros.core.device import resolve_device
+from f3rm_ros.core.fields.protocol import GraspField
 from f3rm_ros.core.gripper import Gripper
 from f3rm_ros.core.grasp.antipodal import AntipodalSettings
 from f3rm_ros.core.grasp.collision import gripper_corner_points, gripper_shell_points, in_collision
@@ -63,7 +64,7 @@ class GraspPlanner:
     """Plans grasps for text queries on one field.
 
     Args:
-        field: object with the field query API (contracts.md), world frame.
+        field: a GraspField (core/fields/protocol.py), world frame.
         text_encoder: object with ``encode_text(list[str]) -> Tensor[N, D]`` (the feature extractor
             the field was distilled from), or None for a field without features.
         tasks: grasp tasks (e.g. :func:`f3rm_ros.core.grasp.task.load_default_tasks`).
@@ -74,7 +75,7 @@ class GraspPlanner:
         ExtractorMismatchError: a task was made with another extractor than the field's.
     """
 
-    def __init__(self, field: Any, text_encoder: Any, tasks: Sequence[Task], gripper: Gripper | None = None,
+    def __init__(self, field: GraspField, text_encoder: Any, tasks: Sequence[Task], gripper: Gripper | None = None,
                  config: PlannerConfig | None = None):
         self.field = field
         self.text_encoder = text_encoder

@@ -14,12 +14,12 @@ workspace box cuts an object (grid neighbours outside the box count as occupied,
 
 from __future__ import annotations
 
-from typing import Any
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
+from f3rm_ros.core.fields.protocol import GraspField
 from f3rm_ros.core.grasp.field_utils import alpha_from_density, query_density_chunked
 
 __all__ = [
@@ -40,7 +40,7 @@ def dense_grid(lo: Sequence[float], hi: Sequence[float], voxel: float,
     return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)
 
 
-def alpha_grid(field: Any, grid: torch.Tensor,  # [nx, ny, nz, 3]
+def alpha_grid(field: GraspField, grid: torch.Tensor,  # [nx, ny, nz, 3]
                delta: float, chunk: int) -> torch.Tensor:  # [nx, ny, nz]
     """alpha(density, delta) of the field at every grid point (chunked, no gradient)."""
     dens = query_density_chunked(field, grid.reshape(-1, 3), chunk)

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from f3rm_ros.core.config import param
+from f3rm_ros.core.fields.protocol import GraspField
 from f3rm_ros.core.gripper import Gripper, GripperConfig
 from f3rm_ros.core.grasp.config import PlannerConfig, TaskConfig
 from f3rm_ros.core.grasp.result import PlanOptions, PlanResult
@@ -99,7 +100,7 @@ class QuerySession:
         self.gripper = gripper or Gripper()
         self.tasks: list[Task] = []  # every loaded task; the planner gets those usable with the field
         self.skipped_tasks: dict[str, str] = {}  # task name -> why it is not usable with the field
-        self.field: Any = None
+        self.field: GraspField | None = None
         self.encoder: Any = None
         self.encoder_error = ""
         self.checkpoint_path: Path | None = None
@@ -131,7 +132,7 @@ class QuerySession:
         self._build_planner()
         return self.tasks
 
-    def use_field(self, field: Any, encoder: Any, encoder_error: str = "",
+    def use_field(self, field: GraspField, encoder: Any, encoder_error: str = "",
                   checkpoint_path: str | os.PathLike | None = None) -> None:
         """Plan on ``field`` from now on (``encoder``: its text encoder, None when it cannot be queried by
         text, ``encoder_error`` says why). The surface cache starts empty."""

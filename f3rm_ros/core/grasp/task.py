@@ -24,12 +24,12 @@ import io
 import json
 from dataclasses import dataclass, field as dc_field
 from pathlib import Path
-from typing import Any
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
+from f3rm_ros.core.fields.protocol import GraspField
 from f3rm_ros.core.grasp.config import TaskConfig
 from f3rm_ros.core.grasp.field_utils import alpha_from_density, field_has_features
 from f3rm_ros.core.io import atomic_write_bytes
@@ -126,7 +126,7 @@ def _transform_points_torch(T: torch.Tensor,  # [..., 4, 4]
     return p @ T[..., :3, :3].transpose(-1, -2) + T[..., None, :3, 3]
 
 
-def record_demo(field: Any, T_world_gripper: np.ndarray,  # [4, 4]
+def record_demo(field: GraspField, T_world_gripper: np.ndarray,  # [4, 4]
                 query_points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # [Q, 3]
     """Features [Q, C] and density [Q] of ``field`` at the query points placed at a gripper pose."""
     if not field_has_features(field):
@@ -143,7 +143,7 @@ def record_demo(field: Any, T_world_gripper: np.ndarray,  # [4, 4]
     return feats.cpu().numpy(), dens.cpu().numpy()
 
 
-def make_task(name: str, field: Any, demo_poses: Sequence[np.ndarray], config: TaskConfig | None = None,
+def make_task(name: str, field: GraspField, demo_poses: Sequence[np.ndarray], config: TaskConfig | None = None,
               metadata: dict | None = None, query_points: np.ndarray | None = None) -> Task:
     """Record one demonstration per pose in ``field`` and bundle them as a task.
 
@@ -400,7 +400,7 @@ def usable_tasks(tasks: Sequence[Task], field_info: dict | None, feature_dim: in
     return ok, skipped
 
 
-def append_demo(task: Task, field: Any, T_world_gripper: np.ndarray) -> Task:
+def append_demo(task: Task, field: GraspField, T_world_gripper: np.ndarray) -> Task:
     """``task`` with one more demonstration, recorded in ``field`` at its query points.
 
     The task is first brought into the field's feature space (:func:`adapt_task`: the same task for the
@@ -420,7 +420,7 @@ def append_demo(task: Task, field: Any, T_world_gripper: np.ndarray) -> Task:
                 extractor_info=base.extractor_info, voxel_size_m=base.voxel_size_m, metadata=base.metadata)
 
 
-def record_task_demo(path: str | Path, field: Any, T_world_gripper: np.ndarray, append: bool = True,
+def record_task_demo(path: str | Path, field: GraspField, T_world_gripper: np.ndarray, append: bool = True,
                      config: TaskConfig | None = None, metadata: dict | None = None) -> Task:
     """Record one demonstration into the task file ``path`` (``<task name>.npz``) and write it atomically.
 

@@ -24,11 +24,11 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
 
+from f3rm_ros.core.fields.protocol import GraspField
 from f3rm_ros.core.grasp.antipodal import AntipodalEstimate, AntipodalSettings, align_to_contacts, estimate_antipodal
 from f3rm_ros.core.grasp.collision import in_collision, lowest_point_z
 
@@ -74,7 +74,7 @@ class Verdict:
 class Verifier:
     """Refines and checks candidate grasps of one gripper on one field (see the module docstring)."""
 
-    def __init__(self, field: Any, clear_points: torch.Tensor, coarse_points: torch.Tensor,
+    def __init__(self, field: GraspField, clear_points: torch.Tensor, coarse_points: torch.Tensor,
                  fine_points: torch.Tensor, corners: torch.Tensor, antipodal: AntipodalSettings,
                  settings: VerifySettings, coarse_min_points: int, fine_min_points: int):
         self.field = field

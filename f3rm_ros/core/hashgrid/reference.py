@@ -2,7 +2,7 @@
 
 Every backend of :mod:`f3rm_ros.core.hashgrid` is tested against :func:`hash_grid_encode_torch`. The exact
 math (shared with :mod:`~f3rm_ros.core.hashgrid.levels` and the Triton kernels of
-:mod:`~f3rm_ros.core.hashgrid.triton_op`, see ``notes/contracts.md``), for level ``l`` with resolution
+:mod:`~f3rm_ros.core.hashgrid.triton_op`), for level ``l`` with resolution
 ``R = resolutions[l]``:
 
 * ``x`` clamped to [0, 1]; ``pos = x * R``; ``cell = min(floor(pos), R - 1)``; ``frac = pos - cell``;

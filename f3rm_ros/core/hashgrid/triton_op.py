@@ -1,7 +1,7 @@
 """Multiresolution hash-grid encoding as Triton kernels (forward + backward, all levels per launch).
 
 Same math as the plain-PyTorch reference
-:func:`f3rm_ros.core.hashgrid.reference.hash_grid_encode_torch` (see ``notes/contracts.md``), for level
+:func:`f3rm_ros.core.hashgrid.reference.hash_grid_encode_torch` (whose docstring gives the full math), for level
 ``l`` with resolution ``R``: ``x`` clamped to [0, 1]; ``pos = x*R``; ``cell = min(floor(pos), R-1)``;
 ``frac = pos - cell``; 8 corners ``cell + {0,1}^3``; dense index ``cx + cy*(R+1) + cz*(R+1)**2`` when
 ``(R+1)**3 <= T``, else ``(cx ^ cy*2654435761 ^ cz*805459861) mod T`` on uint32; trilinear weights;

@@ -1,9 +1,9 @@
 """Render a scene along a scanning trajectory into a ``transforms.json`` dataset with label images.
 
 The dataset is written with :class:`f3rm_ros.core.dataset.DatasetWriter` (OpenGL poses on disk,
-``world_frame``/``units``/``camera_convention`` keys) plus the synthetic-world extras of
-contracts.md: per frame ``label_path`` (16-bit PNG of label ids, 0 = nothing) and the top-level
-``f3rm_labels`` table. Per frame we also write ``depth_path`` (16-bit PNG, millimetres, 0 = no hit;
+``world_frame``/``units``/``camera_convention`` keys) plus the synthetic-world extras
+(read by :mod:`f3rm_ros.core.dataset`): per frame ``label_path`` (16-bit PNG of label ids, 0 = nothing)
+and the top-level ``f3rm_labels`` table. Per frame we also write ``depth_path`` (16-bit PNG, millimetres, 0 = no hit;
 ``depth_scale`` = 0.001 metres per unit) and, when pose noise is on, ``true_transform_matrix`` (the
 noise-free camera-to-world, OpenGL convention). The top-level ``f3rm_sim`` key records the scene and
 every setting used.

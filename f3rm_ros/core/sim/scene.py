@@ -115,7 +115,7 @@ class Scene:
         raise KeyError(f"no object named {name!r}; objects are {[o.name for o in self.entities]}")
 
     def label_table(self) -> tuple[dict[str, dict], list[np.ndarray]]:
-        """Label ids (``f3rm_labels`` of contracts.md) and the label id of every triangle.
+        """Label ids (the ``f3rm_labels`` table of :mod:`f3rm_ros.core.sim.export`) and the label id of every triangle.
 
         Ids start at 1 (0 = nothing hit): the table first, then per object the triangles without a
         part (part None) and each named part, in the mesh's part order.
