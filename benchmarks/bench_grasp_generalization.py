@@ -185,8 +185,9 @@ def plan(a: argparse.Namespace) -> int:
         ex = create_extractor({"extractor": "labels", "labels": {"dataset": str(d)}})
         ck = (a.ckpt_dir / d.name) if a.ckpt_dir else Path(f"/tmp/f3rm_gen_{d.name}")
         meta_path = ck / "bench.json"
-        if (ck / "field.ckpt").exists() and meta_path.exists():
-            meta = json.loads(meta_path.read_text())
+        trained_with = {"preset": a.preset, "steps": a.steps, "rays": a.rays, "seed": a.seed}
+        meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+        if (ck / "field.ckpt").exists() and meta.get("trained_with") == trained_with:  # same settings only
             print(f"{d.name}: reusing {ck}", flush=True)
         else:
             cfg = trainer_config(a.preset, seed=a.seed, rays_per_batch=a.rays, eval_every=0, eval_num_images=0,
@@ -196,7 +197,7 @@ def plan(a: argparse.Namespace) -> int:
                                               run_dir=ck, feature_cache=Path(f"/tmp/f3rm_gen_cache_{d.name}")))
             meta = {"psnr": r.eval.get("psnr"), "feature_mse": r.eval.get("feature_mse"),
                     "depth_median_error_m": r.eval.get("depth_median_error_m"), "train_s": r.train_s,
-                    "build_s": time.perf_counter() - t0}
+                    "build_s": time.perf_counter() - t0, "trained_with": trained_with}
             meta_path.write_text(json.dumps(meta))
             print(f"{d.name}: trained in {meta['build_s']:.1f} s, PSNR {meta['psnr']}", flush=True)
         field = load_trained_field(ck / "field.ckpt", device)
@@ -230,6 +231,9 @@ def judge(a: argparse.Namespace) -> int:
 
     data = json.loads(a.results.read_text())
     root = a.data_root
+    splits = {json.loads((root / n / "queries.json").read_text()).get("split") for n in data["scenes"]}
+    if "eval" in splits and not getattr(a, "per_query_eval", False):
+        a.aggregate_only = True  # evaluation seeds are only ever reported in aggregate
     groups: dict[str, dict[str, list[bool]]] = defaultdict(lambda: defaultdict(list))
     lat, sources, fails = [], defaultdict(lambda: [0, 0]), []
     for name, sc in sorted(data["scenes"].items()):
@@ -341,7 +345,10 @@ def main(argv: list[str] | None = None) -> int:
     j = sub.add_parser("judge", help="ground-truth check of the top grasps (needs open3d)")
     j.add_argument("results", type=Path)
     j.add_argument("--data-root", type=Path, required=True)
-    j.add_argument("--aggregate-only", action="store_true", help="no per-query lines (evaluation seeds)")
+    j.add_argument("--aggregate-only", action="store_true", help="no per-query lines (always so for evaluation "
+                   "seeds unless --per-query-eval)")
+    j.add_argument("--per-query-eval", action="store_true", help="list failed queries of evaluation seeds too "
+                   "(for debugging the benchmark itself, never for tuning)")
     a = p.parse_args(argv)
     return {"render": render, "plan": plan, "oracle": oracle, "judge": judge}[a.cmd](a)
 

@@ -223,6 +223,7 @@ def test_session_plans_with_per_request_options(oracle, tmp_path):
     r2 = s.plan("mug handle", task="my_grasp", max_grasps=1)
     print("with the recorded task:", r2.reason or [(g.source, g.task, round(g.score, 3)) for g in r2.grasps])
     assert all(g.task in ("my_grasp", "") for g in r2.grasps)
+    assert r2.stats["tasks_fitting"] == ["my_grasp"], "the recorded task is the one tried"
     with pytest.raises(QueryRefused, match="unknown task"):
         s.plan("mug handle", task="grasp mug by handle ")
     other = make_task("clip_task", field, [np.eye(4)])

@@ -351,7 +351,7 @@ def test_grasps_carry_their_source_and_quality_terms(env, tmp_path):
             assert 0.0 <= q["antipodal_deg"] <= node.planner_cfg.antipodal_max_deg
             assert 0.0 < q["contact_width_m"] < 0.08 and 0.0 < q["quality"] <= 1.0
             assert q["clearance_m"] == pytest.approx(node.planner_cfg.clearance_m, rel=1e-6)
-            assert g.language_similarity == q["contact_similarity"] and g.language_similarity > 0.5
+            assert g.language_similarity > 0.5
         assert node.session.planner.config is node.planner_cfg, "a request must not swap the planner's config"
         markers = client.wait_for_message(MarkerArray, f"{NS}/oracle_query_node/grasp_markers", timeout=10,
                                           transient_local=True)

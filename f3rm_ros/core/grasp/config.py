@@ -122,7 +122,9 @@ class PlannerConfig:
                                           "rays across the finger pads, see grasp/antipodal.py), a refinement that "
                                           "turns the closing axis onto the estimated normals and centres a round "
                                           "bar closed off its axis, and the final checks (grasp/verify.py); at "
-                                          "least max_grasps are checked when that is larger", range=(1, 100000))
+                                          "least max_grasps are checked when that is larger. At least 1 (0 used "
+                                          "to mean 'rank by loss alone'; every returned grasp is now checked)",
+                                    range=(1, 100000))
     antipodal_max_deg: float = param(15.0, "ours: estimated contact-normal angle (larger finger) up to which a "
                                            "grasp counts as antipodal in the final checks; well below the 26.6 "
                                            "deg friction cone of mu = 0.5: the field's normals differ from the true "
@@ -165,7 +167,7 @@ class PlannerConfig:
                                       "final checks", range=(0, 10**6))
     clearance_m: float = param(0.003, "ours: margin of the final collision check: every gripper box (fingers at "
                                       "the maximum opening, palm, wrist) grown by this on each side must be free",
-                               range=(0.0, 0.05))
+                               range=(0.0, 0.03))
     clearance_min_points: int = param(2, "ours: occupied points of the grown gripper that make a collision",
                                       range=(1, 100000))
     contact_radius_m: float = param(0.012, "ours: both contact patches must lie within this of a surface voxel "

@@ -53,7 +53,7 @@ from f3rm_ros.core.grasp.language import (encode_texts, is_negative_only, langua
 from f3rm_ros.core.grasp.optimize import LanguageGuidance, OptimizeSettings, StaticPoseOptimizer, optimize_poses
 from f3rm_ros.core.grasp.proposals import (alpha_grid, dense_grid, quat_to_matrix_torch, random_quaternions,
                                            remove_statistical_outliers, surface_voxels, voxel_downsample)
-from f3rm_ros.core.grasp.result import Grasp, PlanOptions, PlanResult
+from f3rm_ros.core.grasp.result import SOURCES, Grasp, PlanOptions, PlanResult
 from f3rm_ros.core.grasp.task import Task, adapt_task, retrieve_task, task_embedding
 from f3rm_ros.core.grasp.verify import Verifier, VerifySettings, explain_failures
 
@@ -146,8 +146,8 @@ class GraspPlanner:
         return pts, counts
 
     # --- similarity map ------------------------------------------------------------------------------
-    def similarity_map(self, text: str, points: torch.Tensor | np.ndarray | None = None
-                       ) -> tuple[np.ndarray, np.ndarray]:
+    def similarity_map(self, text: str, points: torch.Tensor | np.ndarray | None = None,
+                       negatives: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Per-point similarity in [0, 1] of the field's features to ``text`` (pairwise softmax).
 
         Args:
@@ -165,7 +165,8 @@ class GraspPlanner:
             pts = torch.as_tensor(np.asarray(points), dtype=torch.float32, device=self.device).reshape(-1, 3)
         if not text or not self.has_features or self.text_encoder is None or pts.shape[0] == 0:
             return pts.cpu().numpy(), np.zeros(pts.shape[0], dtype=np.float32)
-        emb = encode_texts(self.text_encoder, [text, *self.config.negatives], self.device)
+        negs = self.config.negatives if negatives is None else tuple(negatives)
+        emb = encode_texts(self.text_encoder, [text, *negs], self.device)
         feats = query_features_chunked(self.field, pts, self.config.chunk_points)
         sim = similarity_map(feats, emb[0], emb[1:], self.config.similarity_temperature)
         return pts.cpu().numpy(), sim.cpu().numpy().astype(np.float32)
@@ -256,7 +257,7 @@ class GraspPlanner:
         R, tr, loss = quat_to_matrix_torch(q)[fin], tr[fin], loss[fin]
         by_loss = torch.argsort(loss)
         R, tr, loss = R[by_loss], tr[by_loss], loss[by_loss]
-        need = max(c.max_grasps, c.antipodal_candidates)
+        need = max(c.max_grasps, c.antipodal_candidates) if c.max_grasps > 0 else tr.shape[0]
         block = max(64, 2 * need)
         ok = torch.zeros(tr.shape[0], dtype=torch.bool, device=tr.device)
         checked = 0
@@ -319,6 +320,8 @@ class GraspPlanner:
             options: per-request settings (negatives, max grasps, an explicit task, candidate sources).
         """
         o = options or PlanOptions()
+        if o.sources is not None and o.sources not in ("auto", *SOURCES):
+            raise ValueError(f"PlanOptions.sources must be 'auto', 'demo' or 'geometric', got {o.sources!r}")
         if o.workspace is not None:
             workspace = o.workspace
         c = self.config
@@ -443,7 +446,9 @@ class GraspPlanner:
             gstats = {}
         for i, (task, _fit) in enumerate(fitting):
             tag = "" if i == 0 else f"task{i}_"
-            R, tr, loss = self._demo_candidates(task, vox, cos, pos, floor, gen, c, res, tag)
+            # its own generator: the demonstrations' rotations do not depend on the geometric source's settings
+            R, tr, loss = self._demo_candidates(task, vox, cos, pos, floor, torch.Generator().manual_seed(c.seed),
+                                                c, res, tag)
             t0 = lap("optimise", t0)
             fit_term = 0.25 * (-loss).clamp(0.0, 2.0) / 2.0
             n_ok = accept("demo", task.name, R, tr, c.demo_preference + fit_term)

@@ -17,8 +17,9 @@ class Grasp:
 
     Attributes:
         T_world_gripper: (4, 4) pose of the gripper frame (gripper.py convention) in the world frame.
-        score: higher is better: minus the final language-weighted pose loss (about 1 for a perfect
-            match of the task's demonstrations, times the language weight in [0, 2]).
+        score: higher is better, comparable within one result: ``quality`` (0..1) plus, for a
+            demonstration-guided grasp, ``PlannerConfig.demo_preference`` and up to 0.25 for how well it
+            matches the demonstrations (minus its language-weighted pose loss, clamped to [0, 2], / 8).
         width: finger opening to use, metres.
         task: name of the task (demonstrations) used; "" for a geometric grasp.
         rank: 0 for the best grasp.
@@ -51,8 +52,8 @@ class PlanResult:
         reason: "" when grasps were found, else a sentence saying why there is none.
         task: the task of the best grasp (None when it is geometric or there is none).
         source: the best grasp's source ("demo" or "geometric"; None when there is none).
-        timing: seconds per stage ("surface", "language", "retrieval", "collision_before",
-            "optimise", "collision_after", "total").
+        timing: seconds per stage ("surface", "language", "retrieval", "geometric", "optimise",
+            "verify", "total"; a stage that did not run is missing).
         stats: counts per stage (surface voxels, masked voxels, proposals, survivors, ...) and the best
             similarity of the query over the surface ("best_similarity"), failures of the final checks.
         heatmap_points, heatmap_similarity: the workspace surface points [M, 3] and their similarity to

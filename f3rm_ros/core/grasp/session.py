@@ -116,8 +116,12 @@ class QuerySession:
         if task is not None:
             self.task_config = task
         if planner is not None:
-            self.planner_config = planner
-            if self.planner is not None:
+            old, self.planner_config = self.planner_config, planner
+            rebuild = any(getattr(old, k) != getattr(planner, k) for k in
+                          ("collision_voxel_m", "collision_include_fingers", "fine_voxel_m", "device"))
+            if self.planner is not None and rebuild:  # the gripper's point sets or the device change
+                self._build_planner()
+            elif self.planner is not None:
                 self.planner.config = planner
                 self.planner.invalidate_cache()
         if gripper is not None:
@@ -264,22 +268,15 @@ class QuerySession:
                    ) -> tuple[np.ndarray, np.ndarray]:
         """Surface points [M, 3] of the workspace box and their similarity [M] to ``text`` (0..1); ``min_similarity``
         (what the caller will show) is only checked here."""
-        from f3rm_ros.core.grasp.field_utils import query_features_chunked
-        from f3rm_ros.core.grasp.language import encode_texts, normalise_query, similarity_map
-
         self.check_text(text)
         self.require()
         if not (0.0 <= min_similarity <= 1.0):  # also catches NaN
             raise QueryRefused(f"min_similarity must be in [0, 1], got {min_similarity}")
         negs = self.check_negatives(negatives) or tuple(self.planner_config.negatives)
-        planner, c = self.planner, self.planner_config
-        pts, _ = planner.surface()
+        pts, _ = self.planner.surface()
         if pts.shape[0] == 0:
             raise QueryRefused("no surface in the workspace box: nothing to compare the query with")
-        emb = encode_texts(self.encoder, [normalise_query(text), *negs], planner.device)
-        feats = query_features_chunked(self.field, pts, c.chunk_points)
-        sim = similarity_map(feats, emb[0], emb[1:], c.similarity_temperature)
-        return pts.cpu().numpy(), sim.cpu().numpy().astype(np.float32)
+        return self.planner.similarity_map(text, pts, negatives=negs)
 
     def record_demo(self, task_name: str, T_world_tool: np.ndarray, append: bool = True,
                     metadata: dict | None = None) -> tuple[Task, Path]:

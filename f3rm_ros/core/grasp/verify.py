@@ -25,7 +25,6 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
 from f3rm_ros.core.fields.protocol import GraspField
@@ -100,7 +99,9 @@ class Verifier:
     def refine(self, R: torch.Tensor, t: torch.Tensor, floor: float | None
                ) -> tuple[torch.Tensor, torch.Tensor, AntipodalEstimate, int]:
         """Turn each closing axis onto its estimated contact normals (``align_to_contacts``); a step is kept
-        only where it is collision-free and lowers the estimated angle. Returns (R, t, estimate, improved)."""
+        only where it is free with the clearance margin and lowers the estimated angle.
+
+        Returns (R, t, estimate, improved)."""
         est = estimate_antipodal(self.field, R, t, self.antipodal)
         improved = 0
         for _ in range(self.s.refine_iters):
@@ -113,7 +114,7 @@ class Verifier:
             if not bool(moved.any()):
                 break
             idx = torch.nonzero(moved)[:, 0]
-            coll = self.collides(R2[idx], t2[idx], floor, clearance=False)
+            coll = self.collides(R2[idx], t2[idx], floor, clearance=True)  # the final check's criterion
             est2 = estimate_antipodal(self.field, R2[idx], t2[idx], self.antipodal)
             better = ~coll & (est2.angle_deg < est.angle_deg[idx])
             if not bool(better.any()):
@@ -173,6 +174,3 @@ def explain_failures(counts: Counter, total: int, too_wide: int = 0, seeds: int 
                 f"opposite face within the opening)")
     return f"{head}: mostly, {REASONS.get(main, main)}" if main else head
 
-
-def as_numpy(x: torch.Tensor) -> np.ndarray:
-    return x.detach().cpu().double().numpy()
