@@ -217,7 +217,10 @@ def test_session_plans_with_per_request_options(oracle, tmp_path):
     assert not absent.found and "not found" in absent.reason and absent.heatmap_similarity is not None
     # a demonstration recorded through the session is saved and usable at once, by name
     mug = next(g for g in r.grasps)
+    surface = s.planner.surface_cache
+    assert surface, "the queries above computed the workspace surface"
     task, path = s.record_demo("my_grasp", mug.T_world_tool, append=True, metadata={"by": "test"})
+    assert s.planner.surface_cache is surface, "a recorded demonstration keeps the field's surface"
     assert path == (tmp_path / "tasks" / "my_grasp.npz").resolve() and load_task(path).num_demos == 1
     assert "my_grasp" in [t.name for t in s.planner.tasks]
     r2 = s.plan("mug handle", task="my_grasp", max_grasps=1)

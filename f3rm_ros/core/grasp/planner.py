@@ -76,7 +76,7 @@ class GraspPlanner:
     """
 
     def __init__(self, field: GraspField, text_encoder: Any, tasks: Sequence[Task], gripper: Gripper | None = None,
-                 config: PlannerConfig | None = None):
+                 config: PlannerConfig | None = None, surface_cache: dict | None = None):
         self.field = field
         self.text_encoder = text_encoder
         self.config = config or PlannerConfig()
@@ -100,7 +100,9 @@ class GraspPlanner:
             dtype=torch.float32, device=self.device)
         self._corners = torch.as_tensor(gripper_corner_points(self.gripper, include_fingers=True),
                                         dtype=torch.float32, device=self.device)
-        self._surface_cache: dict = {}
+        # the workspace surface per (box, settings): it depends on the field only, so a planner for the same field
+        # with other tasks or another gripper may share it (surface_cache=old.surface_cache)
+        self.surface_cache: dict = {} if surface_cache is None else surface_cache
         self._clear_points: dict = {}
 
     def floor_z(self, workspace: tuple[Sequence[float], Sequence[float]] | None = None) -> float | None:
@@ -116,7 +118,7 @@ class GraspPlanner:
     # --- surface -------------------------------------------------------------------------------------
     def invalidate_cache(self) -> None:
         """Forget the cached surface (call after the field changed)."""
-        self._surface_cache.clear()
+        self.surface_cache.clear()
 
     def surface(self, workspace: tuple[Sequence[float], Sequence[float]] | None = None
                 ) -> tuple[torch.Tensor, dict]:
@@ -129,8 +131,8 @@ class GraspPlanner:
         lo, hi = workspace if workspace is not None else (c.workspace_min_m, c.workspace_max_m)
         key = (tuple(float(x) for x in lo), tuple(float(x) for x in hi), c.voxel_size_m, c.surface_alpha,
                c.downsample_voxel_m, c.outlier_neighbors, c.outlier_std_ratio)
-        if key in self._surface_cache:
-            return self._surface_cache[key]
+        if key in self.surface_cache:
+            return self.surface_cache[key]
         grid = dense_grid(lo, hi, c.voxel_size_m, device=self.device)
         alpha = alpha_grid(self.field, grid, c.voxel_size_m, c.chunk_points)
         mask = surface_voxels(alpha, c.surface_alpha)
@@ -142,7 +144,7 @@ class GraspPlanner:
         keep = remove_statistical_outliers(pts, c.outlier_neighbors, c.outlier_std_ratio)
         pts = pts[keep]
         counts["inliers"] = int(pts.shape[0])
-        self._surface_cache[key] = (pts, counts)
+        self.surface_cache[key] = (pts, counts)
         return pts, counts
 
     # --- similarity map ------------------------------------------------------------------------------

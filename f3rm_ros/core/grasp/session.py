@@ -192,7 +192,11 @@ class QuerySession:
 
         tasks, self.skipped_tasks = usable_tasks(self.tasks, getattr(self.field, "extractor_info", None),
                                                  getattr(self.field, "feature_dim", None) or None)
+        old = self.planner
         self.planner = GraspPlanner(self.field, self.encoder, tasks, self.gripper, self.planner_config)
+        # the surface depends on the field alone: keep it when only the tasks or the gripper change
+        if old is not None and old.field is self.field and old.device == self.planner.device:
+            self.planner.surface_cache = old.surface_cache
 
     # --- request checks ------------------------------------------------------------------------------
     def status(self) -> tuple[bool, str]:
