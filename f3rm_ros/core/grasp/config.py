@@ -178,7 +178,9 @@ class PlannerConfig:
                                               "the selected voxels; keeps the fingers off a touching neighbour and "
                                               "off the body next to a named part (0 = off)", range=(0.0, 1.0))
     demo_preference: float = param(1.0, "ours: score bonus of a demonstration-guided grasp that passes the "
-                                        "checks over a geometric one (quality terms are each in [0, 1])",
+                                        "checks over a geometric one (a geometric grasp scores its quality, "
+                                        "0..1; a demonstration-guided one this plus its fit, 0..1, plus 0.1 x "
+                                        "its quality)",
                                    range=(0.0, 100.0))
     max_grasps: int = param(10, "best grasps returned (0 = all survivors)", range=(0, 10**6))
     opening_m: float = param(0.08, "finger opening reported with each grasp, metres", range=(0.0, 1.0))

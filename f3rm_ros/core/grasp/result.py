@@ -17,9 +17,10 @@ class Grasp:
 
     Attributes:
         T_world_gripper: (4, 4) pose of the gripper frame (gripper.py convention) in the world frame.
-        score: higher is better, comparable within one result: ``quality`` (0..1) plus, for a
-            demonstration-guided grasp, ``PlannerConfig.demo_preference`` and up to 0.25 for how well it
-            matches the demonstrations (minus its language-weighted pose loss, clamped to [0, 2], / 8).
+        score: higher is better, comparable within one result: ``quality`` (0..1) for a geometric grasp;
+            for a demonstration-guided one ``PlannerConfig.demo_preference`` plus how well it matches the
+            demonstrations (minus its language-weighted pose loss, clamped to [0, 2], / 2: F3RM's order) plus
+            0.1 x ``quality``.
         width: finger opening to use, metres.
         task: name of the task (demonstrations) used; "" for a geometric grasp.
         rank: 0 for the best grasp.
