@@ -274,7 +274,8 @@ def run_demo(args: argparse.Namespace) -> int:
                     checks.append(hit)
                     t = g.pose[:3, 3]
                     _log(f"    #{g.rank:<2d} score {g.score:7.3f}  sim {g.language_similarity:.2f}  "
-                         f"at ({t[0]:+.3f}, {t[1]:+.3f}, {t[2]:+.3f})  task {g.task!r:32s} "
+                         f"at ({t[0]:+.3f}, {t[1]:+.3f}, {t[2]:+.3f})  "
+                         f"{(g.source + ': ' + g.task) if g.task else g.source:36s} "
                          f"{'PASS' if hit else 'fail'}: {r.reason}")
                 if objects:
                     ok = bool(checks) and checks[0]
@@ -284,7 +285,7 @@ def run_demo(args: argparse.Namespace) -> int:
                     ok = not grasps
                     _log(f"  -> {'correctly no grasp' if ok else 'WRONG: grasps returned'} for an absent object")
                 entry.update({"top_passes": ok, "passing": int(sum(checks)),
-                              "grasps": [{"rank": g.rank, "score": g.score, "task": g.task,
+                              "grasps": [{"rank": g.rank, "score": g.score, "task": g.task, "source": g.source,
                                           "pose": np.asarray(g.pose).tolist(), "passes": c}
                                          for g, c in zip(grasps, checks, strict=True)]})
                 all_ok &= ok
