@@ -299,3 +299,18 @@ def test_resolution_settings_do_not_block_tasks(extractor):
     assert "settings.dim" in str(e.value) and "Record the task again" in str(e.value)
     with pytest.raises(ExtractorMismatchError, match="resolved.weights"):
         check_extractor(task_clip, dict(clip_b, resolved=dict(clip_b["resolved"], weights="laion2b")))
+
+
+def test_explain_failures_says_too_wide_only_without_any_pair():
+    from collections import Counter
+
+    from f3rm_ros.core.grasp.verify import explain_failures
+
+    counts = Counter({"no_contact": 5, "collision": 2})
+    assert "wider than the gripper" in explain_failures(counts, 7, too_wide=90, seeds=100, pairs=0)
+    assert "wider than the gripper" in explain_failures(Counter(), 0, too_wide=90, seeds=100, pairs=0)
+    # a flat thing on the table: no opposite face along its top's normal, but chords gave pairs
+    flat = explain_failures(counts, 7, too_wide=90, seeds=100, pairs=12)
+    assert "wider" not in flat and "nothing between the fingers" in flat
+    assert "wider" not in explain_failures(counts, 7, too_wide=10, seeds=100, pairs=0)
+    assert explain_failures(Counter(), 0) == "no candidate grasp could be formed"

@@ -162,15 +162,21 @@ class Verifier:
         return Verdict(R, t, passed, codes, est.angle_deg, width, est.contacts, stats)
 
 
-def explain_failures(counts: Counter, total: int, too_wide: int = 0, seeds: int = 0) -> str:
-    """One sentence on why no candidate passed (most common failure first)."""
+def explain_failures(counts: Counter, total: int, too_wide: int = 0, seeds: int = 0, pairs: int | None = None
+                     ) -> str:
+    """One sentence on why no candidate passed (most common failure first). ``too_wide`` of ``seeds`` surface
+    points had no opposite face within the opening and the geometric search found ``pairs`` antipodal pairs:
+    "wider than the gripper" is said only when nearly all had none and no pair was found at all (a flat thing
+    on the table also has no opposite face along its top's normal, but its chords give pairs)."""
+    wide = bool(seeds) and too_wide >= 0.8 * seeds and not pairs
+    wide_msg = (f"it is wider than the gripper opens ({too_wide} of {seeds} surface points have no opposite face "
+                f"within the opening, and no narrower pair was found)")
     if total == 0:
-        return "no candidate grasp could be formed"
+        return "no candidate grasp could be formed" + (f": {wide_msg}" if wide else "")
     parts = [f"{k}: {v}" for k, v in counts.most_common()]
     head = f"none of {total} candidate grasps passes the checks ({', '.join(parts)})"
     main = counts.most_common(1)[0][0] if counts else ""
-    if seeds and too_wide >= 0.8 * seeds:
-        return (f"{head}: it is wider than the gripper opens ({too_wide} of {seeds} surface points have no "
-                f"opposite face within the opening)")
+    if wide:
+        return f"{head}: {wide_msg}"
     return f"{head}: mostly, {REASONS.get(main, main)}" if main else head
 
