@@ -192,7 +192,8 @@ class GraspPlanner:
         vs = VerifySettings(clearance_m=c.clearance_m, clearance_min_points=c.clearance_min_points,
                             collision_voxel_m=c.collision_voxel_m, collision_alpha=c.collision_alpha,
                             antipodal_max_deg=c.antipodal_max_deg, contact_radius_m=c.contact_radius_m,
-                            refine_iters=c.antipodal_refine_iters, chunk_points=c.chunk_points)
+                            refine_iters=c.antipodal_refine_iters, fine_check=c.fine_check_after,
+                            chunk_points=c.chunk_points)
         return Verifier(self.field, self._clear_points[key], self._gripper_points, self._fine_points, self._corners,
                         self.antipodal_settings(c), vs, c.collision_min_points, c.fine_min_points)
 
@@ -260,20 +261,10 @@ class GraspPlanner:
         by_loss = torch.argsort(loss)
         R, tr, loss = R[by_loss], tr[by_loss], loss[by_loss]
         need = max(c.max_grasps, c.antipodal_candidates) if c.max_grasps > 0 else tr.shape[0]
-        block = max(64, 2 * need)
-        ok = torch.zeros(tr.shape[0], dtype=torch.bool, device=tr.device)
-        checked = 0
-        while checked < tr.shape[0] and int(ok.sum()) < need:
-            sl = slice(checked, min(checked + block, tr.shape[0]))
-            coll = in_collision(self.field, R[sl], tr[sl], self._gripper_points, c.collision_voxel_m,
-                                c.collision_alpha, c.collision_min_points, c.chunk_points, floor)
-            if c.fine_check_after:
-                coll |= in_collision(self.field, R[sl], tr[sl], self._fine_points, c.collision_voxel_m,
-                                     c.collision_alpha, c.fine_min_points, c.chunk_points, floor)
-            ok[sl] = ~coll
-            checked = sl.stop
+        keep, checked, _ = self.verifier(c).first_free(R, tr, torch.arange(tr.shape[0], device=tr.device), need,
+                                                       max(64, 2 * need), floor, clearance=False)
         res.stats[f"{tag}final_checked"] = checked
-        R, tr, loss = R[ok][:need], tr[ok][:need], loss[ok][:need]
+        R, tr, loss = R[keep], tr[keep], loss[keep]
         res.stats[f"{tag}final_free"] = int(tr.shape[0])
         return R, tr, loss
 
@@ -296,16 +287,8 @@ class GraspPlanner:
         # with the clearance margin (the final criterion), in blocks in pre-score order, until geometric_verify
         # are free (the best pre-scores can all be one kind of grasp that collides, e.g. pinches under a lid)
         order = torch.argsort(g.prescore, descending=True)
-        verifier = self.verifier(c)
-        free: list[torch.Tensor] = []
-        n_free, checked, block = 0, 0, max(256, 4 * c.geometric_verify)
-        while checked < order.numel() and n_free < c.geometric_verify:
-            idx = order[checked:checked + block]
-            ok = idx[~verifier.collides(g.R[idx], g.t[idx], floor, clearance=True)]
-            free.append(ok)
-            n_free += int(ok.numel())
-            checked += int(idx.numel())
-        keep = torch.cat(free)[:c.geometric_verify] if free else order[:0]
+        keep, checked, n_free = self.verifier(c).first_free(g.R, g.t, order, c.geometric_verify,
+                                                            max(256, 4 * c.geometric_verify), floor, clearance=True)
         g.stats["checked"], g.stats["free"] = checked, n_free
         res.stats["geometric"] = g.stats
         return g.R[keep], g.t[keep], g.stats

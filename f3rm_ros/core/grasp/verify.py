@@ -53,6 +53,7 @@ class VerifySettings:
     contact_radius_m: float = 0.012
     contact_depth_m: float = 0.003  # the contact test samples features this far inside the surface
     refine_iters: int = 2
+    fine_check: bool = True  # the check without margin adds the fine whole-gripper points (fine_check_after)
     chunk_points: int = 2**18
 
 
@@ -93,8 +94,26 @@ class Verifier:
                                 None if floor is None else floor - s.clearance_m)
         coll = in_collision(self.field, R, t, self.coarse_points, s.collision_voxel_m, s.collision_alpha,
                             self.coarse_min, s.chunk_points, floor)
+        if not s.fine_check:
+            return coll
         return coll | in_collision(self.field, R, t, self.fine_points, s.collision_voxel_m, s.collision_alpha,
                                    self.fine_min, s.chunk_points, floor)
+
+    def first_free(self, R: torch.Tensor, t: torch.Tensor, order: torch.Tensor, need: int, block: int,
+                   floor: float | None, clearance: bool) -> tuple[torch.Tensor, int, int]:
+        """The first ``need`` entries of ``order`` whose poses are free (:meth:`collides`), checked in blocks of
+        ``block`` until enough are found: the same as checking all and keeping the first ``need``, for a
+        fraction of the field queries when the best candidates are free. Returns (indices in ``order``'s order,
+        poses checked, free ones found)."""
+        free: list[torch.Tensor] = []
+        n_free, checked = 0, 0
+        while checked < order.numel() and n_free < need:
+            idx = order[checked:checked + block]
+            ok = idx[~self.collides(R[idx], t[idx], floor, clearance)]
+            free.append(ok)
+            n_free += int(ok.numel())
+            checked += int(idx.numel())
+        return (torch.cat(free)[:need] if free else order[:0]), checked, n_free
 
     def refine(self, R: torch.Tensor, t: torch.Tensor, floor: float | None
                ) -> tuple[torch.Tensor, torch.Tensor, AntipodalEstimate, int]:
