@@ -37,9 +37,9 @@ from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from f3rm_ros.core.presets import PLANNER_CPU  # noqa: E402 - the demo's CPU query settings (no torch import)
+
 WORKSPACE = ((-0.35, -0.3, 0.005), (0.35, 0.3, 0.3))  # the synthetic table, world frame, metres
-PLANNER_CPU = {"num_steps": 25, "rotations_per_voxel": 4, "min_poses": 512, "geometric_max_seeds": 192,
-               "geometric_max_candidates": 1024, "geometric_verify": 32}  # the demo's CPU query settings
 
 
 def wilson(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:

@@ -31,8 +31,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from f3rm_ros.core.presets import PLANNER_CPU  # noqa: E402 - the demo's CPU query settings (no torch import)
+
 WORKSPACE = ((-0.35, -0.3, 0.005), (0.35, 0.3, 0.3))  # the synthetic table, world frame, metres
-PLANNER_CPU = {"num_steps": 25, "rotations_per_voxel": 4, "min_poses": 512}  # the demo's CPU query settings
 
 
 def plan(a: argparse.Namespace) -> int:

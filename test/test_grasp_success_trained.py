@@ -27,8 +27,9 @@ present queries pass, >= 90% of absent ones return no grasp) -- unless a field's
 field that did not learn the scene; then the table is printed and the test skips with that reason.
 
 Planner: the reference defaults except the workspace box (the synthetic table, as the oracle test)
-and the demo's CPU query settings (``PLANNER_CPU``: 25 Adam steps, 4 rotations per voxel, pruning down
-to 512 poses), so that a query on a trained field takes seconds, not minutes, on 2 CPU cores.
+and the demo's CPU query settings (``f3rm_ros.core.presets.PLANNER_CPU``: 25 Adam steps, 4 rotations per
+voxel, pruning down to 512 poses, fewer geometric seeds and checked poses), so that a query on a trained
+field takes seconds, not minutes, on 2 CPU cores.
 ``F3RM_GRASP_TRAIN_STEPS`` overrides the training steps (e.g. to try a shorter CI run).
 """
 
@@ -44,13 +45,13 @@ import torch
 
 from f3rm_ros.core.grasp import GraspPlanner, PlannerConfig, load_default_tasks
 from f3rm_ros.core.grasp.evaluate import PRESENT_QUERIES, format_table, success_table
+from f3rm_ros.core.presets import PLANNER_CPU
 
 TRAIN_STEPS = int(os.environ.get("F3RM_GRASP_TRAIN_STEPS", "2000"))
 TRAIN_SEED = 1
 TRAIN_PRESET = "small+synthetic+depth+error_map"  # the demo's (f3rm_ros.ros.demo.TRAIN_PRESET) + depth + error map
 NUM_VIEWS, WIDTH, HEIGHT = 60, 240, 180
 MIN_PSNR_DB = 20.0
-PLANNER_CPU = {"num_steps": 25, "rotations_per_voxel": 4, "min_poses": 512}  # f3rm_ros.ros.demo PRESETS["cpu"]
 WORKSPACE = ((-0.35, -0.3, 0.005), (0.35, 0.3, 0.3))
 
 

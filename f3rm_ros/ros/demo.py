@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from f3rm_ros.core.presets import trainer_preset
+from f3rm_ros.core.presets import PLANNER_CPU, trainer_preset
 from f3rm_ros.ros.bringup import CONFIG_DIR, REPO_ROOT
 from f3rm_ros.ros.common import stop_process
 
@@ -62,11 +62,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "train_node": {"device": "cpu", "trainer.num_steps": 500, "trainer.rays_per_batch": 512,
                        "trainer.eval_every": 0, "trainer.eval_num_images": 2, "trainer.checkpoint_every": 0,
                        "trainer.progress_every": 10, **SMALL_MODEL},
-        # fewer Adam steps and rotations than the reference (200, 8): a query must take seconds on 2 cores
-        # and fewer geometric seeds and checked poses than the defaults (512, 8192, 64)
-        "query_node": {"device": "cpu", "planner.num_steps": 25, "planner.rotations_per_voxel": 4,
-                       "planner.min_poses": 512, "planner.geometric_max_seeds": 192,
-                       "planner.geometric_max_candidates": 1024, "planner.geometric_verify": 32,
+        # a query must take seconds on 2 cores (core/presets.py PLANNER_CPU)
+        "query_node": {"device": "cpu", **{f"planner.{k}": v for k, v in PLANNER_CPU.items()},
                        "cloud_cameras": 4, "cloud_scale": 0.5},
     },
     "gpu": {
