@@ -10,7 +10,6 @@ intrinsics follow ``sensor_msgs/CameraInfo`` (OpenCV optical frame, ``plumb_bob`
 
 from __future__ import annotations
 
-import io
 import json
 from typing import Any
 
@@ -20,6 +19,8 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2, Poi
 
 from f3rm_ros.core.dataset import depth_to_millimetres
 from f3rm_ros.core.geometry import matrix_to_pose, pose_to_matrix
+from f3rm_ros.core.image_codec import (CodecError, decode_compressed_depth, decode_rgb, decode_u16_png,
+                                       encode_compressed_depth, encode_rgb, encode_u16_png)
 
 try:  # pragma: no cover - depends on the ROS install
     # The import itself is the availability probe (a broken install must count as missing too).
@@ -41,6 +42,11 @@ __all__ = [
     "image_to_rgb",
     "rgb_to_image",
     "compressed_to_rgb",
+    "rgb_to_compressed",
+    "labels_to_compressed",
+    "compressed_to_labels",
+    "depth_to_compressed",
+    "compressed_to_depth",
     "LABEL_ENCODINGS",
     "labels_to_image",
     "image_to_labels",
@@ -116,13 +122,62 @@ def rgb_to_image(rgb: np.ndarray, stamp: Any = None, frame_id: str = "") -> Imag
 
 def compressed_to_rgb(msg: CompressedImage) -> np.ndarray:
     """``sensor_msgs/CompressedImage`` (jpeg/png) -> (H, W, 3) uint8 RGB."""
-    from PIL import Image as PILImage
-
     try:
-        with PILImage.open(io.BytesIO(bytes(msg.data))) as im:
-            return np.asarray(im.convert("RGB")).copy()
-    except Exception as e:  # PIL raises many types for bad data
+        return decode_rgb(msg.data)
+    except CodecError as e:
         raise ConversionError(f"cannot decode compressed image (format {msg.format!r}): {e}") from None
+
+
+def _compressed(data: bytes, fmt: str, stamp: Any, frame_id: str) -> CompressedImage:
+    msg = CompressedImage(format=fmt, data=data)
+    _set_header(msg, frame_id, stamp)
+    return msg
+
+
+def rgb_to_compressed(rgb: np.ndarray, fmt: str = "jpeg", quality: int = 90, stamp: Any = None,
+                      frame_id: str = "") -> CompressedImage:
+    """(H, W, 3) uint8 RGB -> ``sensor_msgs/CompressedImage`` (jpeg or png; ``format`` as image_transport
+    writes it: ``"rgb8; jpeg compressed bgr8"``)."""
+    try:
+        data = encode_rgb(rgb, fmt, quality)
+    except CodecError as e:
+        raise ConversionError(str(e)) from None
+    return _compressed(data, f"rgb8; {fmt} compressed bgr8", stamp, frame_id)
+
+
+def labels_to_compressed(labels: np.ndarray, stamp: Any = None, frame_id: str = "") -> CompressedImage:
+    """uint16 label ids [H, W] -> ``CompressedImage`` (16-bit PNG, lossless; ``"mono16; png compressed mono16"``)."""
+    try:
+        data = encode_u16_png(labels)
+    except CodecError as e:
+        raise ConversionError(f"labels: {e}") from None
+    return _compressed(data, "mono16; png compressed mono16", stamp, frame_id)
+
+
+def compressed_to_labels(msg: CompressedImage) -> np.ndarray:
+    """``CompressedImage`` holding a 16-bit PNG of label ids -> uint16 [H, W]."""
+    try:
+        return decode_u16_png(msg.data)
+    except CodecError as e:
+        raise ConversionError(f"compressed label image (format {msg.format!r}): {e}") from None
+
+
+def depth_to_compressed(depth_m: np.ndarray, stamp: Any = None, frame_id: str = "") -> CompressedImage:
+    """z-depth [H, W] in metres -> ``CompressedImage`` compressedDepth (16UC1 millimetres as a 16-bit PNG
+    behind compressed_depth_image_transport's 12-byte header; ``"16UC1; compressedDepth png"``)."""
+    if np.ndim(depth_m) != 2:
+        raise ConversionError(f"depth must be [H, W], got shape {np.shape(depth_m)}")
+    return _compressed(encode_compressed_depth(depth_to_millimetres(depth_m)), "16UC1; compressedDepth png",
+                       stamp, frame_id)
+
+
+def compressed_to_depth(msg: CompressedImage) -> np.ndarray:
+    """``CompressedImage`` compressedDepth (16UC1) -> float32 z-depth in metres [H, W], 0 = no measurement."""
+    try:
+        mm = decode_compressed_depth(msg.data, msg.format)
+    except CodecError as e:
+        raise ConversionError(f"compressed depth image (format {msg.format!r}): {e}") from None
+    return mm.astype(np.float32) * np.float32(0.001)
 
 
 # --- label images (the synthetic world's ground truth) --------------------------------------------
