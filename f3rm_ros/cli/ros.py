@@ -9,7 +9,9 @@
     f3rm-ros demo                       the end-to-end demo (sim camera -> capture -> train -> queries)
 
 The client commands talk to the nodes under --namespace (default /f3rm) with a deadline (--timeout);
-a refused request prints the node's reason and exits with status 1; an unreachable node exits 2.
+a refused request prints the node's reason and exits with status 1; an unreachable node (or a deadline
+passed) exits 2; a node that went away while the command waited for it (killed, crashed) exits 3 at once,
+without waiting out the deadline.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import sys
 
 
 def _client_call(args: argparse.Namespace, fn) -> int:
-    from f3rm_ros.ros.client import F3RMClient, F3RMError, RequestFailed
+    from f3rm_ros.ros.client import F3RMClient, F3RMError, RequestFailed, ServerGone
 
     try:
         with F3RMClient(namespace=args.namespace) as client:
@@ -28,6 +30,9 @@ def _client_call(args: argparse.Namespace, fn) -> int:
     except RequestFailed as e:
         print(f"refused: {e.reason}", file=sys.stderr)
         return 1
+    except ServerGone as e:
+        print(f"server gone: {e.reason}", file=sys.stderr)
+        return 3
     except F3RMError as e:
         print(f"error: {e.reason}", file=sys.stderr)
         return 2

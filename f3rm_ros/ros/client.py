@@ -10,9 +10,18 @@ Every call has a deadline (``timeout`` seconds, for the service to appear and to
 :class:`F3RMError` subclass instead of returning a half-result:
 
 * :class:`ServiceUnavailable`: the service/action server did not appear within the deadline;
-* :class:`Timeout`: it appeared but did not answer in time (an action goal is cancelled first);
+* :class:`ServerGone`: the server went away while the call waited for it (killed, crashed or shut down):
+  raised within about a second, not at the deadline. Each node offers ``~/alive`` with DDS liveliness
+  (:class:`~f3rm_ros.ros.common.AliveBeacon`); the client watches it and the ROS graph while it waits;
+* :class:`Timeout`: the server lived but did not answer in time (a training goal is then cancelled, and the
+  message says whether the node acknowledged the cancel);
 * :class:`RequestFailed`: the server answered ``success = false``; ``.reason`` is its message, e.g.
-  "'banana' not found in the workspace: ...".
+  "'banana' not found in the workspace: ...". Two kinds go away by themselves, worth a retry:
+  :class:`NotReady` (the node is still starting, e.g. restoring its field) and :class:`Busy` (its queue for
+  expensive work is full).
+
+A client survives a restart of a node: the next call waits (up to its deadline) for the node to come back
+and is served by the new process; nothing has to be rebuilt.
 
 With ``node=None`` the client owns a node and spins it itself. With a node of yours that is spun by
 your own executor in another thread, pass it as ``node``; the client then only waits on futures.
@@ -32,12 +41,15 @@ import rclpy
 from rclpy.action import ActionClient
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
+from std_msgs.msg import String
 
 from f3rm_ros.action import TrainFields
+from f3rm_ros.ros.common import ALIVE_QOS, BUSY, NOT_READY
 from f3rm_ros.srv import CaptureControl, LoadField, QueryGrasps, QuerySimilarity, RecordDemo
 
 __all__ = ["F3RMClient", "GraspResult", "SimilarityResult", "FieldInfo", "TrainOutcome", "CaptureOutcome",
-           "DemoOutcome", "F3RMError", "ServiceUnavailable", "Timeout", "RequestFailed", "CAPTURE_COMMANDS"]
+           "DemoOutcome", "F3RMError", "ServiceUnavailable", "ServerGone", "Timeout", "RequestFailed", "NotReady",
+           "Busy", "CAPTURE_COMMANDS"]
 
 CAPTURE_COMMANDS = {"start": CaptureControl.Request.START, "stop": CaptureControl.Request.STOP,
                     "clear": CaptureControl.Request.CLEAR, "save": CaptureControl.Request.SAVE}
@@ -55,12 +67,53 @@ class ServiceUnavailable(F3RMError):
     """The service or action server did not appear before the deadline (node not running?)."""
 
 
+class ServerGone(F3RMError):
+    """The server went away (process killed or shut down) while the call was waiting for its answer."""
+
+
 class Timeout(F3RMError):
     """The server did not answer before the deadline."""
 
 
 class RequestFailed(F3RMError):
     """The server answered and refused or failed the request; ``reason`` is its message."""
+
+
+class NotReady(RequestFailed):
+    """The node answered that it is not ready yet (still starting, e.g. restoring its field): retry shortly."""
+
+
+class Busy(RequestFailed):
+    """The node's queue for expensive work (grasp queries) is full: retry shortly."""
+
+
+class _Watch:
+    """Liveliness of one node's ``~/alive`` beacon, as seen by this client (updated by DDS events)."""
+
+    def __init__(self, client: F3RMClient, node: str) -> None:
+        from rclpy.event_handler import SubscriptionEventCallbacks
+
+        self.topic = client.name(node, "alive")
+        self.alive = 0  # writers alive now
+        self.seen = False  # ever alive
+        self.changed = time.monotonic()
+        self.state = ""  # the last readiness the node published
+        self.sub = client.node.create_subscription(
+            String, self.topic, self._on_state, ALIVE_QOS,
+            event_callbacks=SubscriptionEventCallbacks(liveliness=self._on_liveliness))
+
+    def _on_state(self, msg: Any) -> None:
+        self.state = msg.data
+
+    def _on_liveliness(self, info: Any) -> None:
+        self.alive = int(info.alive_count)
+        self.seen = self.seen or self.alive > 0
+        self.changed = time.monotonic()
+
+    @property
+    def gone(self) -> bool:
+        """The node was alive and its liveliness has lapsed (or it left)."""
+        return self.seen and self.alive == 0
 
 
 @dataclass
@@ -165,6 +218,7 @@ class F3RMClient:
         self.namespace = ns
         self.names = _Names(query_node, train_node, capture_node)
         self._clients: dict[str, Any] = {}
+        self._watches: dict[str, _Watch] = {}
         self._lock = threading.Lock()
 
     # --- lifetime -------------------------------------------------------------------------------
@@ -176,6 +230,12 @@ class F3RMClient:
             except Exception:  # noqa: BLE001 - best effort on shutdown
                 pass
         self._clients.clear()
+        for w in self._watches.values():
+            try:
+                self.node.destroy_subscription(w.sub)
+            except Exception:  # noqa: BLE001 - best effort on shutdown
+                pass
+        self._watches.clear()
         if self._own_node:
             if self._executor is not None:
                 self._executor.shutdown(timeout_sec=1.0)
@@ -204,49 +264,93 @@ class F3RMClient:
                 self._clients[name] = c
             return c
 
-    def _wait_future(self, future, deadline: float) -> bool:
-        """Wait until ``future`` is done or ``deadline`` (monotonic) passes; True if done."""
-        if self._executor is not None:
-            while not future.done():
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self._executor.spin_until_future_complete(future, timeout_sec=min(left, 0.5))
-            return future.done()
-        ev = threading.Event()
-        future.add_done_callback(lambda _f: ev.set())
-        ev.wait(max(0.0, deadline - time.monotonic()))
-        return future.done()
+    def _watch(self, node: str) -> _Watch:
+        with self._lock:
+            w = self._watches.get(node)
+            if w is None:
+                w = self._watches[node] = _Watch(self, node)
+            return w
 
-    def _wait_ready(self, is_ready: Callable[[], bool], name: str, deadline: float) -> None:
-        while not is_ready():
+    def _spin_or_sleep(self, seconds: float) -> None:
+        if self._executor is not None:
+            self._executor.spin_once(timeout_sec=seconds)
+        else:
+            time.sleep(seconds)
+
+    def _gone_reason(self, watch: _Watch, is_ready: Callable[[], bool], what: str) -> str:
+        """Why the server of ``what`` is gone ("" while it lives): its liveliness lapsed, or it left the graph."""
+        if watch.gone:
+            return (f"{what}: the node went away (its liveliness on {watch.topic} lapsed: killed, crashed or shut "
+                    f"down)")
+        if not is_ready():
+            return f"{what}: the server left the ROS graph (node shut down)"
+        return ""
+
+    def _wait_future(self, future, deadline: float, gone: Callable[[], str] | None = None) -> str:
+        """Wait until ``future`` is done, ``deadline`` (monotonic) passes or ``gone()`` names a reason.
+
+        Returns: "" when done, "timeout", or the reason the server is gone.
+        """
+        ev = threading.Event()
+        if self._executor is None:
+            future.add_done_callback(lambda _f: ev.set())
+        while not future.done():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return "timeout"
+            if gone is not None and (why := gone()):
+                return why
+            if self._executor is not None:
+                self._executor.spin_until_future_complete(future, timeout_sec=min(left, 0.05))
+            else:
+                ev.wait(min(left, 0.05))
+        return ""
+
+    def _wait_ready(self, is_ready: Callable[[], bool], watch: _Watch, name: str, deadline: float) -> None:
+        """Wait for the server of ``name`` (and, when its node has a beacon, for the beacon to be alive: a killed
+        node stays in the graph for ~20 s)."""
+        while True:
+            beacon = watch.seen or self.node.count_publishers(watch.topic) > 0
+            if is_ready() and (watch.alive > 0 or not beacon):
+                return
             if time.monotonic() >= deadline:
+                if beacon and watch.alive == 0:
+                    raise ServiceUnavailable(f"{name} is not available: its node is not alive (killed or stopped; "
+                                             f"liveliness on {watch.topic} lapsed) and did not come back in time")
                 raise ServiceUnavailable(f"{name} is not available (is the node running and active, in the same "
                                          f"ROS_DOMAIN_ID?)")
-            if self._executor is not None:
-                self._executor.spin_once(timeout_sec=0.05)
-            else:
-                time.sleep(0.05)
+            self._spin_or_sleep(0.02)
 
     def call(self, srv_type: type, node: str, leaf: str, request: Any, timeout: float) -> Any:
-        """Call ``<namespace>/<node>/<leaf>`` with a deadline; return the response (no success check)."""
+        """Call ``<namespace>/<node>/<leaf>`` with a deadline; return the response (no success check).
+
+        Raises:
+            ServiceUnavailable, ServerGone, Timeout: see the module docstring.
+        """
         if not (timeout > 0):
             raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
         name = self.name(node, leaf)
         deadline = time.monotonic() + timeout
         client = self._client(srv_type, name)
-        self._wait_ready(client.service_is_ready, f"service {name}", deadline)
+        watch = self._watch(node)
+        self._wait_ready(client.service_is_ready, watch, f"service {name}", deadline)
         future = client.call_async(request)
-        if not self._wait_future(future, deadline):
+        why = self._wait_future(future, deadline, lambda: self._gone_reason(watch, client.service_is_ready,
+                                                                            f"service {name}"))
+        if why:
             client.remove_pending_request(future)
-            raise Timeout(f"service {name} did not answer within {timeout:g} s")
+            if why == "timeout":
+                raise Timeout(f"service {name} did not answer within {timeout:g} s (its node is alive)")
+            raise ServerGone(f"{why}; the request was not answered")
         if future.exception() is not None:
             raise F3RMError(f"service {name} call failed: {future.exception()}")
         return future.result()
 
     def _checked(self, response: Any, what: str) -> Any:
         if not response.success:
-            raise RequestFailed(response.message or f"{what} failed without a reason")
+            msg = response.message or f"{what} failed without a reason"
+            kind = NotReady if msg.startswith(NOT_READY) else Busy if msg.startswith(BUSY) else RequestFailed
+            raise kind(msg)
         return response
 
     # --- query node -----------------------------------------------------------------------------
@@ -337,27 +441,54 @@ class F3RMClient:
         name = self.name(self.names.train_node, "train")
         deadline = time.monotonic() + timeout
         client = self._client(TrainFields, name, action=True)
-        self._wait_ready(client.server_is_ready, f"action {name}", deadline)
-        count = [0]
+        watch = self._watch(self.names.train_node)
+        self._wait_ready(client.server_is_ready, watch, f"action {name}", deadline)
+        count, last = [0], [None]
 
         def on_feedback(msg: Any) -> None:
             count[0] += 1
+            last[0] = msg.feedback
             if feedback_cb is not None:
                 feedback_cb(msg.feedback)
 
+        def gone() -> str:
+            return self._gone_reason(watch, client.server_is_ready, f"action {name}")
+
+        def where() -> str:
+            fb = last[0]
+            return f"step {fb.step}/{fb.total_steps}" if fb is not None else "before any feedback"
+
         goal = TrainFields.Goal(dataset_path=dataset, num_steps=int(steps), feature_type=feature_type)
         fut = client.send_goal_async(goal, feedback_callback=on_feedback)
-        if not self._wait_future(fut, deadline):
-            raise Timeout(f"action {name} did not accept or reject the goal within {timeout:g} s")
+        why = self._wait_future(fut, deadline, gone)
+        if why == "timeout":
+            raise Timeout(f"action {name} did not accept or reject the goal within {timeout:g} s (its node is alive)")
+        if why:
+            raise ServerGone(f"{why}; the goal was not accepted")
         handle = fut.result()
         if handle is None or not handle.accepted:
             raise RequestFailed("the train node rejected the goal (another training may be running; see its "
                                 "log or /diagnostics)")
         rfut = handle.get_result_async()
-        if not self._wait_future(rfut, deadline):
+        why = self._wait_future(rfut, deadline, gone)
+        if why and why != "timeout":
+            raise ServerGone(f"{why}; training stopped at {where()} (its run folder keeps the checkpoints written "
+                             f"so far: resume it with a new goal once the node is back)")
+        if why == "timeout":
             cfut = handle.cancel_goal_async()
-            self._wait_future(cfut, time.monotonic() + 5.0)
-            raise Timeout(f"training did not finish within {timeout:g} s (goal cancelled)")
+            cwhy = self._wait_future(cfut, time.monotonic() + 5.0, gone)
+            if not cwhy and cfut.result() is not None and len(cfut.result().goals_canceling) > 0:
+                what = "goal cancelled: the node stops at the next step and writes its last checkpoint"
+                # the cancelled goal's result names that checkpoint (and the node is free for the next goal)
+                if not self._wait_future(rfut, time.monotonic() + 10.0, gone) and rfut.result() is not None:
+                    r = rfut.result().result
+                    what = (f"goal cancelled: stopped at step {r.steps_done}, last checkpoint "
+                            f"{r.checkpoint_path or 'none'}")
+            elif not cwhy:
+                what = "the node refused to cancel the goal"
+            else:
+                what = f"cancel not acknowledged: {'no answer within 5 s' if cwhy == 'timeout' else cwhy}"
+            raise Timeout(f"training did not finish within {timeout:g} s, at {where()} ({what})")
         from action_msgs.msg import GoalStatus
 
         wrapped = rfut.result()

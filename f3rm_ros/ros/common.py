@@ -9,6 +9,13 @@
   node read or write arbitrary files.
 * :class:`DiagnosticsPublisher`: publishes the node's status as ``diagnostic_msgs/DiagnosticArray``
   on ``/diagnostics`` at a steady rate (1 Hz by default).
+* :class:`AliveBeacon`: the node's ``~/alive`` topic (``std_msgs/String``, its readiness: "starting",
+  "ready", ...), offered with DDS liveliness AUTOMATIC and a lease of :data:`ALIVE_LEASE_S`: the middleware
+  (not the executor) asserts it while the process lives, so a client waiting on the node learns within about
+  a second that it was killed (:class:`~f3rm_ros.ros.client.F3RMClient` raises ``ServerGone``), long before
+  DDS discovery drops a dead participant (~20 s).
+* :data:`NOT_READY` / :data:`BUSY`: the first words of a refusal that will go away by itself (the node is
+  still starting; its queue for expensive work is full): the client raises ``NotReady`` / ``Busy`` for them.
 * :func:`run_node` (alias :func:`spin_node`): the body of every node's ``main()``: ``rclpy.init``
   as a context manager, a ``MultiThreadedExecutor``, clean exit on Ctrl-C / external shutdown.
 """
@@ -25,7 +32,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rclpy.duration import Duration
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, LivelinessPolicy, QoSProfile, ReliabilityPolicy
+from std_msgs.msg import String
 
 __all__ = [
     "Refused",
@@ -40,7 +50,49 @@ __all__ = [
     "STALE",
     "run_node",
     "spin_node",
+    "AliveBeacon",
+    "ALIVE_LEASE_S",
+    "ALIVE_QOS",
+    "NOT_READY",
+    "BUSY",
 ]
+
+# --- liveliness and temporary refusals -------------------------------------------------------------
+
+ALIVE_LEASE_S = 1.0
+"""Liveliness lease of every node's ``~/alive`` topic, seconds. Client and node must use the same value: a
+DDS reader detects a lost writer only after its *own* requested lease, and refuses a writer offering more."""
+
+ALIVE_QOS = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE,
+                       durability=DurabilityPolicy.TRANSIENT_LOCAL, liveliness=LivelinessPolicy.AUTOMATIC,
+                       liveliness_lease_duration=Duration(seconds=ALIVE_LEASE_S))
+
+NOT_READY = "not ready yet"
+BUSY = "busy"
+
+
+class AliveBeacon:
+    """Publishes the node's readiness on ``~/alive`` (transient-local, liveliness AUTOMATIC, lease
+    :data:`ALIVE_LEASE_S`); see the module docstring. :meth:`set` publishes a new state ("starting", "ready",
+    "inactive", "loading ...") only when it changed."""
+
+    def __init__(self, node: Any, state: str = "starting") -> None:
+        self.node = node
+        self.publisher = node.create_publisher(String, "~/alive", ALIVE_QOS)
+        self.state = ""
+        self._lock = threading.Lock()
+        self.set(state)
+
+    def set(self, state: str) -> None:
+        with self._lock:
+            if state == self.state:
+                return
+            self.state = state
+            try:
+                self.publisher.publish(String(data=state))
+            except Exception:  # noqa: BLE001 - context shutting down
+                pass
+
 
 def _level(v: Any) -> int:
     """A diagnostic level as an int (the message constants are 1-byte ``bytes``)."""

@@ -35,7 +35,8 @@ from f3rm_ros.core.config import param
 from f3rm_ros.core.grasp.config import PlannerConfig, TaskConfig
 from f3rm_ros.core.grasp.session import QueryConfig, QueryRefused, QuerySession
 from f3rm_ros.core.gripper import Gripper, GripperConfig
-from f3rm_ros.ros.common import OK, WARN, DiagnosticsPublisher, Refused, expand_root, resolve_under_root, run_node
+from f3rm_ros.ros.common import (OK, WARN, AliveBeacon, DiagnosticsPublisher, Refused, expand_root, resolve_under_root,
+                                 run_node)
 from f3rm_ros.ros.conversions import ConversionError, grasp_to_msg, make_point_cloud, pose_msg_to_matrix
 from f3rm_ros.ros.params import ParamBinding
 from f3rm_ros.ros.visuals import grasp_markers, heat_colors
@@ -85,6 +86,7 @@ class QueryNode(LifecycleNode):
         self.pub_cloud = self.pub_heat = self.pub_markers = self._ckpt_sub = None
         self.diagnostics = DiagnosticsPublisher(self, self._status, period_s=self.cfg.diagnostics_period_s,
                                                 callback_group=MutuallyExclusiveCallbackGroup())
+        self.alive = AliveBeacon(self)  # ~/alive: clients notice at once when this process dies
         if self.cfg.autostart:
             self.trigger_configure()
             self.trigger_activate()

@@ -42,8 +42,8 @@ from f3rm_ros.core.features.configs import FeaturesConfig
 from f3rm_ros.core.training import TrainerConfig
 from f3rm_ros.core.workflows.train_job import TrainJob
 from f3rm_ros.core.workflows.train_scene import TrainBudget, TrainSceneRequest, latest_dataset
-from f3rm_ros.ros.common import (OK, WARN, DiagnosticsPublisher, PathRefused, Refused, expand_root, resolve_under_root,
-                                 run_node)
+from f3rm_ros.ros.common import (OK, WARN, AliveBeacon, DiagnosticsPublisher, PathRefused, Refused, expand_root,
+                                 resolve_under_root, run_node)
 from f3rm_ros.ros.params import ParamBinding
 
 __all__ = ["TrainNodeSettings", "TrainBudget", "TrainNode", "FEATURE_TYPES", "latest_dataset", "main"]
@@ -89,10 +89,12 @@ class TrainNode(LifecycleNode):
                                     goal_callback=lambda _goal: GoalResponse.ACCEPT,
                                     cancel_callback=lambda _goal: CancelResponse.ACCEPT, callback_group=self._group)
         self.diagnostics = DiagnosticsPublisher(self, self._diagnostic_status, callback_group=self._group)
+        self.alive = AliveBeacon(self)  # ~/alive: clients notice at once when this process dies
         if self.settings.autostart:
             self.trigger_configure()
             if self.state == "inactive":
                 self.trigger_activate()
+        self.alive.set(self.state)
         self.get_logger().info(f"train_node {self.state}: action {self.resolve_topic_name('~/train')}, data root "
                                f"{self.settings.data_root}, checkpoints {self.settings.checkpoint_root}")
 
@@ -119,11 +121,14 @@ class TrainNode(LifecycleNode):
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self.state = "active"
+        if hasattr(self, "alive"):
+            self.alive.set("active")
         return TransitionCallbackReturn.SUCCESS
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._stop_run(wait=False)
         self.state = "inactive"
+        self.alive.set("inactive")
         return TransitionCallbackReturn.SUCCESS
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:

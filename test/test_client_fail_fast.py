@@ -1,0 +1,131 @@
+"""F3RMClient notices a dead server (issue 20): nodes in child processes over real DDS are SIGKILLed while a
+request waits; the client raises ServerGone within 2 s (not at its deadline), says so, and the same client is
+served again once the node is back. A deadline that passes while the node lives is an honest Timeout."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+
+import pytest
+
+rclpy = pytest.importorskip("rclpy", reason="rclpy not importable: run the tests through scripts/test.sh (env.sh)")
+
+from node_helpers import logs_on_failure, start_node, stop_process, wait_for  # noqa: E402
+from test_node_train import TINY  # noqa: E402
+
+NS = "/t_failfast"
+
+
+def _in_thread(fn, *args, **kw):
+    """Run ``fn`` in a thread; returns (thread, box) where box gets "result"/"error" and "t" (monotonic, at end)."""
+    box: dict = {}
+
+    def run():
+        try:
+            box["result"] = fn(*args, **kw)
+        except Exception as e:  # noqa: BLE001 - handed to the test
+            box["error"] = e
+        box["t"] = time.monotonic()
+
+    th = threading.Thread(target=run, daemon=True)
+    th.start()
+    return th, box
+
+
+@pytest.fixture
+def client():
+    from f3rm_ros.ros.client import F3RMClient
+
+    rclpy.init()
+    c = F3RMClient(namespace=NS)
+    yield c
+    c.close()
+    rclpy.shutdown()
+
+
+def test_query_node_killed_while_a_request_waits(client, tmp_path):
+    from f3rm_ros.ros.client import RequestFailed, ServerGone, ServiceUnavailable
+
+    params = {"checkpoint_root": str(tmp_path / "ckpt"), "tasks_dir": str(tmp_path / "tasks"), "checkpoint_topic": '""',
+              "device": "cpu"}
+    log = tmp_path / "query_node.log"
+    proc = start_node("query_node", NS, params, log)
+    try:
+        with logs_on_failure(log):
+            with pytest.raises(RequestFailed, match="no field"):  # served: the node is up
+                client.query_similarity("bowl", timeout=60)
+            # the request is in flight when the node dies: stopped first so that it cannot answer, then killed
+            proc.send_signal(signal.SIGSTOP)
+            th, box = _in_thread(client.query_grasps, "mug handle", timeout=60)
+            time.sleep(0.3)
+            t_kill = time.monotonic()
+            proc.kill()
+            proc.wait(timeout=10)
+            th.join(timeout=30)
+            took = box["t"] - t_kill
+            print(f"query node SIGKILLed: {type(box.get('error')).__name__} after {took:.2f} s: {box.get('error')}")
+            assert isinstance(box.get("error"), ServerGone), box
+            assert took < 2.0 and "went away" in str(box["error"])
+            # nobody there now: a new call waits for the node up to its deadline and says it is not alive
+            t0 = time.monotonic()
+            with pytest.raises(ServiceUnavailable, match="not alive"):
+                client.query_similarity("bowl", timeout=2.0)
+            assert time.monotonic() - t0 < 4.0
+            # the node comes back: the same client is served by the new process (nothing rebuilt)
+            proc = start_node("query_node", NS, params, tmp_path / "query_node2.log")
+            with pytest.raises(RequestFailed, match="no field"):
+                client.query_similarity("bowl", timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGCONT)
+        stop_process(proc)
+
+
+def _dataset(tmp_path):
+    from f3rm_ros.core.config import from_dict
+    from f3rm_ros.core.sim import resolve_scene
+    from f3rm_ros.core.sim.export import SimDatasetConfig, render_dataset
+
+    data = tmp_path / "data"
+    render_dataset(resolve_scene("mug_bowl_box"), data / "scan",
+                   from_dict(SimDatasetConfig, {"width": 32, "height": 24, "write_depth": False,
+                                                "trajectory": {"num_views": 6}}))
+    return data
+
+
+def test_train_node_killed_mid_training(client, tmp_path):
+    from f3rm_ros.ros.client import ServerGone, Timeout
+
+    data = _dataset(tmp_path)
+    params = {"data_root": str(data), "checkpoint_root": str(tmp_path / "ckpt"), **TINY}
+    log = tmp_path / "train_node.log"
+    proc = start_node("train_node", NS, params, log)
+    try:
+        with logs_on_failure(log):
+            # a deadline that passes while the node lives: Timeout, the goal cancelled, and said where it stopped
+            with pytest.raises(Timeout) as e:
+                client.train(steps=100000, feature_type="none", timeout=12.0)
+            print("timeout:", e.value)
+            assert "goal cancelled: stopped at step" in str(e.value) and "last checkpoint" in str(e.value)
+            # the node is killed mid-training: ServerGone within 2 s (the deadline is an hour)
+            got = threading.Event()
+            th, box = _in_thread(client.train, steps=100000, feature_type="none", feedback_cb=lambda _f: got.set(),
+                                 timeout=3600.0)
+            assert got.wait(60), f"no feedback: {box}"
+            t_kill = time.monotonic()
+            proc.kill()
+            proc.wait(timeout=10)
+            th.join(timeout=30)
+            took = box["t"] - t_kill
+            print(f"train node SIGKILLed: {type(box.get('error')).__name__} after {took:.2f} s: {box.get('error')}")
+            assert isinstance(box.get("error"), ServerGone), box
+            assert took < 2.0 and "at step" in str(box["error"]) and "cancel" not in str(box["error"])
+            # back again: the same client trains a short goal to the end
+            proc = start_node("train_node", NS, params, tmp_path / "train_node2.log")
+            out = client.train(steps=3, feature_type="none", timeout=120.0)
+            assert out.steps_done == 3 and out.checkpoint_path
+    finally:
+        stop_process(proc)
+        wait_for(lambda: proc.poll() is not None, 30, "the train node to exit")
