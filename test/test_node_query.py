@@ -330,7 +330,7 @@ def test_grasps_carry_their_source_and_quality_terms(env, tmp_path):
               "planner.workspace_max_m": [0.35, 0.3, 0.3]}
     node = QueryNode("oracle_query_node", namespace=NS,
                      parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
-    with node._lock:
+    with node._rw.write():
         node.session.use_field(field, ex)
     ex_node = MultiThreadedExecutor()
     ex_node.add_node(node)

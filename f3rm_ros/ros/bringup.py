@@ -173,7 +173,7 @@ def run_bringup(path: str | Path, extra_param_files: list[Path] = (), num_thread
     Args:
         path: the bringup YAML.
         extra_param_files: more parameter files applied after the listed ones (they win).
-        num_threads: executor threads (default: 2 per node, at least 4).
+        num_threads: executor threads (default: each node's ``executor_threads`` or 2, at least 4 in all).
         ready_file: if given, this file is written once every node is created (for scripts and tests).
 
     Returns:
@@ -205,7 +205,8 @@ def run_bringup(path: str | Path, extra_param_files: list[Path] = (), num_thread
                         for n in nodes:
                             n.destroy_node()
                         return 1
-                executor = MultiThreadedExecutor(num_threads=num_threads or max(4, 2 * len(nodes)))
+                threads = sum(int(getattr(n, "executor_threads", 2)) for n in nodes)
+                executor = MultiThreadedExecutor(num_threads=num_threads or max(4, threads))
                 for n in nodes:
                     executor.add_node(n)
                 if ready_file:

@@ -23,8 +23,9 @@ Every call has a deadline (``timeout`` seconds, for the service to appear and to
 A client survives a restart of a node: the next call waits (up to its deadline) for the node to come back
 and is served by the new process; nothing has to be rebuilt.
 
-With ``node=None`` the client owns a node and spins it itself. With a node of yours that is spun by
-your own executor in another thread, pass it as ``node``; the client then only waits on futures.
+With ``node=None`` the client owns a node and spins it itself (calls from several threads at once are fine).
+With a node of yours that is spun by your own executor in another thread, pass it as ``node``; the client
+then only waits on futures.
 """
 
 from __future__ import annotations
@@ -98,6 +99,7 @@ class _Watch:
         self.seen = False  # ever alive
         self.changed = time.monotonic()
         self.state = ""  # the last readiness the node published
+        self.local = False  # the beacon is in this process (see check_local)
         self.sub = client.node.create_subscription(
             String, self.topic, self._on_state, ALIVE_QOS,
             event_callbacks=SubscriptionEventCallbacks(liveliness=self._on_liveliness))
@@ -110,10 +112,19 @@ class _Watch:
         self.seen = self.seen or self.alive > 0
         self.changed = time.monotonic()
 
+    def check_local(self, node: Node) -> bool:
+        """Whether the node's beacon is in this client's own process (DDS participant), whose liveliness DDS does
+        not report to a reader of the same participant (it lapses after a lease); such a server cannot die
+        without this client anyway. Sets and returns ``local``."""
+        own = {bytes(i.endpoint_gid)[:12] for i in node.get_subscriptions_info_by_topic(self.topic)}
+        pubs = {bytes(i.endpoint_gid)[:12] for i in node.get_publishers_info_by_topic(self.topic)}
+        self.local = bool(pubs) and pubs <= own
+        return self.local
+
     @property
     def gone(self) -> bool:
         """The node was alive and its liveliness has lapsed (or it left)."""
-        return self.seen and self.alive == 0
+        return self.seen and self.alive == 0 and not self.local
 
 
 @dataclass
@@ -220,6 +231,7 @@ class F3RMClient:
         self._clients: dict[str, Any] = {}
         self._watches: dict[str, _Watch] = {}
         self._lock = threading.Lock()
+        self._spin_lock = threading.Lock()  # one thread spins the own executor at a time
 
     # --- lifetime -------------------------------------------------------------------------------
     def close(self) -> None:
@@ -271,9 +283,16 @@ class F3RMClient:
                 w = self._watches[node] = _Watch(self, node)
             return w
 
-    def _spin_or_sleep(self, seconds: float) -> None:
-        if self._executor is not None:
-            self._executor.spin_once(timeout_sec=seconds)
+    def _spin_or_wait(self, seconds: float, ev: threading.Event | None = None) -> None:
+        """Spin the client's own executor for up to ``seconds`` (one thread at a time: calls from several threads
+        share it, the others wait on ``ev``), or wait when the node is spun elsewhere."""
+        if self._executor is not None and self._spin_lock.acquire(blocking=False):
+            try:
+                self._executor.spin_once(timeout_sec=seconds)
+            finally:
+                self._spin_lock.release()
+        elif ev is not None:
+            ev.wait(seconds)
         else:
             time.sleep(seconds)
 
@@ -292,25 +311,21 @@ class F3RMClient:
         Returns: "" when done, "timeout", or the reason the server is gone.
         """
         ev = threading.Event()
-        if self._executor is None:
-            future.add_done_callback(lambda _f: ev.set())
+        future.add_done_callback(lambda _f: ev.set())
         while not future.done():
             left = deadline - time.monotonic()
             if left <= 0:
                 return "timeout"
             if gone is not None and (why := gone()):
                 return why
-            if self._executor is not None:
-                self._executor.spin_until_future_complete(future, timeout_sec=min(left, 0.05))
-            else:
-                ev.wait(min(left, 0.05))
+            self._spin_or_wait(min(left, 0.05), ev)
         return ""
 
     def _wait_ready(self, is_ready: Callable[[], bool], watch: _Watch, name: str, deadline: float) -> None:
         """Wait for the server of ``name`` (and, when its node has a beacon, for the beacon to be alive: a killed
         node stays in the graph for ~20 s)."""
         while True:
-            beacon = watch.seen or self.node.count_publishers(watch.topic) > 0
+            beacon = (watch.seen or self.node.count_publishers(watch.topic) > 0) and not watch.check_local(self.node)
             if is_ready() and (watch.alive > 0 or not beacon):
                 return
             if time.monotonic() >= deadline:
@@ -319,7 +334,7 @@ class F3RMClient:
                                              f"liveliness on {watch.topic} lapsed) and did not come back in time")
                 raise ServiceUnavailable(f"{name} is not available (is the node running and active, in the same "
                                          f"ROS_DOMAIN_ID?)")
-            self._spin_or_sleep(0.02)
+            self._spin_or_wait(0.02)
 
     def call(self, srv_type: type, node: str, leaf: str, request: Any, timeout: float) -> Any:
         """Call ``<namespace>/<node>/<leaf>`` with a deadline; return the response (no success check).
@@ -425,7 +440,8 @@ class F3RMClient:
 
     # --- train node -----------------------------------------------------------------------------
     def train(self, dataset: str = "", steps: int = 0, feature_type: str = "",
-              feedback_cb: Callable[[Any], None] | None = None, timeout: float = 3600.0) -> TrainOutcome:
+              feedback_cb: Callable[[Any], None] | None = None, timeout: float = 3600.0,
+              resume: str = "") -> TrainOutcome:
         """Run the ``TrainFields`` action to completion.
 
         Args:
@@ -434,6 +450,9 @@ class F3RMClient:
             feature_type: "clip", "dino", "labels", "none" or "" (node default).
             feedback_cb: called with each ``TrainFields.Feedback``.
             timeout: seconds for the whole goal; on expiry the goal is cancelled and :class:`Timeout` raised.
+            resume: "" = a new run; "latest" = continue the dataset's newest interrupted or cancelled run from its
+                last checkpoint (``steps`` 0 = to its own total); or a run folder / checkpoint under the node's
+                checkpoint root.
 
         Raises:
             RequestFailed: goal rejected (e.g. another training runs) or training failed/cancelled.
@@ -459,6 +478,10 @@ class F3RMClient:
             return f"step {fb.step}/{fb.total_steps}" if fb is not None else "before any feedback"
 
         goal = TrainFields.Goal(dataset_path=dataset, num_steps=int(steps), feature_type=feature_type)
+        if resume:
+            if not hasattr(goal, "resume"):
+                raise F3RMError("the TrainFields interface has no 'resume' field: rebuild the interfaces (colcon)")
+            goal.resume = resume
         fut = client.send_goal_async(goal, feedback_callback=on_feedback)
         why = self._wait_future(fut, deadline, gone)
         if why == "timeout":
@@ -473,7 +496,7 @@ class F3RMClient:
         why = self._wait_future(rfut, deadline, gone)
         if why and why != "timeout":
             raise ServerGone(f"{why}; training stopped at {where()} (its run folder keeps the checkpoints written "
-                             f"so far: resume it with a new goal once the node is back)")
+                             f"so far: train(resume='latest') continues it once the node is back)")
         if why == "timeout":
             cfut = handle.cancel_goal_async()
             cwhy = self._wait_future(cfut, time.monotonic() + 5.0, gone)
@@ -522,10 +545,7 @@ class F3RMClient:
         try:
             deadline = time.monotonic() + timeout
             while not ev.is_set() and time.monotonic() < deadline:
-                if self._executor is not None:
-                    self._executor.spin_once(timeout_sec=0.1)
-                else:
-                    ev.wait(0.1)
+                self._spin_or_wait(0.1, ev)
         finally:
             self.node.destroy_subscription(sub)
         if not got:

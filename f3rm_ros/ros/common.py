@@ -55,6 +55,7 @@ __all__ = [
     "ALIVE_QOS",
     "NOT_READY",
     "BUSY",
+    "ReadWriteLock",
 ]
 
 # --- liveliness and temporary refusals -------------------------------------------------------------
@@ -121,6 +122,65 @@ class Refused(Exception):
 
 class PathRefused(Refused, ValueError):
     """A requested path is empty, malformed or outside every allowed root; the message says why."""
+
+
+# --- a readers-writer lock ------------------------------------------------------------------------
+
+class ReadWriteLock:
+    """Many readers or one writer. A waiting writer holds back new ordinary readers (so it is not starved by a
+    stream of long reads), but not ``urgent`` ones: short reads (a similarity query) never queue behind a writer
+    that waits for a long read (a grasp query) to end; they only wait while a writer holds the lock.
+
+        with lock.read():          # or lock.read(urgent=True), lock.write()
+            ...
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._readers = 0
+        self._writer = False
+        self._writers_waiting = 0
+
+    def read(self, urgent: bool = False) -> _Held:
+        with self._cond:
+            while self._writer or (self._writers_waiting and not urgent):
+                self._cond.wait()
+            self._readers += 1
+        return _Held(self._release_read)
+
+    def write(self) -> _Held:
+        with self._cond:
+            self._writers_waiting += 1
+            try:
+                while self._writer or self._readers:
+                    self._cond.wait()
+            finally:
+                self._writers_waiting -= 1
+            self._writer = True
+        return _Held(self._release_write)
+
+    def _release_read(self) -> None:
+        with self._cond:
+            self._readers -= 1
+            self._cond.notify_all()
+
+    def _release_write(self) -> None:
+        with self._cond:
+            self._writer = False
+            self._cond.notify_all()
+
+
+class _Held:
+    """A held lock as a context manager (released on exit)."""
+
+    def __init__(self, release: Callable[[], None]) -> None:
+        self._release = release
+
+    def __enter__(self) -> _Held:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._release()
 
 
 # --- paths -----------------------------------------------------------------------------------------
@@ -278,7 +338,8 @@ def run_node(node_factory: Callable[[], Any], args: Iterable[str] | None = None,
     Args:
         node_factory: callable returning the node (a class works); called after ``rclpy.init``.
         args: command line (``--ros-args ...``); None = ``sys.argv``.
-        num_threads: executor threads (None = rclpy's default).
+        num_threads: executor threads (None = the node's ``executor_threads`` if it has one, else rclpy's
+            default).
 
     Returns:
         Process exit code: 0 on a clean stop, 1 if the node could not be created (reason logged).
@@ -292,7 +353,8 @@ def run_node(node_factory: Callable[[], Any], args: Iterable[str] | None = None,
             except Exception as e:  # a bad parameter file etc.: say why, exit non-zero
                 print(f"[f3rm_ros] cannot start node: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
                 return 1
-            executor = MultiThreadedExecutor(num_threads=num_threads)
+            # a node that needs more threads than the default (one per request it may hold) says so
+            executor = MultiThreadedExecutor(num_threads=num_threads or getattr(node, "executor_threads", None))
             executor.add_node(node)
             try:
                 executor.spin()

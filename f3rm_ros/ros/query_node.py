@@ -11,8 +11,22 @@ rgb, rendered from the training cameras), ``~/heatmap`` (x y z similarity rgb of
 
 The work is :class:`f3rm_ros.core.grasp.session.QuerySession`'s; the node converts messages and holds the
 parameters (``planner.*``, ``task.*``, ``gripper.*``, the session's and its own: config/query_node.yaml).
-Requests are served one at a time; every bad one (no field, empty or long text, an empty or NaN box, a path
-outside the root, a corrupt checkpoint...) is answered with ``success = false`` and the reason.
+Every bad request (no field, empty or long text, an empty or NaN box, a path outside the root, a corrupt
+checkpoint...) is answered with ``success = false`` and the reason.
+
+No request waits behind an expensive one: grasp queries, similarity queries and loads/demonstrations have
+their own callback groups on a multi-threaded executor. A grasp query is checked first (a refusal is
+immediate), then planned by one of ``grasp_workers``; up to ``grasp_queue`` more wait for a worker, and any
+beyond that are answered "busy: ..." at once. Similarity queries read the field alongside running grasp
+queries. A load builds the new field beside the served one (queries go on meanwhile) and swaps it in; the
+scene cloud is rendered afterwards in a background thread.
+
+The node comes back as it was: after every successful load it records the checkpoint it serves in
+``state_file`` (atomically; default ``<checkpoint_root>/.<namespace>.<node>.served.json``) and, with
+``restore_last_field`` (default on), loads it again when it starts, in the background: requests that need
+the field meanwhile are answered "not ready yet: ..." (the client's ``NotReady``). A checkpoint announcement
+that was already handled before the restart (the topic is transient-local) does not replace it. ``~/alive``
+carries the node's liveliness and state ("restoring ...", "ready", "inactive") for clients.
 """
 
 from __future__ import annotations
@@ -24,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import PointCloud2
@@ -35,8 +49,9 @@ from f3rm_ros.core.config import param
 from f3rm_ros.core.grasp.config import PlannerConfig, TaskConfig
 from f3rm_ros.core.grasp.session import QueryConfig, QueryRefused, QuerySession
 from f3rm_ros.core.gripper import Gripper, GripperConfig
-from f3rm_ros.ros.common import (OK, WARN, AliveBeacon, DiagnosticsPublisher, Refused, expand_root, resolve_under_root,
-                                 run_node)
+from f3rm_ros.core.workflows.served_field import ServedField, read_served, write_served
+from f3rm_ros.ros.common import (BUSY, NOT_READY, OK, WARN, AliveBeacon, DiagnosticsPublisher, ReadWriteLock, Refused,
+                                 expand_root, resolve_under_root, run_node)
 from f3rm_ros.ros.conversions import ConversionError, grasp_to_msg, make_point_cloud, pose_msg_to_matrix
 from f3rm_ros.ros.params import ParamBinding
 from f3rm_ros.ros.visuals import grasp_markers, heat_colors
@@ -58,7 +73,14 @@ class QueryNodeConfig(QueryConfig):
     checkpoint_topic: str = param("/f3rm/train_node/checkpoint", "std_msgs/String topic (transient-local) on "
                                   "which the train node announces new checkpoints; '' = do not subscribe")
     load_newest_on_activate: bool = param(False, "on activation, load the newest *.ckpt under checkpoint_root "
-                                                 "if no field is loaded yet")
+                                                 "if no field is loaded yet (and none is restored)")
+    restore_last_field: bool = param(True, "on start, load again the field served before the node stopped "
+                                           "(recorded in state_file after every load), in the background")
+    state_file: str = param("", "where the served field is recorded (JSON, written atomically); '' = "
+                                "<checkpoint_root>/.<namespace>.<node name>.served.json", read_only=True)
+    grasp_workers: int = param(1, "grasp queries planned at the same time", range=(1, 64), read_only=True)
+    grasp_queue: int = param(4, "grasp queries that may wait for a worker; more are answered 'busy' at once",
+                             range=(0, 1000), read_only=True)
     heatmap_min_similarity: float = param(0.0, "points of ~/heatmap below this similarity are left out "
                                                "(QuerySimilarity requests set their own)", range=(0.0, 1.0))
     diagnostics_period_s: float = param(1.0, "period of the /diagnostics status, seconds", range=(0.01, 3600.0))
@@ -70,19 +92,27 @@ class QueryNode(LifecycleNode):
 
     def __init__(self, node_name: str = "query_node", *, namespace: str = "/f3rm", **kwargs: Any):
         super().__init__(node_name, namespace=namespace, **kwargs)
-        self._lock = threading.RLock()  # the session: field, planner, tasks
+        # the session: queries read it together, a settings change writes it; a load swaps in a new session
+        self._rw = ReadWriteLock()
+        self._admin = threading.Lock()  # loads and demonstrations, one at a time
         self.params = {name: ParamBinding(self, cls, name, on_change=self._apply(name or "config"))
                        for name, cls in (("", QueryNodeConfig), ("planner", PlannerConfig), ("task", TaskConfig),
                                          ("gripper", GripperConfig))}
-        self.session = QuerySession(*(self.params[k].config for k in ("", "planner", "task")),
-                                    Gripper(self.params["gripper"].config))
+        self.session = self._new_session()
         self._active, self._pending_checkpoint, self._last_error = False, None, ""
-        self.stats = {"requests": 0, "refused": 0, "last_latency_s": float("nan"), "last_query": ""}
-        group, self._topic_group = MutuallyExclusiveCallbackGroup(), MutuallyExclusiveCallbackGroup()
-        for srv, name, fn in ((QueryGrasps, "query_grasps", self._query_grasps), (LoadField, "load_field", self._load),
-                              (QuerySimilarity, "query_similarity", self._query_similarity),
-                              (RecordDemo, "record_demo", self._record_demo)):
-            self.create_service(srv, f"~/{name}", self._serving(name, fn), callback_group=group)  # one at a time
+        self._starting, self._served = "", ServedField()  # what the node is restoring ("" = nothing)
+        self.stats = {"requests": 0, "refused": 0, "busy": 0, "last_latency_s": float("nan"), "last_query": ""}
+        self._stats_lock = threading.Lock()
+        c = self.cfg
+        self._grasp_slots = threading.BoundedSemaphore(c.grasp_workers + c.grasp_queue)  # running + waiting
+        self._grasp_workers = threading.BoundedSemaphore(c.grasp_workers)
+        grasp, cheap, admin = ReentrantCallbackGroup(), ReentrantCallbackGroup(), MutuallyExclusiveCallbackGroup()
+        self._topic_group = MutuallyExclusiveCallbackGroup()
+        for srv, name, fn, group in ((QueryGrasps, "query_grasps", self._query_grasps, grasp),
+                                     (QuerySimilarity, "query_similarity", self._query_similarity, cheap),
+                                     (LoadField, "load_field", self._load, admin),
+                                     (RecordDemo, "record_demo", self._record_demo, admin)):
+            self.create_service(srv, f"~/{name}", self._serving(name, fn), callback_group=group)
         self.pub_cloud = self.pub_heat = self.pub_markers = self._ckpt_sub = None
         self.diagnostics = DiagnosticsPublisher(self, self._status, period_s=self.cfg.diagnostics_period_s,
                                                 callback_group=MutuallyExclusiveCallbackGroup())
@@ -90,6 +120,16 @@ class QueryNode(LifecycleNode):
         if self.cfg.autostart:
             self.trigger_configure()
             self.trigger_activate()
+
+    @property
+    def executor_threads(self) -> int:
+        """Threads the executor needs so that no request waits for a thread (run_node and bringup read it):
+        every grasp query running or waiting holds one; similarity, loads, topics and timers need a few more."""
+        return self.cfg.grasp_workers + self.cfg.grasp_queue + 5
+
+    def _new_session(self) -> QuerySession:
+        return QuerySession(*(self.params[k].config for k in ("", "planner", "task")),
+                            Gripper(self.params["gripper"].config))
 
     # the sections' configs: each ParamBinding validates a change, then _apply hands it to the session
     cfg = property(lambda self: self.session.config)
@@ -99,14 +139,14 @@ class QueryNode(LifecycleNode):
 
     def _apply(self, section: str):
         def on_change(new: Any, old: Any) -> None:
-            with self._lock:
+            with self._rw.write():
                 self.session.configure(**{section: new})
 
         return on_change
 
     # --- lifecycle ------------------------------------------------------------------------------
     def on_configure(self, state) -> TransitionCallbackReturn:
-        with self._lock:
+        with self._rw.write():
             try:
                 self.session.load_tasks()
             except Exception as e:  # a broken task folder must not stop the node: report it
@@ -127,14 +167,58 @@ class QueryNode(LifecycleNode):
         ret = super().on_activate(state)
         self._active = True
         pending, self._pending_checkpoint = self._pending_checkpoint, None
-        if pending or (self.session.field is None and self.cfg.load_newest_on_activate):
-            self._load_quietly(pending or "")
-        elif self.session.field is not None:
-            self._publish_cloud()
+        target = pending or self._restore_target()
+        if target is None and self.session.field is None and self.cfg.load_newest_on_activate:
+            target = ""
+        if target is not None:  # in the background: the executor serves ("not ready yet") meanwhile
+            self._starting = f"{NOT_READY}: restoring the field {target or '(newest)'} (started {time.strftime('%X')})"
+            self.alive.set(f"restoring {target or '(newest)'}")
+            threading.Thread(target=self._startup_load, args=(target, pending), name="query-restore",
+                             daemon=True).start()
+        else:
+            self.alive.set("ready")
+            if self.session.field is not None:
+                self._publish_cloud_async(self.session)
         return ret
+
+    def _state_path(self) -> Path:
+        if self.cfg.state_file:
+            return expand_root(self.cfg.state_file)
+        name = self.get_fully_qualified_name().strip("/").replace("/", ".")
+        return expand_root(self.cfg.checkpoint_root) / f".{name}.served.json"
+
+    def _restore_target(self) -> str | None:
+        """The checkpoint to restore at start (the one recorded in the state file), or None."""
+        if not self.cfg.restore_last_field or self.session.field is not None:
+            return None
+        try:
+            record, why = read_served(self._state_path())
+        except Exception as e:  # noqa: BLE001 - a bad state file never stops the node
+            record, why = None, f"{type(e).__name__}: {e}"
+        if why:
+            self._last_error = f"served-field record not used: {why}"
+            self.get_logger().warning(self._last_error)
+        if record is None:
+            return None
+        self._served = record
+        if not record.checkpoint:
+            return None
+        if not Path(record.checkpoint).is_file():
+            self._last_error = f"the field served before the restart, {record.checkpoint}, no longer exists"
+            self.get_logger().warning(self._last_error)
+            return None
+        return record.checkpoint
+
+    def _startup_load(self, target: str, announced: str | None) -> None:
+        try:
+            self._load_quietly(target, announced=announced)
+        finally:
+            self._starting = ""
+            self.alive.set("ready" if self._active else "inactive")
 
     def on_deactivate(self, state) -> TransitionCallbackReturn:
         self._active = False
+        self.alive.set("inactive")
         return super().on_deactivate(state)
 
     def on_cleanup(self, state) -> TransitionCallbackReturn:
@@ -152,7 +236,7 @@ class QueryNode(LifecycleNode):
     def close(self) -> None:
         """Release the field (called by run_node on shutdown)."""
         self._active = False
-        with self._lock:
+        with self._rw.write():
             self.session.close()
 
     def _status(self):
@@ -160,50 +244,89 @@ class QueryNode(LifecycleNode):
         vals = {"active": self._active, "checkpoint": str(s.checkpoint_path or ""),
                 "feature_dim": getattr(s.field, "feature_dim", 0), "tasks": len(s.tasks), **self.stats}
         vals.update({"last_error": self._last_error} if self._last_error else {})
+        if self._starting:
+            return WARN, self._starting, vals
         if not self._active:
             return WARN, "inactive (lifecycle): requests are refused", vals
         ready, what = s.status()
         return (OK if ready else WARN), (what if ready else f"active, {what}"), vals
 
-    def load_field(self, checkpoint_path: str) -> str:
-        """Load a checkpoint under ``checkpoint_root`` (a folder or "": the newest there); Refused: the field stays."""
+    def load_field(self, checkpoint_path: str, announced: str | None = None) -> str:
+        """Load a checkpoint under ``checkpoint_root`` (a folder or "": the newest there); Refused: the field stays.
+
+        The new field is loaded beside the served one (queries go on), then swapped in and recorded in the state
+        file; ``announced``: the checkpoint announcement this load answers (recorded too)."""
         path = (resolve_under_root(checkpoint_path, self.cfg.checkpoint_root, what="checkpoint path")
                 if checkpoint_path.strip() else expand_root(self.cfg.checkpoint_root))
-        with self._lock:
-            msg = self.session.load_field(path)
+        with self._admin:
+            new = self._new_session()
+            new.tasks = list(self.session.tasks)
+            msg = new.load_field(path)
+            with self._rw.write():
+                cfg, planner, task = (self.params[k].config for k in ("", "planner", "task"))
+                if (new.config, new.planner_config, new.task_config) != (cfg, planner, task):  # changed meanwhile
+                    new.configure(config=cfg, planner=planner, task=task)
+                if new.gripper.config != self.params["gripper"].config:
+                    new.configure(gripper=self.params["gripper"].config)
+                self.session = new
+            self._record(str(new.checkpoint_path), announced)
         self.get_logger().info(msg)
-        self._publish_cloud()
+        self._publish_cloud_async(new)
         return msg
 
-    def _load_quietly(self, path: str) -> None:
+    def _record(self, checkpoint: str | None, announced: str | None) -> None:
+        """Record the served field (and a handled announcement) in the state file; a failure is logged only."""
+        if checkpoint is not None:
+            self._served.checkpoint = checkpoint
+        if announced is not None:
+            self._served.announced = announced
         try:
-            self.load_field(path)
+            write_served(self._state_path(), self._served)
+        except Exception as e:  # noqa: BLE001 - a full disk must not fail the load
+            self._last_error = f"served field not recorded in {self._state_path()}: {type(e).__name__}: {e}"
+            self.get_logger().warning(self._last_error)
+
+    def _load_quietly(self, path: str, announced: str | None = None) -> None:
+        try:
+            self.load_field(path, announced=announced)
         except Exception as e:  # refused or failed: never die on a message
             self._last_error = f"checkpoint {path or '(newest)'} not loaded: {type(e).__name__}: {e}"
             self.get_logger().error(self._last_error)
+            if announced is not None:  # handled, even though it failed: a restart does not try it again
+                self._record(None, announced)
 
     def _on_checkpoint_msg(self, msg: String) -> None:
         path = msg.data.strip()
         if not path or Path(path) == self.session.checkpoint_path:
             return
+        if path == self._served.announced:  # handled before a restart (the topic is transient-local)
+            return
         if not self._active:
             self._pending_checkpoint = path
             return
         self.get_logger().info(f"new checkpoint announced: {path}")
-        self._load_quietly(path)
+        self._load_quietly(path, announced=path)
 
     def _stamp(self):
         return self.get_clock().now().to_msg()
 
-    def _publish_cloud(self) -> None:
-        if self.pub_cloud is None or self.session.field is None:
-            return
+    def _publish_cloud_async(self, session: QuerySession) -> None:
+        """Render and publish the scene cloud of ``session``'s field in a background thread (off the service path:
+        it can take long on a CPU)."""
+        if self.pub_cloud is not None and session.field is not None:
+            threading.Thread(target=self._publish_cloud, args=(session,), name="scene-cloud", daemon=True).start()
+
+    def _publish_cloud(self, session: QuerySession) -> None:
         try:
-            with self._lock:
-                pts, cols = self.session.scene_cloud()
-            self.pub_cloud.publish(make_point_cloud(pts, rgb=cols, frame_id=self.cfg.world_frame, stamp=self._stamp()))
-            self.get_logger().info(f"scene cloud: {len(pts)} points")
-        except Exception as e:  # display only: never fail a load because of it
+            with self._rw.read():
+                if session is not self.session:  # a newer field came meanwhile: its own thread publishes
+                    return
+                pts, cols = session.scene_cloud()
+            if session is self.session and self.pub_cloud is not None:
+                self.pub_cloud.publish(make_point_cloud(pts, rgb=cols, frame_id=self.cfg.world_frame,
+                                                        stamp=self._stamp()))
+                self.get_logger().info(f"scene cloud: {len(pts)} points")
+        except Exception as e:  # display only: never fail because of it
             self.get_logger().warning(f"scene cloud not published: {type(e).__name__}: {e}")
 
     def _publish_heatmap(self, pts: np.ndarray, sim: np.ndarray, min_similarity: float) -> PointCloud2:
@@ -216,23 +339,28 @@ class QueryNode(LifecycleNode):
 
     # --- services ---------------------------------------------------------------------------------
     def _serving(self, what: str, fn):
-        """A service callback running ``fn(req, res)`` under the lock; a refusal or error is success=false + reason."""
+        """A service callback running ``fn(req, res)``; a refusal or error is success=false + reason. Locking is
+        each handler's own (see the module docstring)."""
         def callback(req: Any, res: Any) -> Any:
             t0 = time.perf_counter()
-            self.stats["requests"] += 1
             try:
                 if not self._active:
                     raise Refused("the query node is not active (lifecycle state); activate it first")
-                with self._lock:
-                    fn(req, res)
+                if self._starting:
+                    raise Refused(self._starting + "; try again in a moment")
+                fn(req, res)
             except (Refused, QueryRefused) as e:
                 res.success, res.message = False, str(e)
             except Exception as e:  # never let a request take the node down
                 res.success, res.message = False, f"internal error while serving {what}: {type(e).__name__}: {e}"
                 self._last_error = res.message
                 self.get_logger().error(res.message)
-            self.stats["refused"] += 0 if res.success else 1
-            self.stats["last_latency_s"] = time.perf_counter() - t0
+            with self._stats_lock:
+                st = self.stats
+                st["requests"] += 1
+                st["refused"] += 0 if res.success else 1
+                st["busy"] += 1 if not res.success and res.message.startswith(BUSY) else 0
+                st["last_latency_s"] = time.perf_counter() - t0
             if not res.success:
                 self.get_logger().info(f"{what} refused: {res.message}")
             return res
@@ -243,8 +371,25 @@ class QueryNode(LifecycleNode):
         ws = None
         if req.use_workspace:
             ws = [(p.x, p.y, p.z) for p in (req.workspace_min, req.workspace_max)]
-        t0 = time.perf_counter()
-        result = self.session.plan(req.text, list(req.negatives), int(req.max_grasps), req.task, ws)
+        s = self.session  # the checks first, so that a refusal never waits for a worker
+        s.check_text(req.text)
+        s.require()
+        s.check_negatives(list(req.negatives))
+        if ws is not None:
+            s.check_workspace(*ws)
+        if req.task and req.task not in [t.name for t in s.planner.tasks]:
+            raise Refused(f"unknown task {req.task!r}; known tasks: {[t.name for t in s.planner.tasks]}")
+        if not self._grasp_slots.acquire(blocking=False):
+            c = self.cfg
+            raise Refused(f"{BUSY}: {c.grasp_workers + c.grasp_queue} grasp queries are running or waiting "
+                          f"(grasp_workers {c.grasp_workers} + grasp_queue {c.grasp_queue}); try again shortly")
+        try:
+            with self._grasp_workers:
+                t0 = time.perf_counter()
+                with self._rw.read():
+                    result = self.session.plan(req.text, list(req.negatives), int(req.max_grasps), req.task, ws)
+        finally:
+            self._grasp_slots.release()
         res.planning_time = float(time.perf_counter() - t0)
         self.stats["last_query"] = req.text[:80]
         self._publish_heatmap(result.heatmap_points, result.heatmap_similarity, self.cfg.heatmap_min_similarity)
@@ -260,7 +405,8 @@ class QueryNode(LifecycleNode):
                        f"{b.score:.3f}, best similarity {result.stats.get('best_similarity', 0):.3f})")
 
     def _query_similarity(self, req: Any, res: Any) -> None:
-        pts, sim = self.session.similarity(req.text, list(req.negatives), float(req.min_similarity))
+        with self._rw.read(urgent=True):  # alongside running grasp queries, never behind a waiting settings change
+            pts, sim = self.session.similarity(req.text, list(req.negatives), float(req.min_similarity))
         self.stats["last_query"] = req.text[:80]
         res.heatmap = self._publish_heatmap(pts, sim, float(req.min_similarity))
         res.num_points = int(np.count_nonzero(sim >= req.min_similarity))
@@ -272,8 +418,9 @@ class QueryNode(LifecycleNode):
     def _load(self, req: Any, res: Any) -> None:
         res.message = self.load_field(req.checkpoint_path)
         res.success = True
-        field = self.session.field
-        res.checkpoint_path = str(self.session.checkpoint_path)
+        session = self.session
+        field = session.field
+        res.checkpoint_path = str(session.checkpoint_path)
         res.feature_dim, res.extractor = int(field.feature_dim), str(field.extractor_info.get("type", ""))
 
     def _record_demo(self, req: Any, res: Any) -> None:
@@ -284,14 +431,16 @@ class QueryNode(LifecycleNode):
             T_tool = pose_msg_to_matrix(req.gripper_pose)
         except (ConversionError, ValueError) as e:
             raise Refused(f"bad gripper_pose: {e}") from None
-        task, path = self.session.record_demo(req.task_name, T_tool, append=bool(req.append),
-                                              metadata={"recorded_by": self.get_fully_qualified_name()})
+        # the session swaps its task list and planner when done: running queries keep the ones they started with
+        with self._admin, self._rw.read():
+            task, path = self.session.record_demo(req.task_name, T_tool, append=bool(req.append),
+                                                  metadata={"recorded_by": self.get_fully_qualified_name()})
         res.success, res.num_demos, res.task_path = True, task.num_demos, str(path)
         res.message = f"task {task.name!r} has {task.num_demos} demonstration(s), saved to {path}"
 
 
 def main(args: list[str] | None = None) -> int:
-    return run_node(QueryNode, args)
+    return run_node(QueryNode, args)  # threads: QueryNode.executor_threads
 
 
 if __name__ == "__main__":
