@@ -7,6 +7,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -96,24 +97,31 @@ def _dataset(tmp_path):
 
 
 def test_train_node_killed_mid_training(client, tmp_path):
-    from f3rm_ros.ros.client import ServerGone, Timeout
+    """ServerGone within 2 s of a SIGKILL mid-training; the restarted node resumes the run through the action
+    (resume "latest") from its last checkpoint, in its folder, to its own step budget; a new run that is behind
+    says that its checkpoints are now the newest ones."""
+    import json
+
+    from f3rm_ros.ros.client import RequestFailed, ServerGone, Timeout
 
     data = _dataset(tmp_path)
     params = {"data_root": str(data), "checkpoint_root": str(tmp_path / "ckpt"), **TINY}
     log = tmp_path / "train_node.log"
     proc = start_node("train_node", NS, params, log)
     try:
-        with logs_on_failure(log):
+        with logs_on_failure(log, tmp_path / "train_node2.log"):
+            with pytest.raises(RequestFailed, match="no interrupted or cancelled run"):
+                client.train(feature_type="none", resume="latest", timeout=60.0)
             # a deadline that passes while the node lives: Timeout, the goal cancelled, and said where it stopped
             with pytest.raises(Timeout) as e:
-                client.train(steps=100000, feature_type="none", timeout=12.0)
+                client.train(steps=100000, feature_type="none", timeout=4.0)
             print("timeout:", e.value)
             assert "goal cancelled: stopped at step" in str(e.value) and "last checkpoint" in str(e.value)
             # the node is killed mid-training: ServerGone within 2 s (the deadline is an hour)
-            got = threading.Event()
-            th, box = _in_thread(client.train, steps=100000, feature_type="none", feedback_cb=lambda _f: got.set(),
-                                 timeout=3600.0)
-            assert got.wait(60), f"no feedback: {box}"
+            far = threading.Event()
+            th, box = _in_thread(client.train, steps=400, feature_type="none", timeout=3600.0,
+                                 feedback_cb=lambda f: far.set() if f.step >= 12 else None)
+            assert far.wait(60), f"no feedback past step 12: {box}"
             t_kill = time.monotonic()
             proc.kill()
             proc.wait(timeout=10)
@@ -122,10 +130,19 @@ def test_train_node_killed_mid_training(client, tmp_path):
             print(f"train node SIGKILLed: {type(box.get('error')).__name__} after {took:.2f} s: {box.get('error')}")
             assert isinstance(box.get("error"), ServerGone), box
             assert took < 2.0 and "at step" in str(box["error"]) and "cancel" not in str(box["error"])
-            # back again: the same client trains a short goal to the end
+            # back again: the same client resumes the killed run from its last checkpoint to its 400 steps
             proc = start_node("train_node", NS, params, tmp_path / "train_node2.log")
-            out = client.train(steps=3, feature_type="none", timeout=120.0)
-            assert out.steps_done == 3 and out.checkpoint_path
+            out = client.train(resume="latest", timeout=300.0)
+            run = Path(out.checkpoint_path).parents[1]
+            info = json.loads((run / "run.json").read_text())
+            print(f"resumed: {out.message}; resumed_from {info['resumed_from']}")
+            assert out.steps_done == 400 and info["result"]["step"] == 400 and info["num_steps"] == 400
+            assert info["resumed_from"] and Path(info["resumed_from"]).parents[1] == run
+            assert "-none-" in run.name and len([p for p in run.parent.iterdir() if p.is_dir()]) == 2
+            # a new run that stays behind the finished one says so
+            new = client.train(steps=3, feature_type="none", timeout=120.0)
+            print("new run:", new.message)
+            assert new.steps_done == 3 and "note: run" in new.message and "further along" in new.message
     finally:
         stop_process(proc)
         wait_for(lambda: proc.poll() is not None, 30, "the train node to exit")

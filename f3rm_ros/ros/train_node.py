@@ -15,6 +15,12 @@ aborted at once, ``success: false`` and the reason in ``message`` (and in the lo
    at ``feedback_rate_hz`` with the latest progress.
 4. cancel: the trainer stops at the next step and writes its last checkpoint; the result (status CANCELED)
    carries ``steps_done`` and that ``checkpoint_path``.
+4b. resume (goal field ``resume``): ``"latest"`` continues the newest interrupted (the node died) or cancelled
+   run of the dataset from its last checkpoint, in its own run folder, to ``num_steps`` (0 = the run's own
+   total) with its own feature type and settings; a run folder or checkpoint under ``checkpoint_root`` names
+   one. A new run (``resume`` empty) on a dataset that already has a run further along says so in the log and
+   in its result message: its checkpoints become the newest files under the root (what the query node's
+   ``load_field("")`` picks) while they are behind the other run's.
 5. success: the checkpoint path is published on ``~/checkpoint`` (``std_msgs/String``, transient-local).
 
 Goals are served only in the lifecycle state ``active``; ``autostart`` (default true) configures and activates
@@ -40,6 +46,7 @@ from f3rm_ros.action import TrainFields
 from f3rm_ros.core.config import param
 from f3rm_ros.core.features.configs import FeaturesConfig
 from f3rm_ros.core.training import TrainerConfig
+from f3rm_ros.core.workflows.runs import RunState, dataset_runs, resumable_run, run_state
 from f3rm_ros.core.workflows.train_job import TrainJob
 from f3rm_ros.core.workflows.train_scene import TrainBudget, TrainSceneRequest, latest_dataset
 from f3rm_ros.ros.common import (OK, WARN, AliveBeacon, DiagnosticsPublisher, PathRefused, Refused, expand_root,
@@ -173,21 +180,70 @@ class TrainNode(LifecycleNode):
                               f"{expand_root(s.data_root)} yet; capture one first")
             if not (path / "transforms.json").is_file():
                 raise Refused(f"dataset path {str(path)!r} holds no transforms.json")
-            ftype = (req.feature_type or self.features_config.extractor).strip().lower()
+            runs_dir = expand_root(s.checkpoint_root) / path.name
+            resumed = self._resumed_run(str(getattr(req, "resume", "")).strip(), runs_dir, path)
+            ftype = (req.feature_type or (resumed.feature_type if resumed else "")
+                     or self.features_config.extractor).strip().lower()
             if ftype not in FEATURE_TYPES:
-                raise Refused(f"feature_type {req.feature_type!r} is not one of {list(FEATURE_TYPES)}")
-            steps = int(req.num_steps) or int(self.budget.num_steps)
-            run_dir = resolve_under_root(Path(path.name) / f"{time.strftime('%Y%m%d-%H%M%S')}-{ftype}-{gid}",
-                                         s.checkpoint_root, what="run folder")
+                raise Refused(f"feature_type {req.feature_type or ftype!r} is not one of {list(FEATURE_TYPES)}")
+            if resumed is not None and resumed.feature_type and ftype != resumed.feature_type:
+                raise Refused(f"feature_type {ftype!r} differs from the resumed run's {resumed.feature_type!r}")
+            steps = int(req.num_steps) or (resumed.num_steps if resumed else 0) or int(self.budget.num_steps)
+            if resumed is not None:
+                if steps <= resumed.step:
+                    raise Refused(f"run {resumed.describe()} is already at step {resumed.step}; num_steps {steps} "
+                                  "asks for no more")
+                run_dir, note = resumed.run_dir, ("", 0)
+            else:
+                run_dir = resolve_under_root(Path(path.name) / f"{time.strftime('%Y%m%d-%H%M%S')}-{ftype}-{gid}",
+                                             s.checkpoint_root, what="run folder")
+                note = self._shadow_note(runs_dir)
         except PathRefused as e:
             raise Refused(str(e)) from None
         features = "none" if ftype == "none" else dataclasses.replace(self.features_config, extractor=ftype)
-        return TrainJob(TrainSceneRequest(
+        what = (f"resuming {resumed.describe()} from {resumed.checkpoint.name}" if resumed is not None
+                else "training")
+        job = TrainJob(TrainSceneRequest(
             path, num_steps=steps, trainer=self.trainer_config, features=features,
             feature_cache=expand_root(s.checkpoint_root) / "feature_cache" if s.cache_features else None,
             downscale=s.dataset_downscale, eval_every_frame=s.dataset_eval_every, device=s.device,
             torch_threads=s.torch_threads, run_dir=run_dir,
-            command=f"goal {gid}: training on {path} with {ftype} features for {steps} steps"), name=gid)
+            resume=str(resumed.checkpoint) if resumed is not None else None,
+            command=f"goal {gid}: {what} on {path} with {ftype} features to step {steps}"), name=gid)
+        job.note = note  # (text, the step this run must pass for it to no longer apply)
+        return job
+
+    def _resumed_run(self, resume: str, runs_dir: Path, dataset: Path) -> RunState | None:
+        """The run a goal's ``resume`` names (None for a new run), or :class:`Refused` with the reason."""
+        if not resume:
+            return None
+        if resume == "latest":
+            found = resumable_run(runs_dir)
+            if found is None:
+                raise Refused(f"resume 'latest': no interrupted or cancelled run of {dataset.name} with a checkpoint "
+                              f"under {runs_dir}; send resume '' for a new run")
+            return found
+        p = resolve_under_root(resume, self.settings.checkpoint_root, what="resume path", must_exist=True)
+        run_dir = p if p.is_dir() else p.parent.parent if p.parent.name == "checkpoints" else p.parent
+        found = run_state(run_dir)
+        if p.is_file():
+            found.checkpoint, found.step = p, _step_of(p)
+        if found.checkpoint is None:
+            raise Refused(f"resume {resume!r}: no resumable checkpoint (checkpoints/step-*.ckpt) in {run_dir}")
+        return found
+
+    @staticmethod
+    def _shadow_note(runs_dir: Path) -> tuple[str, int]:
+        """What a new run hides (its checkpoints become the newest files while behind another run), and the step of
+        that run; ("", 0) if nothing."""
+        others = [r for r in dataset_runs(runs_dir) if r.checkpoint is not None]
+        if not others:
+            return "", 0
+        best = max(others, key=lambda r: r.step)
+        latest = resumable_run(runs_dir)
+        hint = " (to continue it instead: resume 'latest')" if latest and latest.run_dir == best.run_dir else ""
+        return (f"run {best.describe()} is further along; until this run passes step {best.step}, its checkpoints "
+                f"are the newest under the checkpoint root, which load_field('') picks{hint}"), best.step
 
     def _execute(self, goal_handle: Any) -> TrainFields.Result:
         gid = bytes(goal_handle.goal_id.uuid).hex()[:8]
@@ -201,6 +257,8 @@ class TrainNode(LifecycleNode):
             goal_handle.abort()
             return TrainFields.Result(success=False, message=reason)
         self.get_logger().info(job.request.command)
+        if job.note[0]:
+            self.get_logger().warning(f"goal {gid}: note: {job.note[0]}")
         try:
             job.start()
             period = 1.0 / self.settings.feedback_rate_hz
@@ -249,6 +307,10 @@ class TrainNode(LifecycleNode):
             if self.checkpoint_pub is not None and result.checkpoint_path:
                 self.checkpoint_pub.publish(String(data=result.checkpoint_path))
             message += f"; checkpoint {result.checkpoint_path}"
+        note, behind = getattr(job, "note", ("", 0))
+        if note and result.steps_done < behind:  # still behind the other run: say what load_field('') now picks
+            result.message += f"; note: {note}"
+            message += f"; note: {note}"
         if kind == "failed":  # rclpy wants one severity per call site
             self.get_logger().error(f"goal {job.name}: {message}")
         else:
@@ -273,6 +335,11 @@ class TrainNode(LifecycleNode):
         if self._last_outcome.startswith("failed"):
             return WARN, "idle; last goal failed", values
         return OK, "idle", values
+
+
+def _step_of(checkpoint: Path) -> int:
+    digits = "".join(c for c in checkpoint.stem.split("-")[-1] if c.isdigit())
+    return int(digits) if digits else 0
 
 
 def main(args: list[str] | None = None) -> int:
