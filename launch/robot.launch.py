@@ -6,7 +6,8 @@
 Parameters come from config/<node>.yaml (installed to share/f3rm_ros/config); the camera topics are
 remapped to the capture node's inputs (camera/image_raw, camera/camera_info, camera/pose). train_node
 and query_node are lifecycle nodes that configure and activate themselves (parameter autostart: true),
-so no lifecycle manager is needed. Without ``ros2 launch``: ``f3rm-ros bringup config/bringup_robot.yaml``.
+so no lifecycle manager is needed. A node that dies is started again after a second (respawn; the query
+node then restores the field it served). Without ``ros2 launch``: ``f3rm-ros bringup config/bringup_robot.yaml``.
 """
 
 from launch import LaunchDescription
@@ -35,18 +36,21 @@ def generate_launch_description():
         DeclareLaunchArgument("use_rviz", default_value="false", description="also start RViz with config/f3rm.rviz"),
     ]
     capture = Node(
-        package="f3rm_ros", executable="capture_node", name="capture_node", namespace=namespace, output="screen",
+        package="f3rm_ros", executable="capture_node", name="capture_node", namespace=namespace,
+        respawn=True, respawn_delay=1.0, output="screen",
         parameters=[config("capture_node.yaml")],
         remappings=[("camera/image_raw", LaunchConfiguration("image_topic")),
                     ("camera/camera_info", LaunchConfiguration("camera_info_topic")),
                     ("camera/pose", LaunchConfiguration("pose_topic"))],
     )
     train = LifecycleNode(
-        package="f3rm_ros", executable="train_node", name="train_node", namespace=namespace, output="screen",
+        package="f3rm_ros", executable="train_node", name="train_node", namespace=namespace,
+        respawn=True, respawn_delay=1.0, output="screen",
         parameters=[config("train_node.yaml")],
     )
     query = LifecycleNode(
-        package="f3rm_ros", executable="query_node", name="query_node", namespace=namespace, output="screen",
+        package="f3rm_ros", executable="query_node", name="query_node", namespace=namespace,
+        respawn=True, respawn_delay=1.0, output="screen",
         parameters=[config("query_node.yaml")],
     )
     rviz = Node(

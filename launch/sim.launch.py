@@ -33,25 +33,29 @@ def generate_launch_description():
     ]
     sim_camera = Node(
         package="f3rm_ros", executable="sim_camera_node", name="sim_camera_node", namespace=namespace,
+        respawn=True, respawn_delay=1.0,
         output="screen",
         parameters=[config("sim_camera_node.yaml"), {"scene": LaunchConfiguration("scene"),
                                                      "depth_topic": "camera/aligned_depth_to_color/image_raw"}],
     )
     capture = Node(
-        package="f3rm_ros", executable="capture_node", name="capture_node", namespace=namespace, output="screen",
+        package="f3rm_ros", executable="capture_node", name="capture_node", namespace=namespace,
+        respawn=True, respawn_delay=1.0, output="screen",
         parameters=[config("capture_node.yaml"), {"labels_topic": "camera/labels",
                                                    "depth_topic": "camera/aligned_depth_to_color/image_raw",
                                                    "dataset_name": "sim_capture"}],
     )
     train = LifecycleNode(
-        package="f3rm_ros", executable="train_node", name="train_node", namespace=namespace, output="screen",
+        package="f3rm_ros", executable="train_node", name="train_node", namespace=namespace,
+        respawn=True, respawn_delay=1.0, output="screen",
         # the synthetic world's scene settings (f3rm_ros/core/presets.py "synthetic"; a test holds them equal); the
         # captured depth is stored, trainings that want it add trainer.losses.depth_mult (preset "depth")
         parameters=[config("train_node.yaml"), {"features.extractor": "labels", "trainer.model.sampler.near": 0.2,
                                                 "trainer.model.sampler.far": 5.0, "trainer.losses.feature_mult": 0.1}],
     )
     query = LifecycleNode(
-        package="f3rm_ros", executable="query_node", name="query_node", namespace=namespace, output="screen",
+        package="f3rm_ros", executable="query_node", name="query_node", namespace=namespace,
+        respawn=True, respawn_delay=1.0, output="screen",
         # the synthetic table (world origin at its centre) instead of the reference robot-base box
         parameters=[config("query_node.yaml"), {"planner.workspace_min_m": [-0.35, -0.3, 0.005],
                                                 "planner.workspace_max_m": [0.35, 0.3, 0.3]}],

@@ -1,7 +1,8 @@
 """`f3rm-ros`: command-line entry point for the ROS side of f3rm_ros.
 
     f3rm-ros selftest                   round-trip every service and the action between two real nodes over DDS
-    f3rm-ros bringup CONFIG.yaml        run the nodes of a bringup file in one process (config/bringup_sim.yaml)
+    f3rm-ros bringup CONFIG.yaml        run the nodes of a bringup file in one process (config/bringup_sim.yaml);
+                                        --respawn: a process per node, started again when it dies
     f3rm-ros query "mug handle"         ask the query node for grasps (--max N, --json)
     f3rm-ros similarity TEXT            heat-map summary of a text query
     f3rm-ros load [CHECKPOINT]          make the query node load a checkpoint ("" = the newest)
@@ -130,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--params-file", action="append", default=[], help="extra ROS parameter file (wins)")
     b.add_argument("--threads", type=int, default=None, help="executor threads")
     b.add_argument("--ready-file", default=None, help="write this file once every node is up")
+    b.add_argument("--respawn", action=argparse.BooleanOptionalAction, default=None,
+                   help="one process per node, started again when it dies (default: the file's 'respawn' key)")
 
     def client_args(p: argparse.ArgumentParser, timeout: float) -> None:
         p.add_argument("--namespace", default="/f3rm", help="namespace of the f3rm nodes")
@@ -172,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         from f3rm_ros.ros.bringup import BringupError, run_bringup
 
         try:
-            return run_bringup(args.config, [Path(p) for p in args.params_file], args.threads, args.ready_file)
+            return run_bringup(args.config, [Path(p) for p in args.params_file], args.threads, args.ready_file,
+                               args.respawn)
         except BringupError as e:
             print(f"bringup: {e}", file=sys.stderr)
             return 2

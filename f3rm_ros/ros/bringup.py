@@ -14,12 +14,19 @@ launch files pass), inline parameter overrides and topic remappings::
 Every node gets the parameters of its files the way ``ros2 launch`` would give them (node-name keys
 such as ``/**/query_node``), through rcl's own ``--params-file`` parsing; the nodes are spun together
 on one ``MultiThreadedExecutor``. They talk to each other and to clients over DDS as usual.
+
+With ``respawn: true`` in the file (or ``f3rm-ros bringup --respawn``) each node runs in a process of its own
+instead, and one that dies (killed, crashed) is started again after ``respawn_delay_s`` (1 s; at most
+``max_restarts`` times a minute), as ``respawn=True`` does in the launch files. The query node then serves its
+field again by itself (``restore_last_field``) and clients reconnect: nothing else has to be restarted.
+``--ready-file`` is written once every node is in the ROS graph.
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
+import os
 import re
 import sys
 import tempfile
@@ -31,7 +38,7 @@ from collections.abc import Mapping
 import yaml
 
 __all__ = ["BringupError", "NodeSpec", "Bringup", "load_bringup", "node_class", "ros_arguments", "run_bringup",
-           "NODES_DIR", "REPO_ROOT"]
+           "node_arguments", "run_supervised", "NODES_DIR", "REPO_ROOT"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NODES_DIR = REPO_ROOT / "scripts" / "nodes"
@@ -55,6 +62,7 @@ class Bringup:
     namespace: str
     nodes: list[NodeSpec]
     source: Path | None = None
+    respawn: bool = False  # one process per node, restarted when it dies
 
 
 def _module_of_executable(executable: str) -> str:
@@ -104,9 +112,11 @@ def load_bringup(path: str | Path) -> Bringup:
         raise BringupError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(data, Mapping) or not isinstance(data.get("nodes"), list) or not data["nodes"]:
         raise BringupError(f"{path}: expected a mapping with a non-empty 'nodes' list")
-    unknown = set(data) - {"namespace", "nodes"}
+    unknown = set(data) - {"namespace", "nodes", "respawn"}
     if unknown:
-        raise BringupError(f"{path}: unknown key(s) {sorted(unknown)}; valid: ['namespace', 'nodes']")
+        raise BringupError(f"{path}: unknown key(s) {sorted(unknown)}; valid: ['namespace', 'nodes', 'respawn']")
+    if not isinstance(data.get("respawn", False), bool):
+        raise BringupError(f"{path}: respawn must be true or false, got {data['respawn']!r}")
     ns = str(data.get("namespace", "/f3rm"))
     ns = "/" + ns.strip("/")
     specs = []
@@ -138,7 +148,7 @@ def load_bringup(path: str | Path) -> Bringup:
     names = [s.executable for s in specs]
     if len(set(names)) != len(names):
         raise BringupError(f"{path}: a node appears twice: {names}")
-    return Bringup(ns, specs, path)
+    return Bringup(ns, specs, path, bool(data.get("respawn", False)))
 
 
 def _override_file(spec: NodeSpec, tmpdir: Path) -> Path:
@@ -166,8 +176,109 @@ def ros_arguments(bringup: Bringup, tmpdir: Path, extra_param_files: list[Path] 
     return args
 
 
+def node_arguments(bringup: Bringup, spec: NodeSpec, tmpdir: Path, extra_param_files: list[Path] = ()) -> list[str]:
+    """The ``--ros-args`` of one node in a process of its own (:func:`run_supervised`)."""
+    args = ["--ros-args", "-r", f"__ns:={bringup.namespace}"]
+    for f in spec.param_files:
+        args += ["--params-file", str(f)]
+    if spec.overrides:
+        args += ["--params-file", str(_override_file(spec, tmpdir))]
+    for src, dst in spec.remappings.items():
+        args += ["-r", f"{src}:={dst}"]
+    for f in extra_param_files:
+        args += ["--params-file", str(f)]
+    return args
+
+
+def _nodes_in_graph(names: list[str], namespace: str, timeout: float) -> bool:
+    """Wait until every node name is in the ROS graph under ``namespace`` (a node of this process looks)."""
+    import time
+
+    import rclpy
+
+    with rclpy.init(args=[]):
+        node = rclpy.create_node(f"bringup_supervisor_{os.getpid()}", namespace=namespace)
+        try:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                seen = {(n, ns) for n, ns in node.get_node_names_and_namespaces()}
+                if all((n, namespace) in seen for n in names):
+                    return True
+                time.sleep(0.2)
+            return False
+        finally:
+            node.destroy_node()
+
+
+def run_supervised(bringup: Bringup, extra_param_files: list[Path] = (), ready_file: str | None = None,
+                   respawn_delay_s: float = 1.0, max_restarts: int = 10) -> int:
+    """Run each node of ``bringup`` in a process of its own and start a node again when its process ends (after
+    ``respawn_delay_s``; a node that ends ``max_restarts`` times within a minute is given up), until Ctrl-C /
+    SIGTERM, which stops every node cleanly (SIGINT, then SIGKILL after 20 s).
+
+    Returns:
+        0 on a clean stop, 1 if a node was given up.
+    """
+    import signal
+    import subprocess
+    import threading
+    import time
+
+    from f3rm_ros.ros.common import stop_process
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    specs = {s.executable: s for s in bringup.nodes}
+    procs: dict[str, subprocess.Popen] = {}
+    ends: dict[str, list[float]] = {exe: [] for exe in specs}
+    due: dict[str, float] = {}  # node -> when to start it again
+    given_up: set[str] = set()
+    with tempfile.TemporaryDirectory(prefix="f3rm_bringup_") as tmp:
+        def start(exe: str) -> None:
+            cmd = [sys.executable, "-m", _module_of_executable(exe),
+                   *node_arguments(bringup, specs[exe], Path(tmp), list(extra_param_files))]
+            procs[exe] = subprocess.Popen(cmd)
+            print(f"[bringup] started {exe} (pid {procs[exe].pid})", flush=True)
+
+        for exe in specs:
+            start(exe)
+        if ready_file:
+            def ready() -> None:
+                if _nodes_in_graph(list(specs), bringup.namespace, timeout=300.0) and not stop.is_set():
+                    Path(ready_file).write_text("\n".join(f"{bringup.namespace}/{n}" for n in specs) + "\n")
+            threading.Thread(target=ready, daemon=True).start()
+        try:
+            while not stop.wait(0.2):
+                now = time.monotonic()
+                for exe, p in list(procs.items()):
+                    if p.poll() is None:
+                        continue
+                    del procs[exe]
+                    ends[exe] = [t for t in ends[exe] if now - t < 60.0] + [now]
+                    if len(ends[exe]) > max_restarts:
+                        given_up.add(exe)
+                        print(f"[bringup] {exe} ended {len(ends[exe])} times within a minute (last exit code "
+                              f"{p.returncode}); not started again", file=sys.stderr, flush=True)
+                        continue
+                    print(f"[bringup] {exe} (pid {p.pid}) ended with exit code {p.returncode}; starting it again in "
+                          f"{respawn_delay_s:g} s", file=sys.stderr, flush=True)
+                    due[exe] = now + respawn_delay_s
+                for exe, t in list(due.items()):
+                    if now >= t and not stop.is_set():
+                        del due[exe]
+                        start(exe)
+        finally:
+            for p in procs.values():
+                if p.poll() is None:
+                    p.send_signal(signal.SIGINT)
+            for p in procs.values():
+                stop_process(p)
+    return 1 if given_up else 0
+
+
 def run_bringup(path: str | Path, extra_param_files: list[Path] = (), num_threads: int | None = None,
-                ready_file: str | None = None) -> int:
+                ready_file: str | None = None, respawn: bool | None = None) -> int:
     """Create every node of the bringup file in this process and spin them until Ctrl-C / SIGTERM.
 
     Args:
@@ -175,9 +286,11 @@ def run_bringup(path: str | Path, extra_param_files: list[Path] = (), num_thread
         extra_param_files: more parameter files applied after the listed ones (they win).
         num_threads: executor threads (default: each node's ``executor_threads`` or 2, at least 4 in all).
         ready_file: if given, this file is written once every node is created (for scripts and tests).
+        respawn: one process per node, started again when it dies (:func:`run_supervised`); None = the file's
+            ``respawn`` key.
 
     Returns:
-        0 on a clean stop, 1 if a node could not be created.
+        0 on a clean stop, 1 if a node could not be created (or, respawning, was given up).
     """
     import signal
 
@@ -185,6 +298,10 @@ def run_bringup(path: str | Path, extra_param_files: list[Path] = (), num_thread
     from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 
     bringup = load_bringup(path)
+    if bringup.respawn if respawn is None else respawn:
+        for spec in bringup.nodes:
+            node_class(spec.executable)  # an unknown executable fails here, before any process starts
+        return run_supervised(bringup, list(extra_param_files), ready_file)
     classes = [(s, node_class(s.executable)) for s in bringup.nodes]
     with tempfile.TemporaryDirectory(prefix="f3rm_bringup_") as tmp:
         args = [sys.argv[0] if sys.argv else "f3rm-ros"] + ros_arguments(bringup, Path(tmp), list(extra_param_files))
