@@ -22,7 +22,7 @@ rclpy = pytest.importorskip("rclpy", reason="rclpy not importable: run the tests
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = sorted((ROOT / "launch").glob("*.launch.py"))
 CONFIG = ROOT / "config"
-NODES = ["capture_node", "train_node", "query_node", "sim_camera_node"]
+NODES = ["capture_node", "train_node", "query_node", "sim_camera_node", "camera_relay_node"]
 
 
 def launch_nodes(path: Path) -> list[dict]:

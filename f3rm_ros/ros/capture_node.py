@@ -2,8 +2,10 @@
 
 Subscribes (relative to the node's namespace, default ``/f3rm``; ``config/capture_node.yaml`` has every
 parameter): ``camera/image_raw`` (``sensor_msgs/Image`` rgb8, bgr8, rgba8, bgra8, mono8; sensor-data QoS; or
-``.../compressed``, jpeg/png, with ``use_compressed``), ``camera/camera_info`` (plumb_bob or no distortion;
-the newest is used, its size must match the image) and the camera pose: ``camera/pose``
+``<image_topic>/compressed``, jpeg/png, with ``use_compressed``, which also reads labels from
+``<labels_topic>/compressed`` (16-bit PNG) and depth from ``<depth_topic>/compressedDepth``, as
+``image_transport`` and the robot host's ``camera_relay_node`` publish them), ``camera/camera_info``
+(plumb_bob or no distortion; the newest is used, its size must match the image) and the camera pose: ``camera/pose``
 (``geometry_msgs/PoseStamped``, or ``TransformStamped`` with ``pose_type: transform_stamped``) holding
 **the pose of the camera in the world frame**, ``T_world_camera`` in metres, ``header.frame_id`` =
 ``world_frame`` (empty counts as it), stamped when the pose was valid; axes of a REP 103
@@ -28,6 +30,10 @@ capturing); SAVE (waits for the frames kept so far, then stores the capture summ
 is queued (at most ``drain_timeout_s``). Publishes ``~/status`` (``f3rm_ros/msg/CaptureStatus``;
 ``frames_kept`` = frames written) on every decision and at ``status_rate_hz``, and ``/diagnostics``. Every
 bad input is a rejection with a reason (``REASONS``), logged (throttled); none stops the node.
+
+Input QoS (``input_qos``): ``sensor_data`` (best effort, volatile: any camera driver) or ``relay`` (reliable,
+transient-local, a deep queue: the topics of a ``camera_relay_node`` on another host, whose history delivers
+the frames sent while the link was down or this node was restarting).
 """
 
 from __future__ import annotations
@@ -48,8 +54,10 @@ from f3rm_ros.core.config import param
 from f3rm_ros.msg import CaptureStatus
 from f3rm_ros.ros.common import (ERROR, OK, WARN, DiagnosticsPublisher, PathRefused, Refused, resolve_under_root,
                                  run_node)
-from f3rm_ros.ros.conversions import (ConversionError, camera_info_to_intrinsics, compressed_to_rgb, image_to_depth,
-                                      image_to_labels, image_to_rgb, parse_label_table_json, pose_msg_to_matrix,
+from f3rm_ros.ros.camera_relay_node import RELAY_READER_DEPTH, relay_qos
+from f3rm_ros.ros.conversions import (ConversionError, camera_info_to_intrinsics, compressed_to_depth,
+                                      compressed_to_labels, compressed_to_rgb, image_to_depth, image_to_labels,
+                                      image_to_rgb, parse_label_table_json, pose_msg_to_matrix,
                                       transform_msg_to_matrix)
 from f3rm_ros.ros.params import ParamBinding
 from f3rm_ros.ros.tf_poses import HAVE_TF2, TfPoses
@@ -66,7 +74,12 @@ class CaptureNodeSettings(CaptureConfig):
                                   read_only=True)
     image_topic: str = param("camera/image_raw", "colour image topic (sensor_msgs/Image)", read_only=True)
     use_compressed: bool = param(False, "subscribe <image_topic>/compressed (sensor_msgs/CompressedImage, jpeg/png) "
-                                        "instead of the raw image", read_only=True)
+                                        "instead of the raw image, and <labels_topic>/compressed (16-bit PNG) and "
+                                        "<depth_topic>/compressedDepth (16UC1) for labels and depth", read_only=True)
+    input_qos: str = param("sensor_data", "QoS of the camera inputs: sensor_data (best effort; any driver) or relay "
+                                          "(reliable, transient-local: a camera_relay_node's topics, whose history "
+                                          "refills what a link outage or a restart missed)",
+                           choices=("sensor_data", "relay"), read_only=True)
     camera_info_topic: str = param("camera/camera_info", "sensor_msgs/CameraInfo of the image", read_only=True)
     pose_source: str = param("topic", "camera pose from a topic (PoseStamped/TransformStamped) or tf (needs tf2_ros)",
                              choices=("topic", "tf"), read_only=True)
@@ -121,6 +134,9 @@ class CaptureNode(Node):
         sensor = QoSProfile(depth=20, reliability=qos_profile_sensor_data.reliability,
                             durability=qos_profile_sensor_data.durability, history=qos_profile_sensor_data.history)
 
+        if s.input_qos == "relay":  # every camera input reliable with history (the relay's QoS, a deeper queue)
+            sensor = best_effort = relay_qos(RELAY_READER_DEPTH)
+
         def sub(msg_type: Any, name: str, fn: Any, qos: Any) -> None:
             self.create_subscription(msg_type, name, self._safe(fn), qos, callback_group=data)
 
@@ -131,13 +147,20 @@ class CaptureNode(Node):
         if s.pose_source == "topic":
             sub(PoseStamped if s.pose_type == "pose_stamped" else TransformStamped, s.pose_topic, self._on_pose,
                 best_effort)
+        zipped = s.use_compressed  # labels and depth as CompressedImage too (16-bit PNG / compressedDepth)
         if s.labels_topic:
-            sub(Image, s.labels_topic, self._feed("_on_labels", image_to_labels, "bad_labels", se.add_labels), sensor)
+            sub(CompressedImage if zipped else Image, s.labels_topic.rstrip("/") + "/compressed" if zipped
+                else s.labels_topic,
+                self._feed("_on_labels", compressed_to_labels if zipped else image_to_labels, "bad_labels",
+                           se.add_labels), sensor)
             sub(String, s.label_table_topic,
                 self._feed("_on_label_table", lambda m: parse_label_table_json(m.data), "bad_labels",
                            se.set_label_table, False), latched)
         if s.depth_topic:
-            sub(Image, s.depth_topic, self._feed("_on_depth", image_to_depth, "bad_depth", se.add_depth), sensor)
+            sub(CompressedImage if zipped else Image, s.depth_topic.rstrip("/") + "/compressedDepth" if zipped
+                else s.depth_topic,
+                self._feed("_on_depth", compressed_to_depth if zipped else image_to_depth, "bad_depth", se.add_depth),
+                sensor)
         # the image subscription last: the executor serves ready subscriptions in creation order, so camera_info
         # and the pose of the same instant are taken first
         image_topic = s.image_topic.rstrip("/") + "/compressed" if s.use_compressed else s.image_topic
