@@ -94,6 +94,8 @@ class CaptureSession:
         self.keyframes = KeyframeSelector(c.min_translation_m, c.min_rotation_deg)
         # kept frames of the open dataset: written + waiting in the write queue (keyframes and max_frames use it)
         self._kept_total = 0
+        # kept frames whose write failed (not in the dataset): in all, and since the capture last started
+        self.frames_failed, self._failed_mark, self._last_failure = 0, 0, ""
         self.write_queue = BackgroundWriter(c.max_pending_writes, name=writer_name)
         self.poses = PoseBuffer(c.pose_buffer_s, c.pose_tolerance_s, c.interpolate_poses)
         self.matcher = FrameMatcher(c, self.poses, pose_lookup=pose_lookup, camera_info_source=camera_info_source,
@@ -332,6 +334,8 @@ class CaptureSession:
             forget()
             with self._lock:
                 self.write_error = f"image at t={p.stamp:.3f} not written: {type(e).__name__}: {e}"
+                self.frames_failed += 1
+                self._last_failure = self.write_error
             self.reject("write_failed", self.write_error)
 
         return WriteJob(run, kind="frame", on_done=done, on_error=failed, on_discard=forget)
@@ -363,15 +367,30 @@ class CaptureSession:
             if self.config.max_frames and self._kept_total >= self.config.max_frames:
                 return False, f"the dataset already has max_frames={self.config.max_frames} frames"
             self.capturing = True
+            self._failed_mark = self.frames_failed
             return True, "capturing"
 
     def stop(self) -> tuple[bool, str]:
-        """STOP: keep no more frames, then wait (drain_timeout_s) until every kept frame is written."""
+        """STOP: keep no more frames, then wait (drain_timeout_s) until every kept frame is written. Kept frames
+        whose write failed since the capture started make it (False, how many and the last error)."""
         with self._lock:
             self.capturing = False
             self.matcher.clear()
         ok, why = self._wait_written("stopped")
-        return ok, why or "stopped; every kept frame is written"
+        if not ok:
+            return ok, why
+        lost = self._lost_frames("stopped")
+        return (False, lost) if lost else (True, "stopped; every kept frame is written")
+
+    def _lost_frames(self, what: str) -> str:
+        """"" or what to say about kept frames that could not be written since the capture last started."""
+        with self._lock:
+            n, last = self.frames_failed - self._failed_mark, self._last_failure
+            on_disk = len(self.writer) if self.writer is not None else 0
+        if n <= 0:
+            return ""
+        return (f"{what}, but {n} kept frame(s) could not be written and are not in the dataset ({on_disk} frames "
+                f"are; last failure: {last})")
 
     def clear(self) -> tuple[bool, str]:
         """CLEAR: drop queued frames, let the one being written finish, delete every frame of the dataset."""
@@ -402,8 +421,12 @@ class CaptureSession:
             return False, why
         with self._lock:
             writer, summary = self.writer, self.summary()
-        writer.update_meta({"f3rm_capture": summary})
-        return True, f"saved {writer.json_path}"
+        try:
+            writer.update_meta({"f3rm_capture": summary})
+        except OSError as e:  # disk full...: transforms.json keeps its frames, the summary is not stored
+            return False, f"not saved: the capture summary could not be written to {writer.json_path}: {e}"
+        lost = self._lost_frames(f"saved {writer.json_path}")
+        return (False, lost) if lost else (True, f"saved {writer.json_path}")
 
     def summary(self) -> dict[str, Any]:
         """What SAVE stores as ``f3rm_capture`` in transforms.json."""

@@ -206,40 +206,58 @@ class DatasetWriter:
 
         with self._lock:
             num = self._next_number
-            stem = f"frame_{num:05d}"
-            ext = "png" if self.image_format == "png" else "jpg"
-            frame: dict[str, Any] = {"file_path": f"images/{stem}.{ext}"}
-            atomic_write_bytes(self.root / frame["file_path"],
-                               _encode_image(image, self.image_format, self.jpeg_quality))
-            if mask is not None:
-                frame["mask_path"] = f"masks/{stem}.png"
-                m = (np.asarray(mask) != 0).astype(np.uint8) * 255
-                from PIL import Image
-
-                buf = _io.BytesIO()
-                Image.fromarray(m).save(buf, format="PNG")
-                atomic_write_bytes(self.root / frame["mask_path"], buf.getvalue())
-            if labels is not None:
-                frame["label_path"] = f"labels/{stem}.png"
-                atomic_write_bytes(self.root / frame["label_path"], _encode_png16(np.asarray(labels)))
-            if depth_m is not None:
-                frame["depth_path"], frame["depth_scale"] = f"depth/{stem}.png", 0.001
-                atomic_write_bytes(self.root / frame["depth_path"], encode_depth_png(depth_m))
-            frame["transform_matrix"] = c2w_opencv_to_opengl(T_cv).tolist()
-            frame.update(intrinsics.to_dict())
-            if stamp is not None:
-                frame["stamp"] = float(stamp)
-            frame.update(extra_json)
-            if not self._data["frames"]:
-                self._data.update({"camera_model": "OPENCV", **intrinsics.to_dict()})
-            self._data["frames"].append(frame)
-            self._next_number = num + 1
+            self._next_number = num + 1  # a failed frame's number is not reused (its files are removed below)
+            frame: dict[str, Any] = {}
+            first = not self._data["frames"]
             try:
-                self._save()
-            except BaseException:
-                self._data["frames"].pop()
+                return self._write_frame(frame, num, image, intrinsics, T_cv, stamp, extra_json, mask, labels,
+                                         depth_m)
+            except BaseException:  # disk full, permissions...: no file of this frame stays behind
+                if self._data["frames"] and self._data["frames"][-1] is frame:
+                    self._data["frames"].pop()
+                if first:
+                    for k in ("camera_model", *intrinsics.to_dict()):
+                        self._data.pop(k, None)
+                for key in ("file_path", "mask_path", "label_path", "depth_path"):
+                    if frame.get(key):
+                        try:
+                            os.unlink(self.root / frame[key])
+                        except OSError:
+                            pass
                 raise
-            return len(self._data["frames"]) - 1
+
+    def _write_frame(self, frame: dict[str, Any], num: int, image: np.ndarray, intrinsics: CameraIntrinsics,
+                     T_cv: np.ndarray, stamp: float | None, extra_json: dict[str, Any], mask: np.ndarray | None,
+                     labels: np.ndarray | None, depth_m: np.ndarray | None) -> int:
+        """The files of one frame, then the json (``frame`` is filled as each file is written); with the lock held."""
+        stem = f"frame_{num:05d}"
+        ext = "png" if self.image_format == "png" else "jpg"
+        frame["file_path"] = f"images/{stem}.{ext}"
+        atomic_write_bytes(self.root / frame["file_path"], _encode_image(image, self.image_format, self.jpeg_quality))
+        if mask is not None:
+            frame["mask_path"] = f"masks/{stem}.png"
+            m = (np.asarray(mask) != 0).astype(np.uint8) * 255
+            from PIL import Image
+
+            buf = _io.BytesIO()
+            Image.fromarray(m).save(buf, format="PNG")
+            atomic_write_bytes(self.root / frame["mask_path"], buf.getvalue())
+        if labels is not None:
+            frame["label_path"] = f"labels/{stem}.png"
+            atomic_write_bytes(self.root / frame["label_path"], _encode_png16(np.asarray(labels)))
+        if depth_m is not None:
+            frame["depth_path"], frame["depth_scale"] = f"depth/{stem}.png", 0.001
+            atomic_write_bytes(self.root / frame["depth_path"], encode_depth_png(depth_m))
+        frame["transform_matrix"] = c2w_opencv_to_opengl(T_cv).tolist()
+        frame.update(intrinsics.to_dict())
+        if stamp is not None:
+            frame["stamp"] = float(stamp)
+        frame.update(extra_json)
+        if not self._data["frames"]:
+            self._data.update({"camera_model": "OPENCV", **intrinsics.to_dict()})
+        self._data["frames"].append(frame)
+        self._save()
+        return len(self._data["frames"]) - 1
 
     def clear(self) -> None:
         """Remove every frame: the json is rewritten with no frames first, then the files are deleted."""
