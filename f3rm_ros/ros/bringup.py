@@ -315,6 +315,10 @@ def run_bringup(path: str | Path, extra_param_files: list[Path] = (), num_thread
                 for spec, cls in classes:
                     try:
                         nodes.append(cls())
+                        if getattr(nodes[-1], "alive", None) is None:  # every node offers ~/alive (clients watch it)
+                            from f3rm_ros.ros.common import AliveBeacon
+
+                            nodes[-1].alive = AliveBeacon(nodes[-1], "ready")
                         print(f"[bringup] started {nodes[-1].get_fully_qualified_name()}", flush=True)
                     except Exception as e:
                         print(f"[bringup] cannot start {spec.executable}: {type(e).__name__}: {e}", file=sys.stderr,

@@ -353,6 +353,8 @@ def run_node(node_factory: Callable[[], Any], args: Iterable[str] | None = None,
             except Exception as e:  # a bad parameter file etc.: say why, exit non-zero
                 print(f"[f3rm_ros] cannot start node: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
                 return 1
+            if getattr(node, "alive", None) is None:  # every node offers ~/alive (clients watch it)
+                node.alive = AliveBeacon(node, "ready")
             # a node that needs more threads than the default (one per request it may hold) says so
             executor = MultiThreadedExecutor(num_threads=num_threads or getattr(node, "executor_threads", None))
             executor.add_node(node)
