@@ -189,16 +189,20 @@ def run_demo(args: argparse.Namespace) -> int:
     log = open(run_dir / "nodes.log", "w")
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     ready = run_dir / "nodes.ready"
-    bringup = subprocess.Popen([sys.executable, "-m", "f3rm_ros.cli.ros", "bringup",
-                                str(CONFIG_DIR / "bringup_sim.yaml"),
-                                "--params-file", str(params), "--ready-file", str(ready)],
-                               stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(REPO_ROOT))
+    if args.attach:  # the nodes run elsewhere (e.g. split over two hosts, started with demo_params.yaml)
+        ready.write_text("attached\n")
+        bringup = None
+    else:
+        bringup = subprocess.Popen([sys.executable, "-m", "f3rm_ros.cli.ros", "bringup",
+                                    str(CONFIG_DIR / "bringup_sim.yaml"),
+                                    "--params-file", str(params), "--ready-file", str(ready)],
+                                   stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(REPO_ROOT))
     summary: dict[str, Any] = {"preset": preset, "scene": args.scene, "run_dir": str(run_dir), "queries": {}}
     code = 1
     try:
         deadline = time.monotonic() + 120
         while not ready.exists():
-            if bringup.poll() is not None:
+            if bringup is not None and bringup.poll() is not None:
                 raise RuntimeError(f"the nodes did not start (exit {bringup.returncode}); see {run_dir / 'nodes.log'}")
             if time.monotonic() > deadline:
                 raise RuntimeError("the nodes did not start within 120 s")
@@ -214,6 +218,13 @@ def run_demo(args: argparse.Namespace) -> int:
                                     predicate=lambda m: m.data, transient_local=True)
             time.sleep(1.5)  # the last frames are being written
             status = client.wait_for_message(CaptureStatus, "/f3rm/capture_node/status", timeout=10)
+            if args.attach:  # over a link, the relay's history may still be arriving: wait until nothing changes
+                last, since = None, time.monotonic()
+                while time.monotonic() - since < args.settle and time.perf_counter() - t0 < args.capture_timeout:
+                    status = client.wait_for_message(CaptureStatus, "/f3rm/capture_node/status", timeout=10)
+                    seen = (status.frames_kept, status.frames_rejected, status.frames_pending)
+                    if seen != last or status.frames_pending:
+                        last, since = seen, time.monotonic()
             cap = client.capture("stop")
             summary["capture"] = {"frames": cap.frame_count, "dataset": cap.dataset_path,
                                   "rejected": dict(zip(status.reject_reasons, [int(c) for c in status.reject_counts],
@@ -304,7 +315,8 @@ def run_demo(args: argparse.Namespace) -> int:
         _log(f"[demo] FAILED: {type(e).__name__}: {e}")
         summary["error"] = f"{type(e).__name__}: {e}"
     finally:
-        stop_process(bringup)
+        if bringup is not None:
+            stop_process(bringup)
         log.close()
         summary["wall_time_s"] = time.perf_counter() - t_start
         from f3rm_ros.core.io import atomic_write_json
@@ -328,8 +340,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--capture-timeout", type=float, default=300.0)
     ap.add_argument("--train-timeout", type=float, default=3600.0)
     ap.add_argument("--query-timeout", type=float, default=300.0)
+    ap.add_argument("--attach", action="store_true",
+                    help="start no nodes: drive nodes already running with the parameters of --write-params (e.g. a "
+                         "robot host and a GPU host: README 'On a robot')")
+    ap.add_argument("--settle", type=float, default=4.0,
+                    help="with --attach: stop the capture once its counts stayed the same this long, seconds")
+    ap.add_argument("--write-params", default=None, metavar="FILE",
+                    help="only write the demo's node parameters (preset, --out roots) to FILE and exit")
     ap.add_argument("--feedback-every", type=float, default=10.0, help="seconds between printed feedback lines")
-    return run_demo(ap.parse_args(argv))
+    args = ap.parse_args(argv)
+    if args.write_params:
+        preset = args.preset if args.preset != "auto" else "cpu"
+        run_dir = Path(args.out) if args.out else REPO_ROOT / "runs" / time.strftime("demo-%Y%m%d-%H%M%S")
+        overrides = node_overrides(preset, run_dir, args.steps)
+        overrides["sim_camera_node"]["scene"] = args.scene
+        print(write_overrides(overrides, Path(args.write_params)))
+        return 0
+    return run_demo(args)
 
 
 if __name__ == "__main__":
