@@ -42,8 +42,7 @@ K_SMALL = CameraIntrinsics(40.123456789, 41.5, 16.25, 12.75, 32, 24, k1=-0.1, k2
 def test_load_fox():
     if not FOX.exists():
         pytest.skip(f"fox data not found at {FOX}")
-    with pytest.warns(UserWarning, match="skipped 17 of 67"):
-        ds = load_dataset(FOX, downscale=4)
+    ds = load_dataset(FOX, downscale=4)  # frames without an image: skipped and logged (test_dataset_bad_files)
     K = ds.intrinsics[0]
     print(f"\nfox: {len(ds)} frames (skipped {len(ds.skipped)} with missing images), train {len(ds.train_indices)}, "
           f"eval {len(ds.eval_indices)}; /4 intrinsics {K}")

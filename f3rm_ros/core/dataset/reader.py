@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
+import logging
 import math
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +17,8 @@ from f3rm_ros.core.dataset.files import (_FRAME_KEYS, _INTRINSIC_KEYS, _SUPPORTE
                                          _number, _parse_matrix, _read_label, _read_mask, _read_rgb, _read_size,
                                          _read_transforms, _resolve_path, resize_image, resize_labels)
 from f3rm_ros.core.geometry import c2w_opencv_to_opengl, c2w_opengl_to_opencv
+
+log = logging.getLogger(__name__)
 
 __all__ = ["PosedImageDataset", "load_dataset"]
 
@@ -94,8 +96,8 @@ class PosedImageDataset:
     def images(self) -> np.ndarray:
         """All frames, uint8 ``[N, H, W, 3]`` (loads and caches them; needs equal sizes)."""
         if not self.same_size:
-            raise DatasetError(f"{self.root}: frames have different sizes {sorted({k.size for k in self.intrinsics})}; "
-                               "use get_image(i)")
+            raise DatasetError(f"{self.root}: frames have different image sizes ({self.sizes_described()}); "
+                               "resize them to one size (or use get_image(i))")
         stacked = self._cache.get(-1)
         if stacked is None or len(stacked) != len(self):
             stacked = np.stack([self.get_image(i) for i in range(len(self))])
@@ -103,6 +105,19 @@ class PosedImageDataset:
             self._cache.update({i: stacked[i] for i in range(len(self))})
             self._cache[-1] = stacked
         return stacked
+
+    def sizes_described(self) -> str:
+        """Each image size with its first file and frame count, e.g. "64x48: images/a.png (frame 0) and 3 more;
+        32x24: images/e.png (frame 4)"."""
+        by: dict[tuple[int, int], list[int]] = {}
+        for i, k in enumerate(self.intrinsics):
+            by.setdefault(k.size, []).append(i)
+        parts = []
+        for (w, h), idx in by.items():
+            name = self.image_paths[idx[0]]
+            rel = name.relative_to(self.root) if name.is_relative_to(self.root) else name
+            parts.append(f"{w}x{h}: {rel} (frame {idx[0]})" + (f" and {len(idx) - 1} more" if len(idx) > 1 else ""))
+        return "; ".join(parts)
 
     def load_all(self) -> PosedImageDataset:
         """Read every image now (eager loading); returns self."""
@@ -236,9 +251,11 @@ def load_dataset(path: str | Path, downscale: int = 1, eval_every: int = 8, load
         eval_every: frames with ``index % eval_every == 0`` form the eval split (0 = no eval split).
         load_images: read (and resize) every image now instead of on first access.
         check_image_sizes: read each image's header and check it matches the intrinsics' size.
-        missing_images: "skip" (default, as instant-ngp: frames whose image file does not exist are
-            left out with a warning and listed in ``skipped``; the real fox capture lists 67 frames
-            for 50 images) or "error" (raise naming the frame and file).
+        missing_images: what to do with a frame whose image, label (``label_path``) or depth (``depth_path``)
+            file does not exist, the one rule for all three: "skip" (default, as instant-ngp: the frame is left
+            out, listed in ``skipped``, and one warning is logged (``logging``, this module's logger) with the
+            count of each kind and the first files; the real fox capture lists 67 frames for 50 images) or
+            "error" (raise naming the frame and the file).
 
     Returns:
         the dataset; ``c2w`` is camera-to-world in the **OpenCV** convention, world frame of the file.
@@ -264,7 +281,7 @@ def load_dataset(path: str | Path, downscale: int = 1, eval_every: int = 8, load
     if not frames:
         raise DatasetError(f"{json_path}: 'frames' is empty")
     image_paths, intrinsics, poses, masks, labels, stamps, extras = [], [], [], [], [], [], []
-    source, skipped = [], []
+    source, skipped, missing = [], [], {}  # missing: kind -> [the DatasetError message of each skipped frame]
     for i, frame in enumerate(frames):
         where = f"{json_path}: frames[{i}]"
         if not isinstance(frame, dict):
@@ -274,9 +291,14 @@ def load_dataset(path: str | Path, downscale: int = 1, eval_every: int = 8, load
         where = f"{json_path}: frames[{i}] ({frame['file_path']})"
         try:
             img_path = _resolve_path(root, frame["file_path"], f"{where}.file_path")
-        except DatasetError:
-            if missing_images == "error" or not isinstance(frame["file_path"], str):
+            for key, kind in (("label_path", "label"), ("depth_path", "depth"), ("depth_file_path", "depth")):
+                if frame.get(key):
+                    _resolve_path(root, frame[key], f"{where}.{key}", kind)
+        except DatasetError as e:
+            if missing_images == "error" or not isinstance(frame["file_path"], str) or "file not found" not in str(e):
                 raise
+            kind = str(e).rsplit(" file not found", 1)[0].rsplit(" ", 1)[-1]
+            missing.setdefault(kind, []).append(str(e))
             skipped.append((i, frame["file_path"]))
             continue
         if "transform_matrix" not in frame:
@@ -301,12 +323,14 @@ def load_dataset(path: str | Path, downscale: int = 1, eval_every: int = 8, load
         extras.append({k: v for k, v in frame.items() if k not in _FRAME_KEYS})
         source.append(i)
     if not image_paths:
-        raise DatasetError(f"{json_path}: none of the {len(frames)} frames' image files exist "
-                           f"(first: {root / str(frames[0]['file_path'])})")
+        first = "; ".join(v[0] for v in missing.values())
+        raise DatasetError(f"{json_path}: none of the {len(frames)} frames can be used: their files are missing "
+                           f"(first: {first})")
     if skipped:
-        warnings.warn(f"{json_path}: skipped {len(skipped)} of {len(frames)} frames whose image file is missing "
-                      f"({', '.join(str(p) for _, p in skipped[:5])}{', ...' if len(skipped) > 5 else ''})",
-                      stacklevel=2)
+        counts = ", ".join(f"{len(v)} without its {k} file" for k, v in missing.items())
+        examples = "; ".join(m for v in missing.values() for m in v[:2])
+        log.warning(f"{json_path}: skipped {len(skipped)} of {len(frames)} frames ({counts}), e.g. {examples}; "
+                    "missing_images='error' makes this an error")
     n = len(image_paths)
     idx = np.arange(n)
     if eval_every > 0 and n > 1:

@@ -140,7 +140,10 @@ def extract_dataset_features(extractor: FeatureExtractor, dataset: Any,
                          f"have none (first: frame {missing[0]})")
     sizes = {tuple(k.size) for k in dataset.intrinsics} if getattr(dataset, "intrinsics", None) else set()
     if len(sizes) > 1:
-        raise ValueError(f"frames have different sizes {sorted(sizes)}; one feature tensor needs one grid size")
+        described = dataset.sizes_described() if hasattr(dataset, "sizes_described") else str(sorted(sizes))
+        raise ValueError(f"{getattr(dataset, 'root', 'the dataset')}: frames have different image sizes "
+                         f"({described}); 2D features need one size: resize the images (and their intrinsics) to "
+                         "one size")
 
     cache = path = key = None
     reuse: dict[int, Tensor] = {}  # frame index -> stored map of an unchanged frame
