@@ -97,7 +97,7 @@ class _Watch:
         self.topic = client.name(node, "alive")
         self.alive = 0  # writers alive now
         self.seen = False  # ever alive
-        self.changed = time.monotonic()
+        self.changed = time.monotonic()  # of the liveliness (creation until the first event)
         self.state = ""  # the last readiness the node published
         self.local = False  # the beacon is in this process (see check_local)
         self.sub = client.node.create_subscription(
@@ -232,6 +232,10 @@ class F3RMClient:
         self._watches: dict[str, _Watch] = {}
         self._lock = threading.Lock()
         self._spin_lock = threading.Lock()  # one thread spins the own executor at a time
+        # a call waits this long (within its deadline) for a node that died to come back (respawn) before it
+        # raises ServiceUnavailable; a killed node stays in the ROS graph for ~20 s, so waiting on the graph alone
+        # would wait out the whole deadline
+        self.reconnect_timeout = 10.0
 
     # --- lifetime -------------------------------------------------------------------------------
     def close(self) -> None:
@@ -328,7 +332,12 @@ class F3RMClient:
             beacon = (watch.seen or self.node.count_publishers(watch.topic) > 0) and not watch.check_local(self.node)
             if is_ready() and (watch.alive > 0 or not beacon):
                 return
-            if time.monotonic() >= deadline:
+            now = time.monotonic()
+            if beacon and watch.alive == 0 and now - watch.changed > self.reconnect_timeout:
+                raise ServiceUnavailable(f"{name} is not available: its node has not been alive for "
+                                         f"{now - watch.changed:.0f} s (killed or stopped: no liveliness on "
+                                         f"{watch.topic}; reconnect_timeout {self.reconnect_timeout:g} s)")
+            if now >= deadline:
                 if beacon and watch.alive == 0:
                     raise ServiceUnavailable(f"{name} is not available: its node is not alive (killed or stopped; "
                                              f"liveliness on {watch.topic} lapsed) and did not come back in time")
