@@ -397,3 +397,39 @@ def test_geometric_pairs_on_a_can(can_box):
     assert np.percentile(err, 95) <= 0.0025 and err.max() <= 0.004, f"widths off by up to {err.max() * 1000:.1f} mm"
     assert np.all(ang <= 30.0 + 3.0), "a pair whose true normals are not opposite"
     assert np.all(mid[:, 1] < 0.033), "a pair reaching into the touching box"
+
+
+def test_geometric_seeds_only_where_the_query_matches(can_box):
+    """The language mask of a trained field also samples voxels of neighbours (their features match the query a
+    little); geometric candidates started there only used up the verify budget (the contact test rejects them
+    later: dev scenes had balls and jars with 'none of 64 candidates passes: off target'). Seeds are kept where
+    the cosine reaches geometric_seed_min_relative x the contact test's bar."""
+    from f3rm_ros.core.grasp.field_utils import query_features_chunked  # noqa: PLC0415
+    from f3rm_ros.core.grasp.language import encode_texts  # noqa: PLC0415
+
+    p = can_box.planner
+    c = p.config
+    pts, _ = p.surface()
+    pos = encode_texts(p.text_encoder, ["can"], p.device)[0]
+    f = query_features_chunked(p.field, pts, c.chunk_points)
+    cos = (f / f.norm(dim=-1, keepdim=True)) @ pos
+    on_box = pts[:, 1] > 0.036  # the box's side of the contact plane (y = 0.033) and a voxel of halo
+    assert float(cos[on_box].max()) < 0.2 < float(cos[~on_box].median()), "scene not as the test assumes"
+    ref = float(torch.quantile(cos[~on_box], 0.9))
+
+    def centres(**over) -> tuple[np.ndarray, dict]:
+        import dataclasses  # noqa: PLC0415
+
+        from f3rm_ros.core.grasp.result import PlanResult  # noqa: PLC0415
+        res = PlanResult(query="can")
+        cfg = dataclasses.replace(c, **over)
+        _, t, _ = p._geometric_candidates(pts, cos, ref, p.floor_z(), torch.Generator().manual_seed(0), cfg, res)
+        return t.numpy(), res.stats
+
+    t_all, st_all = centres(geometric_seed_min_relative=0.0)  # every surface voxel of the scene a seed
+    t_can, st_can = centres()
+    print(f"seeds all {st_all['geometric_seeds']} -> {st_can['geometric_seeds']}; box-side centres "
+          f"{int((t_all[:, 1] > 0.04).sum())} of {len(t_all)} -> {int((t_can[:, 1] > 0.04).sum())} of {len(t_can)}")
+    assert st_can["geometric_seeds"] == int((cos >= c.geometric_seed_min_relative * c.contact_min_relative * ref).sum())
+    assert (t_all[:, 1] > 0.04).sum() > 0, "without the filter the box gets candidates (the case this guards)"
+    assert len(t_can) and (t_can[:, 1] > 0.04).sum() == 0, "a geometric candidate started on the touching box"

@@ -154,6 +154,14 @@ class PlannerConfig:
     geometric_max_seeds: int = param(512, "ours: surface voxels of the selected region used as first contacts of "
                                           "geometric candidates (a seeded random subset when there are more)",
                                      range=(1, 10**6))
+    geometric_seed_min_relative: float = param(
+        0.8, "ours: geometric candidates start only from selected voxels whose features match the query (cosine) "
+             "at least this fraction of contact_min_relative x the 90th percentile over the selected voxels (the "
+             "contact test's own bar, slightly lowered): the language mask also samples voxels of neighbours, and "
+             "candidates there only use up geometric_verify before the contact test rejects them (0 = all seeds; "
+             "at least geometric_min_seeds are kept, best first)", range=(0.0, 1.0))
+    geometric_min_seeds: int = param(16, "ours: the fewest seeds geometric_seed_min_relative keeps (best cosine "
+                                          "first)", range=(1, 10**6))
     geometric_approach_angles: int = param(8, "ours: approach directions per antipodal pair, evenly turned about "
                                               "the closing axis starting from 'from above'", range=(1, 64))
     geometric_depths_m: tuple[float, ...] = param((-0.005, 0.006, 0.018), "ours: gripper z of the contacts' midpoint "

@@ -268,11 +268,20 @@ class GraspPlanner:
         res.stats[f"{tag}final_free"] = int(tr.shape[0])
         return R, tr, loss
 
-    def _geometric_candidates(self, vox: torch.Tensor, floor: float | None, gen: torch.Generator,
-                              c: PlannerConfig, res: PlanResult) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        """Zero-shot antipodal candidates on the selected voxels (grasp/geometric.py), free with the clearance
-        margin, best pre-score first, at most ``geometric_verify``."""
+    def _geometric_candidates(self, vox: torch.Tensor, cos: torch.Tensor, ref_cos: float, floor: float | None,
+                              gen: torch.Generator, c: PlannerConfig, res: PlanResult
+                              ) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """Zero-shot antipodal candidates on the selected voxels that match the query well enough (grasp/
+        geometric.py), free with the clearance margin, best pre-score first, at most ``geometric_verify``."""
         seeds = vox
+        bar = c.geometric_seed_min_relative * c.contact_min_relative * ref_cos
+        if bar > 0 and vox.shape[0] > c.geometric_min_seeds:
+            ok = cos >= bar
+            if int(ok.sum()) < c.geometric_min_seeds:
+                ok = torch.zeros_like(ok)
+                ok[torch.topk(cos, c.geometric_min_seeds).indices] = True
+            seeds = vox[ok]
+        res.stats["geometric_seeds"] = int(seeds.shape[0])
         if seeds.shape[0] > c.geometric_max_seeds:
             pick = torch.randperm(seeds.shape[0], generator=gen)[:c.geometric_max_seeds].to(self.device)
             seeds = seeds[pick]
@@ -424,7 +433,7 @@ class GraspPlanner:
             return int(k.numel())
 
         if c.sources != "demo":
-            Rg, tg, gstats = self._geometric_candidates(vox, floor, gen, c, res)
+            Rg, tg, gstats = self._geometric_candidates(vox, cos, ref_cos, floor, gen, c, res)
             t0 = lap("geometric", t0)
             accept("geometric", "", Rg, tg, torch.zeros(Rg.shape[0], device=self.device))
             t0 = lap("verify", t0)
@@ -450,7 +459,8 @@ class GraspPlanner:
         if not passed:
             return done(f"{text!r} found, but no grasp was returned: "
                         + explain_failures(failures, checked, gstats.get("no_opposite_face", 0),
-                                           gstats.get("on_surface", 0), gstats.get("antipodal_pairs")))
+                                           gstats.get("on_surface", 0), gstats.get("antipodal_pairs"),
+                                           gstats.get("checked", 0) if not gstats.get("free") else 0))
         score = torch.cat([p[5] for p in passed])
         order = torch.argsort(score, descending=True)
         if c.max_grasps > 0:

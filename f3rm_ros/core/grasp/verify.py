@@ -181,15 +181,19 @@ class Verifier:
         return Verdict(R, t, passed, codes, est.angle_deg, width, est.contacts, stats)
 
 
-def explain_failures(counts: Counter, total: int, too_wide: int = 0, seeds: int = 0, pairs: int | None = None
-                     ) -> str:
+def explain_failures(counts: Counter, total: int, too_wide: int = 0, seeds: int = 0, pairs: int | None = None,
+                     unfree: int = 0) -> str:
     """One sentence on why no candidate passed (most common failure first). ``too_wide`` of ``seeds`` surface
     points had no opposite face within the opening and the geometric search found ``pairs`` antipodal pairs:
     "wider than the gripper" is said only when nearly all had none and no pair was found at all (a flat thing
-    on the table also has no opposite face along its top's normal, but its chords give pairs)."""
+    on the table also has no opposite face along its top's normal, but its chords give pairs). ``unfree``: candidate
+    poses that were formed but all collided before the checks (told apart from "none could be formed")."""
     wide = bool(seeds) and too_wide >= 0.8 * seeds and not pairs
     wide_msg = (f"it is wider than the gripper opens ({too_wide} of {seeds} surface points have no opposite face "
                 f"within the opening, and no narrower pair was found)")
+    if total == 0 and unfree and not wide:
+        return (f"every one of the {unfree} candidate grasp poses would touch the scene (clearance margin included): "
+                f"no collision-free approach")
     if total == 0:
         return "no candidate grasp could be formed" + (f": {wide_msg}" if wide else "")
     parts = [f"{k}: {v}" for k, v in counts.most_common()]
