@@ -45,7 +45,7 @@ def test_plain_colcon_build_finds_and_builds_the_package(workspace):
     assert (share / "package.xml").is_file()
     for d in ("launch", "config"):
         assert (share / d).is_dir() == any((ROOT / d).iterdir()), f"share/f3rm_ros/{d} not installed"
-    for node in ("capture_node", "train_node", "query_node", "sim_camera_node"):
+    for node in ("capture_node", "train_node", "query_node", "sim_camera_node", "camera_relay_node"):
         exe = ws / "install" / "f3rm_ros" / "lib" / "f3rm_ros" / node
         assert exe.is_file() and os.access(exe, os.X_OK), f"{exe} not installed"
 
