@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -78,6 +80,15 @@ class TwoHosts:
         self.ns = {"robot": f"f3rm_{tag}_robot", "gpu": f"f3rm_{tag}_gpu"}
         self.dev = {"robot": f"f3r{tag}", "gpu": f"f3g{tag}"}
         self.procs: list[subprocess.Popen] = []
+        # a SIGTERM (a CI timeout, `timeout`) unwinds like Ctrl-C, so close() still stops the processes and removes
+        # the namespaces (by default Python dies at once and leaves both behind)
+        self._old_sigterm = None
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+            def on_term(*_: Any) -> None:
+                raise SystemExit(128 + signal.SIGTERM)
+
+            self._old_sigterm = signal.signal(signal.SIGTERM, on_term)
         try:
             for side in ("robot", "gpu"):
                 _ip("netns", "add", self.ns[side])
@@ -179,6 +190,9 @@ class TwoHosts:
                 pass
         for side in ("robot", "gpu"):
             _ip("netns", "del", self.ns[side], check=False)
+        if self._old_sigterm is not None:
+            signal.signal(signal.SIGTERM, self._old_sigterm)
+            self._old_sigterm = None
 
     def __enter__(self) -> TwoHosts:
         return self
