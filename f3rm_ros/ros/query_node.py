@@ -18,8 +18,10 @@ No request waits behind an expensive one: grasp queries, similarity queries and 
 their own callback groups on a multi-threaded executor. A grasp query is checked first (a refusal is
 immediate), then planned by one of ``grasp_workers``; up to ``grasp_queue`` more wait for a worker, and any
 beyond that are answered "busy: ..." at once. Similarity queries read the field alongside running grasp
-queries. A load builds the new field beside the served one (queries go on meanwhile) and swaps it in; the
-scene cloud is rendered afterwards in a background thread.
+queries. A load or demonstration is checked first too (a bad path is refused at once); one that arrives while
+another runs is answered "busy: ...". A load builds the new field beside the served one, with its workspace
+surface (queries go on meanwhile on the old one), and swaps it in; the scene cloud is rendered afterwards in a
+background thread.
 
 The node comes back as it was: after every successful load it records the checkpoint it serves in
 ``state_file`` (atomically; default ``<checkpoint_root>/.<namespace>.<node>.served.json``) and, with
@@ -31,8 +33,10 @@ carries the node's liveliness and state ("restoring ...", "ready", "inactive") f
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -106,7 +110,9 @@ class QueryNode(LifecycleNode):
         c = self.cfg
         self._grasp_slots = threading.BoundedSemaphore(c.grasp_workers + c.grasp_queue)  # running + waiting
         self._grasp_workers = threading.BoundedSemaphore(c.grasp_workers)
-        grasp, cheap, admin = ReentrantCallbackGroup(), ReentrantCallbackGroup(), MutuallyExclusiveCallbackGroup()
+        # loads and demonstrations are checked before they take the admin lock: a bad path is refused at once even
+        # while a load runs, and one that finds the lock taken is answered busy (no executor thread waits on it)
+        grasp, cheap, admin = ReentrantCallbackGroup(), ReentrantCallbackGroup(), ReentrantCallbackGroup()
         self._topic_group = MutuallyExclusiveCallbackGroup()
         for srv, name, fn, group in ((QueryGrasps, "query_grasps", self._query_grasps, grasp),
                                      (QuerySimilarity, "query_similarity", self._query_similarity, cheap),
@@ -251,17 +257,24 @@ class QueryNode(LifecycleNode):
         ready, what = s.status()
         return (OK if ready else WARN), (what if ready else f"active, {what}"), vals
 
-    def load_field(self, checkpoint_path: str, announced: str | None = None) -> str:
+    def load_field(self, checkpoint_path: str, announced: str | None = None, wait: bool = True) -> str:
         """Load a checkpoint under ``checkpoint_root`` (a folder or "": the newest there); Refused: the field stays.
 
-        The new field is loaded beside the served one (queries go on), then swapped in and recorded in the state
-        file; ``announced``: the checkpoint announcement this load answers (recorded too)."""
+        The new field is loaded beside the served one (queries go on) with its workspace surface computed (the
+        first query on it is not slower), then swapped in and recorded in the state file; ``announced``: the
+        checkpoint announcement this load answers (recorded too); ``wait`` False: refuse "busy" when another load
+        or demonstration is in progress instead of waiting for it."""
         path = (resolve_under_root(checkpoint_path, self.cfg.checkpoint_root, what="checkpoint path")
                 if checkpoint_path.strip() else expand_root(self.cfg.checkpoint_root))
-        with self._admin:
+        with self._admin_lock(wait, "load"):
             new = self._new_session()
             new.tasks = list(self.session.tasks)
             msg = new.load_field(path)
+            if new.planner is not None:
+                try:
+                    new.planner.surface()
+                except Exception as e:  # noqa: BLE001 - a query will say what is wrong with the field
+                    self.get_logger().warning(f"workspace surface of the new field not computed: {e}")
             with self._rw.write():
                 cfg, planner, task = (self.params[k].config for k in ("", "planner", "task"))
                 if (new.config, new.planner_config, new.task_config) != (cfg, planner, task):  # changed meanwhile
@@ -273,6 +286,16 @@ class QueryNode(LifecycleNode):
         self.get_logger().info(msg)
         self._publish_cloud_async(new)
         return msg
+
+    @contextlib.contextmanager
+    def _admin_lock(self, wait: bool, what: str) -> Iterator[None]:
+        """The admin lock (loads, demonstrations); Refused "busy" when it is taken and not ``wait``."""
+        if not self._admin.acquire(blocking=wait):
+            raise Refused(f"{BUSY}: another load or demonstration is in progress; send the {what} again shortly")
+        try:
+            yield
+        finally:
+            self._admin.release()
 
     def _record(self, checkpoint: str | None, announced: str | None) -> None:
         """Record the served field (and a handled announcement) in the state file; a failure is logged only."""
@@ -416,7 +439,7 @@ class QueryNode(LifecycleNode):
         res.message = f"{len(sim)} surface points, max similarity {res.max_similarity:.3f}"
 
     def _load(self, req: Any, res: Any) -> None:
-        res.message = self.load_field(req.checkpoint_path)
+        res.message = self.load_field(req.checkpoint_path, wait=False)
         res.success = True
         session = self.session
         field = session.field
@@ -432,7 +455,7 @@ class QueryNode(LifecycleNode):
         except (ConversionError, ValueError) as e:
             raise Refused(f"bad gripper_pose: {e}") from None
         # the session swaps its task list and planner when done: running queries keep the ones they started with
-        with self._admin, self._rw.read():
+        with self._admin_lock(False, "demonstration"), self._rw.read():
             task, path = self.session.record_demo(req.task_name, T_tool, append=bool(req.append),
                                                   metadata={"recorded_by": self.get_fully_qualified_name()})
         res.success, res.num_demos, res.task_path = True, task.num_demos, str(path)
