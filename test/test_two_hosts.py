@@ -122,7 +122,7 @@ def test_chain_survives_link_drop_and_gpu_restart(tmp_path):
             print(f"GPU host killed at {len(before_restart)} frames, back after {t['gpu_restart']:.1f} s")
 
             # 3. the client finishes the chain: capture stop, training, queries checked against ground truth
-            client.wait(timeout=600)
+            client.wait(timeout=1800)  # ~2 min on 2 idle cores; 566 s of training seen with the cores shared
             t["chain"] = time.monotonic() - t0
             summary = json.loads((run / "summary.json").read_text())
         except BaseException:

@@ -217,14 +217,24 @@ def run_demo(args: argparse.Namespace) -> int:
             client.wait_for_message(Bool, "/f3rm/sim_camera_node/finished", timeout=args.capture_timeout,
                                     predicate=lambda m: m.data, transient_local=True)
             time.sleep(1.5)  # the last frames are being written
-            status = client.wait_for_message(CaptureStatus, "/f3rm/capture_node/status", timeout=10)
             if args.attach:  # over a link, the relay's history may still be arriving: wait until nothing changes
-                last, since = None, time.monotonic()
-                while time.monotonic() - since < args.settle and time.perf_counter() - t0 < args.capture_timeout:
-                    status = client.wait_for_message(CaptureStatus, "/f3rm/capture_node/status", timeout=10)
+                from f3rm_ros.ros.client import Timeout
+
+                status, last, since = None, None, time.monotonic()
+                while status is None or (time.monotonic() - since < args.settle
+                                         and time.perf_counter() - t0 < args.capture_timeout):
+                    try:  # the capture node may be restarting (another host): keep waiting for it
+                        status = client.wait_for_message(CaptureStatus, "/f3rm/capture_node/status", timeout=5)
+                    except Timeout:
+                        if time.perf_counter() - t0 > args.capture_timeout:
+                            raise
+                        last, since = None, time.monotonic()
+                        continue
                     seen = (status.frames_kept, status.frames_rejected, status.frames_pending)
                     if seen != last or status.frames_pending:
                         last, since = seen, time.monotonic()
+            else:
+                status = client.wait_for_message(CaptureStatus, "/f3rm/capture_node/status", timeout=10)
             cap = client.capture("stop")
             summary["capture"] = {"frames": cap.frame_count, "dataset": cap.dataset_path,
                                   "rejected": dict(zip(status.reject_reasons, [int(c) for c in status.reject_counts],
