@@ -14,9 +14,11 @@ needs, in the node's namespace (default ``/f3rm``), so that only compressed imag
 QoS: inputs are read best effort (matches any publisher on this host); outputs are RELIABLE and
 TRANSIENT_LOCAL with the last ``history`` frames (``pose_history`` poses) kept, so a capture node that
 starts late, or whose link was down for a few seconds, or that was restarted, still receives the frames it
-missed, up to that history (subscribe with the capture node's ``input_qos: relay``). Headers (stamps,
-frame ids) are kept. Bad messages are counted and logged (throttled), never fatal; ``/diagnostics`` reports
-frames and bytes in and out.
+missed, up to that history (subscribe with the capture node's ``input_qos: relay``). The flip side: a capture
+node that starts capturing at once (``start_capturing``) also takes the last ``history`` frames of an earlier
+scan; for a new scene, start the capture with START once the camera moves over it (or restart the relay).
+Headers (stamps, frame ids) are kept. Bad messages are counted and logged (throttled), never fatal;
+``/diagnostics`` reports frames and bytes in and out.
 """
 
 from __future__ import annotations
