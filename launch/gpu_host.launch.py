@@ -28,7 +28,8 @@ def generate_launch_description():
         DeclareLaunchArgument("data_root", default_value="~/f3rm_data", description="where datasets are written"),
         DeclareLaunchArgument("depth", default_value="false", description="also capture the relayed depth"),
     ]
-    link = {"use_compressed": True, "input_qos": "relay", "pose_buffer_s": 30.0, "max_pending": 128,
+    link = {"use_compressed": True, "input_qos": "relay", "pose_buffer_s": 30.0, "pose_wait_s": 2.0,
+            "max_pending": 128, "max_pending_writes": 128,
             "data_root": LaunchConfiguration("data_root")}
     capture = Node(
         package="f3rm_ros", executable="capture_node", name="capture_node", namespace=namespace, respawn=True,

@@ -139,6 +139,7 @@ def test_chain_survives_link_drop_and_gpu_restart(tmp_path):
     assert len(final) > len(before_restart), "the capture did not go on after the GPU host restarted"
     assert summary["capture"]["frames"] == len(final) >= 12, summary["capture"]
     assert summary["train"]["steps"] == STEPS and summary["train"]["psnr"] >= 20.0, summary["train"]
+    assert "error" not in summary, f"the demo client failed: {summary['error']}"
     q = summary["queries"]
     print({k: (v["num_grasps"], v["top_passes"], v["latency_s"]) for k, v in q.items()})
     assert q["bowl"]["top_passes"], q["bowl"]

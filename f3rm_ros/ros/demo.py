@@ -162,6 +162,21 @@ def _log(msg: str) -> None:
     print(msg, flush=True)
 
 
+def _load_when_free(client: Any, checkpoint: str, timeout: float) -> Any:
+    """``client.load_field(checkpoint)``, sent again while the node answers Busy (it is loading the announced
+    checkpoint itself), up to ``timeout`` seconds."""
+    from f3rm_ros.ros.client import Busy
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return client.load_field(checkpoint, timeout=max(1.0, deadline - time.monotonic()))
+        except Busy:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
+
+
 def run_demo(args: argparse.Namespace) -> int:
     import rclpy
     from std_msgs.msg import Bool
@@ -261,7 +276,8 @@ def run_demo(args: argparse.Namespace) -> int:
                                 "feedback_messages": tr.feedback_count}
             _log(f"[demo] trained {tr.steps_done} steps in {tr.training_time:.0f} s: held-out PSNR "
                  f"{tr.final_psnr:.2f} dB, feature MSE {tr.final_feature_mse:.4f}; {tr.checkpoint_path}")
-            info = client.load_field(tr.checkpoint_path, timeout=300)  # also announced on the topic; explicit here
+            # also announced on the topic: the query node may be loading it already and answer "busy" meanwhile
+            info = _load_when_free(client, tr.checkpoint_path, timeout=300)
             _log(f"[demo] query node: {info.message}")
 
             # 3. queries
