@@ -77,7 +77,7 @@ def test_query_node_killed_while_a_request_waits(client, tmp_path):
                 client.query_similarity("bowl", timeout=60.0)
             print(f"call on the dead node: ServiceUnavailable after {time.monotonic() - t0:.1f} s")
             assert time.monotonic() - t0 < 4.0
-            client.reconnect_timeout = 10.0
+            client.reconnect_timeout = 30.0
             # the node comes back: the same client is served by the new process (nothing rebuilt)
             proc = start_node("query_node", NS, params, tmp_path / "query_node2.log")
             with pytest.raises(RequestFailed, match="no field"):

@@ -88,6 +88,9 @@ class Busy(RequestFailed):
     """The node's queue for expensive work (grasp queries) is full: retry shortly."""
 
 
+_GRACE_S = 0.3  # a call on a node that is not alive spins this long for news of it before it gives up
+
+
 class _Watch:
     """Liveliness of one node's ``~/alive`` beacon, as seen by this client (updated by DDS events)."""
 
@@ -106,6 +109,8 @@ class _Watch:
 
     def _on_state(self, msg: Any) -> None:
         self.state = msg.data
+        if self.alive == 0:  # a message is news from a live writer (a dead one cannot send, nor replay its history)
+            self.alive, self.seen, self.changed = 1, True, time.monotonic()
 
     def _on_liveliness(self, info: Any) -> None:
         self.alive = int(info.alive_count)
@@ -232,10 +237,11 @@ class F3RMClient:
         self._watches: dict[str, _Watch] = {}
         self._lock = threading.Lock()
         self._spin_lock = threading.Lock()  # one thread spins the own executor at a time
-        # a call waits this long (within its deadline) for a node that died to come back (respawn) before it
-        # raises ServiceUnavailable; a killed node stays in the ROS graph for ~20 s, so waiting on the graph alone
-        # would wait out the whole deadline
-        self.reconnect_timeout = 10.0
+        # a call waits this long (within its deadline) for a node that died to come back (respawn: a new process
+        # imports torch and restores its field, 6-15 s on a busy 2-core machine) before it raises
+        # ServiceUnavailable; a killed node stays in the ROS graph for ~20 s, so waiting on the graph alone would
+        # wait out the whole deadline
+        self.reconnect_timeout = 30.0
 
     # --- lifetime -------------------------------------------------------------------------------
     def close(self) -> None:
@@ -327,13 +333,15 @@ class F3RMClient:
 
     def _wait_ready(self, is_ready: Callable[[], bool], watch: _Watch, name: str, deadline: float) -> None:
         """Wait for the server of ``name`` (and, when its node has a beacon, for the beacon to be alive: a killed
-        node stays in the graph for ~20 s)."""
+        node stays in the graph for ~20 s). Every call spins at least ``_GRACE_S`` before it gives up, so that the
+        liveliness events of a node that came back meanwhile are seen (a call that gave up at once never would)."""
+        grace = time.monotonic() + _GRACE_S
         while True:
             beacon = (watch.seen or self.node.count_publishers(watch.topic) > 0) and not watch.check_local(self.node)
             if is_ready() and (watch.alive > 0 or not beacon):
                 return
             now = time.monotonic()
-            if beacon and watch.alive == 0 and now - watch.changed > self.reconnect_timeout:
+            if now >= grace and beacon and watch.alive == 0 and now - watch.changed > self.reconnect_timeout:
                 raise ServiceUnavailable(f"{name} is not available: its node has not been alive for "
                                          f"{now - watch.changed:.0f} s (killed or stopped: no liveliness on "
                                          f"{watch.topic}; reconnect_timeout {self.reconnect_timeout:g} s)")

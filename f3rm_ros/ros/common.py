@@ -56,6 +56,7 @@ __all__ = [
     "NOT_READY",
     "BUSY",
     "ReadWriteLock",
+    "release_free_memory",
 ]
 
 # --- liveliness and temporary refusals -------------------------------------------------------------
@@ -122,6 +123,29 @@ class Refused(Exception):
 
 class PathRefused(Refused, ValueError):
     """A requested path is empty, malformed or outside every allowed root; the message says why."""
+
+
+# --- memory -------------------------------------------------------------------------------------------
+
+_LIBC: Any = None
+
+
+def release_free_memory() -> bool:
+    """Give the heap memory freed by the C allocator back to the OS (glibc ``malloc_trim``; False elsewhere).
+
+    A node that serves expensive requests on several executor threads (the query node) leaves freed memory in
+    one glibc arena per thread; without this its RSS climbs for a long while before it levels off."""
+    global _LIBC
+    try:
+        if _LIBC is None:
+            import ctypes
+            import ctypes.util
+
+            _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(_LIBC.malloc_trim(0))
+    except (OSError, AttributeError):
+        _LIBC = False
+        return False
 
 
 # --- a readers-writer lock ------------------------------------------------------------------------

@@ -55,7 +55,7 @@ from f3rm_ros.core.grasp.session import QueryConfig, QueryRefused, QuerySession
 from f3rm_ros.core.gripper import Gripper, GripperConfig
 from f3rm_ros.core.workflows.served_field import ServedField, read_served, write_served
 from f3rm_ros.ros.common import (BUSY, NOT_READY, OK, WARN, AliveBeacon, DiagnosticsPublisher, ReadWriteLock, Refused,
-                                 expand_root, resolve_under_root, run_node)
+                                 expand_root, release_free_memory, resolve_under_root, run_node)
 from f3rm_ros.ros.conversions import ConversionError, grasp_to_msg, make_point_cloud, pose_msg_to_matrix
 from f3rm_ros.ros.params import ParamBinding
 from f3rm_ros.ros.visuals import grasp_markers, heat_colors
@@ -283,6 +283,7 @@ class QueryNode(LifecycleNode):
                     new.configure(gripper=self.params["gripper"].config)
                 self.session = new
             self._record(str(new.checkpoint_path), announced)
+        release_free_memory()
         self.get_logger().info(msg)
         self._publish_cloud_async(new)
         return msg
@@ -414,6 +415,7 @@ class QueryNode(LifecycleNode):
         finally:
             self._grasp_slots.release()
         res.planning_time = float(time.perf_counter() - t0)
+        release_free_memory()  # a plan's temporaries, freed in this thread's arena: back to the OS
         self.stats["last_query"] = req.text[:80]
         self._publish_heatmap(result.heatmap_points, result.heatmap_similarity, self.cfg.heatmap_min_similarity)
         if self.pub_markers is not None:
