@@ -16,12 +16,12 @@ checkpoint...) is answered with ``success = false`` and the reason.
 
 No request waits behind an expensive one: grasp queries, similarity queries and loads/demonstrations have
 their own callback groups on a multi-threaded executor. A grasp query is checked first (a refusal is
-immediate), then planned by one of ``grasp_workers``; up to ``grasp_queue`` more wait for a worker, and any
-beyond that are answered "busy: ..." at once. Similarity queries read the field alongside running grasp
-queries. A load or demonstration is checked first too (a bad path is refused at once); one that arrives while
-another runs is answered "busy: ...". A load builds the new field beside the served one, with its workspace
-surface (queries go on meanwhile on the old one), and swaps it in; the scene cloud is rendered afterwards in a
-background thread.
+immediate), then planned by one of ``grasp_workers``; up to ``grasp_queue`` more wait for a worker (at most
+``grasp_wait_s``), and any beyond that are answered "busy: ..." at once. Similarity queries read the field
+alongside running grasp queries. A load or demonstration is checked first too (a bad path is refused at
+once); one that arrives while another runs is answered "busy: ...". A load builds the new field beside the
+served one, with its workspace surface (queries go on meanwhile on the old one), and swaps it in; the scene
+cloud is rendered afterwards in a background thread.
 
 The node comes back as it was: after every successful load it records the checkpoint it serves in
 ``state_file`` (atomically; default ``<checkpoint_root>/.<namespace>.<node>.served.json``) and, with
@@ -85,6 +85,9 @@ class QueryNodeConfig(QueryConfig):
     grasp_workers: int = param(1, "grasp queries planned at the same time", range=(1, 64), read_only=True)
     grasp_queue: int = param(4, "grasp queries that may wait for a worker; more are answered 'busy' at once",
                              range=(0, 1000), read_only=True)
+    grasp_wait_s: float = param(20.0, "a grasp query that waited this long for a worker is answered 'busy' instead "
+                                      "of planned (its client's deadline, 30 s by default, would pass while it plans)",
+                                range=(0.0, 3600.0))
     heatmap_min_similarity: float = param(0.0, "points of ~/heatmap below this similarity are left out "
                                                "(QuerySimilarity requests set their own)", range=(0.0, 1.0))
     diagnostics_period_s: float = param(1.0, "period of the /diagnostics status, seconds", range=(0.01, 3600.0))
@@ -408,10 +411,16 @@ class QueryNode(LifecycleNode):
             raise Refused(f"{BUSY}: {c.grasp_workers + c.grasp_queue} grasp queries are running or waiting "
                           f"(grasp_workers {c.grasp_workers} + grasp_queue {c.grasp_queue}); try again shortly")
         try:
-            with self._grasp_workers:
+            waited = time.perf_counter()
+            if not self._grasp_workers.acquire(timeout=self.cfg.grasp_wait_s):
+                raise Refused(f"{BUSY}: waited {time.perf_counter() - waited:.0f} s for a grasp worker (grasp_wait_s); "
+                              "try again shortly")
+            try:
                 t0 = time.perf_counter()
                 with self._rw.read():
                     result = self.session.plan(req.text, list(req.negatives), int(req.max_grasps), req.task, ws)
+            finally:
+                self._grasp_workers.release()
         finally:
             self._grasp_slots.release()
         res.planning_time = float(time.perf_counter() - t0)
