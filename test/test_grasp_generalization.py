@@ -20,6 +20,7 @@ steps (CPU time). One torch thread (see test_grasp_success_oracle.py). Each orac
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -418,9 +419,6 @@ def test_geometric_seeds_only_where_the_query_matches(can_box):
     ref = float(torch.quantile(cos[~on_box], 0.9))
 
     def centres(**over) -> tuple[np.ndarray, dict]:
-        import dataclasses  # noqa: PLC0415
-
-        from f3rm_ros.core.grasp.result import PlanResult  # noqa: PLC0415
         res = PlanResult(query="can")
         cfg = dataclasses.replace(c, **over)
         _, t, _ = p._geometric_candidates(pts, cos, ref, p.floor_z(), torch.Generator().manual_seed(0), cfg, res)
@@ -433,3 +431,17 @@ def test_geometric_seeds_only_where_the_query_matches(can_box):
     assert st_can["geometric_seeds"] == int((cos >= c.geometric_seed_min_relative * c.contact_min_relative * ref).sum())
     assert (t_all[:, 1] > 0.04).sum() > 0, "without the filter the box gets candidates (the case this guards)"
     assert len(t_can) and (t_can[:, 1] > 0.04).sum() == 0, "a geometric candidate started on the touching box"
+
+
+def test_refusal_says_when_every_formed_pose_collides():
+    """A query whose candidate poses were all formed but every one collides is told so (a crowded cup on the
+    development seeds used to read "no candidate grasp could be formed")."""
+    from collections import Counter  # noqa: PLC0415
+
+    from f3rm_ros.core.grasp.verify import explain_failures  # noqa: PLC0415
+
+    msg = explain_failures(Counter(), 0, too_wide=2, seeds=90, pairs=295, unfree=7080)
+    assert msg.startswith("every one of the 7080 candidate grasp poses would touch the scene"), msg
+    assert explain_failures(Counter(), 0) == "no candidate grasp could be formed"
+    wide = explain_failures(Counter(), 0, too_wide=90, seeds=90, pairs=0, unfree=40)  # too wide wins: it is the cause
+    assert "wider than the gripper opens" in wide, wide

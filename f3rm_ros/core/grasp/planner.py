@@ -460,7 +460,7 @@ class GraspPlanner:
             return done(f"{text!r} found, but no grasp was returned: "
                         + explain_failures(failures, checked, gstats.get("no_opposite_face", 0),
                                            gstats.get("on_surface", 0), gstats.get("antipodal_pairs"),
-                                           gstats.get("checked", 0) if not gstats.get("free") else 0))
+                                           gstats.get("checked", 0)))
         score = torch.cat([p[5] for p in passed])
         order = torch.argsort(score, descending=True)
         if c.max_grasps > 0:
