@@ -1,0 +1,508 @@
+"""Scene edits without training: a field that follows the robot's own pick-and-place actions (issue 18).
+
+An :class:`EditedField` wraps a field (a :class:`~f3rm_ros.core.field_api.TrainedField`, or any
+:class:`~f3rm_ros.core.fields.protocol.GraspField` such as the oracle) with the same query interface and an
+ordered stack of :class:`SceneEdit` s. An edit is a region of the scene *as it was before the edit* (a
+:class:`BoxRegion`, or a :class:`VoxelRegion` made from the points a language query selected) and either a
+rigid motion ``T_world_new_old`` (4x4, world frame, metres) or "removed".
+
+What the edited field answers at a world point ``x`` (walk the edits from the newest to the oldest):
+
+* ``x`` in the moved region's new place (``T^-1 x`` in the region): ``x <- T^-1 x``, go on with the older
+  edits (the content is served from its old place);
+* else ``x`` in the region's old place (or in a removed region): empty space (density 0, features of empty
+  space: the feature head's bias, i.e. a hidden activation of zeros, so ``query_features == hidden @ W.T + b``
+  still holds; zeros for a field without a head), stop;
+* else: unchanged.
+
+Features are not rotated by a motion (distilled CLIP/label features are not directions in space); view
+directions of the colour are (``render``). Edits compose (``with_edit`` returns a new field; the old one is
+untouched, so queries in flight keep theirs), ``undo`` drops the newest. Renders and point clouds sample the
+same warped points through the model's own proposal sampler, so the RViz cloud and the heat map follow.
+
+Motions are checked (:func:`check_rigid`): a finite 4x4 with last row ``[0 0 0 1]``, an orthonormal rotation
+with determinant +1, and (with a workspace box) the moved region's centre inside the box.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["EditError", "BoxRegion", "VoxelRegion", "SceneEdit", "EditedField", "check_rigid", "rigid_from_pose",
+           "region_from_selection", "MAX_EDITS"]
+
+MAX_EDITS = 64  # a stack deeper than this is refused (each query walks every edit)
+
+
+class EditError(ValueError):
+    """An edit that cannot be applied (bad transform, empty region, off the workspace...): the message says why."""
+
+
+def check_rigid(T: Any, what: str = "T_world_new_old", tol: float = 1e-4) -> np.ndarray:
+    """``T`` as a float64 [4, 4] rigid transform, or EditError naming what is wrong with it."""
+    try:
+        M = np.asarray(T, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise EditError(f"{what} is not a 4x4 matrix: {e}") from None
+    if M.shape != (4, 4):
+        raise EditError(f"{what} must be 4x4, got shape {M.shape}")
+    if not np.all(np.isfinite(M)):
+        raise EditError(f"{what} has non-finite values")
+    if np.abs(M[3] - [0, 0, 0, 1]).max() > tol:
+        raise EditError(f"{what} is not rigid: last row {M[3].tolist()} (must be [0, 0, 0, 1])")
+    R = M[:3, :3]
+    err = float(np.abs(R.T @ R - np.eye(3)).max())
+    if err > tol:
+        raise EditError(f"{what} is not rigid: its rotation is not orthonormal (|R^T R - I| = {err:.2e}; a scale or "
+                        f"shear?)")
+    if np.linalg.det(R) < 0:
+        raise EditError(f"{what} is not rigid: its rotation is a reflection (det -1)")
+    out = M.copy()
+    out[3] = [0, 0, 0, 1]
+    return out
+
+
+def rigid_from_pose(position: Sequence[float], quat_xyzw: Sequence[float], what: str = "T_world_new_old",
+                    tol: float = 1e-3) -> np.ndarray:
+    """A rigid 4x4 from a position and a quaternion (x, y, z, w); a quaternion whose norm is not 1 (within ``tol``)
+    is refused, not normalised (it is a sign that the sender's transform is not what it meant)."""
+    p = np.asarray(position, dtype=np.float64).reshape(3)
+    q = np.asarray(quat_xyzw, dtype=np.float64).reshape(4)
+    if not (np.all(np.isfinite(p)) and np.all(np.isfinite(q))):
+        raise EditError(f"{what} has non-finite values")
+    n = float(np.linalg.norm(q))
+    if abs(n - 1.0) > tol:
+        raise EditError(f"{what} is not rigid: its quaternion has norm {n:.4g} (must be 1)")
+    x, y, z, w = q / n
+    R = np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+                  [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+                  [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+    T = np.eye(4)
+    T[:3, :3], T[:3, 3] = R, p
+    return T
+
+
+# ----------------------------------------------------------------------------------------------- regions
+class BoxRegion:
+    """An oriented box in the world frame: ``center`` [3], ``half_extents`` [3] (metres), ``R`` (3x3: box axes
+    as columns; identity = axis-aligned)."""
+
+    def __init__(self, center: Sequence[float], half_extents: Sequence[float], R: Any = None):
+        self.center = np.asarray(center, dtype=np.float64).reshape(3)
+        self.half_extents = np.asarray(half_extents, dtype=np.float64).reshape(3)
+        self.R = np.eye(3) if R is None else np.asarray(R, dtype=np.float64).reshape(3, 3)
+        if not (np.all(np.isfinite(self.center)) and np.all(np.isfinite(self.half_extents))):
+            raise EditError("box has non-finite values")
+        if np.any(self.half_extents <= 0):
+            raise EditError(f"box is empty: half extents {self.half_extents.tolist()} must be > 0")
+        check_rigid(np.block([[self.R, np.zeros((3, 1))], [np.zeros((1, 3)), np.ones((1, 1))]]), "box rotation")
+        self._t: dict = {}
+
+    @classmethod
+    def from_bounds(cls, lo: Sequence[float], hi: Sequence[float]) -> BoxRegion:
+        """An axis-aligned box between two corners (every ``hi`` > ``lo``)."""
+        lo, hi = np.asarray(lo, np.float64).reshape(3), np.asarray(hi, np.float64).reshape(3)
+        return cls((lo + hi) / 2, (hi - lo) / 2)
+
+    def _tensors(self, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+        if device not in self._t:
+            self._t[device] = tuple(torch.as_tensor(a, dtype=torch.float32, device=device)
+                                    for a in (self.center, self.half_extents, self.R))
+        return self._t[device]
+
+    def contains(self, x: Tensor) -> Tensor:  # [N, 3] world -> [N] bool
+        c, h, R = self._tensors(x.device)
+        local = (x.detach().float() - c) @ R  # rows: R^T (x - c)
+        return (local.abs() <= h).all(dim=-1)
+
+    def corners(self) -> np.ndarray:  # [8, 3]
+        s = np.array([[i, j, k] for i in (-1, 1) for j in (-1, 1) for k in (-1, 1)], dtype=np.float64)
+        return self.center + (s * self.half_extents) @ self.R.T
+
+    def sample_points(self, spacing: float = 0.02) -> np.ndarray:  # [M, 3] inside, for projections
+        n = np.maximum(2, np.ceil(2 * self.half_extents / spacing).astype(int) + 1)
+        axes = [np.linspace(-h, h, k) for h, k in zip(self.half_extents, n, strict=True)]
+        g = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
+        return self.center + g @ self.R.T
+
+    def centre(self) -> np.ndarray:
+        return self.center.copy()
+
+    def describe(self) -> str:
+        return f"box centre {np.round(self.center, 3).tolist()} half extents {np.round(self.half_extents, 3).tolist()}"
+
+
+class VoxelRegion:
+    """A set of voxels in the world frame: a boolean grid ``occ`` [X, Y, Z] of cubes of ``voxel`` metres whose
+    first one starts at ``lo`` [3]. Made from the surface points a query selected (:meth:`from_points`)."""
+
+    def __init__(self, lo: Sequence[float], voxel: float, occ: np.ndarray):
+        self.lo = np.asarray(lo, dtype=np.float64).reshape(3)
+        self.voxel = float(voxel)
+        self.occ = np.asarray(occ, dtype=bool)
+        if self.occ.ndim != 3 or not self.occ.any():
+            raise EditError("the region is empty (no voxel selected)")
+        if not (self.voxel > 0 and np.all(np.isfinite(self.lo))):
+            raise EditError(f"bad voxel region (voxel {self.voxel}, origin {self.lo.tolist()})")
+        self._t: dict = {}
+
+    @classmethod
+    def from_points(cls, points: np.ndarray, voxel: float = 0.01, dilate_m: float = 0.015,
+                    floor_z: float | None = None) -> VoxelRegion:
+        """The voxels of ``points`` [N, 3], each column filled down to the lowest selected voxel (a thing's inside
+        and underside move with its skin), dilated by ``dilate_m``; nothing below ``floor_z`` (the table stays)."""
+        P = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+        P = P[np.all(np.isfinite(P), axis=1)]
+        if len(P) == 0:
+            raise EditError("the region is empty (no point selected)")
+        pad = int(math.ceil(dilate_m / voxel)) + 1
+        lo = P.min(0) - (pad + 0.5) * voxel
+        idx = np.floor((P - lo) / voxel).astype(int)
+        shape = idx.max(0) + pad + 2
+        occ = np.zeros(shape, dtype=bool)
+        occ[idx[:, 0], idx[:, 1], idx[:, 2]] = True
+        zmin = idx[:, 2].min()
+        top = np.where(occ.any(2), shape[2] - 1 - np.argmax(occ[:, :, ::-1], axis=2), -1)  # highest voxel per column
+        zs = np.arange(shape[2])
+        occ |= (zs[None, None, :] >= zmin) & (zs[None, None, :] <= top[:, :, None])
+        if pad > 1:
+            k = 2 * int(math.ceil(dilate_m / voxel)) + 1
+            t = torch.from_numpy(occ.astype(np.float32))[None, None]
+            occ = (torch.nn.functional.max_pool3d(t, k, stride=1, padding=k // 2)[0, 0] > 0).numpy()
+        if floor_z is not None:
+            zc = lo[2] + (zs + 0.5) * voxel
+            occ[:, :, zc < floor_z] = False
+        return cls(lo, voxel, occ)
+
+    def _tensors(self, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+        if device not in self._t:
+            self._t[device] = (torch.as_tensor(self.lo, dtype=torch.float32, device=device),
+                               torch.as_tensor(self.occ, device=device),
+                               torch.as_tensor(self.occ.shape, device=device))
+        return self._t[device]
+
+    def contains(self, x: Tensor) -> Tensor:  # [N, 3] world -> [N] bool
+        lo, occ, shape = self._tensors(x.device)
+        i = torch.floor((x.detach().float() - lo) / self.voxel).long()
+        inside = ((i >= 0) & (i < shape)).all(dim=-1)
+        i = torch.where(inside[:, None], i, torch.zeros_like(i))
+        return inside & occ[i[:, 0], i[:, 1], i[:, 2]]
+
+    def sample_points(self, spacing: float | None = None) -> np.ndarray:  # [M, 3] voxel centres
+        return self.lo + (np.argwhere(self.occ) + 0.5) * self.voxel
+
+    def corners(self) -> np.ndarray:  # [8, 3] of the occupied voxels' bounding box
+        ij = np.argwhere(self.occ)
+        a, b = self.lo + ij.min(0) * self.voxel, self.lo + (ij.max(0) + 1) * self.voxel
+        return np.array([[x, y, z] for x in (a[0], b[0]) for y in (a[1], b[1]) for z in (a[2], b[2])])
+
+    def centre(self) -> np.ndarray:
+        return self.sample_points().mean(0)
+
+    def describe(self) -> str:
+        c = self.corners()
+        return (f"{int(self.occ.sum())} voxels of {self.voxel * 1000:.0f} mm in {np.round(c.min(0), 3).tolist()} .. "
+                f"{np.round(c.max(0), 3).tolist()}")
+
+
+def region_from_selection(points: np.ndarray, score: np.ndarray, min_score: float, voxel: float = 0.01,
+                          dilate_m: float = 0.015, floor_z: float | None = None, link_m: float = 0.02
+                          ) -> VoxelRegion:
+    """The region of the thing a query picked out: the points [N, 3] whose ``score`` [N] reaches ``min_score``,
+    only the cluster (points closer than ``link_m`` are linked) that holds the best-scoring point (stray matches on
+    neighbours are left out), as a :meth:`VoxelRegion.from_points`."""
+    P, s = np.asarray(points, np.float64).reshape(-1, 3), np.asarray(score, np.float64).reshape(-1)
+    sel = np.flatnonzero(s >= min_score)
+    if len(sel) == 0:
+        raise EditError(f"no point reaches the selection score {min_score:.3f} (best {s.max() if len(s) else 0:.3f})")
+    Q = P[sel]
+    from scipy.spatial import cKDTree  # noqa: PLC0415
+
+    pairs = cKDTree(Q).query_pairs(link_m, output_type="ndarray")
+    from scipy.sparse import coo_matrix  # noqa: PLC0415
+    from scipy.sparse.csgraph import connected_components  # noqa: PLC0415
+
+    n = len(Q)
+    g = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n)) if len(pairs) else \
+        coo_matrix((n, n))
+    _, lab = connected_components(g, directed=False)
+    best = int(np.argmax(s[sel]))
+    return VoxelRegion.from_points(Q[lab == lab[best]], voxel, dilate_m, floor_z)
+
+
+# ------------------------------------------------------------------------------------------------- edits
+@dataclass(frozen=True)
+class SceneEdit:
+    """One edit: ``region`` (where the thing was before this edit) moved by ``T_world_new_old`` (4x4, world), or
+    removed (``T_world_new_old`` None). ``label``: what was moved (the query text or "box"), for messages."""
+
+    region: BoxRegion | VoxelRegion
+    T_world_new_old: np.ndarray | None
+    label: str = ""
+
+    @property
+    def removed(self) -> bool:
+        return self.T_world_new_old is None
+
+    def describe(self) -> str:
+        what = self.label or "region"
+        if self.removed:
+            return f"{what} removed ({self.region.describe()})"
+        T = self.T_world_new_old
+        ang = math.degrees(math.acos(float(np.clip((np.trace(T[:3, :3]) - 1) / 2, -1, 1))))
+        return f"{what} moved by {np.round(T[:3, 3], 3).tolist()} m, {ang:.1f} deg ({self.region.describe()})"
+
+
+class EditedField:
+    """A field seen through a stack of edits (module docstring). Same query interface as the wrapped ``base``.
+
+    Args:
+        base: the field as trained (a TrainedField or any GraspField).
+        edits: oldest first.
+    """
+
+    def __init__(self, base: Any, edits: Sequence[SceneEdit] = ()):
+        if isinstance(base, EditedField):
+            edits = (*base.edits, *edits)
+            base = base.base
+        self.base = base
+        self.edits: tuple[SceneEdit, ...] = tuple(edits)
+        self._motions: dict = {}
+
+    # --- the attributes the planner, the session and the node read ------------------------------------
+    feature_dim = property(lambda self: self.base.feature_dim)
+    device = property(lambda self: self.base.device)
+    extractor_info = property(lambda self: self.base.extractor_info)
+    nerf_to_world = property(lambda self: self.base.nerf_to_world)
+    cameras = property(lambda self: getattr(self.base, "cameras", {}))
+    metres_per_unit = property(lambda self: getattr(self.base, "metres_per_unit", 1.0))
+
+    def __getattr__(self, name: str) -> Any:  # the base's other attributes (model, chunk, world_to_nerf, ...)
+        if name in ("base", "edits", "_motions"):
+            raise AttributeError(name)
+        return getattr(self.base, name)
+
+    # --- building -----------------------------------------------------------------------------------
+    def with_edit(self, edit: SceneEdit, workspace: tuple[Sequence[float], Sequence[float]] | None = None
+                  ) -> EditedField:
+        """A new field with ``edit`` on top (this one is unchanged). Raises EditError for a bad motion, one that
+        takes the region's centre out of ``workspace`` (lo, hi), or a stack of :data:`MAX_EDITS` edits."""
+        if len(self.edits) >= MAX_EDITS:
+            raise EditError(f"{len(self.edits)} edits are stacked already (at most {MAX_EDITS}); refresh the field "
+                            f"from new views (TrainFields) or load a new one")
+        if not edit.removed:
+            T = check_rigid(edit.T_world_new_old)
+            edit = SceneEdit(edit.region, T, edit.label)
+            if workspace is not None:
+                lo, hi = (np.asarray(v, np.float64).reshape(3) for v in workspace)
+                c = T[:3, :3] @ edit.region.centre() + T[:3, 3]
+                if np.any(c < lo) or np.any(c > hi):
+                    raise EditError(f"the move takes {edit.label or 'the region'} off the workspace: its centre would "
+                                    f"be at {np.round(c, 3).tolist()}, the workspace box is {lo.tolist()} .. "
+                                    f"{hi.tolist()}")
+        return EditedField(self.base, (*self.edits, edit))
+
+    def undo(self) -> EditedField:
+        """The field without its newest edit; EditError when there is none."""
+        if not self.edits:
+            raise EditError("there is no edit to undo")
+        return EditedField(self.base, self.edits[:-1])
+
+    # --- the warp -----------------------------------------------------------------------------------
+    def _motion(self, k: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        key = (k, device)
+        if key not in self._motions:
+            T = self.edits[k].T_world_new_old
+            self._motions[key] = (torch.as_tensor(T[:3, :3], dtype=torch.float32, device=device),
+                                  torch.as_tensor(T[:3, 3], dtype=torch.float32, device=device))
+        return self._motions[key]
+
+    def warp(self, x: Tensor, d: Tensor | None = None) -> tuple[Tensor, Tensor | None, Tensor]:
+        """World points [N, 3] (and directions [N, 3]) -> where the base field is read [N, 3] (its directions), and
+        [N] bool: empty space (an old place or a removed region). Differentiable w.r.t. ``x``."""
+        empty = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        for k in range(len(self.edits) - 1, -1, -1):
+            e = self.edits[k]
+            if e.removed:
+                empty = empty | e.region.contains(x)
+                continue
+            R, t = self._motion(k, x.device)
+            x_old = (x - t) @ R  # rows: R^T (x - t)
+            at_new = e.region.contains(x_old) & ~empty
+            at_old = e.region.contains(x) & ~at_new
+            empty = empty | at_old
+            x = torch.where(at_new[:, None], x_old, x)
+            if d is not None:
+                d = torch.where(at_new[:, None], d @ R, d)
+        return x, d, empty
+
+    # --- queries (the GraspField protocol) -----------------------------------------------------------
+    def _check(self, points: Tensor) -> None:
+        if points.dim() != 2 or points.shape[-1] != 3:
+            raise ValueError(f"points_world must be [N, 3], got {tuple(points.shape)}")
+
+    def query_density(self, points_world: Tensor) -> Tensor:  # [N, 3] -> [N]
+        """Volume density in 1/metre at world points, after the edits."""
+        self._check(points_world)
+        if not self.edits:
+            return self.base.query_density(points_world)
+        x, _, empty = self.warp(points_world)
+        d = self.base.query_density(x).reshape(-1)
+        return torch.where(empty, torch.zeros_like(d), d)
+
+    def query_alpha(self, points_world: Tensor, delta_m: float) -> Tensor:  # [N, 3] -> [N]
+        return 1.0 - torch.exp(-self.query_density(points_world) * float(delta_m))
+
+    def _empty_features(self, like: Tensor) -> Tensor:
+        b = None
+        if self._has_head():
+            b = self.base.feature_head[1]
+        if b is None:
+            return torch.zeros_like(like)
+        return b.to(like).expand_as(like)
+
+    def _has_head(self) -> bool:
+        return int(getattr(self.base, "feature_dim", 0) or 0) > 0 and hasattr(type(self.base), "feature_head") \
+            and hasattr(self.base, "query_feature_hidden")
+
+    def query_features(self, points_world: Tensor) -> Tensor:  # [N, 3] -> [N, D]
+        """Raw distilled features at world points, after the edits (empty space: the head's bias, or zeros)."""
+        self._check(points_world)
+        if not self.edits:
+            return self.base.query_features(points_world)
+        x, _, empty = self.warp(points_world)
+        f = self.base.query_features(x)
+        return torch.where(empty[:, None], self._empty_features(f), f)
+
+    @property
+    def query_density_and_features(self):
+        """(density [N], features [N, D]) in one pass, when the base field has it (else AttributeError, so the
+        planner's ``getattr(field, ..., None)`` falls back to two queries)."""
+        both = getattr(self.base, "query_density_and_features", None)
+        if both is None:
+            raise AttributeError("query_density_and_features")
+
+        def fn(points_world: Tensor) -> tuple[Tensor, Tensor]:
+            self._check(points_world)
+            if not self.edits:
+                return both(points_world)
+            x, _, empty = self.warp(points_world)
+            d, f = both(x)
+            d = d.reshape(-1)
+            return (torch.where(empty, torch.zeros_like(d), d),
+                    torch.where(empty[:, None], self._empty_features(f), f))
+
+        return fn
+
+    @property
+    def query_feature_hidden(self):
+        """The feature MLP's hidden activation after the edits (zeros in empty space), when the base has it."""
+        hid = getattr(self.base, "query_feature_hidden", None)
+        if hid is None:
+            raise AttributeError("query_feature_hidden")
+
+        def fn(points_world: Tensor) -> Tensor:
+            self._check(points_world)
+            if not self.edits:
+                return hid(points_world)
+            x, _, empty = self.warp(points_world)
+            h = hid(x)
+            return torch.where(empty[:, None], torch.zeros_like(h), h)
+
+        return fn
+
+    @property
+    def feature_head(self) -> tuple[Tensor, Tensor | None]:
+        if not hasattr(type(self.base), "feature_head"):
+            raise AttributeError("feature_head")
+        return self.base.feature_head
+
+    # --- renders (TrainedField bases) ----------------------------------------------------------------
+    @torch.no_grad()
+    def render(self, c2w_world_opencv: np.ndarray, intrinsics: Any, with_features: bool = True,
+               chunk: int = 16384) -> dict[str, Tensor]:
+        """:meth:`TrainedField.render` of the edited scene: the model's proposal sampler, RGB and feature fields
+        read at the warped sample points (view directions rotated with them); empty space renders as nothing."""
+        base = self.base
+        if not self.edits:
+            return base.render(c2w_world_opencv, intrinsics, with_features=with_features, chunk=chunk)
+        if not hasattr(base, "model"):
+            raise ValueError("only a trained field (with a model) can be rendered")
+        from f3rm_ros.core.fields.camera_render import render_camera  # noqa: PLC0415
+
+        c2w = base.c2w_world_to_nerf(c2w_world_opencv)
+        base.model.eval()
+        out = render_camera(lambda o, d: self._render_rays(o, d, with_features), intrinsics, c2w, chunk)
+        s = base.metres_per_unit
+        depth = out["depth"] * s
+        dirs_cam = out.pop("directions") @ c2w[:3, :3]
+        out["depth"] = depth
+        out["z_depth"] = depth * dirs_cam[..., 2]
+        return out
+
+    def _nerf_warp(self, p: Tensor, d: Tensor | None) -> tuple[Tensor, Tensor | None, Tensor]:
+        """:meth:`warp` for field-frame points [..., 3] (and unit directions [..., 3])."""
+        base = self.base
+        shape = p.shape
+        xw = base.nerf_to_world_points(p.reshape(-1, 3))
+        Rt = base._Rt  # R^T of nerf_to_world
+        dw = None if d is None else d.reshape(-1, 3).float() @ Rt
+        xs, ds, empty = self.warp(xw, dw)
+        pn = base.world_to_nerf(xs).reshape(shape)
+        dn = None if ds is None else (ds @ Rt.T).reshape(shape)
+        return pn, dn, empty.reshape(shape[:-1])
+
+    def _render_rays(self, origins: Tensor, directions: Tensor, with_features: bool) -> dict[str, Tensor]:
+        """``FieldModel.render_rays`` (evaluation, mean appearance) through the edits."""
+        from f3rm_ros.core.fields.rendering import (render_accumulation, render_depth, render_rgb,  # noqa: PLC0415
+                                                    render_weights, sample_midpoints)
+
+        model = self.base.model
+        rgbf = model.rgb_field
+
+        def proposal_fn(net):
+            def fn(pos: Tensor) -> Tensor:
+                pn, _, empty = self._nerf_warp(pos, None)
+                sigma = net(pn)
+                return torch.where(empty, torch.zeros_like(sigma), sigma)
+            return fn
+
+        _, t, _ = model.sampler(origins, directions, [proposal_fn(n) for n in model.proposal_nets], training=False)
+        positions = sample_midpoints(origins, directions, t)
+        Rn, S = positions.shape[:2]
+        pn, dn, empty = self._nerf_warp(positions, directions[:, None, :].expand(Rn, S, 3))
+        density, geo = rgbf.density(pn)
+        density = torch.where(empty, torch.zeros_like(density), density)
+        parts = [geo, rgbf.dir_enc(dn).to(geo.dtype)]  # RGBField.forward with a direction per sample
+        if rgbf.appearance is not None:
+            parts.append(rgbf.appearance_for(None, Rn)[:, None, :].expand(Rn, S, -1).to(geo.dtype))
+        rgb = rgbf.color_mlp(torch.cat(parts, dim=-1))
+        weights = render_weights(density, t)
+        out = {"rgb": render_rgb(weights, rgb, model.config.background), "depth": render_depth(weights, t),
+               "accumulation": render_accumulation(weights)}
+        if with_features and model.feature_field is not None:
+            ff = model.feature_field
+            h = ff.hidden(pn)
+            h = torch.where(empty[..., None], torch.zeros_like(h), h)
+            f = ff.head(h).float()
+            out["features"] = (weights[..., None] * f).sum(dim=-2)
+        return out
+
+    def point_cloud(self, cameras: list | None = None, **kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`TrainedField.point_cloud` of the edited scene (same arguments)."""
+        from f3rm_ros.core.field_api import TrainedField  # noqa: PLC0415
+
+        if not self.edits:
+            return self.base.point_cloud(cameras, **kwargs)
+        # the same back-projection, with this field's render (it reads render, cameras, device, world_to_nerf)
+        return TrainedField.point_cloud(self, cameras, **kwargs)
+
+    def describe(self) -> str:
+        return "; ".join(f"{i + 1}: {e.describe()}" for i, e in enumerate(self.edits)) or "no edits"
