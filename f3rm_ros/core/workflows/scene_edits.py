@@ -1,0 +1,156 @@
+"""Edit the field a query session serves after the robot moved or removed something (issue 18; ROS-free).
+
+:func:`edit_field` turns a request (which thing: a query text, whose selected voxels become the region, or a box;
+the rigid motion ``T_world_new_old`` or "removed"; or "undo") into a new :class:`~f3rm_ros.core.edits.EditedField`
+for the session's field, checked, without changing the session: the caller swaps it in
+(:func:`session_with_field`), so queries in flight finish on the field they started with. A refusal raises
+:class:`~f3rm_ros.core.edits.EditError` with the reason and changes nothing.
+
+The region of a query is the planner's own selection on the workspace surface (the language mask and
+``min_similarity``), narrowed to the points whose features match the query at least ``select_relative`` x the 90th
+percentile of the selection (as the planner's contact test), the connected cluster of the best one, as voxels filled
+down to the object's base, dilated by ``dilate_m`` and cut at the planner's floor less ``floor_margin_m`` (the
+table under the object stays).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from f3rm_ros.core.config import param
+from f3rm_ros.core.edits import BoxRegion, EditedField, EditError, SceneEdit, VoxelRegion, region_from_selection
+
+__all__ = ["EditConfig", "EditRequest", "EditOutcome", "select_region", "edit_field", "session_with_field",
+           "base_field", "edit_count"]
+
+
+@dataclass
+class EditConfig:
+    """How a query picks the region of an edit (the query node's ``edit.*`` parameters)."""
+
+    voxel_m: float = param(0.01, "voxel size of a query's region, metres", range=(0.001, 0.1))
+    dilate_m: float = param(0.015, "the selected voxels are grown by this much (the thing's whole skin moves)",
+                            range=(0.0, 0.2))
+    floor_margin_m: float = param(0.005, "the region stops this far below the planner's floor (the table under "
+                                         "the thing is not moved)", range=(0.0, 0.1))
+    select_relative: float = param(0.8, "a selected point belongs to the thing when its feature matches the query at "
+                                        "least this x the selection's 90th percentile", range=(0.0, 1.0))
+    link_m: float = param(0.025, "selected points closer than this are one cluster; only the best point's cluster "
+                                 "is the thing", range=(0.001, 0.5))
+    check_workspace: bool = param(True, "refuse a move that puts the region's centre outside the planner's "
+                                        "workspace box")
+
+
+@dataclass
+class EditRequest:
+    """One edit: ``text`` (the thing a query names) or ``box`` ((lo, hi) world corners, axis-aligned), and
+    ``T_world_new_old`` (4x4) or ``removed``; or ``undo`` alone."""
+
+    text: str = ""
+    box: tuple[Sequence[float], Sequence[float]] | None = None
+    T_world_new_old: np.ndarray | None = None
+    removed: bool = False
+    undo: bool = False
+
+
+@dataclass
+class EditOutcome:
+    field: EditedField
+    message: str
+    seconds: float
+    region: Any = None
+
+
+def base_field(field: Any) -> Any:
+    """The field as trained under any edits."""
+    return field.base if isinstance(field, EditedField) else field
+
+
+def edit_count(field: Any) -> int:
+    return len(field.edits) if isinstance(field, EditedField) else 0
+
+
+def select_region(session: Any, text: str, config: EditConfig | None = None) -> VoxelRegion:
+    """The region of the thing ``text`` names in ``session``'s field (module docstring); EditError if not found."""
+    from f3rm_ros.core.grasp.field_utils import query_features_chunked  # noqa: PLC0415
+    from f3rm_ros.core.grasp.language import encode_texts, language_mask, pairwise_softmax  # noqa: PLC0415
+
+    c = config or EditConfig()
+    session.check_text(text, "object")
+    session.require()
+    planner, pc = session.planner, session.planner_config
+    pts, _ = planner.surface()
+    if pts.shape[0] == 0:
+        raise EditError("no surface in the workspace box: nothing to select")
+    emb = encode_texts(session.encoder, [text, *pc.negatives], planner.device)
+    pos, negs = emb[0], emb[1:]
+    f = query_features_chunked(planner.field, pts, pc.chunk_points)
+    f = f / f.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    sims = pairwise_softmax(f, pos, negs, pc.similarity_temperature)
+    mask = language_mask(f, pos, negs, pc.mask_temperature) & (sims >= pc.min_similarity)
+    if int(mask.sum()) < pc.min_masked_voxels:
+        raise EditError(f"{text!r} not found in the field: {int(mask.sum())} surface voxels match it (need "
+                        f"{pc.min_masked_voxels}; best similarity {float(sims.max()):.3f}, threshold "
+                        f"{pc.min_similarity:.3f})")
+    cos = f @ pos
+    bar = c.select_relative * float(torch.quantile(cos[mask].float(), 0.9))
+    score = torch.where(mask, cos, torch.full_like(cos, -1e9))
+    floor = planner.floor_z()
+    return region_from_selection(pts.cpu().numpy(), score.cpu().numpy(), bar, c.voxel_m, c.dilate_m,
+                                 None if floor is None else floor - c.floor_margin_m, c.link_m)
+
+
+def edit_field(session: Any, req: EditRequest, config: EditConfig | None = None) -> EditOutcome:
+    """The session's field with ``req`` applied (the session is unchanged); EditError with the reason otherwise."""
+    c = config or EditConfig()
+    t0 = time.perf_counter()
+    if session.field is None:
+        raise EditError("no field is loaded: nothing to edit (train one or call ~/load_field)")
+    cur = session.field if isinstance(session.field, EditedField) else EditedField(session.field)
+    if req.undo:
+        if req.text or req.box is not None or req.removed or req.T_world_new_old is not None:
+            raise EditError("undo takes nothing else (no object, box, motion or removed)")
+        new = cur.undo()
+        return EditOutcome(new, f"undid edit {len(cur.edits)} ({cur.edits[-1].describe()}); {len(new.edits)} edit(s) "
+                                f"remain", time.perf_counter() - t0)
+    if bool(req.text.strip()) == (req.box is not None):
+        raise EditError("name the thing (object text) or give a box, not both and not neither")
+    if req.removed == (req.T_world_new_old is not None):
+        raise EditError("give the motion T_world_new_old or removed, not both and not neither")
+    if req.box is not None:
+        lo, hi = (np.asarray(v, np.float64).reshape(3) for v in req.box)
+        if not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))):
+            raise EditError("the box has non-finite values")
+        if np.any(hi <= lo):
+            raise EditError(f"the box is empty: max must exceed min on every axis (min {lo.tolist()}, max "
+                            f"{hi.tolist()})")
+        region: Any = BoxRegion.from_bounds(lo, hi)
+        label = "box"
+    else:
+        if req.T_world_new_old is not None:  # a bad motion is refused before the (slower) selection
+            from f3rm_ros.core.edits import check_rigid  # noqa: PLC0415
+
+            check_rigid(req.T_world_new_old)
+        region = select_region(session, req.text, c)
+        label = " ".join(req.text.split())
+    pc = session.planner_config
+    ws = (pc.workspace_min_m, pc.workspace_max_m) if c.check_workspace else None
+    edit = SceneEdit(region, None if req.removed else np.asarray(req.T_world_new_old, np.float64), label)
+    new = cur.with_edit(edit, ws)
+    return EditOutcome(new, f"edit {len(new.edits)}: {new.edits[-1].describe()}", time.perf_counter() - t0, region)
+
+
+def session_with_field(session: Any, field: Any, new_session: Any = None) -> Any:
+    """A session like ``session`` (settings, tasks, encoder, checkpoint) that plans on ``field``: ``new_session``
+    (a fresh QuerySession from the caller) filled in, or ``session`` itself changed when None."""
+    s = session if new_session is None else new_session
+    if new_session is not None:
+        s.tasks = list(session.tasks)
+    s.use_field(field, session.encoder, session.encoder_error, session.checkpoint_path)
+    return s
