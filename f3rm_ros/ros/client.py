@@ -46,7 +46,7 @@ from std_msgs.msg import String
 
 from f3rm_ros.action import TrainFields
 from f3rm_ros.ros.common import ALIVE_QOS, BUSY, NOT_READY
-from f3rm_ros.srv import CaptureControl, LoadField, QueryGrasps, QuerySimilarity, RecordDemo
+from f3rm_ros.srv import CaptureControl, EditScene, LoadField, QueryGrasps, QuerySimilarity, RecordDemo
 
 __all__ = ["F3RMClient", "GraspResult", "SimilarityResult", "FieldInfo", "TrainOutcome", "CaptureOutcome",
            "DemoOutcome", "F3RMError", "ServiceUnavailable", "ServerGone", "Timeout", "RequestFailed", "NotReady",
@@ -195,6 +195,13 @@ class CaptureOutcome:
 class DemoOutcome:
     num_demos: int
     task_path: str
+    message: str = ""
+
+
+@dataclass
+class EditOutcome:
+    num_edits: int  # edits on the served field now
+    edit_time: float  # seconds the node took
     message: str = ""
 
 
@@ -433,6 +440,47 @@ class F3RMClient:
         res = self._checked(self.call(LoadField, self.names.query_node, "load_field",
                                       LoadField.Request(checkpoint_path=checkpoint_path), timeout), "load_field")
         return FieldInfo(res.checkpoint_path, int(res.feature_dim), res.extractor, res.message)
+
+    def _edit(self, req: Any, timeout: float) -> EditOutcome:
+        res = self._checked(self.call(EditScene, self.names.query_node, "edit_scene", req, timeout), "edit_scene")
+        return EditOutcome(int(res.num_edits), float(res.edit_time), res.message)
+
+    @staticmethod
+    def _edit_request(obj: str, box: tuple[Sequence[float], Sequence[float]] | None) -> Any:
+        req = EditScene.Request(object=obj)
+        if box is not None:
+            req.use_box = True
+            (req.box_min.x, req.box_min.y, req.box_min.z), (req.box_max.x, req.box_max.y, req.box_max.z) = \
+                ([float(v) for v in box[0]], [float(v) for v in box[1]])
+        return req
+
+    def object_moved(self, obj: str, T_world_new_old: np.ndarray, box: tuple[Sequence[float], Sequence[float]] |
+                     None = None, frame_id: str = "world", timeout: float = 30.0) -> EditOutcome:
+        """Tell the query node that the robot moved ``obj`` (as a query names it; or the thing in ``box``, (min, max)
+        world corners, with ``obj`` "") by the rigid ``T_world_new_old`` (4x4, world frame): the served field is edited
+        at once (srv/EditScene.srv). A refusal (unknown object, a non-rigid motion, off the workspace) raises
+        RequestFailed and changes nothing."""
+        from f3rm_ros.core.edits import EditError, check_rigid
+        from f3rm_ros.ros.conversions import matrix_to_pose_msg
+
+        try:  # a pose message cannot carry a scale or shear: refuse them here rather than send something else
+            T = check_rigid(T_world_new_old)
+        except EditError as e:
+            raise RequestFailed(f"object_moved refused: {e}") from None
+        req = self._edit_request(obj, box)
+        req.motion = matrix_to_pose_msg(T, frame_id=frame_id)
+        return self._edit(req, timeout)
+
+    def object_removed(self, obj: str, box: tuple[Sequence[float], Sequence[float]] | None = None,
+                       timeout: float = 30.0) -> EditOutcome:
+        """Tell the query node that ``obj`` (or the thing in ``box``) is gone from the workspace."""
+        req = self._edit_request(obj, box)
+        req.removed = True
+        return self._edit(req, timeout)
+
+    def undo_edit(self, timeout: float = 30.0) -> EditOutcome:
+        """Drop the newest edit of the served field (RequestFailed when there is none)."""
+        return self._edit(EditScene.Request(undo=True), timeout)
 
     def record_demo(self, task_name: str, pose: np.ndarray, append: bool = True, frame_id: str = "world",
                     timeout: float = 30.0) -> DemoOutcome:

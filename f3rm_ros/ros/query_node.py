@@ -4,7 +4,9 @@ Loads the newest checkpoint (announced on the train node's transient-local ``~/c
 ``checkpoint_topic``; or asked for with ``~/load_field``: a file under ``checkpoint_root``, "" = the newest
 there) and serves ``~/query_grasps`` (srv/QueryGrasps: best-first 6-DoF grasps, each with its source, a
 task's demonstrations or geometric, and quality terms: msg/Grasp.msg), ``~/query_similarity`` (a text's heat
-map) and ``~/record_demo`` (a demonstration into a task file in ``tasks_dir``, written atomically).
+map), ``~/record_demo`` (a demonstration into a task file in ``tasks_dir``, written atomically) and ``~/edit_scene``
+(srv/EditScene: after the robot moved or removed a thing, the served field is edited at once, without training:
+core/workflows/scene_edits.py; queries, the heat map and the scene cloud follow; a new field clears the edits).
 Publishes in the world frame, transient-local (RViz joining late still sees them): ``~/scene_cloud`` (x y z
 rgb, rendered from the training cameras), ``~/heatmap`` (x y z similarity rgb of the last query),
 ``~/grasp_markers`` (gripper boxes coloured by source, scores: ros/visuals.py); status on ``/diagnostics``.
@@ -50,16 +52,18 @@ from std_msgs.msg import String
 from visualization_msgs.msg import MarkerArray
 
 from f3rm_ros.core.config import param
+from f3rm_ros.core.edits import EditError, rigid_from_pose
 from f3rm_ros.core.grasp.config import PlannerConfig, TaskConfig
 from f3rm_ros.core.grasp.session import QueryConfig, QueryRefused, QuerySession
 from f3rm_ros.core.gripper import Gripper, GripperConfig
+from f3rm_ros.core.workflows.scene_edits import EditConfig, EditRequest, edit_count, edit_field, session_with_field
 from f3rm_ros.core.workflows.served_field import ServedField, read_served, write_served
 from f3rm_ros.ros.common import (BUSY, NOT_READY, OK, WARN, AliveBeacon, DiagnosticsPublisher, ReadWriteLock, Refused,
                                  expand_root, release_free_memory, resolve_under_root, run_node)
 from f3rm_ros.ros.conversions import ConversionError, grasp_to_msg, make_point_cloud, pose_msg_to_matrix
 from f3rm_ros.ros.params import ParamBinding
 from f3rm_ros.ros.visuals import grasp_markers, heat_colors
-from f3rm_ros.srv import LoadField, QueryGrasps, QuerySimilarity, RecordDemo
+from f3rm_ros.srv import EditScene, LoadField, QueryGrasps, QuerySimilarity, RecordDemo
 
 __all__ = ["QueryNodeConfig", "QueryNode", "LATCHED_QOS", "main"]
 
@@ -104,7 +108,7 @@ class QueryNode(LifecycleNode):
         self._admin = threading.Lock()  # loads and demonstrations, one at a time
         self.params = {name: ParamBinding(self, cls, name, on_change=self._apply(name or "config"))
                        for name, cls in (("", QueryNodeConfig), ("planner", PlannerConfig), ("task", TaskConfig),
-                                         ("gripper", GripperConfig))}
+                                         ("gripper", GripperConfig), ("edit", EditConfig))}
         self.session = self._new_session()
         self._active, self._pending_checkpoint, self._last_error = False, None, ""
         self._starting, self._served = "", ServedField()  # what the node is restoring ("" = nothing)
@@ -120,7 +124,8 @@ class QueryNode(LifecycleNode):
         for srv, name, fn, group in ((QueryGrasps, "query_grasps", self._query_grasps, grasp),
                                      (QuerySimilarity, "query_similarity", self._query_similarity, cheap),
                                      (LoadField, "load_field", self._load, admin),
-                                     (RecordDemo, "record_demo", self._record_demo, admin)):
+                                     (RecordDemo, "record_demo", self._record_demo, admin),
+                                     (EditScene, "edit_scene", self._edit_scene, admin)):
             self.create_service(srv, f"~/{name}", self._serving(name, fn), callback_group=group)
         self.pub_cloud = self.pub_heat = self.pub_markers = self._ckpt_sub = None
         self.diagnostics = DiagnosticsPublisher(self, self._status, period_s=self.cfg.diagnostics_period_s,
@@ -148,6 +153,8 @@ class QueryNode(LifecycleNode):
 
     def _apply(self, section: str):
         def on_change(new: Any, old: Any) -> None:
+            if section == "edit":  # read by each edit request
+                return
             with self._rw.write():
                 self.session.configure(**{section: new})
 
@@ -250,7 +257,7 @@ class QueryNode(LifecycleNode):
 
     def _status(self):
         s = self.session
-        vals = {"active": self._active, "checkpoint": str(s.checkpoint_path or ""),
+        vals = {"active": self._active, "checkpoint": str(s.checkpoint_path or ""), "edits": edit_count(s.field),
                 "feature_dim": getattr(s.field, "feature_dim", 0), "tasks": len(s.tasks), **self.stats}
         vals.update({"last_error": self._last_error} if self._last_error else {})
         if self._starting:
@@ -270,6 +277,7 @@ class QueryNode(LifecycleNode):
         path = (resolve_under_root(checkpoint_path, self.cfg.checkpoint_root, what="checkpoint path")
                 if checkpoint_path.strip() else expand_root(self.cfg.checkpoint_root))
         with self._admin_lock(wait, "load"):
+            edits = edit_count(self.session.field)
             new = self._new_session()
             new.tasks = list(self.session.tasks)
             msg = new.load_field(path)
@@ -287,6 +295,8 @@ class QueryNode(LifecycleNode):
                 self.session = new
             self._record(str(new.checkpoint_path), announced)
         release_free_memory()
+        if edits:
+            msg += f"; the {edits} edit(s) of the previous field are cleared"
         self.get_logger().info(msg)
         self._publish_cloud_async(new)
         return msg
@@ -343,11 +353,13 @@ class QueryNode(LifecycleNode):
         if self.pub_cloud is not None and session.field is not None:
             threading.Thread(target=self._publish_cloud, args=(session,), name="scene-cloud", daemon=True).start()
 
-    def _publish_cloud(self, session: QuerySession) -> None:
+    def _publish_cloud(self, session: QuerySession, surface: bool = False) -> None:
         try:
             with self._rw.read():
                 if session is not self.session:  # a newer field came meanwhile: its own thread publishes
                     return
+                if surface and session.planner is not None:  # an edited field's workspace surface, for the next query
+                    session.planner.surface()
                 pts, cols = session.scene_cloud()
             if session is self.session and self.pub_cloud is not None:
                 self.pub_cloud.publish(make_point_cloud(pts, rgb=cols, frame_id=self.cfg.world_frame,
@@ -456,6 +468,41 @@ class QueryNode(LifecycleNode):
         field = session.field
         res.checkpoint_path = str(session.checkpoint_path)
         res.feature_dim, res.extractor = int(field.feature_dim), str(field.extractor_info.get("type", ""))
+
+    def _edit_scene(self, req: Any, res: Any) -> None:
+        T = None
+        if not (req.undo or req.removed):
+            frame = req.motion.header.frame_id
+            if frame != self.cfg.world_frame:
+                raise Refused(f"motion must be in the world frame {self.cfg.world_frame!r}, got {frame!r}")
+            p, q = req.motion.pose.position, req.motion.pose.orientation
+            try:
+                T = rigid_from_pose((p.x, p.y, p.z), (q.x, q.y, q.z, q.w), "motion (T_world_new_old)")
+            except EditError as e:
+                raise Refused(str(e)) from None
+        else:
+            p, q = req.motion.pose.position, req.motion.pose.orientation
+            if any(abs(v) > 1e-9 for v in (p.x, p.y, p.z, q.x, q.y, q.z)) or abs(q.w - 1.0) > 1e-9:
+                raise Refused(f"{'undo' if req.undo else 'removed'} takes no motion: leave it at identity")
+        box = None
+        if req.use_box:
+            box = ((req.box_min.x, req.box_min.y, req.box_min.z), (req.box_max.x, req.box_max.y, req.box_max.z))
+        er = EditRequest(text=req.object, box=box, T_world_new_old=T, removed=bool(req.removed), undo=bool(req.undo))
+        with self._admin_lock(False, "edit"):  # one edit, load or demonstration at a time
+            old = self.session
+            try:
+                with self._rw.read(urgent=True):  # the selection reads the served field beside running queries
+                    out = edit_field(old, er, self.params["edit"].config)
+            except EditError as e:
+                raise Refused(str(e)) from None
+            new = session_with_field(old, out.field, self._new_session())
+            with self._rw.write():  # queries in flight finish on the old field first
+                self.session = new
+        res.success, res.num_edits, res.edit_time = True, len(out.field.edits), float(out.seconds)
+        res.message = f"{out.message} ({out.seconds:.3f} s)"
+        self.get_logger().info(res.message)
+        if self.pub_cloud is not None:  # the scene cloud of the edited field, and its surface for the next query
+            threading.Thread(target=self._publish_cloud, args=(new, True), name="scene-cloud", daemon=True).start()
 
     def _record_demo(self, req: Any, res: Any) -> None:
         frame = req.gripper_pose.header.frame_id
