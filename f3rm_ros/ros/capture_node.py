@@ -26,8 +26,9 @@ restart continues the dataset. Poses on disk: camera-to-world, metres, ``world_f
 
 Service ``~/control`` (``f3rm_ros/srv/CaptureControl``): START; STOP (then waits up to ``drain_timeout_s``
 until every kept frame is on disk); CLEAR (drops queued frames, deletes the dataset's frames; refused while
-capturing); SAVE (waits for the frames kept so far, then stores the capture summary). Shutdown writes what
-is queued (at most ``drain_timeout_s``). Publishes ``~/status`` (``f3rm_ros/msg/CaptureStatus``;
+capturing); SAVE (waits for the frames kept so far, then stores the capture summary); APPEND (the scene changed:
+keep frames of it into the same dataset, each with its ``scene_version``, for a refresh of the field).
+Shutdown writes what is queued (at most ``drain_timeout_s``). Publishes ``~/status`` (``f3rm_ros/msg/CaptureStatus``;
 ``frames_kept`` = frames written) on every decision and at ``status_rate_hz``, and ``/diagnostics``. Every
 bad input is a rejection with a reason (``REASONS``), logged (throttled); none stops the node.
 
@@ -253,13 +254,14 @@ class CaptureNode(Node):
     # ----------------------------------------------------------------------------------- control
     def _on_control(self, req: CaptureControl.Request, res: CaptureControl.Response) -> CaptureControl.Response:
         C, session = CaptureControl.Request, self.session
-        actions = {C.START: session.start, C.STOP: session.stop, C.CLEAR: session.clear, C.SAVE: session.save}
+        actions = {C.START: session.start, C.STOP: session.stop, C.CLEAR: session.clear, C.SAVE: session.save,
+                   C.APPEND: session.append}
         try:
             if req.command in actions:
                 res.success, res.message = actions[req.command]()
             else:
                 res.success = False
-                res.message = f"unknown command {req.command}; use START=0, STOP=1, CLEAR=2 or SAVE=3"
+                res.message = f"unknown command {req.command}; use START=0, STOP=1, CLEAR=2, SAVE=3 or APPEND=4"
         except Exception as e:  # never let a request take the node down
             res.success, res.message = False, f"{type(e).__name__}: {e}"
         res.frame_count = session.frames_written

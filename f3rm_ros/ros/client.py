@@ -53,7 +53,8 @@ __all__ = ["F3RMClient", "GraspResult", "SimilarityResult", "FieldInfo", "TrainO
            "Busy", "CAPTURE_COMMANDS"]
 
 CAPTURE_COMMANDS = {"start": CaptureControl.Request.START, "stop": CaptureControl.Request.STOP,
-                    "clear": CaptureControl.Request.CLEAR, "save": CaptureControl.Request.SAVE}
+                    "clear": CaptureControl.Request.CLEAR, "save": CaptureControl.Request.SAVE,
+                    "append": CaptureControl.Request.APPEND}
 
 
 class F3RMError(RuntimeError):
@@ -203,6 +204,7 @@ class EditOutcome:
     num_edits: int  # edits on the served field now
     edit_time: float  # seconds the node took
     message: str = ""
+    changed_boxes: list[float] = field(default_factory=list)  # old and new place, 6 numbers each: for train()
 
 
 @dataclass
@@ -443,7 +445,7 @@ class F3RMClient:
 
     def _edit(self, req: Any, timeout: float) -> EditOutcome:
         res = self._checked(self.call(EditScene, self.names.query_node, "edit_scene", req, timeout), "edit_scene")
-        return EditOutcome(int(res.num_edits), float(res.edit_time), res.message)
+        return EditOutcome(int(res.num_edits), float(res.edit_time), res.message, [float(v) for v in res.changed_boxes])
 
     @staticmethod
     def _edit_request(obj: str, box: tuple[Sequence[float], Sequence[float]] | None) -> Any:
@@ -494,7 +496,7 @@ class F3RMClient:
 
     # --- capture node ---------------------------------------------------------------------------
     def capture(self, command: str | int, timeout: float = 10.0) -> CaptureOutcome:
-        """Capture control: "start", "stop", "clear" or "save" (or the CaptureControl constant)."""
+        """Capture control: "start", "stop", "clear", "save" or "append" (or the CaptureControl constant)."""
         if isinstance(command, str):
             if command.lower() not in CAPTURE_COMMANDS:
                 raise ValueError(f"unknown capture command {command!r}; one of {sorted(CAPTURE_COMMANDS)}")
@@ -506,7 +508,7 @@ class F3RMClient:
     # --- train node -----------------------------------------------------------------------------
     def train(self, dataset: str = "", steps: int = 0, feature_type: str = "",
               feedback_cb: Callable[[Any], None] | None = None, timeout: float = 3600.0,
-              resume: str = "") -> TrainOutcome:
+              resume: str = "", refresh_from: str = "", changed_boxes: Sequence[float] = ()) -> TrainOutcome:
         """Run the ``TrainFields`` action to completion.
 
         Args:
@@ -518,6 +520,10 @@ class F3RMClient:
             resume: "" = a new run; "latest" = continue the dataset's newest interrupted or cancelled run from its
                 last checkpoint (``steps`` 0 = to its own total); or a run folder / checkpoint under the node's
                 checkpoint root.
+            refresh_from: a refresh after the scene changed (and a capture ``append`` added views of it): the field
+                (checkpoint under the node's checkpoint root) to fine-tune for ``steps`` (0 = the node's refresh_steps)
+                on the new frames plus the old ones that see none of ``changed_boxes`` (the ``changed_boxes`` of each
+                ``object_moved`` / ``object_removed`` since that field, concatenated).
 
         Raises:
             RequestFailed: goal rejected (e.g. another training runs) or training failed/cancelled.
@@ -547,6 +553,11 @@ class F3RMClient:
             if not hasattr(goal, "resume"):
                 raise F3RMError("the TrainFields interface has no 'resume' field: rebuild the interfaces (colcon)")
             goal.resume = resume
+        if refresh_from:
+            if not hasattr(goal, "refresh_from"):
+                raise F3RMError("the TrainFields interface has no 'refresh_from' field: rebuild the interfaces")
+            goal.refresh_from = refresh_from
+            goal.changed_boxes = [float(v) for v in changed_boxes]
         fut = client.send_goal_async(goal, feedback_callback=on_feedback)
         why = self._wait_future(fut, deadline, gone)
         if why == "timeout":

@@ -499,6 +499,14 @@ class QueryNode(LifecycleNode):
             with self._rw.write():  # queries in flight finish on the old field first
                 self.session = new
         res.success, res.num_edits, res.edit_time = True, len(out.field.edits), float(out.seconds)
+        if out.region is not None:  # the old place and the new one, for a refresh (TrainFields changed_boxes)
+            c = out.region.corners()
+            boxes = [np.r_[c.min(0), c.max(0)]]
+            T = out.field.edits[-1].T_world_new_old
+            if T is not None:
+                cn = c @ T[:3, :3].T + T[:3, 3]
+                boxes.append(np.r_[cn.min(0), cn.max(0)])
+            res.changed_boxes = [float(v) for b in boxes for v in b]
         res.message = f"{out.message} ({out.seconds:.3f} s)"
         self.get_logger().info(res.message)
         if self.pub_cloud is not None:  # the scene cloud of the edited field, and its surface for the next query

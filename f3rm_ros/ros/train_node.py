@@ -21,7 +21,14 @@ aborted at once, ``success: false`` and the reason in ``message`` (and in the lo
    one. A new run (``resume`` empty) on a dataset that already has a run further along says so in the log and
    in its result message: its checkpoints become the newest files under the root (what the query node's
    ``load_field("")`` picks) while they are behind the other run's.
-5. success: the checkpoint path is published on ``~/checkpoint`` (``std_msgs/String``, transient-local).
+4c. refresh (goal field ``refresh_from``, issue 18): after the scene changed and a capture APPEND added frames of
+   it, the named field (a checkpoint under ``checkpoint_root``, trained on this dataset) is fine-tuned on the
+   dataset's newest frames (highest ``scene_version``) plus the old frames that see none of ``changed_boxes``, for
+   ``num_steps`` (0 = ``refresh_steps``) with the same feedback and cancel
+   (:func:`~f3rm_ros.core.workflows.refresh.refresh_scene`), into ``<time>-refresh-<goal>``; a dataset without
+   appended frames, or another dataset than the field's, is refused with the reason.
+5. success: the checkpoint path is published on ``~/checkpoint`` (``std_msgs/String``, transient-local); the query
+   node loads it beside the served field and swaps it in (queries in flight finish on the old one).
 
 Goals are served only in the lifecycle state ``active``; ``autostart`` (default true) configures and activates
 at start. ``/diagnostics`` at 1 Hz.
@@ -30,6 +37,7 @@ at start. ``/diagnostics`` at 1 Hz.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import threading
 import time
 import traceback
@@ -71,6 +79,8 @@ class TrainNodeSettings:
     dataset_downscale: int = param(1, "shrink dataset images by this integer factor", range=(1, 64))
     dataset_eval_every: int = param(8, "every n-th frame is held out for evaluation (0 = none)", range=(0, 100000))
     cache_features: bool = param(True, "cache extracted 2D features under <checkpoint_root>/feature_cache")
+    refresh_steps: int = param(200, "fine-tuning steps of a refresh goal (refresh_from) whose num_steps is 0",
+                               range=(1, 10_000_000))
     autostart: bool = param(True, "configure and activate at start (no lifecycle manager needed)", read_only=True)
 
 
@@ -181,6 +191,8 @@ class TrainNode(LifecycleNode):
             if not (path / "transforms.json").is_file():
                 raise Refused(f"dataset path {str(path)!r} holds no transforms.json")
             runs_dir = expand_root(s.checkpoint_root) / path.name
+            if str(getattr(req, "refresh_from", "")).strip():
+                return self._refresh_job(req, gid, path)
             resumed = self._resumed_run(str(getattr(req, "resume", "")).strip(), runs_dir, path)
             ftype = (req.feature_type or (resumed.feature_type if resumed else "")
                      or self.features_config.extractor).strip().lower()
@@ -211,6 +223,39 @@ class TrainNode(LifecycleNode):
             resume=str(resumed.checkpoint) if resumed is not None else None,
             command=f"goal {gid}: {what} on {path} with {ftype} features to step {steps}"), name=gid)
         job.note = note  # (text, the step this run must pass for it to no longer apply)
+        return job
+
+    def _refresh_job(self, req: Any, gid: str, dataset: Path) -> TrainJob:
+        """The job of a refresh goal (``refresh_from``), or :class:`Refused` with the reason."""
+        from f3rm_ros.core.checkpoint import load_checkpoint
+        from f3rm_ros.core.workflows.refresh import boxes_points, refresh_scene
+
+        s = self.settings
+        if str(getattr(req, "resume", "")).strip():
+            raise Refused("a goal is a refresh (refresh_from) or a resume, not both")
+        src = resolve_under_root(req.refresh_from, s.checkpoint_root, what="refresh_from", must_exist=True)
+        if not src.is_file():
+            raise Refused(f"refresh_from {req.refresh_from!r} is not a checkpoint file")
+        boxes = [float(v) for v in req.changed_boxes]
+        try:
+            boxes_points(boxes)
+            info = load_checkpoint(src).get("extractor_info") or {}
+        except ValueError as e:  # CheckpointError is a ValueError
+            raise Refused(f"refresh refused: {e}") from None
+        ftype = (req.feature_type or str(info.get("type", "")) or self.features_config.extractor).strip().lower()
+        if ftype not in FEATURE_TYPES:
+            raise Refused(f"feature_type {ftype!r} is not one of {list(FEATURE_TYPES)}")
+        steps = int(req.num_steps) or int(s.refresh_steps)
+        run_dir = resolve_under_root(Path(dataset.name) / f"{time.strftime('%Y%m%d-%H%M%S')}-refresh-{gid}",
+                                     s.checkpoint_root, what="run folder")
+        features = "none" if ftype == "none" else dataclasses.replace(self.features_config, extractor=ftype)
+        job = TrainJob(TrainSceneRequest(
+            dataset, num_steps=steps, trainer=self.trainer_config, features=features,
+            feature_cache=None, downscale=s.dataset_downscale, device=s.device, torch_threads=s.torch_threads,
+            run_dir=run_dir, command=f"goal {gid}: refreshing {src} on {dataset} ({len(boxes) // 6} changed boxes) "
+                                     f"for {steps} steps"),
+            name=gid, runner=functools.partial(refresh_scene, refresh_from=src, changed_boxes=boxes))
+        job.note = ("", 0)
         return job
 
     def _resumed_run(self, resume: str, runs_dir: Path, dataset: Path) -> RunState | None:

@@ -92,6 +92,7 @@ class CaptureSession:
         self._last_log: dict[str, float] = {}
         self._label_table: dict | None = None
         self.keyframes = KeyframeSelector(c.min_translation_m, c.min_rotation_deg)
+        self.scene_version = 0  # >0 while an append session runs: written into each kept frame (issue 18)
         # kept frames of the open dataset: written + waiting in the write queue (keyframes and max_frames use it)
         self._kept_total = 0
         # kept frames whose write failed (not in the dataset): in all, and since the capture last started
@@ -295,6 +296,8 @@ class CaptureSession:
                 return
             extra = {"sharpness": round(p.sharpness, 3), "pose_dt_s": round(look.dt, 6),
                      "pose_interpolated": look.interpolated}
+            if self.scene_version:
+                extra["scene_version"] = self.scene_version
             if not self.write_queue.submit(self._frame_job(self.writer, p, m, extra)):
                 self.reject("writer_busy", f"image at t={p.stamp:.3f}: {self.write_queue.pending('frame')} kept "
                                            f"frames still wait to be written (max_pending_writes="
@@ -370,11 +373,34 @@ class CaptureSession:
             self._failed_mark = self.frames_failed
             return True, "capturing"
 
+    def append(self) -> tuple[bool, str]:
+        """APPEND: start keeping frames of a changed scene into the open dataset (an append session, issue 18): the
+        keyframe selector forgets the earlier views (the same viewpoints are worth taking again) and every kept frame
+        records ``scene_version``, one more than the dataset's highest (0 for frames without one), so a refresh
+        can tell the new frames from the old. Frames are written atomically as always."""
+        with self._lock:
+            if self.capturing:
+                return False, "APPEND refused while capturing; send STOP first"
+            if self.writer is None:
+                self.open_dataset(self.config.dataset_name)
+            if self.writer is None:
+                return False, self.writer_error
+            if not len(self.writer):
+                return False, "APPEND needs a dataset with frames to append to; use START for a new scene"
+            version = max(int(f.get("scene_version", 0) or 0) for f in self.writer.frames) + 1
+            ok, why = self.start()
+            if not ok:
+                return ok, why
+            self.keyframes.reset(None)
+            self.scene_version = version
+            return True, f"appending scene version {version} to {self.dataset_path} ({len(self.writer)} frames)"
+
     def stop(self) -> tuple[bool, str]:
         """STOP: keep no more frames, then wait (drain_timeout_s) until every kept frame is written. Kept frames
         whose write failed since the capture started make it (False, how many and the last error)."""
         with self._lock:
             self.capturing = False
+            self.scene_version = 0
             self.matcher.clear()
         ok, why = self._wait_written("stopped")
         if not ok:

@@ -7,6 +7,8 @@ import logging
 import threading
 import time
 import traceback
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -27,8 +29,10 @@ class TrainJob:
     request's own callbacks are still called. CUDA's cached memory is given back at the end.
     """
 
-    def __init__(self, request: TrainSceneRequest, name: str = "train") -> None:
+    def __init__(self, request: TrainSceneRequest, name: str = "train",
+                 runner: Callable[[TrainSceneRequest], Any] = train_scene) -> None:
         self.request = request
+        self.runner = runner  # train_scene, or another workflow with its request and result (a refresh)
         self.name = name
         self.phase = "starting"
         self.progress: ProgressInfo | None = None
@@ -91,7 +95,7 @@ class TrainJob:
             return self._stop.is_set() or (req.should_stop is not None and bool(req.should_stop()))
 
         try:
-            self.result = train_scene(dataclasses.replace(req, on_phase=on_phase, on_progress=on_progress,
+            self.result = self.runner(dataclasses.replace(req, on_phase=on_phase, on_progress=on_progress,
                                                           should_stop=should_stop, keep_trainer=False))
         except Exception as e:  # every failure is the job's outcome, not the server's end
             self.error = f"{type(e).__name__}: {e}"

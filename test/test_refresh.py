@@ -1,0 +1,164 @@
+"""Refreshing a field after the scene changed (issue 18): the capture session's APPEND (same viewpoints kept
+again, each new frame with its scene_version), which old frames see a changed place (projection), and fine-tuning a
+checkpoint on the new frames plus the old ones that still agree, in the checkpoint's own field frame; a dataset that
+does not match the field is refused. Tiny fields, seconds."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from f3rm_ros.core.cameras import CameraIntrinsics
+from f3rm_ros.core.capture import CaptureConfig, CaptureSession
+from f3rm_ros.core.dataset import load_dataset
+from f3rm_ros.core.geometry import look_at_opencv
+
+NS = 1_000_000_000
+K = CameraIntrinsics(fx=30.0, fy=30.0, cx=16.0, cy=12.0, width=32, height=24)
+
+
+def test_capture_append_keeps_the_same_views_again_with_a_scene_version(tmp_path):
+    s = CaptureSession(CaptureConfig(data_root=str(tmp_path), dataset_name="scan", pose_wait_s=0.5,
+                                     blur_threshold=1.0))
+    try:
+        assert s.open_dataset("scan")
+        assert s.append()[0] is False  # nothing to append to yet
+        assert s.start()[0]
+        s.add_camera_info(K)
+        poses = [look_at_opencv([0.5 * np.cos(a), 0.5 * np.sin(a), 0.4], [0, 0, 0]) for a in (0.0, 0.8)]
+        rng = np.random.default_rng(0)
+
+        def frame(t: int, pose: np.ndarray) -> None:
+            s.add_pose(t * NS, pose)
+            s.add_image(t * NS, rng.integers(0, 256, (24, 32, 3), dtype=np.uint8))
+
+        frame(1, poses[0])
+        frame(2, poses[1])
+        frame(3, poses[0])  # the same view again: not a keyframe in the same session
+        assert s.write_queue.wait_idle(10.0) and s.kept_total == 2
+        assert s.stop()[0]
+        ok, msg = s.append()
+        assert ok and "scene version 1" in msg, msg
+        assert s.append()[0] is False  # refused while capturing
+        frame(4, poses[0])  # the same viewpoints are worth taking again after the scene changed
+        frame(5, poses[1])
+        assert s.stop()[0]
+        ok, msg = s.append()
+        frame(6, poses[0])
+        assert s.stop()[0] and "scene version 2" in msg
+        s.add_pose(7 * NS, poses[1])  # not capturing any more: not kept
+        s.add_image(7 * NS, rng.integers(0, 256, (24, 32, 3), dtype=np.uint8))
+    finally:
+        s.close()
+    frames = json.loads((tmp_path / "scan" / "transforms.json").read_text())["frames"]
+    assert [f.get("scene_version", 0) for f in frames] == [0, 0, 1, 1, 2]
+
+
+def test_frames_seeing_projects_points_into_each_camera():
+    from types import SimpleNamespace
+
+    from f3rm_ros.core.workflows.refresh import frames_seeing
+
+    c2w = np.stack([look_at_opencv([0.5, 0, 0.3], [0, 0, 0]), look_at_opencv([0.5, 0, 0.3], [1.0, 0, 0.3]),
+                    look_at_opencv([-0.5, 0, 0.3], [0, 0, 0])])
+    ds = SimpleNamespace(c2w=c2w, intrinsics=[K] * 3, __len__=lambda: 3)
+    sees = frames_seeing(ds, np.array([[0.0, 0.0, 0.0]]), frames=[0, 1, 2])
+    assert sees.tolist() == [True, False, True]  # the second camera looks away
+    assert frames_seeing(ds, np.array([[0.0, 3.0, 0.0]]), frames=[0, 1, 2]).tolist() == [False, False, False]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny trained field of mug_bowl_box (as test_node_query makes it) and its dataset with 4 appended views of
+    the scene after the bowl moved (scene_version 1)."""
+    from f3rm_ros.core.dataset import DatasetWriter
+    from f3rm_ros.core.sim.camera import SimCamera
+    from f3rm_ros.core.sim.moves import move_object
+    from f3rm_ros.core.sim.render import intrinsics_from_fov
+    from f3rm_ros.core.sim.scene import resolve_scene
+    from f3rm_ros.core.sim.trajectory import TrajectoryConfig, scan_poses
+    from test_node_query import make_checkpoint
+
+    root = tmp_path_factory.mktemp("refresh")
+    ck = make_checkpoint(root / "run", "field.ckpt", steps=3)
+    data = root / "run" / "data"
+    T = np.eye(4)
+    T[:3, 3] = (-0.2, 0.2, 0.0)
+    moved = move_object(resolve_scene("mug_bowl_box"), "bowl", T)
+    cam = SimCamera(moved, intrinsics_from_fov(32, 24, 42.5), scan_poses(TrajectoryConfig(num_views=4, seed=5)))
+    w = DatasetWriter(data)
+    for i in range(len(cam)):
+        fr = cam.capture(i)
+        w.add_frame(fr.image, fr.intrinsics, fr.T_world_cam, extra={"scene_version": 1}, labels=fr.label)
+    return ck, data, T
+
+
+def test_refresh_fine_tunes_in_the_field_frame_and_drops_frames_that_see_the_change(tiny, tmp_path):
+    import torch
+
+    from f3rm_ros.core.checkpoint import load_checkpoint
+    from f3rm_ros.core.features import create_extractor
+    from f3rm_ros.core.field_api import load_trained_field
+    from f3rm_ros.core.workflows.refresh import boxes_points, refresh_field
+
+    torch.set_num_threads(1)
+    ck, data, T = tiny
+    ds = load_dataset(data, eval_every=0)
+    assert len(ds) == 12
+    ex = create_extractor({"extractor": "labels", "labels": {"dataset": str(data), "patch_size": 4}})
+    old_box = [0.06, -0.16, 0.0, 0.22, 0.0, 0.08]  # around the bowl's old place
+    new_box = [-0.14, 0.04, 0.0, 0.02, 0.2, 0.08]
+    seen = []
+    res = refresh_field(ck, ds, range(8, 12), boxes_points(old_box + new_box), 4, features=ex,
+                        out_path=tmp_path / "refreshed.ckpt", on_progress=seen.append)
+    print(res)
+    assert res.step == 4 and not res.stopped and seen and seen[-1].step == 4
+    # every old view of this scan sees the bowl's places: each is kept with those pixels masked out
+    assert res.frames_new == 4 and res.frames_old_kept == 8 and res.frames_old_masked == 8
+    dropped = refresh_field(ck, ds, range(8, 12), boxes_points(old_box + new_box), 1, features=ex, old_frames="drop")
+    assert dropped.frames_old_dropped == 8 and dropped.frames_old_kept == 0
+    a, b = load_checkpoint(ck), load_checkpoint(res.checkpoint)
+    assert np.allclose(a["nerf_to_world"], b["nerf_to_world"])  # the same field frame: edits and poses still hold
+    f = load_trained_field(res.checkpoint)
+    assert f.feature_dim == load_trained_field(ck).feature_dim
+    # stop at once: a checkpoint of step 0 is still written
+    r0 = refresh_field(ck, ds, range(8, 12), None, 4, features=ex, should_stop=lambda: True)
+    assert r0.stopped and r0.frames_old_dropped == 0
+
+
+def test_changed_mask_covers_the_projection():
+    from f3rm_ros.core.workflows.refresh import changed_mask
+
+    c2w = look_at_opencv([0.5, 0, 0.3], [0, 0, 0])
+    m = changed_mask(c2w, K, np.array([[0.0, 0.0, 0.0]]), 0.01, margin_px=1)
+    assert m[12, 16] or m[11, 15]
+    assert 0 < m.sum() < 50 and not m[0, 0]
+
+
+def test_a_refresh_on_another_dataset_or_without_new_frames_is_refused(tiny, tmp_path):
+    from f3rm_ros.core.workflows.refresh import refresh_scene
+    from f3rm_ros.core.workflows.train_scene import TrainSceneRequest
+
+    ck, data, _ = tiny
+    (ck.parent / "run.json").write_text(json.dumps({"data_dir": str(data.resolve())}))
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "transforms.json").write_text((data / "transforms.json").read_text())
+    for sub in ("images", "labels"):
+        (other / sub).symlink_to(data / sub)
+    with pytest.raises(ValueError, match="was trained on"):
+        refresh_scene(TrainSceneRequest(other, num_steps=1, features="labels"), ck)
+    js = json.loads((data / "transforms.json").read_text())
+    for f in js["frames"]:
+        f.pop("scene_version", None)
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "transforms.json").write_text(json.dumps(js))
+    for sub in ("images", "labels"):
+        (plain / sub).symlink_to(data / sub)
+    (ck.parent / "run.json").write_text(json.dumps({"data_dir": str(plain.resolve())}))
+    with pytest.raises(ValueError, match="no appended frames"):
+        refresh_scene(TrainSceneRequest(plain, num_steps=1, features="labels"), ck)
+    (ck.parent / "run.json").unlink()
