@@ -211,6 +211,37 @@ class GraspChecker:
                         out[key] = max(out.get(key, 0.0), float(-sdf[j]))
         return sorted(((k[0], k[1], k[2], d) for k, d in out.items()), key=lambda x: -x[3])
 
+    def collides(self, T_world_grasp: np.ndarray, opening: float) -> bool:
+        """``bool(self.collisions(T, opening))``, answered early: the table and the surface samples of every
+        box first, the (costly) signed distances of the solids only when those find nothing."""
+        import open3d as o3d
+
+        tol = self.config.penetration_tolerance_m
+        boxes = []
+        for _, T_g_box, size in self.gripper.boxes(opening):
+            T_w_box = T_world_grasp @ T_g_box
+            if obb_overlap_depth(T_w_box, size, self._table_T, self._table_size) > tol:
+                return True
+            boxes.append((T_w_box[:3, :3], T_w_box[:3, 3], size))
+        near = []
+        for R, t, size in boxes:
+            half = size / 2
+            box_radius = float(np.linalg.norm(half))
+            for oi, (pts, _) in enumerate(self._surf):
+                centre, radius = self._spheres[oi]
+                if np.linalg.norm(centre - t) > radius + box_radius:
+                    continue
+                if np.any(np.min(half - np.abs(rotate(pts - t, R.T)), axis=1) > tol):
+                    return True
+                near.append((oi, R, t, size))
+        for oi, R, t, size in near:
+            vol = o3d.core.Tensor((rotate(box_grid_points(size, self.config.gripper_spacing_m), R) + t)
+                                  .astype(np.float32))
+            for rc, _ in self._solids[oi]:
+                if np.any(rc.compute_signed_distance(vol).numpy() < -tol):
+                    return True
+        return False
+
     def check(self, T_world_grasp: np.ndarray, opening: float | None = None) -> GraspCheckResult:
         """Check one grasp.
 
