@@ -68,10 +68,10 @@ def test_refresh_goal(tmp_path):
                     client.train(args.pop("dataset"), timeout=60, **args)
             fb: list = []
             t0 = time.perf_counter()
-            res = client.train("scan", steps=4, refresh_from=first.checkpoint_path, changed_boxes=boxes,
+            res = client.train("scan", steps=40, refresh_from=first.checkpoint_path, changed_boxes=boxes,
                                feedback_cb=fb.append, timeout=120)
             print(f"refresh: {res} in {time.perf_counter() - t0:.1f} s, {len(fb)} feedback messages")
-            assert res.steps_done == 4 and "refresh" in res.checkpoint_path and fb and fb[-1].total_steps == 4
+            assert res.steps_done == 40 and "refresh" in res.checkpoint_path and fb and fb[-1].total_steps == 40
             a, b = load_checkpoint(first.checkpoint_path), load_checkpoint(res.checkpoint_path)
             assert np.allclose(a["nerf_to_world"], b["nerf_to_world"])
             assert node._last_checkpoint == res.checkpoint_path  # announced on ~/checkpoint for the query node
