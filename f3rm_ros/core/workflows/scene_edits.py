@@ -10,7 +10,8 @@ The region of a query is the planner's own selection on the workspace surface (t
 ``min_similarity``), narrowed to the points whose features match the query at least ``select_relative`` x the 90th
 percentile of the selection (as the planner's contact test), the connected cluster of the best one, as voxels filled
 down to the object's base, dilated by ``dilate_m`` and cut at the planner's floor less ``floor_margin_m`` (the
-table under the object stays).
+table under the object stays), less the occupied voxels whose features match the query less than
+``exclude_relative`` x that bar (a touching neighbour stays where it is).
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ class EditConfig:
                                         "least this x the selection's 90th percentile", range=(0.0, 1.0))
     link_m: float = param(0.025, "selected points closer than this are one cluster; only the best point's cluster "
                                  "is the thing", range=(0.001, 0.5))
+    exclude_relative: float = param(0.5, "occupied voxels of the grown region whose feature matches the query less "
+                                          "than this x the selection's bar belong to something else (a touching "
+                                          "neighbour) and are left out (0 = keep them)", range=(0.0, 1.0))
     check_workspace: bool = param(True, "refuse a move that puts the region's centre outside the planner's "
                                         "workspace box")
 
@@ -102,8 +106,22 @@ def select_region(session: Any, text: str, config: EditConfig | None = None) -> 
     bar = c.select_relative * float(torch.quantile(cos[mask].float(), 0.9))
     score = torch.where(mask, cos, torch.full_like(cos, -1e9))
     floor = planner.floor_z()
-    return region_from_selection(pts.cpu().numpy(), score.cpu().numpy(), bar, c.voxel_m, c.dilate_m,
-                                 None if floor is None else floor - c.floor_margin_m, c.link_m)
+    region = region_from_selection(pts.cpu().numpy(), score.cpu().numpy(), bar, c.voxel_m, c.dilate_m,
+                                   None if floor is None else floor - c.floor_margin_m, c.link_m)
+    if c.exclude_relative > 0:  # occupied voxels of something else (a touching neighbour) stay where they are
+        from f3rm_ros.core.grasp.field_utils import alpha_from_density, query_density_chunked  # noqa: PLC0415
+
+        ijk = np.argwhere(region.occ)
+        centres = torch.as_tensor(region.lo + (ijk + 0.5) * region.voxel, dtype=torch.float32, device=planner.device)
+        alpha = alpha_from_density(query_density_chunked(planner.field, centres, pc.chunk_points), region.voxel)
+        fv = query_features_chunked(planner.field, centres, pc.chunk_points)
+        cv = (fv / fv.norm(dim=-1, keepdim=True).clamp_min(1e-12)) @ pos
+        other = ((alpha >= pc.surface_alpha) & (cv < c.exclude_relative * bar)).cpu().numpy()
+        if other.any() and not other.all():
+            occ = region.occ.copy()
+            occ[tuple(ijk[other].T)] = False
+            region = VoxelRegion(region.lo, region.voxel, occ)
+    return region
 
 
 def edit_field(session: Any, req: EditRequest, config: EditConfig | None = None) -> EditOutcome:
