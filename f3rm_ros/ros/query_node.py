@@ -497,6 +497,11 @@ class QueryNode(LifecycleNode):
                 raise Refused(str(e)) from None
             new = session_with_field(old, out.field, self._new_session())
             with self._rw.write():  # queries in flight finish on the old field first
+                cfg, planner, task = (self.params[k].config for k in ("", "planner", "task"))
+                if (new.config, new.planner_config, new.task_config) != (cfg, planner, task):  # changed meanwhile
+                    new.configure(config=cfg, planner=planner, task=task)
+                if new.gripper.config != self.params["gripper"].config:
+                    new.configure(gripper=self.params["gripper"].config)
                 self.session = new
         res.success, res.num_edits, res.edit_time = True, len(out.field.edits), float(out.seconds)
         if out.region is not None:  # the old place and the new one, for a refresh (TrainFields changed_boxes)
