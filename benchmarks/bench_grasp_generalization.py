@@ -11,7 +11,11 @@
    ``--jobs 1`` re-times the queries alone on the saved fields.
 3. ``judge`` (here: needs open3d): judge each top grasp with the ground-truth check and print/save the table:
    top-1 success with its 95 % Wilson interval, by family, by query kind and by pose/placement, absent (and
-   too-big) rejection, which source won, latency.
+   too-big) rejection, which source won, latency. A present query whose top grasp fails is then searched on the
+   ground truth (:mod:`f3rm_ros.core.sim.grasp_feasible`, cached in ``<results>.feasibility.json``): when no pose
+   of the gripper holds that object (part) without touching something, "no grasp" is the right answer and the
+   query is counted under "no grasp exists -> none" instead of "present" (the generator's width rule alone is
+   kept as "present, as generated"; ``--no-feasibility`` skips the search).
 
     python benchmarks/bench_grasp_generalization.py render --split eval --num 30 --out .gpudata/gen-eval
     python benchmarks/bench_grasp_generalization.py plan --data-root .gpudata/gen-eval --out results.json
@@ -222,6 +226,38 @@ def plan(a: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- judge
+def _feasibility_one(job: tuple[str, str, tuple[str, ...], str | None]) -> dict:
+    from f3rm_ros.core.sim.grasp_check import GraspChecker  # noqa: PLC0415
+    from f3rm_ros.core.sim.grasp_feasible import find_feasible_grasp  # noqa: PLC0415
+    from f3rm_ros.core.sim.scene import load_scene  # noqa: PLC0415
+
+    root, name, objects, part = job
+    t0 = time.perf_counter()
+    r = find_feasible_grasp(GraspChecker(load_scene(Path(root) / name / "scene.yaml")), objects, part)
+    return {"feasible": r.feasible, "pairs": r.pairs, "checked": r.checked, "reason": r.reason,
+            "T_world_gripper": None if r.T_world_gripper is None else r.T_world_gripper.tolist(),
+            "seconds": time.perf_counter() - t0}
+
+
+def feasibility(a: argparse.Namespace, root: Path, todo: list[tuple[str, tuple[str, ...], str | None]]) -> dict:
+    """Ground-truth search for a grasp of each (scene, objects, part) (:mod:`f3rm_ros.core.sim.grasp_feasible`),
+    cached in ``<results>.feasibility.json`` (the search depends on the scene only, not on the planner)."""
+    from concurrent.futures import ProcessPoolExecutor  # noqa: PLC0415
+
+    cache_path = a.results.with_suffix(".feasibility.json")
+    cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
+    key = lambda n, objs, part: f"{n}|{','.join(objs)}|{part or ''}"  # noqa: E731
+    jobs = [(str(root), n, objs, part) for n, objs, part in todo if key(n, objs, part) not in cache]
+    if jobs:
+        print(f"searching the ground truth for a grasp on {len(jobs)} failed (scene, object, part) "
+              f"({len(todo) - len(jobs)} cached) ...", flush=True)
+        with ProcessPoolExecutor(max_workers=max(1, getattr(a, "feasibility_jobs", 2))) as pool:
+            for (_, n, objs, part), r in zip(jobs, pool.map(_feasibility_one, jobs), strict=True):
+                cache[key(n, objs, part)] = r
+        cache_path.write_text(json.dumps(cache, indent=1))
+    return {(n, objs, part): cache[key(n, objs, part)] for n, objs, part in todo}
+
+
 def judge(a: argparse.Namespace) -> int:
     import numpy as np  # noqa: PLC0415
 
@@ -236,9 +272,9 @@ def judge(a: argparse.Namespace) -> int:
         a.aggregate_only = True  # evaluation seeds are only ever reported in aggregate
     groups: dict[str, dict[str, list[bool]]] = defaultdict(lambda: defaultdict(list))
     lat, sources, fails = [], defaultdict(lambda: [0, 0]), []
+    judged: list[tuple[str, dict, SceneQuery, bool, dict]] = []
     for name, sc in sorted(data["scenes"].items()):
         info = json.loads((root / name / "queries.json").read_text())
-        fam_of = {o["name"]: o for o in info["objects"]}
         checker = GraspChecker(load_scene(root / name / "scene.yaml"))
         for row in sc["queries"]:
             q = SceneQuery.from_dict(row)
@@ -246,27 +282,46 @@ def judge(a: argparse.Namespace) -> int:
                 T_world_gripper=np.asarray(row["T_world_gripper"])) if row["found"] else None)
             ok, detail = judge_query(checker, saved, q)
             row["success"], row["detail"] = bool(ok), detail
-            if q.present and q.expect_grasp:
-                groups["all"]["present"].append(ok)
-                groups["kind"][q.kind].append(ok)
-                objs = [fam_of[o] for o in q.objects if o in fam_of]
-                if objs:
-                    groups["family"][objs[0]["family"]].append(ok)
-                    groups["pose"][objs[0]["pose"]].append(ok)
-                    groups["placement"][objs[0]["placement"]].append(ok)
-                n_obj = len(info["objects"])
-                groups["clutter"]["1 object" if n_obj == 1 else "2-4 objects" if n_obj <= 4 else "5-8 objects"]\
-                    .append(ok)
-                lat.append(row["seconds"])
-                if row["found"]:
-                    sources[row["source"]][0] += 1
-                    sources[row["source"]][1] += int(ok)
-                if not ok:
-                    fails.append(f"{name} {q.text!r} ({q.kind}): {detail}")
-            elif q.present:
-                groups["all"]["too big -> none"].append(ok)
-            else:
-                groups["all"]["absent -> none"].append(ok)
+            judged.append((name, row, q, bool(ok), info))
+    # a failed present query whose object (part) no pose of the gripper can hold: "no grasp" is the right answer
+    # there (as for an object wider than the opening); a top grasp that passes is itself the proof that one exists
+    todo = sorted({(n, q.objects, q.part) for n, _, q, ok, _ in judged if q.present and q.expect_grasp and not ok},
+                  key=str)
+    exists = feasibility(a, root, todo) if getattr(a, "feasibility", True) else {}
+    for name, row, q, ok, info in judged:
+        fam_of = {o["name"]: o for o in info["objects"]}
+        if q.present and q.expect_grasp:
+            groups["all"]["present, as generated (width rule)"].append(ok)
+        feasible = exists.get((name, q.objects, q.part), {"feasible": True})["feasible"]
+        row["grasp_exists"] = bool(feasible) if not ok else True
+        if q.present and q.expect_grasp and not feasible:
+            ok = not row["found"]
+            row["success"] = ok
+            groups["all"]["no grasp exists -> none"].append(ok)
+            lat.append(row["seconds"])
+            continue
+        detail = row["detail"]
+        if q.present and q.expect_grasp:
+            groups["all"]["present"].append(ok)
+            groups["kind"][q.kind].append(ok)
+            objs = [fam_of[o] for o in q.objects if o in fam_of]
+            if objs:
+                groups["family"][objs[0]["family"]].append(ok)
+                groups["pose"][objs[0]["pose"]].append(ok)
+                groups["placement"][objs[0]["placement"]].append(ok)
+            n_obj = len(info["objects"])
+            groups["clutter"]["1 object" if n_obj == 1 else "2-4 objects" if n_obj <= 4 else "5-8 objects"]\
+                .append(ok)
+            lat.append(row["seconds"])
+            if row["found"]:
+                sources[row["source"]][0] += 1
+                sources[row["source"]][1] += int(ok)
+            if not ok:
+                fails.append(f"{name} {q.text!r} ({q.kind}): {detail}")
+        elif q.present:
+            groups["all"]["too big -> none"].append(ok)
+        else:
+            groups["all"]["absent -> none"].append(ok)
 
     def line(label: str, v: list[bool]) -> str:
         k, n = sum(v), len(v)
@@ -347,6 +402,10 @@ def main(argv: list[str] | None = None) -> int:
     j.add_argument("--data-root", type=Path, required=True)
     j.add_argument("--aggregate-only", action="store_true", help="no per-query lines (always so for evaluation "
                    "seeds unless --per-query-eval)")
+    j.add_argument("--no-feasibility", dest="feasibility", action="store_false",
+                   help="skip the ground-truth search for a grasp on failed present queries (then every present "
+                   "query counts as graspable, as the generator's width rule says)")
+    j.add_argument("--feasibility-jobs", type=int, default=2)
     j.add_argument("--per-query-eval", action="store_true", help="list failed queries of evaluation seeds too "
                    "(for debugging the benchmark itself, never for tuning)")
     a = p.parse_args(argv)
