@@ -162,3 +162,72 @@ def test_a_refresh_on_another_dataset_or_without_new_frames_is_refused(tiny, tmp
     with pytest.raises(ValueError, match="no appended frames"):
         refresh_scene(TrainSceneRequest(plain, num_steps=1, features="labels"), ck)
     (ck.parent / "run.json").unlink()
+
+
+def test_disagreeing_pixels_keep_the_rays_that_see_through_the_old_place():
+    """A camera looks down the x axis at a wall 1 m away; the thing's old place is a small cube half-way, its new
+    place another cube off the axis. A pixel whose measured surface is the thing (depth at the old place) disagrees,
+    one that saw the wall through the old place does not (it carves the old place), one whose ray now meets the new
+    place before its surface disagrees, and the rest of the image agrees."""
+    from f3rm_ros.core.workflows.refresh import changed_mask, disagreeing_pixels
+
+    c2w = look_at_opencv([0.0, 0.0, 0.0], [1.0, 0.0, 0.0])
+    g = np.arange(-0.02, 0.021, 0.01)
+    cube = np.stack(np.meshgrid(g, g, g, indexing="ij"), -1).reshape(-1, 3)
+    old, new = cube + [0.5, 0.0, 0.0], cube + [0.5, 0.0, 0.12]  # new: above the axis (image rows above the centre)
+    depth = np.full((K.height, K.width), 1.0)
+    depth[12, 16] = 0.49  # the thing's front face at the image centre
+    bad = disagreeing_pixels(c2w, K, depth, old, new, 0.01, margin_m=0.02, margin_px=0)
+    assert bad[12, 16]
+    assert not bad[11, 15]  # the wall seen through the (now empty) old place
+    rows = np.nonzero(bad[:, 16])[0]
+    assert len(rows) > 1 and rows.min() < 12  # the new place stands in front of the wall above the centre
+    assert not bad[0, 0] and not bad[23, 31]
+    # the projection alone masks every pixel of the old place, the wall behind it included
+    assert changed_mask(c2w, K, np.concatenate([old, new]), 0.01, margin_px=0)[11, 15]
+    # nothing measured (0) behind the new place: the ray now ends on the thing
+    depth[rows.min(), 16] = 0.0
+    assert disagreeing_pixels(c2w, K, depth, None, new, 0.01, margin_px=0)[rows.min(), 16]
+
+
+def test_edit_places_split_old_new_and_known_empty():
+    from f3rm_ros.core.edits import SceneEdit, VoxelRegion
+    from f3rm_ros.core.workflows.refresh import bake_points, edit_places
+
+    occ = np.ones((6, 6, 8), dtype=bool)  # 6 x 6 x 8 cm, bottom at z = -0.005 (the region reaches into the table)
+    region = VoxelRegion((0.0, 0.0, -0.005), 0.01, occ)
+    T = np.eye(4)
+    T[:3, 3] = (0.03, 0.0, 0.0)  # half-way over: the overlap is not empty after the move
+    old, new, clear = edit_places([SceneEdit(region, T, "box")])
+    assert len(old) == len(new) == occ.sum() and np.allclose(new - old, [0.03, 0, 0])
+    assert len(clear) and clear[:, 2].min() >= old[:, 2].min() + 0.02 - 1e-9  # the table under it stays
+    assert clear[:, 0].max() < 0.03  # nothing where the thing stands now
+    assert clear[:, 0].min() > 0.01 - 1e-9  # the skin voxels (maybe a neighbour's) are not cleared
+    b = bake_points([SceneEdit(region, T, "box")])
+    assert len(b) and b[:, 2].min() >= old[:, 2].min() + 0.02 - 1e-9
+    _, none_new, clear_r = edit_places([SceneEdit(region, None, "box")])
+    assert len(none_new) == 0 and len(clear_r) > len(clear)
+
+
+def test_refresh_with_depth_aware_masks_and_the_edit_as_teacher(tiny, tmp_path):
+    """The changed places given apart and a teacher field: the refresh adds its clear / bake terms to every step."""
+    import torch
+
+    from f3rm_ros.core.edits import BoxRegion, EditedField, SceneEdit
+    from f3rm_ros.core.features import create_extractor
+    from f3rm_ros.core.field_api import load_trained_field
+    from f3rm_ros.core.workflows.refresh import bake_points, edit_places, refresh_field
+
+    torch.set_num_threads(1)
+    ck, data, T = tiny
+    ds = load_dataset(data, eval_every=0)
+    ex = create_extractor({"extractor": "labels", "labels": {"dataset": str(data), "patch_size": 4}})
+    edit = SceneEdit(BoxRegion.from_bounds((0.06, -0.16, 0.0), (0.22, 0.0, 0.08)), T, "bowl")
+    teacher = EditedField(load_trained_field(ck), [edit])
+    old, new, clear = edit_places([edit])
+    res = refresh_field(ck, ds, range(8, 12), np.concatenate([old, new]), 3, features=ex, changed_old=old,
+                        changed_new=new, clear_points=clear, teacher=teacher, bake_points=bake_points([edit]),
+                        new_repeat=2, out_path=tmp_path / "r.ckpt")
+    assert res.step == 3 and res.frames_new == 4 and res.frames_old_kept == 8
+    assert "clear" in res.losses and "bake" in res.losses and np.isfinite(res.losses["bake"])
+    assert load_trained_field(res.checkpoint).feature_dim == load_trained_field(ck).feature_dim

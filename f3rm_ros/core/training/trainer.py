@@ -135,6 +135,9 @@ class Trainer:
         active, reason = cuda_graphs_decision(config.cuda_graphs, dev, self.model.hashgrid_backends())
         log.info("training step: %s (%s)", "CUDA graphs" if active else "eager", reason)
         self.graphs = CudaGraphStep(dev, self.generator, config.cuda_graphs, active, reason, config.lr)
+        # name -> () -> scalar tensor: terms added to every step's loss (e.g. a refresh's density penalty on a place
+        # known to be empty); they must draw random numbers from ``self.generator`` only (CUDA graphs)
+        self.extra_losses: dict[str, Callable[[], Tensor]] = {}
 
     @property
     def cuda_graphs_active(self) -> bool:
@@ -174,7 +177,7 @@ class Trainer:
     def loss_names(self) -> list[str]:
         """Keys of the loss dict of one step (``total`` last)."""
         return (["rgb", "interlevel", "distortion"] + (["feature"] if self.feature_maps is not None else [])
-                + (["depth"] if self.batcher.has_depth else []) + ["total"])
+                + (["depth"] if self.batcher.has_depth else []) + list(self.extra_losses) + ["total"])
 
     def _train_step_tensors(self) -> dict[str, Tensor]:
         """One optimisation step; the losses stay on the device (no host sync)."""
@@ -215,6 +218,8 @@ class Trainer:
             losses["depth"] = cfg.losses.depth_mult * depth_loss(
                 out["weights"], out["t_edges"], batch["depth"], batch["depth_valid"],
                 cfg.losses.depth_margin_m * self.field_units_per_metre)
+        for name, fn in self.extra_losses.items():
+            losses[name] = fn()
         self.batcher.record_pixel_error(batch["sample"], out["rgb"], batch["rgb"])
         total = sum(losses.values())
         self.optimizer.zero_grad(set_to_none=True)

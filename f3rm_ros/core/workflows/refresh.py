@@ -24,8 +24,9 @@ import torch
 
 from f3rm_ros.core.checkpoint import CheckpointError, load_checkpoint
 
-__all__ = ["frames_seeing", "changed_mask", "changed_points", "boxes_points", "RefreshResult", "refresh_field",
-           "refresh_scene"]
+__all__ = ["frames_seeing", "changed_mask", "disagreeing_pixels", "changed_points", "edit_places", "bake_points",
+           "boxes_points",
+           "RefreshResult", "refresh_field", "refresh_scene"]
 
 
 def frames_seeing(dataset: Any, points: np.ndarray, frames: Sequence[int] | None = None,
@@ -66,6 +67,50 @@ def changed_mask(c2w: np.ndarray, K: Any, points: np.ndarray, spacing: float, ma
     return (torch.nn.functional.max_pool2d(t, k, stride=1, padding=r)[0, 0] > 0).numpy()
 
 
+def _zbuffer(c2w: np.ndarray, K: Any, points: np.ndarray, spacing: float, margin_px: int
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """([H, W], [H, W]) nearest and farthest z-depth (metres, OpenCV optical axis) of ``points`` [M, 3] projected into
+    camera ``(c2w, K)``, each point splatted by its footprint (``spacing``) grown by ``margin_px``; inf / -inf where no
+    point lands."""
+    T = np.asarray(c2w, np.float64)
+    pc = (np.asarray(points, np.float64).reshape(-1, 3) - T[:3, 3]) @ T[:3, :3]
+    pc = pc[pc[:, 2] > 1e-3]
+    zmin = np.full((K.height, K.width), np.inf)
+    zmax = np.full((K.height, K.width), -np.inf)
+    if not len(pc):
+        return zmin, zmax
+    u = np.round(K.fx * pc[:, 0] / pc[:, 2] + K.cx - 0.5).astype(int)
+    v = np.round(K.fy * pc[:, 1] / pc[:, 2] + K.cy - 0.5).astype(int)
+    ok = (u >= 0) & (u < K.width) & (v >= 0) & (v < K.height)
+    np.minimum.at(zmin, (v[ok], u[ok]), pc[ok, 2])
+    np.maximum.at(zmax, (v[ok], u[ok]), pc[ok, 2])
+    r = int(np.ceil(max(K.fx, K.fy) * spacing / pc[:, 2].min())) + margin_px
+    k = 2 * r + 1
+    t = torch.from_numpy(np.stack([-zmin, zmax]))[:, None]  # max-pool: -inf where nothing
+    pooled = torch.nn.functional.max_pool2d(t, k, stride=1, padding=r)[:, 0].numpy()
+    return -pooled[0], pooled[1]
+
+
+def disagreeing_pixels(c2w: np.ndarray, K: Any, depth: np.ndarray, old_points: np.ndarray | None,
+                       new_points: np.ndarray | None, spacing: float, margin_m: float = 0.01,
+                       margin_px: int = 2) -> np.ndarray:
+    """[H, W] bool: the pixels of an old frame (camera ``(c2w, K)``, its measured z-depth ``depth`` [H, W] in metres,
+    0 = nothing) whose observation the edits contradict: its surface lies in a thing's old place (``old_points``
+    [M, 3]: the ray ended on the thing, which is gone), or its ray reaches a thing's new place (``new_points``) before
+    its surface (the thing now stands in front of what the frame saw). Every other pixel still tells the truth, in
+    particular the rays that passed through the old place to the table or a neighbour behind it: they are the ones
+    that carve the old place empty, which :func:`changed_mask` (everything the places project onto) leaves out."""
+    bad = np.zeros(depth.shape, dtype=bool)
+    d = np.asarray(depth, np.float64)
+    if old_points is not None and len(old_points):
+        zmin, zmax = _zbuffer(c2w, K, old_points, spacing, margin_px)
+        bad |= (d > 0) & (d >= zmin - margin_m) & (d <= zmax + margin_m)
+    if new_points is not None and len(new_points):
+        zmin, _ = _zbuffer(c2w, K, new_points, spacing, margin_px)
+        bad |= np.isfinite(zmin) & ((d <= 0) | (d >= zmin - margin_m))
+    return bad
+
+
 class _MaskedDataset:
     """A dataset whose frames ``masks`` (index -> [H, W] bool, True = use the pixel) replace their own masks."""
 
@@ -95,6 +140,105 @@ def changed_points(edits: Sequence[Any], spacing: float = 0.02) -> np.ndarray:
     return np.concatenate(pts) if pts else np.zeros((0, 3))
 
 
+def edit_places(edits: Sequence[Any], clear_above_m: float = 0.02) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(old, new, clear) points [M, 3] (world, metres) of an edit stack: every edit's old place, its new place (none
+    for a removal), and the points known empty now: an old place's inside (a voxel region shrunk by one voxel, its
+    skin being grown onto neighbours), at least ``clear_above_m`` above the region's bottom (the table under it stays)
+    and in no edit's new place."""
+    from f3rm_ros.core.edits import VoxelRegion  # noqa: PLC0415
+
+    old, new, clear = [], [], []
+    for e in edits:
+        p = e.region.sample_points(0.01)
+        old.append(p)
+        if not e.removed:
+            T = e.T_world_new_old
+            new.append(p @ T[:3, :3].T + T[:3, 3])
+        if isinstance(e.region, VoxelRegion):
+            occ = torch.from_numpy((~e.region.occ).astype(np.float32))[None, None]
+            inner = ~(torch.nn.functional.max_pool3d(occ, 3, stride=1, padding=1)[0, 0] > 0).numpy()
+            inner[[0, -1]] = inner[:, [0, -1]] = inner[:, :, [0, -1]] = False
+            q = e.region.lo + (np.argwhere(inner) + 0.5) * e.region.voxel
+        else:
+            q = p
+        clear.append(q[q[:, 2] >= p[:, 2].min() + clear_above_m])
+    clear_pts = np.concatenate(clear) if clear else np.zeros((0, 3))
+    for e in edits:  # nothing is cleared where a thing stands now
+        if e.removed or not len(clear_pts):
+            continue
+        T = np.linalg.inv(e.T_world_new_old)
+        back = torch.from_numpy(clear_pts @ T[:3, :3].T + T[:3, 3]).float()
+        clear_pts = clear_pts[~e.region.contains(back).numpy()]
+    return _cat(old), _cat(new), clear_pts
+
+
+def bake_points(edits: Sequence[Any], above_m: float = 0.02) -> np.ndarray:
+    """Points [M, 3] (world) where an edited field is trusted to teach a refresh: the old and new places of
+    ``edits``, at least ``above_m`` above the lowest of them (the regions reach into the table top)."""
+    old, new, _ = edit_places(edits)
+    p = _cat([old, new])
+    return p[p[:, 2] >= p[:, 2].min() + above_m] if len(p) else p
+
+
+def _cat(xs: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(xs) if xs else np.zeros((0, 3))
+
+
+def _densities(model: Any, x: torch.Tensor) -> list[torch.Tensor]:
+    """The radiance field's and every proposal net's density (1 / field unit) at field-frame points ``x`` [N, 3]: a
+    place the proposal nets think empty gets no samples, so its density could never grow (nor be seen) otherwise."""
+    return [model.rgb_field.density(x)[0], *(net(x) for net in model.proposal_nets)]
+
+
+def _clear_loss(tr: Any, points_world: np.ndarray, weight: float, voxel_m: float, batch: int = 4096
+                ) -> Callable[[], torch.Tensor]:
+    """A loss term: ``weight`` x the mean opacity over ``voxel_m`` of the field at a random batch of ``points_world``
+    (jittered inside their voxels), i.e. a push towards empty space where the scene is known empty."""
+    nw = np.asarray(tr.nerf_to_world, np.float64)
+    s = float(np.cbrt(np.linalg.det(nw[:3, :3])))
+    pn = ((np.asarray(points_world, np.float64) - nw[:3, 3]) @ (nw[:3, :3] / s)) / s
+    pts = torch.as_tensor(pn, dtype=torch.float32, device=tr.device)
+    half = 0.5 * voxel_m / s
+    delta = voxel_m / s
+    n = len(pts)
+    g = tr.generator
+
+    def loss() -> torch.Tensor:
+        i = torch.randint(0, n, (min(batch, n),), generator=g, device=g.device).to(tr.device)
+        x = pts[i] + (torch.rand(len(i), 3, generator=g, device=g.device).to(tr.device) * 2 - 1) * half
+        return weight * sum((1 - torch.exp(-sigma * delta)).mean() for sigma in _densities(tr.model, x))
+
+    return loss
+
+
+def _bake_loss(tr: Any, teacher: Any, points_world: np.ndarray, weight: float, voxel_m: float, jitter: int = 4,
+               batch: int = 4096) -> Callable[[], torch.Tensor]:
+    """A loss term: ``weight`` x the mean |opacity over ``voxel_m``| difference between the field being refreshed and
+    ``teacher`` (a field with ``query_density`` in the world frame, e.g. the :class:`~f3rm_ros.core.edits.EditedField`
+    of the edits: the moved thing read from its old place, its old place empty) at a random batch of ``points_world``
+    (each taken at ``jitter`` random spots inside its voxel; the teacher is asked once, before training)."""
+    dev = tr.device
+    g = torch.Generator().manual_seed(0)
+    P = torch.as_tensor(np.asarray(points_world, np.float64), dtype=torch.float32)
+    P = (P[:, None, :] + (torch.rand(len(P), jitter, 3, generator=g) - 0.5) * voxel_m).reshape(-1, 3)
+    with torch.no_grad():
+        tdev = getattr(teacher, "device", dev)
+        a_t = torch.cat([1 - torch.exp(-teacher.query_density(c.to(tdev)).reshape(-1).float() * voxel_m)
+                         for c in P.split(65536)]).to(dev)
+    nw = np.asarray(tr.nerf_to_world, np.float64)
+    s = float(np.cbrt(np.linalg.det(nw[:3, :3])))
+    pn = ((P.double().numpy() - nw[:3, 3]) @ (nw[:3, :3] / s)) / s
+    pts = torch.as_tensor(pn, dtype=torch.float32, device=dev)
+    n, gen = len(pts), tr.generator
+
+    def loss() -> torch.Tensor:
+        i = torch.randint(0, n, (min(batch, n),), generator=gen, device=gen.device).to(dev)
+        return weight * sum((1 - torch.exp(-sigma * (voxel_m / s)) - a_t[i]).abs().mean()
+                            for sigma in _densities(tr.model, pts[i]))
+
+    return loss
+
+
 @dataclass
 class RefreshResult:
     checkpoint: Path | None
@@ -115,11 +259,23 @@ def refresh_field(checkpoint: str | Path, dataset: Any, new_frames: Sequence[int
                   out_path: str | Path | None = None, overrides: dict[str, Any] | None = None,
                   on_progress: Callable[[Any], None] | None = None, should_stop: Callable[[], bool] | None = None,
                   keep_trainer: bool = False, feature_cache: str | Path | None = None, old_frames: str = "mask",
-                  min_kept_fraction: float = 0.2, spacing: float = 0.01) -> RefreshResult:
+                  min_kept_fraction: float = 0.2, spacing: float = 0.01, changed_old: np.ndarray | None = None,
+                  changed_new: np.ndarray | None = None, clear_points: np.ndarray | None = None,
+                  clear_mult: float = 1.0, depth_margin_m: float = 0.01, teacher: Any = None,
+                  bake_points: np.ndarray | None = None, bake_mult: float = 1.0, new_repeat: int = 1) -> RefreshResult:
     """Fine-tune ``checkpoint`` on ``dataset``'s ``new_frames`` plus its other frames, for ``num_steps`` steps. An old
     frame that sees ``changed`` (points [M, 3] sampled every ``spacing`` m, e.g. :func:`changed_points` of the edits;
     None trusts every old frame) is, with ``old_frames`` "mask", kept with the pixels the changed places project onto
     left out (:func:`changed_mask`; dropped when less than ``min_kept_fraction`` of it is left), with "drop" dropped.
+    Given the old and new places apart (``changed_old`` / ``changed_new``, e.g. :func:`edit_places`) and a frame with
+    a depth image, only the pixels the edits contradict are left out (:func:`disagreeing_pixels`): the rays that see
+    through the old place keep carving it. ``clear_points`` (world, e.g. :func:`edit_places`' third) are known empty:
+    their opacity is penalised every step (``clear_mult``), so the moved thing's old density goes even where the new
+    views do not look. ``teacher`` (e.g. the query node's :class:`~f3rm_ros.core.edits.EditedField`) bakes the edit:
+    at ``bake_points`` (world: the changed places above the table) the refreshed field's opacity is pulled towards the
+    teacher's (``bake_mult``), so the moved thing keeps the shape all the old views gave it, where the few new views
+    see only some of its sides. ``new_repeat`` > 1 lists each new frame that many times, so the ray batches draw
+    from the few new views as often as from that many old ones (the changed places are seen by the new views alone).
 
     Args:
         features: the feature source as in ``TrainSceneRequest.features`` (the field's own extractor, e.g. a label
@@ -152,13 +308,20 @@ def refresh_field(checkpoint: str | Path, dataset: Any, new_frames: Sequence[int
         if not s_:
             kept_old.append(i)
         elif old_frames == "mask":
-            m = ~changed_mask(dataset.c2w[i], dataset.intrinsics[i], changed, spacing)
+            depth = dataset.get_depth(i) if (changed_old is not None or changed_new is not None) and \
+                getattr(dataset, "has_depth", False) else None
+            if depth is not None:
+                m = ~disagreeing_pixels(dataset.c2w[i], dataset.intrinsics[i], depth, changed_old, changed_new,
+                                        spacing, depth_margin_m)
+            else:
+                m = ~changed_mask(dataset.c2w[i], dataset.intrinsics[i], changed, spacing)
             own = dataset.get_mask(i) if hasattr(dataset, "get_mask") else None
             m = m if own is None else m & own
             if m.mean() >= min_kept_fraction:
-                masks[len(new) + len(kept_old)] = m
+                masks[len(new) * max(1, int(new_repeat)) + len(kept_old)] = m
                 kept_old.append(i)
-    sub = dataset.subset(new + kept_old)
+    reps = max(1, int(new_repeat))
+    sub = dataset.subset(new * reps + kept_old)
     ck = load_checkpoint(checkpoint)
     if overrides and any(k.startswith("model.") for k in overrides):
         raise CheckpointError("model settings cannot be changed when refreshing")
@@ -192,6 +355,10 @@ def refresh_field(checkpoint: str | Path, dataset: Any, new_frames: Sequence[int
     # no final evaluation: the subset has no held-out split, so the trainer would render every training frame (175 s
     # of a 60-step CPU refresh); whoever refreshes measures the new views it holds out itself
     tr.evaluate = lambda frames=None, save_images=None: {}
+    if clear_points is not None and len(clear_points) and clear_mult > 0:
+        tr.extra_losses["clear"] = _clear_loss(tr, clear_points, clear_mult, 0.01)
+    if teacher is not None and bake_points is not None and len(bake_points) and bake_mult > 0:
+        tr.extra_losses["bake"] = _bake_loss(tr, teacher, bake_points, bake_mult, 0.01)
     t1 = time.perf_counter()
     res = tr.train(int(num_steps), on_progress=on_progress, should_stop=should_stop)
     train_s = time.perf_counter() - t1
