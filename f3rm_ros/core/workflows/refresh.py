@@ -190,7 +190,7 @@ def _densities(model: Any, x: torch.Tensor) -> list[torch.Tensor]:
     return [model.rgb_field.density(x)[0], *(net(x) for net in model.proposal_nets)]
 
 
-def _clear_loss(tr: Any, points_world: np.ndarray, weight: float, voxel_m: float, batch: int = 4096
+def _clear_loss(tr: Any, points_world: np.ndarray, weight: float, voxel_m: float, batch: int = 1024
                 ) -> Callable[[], torch.Tensor]:
     """A loss term: ``weight`` x the mean opacity over ``voxel_m`` of the field at a random batch of ``points_world``
     (jittered inside their voxels), i.e. a push towards empty space where the scene is known empty."""
@@ -212,11 +212,12 @@ def _clear_loss(tr: Any, points_world: np.ndarray, weight: float, voxel_m: float
 
 
 def _bake_loss(tr: Any, teacher: Any, points_world: np.ndarray, weight: float, voxel_m: float, jitter: int = 4,
-               batch: int = 4096) -> Callable[[], torch.Tensor]:
+               batch: int = 1024) -> Callable[[], torch.Tensor]:
     """A loss term: ``weight`` x the mean |opacity over ``voxel_m``| difference between the field being refreshed and
     ``teacher`` (a field with ``query_density`` in the world frame, e.g. the :class:`~f3rm_ros.core.edits.EditedField`
     of the edits: the moved thing read from its old place, its old place empty) at a random batch of ``points_world``
-    (each taken at ``jitter`` random spots inside its voxel; the teacher is asked once, before training)."""
+    (each taken at ``jitter`` random spots inside its voxel; the teacher is asked once, before training). The
+    teacher's occupied points (opacity > 0.5; a thin wall is a few % of a region) and its empty ones weigh half each."""
     dev = tr.device
     g = torch.Generator().manual_seed(0)
     P = torch.as_tensor(np.asarray(points_world, np.float64), dtype=torch.float32)
@@ -233,7 +234,9 @@ def _bake_loss(tr: Any, teacher: Any, points_world: np.ndarray, weight: float, v
 
     def loss() -> torch.Tensor:
         i = torch.randint(0, n, (min(batch, n),), generator=gen, device=gen.device).to(dev)
-        return weight * sum((1 - torch.exp(-sigma * (voxel_m / s)) - a_t[i]).abs().mean()
+        a, occ = a_t[i], (a_t[i] > 0.5).float()
+        w = occ / occ.sum().clamp(min=1.0) + (1 - occ) / (1 - occ).sum().clamp(min=1.0)  # occupied and empty: 1/2 each
+        return weight * sum(((1 - torch.exp(-sigma * (voxel_m / s)) - a).abs() * w).sum() / 2
                             for sigma in _densities(tr.model, pts[i]))
 
     return loss
