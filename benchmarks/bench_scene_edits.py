@@ -23,15 +23,23 @@ against a full retrain in the same run; in three halves, as bench_grasp_generali
    beside the full retrain's, per move and as medians. ``all`` runs the three in one process (small CPU runs).
 
     # CPU (small; what runs on the 2-core machine)
-    python benchmarks/bench_scene_edits.py all --device cpu --scenes 2 --start 2 --moves 2 --steps 500 \\
-        --refresh-steps 120 --width 160 --height 120 --views 40 --work /tmp/f3rm_scene_edits
-    # GPU, the figures (10 scenes x 3 moves). Here (open3d), ~42 MB with full retrains of move 1:
+    python benchmarks/bench_scene_edits.py all --device cpu --threads 2 --scenes 2 --start 2 --moves 2 --steps 500 \\
+        --rays 1024 --preset small+synthetic+depth+error_map --planner fast --refresh-steps 400 \\
+        --refresh-options '{"new_repeat": 4}' --width 160 --height 120 --views 40 --work /tmp/f3rm_scene_edits
+    # GPU, the figures (10 scenes x 3 moves). Here (open3d), ~43 MB with full retrains of move 1:
     python benchmarks/bench_scene_edits.py render --scenes 10 --moves 3 --full-moves 1 --out .gpudata/edits10
-    # on the GPU machine (torch only):
+    # on the GPU machine (torch only; 20 trainings of 2000 steps, 30 refreshes and the queries: two calls, one
+    # shard each, --shard 0/2 then --shard 1/2 into scene_edits_gpu_1.json):
     python benchmarks/bench_scene_edits.py plan --data-root .gpudata/edits10 --device cuda --steps 2000 \\
-        --refresh-steps 200 --rays 4096 --planner reference --out $OUT/scene_edits_gpu.json
-    # back here:
-    python benchmarks/bench_scene_edits.py judge benchmarks/results/scene_edits_gpu.json --data-root .gpudata/edits10
+        --refresh-steps 400 --refresh-options '{"new_repeat": 4}' --rays 4096 --planner reference \\
+        --shard 0/2 --out $OUT/scene_edits_gpu_0.json
+    # back here (the shards are merged):
+    python benchmarks/bench_scene_edits.py judge benchmarks/results/scene_edits_gpu_0.json \\
+        benchmarks/results/scene_edits_gpu_1.json --data-root .gpudata/edits10
+
+``--refresh-options`` takes refresh_field's keyword arguments as JSON (``new_repeat``, ``clear_mult``, ...; with
+``"bake": true`` the edited field teaches the changed places); the old and new places of the edits are always given
+apart, so old frames with depth keep every pixel the edits do not contradict.
 
 (``--full-moves 1,2,3`` gives a full retrain per move, ~76 MB for 10 scenes: more than one GPU call carries; render
 it as two roots of 5 scenes, ``--start``, and merge by judging each.)
@@ -211,7 +219,11 @@ def plan(a: argparse.Namespace) -> int:
                 vals.append(-10 * np.log10(max(float(((o - gt) ** 2).mean()), 1e-10)))
         return float(np.mean(vals))
 
-    for d in _scene_dirs(a.data_root)[:a.limit or None]:
+    dirs = _scene_dirs(a.data_root)[:a.limit or None]
+    if a.shard:
+        i, n = (int(x) for x in a.shard.split("/"))
+        dirs = dirs[i::n]
+    for d in dirs:
         info = json.loads((d / "moves.json").read_text())
         target, others = info["target"]["text"], [q["text"] for q in info["others"]]
         work = a.work / d.name
@@ -305,7 +317,8 @@ def judge(a: argparse.Namespace) -> int:
     from f3rm_ros.core.sim.moves import move_object  # noqa: PLC0415
     from f3rm_ros.core.sim.scene import load_scene  # noqa: PLC0415
 
-    data = json.loads(a.results.read_text())
+    parts = [json.loads(p.read_text()) for p in a.results]
+    data = {**parts[0], "scenes": {k: v for d in parts for k, v in d["scenes"].items()}}
     rows: list[dict] = []
 
     def check(checker, row: dict, q) -> bool:
@@ -380,7 +393,7 @@ def judge(a: argparse.Namespace) -> int:
             print(f"{key:38s} {v['k']:3d}/{v['n']:<3d} = {pct:5.1f} %  [{100 * lo:.1f}, {100 * hi:.1f}]")
         else:
             print(f"{key:38s} {v if not isinstance(v, float) else round(v, 3)}")
-    out = a.results.with_name(a.results.stem + ".judged.json")
+    out = a.results[0].with_name(a.results[0].stem + ".judged.json")
     out.write_text(json.dumps({**{k: v for k, v in data.items() if k != "scenes"}, "summary": summ, "rows": rows},
                               indent=1))
     print(f"wrote {out}")
@@ -394,7 +407,7 @@ def run_all(a: argparse.Namespace) -> int:
     a.out = a.results or Path(__file__).resolve().parent / "results" / \
         f"scene_edits_{'cpu' if a.device == 'cpu' else a.device}_{time.strftime('%Y%m%d-%H%M%S')}.json"
     rc = plan(a)
-    a.results = a.out
+    a.results = [a.out]
     return rc or judge(a)
 
 
@@ -426,6 +439,7 @@ def main(argv: list[str] | None = None) -> int:
                         "\"bake\": true: the edited field teaches the changed places)")
         pl.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
         pl.add_argument("--limit", type=int, default=0, help="only the first N scenes (0 = all)")
+        pl.add_argument("--shard", default="", help="I/N: every N-th scene from the I-th (one GPU call each)")
 
     r = sub.add_parser("render", help="scenes, moves, new / held-out / full views (needs open3d)")
     render_args(r)
@@ -436,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
     pl.add_argument("--work", type=Path, default=Path("/tmp/f3rm_bench_scene_edits_plan"))
     plan_args(pl)
     j = sub.add_parser("judge", help="ground-truth checks and the table (needs open3d)")
-    j.add_argument("results", type=Path)
+    j.add_argument("results", type=Path, nargs="+", help="plan JSON files (shards are merged)")
     j.add_argument("--data-root", type=Path, required=True)
     al = sub.add_parser("all", help="render + plan + judge in one process (small CPU runs)")
     render_args(al)
