@@ -63,21 +63,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from f3rm_ros.core.presets import PLANNER_CPU  # noqa: E402 - no torch, no open3d
 
-WORKSPACE = ((-0.35, -0.3, 0.005), (0.35, 0.3, 0.3))  # the synthetic table (bench_grasp_generalization's)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_grasp_generalization import WORKSPACE, wilson  # noqa: E402 - the synthetic table; 95 % Wilson interval
+
 FAST = {**PLANNER_CPU, "sources": "geometric", "geometric_max_seeds": 64, "geometric_max_candidates": 256,
         "geometric_verify": 16}
 NEW_TRAJ_SEED = 100  # the new views of move K are drawn on trajectory seed NEW_TRAJ_SEED + K
-
-
-def wilson(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """95 % Wilson score interval of a proportion k / n (as bench_grasp_generalization's)."""
-    if n == 0:
-        return float("nan"), float("nan")
-    p = k / n
-    d = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / d
-    h = z * (p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5 / d
-    return max(0.0, c - h), min(1.0, c + h)
 
 
 def _scene_dirs(root: Path) -> list[Path]:

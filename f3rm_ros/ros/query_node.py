@@ -286,13 +286,7 @@ class QueryNode(LifecycleNode):
                     new.planner.surface()
                 except Exception as e:  # noqa: BLE001 - a query will say what is wrong with the field
                     self.get_logger().warning(f"workspace surface of the new field not computed: {e}")
-            with self._rw.write():
-                cfg, planner, task = (self.params[k].config for k in ("", "planner", "task"))
-                if (new.config, new.planner_config, new.task_config) != (cfg, planner, task):  # changed meanwhile
-                    new.configure(config=cfg, planner=planner, task=task)
-                if new.gripper.config != self.params["gripper"].config:
-                    new.configure(gripper=self.params["gripper"].config)
-                self.session = new
+            self._swap_in(new)
             self._record(str(new.checkpoint_path), announced)
         release_free_memory()
         if edits:
@@ -310,6 +304,17 @@ class QueryNode(LifecycleNode):
             yield
         finally:
             self._admin.release()
+
+    def _swap_in(self, new: QuerySession) -> None:
+        """Serve ``new`` from now on, under the write lock (queries in flight finish on the old session first),
+        with the parameters as they are now (they may have changed while ``new`` was built)."""
+        with self._rw.write():
+            cfg, planner, task = (self.params[k].config for k in ("", "planner", "task"))
+            if (new.config, new.planner_config, new.task_config) != (cfg, planner, task):  # changed meanwhile
+                new.configure(config=cfg, planner=planner, task=task)
+            if new.gripper.config != self.params["gripper"].config:
+                new.configure(gripper=self.params["gripper"].config)
+            self.session = new
 
     def _record(self, checkpoint: str | None, announced: str | None) -> None:
         """Record the served field (and a handled announcement) in the state file; a failure is logged only."""
@@ -496,13 +501,7 @@ class QueryNode(LifecycleNode):
             except EditError as e:
                 raise Refused(str(e)) from None
             new = session_with_field(old, out.field, self._new_session())
-            with self._rw.write():  # queries in flight finish on the old field first
-                cfg, planner, task = (self.params[k].config for k in ("", "planner", "task"))
-                if (new.config, new.planner_config, new.task_config) != (cfg, planner, task):  # changed meanwhile
-                    new.configure(config=cfg, planner=planner, task=task)
-                if new.gripper.config != self.params["gripper"].config:
-                    new.configure(gripper=self.params["gripper"].config)
-                self.session = new
+            self._swap_in(new)  # queries in flight finish on the old field first
         res.success, res.num_edits, res.edit_time = True, len(out.field.edits), float(out.seconds)
         if out.region is not None:  # the old place and the new one, for a refresh (TrainFields changed_boxes)
             c = out.region.corners()
