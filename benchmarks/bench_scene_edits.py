@@ -262,7 +262,11 @@ def plan(a: argparse.Namespace) -> int:
                 kw.update(changed_old=old, changed_new=new)
                 if edited is not None and kw.pop("bake", False):
                     kw.update(teacher=edited, bake_points=rf_mod.bake_points(edited.edits))
+                if edited is not None and kw.get("old_frames") == "teach":
+                    kw["teacher"] = edited
             kw.pop("bake", None)
+            if "teacher" not in kw and kw.get("old_frames") == "teach":  # no edit to teach (a refused edit): masks
+                kw["old_frames"] = "mask"
             sync()
             t0 = time.perf_counter()
             rf = rf_mod.refresh_field(ckpt, ds, range(first, len(ds)),

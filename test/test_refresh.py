@@ -6,6 +6,7 @@ does not match the field is refused. Tiny fields, seconds."""
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -231,3 +232,73 @@ def test_refresh_with_depth_aware_masks_and_the_edit_as_teacher(tiny, tmp_path):
     assert res.step == 3 and res.frames_new == 4 and res.frames_old_kept == 8
     assert "clear" in res.losses and "bake" in res.losses and np.isfinite(res.losses["bake"])
     assert load_trained_field(res.checkpoint).feature_dim == load_trained_field(ck).feature_dim
+
+
+def test_teach_frames_puts_the_edited_render_on_exactly_the_contradicted_pixels(tiny):
+    """``render_pixels`` is ``render`` at those pixels; ``teach_frames`` writes it (colour, depth where the render is
+    opaque, each touched patch's feature) on the pixels in ``bad`` only, into copies."""
+    import torch
+
+    from f3rm_ros.core.edits import BoxRegion, EditedField, SceneEdit
+    from f3rm_ros.core.features import create_extractor, extract_dataset_features
+    from f3rm_ros.core.field_api import load_trained_field
+    from f3rm_ros.core.workflows.refresh import teach_frames
+
+    torch.set_num_threads(1)
+    ck, data, T = tiny
+    ds = load_dataset(data, eval_every=0)
+    teacher = EditedField(load_trained_field(ck), [SceneEdit(BoxRegion.from_bounds((0.06, -0.16, 0.0),
+                                                                                   (0.22, 0.0, 0.08)), T, "bowl")])
+    full = teacher.render(ds.c2w[0], ds.intrinsics[0], with_features=True)
+    rng = np.random.default_rng(0)
+    H, W = full["rgb"].shape[:2]
+    bad = rng.random((H, W)) < 0.2
+    ys, xs = np.nonzero(bad)
+    part = teacher.render_pixels(ds.c2w[0], ds.intrinsics[0], np.stack([xs + 0.5, ys + 0.5], 1))
+    for k in ("rgb", "z_depth", "accumulation", "features"):
+        torch.testing.assert_close(part[k], full[k][torch.as_tensor(ys), torch.as_tensor(xs)], atol=1e-4, rtol=1e-4)
+    ex = create_extractor({"extractor": "labels", "labels": {"dataset": str(data), "patch_size": 4}})
+    maps = extract_dataset_features(ex, ds)
+    before = maps.clone()
+    d0 = rng.uniform(0.2, 1.0, (H, W)).astype(np.float32)  # a depth image (the tiny capture has none)
+    with_depth = SimpleNamespace(c2w=ds.c2w, intrinsics=ds.intrinsics, get_image=ds.get_image, has_depth=True,
+                                 get_depth=lambda i: d0 if i == 0 else None)
+    images, depths, new_maps = teach_frames(teacher, with_depth, {0: bad}, maps)
+    assert torch.equal(maps, before)  # the caller's maps are not touched
+    img0 = np.array(ds.get_image(0))
+    assert set(images) == {0} and np.array_equal(images[0][~bad], img0[~bad])
+    want = (full["rgb"].clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy()
+    assert np.abs(images[0][bad].astype(int) - want[bad].astype(int)).max() <= 1
+    acc = full["accumulation"].numpy()
+    assert set(depths) == {0} and np.array_equal(depths[0][~bad], d0[~bad])
+    opaque = bad & (acc >= 0.5)
+    assert opaque.any()
+    np.testing.assert_allclose(depths[0][opaque], full["z_depth"].numpy()[opaque], atol=1e-4)
+    assert np.all(depths[0][bad & (acc < 0.5)] == 0)
+    h, w = maps.shape[1:3]
+    touched = np.zeros((h, w), bool)
+    touched[ys * h // H, xs * w // W] = True
+    assert torch.equal(new_maps[0][torch.as_tensor(~touched)], maps[0][torch.as_tensor(~touched)])
+    assert torch.equal(new_maps[1:], maps[1:]) and not torch.equal(new_maps[0], maps[0])
+
+
+def test_refresh_taught_by_the_edit_keeps_every_old_frame(tiny, tmp_path):
+    import torch
+
+    from f3rm_ros.core.edits import BoxRegion, EditedField, SceneEdit
+    from f3rm_ros.core.features import create_extractor
+    from f3rm_ros.core.field_api import load_trained_field
+    from f3rm_ros.core.workflows.refresh import edit_places, refresh_field
+
+    torch.set_num_threads(1)
+    ck, data, T = tiny
+    ds = load_dataset(data, eval_every=0)
+    ex = create_extractor({"extractor": "labels", "labels": {"dataset": str(data), "patch_size": 4}})
+    edit = SceneEdit(BoxRegion.from_bounds((0.06, -0.16, 0.0), (0.22, 0.0, 0.08)), T, "bowl")
+    old, new, _ = edit_places([edit])
+    with pytest.raises(ValueError, match="teacher"):
+        refresh_field(ck, ds, range(8, 12), np.concatenate([old, new]), 2, features=ex, old_frames="teach")
+    res = refresh_field(ck, ds, range(8, 12), np.concatenate([old, new]), 2, features=ex, changed_old=old,
+                        changed_new=new, old_frames="teach", teacher=EditedField(load_trained_field(ck), [edit]),
+                        out_path=tmp_path / "t.ckpt")
+    assert res.step == 2 and res.frames_old_kept == 8 and res.frames_old_dropped == 0 and res.frames_old_masked > 0

@@ -25,7 +25,7 @@ import torch
 from f3rm_ros.core.checkpoint import CheckpointError, load_checkpoint
 
 __all__ = ["frames_seeing", "changed_mask", "disagreeing_pixels", "changed_points", "edit_places", "bake_points",
-           "boxes_points",
+           "boxes_points", "teach_frames",
            "RefreshResult", "refresh_field", "refresh_scene"]
 
 
@@ -112,10 +112,13 @@ def disagreeing_pixels(c2w: np.ndarray, K: Any, depth: np.ndarray, old_points: n
 
 
 class _MaskedDataset:
-    """A dataset whose frames ``masks`` (index -> [H, W] bool, True = use the pixel) replace their own masks."""
+    """A dataset whose frames ``masks`` (index -> [H, W] bool, True = use the pixel) replace their own masks, and
+    whose frames ``images`` / ``depths`` (index -> [H, W, 3] uint8 / [H, W] metres) replace their own pictures."""
 
-    def __init__(self, ds: Any, masks: dict[int, np.ndarray]):
+    def __init__(self, ds: Any, masks: dict[int, np.ndarray], images: dict[int, np.ndarray] | None = None,
+                 depths: dict[int, np.ndarray] | None = None):
         self._ds, self._masks = ds, masks
+        self._images, self._depths = images or {}, depths or {}
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._ds, name)
@@ -126,6 +129,51 @@ class _MaskedDataset:
     def get_mask(self, index: int) -> np.ndarray | None:
         m = self._masks.get(int(index))
         return m if m is not None else self._ds.get_mask(index)
+
+    def get_image(self, index: int) -> Any:
+        im = self._images.get(int(index))
+        return im if im is not None else self._ds.get_image(index)
+
+    def get_depth(self, index: int) -> np.ndarray | None:
+        d = self._depths.get(int(index))
+        return d if d is not None else self._ds.get_depth(index)
+
+
+def teach_frames(teacher: Any, dataset: Any, bad: dict[int, np.ndarray], feature_maps: torch.Tensor | None,
+                 min_accumulation: float = 0.5) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray],
+                                                         torch.Tensor | None]:
+    """The edit as a teacher of the old frames: each frame ``i`` of ``dataset`` in ``bad`` (index -> [H, W] bool, the
+    pixels the edits contradict, e.g. :func:`disagreeing_pixels`) gets ``teacher``'s render (an
+    :class:`~f3rm_ros.core.edits.EditedField` of a trained field: the moved thing at its new place, seen from every
+    old view; its old place empty) at those pixels: colour, z-depth (0, i.e. no measurement, where the render's
+    accumulation is below ``min_accumulation``) and, in ``feature_maps`` [N, h, w, D] (a copy is returned), the
+    feature of every patch holding such a pixel (rendered at the patch centre). Returns (images, depths, maps);
+    depths only for frames with a depth image."""
+    images, depths = {}, {}
+    maps = feature_maps.clone() if feature_maps is not None and bad else feature_maps
+    for i, b in bad.items():
+        if not b.any():
+            continue
+        c2w, K = dataset.c2w[i], dataset.intrinsics[i]
+        ys, xs = np.nonzero(b)
+        r = teacher.render_pixels(c2w, K, np.stack([xs + 0.5, ys + 0.5], 1), with_features=False)
+        img = np.array(dataset.get_image(i), dtype=np.uint8)
+        img[ys, xs] = (r["rgb"].clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
+        images[i] = img
+        d0 = dataset.get_depth(i) if getattr(dataset, "has_depth", False) else None
+        if d0 is not None:
+            d = np.array(d0, dtype=np.float32)
+            z = r["z_depth"].cpu().numpy()
+            d[ys, xs] = np.where(r["accumulation"].cpu().numpy() >= min_accumulation, z, 0.0)
+            depths[i] = d
+        if maps is not None:
+            _, h, w, _ = maps.shape
+            H, W = b.shape
+            cells = np.unique(np.stack([ys * h // H, xs * w // W], 1), axis=0)
+            centres = np.stack([(cells[:, 1] + 0.5) * W / w, (cells[:, 0] + 0.5) * H / h], 1)
+            f = teacher.render_pixels(c2w, K, centres, with_features=True)["features"]
+            maps[i, torch.as_tensor(cells[:, 0]), torch.as_tensor(cells[:, 1])] = f.to(maps.device, maps.dtype)
+    return images, depths, maps
 
 
 def changed_points(edits: Sequence[Any], spacing: float = 0.02) -> np.ndarray:
@@ -250,7 +298,7 @@ class RefreshResult:
     frames_new: int
     frames_old_kept: int
     frames_old_dropped: int
-    frames_old_masked: int  # old frames kept with the changed places' pixels left out
+    frames_old_masked: int  # old frames kept with the changed places' pixels left out (or, "teach", re-rendered)
     seconds: float  # the whole refresh (features, setup, training, saving)
     train_s: float
     losses: dict[str, float] = field(default_factory=dict)
@@ -304,13 +352,16 @@ def refresh_field(checkpoint: str | Path, dataset: Any, new_frames: Sequence[int
     old = [i for i in range(n) if i not in set(new)]
     sees = frames_seeing(dataset, changed, old) if changed is not None and len(changed) and old else \
         np.zeros(len(old), bool)
-    if old_frames not in ("mask", "drop"):
-        raise ValueError(f"old_frames must be 'mask' or 'drop', got {old_frames!r}")
-    kept_old, masks = [], {}
+    if old_frames not in ("mask", "drop", "teach"):
+        raise ValueError(f"old_frames must be 'mask', 'drop' or 'teach', got {old_frames!r}")
+    if old_frames == "teach" and teacher is None:
+        raise ValueError("old_frames='teach' needs a teacher (the edited field)")
+    reps = max(1, int(new_repeat))
+    kept_old, masks, bad = [], {}, {}
     for i, s_ in zip(old, sees, strict=True):
         if not s_:
             kept_old.append(i)
-        elif old_frames == "mask":
+        elif old_frames in ("mask", "teach"):
             depth = dataset.get_depth(i) if (changed_old is not None or changed_new is not None) and \
                 getattr(dataset, "has_depth", False) else None
             if depth is not None:
@@ -318,12 +369,15 @@ def refresh_field(checkpoint: str | Path, dataset: Any, new_frames: Sequence[int
                                         spacing, depth_margin_m)
             else:
                 m = ~changed_mask(dataset.c2w[i], dataset.intrinsics[i], changed, spacing)
+            if old_frames == "teach":  # every pixel stays; the contradicted ones get the teacher's render
+                bad[len(new) * reps + len(kept_old)] = ~m
+                kept_old.append(i)
+                continue
             own = dataset.get_mask(i) if hasattr(dataset, "get_mask") else None
             m = m if own is None else m & own
             if m.mean() >= min_kept_fraction:
-                masks[len(new) * max(1, int(new_repeat)) + len(kept_old)] = m
+                masks[len(new) * reps + len(kept_old)] = m
                 kept_old.append(i)
-    reps = max(1, int(new_repeat))
     sub = dataset.subset(new * reps + kept_old)
     ck = load_checkpoint(checkpoint)
     if overrides and any(k.startswith("model.") for k in overrides):
@@ -336,7 +390,10 @@ def refresh_field(checkpoint: str | Path, dataset: Any, new_frames: Sequence[int
     if ck_dim and got != ck_dim:
         raise CheckpointError(f"the refresh's features are {got}-dim, the field's {ck_dim}-dim: the dataset does not "
                               f"match the field")
-    tr = Trainer(cfg, _MaskedDataset(sub, masks) if masks else sub, feats.maps, device,
+    maps, images, depths = feats.maps, {}, {}
+    if bad:
+        images, depths, maps = teach_frames(teacher, sub, bad, maps)
+    tr = Trainer(cfg, _MaskedDataset(sub, masks, images, depths) if masks or images else sub, maps, device,
                  extractor_info=ck.get("extractor_info"))
     state = dict(ck["model"])
     key = "rgb_field.appearance.weight"
@@ -366,7 +423,8 @@ def refresh_field(checkpoint: str | Path, dataset: Any, new_frames: Sequence[int
     res = tr.train(int(num_steps), on_progress=on_progress, should_stop=should_stop)
     train_s = time.perf_counter() - t1
     path = tr.save_checkpoint(Path(out_path), include_optimizer=False) if out_path is not None else None
-    return RefreshResult(path, res.step, res.stopped, len(new), len(kept_old), len(old) - len(kept_old), len(masks),
+    return RefreshResult(path, res.step, res.stopped, len(new), len(kept_old), len(old) - len(kept_old),
+                         len(masks) + len(bad),
                          time.perf_counter() - t0, train_s, dict(res.losses), tr if keep_trainer else None)
 
 
