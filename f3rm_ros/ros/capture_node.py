@@ -27,7 +27,8 @@ restart continues the dataset. Poses on disk: camera-to-world, metres, ``world_f
 Service ``~/control`` (``f3rm_ros/srv/CaptureControl``): START; STOP (then waits up to ``drain_timeout_s``
 until every kept frame is on disk); CLEAR (drops queued frames, deletes the dataset's frames; refused while
 capturing); SAVE (waits for the frames kept so far, then stores the capture summary); APPEND (the scene changed:
-keep frames of it into the same dataset, each with its ``scene_version``, for a refresh of the field).
+keep frames of it into the same dataset, each with its ``scene_version``, for a refresh of the field; refused with
+the reason for a dataset that does not exist or has no frames, or one of another camera or world frame).
 Shutdown writes what is queued (at most ``drain_timeout_s``). Publishes ``~/status`` (``f3rm_ros/msg/CaptureStatus``;
 ``frames_kept`` = frames written) on every decision and at ``status_rate_hz``, and ``/diagnostics``. Every
 bad input is a rejection with a reason (``REASONS``), logged (throttled); none stops the node.
@@ -291,6 +292,8 @@ class CaptureNode(Node):
                             reject_counts=[int(st.reject_counts[k]) for k in reasons],
                             last_reject_reason=st.last_reject_reason, dataset_path=st.dataset_path,
                             frames_pending=st.frames_pending)
+        if hasattr(msg, "scene_version"):  # interfaces built before issue 18 lack it
+            msg.scene_version = int(st.scene_version)
         msg.header.stamp = self.get_clock().now().to_msg()
         msg.header.frame_id = self.settings.world_frame
         return msg

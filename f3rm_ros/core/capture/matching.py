@@ -19,7 +19,7 @@ import numpy as np
 from f3rm_ros.core.capture.config import CaptureConfig
 from f3rm_ros.core.capture.poses import PoseBuffer, PoseLookup
 
-__all__ = ["FrameMatcher", "Match", "PendingImage", "REASONS", "size_mismatch", "stamp_seconds"]
+__all__ = ["FrameMatcher", "Match", "PendingImage", "REASONS", "camera_mismatch", "size_mismatch", "stamp_seconds"]
 
 # Every reason a capture rejects an image for (keys of CaptureStatus.reject_reasons), with its meaning.
 REASONS = {
@@ -28,6 +28,7 @@ REASONS = {
     "no_camera_info": "no camera_info within pose_wait_s of the image",
     "bad_camera_info": "camera_info malformed",
     "size_mismatch": "image size differs from camera_info",
+    "camera_mismatch": "an appended frame's camera is not the dataset's (APPEND adds views of the same camera)",
     "bad_pose": "pose message has NaN/inf values or a zero quaternion",
     "wrong_frame": "pose is not given in the world frame",
     "no_pose": "no camera pose received for the image",
@@ -57,6 +58,24 @@ def size_mismatch(rgb: np.ndarray, K: Any) -> str:
     """Why the image [H, W, 3] does not fit the intrinsics ``K`` ('' if it does)."""
     if (rgb.shape[1], rgb.shape[0]) != tuple(K.size):
         return f"image is {rgb.shape[1]}x{rgb.shape[0]} but camera_info says {K.width}x{K.height}"
+    return ""
+
+
+def camera_mismatch(K: Any, dataset_K: Any, rel_tol: float = 0.01, dist_tol: float = 0.01) -> str:
+    """Why the camera ``K`` is not the one ``dataset_K`` (both ``CameraIntrinsics``) was recorded with ('' if it is):
+    another image size, a focal length or principal point more than ``rel_tol`` x the image size away, or a
+    distortion coefficient more than ``dist_tol`` away (a driver repeating its calibration gives equal numbers)."""
+    def desc(c: Any) -> str:
+        return f"{c.width}x{c.height}, fx {c.fx:.2f} fy {c.fy:.2f} cx {c.cx:.2f} cy {c.cy:.2f}"
+
+    if tuple(K.size) != tuple(dataset_K.size):
+        return f"the camera is {desc(K)}, the dataset's is {desc(dataset_K)} (another image size)"
+    span = rel_tol * max(K.width, K.height)
+    off = {n: abs(getattr(K, n) - getattr(dataset_K, n)) for n in ("fx", "fy", "cx", "cy")}
+    bad = [n for n, d in off.items() if d > span]
+    bad += [n for n in ("k1", "k2", "p1", "p2", "k3") if abs(getattr(K, n) - getattr(dataset_K, n)) > dist_tol]
+    if bad:
+        return f"the camera is {desc(K)}, the dataset's is {desc(dataset_K)} ({', '.join(bad)} differ)"
     return ""
 
 

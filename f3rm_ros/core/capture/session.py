@@ -12,7 +12,13 @@ and optional label and depth images with the colour image's stamp. The session
 * keeps keyframes (:class:`KeyframeSelector` over every kept frame, written or still queued) and hands them
   to a :class:`BackgroundWriter` (the caller's thread never waits for the disk); a frame whose write fails
   or is dropped by CLEAR is forgotten again (its pose may be kept later);
-* answers START/STOP/CLEAR/SAVE and reports counters and health.
+* answers START/STOP/CLEAR/SAVE/APPEND and reports counters and health.
+
+Scene versions (issue 18): APPEND starts keeping views of a changed scene into the open dataset; every frame kept
+from then on records ``scene_version``, one more than the dataset's highest (frames of the first scene record none:
+0), and a later START goes on with the dataset's newest version. An append session keeps frames of the dataset's
+camera only (``camera_mismatch``) and is refused, changing nothing, for a dataset that does not exist yet, one
+without frames, one stored in another world frame, or one recorded with another camera than the one streaming.
 
 Stamps are integer nanoseconds (``stamp_ns``); seconds are ``sec + 1e-9 * nanosec`` as in the messages.
 Thread-safe: data, control and status calls may come from different threads; the writer's callbacks run
@@ -34,13 +40,22 @@ import numpy as np
 
 from f3rm_ros.core.capture.config import CaptureConfig
 from f3rm_ros.core.capture.keyframes import KeyframeSelector
-from f3rm_ros.core.capture.matching import REASONS, FrameMatcher, Match, PendingImage, size_mismatch, stamp_seconds
+from f3rm_ros.core.capture.matching import (REASONS, FrameMatcher, Match, PendingImage, camera_mismatch, size_mismatch,
+                                            stamp_seconds)
 from f3rm_ros.core.capture.poses import T_BODY_OPTICAL, PoseBuffer, PoseLookup
 from f3rm_ros.core.capture.sharpness import laplacian_variance
 from f3rm_ros.core.capture.writer import BackgroundWriter, WriteJob
 from f3rm_ros.core.geometry import c2w_opengl_to_opencv
 
 __all__ = ["CaptureSession", "CaptureState", "REASONS"]
+
+
+def _version(frame: dict) -> int:
+    """A frame entry's ``scene_version`` (0 when it has none)."""
+    try:
+        return int(frame.get("scene_version", 0) or 0)
+    except (TypeError, ValueError):
+        return 0
 
 @dataclass
 class CaptureState:
@@ -54,6 +69,7 @@ class CaptureState:
     last_reject_reason: str = ""
     dataset_path: str = ""
     images_seen: int = 0
+    scene_version: int = 0  # what frames kept now record (0 = the first scene; each APPEND adds one)
 
 
 class CaptureSession:
@@ -92,7 +108,10 @@ class CaptureSession:
         self._last_log: dict[str, float] = {}
         self._label_table: dict | None = None
         self.keyframes = KeyframeSelector(c.min_translation_m, c.min_rotation_deg)
-        self.scene_version = 0  # >0 while an append session runs: written into each kept frame (issue 18)
+        # the scene version kept frames record (issue 18): the dataset's newest, one more after an APPEND; 0 = the
+        # first scene (its frames record none). The keyframe selector holds the views of _keyframes_version only
+        self.scene_version = self._keyframes_version = 0
+        self._dataset_camera: Any = None  # the camera an append session keeps frames of (None: any)
         # kept frames of the open dataset: written + waiting in the write queue (keyframes and max_frames use it)
         self._kept_total = 0
         # kept frames whose write failed (not in the dataset): in all, and since the capture last started
@@ -154,15 +173,61 @@ class CaptureSession:
                 self.writer_error = f"cannot open dataset {name!r}: {e}"
                 self._log("error", self.writer_error)
                 return False
-            poses = [c2w_opengl_to_opencv(np.asarray(f["transform_matrix"], dtype=np.float64))
-                     for f in self.writer.frames]
-            self.keyframes.reset(np.stack(poses) if poses else None)
+            self.scene_version = self._top_version()
+            self._reset_keyframes(self.scene_version)
+            self._dataset_camera = None
             self._kept_total = len(self.writer)
             if self._label_table is not None:
                 self._write_label_table()
             if len(self.writer):
                 self._log("info", f"continuing dataset {self.dataset_path} with {len(self.writer)} frames")
             return True
+
+    def _top_version(self) -> int:
+        """The highest ``scene_version`` of the open dataset's frames (0: none appended, or no dataset)."""
+        frames = self.writer.frames if self.writer is not None else []
+        return max((_version(f) for f in frames), default=0)
+
+    def _reset_keyframes(self, version: int) -> None:
+        """The keyframe selector from the poses of the dataset's frames of scene ``version`` (the views of another
+        version of the scene do not make a view of this one redundant)."""
+        frames = self.writer.frames if self.writer is not None else []
+        poses = [c2w_opengl_to_opencv(np.asarray(f["transform_matrix"], dtype=np.float64))
+                 for f in frames if _version(f) == version]
+        self.keyframes.reset(np.stack(poses) if poses else None)
+        self._keyframes_version = version
+
+    def append_refusal(self) -> str:
+        """Why APPEND cannot start now ('' if it can): capturing, no dataset open, a dataset that does not exist
+        yet or has no frames, one stored in another world frame, one recorded with another camera than the newest
+        camera_info (when one was received)."""
+        with self._lock:
+            if self.capturing:
+                return "APPEND refused while capturing; send STOP first"
+            w = self.writer
+            if w is None:
+                return self.writer_error or "no dataset open"
+            if not w.json_path.is_file():
+                return (f"APPEND refused: there is no dataset at {self.dataset_path} (no transforms.json): APPEND adds "
+                        f"views of a changed scene to an existing capture; START records a new one (or set "
+                        f"dataset_name to the dataset to append to)")
+            if not len(w):
+                return (f"APPEND refused: the dataset {self.dataset_path} has no frames to append to; use START for a "
+                        f"new scene")
+            frame = w.world_frame
+            if frame and frame != self.config.world_frame:
+                return (f"APPEND refused: the dataset {self.dataset_path} is stored in world frame {frame!r}, this "
+                        f"capture's poses are in {self.config.world_frame!r}")
+            try:
+                dataset_K = w.intrinsics(len(w) - 1)
+            except ValueError as e:  # DatasetError: the file's own intrinsics are malformed
+                return f"APPEND refused: the camera of the dataset {self.dataset_path} is unreadable: {e}"
+            K = self.matcher.camera_info
+            why = camera_mismatch(K, dataset_K) if K is not None else ""
+            if why:
+                return (f"APPEND refused: the dataset {self.dataset_path} was recorded with another camera: {why}; "
+                        f"append views of the same camera, or START a new dataset (set dataset_name)")
+            return ""
 
     def _write_label_table(self) -> None:
         writer = self.writer
@@ -290,6 +355,11 @@ class CaptureSession:
                 self.capturing = False
                 self.reject("max_frames", f"the dataset has max_frames={c.max_frames} frames; capture stopped")
                 return
+            if self._dataset_camera is not None and p.intrinsics is not None:
+                why = camera_mismatch(p.intrinsics, self._dataset_camera)
+                if why:
+                    self.reject("camera_mismatch", f"image at t={p.stamp:.3f} not appended: {why}")
+                    return
             ok, why = self.keyframes.check(look.pose)
             if not ok:
                 self.reject("too_close", why)
@@ -361,7 +431,11 @@ class CaptureSession:
 
     # ----------------------------------------------------------------------------------- control
     def start(self) -> tuple[bool, str]:
-        """START: keep frames (opens the dataset first if none is open)."""
+        """START: keep frames (opens the dataset first if none is open), of the dataset's newest scene version (after
+        an APPEND session, a START goes on with the changed scene)."""
+        return self._start(append=False)
+
+    def _start(self, append: bool) -> tuple[bool, str]:
         with self._lock:
             if self.writer is None:
                 self.open_dataset(self.config.dataset_name)
@@ -369,38 +443,42 @@ class CaptureSession:
                 return False, self.writer_error
             if self.config.max_frames and self._kept_total >= self.config.max_frames:
                 return False, f"the dataset already has max_frames={self.config.max_frames} frames"
+            if append:
+                why = self.append_refusal()
+                if why:
+                    return False, why
+            # frames of the last session may still wait for the disk (a STOP whose drain timed out): theirs counts
+            queued = self.scene_version if self.write_queue.pending("frame") else 0
+            version = max(self._top_version(), queued) + (1 if append else 0)
+            camera = None
+            if version and len(self.writer):  # an append session keeps frames of the dataset's camera only
+                try:
+                    camera = self.writer.intrinsics(len(self.writer) - 1)
+                except ValueError as e:
+                    return False, f"the camera of the dataset {self.dataset_path} is unreadable: {e}"
+            if version != self._keyframes_version:
+                self._reset_keyframes(version)
+            self.scene_version, self._dataset_camera = version, camera
             self.capturing = True
             self._failed_mark = self.frames_failed
-            return True, "capturing"
+            if append:
+                return True, (f"appending scene version {version} to {self.dataset_path} ({len(self.writer)} frames "
+                              f"so far)")
+            return True, "capturing" + (f" scene version {version}" if version else "")
 
     def append(self) -> tuple[bool, str]:
         """APPEND: start keeping frames of a changed scene into the open dataset (an append session, issue 18): the
         keyframe selector forgets the earlier views (the same viewpoints are worth taking again) and every kept frame
         records ``scene_version``, one more than the dataset's highest (0 for frames without one), so a refresh
-        can tell the new frames from the old. Frames are written atomically as always."""
-        with self._lock:
-            if self.capturing:
-                return False, "APPEND refused while capturing; send STOP first"
-            if self.writer is None:
-                self.open_dataset(self.config.dataset_name)
-            if self.writer is None:
-                return False, self.writer_error
-            if not len(self.writer):
-                return False, "APPEND needs a dataset with frames to append to; use START for a new scene"
-            version = max(int(f.get("scene_version", 0) or 0) for f in self.writer.frames) + 1
-            ok, why = self.start()
-            if not ok:
-                return ok, why
-            self.keyframes.reset(None)
-            self.scene_version = version
-            return True, f"appending scene version {version} to {self.dataset_path} ({len(self.writer)} frames)"
+        can tell the new frames from the old. Only frames of the dataset's camera are kept. Refused, changing
+        nothing, as :meth:`append_refusal` says. Frames are written atomically as always."""
+        return self._start(append=True)
 
     def stop(self) -> tuple[bool, str]:
         """STOP: keep no more frames, then wait (drain_timeout_s) until every kept frame is written. Kept frames
         whose write failed since the capture started make it (False, how many and the last error)."""
         with self._lock:
             self.capturing = False
-            self.scene_version = 0
             self.matcher.clear()
         ok, why = self._wait_written("stopped")
         if not ok:
@@ -435,6 +513,8 @@ class CaptureSession:
             n = len(self.writer)
             self.writer.clear()
             self.keyframes.reset()
+            self.scene_version = self._keyframes_version = 0
+            self._dataset_camera = None
             self._kept_total = 0
         return True, f"cleared {n} frames" + (f" ({dropped} not yet written dropped)" if dropped else "")
 
@@ -504,7 +584,8 @@ class CaptureSession:
         with self._lock:
             written, pending, kept = self.frame_counts()
             return CaptureState(self.capturing, written, pending, kept, dict(self.reject_counts),
-                                self.last_reject_reason, str(self.dataset_path or ""), self.images_seen)
+                                self.last_reject_reason, str(self.dataset_path or ""), self.images_seen,
+                                self.scene_version)
 
     def health(self) -> tuple[str, str, dict[str, Any]]:
         """(level "ok"/"warn"/"error", message, values) for diagnostics."""

@@ -18,6 +18,7 @@ import numpy as np
 from f3rm_ros.core.cameras import CameraIntrinsics
 from f3rm_ros.core.dataset.files import (_FRAME_KEYS, TRANSFORMS_NAME, DatasetError, _parse_matrix,
                                          _read_transforms)
+from f3rm_ros.core.dataset.reader import _frame_intrinsics
 from f3rm_ros.core.geometry import c2w_opencv_to_opengl
 from f3rm_ros.core.io import atomic_write_bytes, atomic_write_json
 
@@ -129,6 +130,19 @@ class DatasetWriter:
         atomic_write_json(self.json_path, self._data)
 
     # -- metadata
+    @property
+    def world_frame(self) -> str:
+        """The dataset's ``world_frame`` ('' when the file names none)."""
+        return str(self._data.get("world_frame", "") or "")
+
+    def intrinsics(self, index: int) -> CameraIntrinsics:
+        """The camera of frame ``index`` as the reader sees it (its own keys, else the top-level ones);
+        DatasetError when the file's intrinsics are malformed."""
+        with self._lock:
+            frame = self._data["frames"][index]
+            return _frame_intrinsics(self._data, frame, f"{self.json_path}: frames[{index}]",
+                                     self.root / str(frame.get("file_path", "")))
+
     @property
     def labels_table(self) -> dict[str, dict[str, Any]] | None:
         """The top-level ``f3rm_labels`` table as stored (None if the dataset has none; do not modify)."""
