@@ -99,3 +99,30 @@ def test_levels_path_matches_reference(L, T, F, dtype, base, mx):
     assert ey <= tol * max(1.0, y0.abs().max().item())
     assert et <= tol * max(1.0, gt0.abs().max().item())
     assert ex <= max(tol, 1e-5)
+
+
+def test_points_gradient_is_zero_at_the_cube_bounds_on_every_torch():
+    """The reference and the CPU path pass the points gradient strictly inside (0, 1) only: 0 at x == 0 and
+    x == 1 as beyond them (the Triton kernel's convention). torch.clamp's own backward is 1 at the bounds up
+    to torch 2.13 and 0 from 2.14, so the encoding must not lean on it (the GPU machine runs torch 2.11)."""
+    from f3rm_ros.core.hashgrid import hash_grid_encode_levels
+    from f3rm_ros.core.hashgrid.reference import clamp_unit
+
+    x = torch.tensor([0.0, 0.5, 1.0, 1.2, -0.1, float("nan")], requires_grad=True)
+    y = clamp_unit(x)
+    y[:5].sum().backward()
+    print(f"torch {torch.__version__}: clamp_unit grad {x.grad.tolist()}")
+    assert torch.equal(y[:5].detach(), x[:5].detach().clamp(0.0, 1.0)) and y[5].isnan()
+    assert x.grad[:5].tolist() == [0.0, 1.0, 0.0, 0.0, 0.0]
+
+    gen = torch.Generator().manual_seed(3)
+    res = grid_resolutions(3, 4, 40)  # dense and hashed levels with T = 2**10
+    table = torch.rand(3, 2**10, 2, generator=gen) * 2 - 1
+    pts = torch.tensor([[0.0, 0.3, 1.0], [1.0, 0.0, 0.7], [0.25, 0.5, 0.75]])
+    g = torch.randn(3, 6, generator=gen)
+    for name, fn in (("reference", hash_grid_encode_torch), ("levels", hash_grid_encode_levels)):
+        p = pts.clone().requires_grad_(True)
+        fn(p, table, res).backward(g)
+        print(f"{name} points grad {p.grad.tolist()}")
+        on_bound = (pts == 0.0) | (pts == 1.0)
+        assert (p.grad[on_bound] == 0).all() and (p.grad[~on_bound] != 0).all()

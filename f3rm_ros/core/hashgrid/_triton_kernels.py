@@ -212,7 +212,8 @@ def hash_bwd_x(x_ptr, table_ptr, meta_ptr, gout_ptr, gx_ptr, N, g_stride,
         gy += Rf * ly
         gz += Rf * lz
         base += T * F
-    # the clamp to [0, 1] passes the gradient only strictly inside (as torch.clamp's backward: 0 at the bounds)
+    # the clamp to [0, 1] passes the gradient only strictly inside: 0 at the bounds, as reference.clamp_unit
+    # (torch.clamp's own backward is 1 at the bounds up to torch 2.13, 0 from 2.14)
     gx = tl.where((x0 > 0.0) & (x0 < 1.0), gx, 0.0)
     gy = tl.where((x1 > 0.0) & (x1 < 1.0), gy, 0.0)
     gz = tl.where((x2 > 0.0) & (x2 < 1.0), gz, 0.0)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from f3rm_ros.core.hashgrid.reference import HASH_PRIMES, MASK32, check_inputs
+from f3rm_ros.core.hashgrid.reference import HASH_PRIMES, MASK32, check_inputs, clamp_unit
 
 __all__ = ["hash_grid_encode_levels"]
 
@@ -32,7 +32,7 @@ def hash_grid_encode_levels(x: Tensor,  # [N, 3] in [0, 1]
     check_inputs(x, table, resolutions)
     L, T, F = table.shape
     n = x.shape[0]
-    xc = x.float().clamp(0.0, 1.0)
+    xc = clamp_unit(x.float())  # the reference's clamp (gradient 0 at the bounds on every torch)
     pow2 = T & (T - 1) == 0
     p1, p2 = HASH_PRIMES[1], HASH_PRIMES[2]
     levels = []

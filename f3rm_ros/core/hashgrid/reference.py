@@ -5,7 +5,8 @@ math (shared with :mod:`~f3rm_ros.core.hashgrid.levels` and the Triton kernels o
 :mod:`~f3rm_ros.core.hashgrid.triton_op`), for level ``l`` with resolution
 ``R = resolutions[l]``:
 
-* ``x`` clamped to [0, 1]; ``pos = x * R``; ``cell = min(floor(pos), R - 1)``; ``frac = pos - cell``;
+* ``x`` clamped to [0, 1] (:func:`clamp_unit`: the gradient passes strictly inside (0, 1), 0 at and beyond
+  the bounds, on every torch); ``pos = x * R``; ``cell = min(floor(pos), R - 1)``; ``frac = pos - cell``;
 * the 8 corners ``c = cell + {0,1}^3`` (integers in [0, R]);
 * index: dense ``cx + cy*(R+1) + cz*(R+1)**2`` if ``(R+1)**3 <= T``, else the spatial hash
   ``((cx*1) ^ (cy*2654435761) ^ (cz*805459861)) mod T`` on uint32 (wrap-around, mask 0xFFFFFFFF);
@@ -21,7 +22,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["HASH_PRIMES", "grid_resolutions", "hash_grid_encode_torch", "hash_grid_encode_loop"]
+__all__ = ["HASH_PRIMES", "clamp_unit", "grid_resolutions", "hash_grid_encode_torch", "hash_grid_encode_loop"]
 
 HASH_PRIMES = (1, 2654435761, 805459861)
 MASK32 = 0xFFFFFFFF
@@ -46,6 +47,18 @@ def grid_resolutions(num_levels: int, base_res: int, max_res: int) -> list[int]:
         return [int(base_res)]
     b = math.exp((math.log(max_res) - math.log(base_res)) / (num_levels - 1))
     return [int(math.floor(base_res * b**lvl * (1.0 + 1e-9))) for lvl in range(num_levels)]
+
+
+def clamp_unit(x: Tensor) -> Tensor:
+    """``x.clamp(0, 1)`` whose gradient is 1 strictly inside (0, 1) and 0 elsewhere, the bounds included.
+
+    ``torch.clamp``'s own backward at a bound changed between releases: torch 2.13 (checked; the GPU
+    machine's 2.11 alike) passes the gradient at ``x == 0`` and ``x == 1`` (subgradient 1), 2.14 gives 0. The
+    encoding's points gradient must not depend on the torch release (the Triton kernel gives 0 at the bounds),
+    so the convention is written out here; values are exactly ``x.clamp(0, 1)`` (NaN stays NaN).
+    """
+    inside = (x > 0.0) & (x < 1.0)
+    return torch.where(inside, x, x.detach().clamp(0.0, 1.0))
 
 
 def check_inputs(x: Tensor, table: Tensor, resolutions: Sequence[int]) -> None:
@@ -99,7 +112,7 @@ def hash_grid_encode_torch(x: Tensor,  # [N, 3] in [0, 1]
     dev = x.device
     res_f, res_i, dense, hash_primes = _level_constants(resolutions, T, dev)  # [L], [L], [L], [3]
 
-    xc = x.float().clamp(0.0, 1.0)
+    xc = clamp_unit(x.float())
     pos = xc[:, None, :] * res_f[None, :, None]  # [N, L, 3]
     cell = torch.minimum(pos.detach().floor().long(), (res_i - 1)[None, :, None])  # [N, L, 3]
     frac = pos - cell.float()  # [N, L, 3]

@@ -20,7 +20,7 @@ Kernels:
   optimising gripper poses through a frozen field): one launch over ``ceil(N / BLOCK)`` programs, each
   looping over the L levels and gathering the 8 corner rows again, ``d out / d x`` contracted with the
   upstream gradient in registers; no atomics, so it is deterministic. A point outside the open
-  interval (0, 1) on an axis gets 0 on it (the clamp; ``torch.clamp``'s backward is 0 at the bounds too).
+  interval (0, 1) on an axis gets 0 on it (the clamp; the reference's ``clamp_unit`` too, on every torch).
 
 The kernels are compiled with ``enable_fp_fusion=False``: a fused multiply-add would compute
 ``x*R - cell`` without rounding ``x*R`` to fp32 first and so differ from the reference's ``frac``
