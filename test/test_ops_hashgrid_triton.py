@@ -39,7 +39,16 @@ def _worker() -> None:
     from f3rm_ros.core.hashgrid import grid_resolutions, hash_grid_encode_loop, hash_grid_encode_torch
     from f3rm_ros.core.hashgrid.triton_op import hash_grid_encode_triton, triton_hashgrid_available
 
-    results = {"available": triton_hashgrid_available()}
+    import platform
+
+    import numpy
+    import triton
+
+    # versions in the test output: the interpreter's results depend on Triton, numpy and torch (issue 21 was
+    # torch.clamp's backward at the bounds, 1 up to torch 2.13, 0 from 2.14, before reference.clamp_unit)
+    results = {"available": triton_hashgrid_available(),
+               "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                            "triton": triton.__version__, "numpy": numpy.__version__}}
     gen = torch.Generator().manual_seed(1234)
     for name, (n, L, T, F, dt, base, mx) in CASES.items():
         dtype = getattr(torch, dt)
@@ -191,7 +200,8 @@ TOL = {"float32": 1e-5, "float16": 2e-3, "bfloat16": 1.6e-2}
 
 
 def test_available_in_interpreter(interp_results):
-    print("triton_hashgrid_available() with TRITON_INTERPRET=1:", interp_results["available"])
+    print("triton_hashgrid_available() with TRITON_INTERPRET=1:", interp_results["available"],
+          "versions in the interpreter's process:", interp_results["versions"])
     assert interp_results["available"] is True
 
 
