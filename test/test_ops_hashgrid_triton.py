@@ -300,6 +300,9 @@ def test_cpu_without_interpreter_is_refused():
         hash_grid_encode_triton(torch.rand(4, 2), torch.zeros(2, 64, 2), [2, 3])
     with pytest.raises(ValueError, match="resolutions"):
         hash_grid_encode_triton(torch.rand(4, 3), torch.zeros(2, 64, 2), [2])
+    # more points than int32 offsets reach (an expanded view: no memory), refused before any launch
+    with pytest.raises(ValueError, match="int32 offsets"):
+        hash_grid_encode_triton(torch.zeros(1, 3).expand((2**31 - 1) // 3 + 1, 3), torch.zeros(2, 64, 2), [2, 3])
 
 
 def test_gpu_matches_reference(monkeypatch):

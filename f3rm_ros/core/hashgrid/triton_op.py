@@ -55,6 +55,8 @@ DEFAULT_SEG_MAX_RES_OTHER = 48
 
 _PRIME_Y_I32 = 2654435761 - (1 << 32)  # same low 32 bits as 2654435761 (int32 wrap-around)
 _PRIME_Z = 805459861
+_MAX_INT32 = 2**31 - 1
+_MAX_POINTS = _MAX_INT32 // 3  # one call's points (x is read with int32 offsets point * 3 + axis)
 
 
 def _interpret_mode() -> bool:
@@ -207,6 +209,9 @@ def _check_inputs(x: Tensor, table: Tensor, resolutions: Sequence[int], out_dtyp
         raise ValueError(f"table dtype must be float32, float16 or bfloat16, got {table.dtype}")
     if out_dtype not in (None, torch.float32, torch.float16, torch.bfloat16):
         raise ValueError(f"out_dtype must be float32, float16 or bfloat16, got {out_dtype}")
+    if 3 * x.shape[0] > _MAX_INT32:
+        # the kernels address x (and the points gradient) with int32 offsets point * 3 + axis
+        raise ValueError(f"{x.shape[0]} points are too many for one call (int32 offsets): at most {_MAX_POINTS}")
     if x.device != table.device:
         raise ValueError(f"x on {x.device} but table on {table.device}")
     if x.device.type != "cuda" and not _interpret_mode():
