@@ -172,6 +172,7 @@ class FieldInfo:
     feature_dim: int
     extractor: str
     message: str = ""
+    num_edits: int = 0  # edits restored from the stack saved beside the field (the same field loaded again)
 
 
 @dataclass
@@ -205,6 +206,7 @@ class EditOutcome:
     edit_time: float  # seconds the node took
     message: str = ""
     changed_boxes: list[float] = field(default_factory=list)  # old and new place, 6 numbers each: for train()
+    edits_path: str = ""  # the node's whole edit stack as saved now, for train(edits_path=...); "" = none saved
 
 
 @dataclass
@@ -441,11 +443,13 @@ class F3RMClient:
         """Load a checkpoint (under the node's checkpoint root; "" = the newest there)."""
         res = self._checked(self.call(LoadField, self.names.query_node, "load_field",
                                       LoadField.Request(checkpoint_path=checkpoint_path), timeout), "load_field")
-        return FieldInfo(res.checkpoint_path, int(res.feature_dim), res.extractor, res.message)
+        return FieldInfo(res.checkpoint_path, int(res.feature_dim), res.extractor, res.message,
+                         int(getattr(res, "num_edits", 0)))
 
     def _edit(self, req: Any, timeout: float) -> EditOutcome:
         res = self._checked(self.call(EditScene, self.names.query_node, "edit_scene", req, timeout), "edit_scene")
-        return EditOutcome(int(res.num_edits), float(res.edit_time), res.message, [float(v) for v in res.changed_boxes])
+        return EditOutcome(int(res.num_edits), float(res.edit_time), res.message, [float(v) for v in res.changed_boxes],
+                           str(getattr(res, "edits_path", "")))
 
     @staticmethod
     def _edit_request(obj: str, box: tuple[Sequence[float], Sequence[float]] | None) -> Any:
@@ -508,7 +512,8 @@ class F3RMClient:
     # --- train node -----------------------------------------------------------------------------
     def train(self, dataset: str = "", steps: int = 0, feature_type: str = "",
               feedback_cb: Callable[[Any], None] | None = None, timeout: float = 3600.0,
-              resume: str = "", refresh_from: str = "", changed_boxes: Sequence[float] = ()) -> TrainOutcome:
+              resume: str = "", refresh_from: str = "", changed_boxes: Sequence[float] = (),
+              edits_path: str = "") -> TrainOutcome:
         """Run the ``TrainFields`` action to completion.
 
         Args:
@@ -524,6 +529,9 @@ class F3RMClient:
                 (checkpoint under the node's checkpoint root) to fine-tune for ``steps`` (0 = the node's refresh_steps)
                 on the new frames plus the old ones that see none of ``changed_boxes`` (the ``changed_boxes`` of each
                 ``object_moved`` / ``object_removed`` since that field, concatenated).
+            edits_path: a refresh from the query node's edits (the ``edits_path`` of the latest ``object_moved`` /
+                ``object_removed`` / ``undo_edit``): the old frames distrust each edit's old and new place; with
+                ``refresh_from`` "" the field the edits were made on is refreshed.
 
         Raises:
             RequestFailed: goal rejected (e.g. another training runs) or training failed/cancelled.
@@ -553,11 +561,14 @@ class F3RMClient:
             if not hasattr(goal, "resume"):
                 raise F3RMError("the TrainFields interface has no 'resume' field: rebuild the interfaces (colcon)")
             goal.resume = resume
-        if refresh_from:
-            if not hasattr(goal, "refresh_from"):
-                raise F3RMError("the TrainFields interface has no 'refresh_from' field: rebuild the interfaces")
+        if refresh_from or edits_path:
+            if not hasattr(goal, "refresh_from") or (edits_path and not hasattr(goal, "edits_path")):
+                raise F3RMError("the TrainFields interface has no 'refresh_from' / 'edits_path' field: rebuild the "
+                                "interfaces")
             goal.refresh_from = refresh_from
             goal.changed_boxes = [float(v) for v in changed_boxes]
+            if edits_path:
+                goal.edits_path = edits_path
         fut = client.send_goal_async(goal, feedback_callback=on_feedback)
         why = self._wait_future(fut, deadline, gone)
         if why == "timeout":

@@ -6,7 +6,12 @@ there) and serves ``~/query_grasps`` (srv/QueryGrasps: best-first 6-DoF grasps, 
 task's demonstrations or geometric, and quality terms: msg/Grasp.msg), ``~/query_similarity`` (a text's heat
 map), ``~/record_demo`` (a demonstration into a task file in ``tasks_dir``, written atomically) and ``~/edit_scene``
 (srv/EditScene: after the robot moved or removed a thing, the served field is edited at once, without training:
-core/workflows/scene_edits.py; queries, the heat map and the scene cloud follow; a new field clears the edits).
+core/workflows/scene_edits.py; queries, the heat map and the scene cloud follow; a new field clears the edits). The
+edit stack is kept beside the served checkpoint (``<checkpoint>.<namespace>.<node>.edits.json``, written atomically
+after every edit and undo: core/edit_store.py; EditScene answers its path, which a refresh, TrainFields
+``edits_path``, takes); loading that checkpoint again (after a restart, or asked to) restores the edits and says so,
+loading another field clears them (and removes that file); a stack that cannot be used is reported with the reason
+and the plain field is served.
 Publishes in the world frame, transient-local (RViz joining late still sees them): ``~/scene_cloud`` (x y z
 rgb, rendered from the training cameras), ``~/heatmap`` (x y z similarity rgb of the last query),
 ``~/grasp_markers`` (gripper boxes coloured by source, scores: ros/visuals.py); status on ``/diagnostics``.
@@ -52,6 +57,7 @@ from std_msgs.msg import String
 from visualization_msgs.msg import MarkerArray
 
 from f3rm_ros.core.config import param
+from f3rm_ros.core.edit_store import edit_stack_path, keep_field_edits, remove_edit_stack, restore_field_edits
 from f3rm_ros.core.edits import EditError, rigid_from_pose
 from f3rm_ros.core.grasp.config import PlannerConfig, TaskConfig
 from f3rm_ros.core.grasp.session import QueryConfig, QueryRefused, QuerySession
@@ -183,7 +189,8 @@ class QueryNode(LifecycleNode):
         ret = super().on_activate(state)
         self._active = True
         pending, self._pending_checkpoint = self._pending_checkpoint, None
-        target = pending or self._restore_target()
+        restore = self._restore_target()  # read always: the field served before, whose edits another field clears
+        target = pending or restore
         if target is None and self.session.field is None and self.cfg.load_newest_on_activate:
             target = ""
         if target is not None:  # in the background: the executor serves ("not ready yet") meanwhile
@@ -277,10 +284,20 @@ class QueryNode(LifecycleNode):
         path = (resolve_under_root(checkpoint_path, self.cfg.checkpoint_root, what="checkpoint path")
                 if checkpoint_path.strip() else expand_root(self.cfg.checkpoint_root))
         with self._admin_lock(wait, "load"):
-            edits = edit_count(self.session.field)
+            old = self.session
+            edits = edit_count(old.field)
+            prev = old.checkpoint_path or (Path(self._served.checkpoint) if self._served.checkpoint else None)
             new = self._new_session()
-            new.tasks = list(self.session.tasks)
+            new.tasks = list(old.tasks)
             msg = new.load_field(path)
+            field, restored, why = restore_field_edits(new.field, new.checkpoint_path, self._edits_owner())
+            if restored:  # the same field again (a restart, a reload): its edits come back
+                session_with_field(new, field)
+                msg += (f"; restored its {restored} edit(s) saved in "
+                        f"{edit_stack_path(new.checkpoint_path, self._edits_owner())}")
+            elif why:
+                msg += f"; its saved edits were NOT restored (the field is served as trained): {why}"
+                self._last_error = why
             if new.planner is not None:
                 try:
                     new.planner.surface()
@@ -288,8 +305,14 @@ class QueryNode(LifecycleNode):
                     self.get_logger().warning(f"workspace surface of the new field not computed: {e}")
             self._swap_in(new)
             self._record(str(new.checkpoint_path), announced)
+            another = prev is not None and Path(prev).resolve() != Path(new.checkpoint_path).resolve()
+            if another:  # the previous field's edits are cleared, on disk too (they no longer follow the scene)
+                try:
+                    remove_edit_stack(edit_stack_path(prev, self._edits_owner()))
+                except OSError as e:
+                    self.get_logger().warning(f"edit stack of {prev} not removed: {e}")
         release_free_memory()
-        if edits:
+        if edits and (another or prev is None or not restored):
             msg += f"; the {edits} edit(s) of the previous field are cleared"
         self.get_logger().info(msg)
         self._publish_cloud_async(new)
@@ -473,6 +496,12 @@ class QueryNode(LifecycleNode):
         field = session.field
         res.checkpoint_path = str(session.checkpoint_path)
         res.feature_dim, res.extractor = int(field.feature_dim), str(field.extractor_info.get("type", ""))
+        if hasattr(res, "num_edits"):  # interfaces built before the edits were saved lack it
+            res.num_edits = edit_count(field)
+
+    def _edits_owner(self) -> str:
+        """Whose edit stack it is (the node's full name): two servers of one field keep their own."""
+        return self.get_fully_qualified_name()
 
     def _edit_scene(self, req: Any, res: Any) -> None:
         T = None
@@ -502,6 +531,11 @@ class QueryNode(LifecycleNode):
                 raise Refused(str(e)) from None
             new = session_with_field(old, out.field, self._new_session())
             self._swap_in(new)  # queries in flight finish on the old field first
+            saved, why = keep_field_edits(out.field, new.checkpoint_path, self._edits_owner())  # atomically
+        if hasattr(res, "edits_path"):
+            res.edits_path = str(saved or "")
+        if why:
+            self.get_logger().warning(why)
         res.success, res.num_edits, res.edit_time = True, len(out.field.edits), float(out.seconds)
         if out.region is not None:  # the old place and the new one, for a refresh (TrainFields changed_boxes)
             c = out.region.corners()
@@ -511,7 +545,7 @@ class QueryNode(LifecycleNode):
                 cn = c @ T[:3, :3].T + T[:3, 3]
                 boxes.append(np.r_[cn.min(0), cn.max(0)])
             res.changed_boxes = [float(v) for b in boxes for v in b]
-        res.message = f"{out.message} ({out.seconds:.3f} s)"
+        res.message = f"{out.message} ({out.seconds:.3f} s)" + (f"; {why}" if why else "")
         self.get_logger().info(res.message)
         if self.pub_cloud is not None:  # the scene cloud of the edited field, and its surface for the next query
             threading.Thread(target=self._publish_cloud, args=(new, True), name="scene-cloud", daemon=True).start()

@@ -26,7 +26,10 @@ aborted at once, ``success: false`` and the reason in ``message`` (and in the lo
    dataset's newest frames (highest ``scene_version``) plus the old frames that see none of ``changed_boxes``, for
    ``num_steps`` (0 = ``refresh_steps``) with the same feedback and cancel
    (:func:`~f3rm_ros.core.workflows.refresh.refresh_scene`), into ``<time>-refresh-<goal>``; a dataset without
-   appended frames, or another dataset than the field's, is refused with the reason.
+   appended frames, or another dataset than the field's, is refused with the reason. With ``edits_path`` (the query
+   node's saved edit stack, under ``checkpoint_root``; ``refresh_from`` "" = the field it was made on) the changed
+   places are the edits' own old and new places (:func:`~f3rm_ros.core.workflows.edit_refresh.refresh_with_edits`),
+   after those the field itself was refreshed with; a stack that is malformed or of another field is refused.
 5. success: the checkpoint path is published on ``~/checkpoint`` (``std_msgs/String``, transient-local); the query
    node loads it beside the served field and swaps it in (queries in flight finish on the old one).
 
@@ -191,7 +194,7 @@ class TrainNode(LifecycleNode):
             if not (path / "transforms.json").is_file():
                 raise Refused(f"dataset path {str(path)!r} holds no transforms.json")
             runs_dir = expand_root(s.checkpoint_root) / path.name
-            if str(getattr(req, "refresh_from", "")).strip():
+            if str(getattr(req, "refresh_from", "")).strip() or str(getattr(req, "edits_path", "")).strip():
                 return self._refresh_job(req, gid, path)
             resumed = self._resumed_run(str(getattr(req, "resume", "")).strip(), runs_dir, path)
             ftype = (req.feature_type or (resumed.feature_type if resumed else "")
@@ -233,9 +236,25 @@ class TrainNode(LifecycleNode):
         s = self.settings
         if str(getattr(req, "resume", "")).strip():
             raise Refused("a goal is a refresh (refresh_from) or a resume, not both")
-        src = resolve_under_root(req.refresh_from, s.checkpoint_root, what="refresh_from", must_exist=True)
+        saved = None
+        if str(getattr(req, "edits_path", "")).strip():  # the query node's edit stack, read now (it changes later)
+            from f3rm_ros.core.edit_store import EditStoreError, load_edit_stack
+
+            stack = resolve_under_root(req.edits_path, s.checkpoint_root, what="edits_path", must_exist=True)
+            try:
+                saved = load_edit_stack(stack)
+            except EditStoreError as e:
+                raise Refused(f"refresh refused: {e}") from None
+        if req.refresh_from.strip() or saved is None:
+            src = resolve_under_root(req.refresh_from, s.checkpoint_root, what="refresh_from", must_exist=True)
+        else:  # the field the edits were made on
+            src = resolve_under_root(str(saved.checkpoint), s.checkpoint_root, what="the edits' field",
+                                     must_exist=True)
         if not src.is_file():
             raise Refused(f"refresh_from {req.refresh_from!r} is not a checkpoint file")
+        if saved is not None and saved.checkpoint.resolve() != src.resolve():
+            raise Refused(f"refresh refused: the edits in {req.edits_path} were made on {saved.checkpoint}, not on "
+                          f"refresh_from {src}")
         boxes = [float(v) for v in req.changed_boxes]
         try:
             boxes_points(boxes)
@@ -249,12 +268,20 @@ class TrainNode(LifecycleNode):
         run_dir = resolve_under_root(Path(dataset.name) / f"{time.strftime('%Y%m%d-%H%M%S')}-refresh-{gid}",
                                      s.checkpoint_root, what="run folder")
         features = "none" if ftype == "none" else dataclasses.replace(self.features_config, extractor=ftype)
+        if saved is not None:
+            from f3rm_ros.core.workflows.edit_refresh import refresh_with_edits
+
+            runner = functools.partial(refresh_with_edits, refresh_from=src, edits=saved.edits, changed_boxes=boxes,
+                                       edits_path=saved.path)
+            what = f"{len(saved.edits)} edits of {saved.path}, {len(boxes) // 6} changed boxes"
+        else:
+            runner = functools.partial(refresh_scene, refresh_from=src, changed_boxes=boxes)
+            what = f"{len(boxes) // 6} changed boxes"
         job = TrainJob(TrainSceneRequest(
             dataset, num_steps=steps, trainer=self.trainer_config, features=features,
             feature_cache=None, downscale=s.dataset_downscale, device=s.device, torch_threads=s.torch_threads,
-            run_dir=run_dir, command=f"goal {gid}: refreshing {src} on {dataset} ({len(boxes) // 6} changed boxes) "
-                                     f"for {steps} steps"),
-            name=gid, runner=functools.partial(refresh_scene, refresh_from=src, changed_boxes=boxes))
+            run_dir=run_dir, command=f"goal {gid}: refreshing {src} on {dataset} ({what}) for {steps} steps"),
+            name=gid, runner=runner)
         job.note = ("", 0)
         return job
 
