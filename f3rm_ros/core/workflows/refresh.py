@@ -456,54 +456,14 @@ def _trained_on(checkpoint: Path) -> Path | None:
 
 
 def refresh_scene(request: Any, refresh_from: str | Path, changed_boxes: Sequence[float] = ()) -> Any:
-    """:func:`refresh_field` as a ``train_scene``-like workflow (a ``TrainJob`` runner of the train node): the request's
-    dataset, features, device, step budget, callbacks and run folder; the new frames are those of the dataset's highest
-    ``scene_version`` (a capture APPEND). Writes ``RUN_DIR/field.ckpt`` and ``RUN_DIR/run.json``.
+    """:func:`refresh_field` as a ``train_scene``-like workflow (a ``TrainJob`` runner of the train node) with the
+    changed places given as boxes only: :func:`~f3rm_ros.core.workflows.edit_refresh.refresh_with_edits` without new
+    edits (the ones ``refresh_from`` was itself refreshed with still count). Writes ``RUN_DIR/field.ckpt`` and
+    ``RUN_DIR/run.json``.
 
     Raises:
         ValueError: the dataset has no appended frames, or it is not the one the field was trained on; CheckpointError.
     """
-    import datetime  # noqa: PLC0415
+    from f3rm_ros.core.workflows.edit_refresh import refresh_with_edits  # noqa: PLC0415
 
-    from f3rm_ros.core.device import resolve_device  # noqa: PLC0415
-    from f3rm_ros.core.io import atomic_write_json  # noqa: PLC0415
-    from f3rm_ros.core.workflows.train_scene import RUN_FORMAT, RUN_VERSION, TrainSceneResult, load_scene  # noqa
-
-    req = request
-    phase = req.on_phase or (lambda _p: None)
-    src = Path(refresh_from)
-    phase("loading dataset")
-    ds = load_scene(req.dataset, req.downscale, 0)
-    trained_on = _trained_on(src)
-    if trained_on is not None and trained_on != Path(ds.root).resolve():
-        raise ValueError(f"the field {src} was trained on {trained_on}, not on the refresh's dataset {ds.root}: a "
-                         f"refresh continues a field on its own dataset")
-    versions = [int((fx or {}).get("scene_version", 0) or 0) for fx in ds.frames_extra] or [0]
-    top = max(versions)
-    if top == 0:
-        raise ValueError(f"{ds.root} has no appended frames (no scene_version): capture the changed scene with APPEND "
-                         f"first")
-    new = [i for i, v in enumerate(versions) if v == top]
-    device = resolve_device(req.device) if isinstance(req.device, str) else torch.device(req.device)
-    if req.torch_threads:
-        torch.set_num_threads(req.torch_threads)
-    phase("training")
-    run_dir = Path(req.run_dir) if req.run_dir is not None else None
-    out = run_dir / "field.ckpt" if run_dir is not None else None
-    res = refresh_field(src, ds, new, boxes_points(changed_boxes) if len(changed_boxes) else None, req.num_steps,
-                        features=req.features, device=device, out_path=out, on_progress=req.on_progress,
-                        should_stop=req.should_stop, feature_cache=req.feature_cache)
-    if run_dir is not None:
-        atomic_write_json(run_dir / "run.json", {
-            "format": RUN_FORMAT, "version": RUN_VERSION, "data_dir": str(Path(ds.root).resolve()),
-            "num_frames": len(ds), "device": str(device), "num_steps": int(req.num_steps), "command": req.command,
-            "refreshed_from": str(src), "scene_version": top,
-            "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "result": {"step": res.step, "stopped": res.stopped, "frames_new": res.frames_new,
-                       "frames_old_kept": res.frames_old_kept, "frames_old_dropped": res.frames_old_dropped,
-                       "frames_old_masked": res.frames_old_masked,
-                       "train_s": res.train_s, "elapsed_s": res.seconds, "field": str(out)}})
-    phase("done")
-    return TrainSceneResult(step=res.step, stopped=res.stopped, started=True, elapsed_s=res.seconds,
-                            train_s=res.train_s, features_s=0.0, losses=res.losses, eval={}, checkpoint=res.checkpoint,
-                            field=res.checkpoint, run_dir=run_dir, resumed_from=src)
+    return refresh_with_edits(request, refresh_from, (), changed_boxes)
