@@ -17,7 +17,7 @@ import torch
 from f3rm_ros.core.fields.protocol import GraspField
 from f3rm_ros.core.grasp.field_utils import alpha_from_density
 
-__all__ = ["in_collision", "in_collision_reference", "transform_points_batched", "gripper_shell_points",
+__all__ = ["in_collision", "in_collision_reference", "spread_order", "transform_points_batched", "gripper_shell_points",
            "gripper_corner_points", "lowest_point_z"]
 
 
@@ -70,29 +70,58 @@ def transform_points_batched(R: torch.Tensor,  # [N, 3, 3]
     return torch.einsum("nij,mj->nmi", R, p) + t[:, None, :]
 
 
+def _occupied_counts(field: GraspField, R: torch.Tensor, t: torch.Tensor, points: torch.Tensor, voxel: float,
+                     alpha_thr: float, chunk_points: int, floor_z: float | None) -> torch.Tensor:  # [N] long
+    """Occupied ``points`` (gripper frame) per pose, ``chunk_points`` field queries at a time."""
+    n, m = R.shape[0], points.shape[0]
+    out = torch.zeros(n, dtype=torch.long, device=t.device)
+    per = max(1, chunk_points // max(1, m))
+    for i in range(0, n, per):
+        pts = transform_points_batched(R[i:i + per], t[i:i + per], points)
+        dens = field.query_density(pts.reshape(-1, 3)).reshape(pts.shape[:2]).float()
+        occ = alpha_from_density(dens, voxel) >= alpha_thr
+        if floor_z is not None:
+            occ |= pts[..., 2] < floor_z
+        out[i:i + per] = occ.sum(dim=1)
+    return out
+
+
+def spread_order(m: int, device: torch.device | str = "cpu") -> torch.Tensor:  # [m] a permutation
+    """A fixed permutation of ``m`` gripper points (seeded), so that any run of it samples the whole gripper."""
+    return torch.randperm(m, generator=torch.Generator().manual_seed(0)).to(device)
+
+
 def in_collision(field: GraspField, R: torch.Tensor,  # [N, 3, 3] world_from_gripper rotations
                  t: torch.Tensor,  # [N, 3] translations, metres
                  gripper_points: torch.Tensor,  # [M, 3] gripper frame
                  voxel: float, alpha_thr: float, min_points: int,
-                 chunk_points: int, floor_z: float | None = None) -> torch.Tensor:  # [N] bool
+                 chunk_points: int, floor_z: float | None = None, point_block: int = 0) -> torch.Tensor:  # [N] bool
     """Density-based collision test of N gripper poses, ``chunk_points`` field queries at a time.
 
     ``floor_z``: world z below which every point counts as occupied (None: density only).
+    ``point_block`` > 0 (ours; the CPU preset): the gripper points are visited in blocks of this many, each
+    block spread over the whole gripper (:func:`spread_order`), and a pose whose count already reached
+    ``min_points`` skips the remaining blocks. The answer is the same (the count only grows); the field
+    queries drop to about ``point_block`` per colliding pose, which is most proposals (F3RM's random
+    rotations around surface voxels mostly cut through the object). 0: every point of every pose at once.
     """
     n, m = R.shape[0], gripper_points.shape[0]
-    out = torch.zeros(n, dtype=torch.bool, device=t.device)
     if n == 0 or m == 0:
-        return out
-    per = max(1, chunk_points // m)
+        return torch.zeros(n, dtype=torch.bool, device=t.device)
     with torch.no_grad():
-        for i in range(0, n, per):
-            pts = transform_points_batched(R[i:i + per], t[i:i + per], gripper_points)
-            dens = field.query_density(pts.reshape(-1, 3)).reshape(pts.shape[:2]).float()
-            occ = alpha_from_density(dens, voxel) >= alpha_thr
-            if floor_z is not None:
-                occ |= pts[..., 2] < floor_z
-            out[i:i + per] = occ.sum(dim=1) >= min_points
-    return out
+        if point_block <= 0 or point_block >= m:
+            return _occupied_counts(field, R, t, gripper_points, voxel, alpha_thr, chunk_points, floor_z) \
+                >= min_points
+        pts = gripper_points[spread_order(m, gripper_points.device)]
+        counts = torch.zeros(n, dtype=torch.long, device=t.device)
+        live = torch.arange(n, device=t.device)
+        for j in range(0, m, point_block):
+            counts[live] += _occupied_counts(field, R[live], t[live], pts[j:j + point_block], voxel, alpha_thr,
+                                             chunk_points, floor_z)
+            live = live[counts[live] < min_points]
+            if live.numel() == 0:
+                break
+        return counts >= min_points
 
 
 def in_collision_reference(field: GraspField, R: torch.Tensor, t: torch.Tensor, gripper_points: torch.Tensor,

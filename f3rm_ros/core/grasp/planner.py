@@ -193,7 +193,7 @@ class GraspPlanner:
                             collision_voxel_m=c.collision_voxel_m, collision_alpha=c.collision_alpha,
                             antipodal_max_deg=c.antipodal_max_deg, contact_radius_m=c.contact_radius_m,
                             refine_iters=c.antipodal_refine_iters, fine_check=c.fine_check_after,
-                            chunk_points=c.chunk_points)
+                            chunk_points=c.chunk_points, point_block=c.collision_point_block)
         return Verifier(self.field, self._clear_points[key], self._gripper_points, self._fine_points, self._corners,
                         self.antipodal_settings(c), vs, c.collision_min_points, c.fine_min_points)
 
@@ -224,7 +224,7 @@ class GraspPlanner:
             keep = torch.randperm(tr.shape[0], generator=gen)[:c.max_proposals].sort().values.to(self.device)
             tr, q = tr[keep], q[keep]
         coll = in_collision(self.field, quat_to_matrix_torch(q), tr, self._gripper_points, c.collision_voxel_m,
-                            c.collision_alpha, c.collision_min_points, c.chunk_points, floor)
+                            c.collision_alpha, c.collision_min_points, c.chunk_points, floor, c.collision_point_block)
         tr, q = tr[~coll], q[~coll]
         res.stats[f"{tag}proposals"] = int(coll.numel())
         res.stats[f"{tag}proposals_free"] = int(tr.shape[0])
@@ -417,9 +417,9 @@ class GraspPlanner:
             return (cc >= c.contact_min_relative * ref_cos).all(dim=1)
 
         def accept(source: str, task_name: str, R: torch.Tensor, t: torch.Tensor, bonus: torch.Tensor,
-                   quality_weight: float = 1.0) -> int:
+                   quality_weight: float = 1.0, free_with_clearance: bool = False) -> int:
             nonlocal checked
-            v = verifier.verify(R, t, floor, vox, contact_test=contact_test)
+            v = verifier.verify(R, t, floor, vox, contact_test=contact_test, free_with_clearance=free_with_clearance)
             checked += R.shape[0]
             failures.update(v.stats["failures"])
             res.stats.setdefault("verified", []).append({"source": source, "task": task_name, **v.stats})
@@ -435,7 +435,7 @@ class GraspPlanner:
         if c.sources != "demo":
             Rg, tg, gstats = self._geometric_candidates(vox, cos, ref_cos, floor, gen, c, res)
             t0 = lap("geometric", t0)
-            accept("geometric", "", Rg, tg, torch.zeros(Rg.shape[0], device=self.device))
+            accept("geometric", "", Rg, tg, torch.zeros(Rg.shape[0], device=self.device), free_with_clearance=True)
             t0 = lap("verify", t0)
         else:
             gstats = {}

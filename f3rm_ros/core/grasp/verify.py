@@ -21,6 +21,7 @@ Failures are counted by their first failing check, so a planner with no passing 
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -55,6 +56,7 @@ class VerifySettings:
     refine_iters: int = 2
     fine_check: bool = True  # the check without margin adds the fine whole-gripper points (fine_check_after)
     chunk_points: int = 2**18
+    point_block: int = 0  # > 0: early-exit collision checks and adaptive blocks (PlannerConfig.collision_point_block)
 
 
 @dataclass
@@ -91,10 +93,16 @@ class Verifier:
         if clearance:  # the floor is known exactly (and already a margin above the table): no clearance there
             return in_collision(self.field, R, t, self.clear_points, s.collision_voxel_m, s.collision_alpha,
                                 s.clearance_min_points, s.chunk_points,
-                                None if floor is None else floor - s.clearance_m)
+                                None if floor is None else floor - s.clearance_m, s.point_block)
         coll = in_collision(self.field, R, t, self.coarse_points, s.collision_voxel_m, s.collision_alpha,
-                            self.coarse_min, s.chunk_points, floor)
+                            self.coarse_min, s.chunk_points, floor, s.point_block)
         if not s.fine_check:
+            return coll
+        if s.point_block > 0:  # early exit: the fine check only for the poses the coarse one let through
+            free = torch.nonzero(~coll)[:, 0]
+            coll = coll.clone()
+            coll[free] = in_collision(self.field, R[free], t[free], self.fine_points, s.collision_voxel_m,
+                                      s.collision_alpha, self.fine_min, s.chunk_points, floor, s.point_block)
             return coll
         return coll | in_collision(self.field, R, t, self.fine_points, s.collision_voxel_m, s.collision_alpha,
                                    self.fine_min, s.chunk_points, floor)
@@ -103,22 +111,29 @@ class Verifier:
                    floor: float | None, clearance: bool) -> tuple[torch.Tensor, int, int]:
         """The first ``need`` entries of ``order`` whose poses are free (:meth:`collides`), checked in blocks of
         ``block`` until enough are found: the same as checking all and keeping the first ``need``, for a
-        fraction of the field queries when the best candidates are free. Returns (indices in ``order``'s order,
-        poses checked, free ones found)."""
+        fraction of the field queries when the best candidates are free. With ``point_block`` (early exit) the
+        first block is ``need`` poses and each next one what the free fraction so far says is still needed
+        (at most ``block``): the same poses, fewer checked. Returns (indices in ``order``'s order, poses
+        checked, free ones found)."""
         free: list[torch.Tensor] = []
         n_free, checked = 0, 0
         while checked < order.numel() and n_free < need:
-            idx = order[checked:checked + block]
+            size = block
+            if self.s.point_block > 0:  # early exit (the CPU): blocks sized by the free fraction seen so far
+                left = need - n_free
+                size = min(block, left if not checked else math.ceil(left * checked / max(n_free, checked / 16)))
+            idx = order[checked:checked + size]
             ok = idx[~self.collides(R[idx], t[idx], floor, clearance)]
             free.append(ok)
             n_free += int(ok.numel())
             checked += int(idx.numel())
         return (torch.cat(free)[:need] if free else order[:0]), checked, n_free
 
-    def refine(self, R: torch.Tensor, t: torch.Tensor, floor: float | None
+    def refine(self, R: torch.Tensor, t: torch.Tensor, floor: float | None, known_free: torch.Tensor | None = None
                ) -> tuple[torch.Tensor, torch.Tensor, AntipodalEstimate, int]:
         """Turn each closing axis onto its estimated contact normals (``align_to_contacts``); a step is kept
-        only where it is free with the clearance margin and lowers the estimated angle.
+        only where it is free with the clearance margin and lowers the estimated angle. ``known_free`` [N] bool
+        (optional, updated in place): poses known to be free with the clearance margin; a kept step is.
 
         Returns (R, t, estimate, improved)."""
         est = estimate_antipodal(self.field, R, t, self.antipodal)
@@ -140,6 +155,8 @@ class Verifier:
                 break
             j = idx[better]
             improved += int(better.sum())
+            if known_free is not None:
+                known_free[j] = True
             R, t = R.clone(), t.clone()
             R[j], t[j] = R2[j], t2[j]
             for name in ("angle_deg", "angles_deg", "contacts", "normals", "valid"):
@@ -147,17 +164,29 @@ class Verifier:
         return R, t, est, improved
 
     def verify(self, R: torch.Tensor, t: torch.Tensor, floor: float | None, target: torch.Tensor,
-               refine: bool = True, contact_test: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Verdict:
+               refine: bool = True, contact_test: Callable[[torch.Tensor], torch.Tensor] | None = None,
+               free_with_clearance: bool = False) -> Verdict:
         """Refine (optional) and check N candidates; ``target`` [K, 3]: the surface voxels the language selected;
         ``contact_test``: contacts [N, 2, 3] -> [N] bool, a further test that the contacts are on the queried
-        thing (the planner's: the features there match the query about as well as the selected voxels do)."""
+        thing (the planner's: the features there match the query about as well as the selected voxels do).
+        ``free_with_clearance``: the caller already found every candidate free with the clearance margin
+        (``first_free(clearance=True)``); with ``point_block`` (early exit) the final collision check then skips
+        the poses the refinement left where they were (the same check of the same poses)."""
         n = R.shape[0]
         dev = t.device
+        known = None
+        if self.s.point_block > 0:
+            known = torch.full((n,), bool(free_with_clearance), dtype=torch.bool, device=dev)
         if refine and n:
-            R, t, est, improved = self.refine(R, t, floor)
+            R, t, est, improved = self.refine(R, t, floor, known)
         else:
             est, improved = estimate_antipodal(self.field, R, t, self.antipodal), 0
-        coll = self.collides(R, t, floor, clearance=True) if n else torch.zeros(0, dtype=torch.bool, device=dev)
+        if known is not None and n:
+            coll = torch.zeros(n, dtype=torch.bool, device=dev)
+            todo = torch.nonzero(~known)[:, 0]
+            coll[todo] = self.collides(R[todo], t[todo], floor, clearance=True)
+        else:
+            coll = self.collides(R, t, floor, clearance=True) if n else torch.zeros(0, dtype=torch.bool, device=dev)
         contact = est.valid
         antipodal = est.angle_deg <= self.s.antipodal_max_deg
         if target.shape[0] and n:
