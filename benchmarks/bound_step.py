@@ -20,8 +20,10 @@ the card's measured ceilings, and kernel time by category from torch.profiler, i
    with the proposal-update fraction of the measured steps.
 3. The trainer's default fast path (CUDA graphs on CUDA), as ``bench_train.py`` times it: median step with a
    synchronize around each step, and pipelined; peak memory; then torch.profiler over ``--profile-steps``
-   steady-state steps: kernels per step, kernel time by category (kernel-name patterns, ``CATEGORIES``), the
-   kernel sum and the busy time (union of kernel intervals) beside the step's wall time, the top kernels.
+   steady-state steps of a fresh trainer (its CUDA graphs captured after the profiler first ran: kernels of a graph
+   made before may be missing from a trace): kernels per step, kernel time by category (kernel-name patterns,
+   ``CATEGORIES``), the kernel sum and the busy time (union of kernel intervals) beside the step's wall time, the
+   top kernels.
 4. A grasp query: a field of a built-in scene trained in the same call (``--query-preset``, label features of
    the dataset, as ``bench_grasp_trained.py plan``), the default planner (reference settings; the demo's CPU
    settings with ``--quick``): median latency and stages, the optimiser iterations it ran, and one query under
@@ -499,8 +501,8 @@ def count_step(args, dataset, maps, device) -> dict[str, Any]:
     return out
 
 
-def time_training(args, dataset, maps, device) -> tuple[Any, dict[str, Any], list]:
-    """The default fast path, timed as bench_train.py (synchronize around each step) and pipelined."""
+def warm_trainer(args, dataset, maps, device) -> tuple[Any, list, dict[str, Any]]:
+    """A trainer on the default fast path (CUDA graphs on CUDA), after ``--warmup`` steps (incl. the captures)."""
     if device.type == "cuda":
         import gc  # noqa: PLC0415
 
@@ -515,7 +517,13 @@ def time_training(args, dataset, maps, device) -> tuple[Any, dict[str, Any], lis
     for _ in range(args.warmup):
         tr._train_step_tensors()
     _sync(device)
-    t_warm = time.perf_counter() - t0
+    return tr, flags, {"trainer_init_s": t_init, "warmup_steps": args.warmup, "warmup_s": time.perf_counter() - t0,
+                       "cuda_graphs": tr.cuda_graphs_reason, "hashgrid_backends": tr.model.hashgrid_backends()}
+
+
+def time_training(args, dataset, maps, device) -> dict[str, Any]:
+    """The default fast path, timed as bench_train.py (synchronize around each step) and pipelined."""
+    tr, flags, res = warm_trainer(args, dataset, maps, device)
     first = len(flags)
     synced = []
     for _ in range(args.steps):
@@ -530,20 +538,17 @@ def time_training(args, dataset, maps, device) -> tuple[Any, dict[str, Any], lis
         tr._train_step_tensors()
     _sync(device)
     piped = (time.perf_counter() - t0) / max(1, args.steps)
-    loss = tr.loss_floats(tr._train_step_tensors())
-    res = {"trainer_init_s": t_init, "warmup_steps": args.warmup, "warmup_s": t_warm,
-           "cuda_graphs": tr.cuda_graphs_reason, "hashgrid_backends": tr.model.hashgrid_backends(),
-           "timed_steps": args.steps, "median_synced_ms": 1e3 * statistics.median(synced),
-           "p10_synced_ms": 1e3 * sorted(synced)[len(synced) // 10],
-           "p90_synced_ms": 1e3 * sorted(synced)[(9 * len(synced)) // 10],
-           "pipelined_ms": 1e3 * piped,
-           "update_fraction_synced": sum(u for _, u in flags[first:mid]) / max(1, mid - first),
-           "update_fraction_pipelined": sum(u for _, u in flags[mid:mid + args.steps]) / max(1, args.steps),
-           "loss": loss}
+    res.update({"timed_steps": args.steps, "median_synced_ms": 1e3 * statistics.median(synced),
+                "p10_synced_ms": 1e3 * sorted(synced)[len(synced) // 10],
+                "p90_synced_ms": 1e3 * sorted(synced)[(9 * len(synced)) // 10],
+                "pipelined_ms": 1e3 * piped,
+                "update_fraction_synced": sum(u for _, u in flags[first:mid]) / max(1, mid - first),
+                "update_fraction_pipelined": sum(u for _, u in flags[mid:mid + args.steps]) / max(1, args.steps),
+                "loss": tr.loss_floats(tr._train_step_tensors())})
     if device.type == "cuda":
         res["peak_allocated_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
         res["peak_reserved_mb"] = torch.cuda.max_memory_reserved(device) / 2**20
-    return tr, res, flags
+    return res
 
 
 # ------------------------------------------------------------------------------------------------ profiles
@@ -596,23 +601,38 @@ def summarize(events: list[tuple[str, float, float]], units: float, unit: str = 
                             for n, v in sorted(by_name.items(), key=lambda kv: -kv[1][0])[:top]]}
 
 
-def profile_training(tr, n: int, device: torch.device, flags: list) -> dict[str, Any]:
+def profile_training(args, dataset, maps, device) -> dict[str, Any]:
+    """``--profile-steps`` steady-state steps of a fresh trainer under torch.profiler (pipelined, as Trainer.train
+    runs). Its CUDA graphs are captured after the profiler first ran in this process: kernels of a graph made
+    before that may be missing from the trace (torch.profiler._utils._init_for_cuda_graphs, pytorch#100441)."""
     from torch.profiler import ProfilerActivity, profile  # noqa: PLC0415
 
+    try:
+        from torch.profiler._utils import _init_for_cuda_graphs  # noqa: PLC0415
+
+        _init_for_cuda_graphs()
+    except Exception:  # private API: without it the trace may lack the graphs' kernels (checked below)
+        pass
+    tr, flags, info = warm_trainer(args, dataset, maps, device)
+    n = args.profile_steps
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     _sync(device)
     first = len(flags)
     t0 = time.perf_counter()
     with profile(activities=acts) as prof:
         for _ in range(n):
-            tr._train_step_tensors()  # pipelined, as Trainer.train runs
+            tr._train_step_tensors()
         _sync(device)
     wall = (time.perf_counter() - t0) / max(1, n)
     ev = device_events(prof, device)
     res = summarize(ev, n, "step")
-    res.update({"profiled_steps": n, "wall_ms_per_step_under_profiler": 1e3 * wall,
+    res.update({"trainer": info, "profiled_steps": n, "wall_ms_per_step_under_profiler": 1e3 * wall,
                 "update_flags": [u for _, u in flags[first:first + n]]})
     res["update_fraction"] = sum(res["update_flags"]) / max(1, len(res["update_flags"]))
+    if device.type == "cuda" and res["kernels_per_step"] < 100:
+        res["warning"] = (f"only {res['kernels_per_step']:.0f} kernels per step traced: the CUDA graphs' kernels are "
+                          "probably missing from the trace; the categories are incomplete")
+        print(f"[profile] WARNING: {res['warning']}", flush=True)
     return res
 
 
@@ -1061,11 +1081,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{(c['op_traffic']['read_bytes'] + c['op_traffic']['written_bytes']) / MB:.0f} MB", flush=True)
 
     # 3. the fast path, timed (no profiler has run yet)
-    tr = flags = None
-
     def train():
-        nonlocal tr, flags
-        tr, r, flags = time_training(args, dataset, maps, device)
+        r = time_training(args, dataset, maps, device)
         print(f"[train] {r['cuda_graphs']}; grids {r['hashgrid_backends']}; median {r['median_synced_ms']:.2f} ms "
               f"(p10 {r['p10_synced_ms']:.2f}, p90 {r['p90_synced_ms']:.2f}), pipelined {r['pipelined_ms']:.2f} "
               f"ms/step, peak {r.get('peak_allocated_mb', 0):.0f} MB allocated", flush=True)
@@ -1092,9 +1109,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # 5. profiles (after every unprofiled timing)
     def prof_train():
-        if tr is None:
-            raise RuntimeError("the train section did not run")
-        r = profile_training(tr, args.profile_steps, device, flags)
+        r = profile_training(args, dataset, maps, device)
         print(f"[profile] {r['kernels_per_step']:.0f} kernels/step, kernel sum {r['kernel_us_per_step'] / 1e3:.3f} ms, "
               f"busy {r['busy_us_per_step'] / 1e3:.3f} ms, wall under profiler "
               f"{r['wall_ms_per_step_under_profiler']:.2f} ms/step", flush=True)
@@ -1111,7 +1126,7 @@ def main(argv: list[str] | None = None) -> int:
         res["query_profile"] = section("profile", prof_query)
     if undo_watch is not None:
         undo_watch()
-    tr = planner = None
+    planner = None
     if device.type == "cuda":
         torch.cuda.empty_cache()
 
@@ -1199,6 +1214,8 @@ def print_summary(res: dict[str, Any]) -> None:
                  f"busy {tp['busy_us_per_step'] / 1e3:.3f} ms, wall {tp['wall_ms_per_step_under_profiler']:.3f} ms "
                  f"under the profiler" + (f", {res['train']['median_synced_ms']:.3f} ms median without"
                                           if res.get("train") else ""))
+        if tp.get("warning"):
+            L.append(f"  WARNING: {tp['warning']}")
         L += _cat_table(tp, "step")
     ep = res.get("eager_phases")
     if ep:
