@@ -257,6 +257,12 @@ def test_teach_frames_puts_the_edited_render_on_exactly_the_contradicted_pixels(
     part = teacher.render_pixels(ds.c2w[0], ds.intrinsics[0], np.stack([xs + 0.5, ys + 0.5], 1))
     for k in ("rgb", "z_depth", "accumulation", "features"):
         torch.testing.assert_close(part[k], full[k][torch.as_tensor(ys), torch.as_tensor(xs)], atol=1e-4, rtol=1e-4)
+    one = teacher.render_pixels(ds.c2w[3], ds.intrinsics[3], np.array([[3.5, 7.5], [10.5, 2.5]]))
+    both = teacher.render_pixel_sets([(ds.c2w[0], ds.intrinsics[0], np.stack([xs + 0.5, ys + 0.5], 1)),
+                                      (ds.c2w[3], ds.intrinsics[3], np.array([[3.5, 7.5], [10.5, 2.5]]))], chunk=64)
+    for k in part:  # several cameras in one batch of rays (chunked across them) = each alone
+        torch.testing.assert_close(both[0][k], part[k], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(both[1][k], one[k], atol=1e-4, rtol=1e-4)
     ex = create_extractor({"extractor": "labels", "labels": {"dataset": str(data), "patch_size": 4}})
     maps = extract_dataset_features(ex, ds)
     before = maps.clone()

@@ -449,30 +449,48 @@ class EditedField:
 
     @torch.no_grad()
     def render_pixels(self, c2w_world_opencv: np.ndarray, intrinsics: Any, pixel_xy: Tensor | np.ndarray,
-                      with_features: bool = True, chunk: int = 16384) -> dict[str, Tensor]:
+                      with_features: bool = True, chunk: int = 65536) -> dict[str, Tensor]:
         """:meth:`render` of some pixels only (``pixel_xy`` [n, 2], continuous: the centre of pixel (i, j) is
         (i + 0.5, j + 0.5)): rgb [n, 3], z_depth [n] (metres along the optical axis), accumulation [n], features
         [n, D] (with a feature field and ``with_features``). Needs a trained field (with a model) as base."""
+        return self.render_pixel_sets([(c2w_world_opencv, intrinsics, pixel_xy)], with_features, chunk)[0]
+
+    @torch.no_grad()
+    def render_pixel_sets(self, views: Sequence[tuple[np.ndarray, Any, Tensor | np.ndarray]],
+                          with_features: bool = True, chunk: int = 65536) -> list[dict[str, Tensor]]:
+        """:meth:`render_pixels` of several cameras ``(c2w_world_opencv, intrinsics, pixel_xy)`` at once: their rays
+        go through the field together, in chunks of ``chunk`` (a few large batches instead of one small one per
+        camera). One dict per view, as :meth:`render_pixels`."""
         from f3rm_ros.core.cameras import generate_rays, intrinsics_tensor  # noqa: PLC0415
 
         base = self.base
         if not hasattr(base, "model"):
             raise ValueError("only a trained field (with a model) can be rendered")
-        c2w = base.c2w_world_to_nerf(c2w_world_opencv)
-        dev = c2w.device
-        px = torch.as_tensor(np.asarray(pixel_xy, np.float32) if not isinstance(pixel_xy, Tensor) else pixel_xy,
-                             dtype=torch.float32, device=dev).reshape(-1, 2)
-        K9 = intrinsics_tensor(intrinsics, device=dev)
+        dev = base.device
+        origins, dirs, zdir, sizes = [], [], [], []
+        for c2w_world, K, pixel_xy in views:
+            c2w = base.c2w_world_to_nerf(c2w_world)
+            px = torch.as_tensor(np.asarray(pixel_xy, np.float32) if not isinstance(pixel_xy, Tensor) else pixel_xy,
+                                 dtype=torch.float32, device=dev).reshape(-1, 2)
+            o, d = generate_rays(intrinsics_tensor(K, device=dev).expand(px.shape[0], -1),
+                                 c2w.expand(px.shape[0], 4, 4), px)
+            origins.append(o)
+            dirs.append(d)
+            zdir.append((d @ c2w[:3, :3])[:, 2])  # the optical-axis part of each unit ray
+            sizes.append(px.shape[0])
+        if not sizes or sum(sizes) == 0:
+            return [{} for _ in views]
+        o, d, zd = torch.cat(origins), torch.cat(dirs), torch.cat(zdir)
         base.model.eval()
         outs: dict[str, list[Tensor]] = {}
-        for s in range(0, px.shape[0], chunk):
-            p = px[s:s + chunk]
-            o, d = generate_rays(K9.expand(p.shape[0], -1), c2w.expand(p.shape[0], 4, 4), p)
-            r = self._render_rays(o, d, with_features)
-            r["z_depth"] = r.pop("depth") * base.metres_per_unit * (d @ c2w[:3, :3])[:, 2]
+        for s in range(0, o.shape[0], chunk):
+            r = self._render_rays(o[s:s + chunk], d[s:s + chunk], with_features)
+            r["z_depth"] = r.pop("depth") * base.metres_per_unit * zd[s:s + chunk]
             for k, v in r.items():
                 outs.setdefault(k, []).append(v.float())
-        return {k: torch.cat(v) for k, v in outs.items()}
+        cat = {k: torch.cat(v) for k, v in outs.items()}
+        return [{k: v[a:b] for k, v in cat.items()} for a, b in zip(np.cumsum([0, *sizes[:-1]]), np.cumsum(sizes),
+                                                                        strict=True)]
 
     def _nerf_warp(self, p: Tensor, d: Tensor | None) -> tuple[Tensor, Tensor | None, Tensor]:
         """:meth:`warp` for field-frame points [..., 3] (and unit directions [..., 3])."""

@@ -151,28 +151,38 @@ def teach_frames(teacher: Any, dataset: Any, bad: dict[int, np.ndarray], feature
     depths only for frames with a depth image."""
     images, depths = {}, {}
     maps = feature_maps.clone() if feature_maps is not None and bad else feature_maps
-    for i, b in bad.items():
-        if not b.any():
-            continue
-        c2w, K = dataset.c2w[i], dataset.intrinsics[i]
-        ys, xs = np.nonzero(b)
-        r = teacher.render_pixels(c2w, K, np.stack([xs + 0.5, ys + 0.5], 1), with_features=False)
+    frames = [i for i, b in bad.items() if b.any()]
+    pix, cells = {}, {}
+    for i in frames:
+        ys, xs = np.nonzero(bad[i])
+        pix[i] = (ys, xs)
+        if maps is not None:
+            _, h, w, _ = maps.shape
+            H, W = bad[i].shape
+            cells[i] = np.unique(np.stack([ys * h // H, xs * w // W], 1), axis=0)
+    # all frames' rays in a few large renders (one small render per frame is launch-bound on a GPU)
+    rs = teacher.render_pixel_sets([(dataset.c2w[i], dataset.intrinsics[i], np.stack([pix[i][1] + 0.5,
+                                                                                      pix[i][0] + 0.5], 1))
+                                    for i in frames], with_features=False)
+    if maps is not None:
+        _, h, w, _ = maps.shape
+        fs = teacher.render_pixel_sets([(dataset.c2w[i], dataset.intrinsics[i], np.stack(
+            [(cells[i][:, 1] + 0.5) * bad[i].shape[1] / w, (cells[i][:, 0] + 0.5) * bad[i].shape[0] / h], 1))
+            for i in frames], with_features=True)
+    for k, i in enumerate(frames):
+        ys, xs = pix[i]
+        r = rs[k]
         img = np.array(dataset.get_image(i), dtype=np.uint8)
         img[ys, xs] = (r["rgb"].clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
         images[i] = img
         d0 = dataset.get_depth(i) if getattr(dataset, "has_depth", False) else None
         if d0 is not None:
             d = np.array(d0, dtype=np.float32)
-            z = r["z_depth"].cpu().numpy()
-            d[ys, xs] = np.where(r["accumulation"].cpu().numpy() >= min_accumulation, z, 0.0)
+            d[ys, xs] = np.where(r["accumulation"].cpu().numpy() >= min_accumulation, r["z_depth"].cpu().numpy(), 0.0)
             depths[i] = d
         if maps is not None:
-            _, h, w, _ = maps.shape
-            H, W = b.shape
-            cells = np.unique(np.stack([ys * h // H, xs * w // W], 1), axis=0)
-            centres = np.stack([(cells[:, 1] + 0.5) * W / w, (cells[:, 0] + 0.5) * H / h], 1)
-            f = teacher.render_pixels(c2w, K, centres, with_features=True)["features"]
-            maps[i, torch.as_tensor(cells[:, 0]), torch.as_tensor(cells[:, 1])] = f.to(maps.device, maps.dtype)
+            c = torch.as_tensor(cells[i])
+            maps[i, c[:, 0], c[:, 1]] = fs[k]["features"].to(maps.device, maps.dtype)
     return images, depths, maps
 
 
