@@ -81,9 +81,10 @@ CATEGORIES: tuple[tuple[str, str, str], ...] = (
     ("hash_fwd", "hash grid forward: Triton corner gathers (+ sin/cos PE)", r"\bhash_fwd\b|\bfreq_fwd\b"),
     ("hash_bwd_points", "hash grid gradient w.r.t. the points (queries)", r"\bhash_bwd_x\b"),
     ("hash_bwd", "hash grid backward: Triton scatter-adds", r"\bhash_bwd\b"),
-    ("adam", "optimiser: fused Adam (multi-tensor)", r"FusedOptimizerTensorListMetadata|[Ff]used_?[Aa]dam|_foreach_"),
     ("grad_scaler", "AMP grad scaler: inf check / unscale, scale update",
      r"non_finite_check|amp_update_scale|_amp_foreach|aten::_amp"),
+    ("adam", "optimiser: fused Adam (multi-tensor kernels)",
+     r"FusedOptimizerTensorListMetadata|[Ff]used_?[Aa]dam|_foreach_|multi_tensor_apply"),
     ("gemm", "GEMM (cuBLAS nvjet / CUTLASS / xmma)",
      r"gemm|gemv|nvjet|xmma|cutlass|cublas|splitKreduce|\bdot_kernel|"
      r"^aten::(mm|addmm|bmm|baddbmm|_addmm_activation|addmv|mv|dot)$"),

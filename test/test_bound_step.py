@@ -77,6 +77,10 @@ def test_kernel_categories(bs):
         "hash_fwd": "hash_fwd", "hash_bwd": "hash_bwd", "hash_bwd_points": "hash_bwd_x",
         "adam": "void at::native::(anonymous namespace)::multi_tensor_apply_kernel<at::native::(anonymous namespace)::"
                 "FusedOptimizerTensorListMetadata<4>, at::native::",
+        "grad_scaler": "void at::native::(anonymous namespace)::multi_tensor_apply_kernel<at::native::(anonymous "
+                       "namespace)::TensorListMetadata<1>, at::native::(anonymous namespace)::UnaryOpFunctor<float, 1, "
+                       "1, 0>, at::native::_amp_foreach_non_finite_check_and_unscale_cuda_(c10::ArrayRef<at::Tensor>, "
+                       "at::Tensor&, at::Tensor const&)::{lambda()#1}::operator()() const::{lambda()#2}",
         "gemm": "nvjet_sm90_hsh_64x512_64x2_1x2_h_bz_coopB_bias_TNT",
         "sort_scan_search": "void at::native::radixSortKVInPlace<2, -1, 32, 4, float, long, unsigned int>(at::cuda",
         "copy_cast": "void at::native::vectorized_elementwise_kernel<8, at::native::float16_copy_kernel_cuda(at::Tens",
