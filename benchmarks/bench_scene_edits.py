@@ -28,11 +28,11 @@ against a full retrain in the same run; in three halves, as bench_grasp_generali
         --refresh-options '{"new_repeat": 4}' --width 160 --height 120 --views 40 --work /tmp/f3rm_scene_edits
     # GPU, the figures (10 scenes x 3 moves). Here (open3d), ~43 MB with full retrains of move 1:
     python benchmarks/bench_scene_edits.py render --scenes 10 --moves 3 --full-moves 1 --out .gpudata/edits10
-    # on the GPU machine (torch only; 20 trainings of 2000 steps, 30 refreshes and the queries: two calls, one
-    # shard each, --shard 0/2 then --shard 1/2 into scene_edits_gpu_1.json):
+    # on the GPU machine (torch only; 20 trainings of 2000 steps, 30 refreshes and the queries: ~8 min on an H100;
+    # --shard 0/2 then --shard 1/2 splits it in two calls; .gpudata/run_se.sh runs it from a git archive of HEAD):
     python benchmarks/bench_scene_edits.py plan --data-root .gpudata/edits10 --device cuda --steps 2000 \\
-        --refresh-steps 400 --refresh-options '{"new_repeat": 4}' --rays 4096 --planner reference \\
-        --shard 0/2 --out $OUT/scene_edits_gpu_0.json
+        --refresh-steps 400 --refresh-options '{"new_repeat": 4, "old_frames": "teach", "bake": true}' \\
+        --rays 4096 --planner reference --out $OUT/scene_edits_gpu_0.json
     # back here (the shards are merged):
     python benchmarks/bench_scene_edits.py judge benchmarks/results/scene_edits_gpu_0.json \\
         benchmarks/results/scene_edits_gpu_1.json --data-root .gpudata/edits10
@@ -279,6 +279,8 @@ def plan(a: argparse.Namespace) -> int:
                               "frames_old_dropped": rf.frames_old_dropped, "frames_old_masked": rf.frames_old_masked,
                               "train_s": rf.train_s, "steps": a.refresh_steps, "options": refresh_kw}
             held = load_dataset(d / f"move-{k}" / "heldout", eval_every=0)
+            if edited is not None:  # the edit itself on the same views: what the refresh starts from
+                row["edit_psnr"] = psnr(edited, held)
             field_r = load_trained_field(rf.checkpoint, device)
             row["refresh_psnr"] = psnr(field_r, held)
             s_ref = session_on(field_r, ex)
@@ -342,7 +344,8 @@ def judge(a: argparse.Namespace) -> int:
             row["scene"], row["before"] = name, sc["before"]
             rows.append(row)
             ae, ar = row.get("after_edit", {}), row["after_refresh"]
-            line = (f"{name} move {row['move']}: edit {'pass' if ae.get('ok') else 'FAIL'} (old place "
+            line = (f"{name} move {row['move']}: edit {'pass' if ae.get('ok') else 'FAIL'} (PSNR "
+                    f"{row.get('edit_psnr', float('nan')):.2f}; old place "
                     f"{'grasp!' if ae.get('old_place_found') else 'none'}), refresh {'pass' if ar['ok'] else 'FAIL'} "
                     f"(old place {'grasp!' if ar.get('old_place_found') else 'none'}), PSNR refresh "
                     f"{row['refresh_psnr']:.2f}")
@@ -380,6 +383,8 @@ def judge(a: argparse.Namespace) -> int:
         "full_psnr_median": med([r["full_psnr"] for r in full]),
         "psnr_refresh_minus_full": [round(r["refresh_psnr"] - r["full_psnr"], 2) for r in full],
         "psnr_within_1db": rate([r["refresh_psnr"] >= r["full_psnr"] - 1.0 for r in full]),
+        "edit_psnr_median": med([r["edit_psnr"] for r in rows if "edit_psnr" in r]),
+        "psnr_refresh_minus_edit": [round(r["refresh_psnr"] - r["edit_psnr"], 2) for r in rows if "edit_psnr" in r],
     }
     for key, v in summ.items():
         if isinstance(v, dict):

@@ -308,3 +308,25 @@ def test_refresh_taught_by_the_edit_keeps_every_old_frame(tiny, tmp_path):
                         changed_new=new, old_frames="teach", teacher=EditedField(load_trained_field(ck), [edit]),
                         out_path=tmp_path / "t.ckpt")
     assert res.step == 2 and res.frames_old_kept == 8 and res.frames_old_dropped == 0 and res.frames_old_masked > 0
+
+
+def test_refresh_fine_tunes_at_a_fraction_of_the_training_rate(tiny):
+    """A fresh Adam moves every touched parameter by about the learning rate: the refresh scales the checkpoint's
+    rates (lr_scale, 0.1 by default) unless overrides set lr; a non-positive scale is refused."""
+    import torch
+
+    from f3rm_ros.core.checkpoint import load_checkpoint
+    from f3rm_ros.core.features import create_extractor
+    from f3rm_ros.core.workflows.refresh import refresh_field
+
+    torch.set_num_threads(1)
+    ck, data, _ = tiny
+    ds = load_dataset(data, eval_every=0)
+    ex = create_extractor({"extractor": "labels", "labels": {"dataset": str(data), "patch_size": 4}})
+    lr = float(load_checkpoint(ck)["config"]["lr"])
+    for kw, want in (({}, 0.1 * lr), ({"lr_scale": 0.5}, 0.5 * lr), ({"overrides": {"lr": 0.003}}, 0.003)):
+        tr = refresh_field(ck, ds, range(8, 12), None, 1, features=ex, keep_trainer=True, **kw).trainer
+        assert tr.config.lr == pytest.approx(want)
+        assert tr.optimizer.param_groups[0]["initial_lr"] == pytest.approx(want)
+    with pytest.raises(ValueError, match="lr_scale"):
+        refresh_field(ck, ds, range(8, 12), None, 1, features=ex, lr_scale=0.0)
