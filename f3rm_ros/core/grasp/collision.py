@@ -99,11 +99,12 @@ def in_collision(field: GraspField, R: torch.Tensor,  # [N, 3, 3] world_from_gri
     """Density-based collision test of N gripper poses, ``chunk_points`` field queries at a time.
 
     ``floor_z``: world z below which every point counts as occupied (None: density only).
-    ``point_block`` > 0 (ours; the CPU preset): the gripper points are visited in blocks of this many, each
-    block spread over the whole gripper (:func:`spread_order`), and a pose whose count already reached
-    ``min_points`` skips the remaining blocks. The answer is the same (the count only grows); the field
-    queries drop to about ``point_block`` per colliding pose, which is most proposals (F3RM's random
-    rotations around surface voxels mostly cut through the object). 0: every point of every pose at once.
+    ``point_block`` > 0 (ours; the CPU preset): the gripper points are visited in blocks, the first of this
+    many and each next one twice the last, each block spread over the whole gripper (:func:`spread_order`),
+    and a pose whose count already reached ``min_points`` skips the remaining blocks. The answer is the same
+    (the count only grows); the field queries drop to about ``point_block`` per colliding pose, which is most
+    proposals (F3RM's random rotations around surface voxels mostly cut through the object), and a free pose
+    takes a few passes instead of ``M / point_block``. 0: every point of every pose at once.
     """
     n, m = R.shape[0], gripper_points.shape[0]
     if n == 0 or m == 0:
@@ -115,12 +116,12 @@ def in_collision(field: GraspField, R: torch.Tensor,  # [N, 3, 3] world_from_gri
         pts = gripper_points[spread_order(m, gripper_points.device)]
         counts = torch.zeros(n, dtype=torch.long, device=t.device)
         live = torch.arange(n, device=t.device)
-        for j in range(0, m, point_block):
-            counts[live] += _occupied_counts(field, R[live], t[live], pts[j:j + point_block], voxel, alpha_thr,
+        j, block = 0, point_block
+        while j < m and live.numel():
+            counts[live] += _occupied_counts(field, R[live], t[live], pts[j:j + block], voxel, alpha_thr,
                                              chunk_points, floor_z)
             live = live[counts[live] < min_points]
-            if live.numel() == 0:
-                break
+            j, block = j + block, 2 * block
         return counts >= min_points
 
 

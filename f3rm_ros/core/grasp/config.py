@@ -160,6 +160,12 @@ class PlannerConfig:
                                 range=(-2.0, 2.0))
     max_tasks_tried: int = param(2, "ours: fitting tasks tried in turn, best first, while no candidate of the "
                                     "earlier ones passes the checks", range=(0, 100))
+    geometric_only_if_needed: bool = param(False, "ours: with sources 'auto', plan the demonstration-guided candidates "
+                                                  "first and the geometric ones only when the grasps that passed do "
+                                                  "not already fill max_grasps with scores above 1 (the most a "
+                                                  "geometric grasp scores): the same grasps, without the geometric "
+                                                  "search when a fitting demonstration gives enough (PLANNER_CPU); "
+                                                  "off: both sources always (their stats always reported)")
     geometric_max_seeds: int = param(512, "ours: surface voxels of the selected region used as first contacts of "
                                           "geometric candidates (a seeded random subset when there are more)",
                                      range=(1, 10**6))

@@ -432,13 +432,20 @@ class GraspPlanner:
                                quality_weight * quality + bonus[k], quality))
             return int(k.numel())
 
-        if c.sources != "demo":
+        gstats: dict = {}
+
+        def geometric() -> None:
+            nonlocal t0, gstats
             Rg, tg, gstats = self._geometric_candidates(vox, cos, ref_cos, floor, gen, c, res)
             t0 = lap("geometric", t0)
             accept("geometric", "", Rg, tg, torch.zeros(Rg.shape[0], device=self.device), free_with_clearance=True)
             t0 = lap("verify", t0)
-        else:
-            gstats = {}
+
+        # geometric_only_if_needed: the demonstrations first; the geometric source only when the grasps that passed
+        # do not already fill max_grasps with scores above any geometric grasp's (at most 1: quality, no bonus)
+        geometric_later = c.geometric_only_if_needed and c.max_grasps > 0 and bool(fitting)
+        if c.sources != "demo" and not geometric_later:
+            geometric()
         for i, (task, _fit) in enumerate(fitting):
             tag = "" if i == 0 else f"task{i}_"
             # its own generator: the demonstrations' rotations do not depend on the geometric source's settings
@@ -452,6 +459,14 @@ class GraspPlanner:
             t0 = lap("verify", t0)
             if n_ok:
                 break
+        if c.sources != "demo" and geometric_later:
+            top = torch.cat([p[5] for p in passed]) if passed else torch.zeros(0, device=self.device)
+            if top.numel() >= c.max_grasps and float(torch.topk(top, c.max_grasps).values[-1]) > 1.0:
+                res.stats["geometric_skipped"] = f"{int(top.numel())} demonstration-guided grasps passed"
+            else:  # as if it had run first: its grasps first in the ranking's input (the same order of ties)
+                n_demo = len(passed)
+                geometric()
+                passed[:] = passed[n_demo:] + passed[:n_demo]
         res.stats["checked"] = checked
         if not passed and not fitting and c.sources == "demo":
             return done(f"{text!r} found, but no demonstration fits it (best task score below task_fit_min "

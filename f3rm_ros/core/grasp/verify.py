@@ -148,9 +148,15 @@ class Verifier:
             if not bool(moved.any()):
                 break
             idx = torch.nonzero(moved)[:, 0]
-            coll = self.collides(R2[idx], t2[idx], floor, clearance=True)  # the final check's criterion
-            est2 = estimate_antipodal(self.field, R2[idx], t2[idx], self.antipodal)
-            better = ~coll & (est2.angle_deg < est.angle_deg[idx])
+            if self.s.point_block > 0:  # early exit: the collision check only where the angle drops (same steps)
+                est2 = estimate_antipodal(self.field, R2[idx], t2[idx], self.antipodal)
+                better = est2.angle_deg < est.angle_deg[idx]
+                k = torch.nonzero(better)[:, 0]
+                better[k] = ~self.collides(R2[idx[k]], t2[idx[k]], floor, clearance=True)
+            else:
+                coll = self.collides(R2[idx], t2[idx], floor, clearance=True)  # the final check's criterion
+                est2 = estimate_antipodal(self.field, R2[idx], t2[idx], self.antipodal)
+                better = ~coll & (est2.angle_deg < est.angle_deg[idx])
             if not bool(better.any()):
                 break
             j = idx[better]
