@@ -1,6 +1,6 @@
 """The CPU preset's fast paths of the grasp planner against their plain references (issue 21).
 
-``collision_point_block`` (early-exit collision checks, the fine check only where the coarse one passed, final
+``early_exit`` (early-exit collision checks, the fine check only where the coarse one passed, final
 checks in blocks sized by the free fraction, no second clearance check of poses already found free, the
 refinement's collision check only where the angle drops) and ``geometric_only_if_needed`` (no geometric search
 when passing demonstration-guided grasps already fill the answer) must give the same answers as the plain
@@ -96,7 +96,7 @@ def test_first_free_and_verify_match_with_early_exit():
     f = BallOnTable()
     f.feature_dim = 0
     plain = GraspPlanner(f, None, [], config=PlannerConfig(device="cpu"))
-    fast = GraspPlanner(f, None, [], config=PlannerConfig(device="cpu", collision_point_block=128))
+    fast = GraspPlanner(f, None, [], config=PlannerConfig(device="cpu", early_exit=True))
     n = 96
     R, t = _poses(n, f.c + torch.tensor([0.0, 0.0, 0.05]), 0.05, 7)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(8))
@@ -128,9 +128,9 @@ def oracle_planners():
     base = {**PLANNER_CPU, "num_steps": 5, "rotations_per_voxel": 2, "geometric_max_seeds": 24,
             "geometric_max_candidates": 256, "geometric_verify": 8, "antipodal_candidates": 8, "max_grasps": 5}
     out = {}
-    for name, kw in (("plain", {"collision_point_block": 0, "geometric_only_if_needed": False}),
-                     ("early_exit", {"collision_point_block": 256, "geometric_only_if_needed": False}),
-                     ("fast", {"collision_point_block": 256, "geometric_only_if_needed": True})):
+    for name, kw in (("plain", {"early_exit": False, "geometric_only_if_needed": False}),
+                     ("early_exit", {"early_exit": True, "geometric_only_if_needed": False}),
+                     ("fast", {"early_exit": True, "geometric_only_if_needed": True})):
         out[name] = GraspPlanner(field, ex, load_default_tasks(), config=PlannerConfig(**ws, **{**base, **kw}))
     return out
 
@@ -158,3 +158,23 @@ def test_planner_early_exit_gives_the_same_grasps(oracle_planners, query):
     # geometry fills the rest (so both branches of geometric_only_if_needed are compared here)
     assert bool(skipped) == all(g.source == "demo" for g in a.grasps)
 
+
+
+@pytest.mark.parametrize("block", [1, 3, 8])
+def test_chord_march_matches_plain(block):
+    """chord_exits with march_block (a chord stops at its first free sample) gives the same exits and verdicts:
+    chords that leave the ball, start outside it, or run on past the opening (along the table)."""
+    from f3rm_ros.core.grasp.geometric import GeometricSettings, chord_exits
+
+    f = BallOnTable()
+    g = torch.Generator().manual_seed(4)
+    p = f.c + (torch.rand(300, 3, generator=g) - 0.5) * 0.08
+    p[:40, 2] = -0.002  # in the table: the solid goes on past max_width
+    a = torch.rand(300, generator=g) * 2 * np.pi
+    u = torch.stack([torch.cos(a), torch.sin(a), torch.zeros_like(a)], dim=1)
+    plain = chord_exits(f, p, u, GeometricSettings())
+    fast = chord_exits(f, p, u, GeometricSettings(march_block=block))
+    print(f"block {block}: {int(plain[1].sum())} of 300 chords exit; inside, never exit: "
+          f"{int(((f.query_density(p) > 100) & ~plain[1]).sum())}")
+    assert 50 < int(plain[1].sum()) < 250
+    assert torch.equal(plain[0], fast[0]) and torch.equal(plain[1], fast[1])

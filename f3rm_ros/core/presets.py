@@ -35,12 +35,12 @@ __all__ = ["TRAINER_PRESETS", "PLANNER_CPU", "trainer_preset", "trainer_config"]
 
 # The demo's CPU query settings (PlannerConfig fields), shared by the demo, the CPU benchmarks and tests: fewer
 # Adam steps and rotations than the reference (200, 8) and fewer geometric seeds and checked poses than the
-# defaults (512, 8192, 64), so that a query takes seconds on 2 cores. collision_point_block (early-exit collision
-# checks) and geometric_only_if_needed (no geometric search when the demonstrations already fill the answer) give
-# the same grasps with fewer field queries (test_grasp_cpu_fast.py).
+# defaults (512, 8192, 64), so that a query takes seconds on 2 cores. early_exit (collision checks and chords that
+# stop once their answer is known) and geometric_only_if_needed (no geometric search when the demonstrations already
+# fill the answer) give the same grasps with fewer field queries (test_grasp_cpu_fast.py).
 PLANNER_CPU: dict[str, Any] = {"num_steps": 25, "rotations_per_voxel": 4, "min_poses": 512,
                                "geometric_max_seeds": 192, "geometric_max_candidates": 1024, "geometric_verify": 32,
-                               "collision_point_block": 256, "geometric_only_if_needed": True}
+                               "early_exit": True, "geometric_only_if_needed": True}
 
 _SMALL: dict[str, Any] = {
     "model.rgb.grid.num_levels": 8, "model.rgb.grid.log2_hashmap_size": 15,

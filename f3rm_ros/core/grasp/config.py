@@ -98,15 +98,16 @@ class PlannerConfig:
                                       range=(1, 100000))
     collision_include_fingers: bool = param(False, "count the fingers with the rest of the gripper in both "
                                                    "checks (reference: no)")
-    collision_point_block: int = param(0, "ours: > 0: every collision check visits the gripper points in blocks of "
-                                          "this many (each spread over the whole gripper) and drops a pose once it "
-                                          "collides, the fine check runs only on poses the coarse one let through, "
-                                          "and the final checks take candidates in blocks sized by the free "
-                                          "fraction seen so far. The same answers with fewer field queries (most "
-                                          "proposals collide); pays on the CPU (PLANNER_CPU), where a query is "
-                                          "bound by the field's evaluations, not on a GPU, where each block costs "
-                                          "host round trips. 0: every point of every pose at once (as before)",
-                                       range=(0, 10**6))
+    early_exit: bool = param(False, "ours: stop each field walk once its answer is known: collision checks visit "
+                                    "the gripper points in growing blocks (each spread over the whole gripper) and "
+                                    "drop a pose once it collides, the fine check runs only where the coarse one "
+                                    "passed, the final checks take candidates in blocks sized by the free fraction "
+                                    "seen so far and skip poses already found free, the refinement checks a step "
+                                    "for collisions only where it lowers the angle, and the geometric search's "
+                                    "chords stop at their first free sample. The same answers with a fraction of "
+                                    "the field queries; pays on the CPU (PLANNER_CPU), where a query is bound by "
+                                    "the field's evaluations, not on a GPU, where each block costs host round "
+                                    "trips. Off: every point of every pose at once (as before)")
     floor: str = param("workspace", "ours: where the floor is. Space below it counts as occupied in both "
                                     "collision checks, and each optimisation step lifts a pose whose gripper "
                                     "(fingers at the maximum opening included) dips below it. A trained field "

@@ -61,6 +61,7 @@ class GeometricSettings:
     depths: tuple[float, ...] = (-0.005, 0.006, 0.018)  # gripper z of the contact midpoint, metres
     max_candidates: int = 8192  # kept by pre-score (0 = all)
     chunk_points: int = 2**18
+    march_block: int = 0  # > 0: chords march this many samples first, then twice as many, ... until they exit
 
 
 @dataclass
@@ -157,14 +158,34 @@ def grasp_frames(mid: torch.Tensor, y: torch.Tensor, angles: torch.Tensor, depth
 def chord_exits(field: GraspField, p: torch.Tensor, u: torch.Tensor, st: GeometricSettings
                 ) -> tuple[torch.Tensor, torch.Tensor]:  # distance [M], ok [M]
     """Distance from points ``p`` (inside the solid) along ``u`` to where the solid ends (first free sample);
-    ``ok`` False where ``p`` is not inside or the solid goes on past ``max_width``."""
+    ``ok`` False where ``p`` is not inside or the solid goes on past ``max_width``. With ``st.march_block`` the
+    samples are taken in blocks and a chord stops at its first free sample (the same answer, for the samples
+    up to where the chord leaves the solid instead of all of them)."""
     k = int(math.floor(st.max_width / st.step)) + 1
     s = torch.arange(k, device=p.device, dtype=torch.float32) * st.step
-    occ = _alpha_along(field, p, u, s, st.delta, st.chunk_points) >= st.level  # [M, K]; s[0] = 0 is p itself
-    free = ~occ
-    first = torch.argmax(free.int(), dim=1)
-    ok = occ[:, 0] & free.any(dim=1)
-    return s[first] - 0.5 * st.step, ok
+    if st.march_block <= 0:
+        occ = _alpha_along(field, p, u, s, st.delta, st.chunk_points) >= st.level  # [M, K]; s[0] = 0 is p itself
+        free = ~occ
+        first = torch.argmax(free.int(), dim=1)
+        ok = occ[:, 0] & free.any(dim=1)
+        return s[first] - 0.5 * st.step, ok
+    m = p.shape[0]
+    first = torch.zeros(m, dtype=torch.long, device=p.device)  # 0 where no free sample (as argmax of all False)
+    found = torch.zeros(m, dtype=torch.bool, device=p.device)
+    inside = torch.zeros(m, dtype=torch.bool, device=p.device)
+    live = torch.arange(m, device=p.device)
+    j, block = 0, st.march_block
+    while j < k and live.numel():
+        occ = _alpha_along(field, p[live], u[live], s[j:j + block], st.delta, st.chunk_points) >= st.level
+        if j == 0:
+            inside[live] = occ[:, 0]
+        free = ~occ
+        has = free.any(dim=1)
+        first[live[has]] = j + torch.argmax(free[has].int(), dim=1)
+        found[live[has]] = True
+        live = live[~has]
+        j, block = j + block, 2 * block
+    return s[first] - 0.5 * st.step, inside & found
 
 
 def geometric_candidates(field: GraspField, seeds: torch.Tensor, st: GeometricSettings,

@@ -56,7 +56,7 @@ class VerifySettings:
     refine_iters: int = 2
     fine_check: bool = True  # the check without margin adds the fine whole-gripper points (fine_check_after)
     chunk_points: int = 2**18
-    point_block: int = 0  # > 0: early-exit collision checks and adaptive blocks (PlannerConfig.collision_point_block)
+    point_block: int = 0  # > 0: early-exit collision checks and adaptive blocks (PlannerConfig.early_exit)
 
 
 @dataclass
