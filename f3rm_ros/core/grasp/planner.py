@@ -60,8 +60,9 @@ from f3rm_ros.core.grasp.verify import Verifier, VerifySettings, explain_failure
 __all__ = ["GraspPlanner"]
 
 # PlannerConfig.early_exit: the first block of gripper points of a collision check (then 2x, 4x, ...) and of
-# samples along a geometric chord (on the demo's field 64-256 points gave the same times within noise)
-EARLY_EXIT_POINTS = 256
+# samples along a geometric chord (the demo's bowl query with 32, 64, 256 points: 0.73, 0.77, 1.08 M field queries
+# in the proposals' check, of which 249 free proposals x 1740 points are 0.43 M)
+EARLY_EXIT_POINTS = 64
 EARLY_EXIT_SAMPLES = 8
 
 

@@ -113,15 +113,16 @@ class Verifier:
         ``block`` until enough are found: the same as checking all and keeping the first ``need``, for a
         fraction of the field queries when the best candidates are free. With ``point_block`` (early exit) the
         first block is ``need`` poses and each next one what the free fraction so far says is still needed
-        (at most ``block``): the same poses, fewer checked. Returns (indices in ``order``'s order, poses
-        checked, free ones found)."""
+        (at most ``block`` and twice the poses checked so far): the same poses, fewer checked. Returns
+        (indices in ``order``'s order, poses checked, free ones found)."""
         free: list[torch.Tensor] = []
         n_free, checked = 0, 0
         while checked < order.numel() and n_free < need:
             size = block
             if self.s.point_block > 0:  # early exit (the CPU): blocks sized by the free fraction seen so far
-                left = need - n_free
-                size = min(block, left if not checked else math.ceil(left * checked / max(n_free, checked / 16)))
+                left = need - n_free  # (a free pose costs every point: at most twice the poses checked so far)
+                size = min(block, left if not checked else max(left, min(2 * checked, math.ceil(
+                    left * checked / max(n_free, 1)))))
             idx = order[checked:checked + size]
             ok = idx[~self.collides(R[idx], t[idx], floor, clearance)]
             free.append(ok)
