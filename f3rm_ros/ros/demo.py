@@ -20,6 +20,7 @@ minutes on 2 CPU cores) and ``gpu`` (full images, reference networks, more steps
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import os
 import subprocess
@@ -34,7 +35,7 @@ from f3rm_ros.core.presets import PLANNER_CPU, trainer_preset
 from f3rm_ros.ros.bringup import CONFIG_DIR, REPO_ROOT
 from f3rm_ros.ros.common import stop_process
 
-__all__ = ["PRESETS", "QUERIES", "node_overrides", "draw_grasps_png", "main"]
+__all__ = ["PRESETS", "QUERIES", "node_overrides", "render_view", "draw_grasps_png", "main"]
 
 # query -> (objects that count, part or None); an empty tuple means "absent: no grasp expected"
 QUERIES: dict[str, tuple[tuple[str, ...], str | None]] = {
@@ -55,11 +56,15 @@ SMALL_MODEL = trainer_preset(TRAIN_PRESET, prefix="trainer.")
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "cpu": {
         # 60 views: with 30 the held-out PSNR of a field stays at ~12.6 dB (floaters fill the free space),
-        # with 60 it reaches 25.6 dB after 500 steps of this small model (measured on an H100)
-        "sim_camera_node": {"width": 240, "height": 180, "rate_hz": 6.0, "trajectory.num_views": 60},
+        # with 60 it reaches 25.6 dB after 500 steps of this small model (measured on an H100). 15 Hz: the 60
+        # views in 4 s instead of 10 (a frame renders and is written in tens of ms at 240x180)
+        "sim_camera_node": {"width": 240, "height": 180, "rate_hz": 15.0, "trajectory.num_views": 60},
         # 512 rays: half the step time of 1024 on 2 cores; over 21 seeded runs (benchmarks/NOTES_robustness.md)
-        # none failed, held-out PSNR 25.6 dB and 10 mm median depth error against 26.7 dB / 9 mm at 1024
-        "train_node": {"device": "cpu", "trainer.num_steps": 500, "trainer.rays_per_batch": 512,
+        # none failed, held-out PSNR 25.6 dB and 10 mm median depth error against 26.7 dB / 9 mm at 1024.
+        # torch_threads 1 (process-wide: the query node in the same bringup process too): on 2 idle cores a
+        # training step or a query is no faster with 2 threads, and with any other job on the cores OpenMP's
+        # spinning threads made it 3-30x slower (benchmarks/bench_cpu_demo.py)
+        "train_node": {"device": "cpu", "torch_threads": 1, "trainer.num_steps": 500, "trainer.rays_per_batch": 512,
                        "trainer.eval_every": 0, "trainer.eval_num_images": 2, "trainer.checkpoint_every": 0,
                        "trainer.progress_every": 10, **SMALL_MODEL},
         # a query must take seconds on 2 cores (core/presets.py PLANNER_CPU)
@@ -78,7 +83,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 def node_overrides(preset: str, run_dir: Path, steps: int | None = None) -> dict[str, dict[str, Any]]:
     """Per-node parameter overrides of the demo: the preset, the run folder's roots, capture settings."""
     p = {k: dict(v) for k, v in PRESETS[preset].items()}
-    p["sim_camera_node"].update({"wait_for_subscribers": 1, "start_delay_s": 1.0, "depth_topic": DEPTH_TOPIC})
+    # the first frame once the capture node listens (wait_for_subscribers) and discovery settled (1 s), no longer
+    p["sim_camera_node"].update({"wait_for_subscribers": 1, "start_delay_s": 0.2, "depth_topic": DEPTH_TOPIC})
     p["capture_node"] = {"data_root": str(run_dir / "data"), "dataset_name": "sim_capture", "start_capturing": True,
                          "depth_topic": DEPTH_TOPIC,
                          "min_translation_m": 0.02, "min_rotation_deg": 5.0, "max_pending": 64}
@@ -106,21 +112,30 @@ def write_overrides(overrides: dict[str, dict[str, Any]], path: Path) -> Path:
 QUERY_COLORS = [(40, 200, 60), (255, 140, 0), (220, 40, 200), (40, 120, 255)]
 
 
-def draw_grasps_png(scene: Any, grasps_by_query: dict[str, list], gripper: Any, path: Path,
-                    width: int = 960, height: int = 720, per_query: int = 3) -> Path:
-    """Render the scene (ground-truth renderer) and draw the top grasps of each query as box wireframes.
-
-    The best grasp of each query is drawn thick, the next ones thin; one colour per query (legend).
-    """
-    from PIL import Image, ImageDraw
-
-    from f3rm_ros.core.io import atomic_write
+def render_view(scene: Any, width: int = 960, height: int = 720) -> tuple[np.ndarray, Any, np.ndarray]:
+    """The scene seen from the PNG's camera (ground-truth renderer): (RGB [H, W, 3], intrinsics, T_world_camera).
+    Seconds on a CPU: the demo renders it while the field trains (one core is free then)."""
     from f3rm_ros.core.sim.render import Renderer, intrinsics_from_fov
     from f3rm_ros.core.sim.trajectory import look_at_cv
 
     K = intrinsics_from_fov(width, height, 45.0)
     T_wc = look_at_cv(np.array([0.55, -0.45, 0.5]), np.array([0.0, 0.0, 0.05]))
-    img = Renderer(scene).render(K, T_wc).rgb
+    return Renderer(scene).render(K, T_wc).rgb, K, T_wc
+
+
+def draw_grasps_png(scene: Any, grasps_by_query: dict[str, list], gripper: Any, path: Path,
+                    width: int = 960, height: int = 720, per_query: int = 3,
+                    view: tuple[np.ndarray, Any, np.ndarray] | None = None) -> Path:
+    """Render the scene (ground-truth renderer) and draw the top grasps of each query as box wireframes.
+
+    The best grasp of each query is drawn thick, the next ones thin; one colour per query (legend). ``view``: the
+    scene already rendered by :func:`render_view` (same size).
+    """
+    from PIL import Image, ImageDraw
+
+    from f3rm_ros.core.io import atomic_write
+
+    img, K, T_wc = view if view is not None else render_view(scene, width, height)
     im = Image.fromarray(np.asarray(img, dtype=np.uint8)).convert("RGB")
     draw = ImageDraw.Draw(im)
     T_cw = np.linalg.inv(T_wc)
@@ -162,19 +177,38 @@ def _log(msg: str) -> None:
     print(msg, flush=True)
 
 
-def _load_when_free(client: Any, checkpoint: str, timeout: float) -> Any:
-    """``client.load_field(checkpoint)``, sent again while the node answers Busy (it is loading the announced
-    checkpoint itself), up to ``timeout`` seconds."""
-    from f3rm_ros.ros.client import Busy
+def _served_checkpoint(client: Any, timeout: float) -> str:
+    """The checkpoint the query node reports serving on /diagnostics ("" when none), waiting up to ``timeout``."""
+    from diagnostic_msgs.msg import DiagnosticArray
 
-    deadline = time.monotonic() + timeout
+    m = client.wait_for_message(DiagnosticArray, "/diagnostics", timeout=timeout,
+                                predicate=lambda m: any(s.name == "/f3rm/query_node" for s in m.status))
+    st = [s for s in m.status if s.name == "/f3rm/query_node"][0]
+    return {kv.key: kv.value for kv in st.values}.get("checkpoint", "")
+
+
+def _wait_for_field(client: Any, checkpoint: str, timeout: float, announced_wait: float = 30.0) -> str:
+    """Until the query node serves ``checkpoint``: the train node announced it and the node loads it by itself
+    (its /diagnostics say when); if it does not within ``announced_wait`` seconds, ask for it with
+    ``client.load_field`` (sent again while the node answers Busy), up to ``timeout`` seconds in all. A second
+    load of the same checkpoint would only redo the work (and the scene cloud) while the first query runs."""
+    from f3rm_ros.ros.client import Busy, Timeout
+
+    t0 = time.monotonic()
+    deadline = t0 + timeout
+    while time.monotonic() - t0 < announced_wait:
+        try:
+            if _served_checkpoint(client, timeout=5.0) == checkpoint:
+                return f"loaded the announced {checkpoint} ({time.monotonic() - t0:.1f} s after training)"
+        except Timeout:
+            break  # no diagnostics from the query node: ask for the checkpoint
     while True:
         try:
-            return client.load_field(checkpoint, timeout=max(1.0, deadline - time.monotonic()))
+            return client.load_field(checkpoint, timeout=max(1.0, deadline - time.monotonic())).message
         except Busy:
             if time.monotonic() > deadline:
                 raise
-            time.sleep(1.0)
+            time.sleep(0.25)
 
 
 def _pick_and_place(client: Any, scene: Any, gripper: Any, args: argparse.Namespace, summary: dict) -> bool:
@@ -227,6 +261,7 @@ def run_demo(args: argparse.Namespace) -> int:
         preset = "gpu" if torch.cuda.is_available() else "cpu"
     run_dir = Path(args.out) if args.out else REPO_ROOT / "runs" / time.strftime("demo-%Y%m%d-%H%M%S")
     run_dir.mkdir(parents=True, exist_ok=True)
+    fresh_dataset = not (run_dir / "data").exists()  # its frame counts are this capture's
     overrides = node_overrides(preset, run_dir, args.steps)
     overrides["sim_camera_node"]["scene"] = args.scene
     params = write_overrides(overrides, run_dir / "demo_params.yaml")
@@ -261,10 +296,10 @@ def run_demo(args: argparse.Namespace) -> int:
             t0 = time.perf_counter()
             client.wait_for_message(Bool, "/f3rm/sim_camera_node/finished", timeout=args.capture_timeout,
                                     predicate=lambda m: m.data, transient_local=True)
-            time.sleep(1.5)  # the last frames are being written
-            if args.attach:  # over a link, the relay's history may still be arriving: wait until nothing changes
-                from f3rm_ros.ros.client import Timeout
+            from f3rm_ros.ros.client import Timeout
 
+            if args.attach:  # over a link, the relay's history may still be arriving: wait until nothing changes
+                time.sleep(1.5)  # the last frames are being written
                 status, last, since = None, None, time.monotonic()
                 while status is None or (time.monotonic() - since < args.settle
                                          and time.perf_counter() - t0 < args.capture_timeout):
@@ -278,8 +313,15 @@ def run_demo(args: argparse.Namespace) -> int:
                     seen = (status.frames_kept, status.frames_rejected, status.frames_pending)
                     if seen != last or status.frames_pending:
                         last, since = seen, time.monotonic()
-            else:
-                status = client.wait_for_message(CaptureStatus, "/f3rm/capture_node/status", timeout=10)
+            else:  # every published view decided (kept, queued for the disk or rejected); STOP then drains the queue
+                views = int(overrides["sim_camera_node"].get("trajectory.num_views", 0)) if fresh_dataset else 0
+                try:
+                    status = client.wait_for_message(
+                        CaptureStatus, "/f3rm/capture_node/status", timeout=5.0,
+                        predicate=lambda m: m.frames_kept + m.frames_pending + m.frames_rejected >= views > 0)
+                except Timeout:  # a frame lost on the way (best-effort QoS): as before, a fixed grace period
+                    time.sleep(1.5)
+                    status = client.wait_for_message(CaptureStatus, "/f3rm/capture_node/status", timeout=10)
             cap = client.capture("stop")
             summary["capture"] = {"frames": cap.frame_count, "dataset": cap.dataset_path,
                                   "rejected": dict(zip(status.reject_reasons, [int(c) for c in status.reject_counts],
@@ -300,18 +342,18 @@ def run_demo(args: argparse.Namespace) -> int:
                     _log(f"[demo]   train step {fb.step}/{fb.total_steps}  psnr {fb.psnr:5.2f} dB  {losses}  "
                          f"elapsed {fb.elapsed:5.0f} s  eta {fb.eta:5.0f} s")
 
+            scene = resolve_scene(args.scene)
+            view = concurrent.futures.ThreadPoolExecutor(1).submit(render_view, scene)  # the PNG's scene, meanwhile
             tr = client.train(cap.dataset_path, 0, "labels", feedback, timeout=args.train_timeout)
             summary["train"] = {"checkpoint": tr.checkpoint_path, "steps": tr.steps_done, "psnr": tr.final_psnr,
                                 "feature_mse": tr.final_feature_mse, "seconds": time.perf_counter() - t0,
                                 "feedback_messages": tr.feedback_count}
             _log(f"[demo] trained {tr.steps_done} steps in {tr.training_time:.0f} s: held-out PSNR "
                  f"{tr.final_psnr:.2f} dB, feature MSE {tr.final_feature_mse:.4f}; {tr.checkpoint_path}")
-            # also announced on the topic: the query node may be loading it already and answer "busy" meanwhile
-            info = _load_when_free(client, tr.checkpoint_path, timeout=300)
-            _log(f"[demo] query node: {info.message}")
+            # announced on the topic: the query node loads it by itself (asked for only if it does not)
+            _log(f"[demo] query node: {_wait_for_field(client, tr.checkpoint_path, timeout=300)}")
 
             # 3. queries
-            scene = resolve_scene(args.scene)
             checker = GraspChecker(scene)
             gripper = Gripper()
             by_query: dict[str, list] = {}
@@ -362,7 +404,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
             if args.pick_and_place:  # 4. the robot moves the bowl: edit the field, then the next query
                 all_ok &= _pick_and_place(client, scene, gripper, args, summary)
-            png = draw_grasps_png(scene, by_query, gripper, run_dir / "grasps.png")
+            png = draw_grasps_png(scene, by_query, gripper, run_dir / "grasps.png", view=view.result())
             summary["png"] = str(png)
             summary["all_checks_pass"] = all_ok
             code = 0 if all_ok else 3
