@@ -41,9 +41,10 @@ __all__ = ["TRAINER_PRESETS", "PLANNER_CPU", "trainer_preset", "trainer_config"]
 # poses, 32 demonstration-guided and 64 geometric candidates checked, 512 geometric seeds, 2 refinement steps):
 # 20 Adam steps, 3 rotations, at most 768 proposals, pruning by 0.8 per step from step 3 down to 64 poses, 16 + 16
 # candidates checked, 96 seeds, one refinement step. Before issue 21 (25 steps, 4 rotations, pruning above 512
-# poses, 32 + 32 candidates, 192 seeds) the top grasp passed 46 of 51 queries on the trained fields of the three
-# built-in scenes and the demo's; with these settings 49 of 51, the median query taking 1.4 instead of ~9 s of
-# CPU time (benchmarks/bench_cpu_demo.py query, one thread; benchmarks/NOTES_cpu_demo.md).
+# poses, 32 + 32 candidates, 192 seeds) the top grasp passed 24 of 29 present queries on the trained fields of the
+# three built-in scenes and the demo's (absent ones: 22 of 22 got none); with these settings 27 of 29 (22 of 22),
+# the median query taking 2.2 instead of 9.3 s of CPU time (max 4.3 instead of 27.6; benchmarks/bench_cpu_demo.py
+# query, one thread; benchmarks/NOTES_cpu_demo.md).
 PLANNER_CPU: dict[str, Any] = {"num_steps": 20, "rotations_per_voxel": 3, "max_proposals": 768, "prune_after_step": 3,
                                "keep_fraction": 0.8, "min_poses": 64, "antipodal_candidates": 16,
                                "antipodal_refine_iters": 1, "geometric_max_seeds": 96,
