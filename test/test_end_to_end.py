@@ -41,7 +41,8 @@ def pipeline(tmp_path_factory):
 
     run = tmp_path_factory.mktemp("e2e")
     ov = node_overrides("cpu", run, STEPS)
-    ov["train_node"].update({"trainer.progress_every": 5, "feedback_rate_hz": 5.0})
+    ov["train_node"].update({"trainer.progress_every": 5, "feedback_rate_hz": 5.0,
+                             "trainer.eval_num_images": 2})  # MIN_PSNR over two held-out views (the demo renders one)
     ov["query_node"].update({"planner.num_steps": 10, "planner.rotations_per_voxel": 4, "planner.min_poses": 512,
                              "planner.outlier_neighbors": 16, "cloud_cameras": 2})
     params = write_overrides(ov, run / "params.yaml")
