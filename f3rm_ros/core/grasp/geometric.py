@@ -220,16 +220,25 @@ def geometric_candidates(field: GraspField, seeds: torch.Tensor, st: GeometricSe
         dz = torch.tensor([0.0, 0.0, 0.005], device=dev)
         origins = ((x0 - n * min(0.003, 0.5 * st.project_span_m), ok0), (seeds, torch.ones_like(ok0)),
                    (seeds - dz, torch.ones_like(ok0)), (seeds + dz, torch.ones_like(ok0)))
-        for p, ok_p in origins:
-            for j in range(st.horizontal_chords):
-                a = math.pi * j / st.horizontal_chords
-                u = torch.tensor([math.cos(a), math.sin(a), 0.0], device=dev).expand_as(p)
-                dp, okp = chord_exits(field, p, u, st)
-                dm, okm = chord_exits(field, p, -u, st)
-                ca.append(p + dp[:, None] * u)
-                cb.append(p - dm[:, None] * u)
-                seed_of.append(torch.arange(m, device=dev))
-                oks.append(ok_p & okp & okm & (dp + dm <= st.max_width) & (dp + dm >= st.min_width))
+        chords = [(p, ok_p, torch.tensor([math.cos(math.pi * j / st.horizontal_chords),
+                                          math.sin(math.pi * j / st.horizontal_chords), 0.0], device=dev).expand_as(p))
+                  for p, ok_p in origins for j in range(st.horizontal_chords)]
+        if st.march_block > 0 and chords:
+            # every chord (both ways) in one march: the same exits (each chord is marched on its own samples), in a
+            # few field queries of thousands of points instead of a few per chord (each query costs ~1.6 ms on one
+            # CPU thread before its first point: 32 chords x ~4 blocks were ~0.2 s of a CPU query)
+            pa, ua = torch.cat([c[0] for c in chords]), torch.cat([c[2] for c in chords])
+            d_all, ok_all = chord_exits(field, torch.cat([pa, pa]), torch.cat([ua, -ua]), st)
+            half = pa.shape[0]
+            exits = list(zip(d_all[:half].split(m), ok_all[:half].split(m), d_all[half:].split(m),
+                             ok_all[half:].split(m), strict=True))
+        else:  # the plain reference: one chord direction at a time
+            exits = [(*chord_exits(field, p, u, st), *chord_exits(field, p, -u, st)) for p, _, u in chords]
+        for (p, ok_p, u), (dp, okp, dm, okm) in zip(chords, exits, strict=True):
+            ca.append(p + dp[:, None] * u)
+            cb.append(p - dm[:, None] * u)
+            seed_of.append(torch.arange(m, device=dev))
+            oks.append(ok_p & okp & okm & (dp + dm <= st.max_width) & (dp + dm >= st.min_width))
         ca, cb, seed_of, ok = torch.cat(ca), torch.cat(cb), torch.cat(seed_of), torch.cat(oks)
         na = surface_normals(field, ca, st.h, st.chunk_points)
         nb = surface_normals(field, cb, st.h, st.chunk_points)
