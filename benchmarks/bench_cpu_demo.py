@@ -13,6 +13,13 @@ variant's top grasp judged by the synthetic world's ground-truth check (as the d
     python benchmarks/bench_cpu_demo.py query --run runs/demo-XXXX --variants baseline cpu --repeats 3
     python benchmarks/bench_cpu_demo.py query --run runs/demo-XXXX --variants baseline 'ee=early_exit=true'
 
+With ``--baseline-rev REV`` it compares code instead of settings: a ``git worktree`` of REV and this checkout,
+each with its own :data:`PLANNER_CPU`, one process per field and tree, alternating field by field and round by
+round (``--rounds``), medians of CPU time per query over the rounds (the success table of issue 21)::
+
+    python benchmarks/bench_cpu_demo.py query --baseline-rev 916a044 --rounds 2 --threads 1 --all-queries \
+        --run runs/demo-XXXX --fields FIELD_DIR ...
+
 ``demo``: the whole demo (``python -m f3rm_ros.ros.demo --preset cpu``), the baseline code (a ``git worktree`` of
 ``--baseline-rev``, run with this checkout's environment) and this checkout alternately, ``--repeats`` times each,
 with the stage times the demo records (node start-up, capture, training with its final evaluation and checkpoint,
@@ -147,7 +154,8 @@ def cmd_query(a: argparse.Namespace) -> dict:
                 same = (len(r.grasps) == len(ref.grasps) and all(
                     float(abs(g.T_world_gripper - h.T_world_gripper).max()) < 1e-4
                     for g, h in zip(r.grasps, ref.grasps, strict=True)))
-                row[n] = {"median_s": statistics.median(s for s, _ in rs), "runs_s": [round(s, 3) for s, _ in rs],
+                row[n] = {"present": bool(objects),
+                          "median_s": statistics.median(s for s, _ in rs), "runs_s": [round(s, 3) for s, _ in rs],
                           "median_cpu_s": statistics.median(x.stats["cpu_s"] for _, x in rs),
                           "stages_s": {k: round(statistics.median(x.timing.get(k, 0.0) for _, x in rs), 3)
                                        for k in r.timing},
@@ -169,21 +177,105 @@ def cmd_query(a: argparse.Namespace) -> dict:
             res["profile"] = buf.getvalue()
             print(buf.getvalue())
         out["fields"][f"{scene_name}:{ck}"] = res
-    per_variant = {n: [row[n]["median_s"] for f in out["fields"].values() for row in f["queries"].values()]
-                   for n in variants}
-    passes = {n: sum(row[n]["top_passes"] for f in out["fields"].values() for row in f["queries"].values())
-              for n in variants}
-    total = sum(len(f["queries"]) for f in out["fields"].values())
-    cpu = {n: [row[n]["median_cpu_s"] for f in out["fields"].values() for row in f["queries"].values()]
-           for n in variants}
-    out["summary"] = {n: {"median_query_s": statistics.median(v), "max_query_s": max(v),
-                          "median_query_cpu_s": statistics.median(cpu[n]), "max_query_cpu_s": max(cpu[n]),
-                          "checks_pass": passes[n], "queries": total} for n, v in per_variant.items()}
+    out["summary"] = _summary(out["fields"], list(variants))
     out["load_end"] = _load()
-    for n, v in out["summary"].items():
+    _print_summary(out["summary"], variants)
+    return out
+
+
+def _summary(fields: dict, names: list[str]) -> dict:
+    """Per variant: medians and maxima over all queries, and over the present ones (the issue's figure: a query
+    for a thing that is not there ends after the language step), and how many top grasps pass the check."""
+    out = {}
+    for n in names:
+        rows = [row[n] for f in fields.values() for row in f["queries"].values()]
+        pres = [r for r in rows if r.get("present", True)]
+        absent = [r for r in rows if not r.get("present", True)]
+        out[n] = {"median_query_s": statistics.median(r["median_s"] for r in rows),
+                  "max_query_s": max(r["median_s"] for r in rows),
+                  "median_query_cpu_s": statistics.median(r["median_cpu_s"] for r in rows),
+                  "max_query_cpu_s": max(r["median_cpu_s"] for r in rows),
+                  "checks_pass": sum(r["top_passes"] for r in rows), "queries": len(rows),
+                  "present_median_cpu_s": statistics.median(r["median_cpu_s"] for r in pres) if pres else None,
+                  "present_max_cpu_s": max(r["median_cpu_s"] for r in pres) if pres else None,
+                  "present_pass": sum(r["top_passes"] for r in pres), "present": len(pres),
+                  "absent_pass": sum(r["top_passes"] for r in absent), "absent": len(absent)}
+    return out
+
+
+def _print_summary(summary: dict, variants: dict) -> None:
+    for n, v in summary.items():
+        pm = v["present_median_cpu_s"]
         print(f"{n:12s} median {v['median_query_s']:.2f} s, max {v['max_query_s']:.2f} s (cpu time: median "
               f"{v['median_query_cpu_s']:.2f} s, max {v['max_query_cpu_s']:.2f} s), checks {v['checks_pass']}/"
-              f"{v['queries']}  ({variants[n]})")
+              f"{v['queries']}; present: {v['present_pass']}/{v['present']}, median cpu "
+              f"{'-' if pm is None else f'{pm:.2f}'} s; absent {v['absent_pass']}/{v['absent']}  ({variants.get(n)})")
+
+
+def cmd_query_ab(a: argparse.Namespace) -> dict:
+    """This checkout's planner against a baseline revision's, each with its own PLANNER_CPU ('cpu'): one process
+    per field and tree, the trees alternating field by field and round by round (``--rounds``; the order flips
+    each round), so that other jobs on the cores load both alike. Per query: the median CPU time over the rounds;
+    the top grasp's check and the grasps are the last round's (every round gives the same ones)."""
+    from f3rm_ros.core.grasp.evaluate import PRESENT_QUERIES
+
+    present = {scene: {q for q, _, _ in qs} for scene, qs in PRESENT_QUERIES.items()}
+    base = Path(a.work) / "baseline_tree"
+    rev = _git("rev-parse", "--short", a.baseline_rev)
+    if not base.exists():
+        _git("worktree", "add", "--detach", str(base), rev)
+    trees = {"baseline": base, "new": REPO}
+    out: dict[str, Any] = {"benchmark": "cpu grasp query, baseline revision vs this checkout", "baseline_rev": rev,
+                           "new_rev": _git("rev-parse", "--short", "HEAD"),
+                           "new_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+                           "threads": a.threads, "rounds": a.rounds, "stage_clock": a.stage_clock,
+                           "load_start": _load(), "fields": {}, "loads": []}
+    sources = [("--run", r) for r in a.run or []] + [("--fields", f) for f in a.fields or []]
+    qargs = (["--queries", *a.queries] if a.queries else []) + (["--all-queries"] if a.all_queries else [])
+    runs: dict[str, dict[str, list]] = {}
+    try:
+        for rnd in range(a.rounds):
+            for flag, src in sources:
+                for name in (list(trees) if rnd % 2 == 0 else list(trees)[::-1]):
+                    tree = trees[name]
+                    tmp = Path(a.work) / f"ab_{name}_{rnd}_{Path(src).name}.json"
+                    env = dict(os.environ, PYTHONPATH=f"{tree}:{os.environ.get('PYTHONPATH', '')}")
+                    cmd = [sys.executable, str(tree / "benchmarks" / "bench_cpu_demo.py"), "query", flag, src,
+                           *qargs, "--variants", "cpu", "--repeats", "1", "--threads", str(a.threads),
+                           "--stage-clock", a.stage_clock, "--out", str(tmp)]
+                    load0 = _load()
+                    p = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True)
+                    if p.returncode:
+                        raise RuntimeError(f"{name} on {src} failed:\n{p.stderr[-2000:]}")
+                    res = json.loads(tmp.read_text())
+                    out["loads"].append((rnd, name, Path(src).name, round(load0, 2), round(_load(), 2)))
+                    for key, f in res["fields"].items():
+                        runs.setdefault(key, {}).setdefault(name, []).append(f)
+                    print(f"round {rnd} {name:8s} {Path(src).name}: " + json.dumps(res["summary"]["cpu"]), flush=True)
+    finally:
+        _git("worktree", "remove", "--force", str(base))
+    for key, by_tree in runs.items():
+        first = next(iter(by_tree.values()))[-1]
+        queries: dict[str, Any] = {}
+        for q in first["queries"]:
+            row = {}
+            for name, fs in by_tree.items():
+                last = fs[-1]["queries"][q]["cpu"]
+                cpu = [f["queries"][q]["cpu"]["median_cpu_s"] for f in fs]
+                wall = [f["queries"][q]["cpu"]["median_s"] for f in fs]
+                row[name] = {**last, "present": q in present.get(key.split(":")[0], ()),
+                             "median_cpu_s": statistics.median(cpu), "median_s": statistics.median(wall),
+                             "runs_cpu_s": [round(x, 3) for x in cpu]}
+            gb, gn = by_tree["baseline"][-1]["queries"][q]["cpu"], by_tree["new"][-1]["queries"][q]["cpu"]
+            row["new"]["same_top_passes"] = gb["top_passes"] == gn["top_passes"]
+            queries[q] = row
+            print(f"{key.split(':')[0]:20s} {q!r:22s} " + "  ".join(
+                f"{n}: cpu {v['median_cpu_s']:5.2f} s {v['runs_cpu_s']} {'PASS' if v['top_passes'] else 'FAIL'}"
+                for n, v in row.items()), flush=True)
+        out["fields"][key] = {"checkpoint": first["checkpoint"], "queries": queries}
+    out["summary"] = _summary(out["fields"], list(trees))
+    out["load_end"] = _load()
+    _print_summary(out["summary"], {"baseline": f"PLANNER_CPU of {rev}", "new": "this checkout's PLANNER_CPU"})
     return out
 
 
@@ -267,6 +359,11 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--stage-clock", choices=("cpu", "wall"), default="cpu",
                    help="the planner's stage times in process CPU time (default) or wall time")
     q.add_argument("--profile", default=None, metavar="QUERY", help="cProfile this query with the last variant")
+    q.add_argument("--baseline-rev", default=None,
+                   help="compare this checkout's planner code and PLANNER_CPU with this revision's ('cpu' variant of "
+                        "each; one process per field and tree, alternating; --rounds rounds)")
+    q.add_argument("--rounds", type=int, default=2, help="with --baseline-rev: rounds over the fields")
+    q.add_argument("--work", default="/tmp/bench_cpu_query", help="with --baseline-rev: worktree and round files")
     d = sub.add_parser("demo", help="the whole demo, baseline code and this checkout alternately")
     d.add_argument("--baseline-rev", default="4ebd89e")
     d.add_argument("--repeats", type=int, default=2)
@@ -276,7 +373,11 @@ def main(argv: list[str] | None = None) -> int:
     for p in (q, d):
         p.add_argument("--out", default=None, help="JSON (default benchmarks/results/cpu_<cmd>_<time>.json)")
     a = ap.parse_args(argv)
-    res = cmd_query(a) if a.cmd == "query" else cmd_demo(a)
+    if a.cmd == "query" and a.baseline_rev:
+        Path(a.work).mkdir(parents=True, exist_ok=True)
+        res = cmd_query_ab(a)
+    else:
+        res = cmd_query(a) if a.cmd == "query" else cmd_demo(a)
     res["command"] = " ".join(sys.argv)
     res["commit"] = _git("rev-parse", "--short", "HEAD")
     stamp = time.strftime("%Y%m%d-%H%M%S")
