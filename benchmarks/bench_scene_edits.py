@@ -230,6 +230,7 @@ def plan(a: argparse.Namespace) -> int:
         scene_out = {"train_s": t_train, "before": [ask(session, t) for t in [target, *others]], "moves": []}
         print(f"{d.name}: target {target!r}, trained {a.steps} steps in {t_train:.1f} s", flush=True)
         edits_so_far: list = []
+        edit_counts = {0: 0}  # scene version -> edits in force when it was captured (refreshes through the edits)
         for mv in info["moves"]:
             k = mv["move"]
             T = np.asarray(mv["T_world_new_old"], dtype=np.float64)
@@ -257,7 +258,15 @@ def plan(a: argparse.Namespace) -> int:
                             extra={"scene_version": k}, labels=new_ds.get_labels(i), depth_m=new_ds.get_depth(i))
             ds = load_dataset(data, eval_every=0)
             kw = dict(refresh_kw)
-            if edits_so_far:  # every edit since the first capture: its frames contradict each of them
+            through = bool(kw.pop("through", False))
+            if through:  # through the edits: the field keeps the first scene, each frame sees its own edits
+                for key in ("old_frames", "bake", "teacher", "clear_points"):
+                    kw.pop(key, None)
+                edit_counts[k] = len(edited.edits) if edited is not None else -1
+                versions = [int((fx or {}).get("scene_version", 0) or 0) for fx in ds.frames_extra]
+                kw.update(live_edits=edited.edits if edited is not None else (),
+                          frame_edits=[edit_counts.get(v, -1) for v in versions])
+            elif edits_so_far:  # every edit since the first capture: its frames contradict each of them
                 old, new, _ = rf_mod.edit_places(edits_so_far)
                 kw.update(changed_old=old, changed_new=new)
                 if edited is not None and kw.pop("bake", False):
@@ -265,12 +274,12 @@ def plan(a: argparse.Namespace) -> int:
                 if edited is not None and kw.get("old_frames") == "teach":
                     kw["teacher"] = edited
             kw.pop("bake", None)
-            if "teacher" not in kw and kw.get("old_frames") == "teach":  # no edit to teach (a refused edit): masks
+            if not through and "teacher" not in kw and kw.get("old_frames") == "teach":  # a refused edit: masks
                 kw["old_frames"] = "mask"
             sync()
             t0 = time.perf_counter()
             rf = rf_mod.refresh_field(ckpt, ds, range(first, len(ds)),
-                                      rf_mod.changed_points(edits_so_far) if edits_so_far else None,
+                                      rf_mod.changed_points(edits_so_far) if edits_so_far and not through else None,
                                       a.refresh_steps, features=ex, device=device, out_path=work / f"refresh{k}.ckpt",
                                       **kw)
             sync()

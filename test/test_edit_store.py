@@ -174,10 +174,10 @@ def test_refresh_inputs_and_baked_history(tmp_path):
     bowl = SceneEdit(BoxRegion.from_bounds((0.06, -0.16, 0.0), (0.22, 0.0, 0.08)), T, "bowl")
     features = {"extractor": "labels", "labels": {"dataset": str(data), "patch_size": 4}}
 
-    def run(src, edits, name, boxes=()):
+    def run(src, edits, name, boxes=(), through=False):
         req = TrainSceneRequest(data, num_steps=2, features=features, device="cpu", run_dir=tmp_path / name,
                                 command="test")
-        res = refresh_with_edits(req, src, edits, boxes, edits_path="x.json")
+        res = refresh_with_edits(req, src, edits, boxes, edits_path="x.json", through=through)
         return res, json.loads((tmp_path / name / "run.json").read_text())
 
     # what refresh_field is told: the edits' old and new places apart (depth-aware masks), the boxes too
@@ -194,7 +194,8 @@ def test_refresh_inputs_and_baked_history(tmp_path):
     # every old view of this scan sees the bowl's old or new place: kept with those pixels left out
     assert info["result"]["frames_old_masked"] == 8 and info["result"]["frames_new"] == 3
     assert info["edits"] == {"given": 1, "baked_before": 0, "file": "x.json",
-                             "baked": str(tmp_path / "r1" / BAKED_EDITS_NAME)}
+                             "baked": str(tmp_path / "r1" / BAKED_EDITS_NAME), "through": False, "live_before": 0,
+                             "live": 0}
     assert [e.label for e in baked_edits(res.field)] == ["bowl"] and baked_edits(ck) == ()
     none, info0 = run(ck, (), "r0")
     assert info0["result"]["frames_old_masked"] == 0 and not (tmp_path / "r0" / BAKED_EDITS_NAME).exists()
@@ -202,6 +203,26 @@ def test_refresh_inputs_and_baked_history(tmp_path):
     mug = SceneEdit(BoxRegion.from_bounds((-0.12, 0.06, 0.0), (0.0, 0.18, 0.1)), None, "mug")
     res2, info2 = run(res.field, (mug,), "r2")
     assert info2["edits"]["baked_before"] == 1 and [e.label for e in baked_edits(res2.field)] == ["bowl", "mug"]
+    with pytest.raises(ValueError, match="cannot be refreshed through"):  # baked edits are not live any more
+        run(res2.field, (), "r2t", through=True)
     (tmp_path / "r2" / BAKED_EDITS_NAME).write_text("{}")
     with pytest.raises(EditStoreError, match="not an edit stack"):
         run(res2.field, (), "r3")
+    # through the edits (the default with edits alone): the field keeps them, each version's count on record
+    from f3rm_ros.core.checkpoint import load_checkpoint
+    from f3rm_ros.core.edit_store import checkpoint_live_edits
+
+    t1, ti1 = run(ck, (bowl,), "t1", through=None)
+    assert ti1["edits"]["through"] and ti1["edits"]["live"] == 1 and not (tmp_path / "t1" / BAKED_EDITS_NAME).exists()
+    assert ti1["result"]["frames_old_kept"] == 8 and ti1["result"]["frames_old_masked"] == 0
+    assert checkpoint_live_edits(load_checkpoint(t1.field))[1] == {0: 0, 1: 1}
+    with pytest.raises(ValueError, match="live edit"):  # boxes alone would lose the bowl's edit
+        run(t1.field, (), "t1b", boxes=[0.3, 0.3, 0.0, 0.32, 0.32, 0.02])
+    # the next move on the refreshed field (its frames: version 2 = a copy of version 1's, through both edits)
+    for i in range(len(cam)):
+        fr = cam.capture(i)
+        w.add_frame(fr.image, fr.intrinsics, fr.T_world_cam, extra={"scene_version": 2}, labels=fr.label)
+    t2, ti2 = run(t1.field, (mug,), "t2", through=None)
+    edits2, versions2 = checkpoint_live_edits(load_checkpoint(t2.field))
+    assert [e.label for e in edits2] == ["bowl", "mug"] and versions2 == {0: 0, 1: 1, 2: 2}
+    assert ti2["edits"]["live_before"] == 1 and ti2["result"]["frames_old_kept"] == 11

@@ -38,7 +38,8 @@ def _query_node(root):
 
 def test_edits_saved_restored_and_refreshed_over_dds(tmp_path):
     from f3rm_ros.core.dataset import DatasetWriter
-    from f3rm_ros.core.edit_store import load_edit_stack
+    from f3rm_ros.core.checkpoint import load_checkpoint
+    from f3rm_ros.core.edit_store import checkpoint_live_edits, edit_stack_path, load_edit_stack
     from f3rm_ros.core.edits import EditedField
     from f3rm_ros.core.sim.camera import SimCamera
     from f3rm_ros.core.sim.moves import move_object
@@ -112,13 +113,19 @@ def test_edits_saved_restored_and_refreshed_over_dds(tmp_path):
             print("refresh:", res)
             run_json = json.loads((tmp_path / res.checkpoint_path).parent.joinpath("run.json").read_text())
             assert res.steps_done == 4 and run_json["refreshed_from"] == str(F.resolve())
-            assert run_json["edits"]["given"] == 1 and run_json["result"]["frames_old_masked"] > 0
-            assert [e.label for e in baked_edits(res.checkpoint_path)] == ["box"]
-            assert (tmp_path / res.checkpoint_path).parent.joinpath(BAKED_EDITS_NAME).is_file()
-            # announced: the query node serves the refreshed field, without edits; the old stack is gone
+            # through the edit (the default with edits alone): every old frame kept whole, the edit carried along
+            assert run_json["edits"]["given"] == 1 and run_json["edits"]["through"]
+            assert run_json["result"]["frames_old_masked"] == 0 and run_json["result"]["frames_old_dropped"] == 0
+            assert baked_edits(res.checkpoint_path) == ()
+            assert not (tmp_path / res.checkpoint_path).parent.joinpath(BAKED_EDITS_NAME).exists()
+            assert [e.label for e in checkpoint_live_edits(load_checkpoint(res.checkpoint_path))[0]] == ["box"]
+            # announced: the query node serves the refreshed field through its edit (not undoable, not in a stack
+            # file of the node's: it is in the checkpoint); the old stack is gone
             wait_for(lambda: str(query.session.checkpoint_path) == res.checkpoint_path and not query._admin.locked(),
                      60, "the refreshed field to be loaded")
-            assert not isinstance(query.session.field, EditedField) and not stack.exists()
+            served = query.session.field
+            assert isinstance(served, EditedField) and served.fixed == 1 and not stack.exists()
+            assert not edit_stack_path(res.checkpoint_path, query._edits_owner()).exists()
             info = client.load_field(str(F))  # loading the first field again: its edits were cleared
             assert info.num_edits == 0 and "restored its" not in info.message
 

@@ -330,3 +330,96 @@ def test_refresh_fine_tunes_at_a_fraction_of_the_training_rate(tiny):
         assert tr.optimizer.param_groups[0]["initial_lr"] == pytest.approx(want)
     with pytest.raises(ValueError, match="lr_scale"):
         refresh_field(ck, ds, range(8, 12), None, 1, features=ex, lr_scale=0.0)
+
+
+def test_render_rays_through_the_edits_warp(tiny):
+    """``FieldModel.render_rays(warp=FieldWarp)``: an image that saw none of the edits renders (and back-propagates)
+    exactly as the field without a warp; the field-frame warp reads the base where the world-frame edited field does
+    (same density at the warped points, zero in the old place)."""
+    import torch
+
+    from f3rm_ros.core.edits import BoxRegion, EditedField, EditWarp, SceneEdit
+    from f3rm_ros.core.field_api import load_trained_field
+
+    torch.manual_seed(0)
+    ck, _, T = tiny
+    field = load_trained_field(ck)
+    model = field.model.eval().requires_grad_(True)  # loaded for queries: frozen
+    edit = SceneEdit(BoxRegion.from_bounds((0.06, -0.16, 0.0), (0.22, 0.0, 0.08)), T, "bowl")
+    R = 64
+    o = torch.randn(R, 3) * 0.1 + torch.tensor([0.0, 0.0, 0.6])
+    d = torch.nn.functional.normalize(torch.randn(R, 3) * 0.3 + torch.tensor([0.0, 0.0, -1.0]), dim=-1)
+    cam = torch.zeros(R, dtype=torch.long)
+    fw0 = EditWarp([edit]).in_field(field.nerf_to_world, [0])  # image 0 saw no edit
+
+    def run(warp):
+        model.zero_grad(set_to_none=True)
+        out = model.render_rays(o, d, cam, training=False, warp=warp)
+        (out["rgb"].sum() + out["features"].sum()).backward()
+        return out, [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    plain, g_plain = run(None)
+    warped, g_warped = run(fw0)
+    for k in ("rgb", "depth", "accumulation", "features"):
+        assert torch.equal(plain[k], warped[k]), k
+    assert len(g_plain) == len(g_warped) and all(torch.equal(a, b) for a, b in zip(g_plain, g_warped, strict=True))
+    # every edit in force: the warp in the field frame agrees with the edited field in the world frame
+    ed = EditedField(field, [edit])
+    fw = EditWarp([edit]).in_field(field.nerf_to_world)
+    inside = edit.region.center + (np.random.default_rng(0).random((200, 3)) * 1.8 - 0.9) * edit.region.half_extents
+    new_place = torch.as_tensor(inside @ T[:3, :3].T + T[:3, 3], dtype=torch.float32)  # off the faces: no rounding
+    old_place = torch.as_tensor(inside, dtype=torch.float32)
+    with torch.no_grad():
+        for xw in (new_place, old_place):
+            pn = field.world_to_nerf(xw)[:, None, :]
+            p2, _, empty = fw(pn, torch.zeros(len(xw), 3) + torch.tensor([0.0, 0.0, 1.0]))
+            via = field.query_density(field.nerf_to_world_points(p2[:, 0]))
+            via = torch.where(empty[:, 0], torch.zeros_like(via), via)
+            assert torch.allclose(via, ed.query_density(xw), rtol=1e-4, atol=1e-4)
+        assert bool(fw(field.world_to_nerf(old_place)[:, None, :], torch.zeros(len(old_place), 3))[2].all())
+
+
+def test_refresh_through_the_edits_keeps_them_in_the_checkpoint(tiny, tmp_path):
+    """``refresh_field(live_edits=...)``: every old frame stays whole and is trained through the edits it saw (none),
+    the new ones through all; the checkpoint carries the edits and loads as an EditedField whose edits cannot be
+    undone; the query server's own edits are kept apart on top; bad counts are refused."""
+    import torch
+
+    from f3rm_ros.core.checkpoint import load_checkpoint
+    from f3rm_ros.core.edit_store import checkpoint_live_edits, keep_field_edits, load_edit_stack, restore_field_edits
+    from f3rm_ros.core.edits import BoxRegion, EditedField, EditError, FieldWarp, SceneEdit
+    from f3rm_ros.core.features import create_extractor
+    from f3rm_ros.core.field_api import load_trained_field
+    from f3rm_ros.core.workflows.refresh import refresh_field
+
+    torch.set_num_threads(1)
+    ck, data, T = tiny
+    ds = load_dataset(data, eval_every=0)
+    ex = create_extractor({"extractor": "labels", "labels": {"dataset": str(data), "patch_size": 4}})
+    edit = SceneEdit(BoxRegion.from_bounds((0.06, -0.16, 0.0), (0.22, 0.0, 0.08)), T, "bowl")
+    counts = [0] * 8 + [1] * 4
+    res = refresh_field(ck, ds, range(8, 12), None, 2, features=ex, live_edits=[edit], frame_edits=counts,
+                        new_repeat=2, keep_trainer=True, out_path=tmp_path / "thr" / "field.ckpt")
+    assert res.step == 2 and res.frames_new == 4 and res.frames_old_kept == 8 and res.frames_old_masked == 0
+    assert isinstance(res.trainer.ray_warp, FieldWarp)
+    assert res.trainer.ray_warp._active.tolist() == [1] * 8 + [0] * 8  # new frames twice, then the old ones
+    edits, versions = checkpoint_live_edits(load_checkpoint(res.checkpoint))
+    assert len(edits) == 1 and np.allclose(edits[0].T_world_new_old, T) and versions == {0: 0, 1: 1}
+    f = load_trained_field(res.checkpoint)
+    assert isinstance(f, EditedField) and f.fixed == 1 and len(f.edits) == 1
+    with pytest.raises(EditError, match="came with its checkpoint"):
+        f.undo()
+    mine = f.with_edit(SceneEdit(BoxRegion.from_bounds((-0.3, -0.3, 0.0), (-0.2, -0.2, 0.1)), None, "box"))
+    assert mine.fixed == 1 and len(mine.undo().edits) == 1
+    path, why = keep_field_edits(mine, res.checkpoint)
+    assert not why and len(load_edit_stack(path, res.checkpoint).edits) == 1  # only the server's own edit is saved
+    back, n, why = restore_field_edits(load_trained_field(res.checkpoint), res.checkpoint)
+    assert not why and n == 1 and back.fixed == 1 and [e.label for e in back.edits] == ["bowl", "box"]
+    # an old frame of unknown edits is dropped; bad counts and a teacher are refused
+    r2 = refresh_field(ck, ds, range(8, 12), None, 1, features=ex, live_edits=[edit], frame_edits=[-1] * 8 + [1] * 4)
+    assert r2.frames_old_kept == 0 and r2.frames_old_dropped == 8
+    for bad, match in (({"frame_edits": [0] * 11}, "one count"), ({"frame_edits": [0] * 8 + [2] * 4}, "one count"),
+                       ({"frame_edits": [0] * 8 + [-1] * 4}, "new frame"),
+                       ({"teacher": EditedField(load_trained_field(ck), [edit])}, "no teacher")):
+        with pytest.raises(ValueError, match=match):
+            refresh_field(ck, ds, range(8, 12), None, 1, features=ex, live_edits=[edit], **bad)

@@ -39,7 +39,7 @@ from f3rm_ros.core.io import atomic_write_json
 
 __all__ = ["EDITS_FORMAT", "EDITS_VERSION", "EditStoreError", "SavedEdits", "edit_stack_path", "edits_to_json",
            "edits_from_json", "save_edit_stack", "load_edit_stack", "remove_edit_stack", "checkpoint_stamp",
-           "keep_field_edits", "restore_field_edits"]
+           "keep_field_edits", "restore_field_edits", "checkpoint_live_edits"]
 
 EDITS_FORMAT = "f3rm_ros.edits"
 EDITS_VERSION = 1
@@ -221,7 +221,8 @@ def keep_field_edits(field: Any, checkpoint: str | Path | None, owner: str = "")
     """Keep the edit stack of a served ``field`` (an :class:`EditedField`, or a plain field: no edits) beside its
     ``checkpoint``: saved atomically when it has edits, the file removed when it has none. Returns (the file, or None
     when no stack is kept now, and '' or why it could not be written: no checkpoint file, a disk error)."""
-    edits = field.edits if isinstance(field, EditedField) else ()
+    # the edits a checkpoint came with (a refresh through them) are in the checkpoint; the server's own come after
+    edits = field.edits[field.fixed:] if isinstance(field, EditedField) else ()
     if checkpoint is None:
         return None, "the field was not loaded from a checkpoint file: its edits are not saved" if edits else ""
     path = edit_stack_path(checkpoint, owner)
@@ -248,3 +249,22 @@ def restore_field_edits(field: Any, checkpoint: str | Path, owner: str = "") -> 
     if not saved.edits:
         return field, 0, ""
     return EditedField(field, saved.edits), len(saved.edits), ""
+
+
+def checkpoint_live_edits(ck: Any, where: str = "checkpoint") -> tuple[tuple[SceneEdit, ...], dict[int, int]]:
+    """The edits a checkpoint dict carries (a refresh through the edits, ``refresh_field(live_edits=...)``): (the
+    edits, oldest first; scene version -> how many of them its frames saw). ((), {}) for a plain field.
+    EditStoreError when the entry is malformed."""
+    live = ck.get("live_edits") if isinstance(ck, dict) else None
+    if not live:
+        return (), {}
+    if not isinstance(live, dict):
+        raise EditStoreError(f"{where}: live_edits must be a mapping")
+    edits = edits_from_json(live.get("edits"), f"{where}: live_edits")
+    try:
+        versions = {int(k): int(v) for k, v in dict(live.get("versions") or {}).items()}
+    except (TypeError, ValueError):
+        raise EditStoreError(f"{where}: live_edits versions must map scene versions to edit counts") from None
+    if any(not 0 <= v <= len(edits) for v in versions.values()):
+        raise EditStoreError(f"{where}: live_edits versions name counts outside [0, {len(edits)}]")
+    return edits, versions

@@ -35,7 +35,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["EditError", "BoxRegion", "VoxelRegion", "SceneEdit", "EditedField", "check_rigid", "rigid_from_pose",
+__all__ = ["EditError", "BoxRegion", "VoxelRegion", "SceneEdit", "EditedField", "EditWarp", "FieldWarp", "check_rigid",
+           "rigid_from_pose",
            "region_from_selection", "MAX_EDITS"]
 
 MAX_EDITS = 64  # a stack deeper than this is refused (each query walks every edit)
@@ -260,6 +261,96 @@ class SceneEdit:
         return f"{what} moved by {np.round(T[:3, 3], 3).tolist()} m, {ang:.1f} deg ({self.region.describe()})"
 
 
+class EditWarp:
+    """The warp of an edit stack (oldest first), in the world frame (module docstring): where the base field is read
+    for each point, and which points are empty space. ``active`` (per point) says how many of the oldest edits apply
+    there: a camera frame captured after the k-th edit saw the scene through the first k edits only (a refresh through
+    the edits trains every frame through its own prefix). Graph-safe: no host synchronisation."""
+
+    def __init__(self, edits: Sequence[SceneEdit]):
+        self.edits = tuple(edits)
+        self._motions: dict = {}
+
+    def _motion(self, k: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        key = (k, device)
+        if key not in self._motions:
+            T = self.edits[k].T_world_new_old
+            self._motions[key] = (torch.as_tensor(T[:3, :3], dtype=torch.float32, device=device),
+                                  torch.as_tensor(T[:3, 3], dtype=torch.float32, device=device))
+        return self._motions[key]
+
+    def __call__(self, x: Tensor, d: Tensor | None = None, active: Tensor | None = None
+                 ) -> tuple[Tensor, Tensor | None, Tensor]:
+        """World points [N, 3] (and directions [N, 3]; ``active`` [N] int: edits in force, default all) -> where the
+        base field is read [N, 3] (its directions), and [N] bool: empty space. Differentiable w.r.t. ``x``."""
+        empty = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        for k in range(len(self.edits) - 1, -1, -1):
+            e = self.edits[k]
+            on = None if active is None else active > k
+            if e.removed:
+                inside = e.region.contains(x)
+                empty = empty | (inside if on is None else inside & on)
+                continue
+            R, t = self._motion(k, x.device)
+            x_old = (x - t) @ R  # rows: R^T (x - t)
+            at_new = e.region.contains(x_old) & ~empty
+            if on is not None:
+                at_new = at_new & on
+            at_old = e.region.contains(x) & ~at_new
+            empty = empty | (at_old if on is None else at_old & on)
+            x = torch.where(at_new[:, None], x_old, x)
+            if d is not None:
+                d = torch.where(at_new[:, None], d @ R, d)
+        return x, d, empty
+
+    def in_field(self, nerf_to_world: Any, active_per_image: Sequence[int] | None = None) -> FieldWarp:
+        """This warp in a field's frame, for ``FieldModel.render_rays(warp=...)``."""
+        return FieldWarp(self, nerf_to_world, active_per_image)
+
+
+class FieldWarp:
+    """An :class:`EditWarp` in a field's normalised frame (``nerf_to_world``: 4x4 similarity, field -> world metres):
+    ``(positions [R, S, 3], directions [R, 3] or [R, S, 3], camera_idx [R] or None) -> (positions, directions
+    [R, S, 3], empty [R, S])``, the hook :meth:`~f3rm_ros.core.fields.model.FieldModel.render_rays` reads its samples
+    through. ``active_per_image`` [num images]: how many of the oldest edits each training image saw (camera_idx
+    None or < 0: all of them). Points no edit moves are returned bit for bit."""
+
+    def __init__(self, warp: EditWarp, nerf_to_world: Any, active_per_image: Sequence[int] | None = None):
+        M = np.asarray(nerf_to_world, dtype=np.float64)
+        s = float(np.cbrt(np.linalg.det(M[:3, :3])))
+        self.warp, self._s = warp, s
+        self._np = (M[:3, :3] / s, M[:3, 3])
+        self._active = None if active_per_image is None else np.asarray(active_per_image, dtype=np.int64)
+        self._t: dict = {}
+
+    def _tensors(self, device: torch.device) -> tuple[Tensor, Tensor, Tensor | None]:
+        if device not in self._t:
+            R, t = self._np
+            self._t[device] = (torch.as_tensor(R.T, dtype=torch.float32, device=device),
+                               torch.as_tensor(t, dtype=torch.float32, device=device),
+                               None if self._active is None else torch.as_tensor(self._active, device=device))
+        return self._t[device]
+
+    def __call__(self, positions: Tensor, directions: Tensor, camera_idx: Tensor | None = None
+                 ) -> tuple[Tensor, Tensor, Tensor]:
+        Rt, t, act = self._tensors(positions.device)
+        Rn, S = positions.shape[:2]
+        d = directions if directions.dim() == 3 else directions[:, None, :].expand(Rn, S, 3)
+        p = positions.reshape(-1, 3)
+        xw = self._s * (p.float() @ Rt) + t
+        dw = d.reshape(-1, 3).float() @ Rt
+        active = None
+        if act is not None and camera_idx is not None:
+            idx = camera_idx.reshape(-1).long()
+            per_ray = torch.where(idx >= 0, act[idx.clamp(min=0)], torch.full_like(idx, len(self.warp.edits)))
+            active = per_ray[:, None].expand(Rn, S).reshape(-1)
+        xs, ds, empty = self.warp(xw, dw, active)
+        moved = (xs != xw).any(dim=-1, keepdim=True)
+        pn = torch.where(moved, (((xs - t) @ Rt.T) / self._s).to(p.dtype), p)
+        dn = torch.where(moved, (ds @ Rt.T).to(d.dtype), d.reshape(-1, 3))
+        return pn.reshape(Rn, S, 3), dn.reshape(Rn, S, 3), empty.reshape(Rn, S)
+
+
 class EditedField:
     """A field seen through a stack of edits (module docstring). Same query interface as the wrapped ``base``.
 
@@ -268,13 +359,17 @@ class EditedField:
         edits: oldest first.
     """
 
-    def __init__(self, base: Any, edits: Sequence[SceneEdit] = ()):
+    def __init__(self, base: Any, edits: Sequence[SceneEdit] = (), fixed: int = 0):
         if isinstance(base, EditedField):
             edits = (*base.edits, *edits)
+            fixed = max(int(fixed), base.fixed)
             base = base.base
         self.base = base
         self.edits: tuple[SceneEdit, ...] = tuple(edits)
-        self._motions: dict = {}
+        if not 0 <= int(fixed) <= len(self.edits):
+            raise EditError(f"fixed must be in [0, {len(self.edits)}], got {fixed}")
+        self.fixed = int(fixed)  # the oldest edits that came with the checkpoint (a refresh through them): no undo
+        self._warp = EditWarp(self.edits)
 
     # --- the attributes the planner, the session and the node read ------------------------------------
     feature_dim = property(lambda self: self.base.feature_dim)
@@ -285,7 +380,7 @@ class EditedField:
     metres_per_unit = property(lambda self: getattr(self.base, "metres_per_unit", 1.0))
 
     def __getattr__(self, name: str) -> Any:  # the base's other attributes (model, chunk, world_to_nerf, ...)
-        if name in ("base", "edits", "_motions"):
+        if name in ("base", "edits", "fixed", "_warp"):
             raise AttributeError(name)
         return getattr(self.base, name)
 
@@ -307,41 +402,22 @@ class EditedField:
                     raise EditError(f"the move takes {edit.label or 'the region'} off the workspace: its centre would "
                                     f"be at {np.round(c, 3).tolist()}, the workspace box is {lo.tolist()} .. "
                                     f"{hi.tolist()}")
-        return EditedField(self.base, (*self.edits, edit))
+        return EditedField(self.base, (*self.edits, edit), self.fixed)
 
     def undo(self) -> EditedField:
-        """The field without its newest edit; EditError when there is none."""
-        if not self.edits:
-            raise EditError("there is no edit to undo")
-        return EditedField(self.base, self.edits[:-1])
+        """The field without its newest edit; EditError when there is none, or when the newest is one of the
+        :attr:`fixed` edits its checkpoint came with (a field refreshed through its edits was trained with them)."""
+        if len(self.edits) <= self.fixed:
+            raise EditError("there is no edit to undo" if not self.edits else
+                            f"the field's {self.fixed} edit(s) came with its checkpoint (it was refreshed through "
+                            f"them) and cannot be undone; load another field to serve the scene without them")
+        return EditedField(self.base, self.edits[:-1], self.fixed)
 
     # --- the warp -----------------------------------------------------------------------------------
-    def _motion(self, k: int, device: torch.device) -> tuple[Tensor, Tensor]:
-        key = (k, device)
-        if key not in self._motions:
-            T = self.edits[k].T_world_new_old
-            self._motions[key] = (torch.as_tensor(T[:3, :3], dtype=torch.float32, device=device),
-                                  torch.as_tensor(T[:3, 3], dtype=torch.float32, device=device))
-        return self._motions[key]
-
     def warp(self, x: Tensor, d: Tensor | None = None) -> tuple[Tensor, Tensor | None, Tensor]:
         """World points [N, 3] (and directions [N, 3]) -> where the base field is read [N, 3] (its directions), and
         [N] bool: empty space (an old place or a removed region). Differentiable w.r.t. ``x``."""
-        empty = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-        for k in range(len(self.edits) - 1, -1, -1):
-            e = self.edits[k]
-            if e.removed:
-                empty = empty | e.region.contains(x)
-                continue
-            R, t = self._motion(k, x.device)
-            x_old = (x - t) @ R  # rows: R^T (x - t)
-            at_new = e.region.contains(x_old) & ~empty
-            at_old = e.region.contains(x) & ~at_new
-            empty = empty | at_old
-            x = torch.where(at_new[:, None], x_old, x)
-            if d is not None:
-                d = torch.where(at_new[:, None], d @ R, d)
-        return x, d, empty
+        return self._warp(x, d)
 
     # --- queries (the GraspField protocol) -----------------------------------------------------------
     def _check(self, points: Tensor) -> None:
@@ -492,53 +568,14 @@ class EditedField:
         return [{k: v[a:b] for k, v in cat.items()} for a, b in zip(np.cumsum([0, *sizes[:-1]]), np.cumsum(sizes),
                                                                         strict=True)]
 
-    def _nerf_warp(self, p: Tensor, d: Tensor | None) -> tuple[Tensor, Tensor | None, Tensor]:
-        """:meth:`warp` for field-frame points [..., 3] (and unit directions [..., 3])."""
-        base = self.base
-        shape = p.shape
-        xw = base.nerf_to_world_points(p.reshape(-1, 3))
-        Rt = base._Rt  # R^T of nerf_to_world
-        dw = None if d is None else d.reshape(-1, 3).float() @ Rt
-        xs, ds, empty = self.warp(xw, dw)
-        pn = base.world_to_nerf(xs).reshape(shape)
-        dn = None if ds is None else (ds @ Rt.T).reshape(shape)
-        return pn, dn, empty.reshape(shape[:-1])
-
     def _render_rays(self, origins: Tensor, directions: Tensor, with_features: bool) -> dict[str, Tensor]:
         """``FieldModel.render_rays`` (evaluation, mean appearance) through the edits."""
-        from f3rm_ros.core.fields.rendering import (render_accumulation, render_depth, render_rgb,  # noqa: PLC0415
-                                                    render_weights, sample_midpoints)
-
-        model = self.base.model
-        rgbf = model.rgb_field
-
-        def proposal_fn(net):
-            def fn(pos: Tensor) -> Tensor:
-                pn, _, empty = self._nerf_warp(pos, None)
-                sigma = net(pn)
-                return torch.where(empty, torch.zeros_like(sigma), sigma)
-            return fn
-
-        _, t, _ = model.sampler(origins, directions, [proposal_fn(n) for n in model.proposal_nets], training=False)
-        positions = sample_midpoints(origins, directions, t)
-        Rn, S = positions.shape[:2]
-        pn, dn, empty = self._nerf_warp(positions, directions[:, None, :].expand(Rn, S, 3))
-        density, geo = rgbf.density(pn)
-        density = torch.where(empty, torch.zeros_like(density), density)
-        parts = [geo, rgbf.dir_enc(dn).to(geo.dtype)]  # RGBField.forward with a direction per sample
-        if rgbf.appearance is not None:
-            parts.append(rgbf.appearance_for(None, Rn)[:, None, :].expand(Rn, S, -1).to(geo.dtype))
-        rgb = rgbf.color_mlp(torch.cat(parts, dim=-1))
-        weights = render_weights(density, t)
-        out = {"rgb": render_rgb(weights, rgb, model.config.background), "depth": render_depth(weights, t),
-               "accumulation": render_accumulation(weights)}
-        if with_features and model.feature_field is not None:
-            ff = model.feature_field
-            h = ff.hidden(pn)
-            h = torch.where(empty[..., None], torch.zeros_like(h), h)
-            f = ff.head(h).float()
-            out["features"] = (weights[..., None] * f).sum(dim=-2)
-        return out
+        base = self.base
+        if "_field_warp" not in self.__dict__:
+            self._field_warp = self._warp.in_field(base.nerf_to_world)
+        out = base.model.render_rays(origins, directions, None, training=False, with_features=with_features,
+                                     warp=self._field_warp)
+        return {k: out[k] for k in ("rgb", "depth", "accumulation", "features") if k in out}
 
     def point_cloud(self, cameras: list | None = None, **kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`TrainedField.point_cloud` of the edited scene (same arguments)."""

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from f3rm_ros.core.cameras import CameraIntrinsics, image_rays
-from f3rm_ros.core.checkpoint import checkpoint_cameras, load_checkpoint, load_field_model
+from f3rm_ros.core.checkpoint import CheckpointError, checkpoint_cameras, load_checkpoint, load_field_model
 from f3rm_ros.core.fields.camera_render import render_camera
 from f3rm_ros.core.fields.model import FieldModel
 
@@ -187,9 +187,11 @@ class TrainedField:
         return P, C
 
 
-def load_trained_field(checkpoint_path: str | Path, device: torch.device | str = "cpu") -> TrainedField:
+def load_trained_field(checkpoint_path: str | Path, device: torch.device | str = "cpu") -> Any:
     """Load a :class:`TrainedField` from a trainer checkpoint (:mod:`f3rm_ros.core.checkpoint`; only its
-    ``config["model"]`` is read of the training settings, and no training module is imported).
+    ``config["model"]`` is read of the training settings, and no training module is imported). A checkpoint refreshed
+    through edits (it carries ``live_edits``) loads as an :class:`~f3rm_ros.core.edits.EditedField` of them (its
+    ``fixed`` edits: they cannot be undone), the scene as its last frames saw it.
 
     Raises:
         CheckpointError: missing/corrupt file or another checkpoint format version.
@@ -206,4 +208,15 @@ def load_trained_field(checkpoint_path: str | Path, device: torch.device | str =
         c2w_w[:, :3, :3] = R @ c2w_n[:, :3, :3]
         c2w_w[:, :3, 3] = (s * (R @ c2w_n[:, :3, 3].T)).T + t
         cams = {"c2w_world_opencv": [c2w_w[i] for i in tr], "intrinsics": [Ks[i] for i in tr]}
-    return TrainedField(model, nerf_to_world, ck.get("extractor_info"), cams)
+    field = TrainedField(model, nerf_to_world, ck.get("extractor_info"), cams)
+    if not ck.get("live_edits"):
+        return field
+    # a field refreshed through edits (refresh_field(live_edits=...)) is served through them
+    from f3rm_ros.core.edit_store import EditStoreError, checkpoint_live_edits  # noqa: PLC0415
+    from f3rm_ros.core.edits import EditedField  # noqa: PLC0415
+
+    try:
+        edits, _ = checkpoint_live_edits(ck, str(checkpoint_path))
+    except EditStoreError as e:
+        raise CheckpointError(str(e)) from None
+    return EditedField(field, edits, fixed=len(edits))

@@ -6,6 +6,7 @@ Rays are in the normalised field frame (see ``f3rm_ros.core.dataset.normalise_po
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -71,7 +72,9 @@ class FieldModel(nn.Module):
 
     def render_rays(self, origins: Tensor, directions: Tensor, camera_idx: Tensor | None = None, *,
                     training: bool = False, step: int = 0, update_proposals: bool = True,
-                    with_features: bool = True, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+                    with_features: bool = True, generator: torch.Generator | None = None,
+                    warp: Callable[[Tensor, Tensor, Tensor | None], tuple[Tensor, Tensor, Tensor]] | None = None
+                    ) -> dict[str, Tensor]:
         """Sample and render rays.
 
         Args:
@@ -81,14 +84,26 @@ class FieldModel(nn.Module):
             step: training step (annealing)
             update_proposals: whether proposal nets get gradients
             with_features: also render features (if there is a feature field)
+            warp: the scene seen through edits (``f3rm_ros.core.edits.FieldWarp``): ``warp(positions [R, S, 3],
+                directions, camera_idx) -> (positions, directions [R, S, 3], empty [R, S])``; every net (proposals
+                included) is read at the warped samples, with the warped view directions, and the empty samples
+                have no density. None: the field as it is.
         Returns:
             dict with rgb [R,3], depth [R] (ray distance, field units), accumulation [R],
             weights [R,N], s_edges / t_edges [R,N+1], proposals (list), and features [R,D] if rendered.
         """
-        s, t, proposals = self.sampler(origins, directions, list(self.proposal_nets), training=training, step=step,
+        nets: list = list(self.proposal_nets)
+        if warp is not None:
+            nets = [_warped_density(net, warp, directions, camera_idx) for net in nets]
+        s, t, proposals = self.sampler(origins, directions, nets, training=training, step=step,
                                        update_proposals=update_proposals, generator=generator)
         positions = sample_midpoints(origins, directions, t)
-        density, rgb = self.rgb_field(positions, directions, camera_idx)
+        if warp is None:
+            density, rgb = self.rgb_field(positions, directions, camera_idx)
+        else:
+            positions, dirs, empty = warp(positions, directions, camera_idx)
+            density, rgb = self.rgb_field(positions, dirs, camera_idx)
+            density = torch.where(empty, torch.zeros_like(density), density)
         weights = render_weights(density, t)
         out: dict = {
             "rgb": render_rgb(weights, rgb, self.config.background),
@@ -99,3 +114,15 @@ class FieldModel(nn.Module):
         if with_features and self.feature_field is not None:
             out["features"] = self.feature_field.render(positions.detach(), weights)
         return out
+
+
+def _warped_density(net: nn.Module, warp: Callable, directions: Tensor, camera_idx: Tensor | None
+                    ) -> Callable[[Tensor], Tensor]:
+    """A proposal net read through ``warp`` (render_rays): zero density where the warp says empty."""
+
+    def fn(positions: Tensor) -> Tensor:
+        p, _, empty = warp(positions, directions, camera_idx)
+        sigma = net(p)
+        return torch.where(empty, torch.zeros_like(sigma), sigma)
+
+    return fn

@@ -74,7 +74,7 @@ class RGBField(nn.Module):
 
         Args:
             positions: field-frame sample points  # [R, S, 3]
-            directions: unit ray directions  # [R, 3]
+            directions: unit ray directions  # [R, 3], or one per sample  # [R, S, 3]
             camera_idx: training image index per ray, or None / -1 entries for "no image" (the mean
                 embedding, or zeros if ``average_appearance_for_eval`` is off)  # [R]
         Returns:
@@ -83,7 +83,8 @@ class RGBField(nn.Module):
         """
         density, geo = self.density(positions)
         R, S = positions.shape[:2]
-        parts = [geo, self.dir_enc(directions)[:, None, :].expand(R, S, -1).to(geo.dtype)]
+        enc = self.dir_enc(directions)
+        parts = [geo, (enc if directions.dim() == 3 else enc[:, None, :].expand(R, S, -1)).to(geo.dtype)]
         if self.appearance is not None:
             parts.append(self.appearance_for(camera_idx, R)[:, None, :].expand(R, S, -1).to(geo.dtype))
         rgb = self.color_mlp(torch.cat(parts, dim=-1))

@@ -138,6 +138,10 @@ class Trainer:
         # name -> () -> scalar tensor: terms added to every step's loss (e.g. a refresh's density penalty on a place
         # known to be empty); they must draw random numbers from ``self.generator`` only (CUDA graphs)
         self.extra_losses: dict[str, Callable[[], Tensor]] = {}
+        # the scene the training rays see, through edits (FieldModel.render_rays' ``warp``, e.g. a refresh through the
+        # query server's edits: ``f3rm_ros.core.edits.FieldWarp`` with each image's edits); None: the field as it is
+        self.ray_warp: Callable[[Tensor, Tensor, Tensor | None], tuple[Tensor, Tensor, Tensor]] | None = None
+        self.checkpoint_extra: dict[str, Any] = {}  # more keys for every checkpoint written (e.g. a refresh's edits)
 
     @property
     def cuda_graphs_active(self) -> bool:
@@ -207,7 +211,8 @@ class Trainer:
         with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.use_amp,
                             cache_enabled=False if graph_safe else None):
             out = self.model.render_rays(batch["origins"], batch["directions"], batch["camera_idx"], training=True,
-                                         step=self.step, update_proposals=update, generator=self.generator)
+                                         step=self.step, update_proposals=update, generator=self.generator,
+                                         warp=self.ray_warp)
         losses = {"rgb": rgb_mse(out["rgb"], batch["rgb"]),
                   "interlevel": cfg.losses.interlevel_mult * interlevel_loss(out["s_edges"], out["weights"],
                                                                               out["proposals"]),
@@ -308,11 +313,12 @@ class Trainer:
                      "scaler": self.scaler.state_dict(), "generator": self.generator.get_state(),
                      "sampler_steps_since_update": self.model.sampler.steps_since_update,
                      "pixel_error": self.batcher.pixel_error}
-        return checkpoint_payload(
+        return {**checkpoint_payload(
             step=self.step, config=to_dict(self.config), model=self.model, num_train_images=len(self.train_indices),
             nerf_to_world=self.nerf_to_world, extractor_info=self.extractor_info, c2w_nerf=self.c2w_nerf,
             intrinsics=self.intrinsics, train_indices=self.train_indices, eval_indices=self.eval_indices,
-            dataset_root=str(getattr(self.dataset, "root", "")), metrics=self.metrics, training_state=state)
+            dataset_root=str(getattr(self.dataset, "root", "")), metrics=self.metrics, training_state=state),
+            **self.checkpoint_extra}
 
     def save_checkpoint(self, path: str | Path | None = None, include_optimizer: bool = True) -> Path:
         """Write a checkpoint atomically (default ``run_dir/checkpoints/step-XXXXXXX.ckpt``; prunes old

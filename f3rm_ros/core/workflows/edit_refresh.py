@@ -56,14 +56,23 @@ def changed_places(edits: Sequence[SceneEdit], changed_boxes: Sequence[float] = 
 
 
 def refresh_with_edits(request: Any, refresh_from: str | Path, edits: Sequence[SceneEdit],
-                       changed_boxes: Sequence[float] = (), edits_path: str | Path | None = None) -> Any:
+                       changed_boxes: Sequence[float] = (), edits_path: str | Path | None = None,
+                       through: bool | None = None) -> Any:
     """``refresh_scene`` (the request's dataset, features, device, budget, callbacks, run folder; the new frames are
-    the dataset's highest ``scene_version``) with ``edits`` (made on ``refresh_from``, oldest first) as the changed
-    places, after the ones ``refresh_from`` itself was refreshed with (:func:`baked_edits`), plus ``changed_boxes``.
+    the dataset's highest ``scene_version``) with ``edits`` (made on ``refresh_from``, oldest first, after the edits
+    the checkpoint itself carries).
+
+    ``through`` (default: whenever only edits are given, no ``changed_boxes``, and the field was not refreshed with
+    baked edits): ``refresh_field`` through the edits: the checkpoint's own edits and ``edits`` stay live, each frame
+    trains the field through the edits in force when its scene version was captured (the checkpoint's record; the
+    new frames: all of them; version 0: none; any other version not on record is left out), and the refreshed
+    checkpoint carries them all. Otherwise the changed places are ``edits`` after the ones ``refresh_from`` was itself
+    refreshed with (:func:`baked_edits`), plus ``changed_boxes``, and the result is a plain field.
 
     Raises:
-        ValueError: no appended frames, another dataset than the field's, malformed boxes; EditStoreError (a
-        ValueError) for a malformed baked_edits.json of ``refresh_from``; CheckpointError.
+        ValueError: no appended frames, another dataset than the field's, malformed boxes, a field that carries live
+        edits refreshed with boxes (its edits would be lost), ``through`` for a field with baked edits;
+        EditStoreError (a ValueError) for a malformed baked_edits.json or live-edit record; CheckpointError.
     """
     from f3rm_ros.core.device import resolve_device  # noqa: PLC0415
     from f3rm_ros.core.io import atomic_write_json  # noqa: PLC0415
@@ -73,10 +82,22 @@ def refresh_with_edits(request: Any, refresh_from: str | Path, edits: Sequence[S
 
     req = request
     phase = req.on_phase or (lambda _p: None)
+    from f3rm_ros.core.checkpoint import load_checkpoint  # noqa: PLC0415
+    from f3rm_ros.core.edit_store import checkpoint_live_edits  # noqa: PLC0415
+
     src = Path(refresh_from)
     history = baked_edits(src)
+    live, live_versions = checkpoint_live_edits(load_checkpoint(src), str(src))
+    if through is None:
+        through = bool(live or edits) and not history and not len(changed_boxes)
+    if through and history:
+        raise ValueError(f"{src} was refreshed with its edits baked in ({BAKED_EDITS_NAME}); it cannot be refreshed "
+                         f"through them")
+    if not through and live:
+        raise ValueError(f"{src} carries {len(live)} live edit(s) (it was refreshed through them): refresh it through "
+                         f"its edits (no changed_boxes), or its edits would be lost")
     every = (*history, *edits)
-    places = changed_places(every, changed_boxes)
+    places = changed_places(every, changed_boxes) if not through else {"changed": None}
     phase("loading dataset")
     ds = load_scene(req.dataset, req.downscale, 0)
     trained_on = _trained_on(src)
@@ -89,6 +110,10 @@ def refresh_with_edits(request: Any, refresh_from: str | Path, edits: Sequence[S
         raise ValueError(f"{ds.root} has no appended frames (no scene_version): capture the changed scene with APPEND "
                          f"first")
     new = [i for i, v in enumerate(versions) if v == top]
+    if through:
+        every = (*live, *edits)
+        counts = {0: 0, **live_versions, top: len(every)}
+        places.update(live_edits=every, frame_edits=[counts.get(v, -1) for v in versions])
     device = resolve_device(req.device) if isinstance(req.device, str) else torch.device(req.device)
     if req.torch_threads:
         torch.set_num_threads(req.torch_threads)
@@ -99,13 +124,15 @@ def refresh_with_edits(request: Any, refresh_from: str | Path, edits: Sequence[S
                         on_progress=req.on_progress, should_stop=req.should_stop, feature_cache=req.feature_cache,
                         **places)
     if run_dir is not None:
-        baked = save_edit_stack(run_dir / BAKED_EDITS_NAME, src, every) if every and src.is_file() else None
+        baked = save_edit_stack(run_dir / BAKED_EDITS_NAME, src, every) if every and src.is_file() and \
+            not through else None
         atomic_write_json(run_dir / "run.json", {
             "format": RUN_FORMAT, "version": RUN_VERSION, "data_dir": str(Path(ds.root).resolve()),
             "num_frames": len(ds), "device": str(device), "num_steps": int(req.num_steps), "command": req.command,
             "refreshed_from": str(src), "scene_version": top,
             "edits": {"given": len(edits), "baked_before": len(history), "file": str(edits_path or ""),
-                      "baked": str(baked or "")},
+                      "baked": str(baked or ""), "through": bool(through), "live_before": len(live),
+                      "live": len(every) if through else 0},
             "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "result": {"step": res.step, "stopped": res.stopped, "frames_new": res.frames_new,
                        "frames_old_kept": res.frames_old_kept, "frames_old_dropped": res.frames_old_dropped,

@@ -324,7 +324,8 @@ def refresh_field(checkpoint: str | Path, dataset: Any, new_frames: Sequence[int
                   changed_new: np.ndarray | None = None, clear_points: np.ndarray | None = None,
                   clear_mult: float = 1.0, depth_margin_m: float = 0.01, teacher: Any = None,
                   bake_points: np.ndarray | None = None, bake_mult: float = 1.0, new_repeat: int = 1,
-                  lr_scale: float = 0.1) -> RefreshResult:
+                  lr_scale: float = 0.1, live_edits: Sequence[Any] = (),
+                  frame_edits: Sequence[int] | None = None) -> RefreshResult:
     """Fine-tune ``checkpoint`` on ``dataset``'s ``new_frames`` plus its other frames, for ``num_steps`` steps. An old
     frame that sees ``changed`` (points [M, 3] sampled every ``spacing`` m, e.g. :func:`changed_points` of the edits;
     None trusts every old frame) is, with ``old_frames`` "mask", kept with the pixels the changed places project onto
@@ -342,6 +343,15 @@ def refresh_field(checkpoint: str | Path, dataset: Any, new_frames: Sequence[int
     optimiser starts afresh, and Adam's first steps move every touched parameter by about the learning rate whatever
     its gradient, which at a from-scratch rate shakes the whole converged field (on the H100 bench, 400 steps at the
     training rate cost 3-7 dB of held-out PSNR everywhere, not only at the moved thing).
+
+    **Through the edits** (``live_edits``, the edit stack oldest first; ``frame_edits`` [len(dataset)]: how many of the
+    oldest edits were in force when each frame was captured, -1 = unknown: the frame is dropped): nothing is regrown.
+    The field keeps the scene of the first capture and every frame trains it through its own edits (the trainer's
+    ``ray_warp``): a new view's rays at the moved thing's new place read the field at its old place, its old place is
+    empty for them, and the old frames, which saw the old scene, train the field as it is. Every old frame stays whole
+    (no masks, no teacher); the refreshed checkpoint carries the edits (``live_edits`` key: the edits and each scene
+    version's count), and ``load_trained_field`` serves it through them. ``changed``, ``old_frames``, the teacher and
+    the clear / bake terms do not apply then.
 
     Args:
         features: the feature source as in ``TrainSceneRequest.features`` (the field's own extractor, e.g. a label
@@ -365,6 +375,16 @@ def refresh_field(checkpoint: str | Path, dataset: Any, new_frames: Sequence[int
     if new[0] < 0 or new[-1] >= n:
         raise ValueError(f"new frame indices must be in [0, {n}), got {new[0]}..{new[-1]}")
     old = [i for i in range(n) if i not in set(new)]
+    through = len(live_edits) > 0
+    if through:
+        if teacher is not None or bake_points is not None or clear_points is not None:
+            raise ValueError("a refresh through the edits needs no teacher, bake or clear points: nothing is regrown")
+        fe = np.asarray(frame_edits if frame_edits is not None else [len(live_edits)] * n, dtype=np.int64)
+        if fe.shape != (n,) or fe.min(initial=0) < -1 or fe.max(initial=0) > len(live_edits):
+            raise ValueError(f"frame_edits must give one count in [-1, {len(live_edits)}] per frame ({n})")
+        if np.any(fe[new] < 0):
+            raise ValueError("every new frame needs its edit count (frame_edits >= 0)")
+        changed = None  # every frame is seen through its own edits: none disagrees
     sees = frames_seeing(dataset, changed, old) if changed is not None and len(changed) and old else \
         np.zeros(len(old), bool)
     if old_frames not in ("mask", "drop", "teach"):
@@ -374,7 +394,10 @@ def refresh_field(checkpoint: str | Path, dataset: Any, new_frames: Sequence[int
     reps = max(1, int(new_repeat))
     kept_old, masks, bad = [], {}, {}
     for i, s_ in zip(old, sees, strict=True):
-        if not s_:
+        if through:
+            if fe[i] >= 0:
+                kept_old.append(i)
+        elif not s_:
             kept_old.append(i)
         elif old_frames in ("mask", "teach"):
             depth = dataset.get_depth(i) if (changed_old is not None or changed_new is not None) and \
@@ -437,6 +460,19 @@ def refresh_field(checkpoint: str | Path, dataset: Any, new_frames: Sequence[int
         tr.extra_losses["clear"] = _clear_loss(tr, clear_points, clear_mult, 0.01)
     if teacher is not None and bake_points is not None and len(bake_points) and bake_mult > 0:
         tr.extra_losses["bake"] = _bake_loss(tr, teacher, bake_points, bake_mult, 0.01)
+    if through:
+        from f3rm_ros.core.edit_store import edits_to_json  # noqa: PLC0415
+        from f3rm_ros.core.edits import EditWarp  # noqa: PLC0415
+
+        order = new * reps + kept_old
+        tr.ray_warp = EditWarp(live_edits).in_field(nw, [int(fe[i]) for i in order])
+        with torch.no_grad():  # its tensors made now, not inside a CUDA graph capture
+            tr.ray_warp(torch.zeros(1, 1, 3, device=tr.device), torch.zeros(1, 3, device=tr.device),
+                        torch.zeros(1, dtype=torch.long, device=tr.device))
+        versions = [int((fx or {}).get("scene_version", 0) or 0) for fx in getattr(dataset, "frames_extra", [])]
+        tr.checkpoint_extra["live_edits"] = {
+            "edits": edits_to_json(live_edits),
+            "versions": {str(v): int(c) for v, c in sorted(zip(versions, fe.tolist(), strict=False)) if c >= 0}}
     t1 = time.perf_counter()
     res = tr.train(int(num_steps), on_progress=on_progress, should_stop=should_stop)
     train_s = time.perf_counter() - t1
