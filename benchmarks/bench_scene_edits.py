@@ -38,8 +38,10 @@ against a full retrain in the same run; in three halves, as bench_grasp_generali
         benchmarks/results/scene_edits_gpu_1.json --data-root .gpudata/edits10
 
 ``--refresh-options`` takes refresh_field's keyword arguments as JSON (``new_repeat``, ``clear_mult``, ...; with
-``"bake": true`` the edited field teaches the changed places); the old and new places of the edits are always given
-apart, so old frames with depth keep every pixel the edits do not contradict.
+``"through": true`` the refresh goes through the edits, as the train node's does with edits: the field keeps its
+edits live, every frame trained through the edits of its scene version, and the next move's edit stacks on top;
+otherwise the old and new places of the edits are given apart, so old frames with depth keep every pixel the edits
+do not contradict, and ``"bake": true`` makes the edited field teach the changed places).
 
 (``--full-moves 1,2,3`` gives a full retrain per move, ~76 MB for 10 scenes: more than one GPU call carries; render
 it as two roots of 5 scenes, ``--start``, and merge by judging each.)

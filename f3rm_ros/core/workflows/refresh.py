@@ -465,7 +465,8 @@ def refresh_field(checkpoint: str | Path, dataset: Any, new_frames: Sequence[int
         from f3rm_ros.core.edits import EditWarp  # noqa: PLC0415
 
         order = new * reps + kept_old
-        tr.ray_warp = EditWarp(live_edits).in_field(nw, [int(fe[i]) for i in order])
+        # camera_idx is a training-image index: the subset's frames, all of them in its train split
+        tr.ray_warp = EditWarp(live_edits).in_field(nw, [int(fe[order[int(j)]]) for j in tr.train_indices])
         with torch.no_grad():  # its tensors made now, not inside a CUDA graph capture
             tr.ray_warp(torch.zeros(1, 1, 3, device=tr.device), torch.zeros(1, 3, device=tr.device),
                         torch.zeros(1, dtype=torch.long, device=tr.device))
