@@ -90,3 +90,32 @@ def test_geometric_candidates_with_batched_chords_match_plain_on_a_trained_field
     print(plain.stats)
     assert plain.stats["antipodal_pairs"] > 10
     _same(plain, fast)
+
+
+def _poses(n: int, centre: torch.Tensor, spread: float, seed: int):
+    from f3rm_ros.core.grasp.proposals import quat_to_matrix_torch, random_quaternions
+
+    q = random_quaternions(n, torch.Generator().manual_seed(seed))
+    t = centre + torch.randn(n, 3, generator=torch.Generator().manual_seed(seed + 1)) * spread
+    return quat_to_matrix_torch(q), t
+
+
+@pytest.mark.parametrize("field_kind", ["analytic", "trained"])
+def test_early_exit_collision_with_a_minimum_call_size_matches_plain(field_kind):
+    """Early-exit collision checks whose blocks are widened to at least min_call points in all give the plain
+    answer, from one pose (one block of every point) to many (min_call below the first block)."""
+    from f3rm_ros.core.gripper import Gripper
+    from f3rm_ros.core.grasp.collision import gripper_shell_points, in_collision
+
+    f = BallOnTable() if field_kind == "analytic" else TrainedBall()
+    c = f.c if field_kind == "analytic" else f.ball.c
+    pts = torch.as_tensor(gripper_shell_points(Gripper(), 0.0075), dtype=torch.float32)
+    R, t = _poses(80, c, 0.06, 11)
+    for mp in (2, 10):
+        plain = in_collision(f, R, t, pts, 0.0075, 0.2, mp, 2**15, 0.004)
+        assert 5 < int(plain.sum()) < 75
+        for n in (1, 3, 80):
+            for min_call in (100, 4096, 10**6):
+                fast = in_collision(f, R[:n], t[:n], pts, 0.0075, 0.2, mp, 2**15, 0.004, point_block=64,
+                                    min_call=min_call)
+                assert torch.equal(fast, plain[:n]), (mp, n, min_call)

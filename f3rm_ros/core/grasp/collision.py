@@ -95,7 +95,8 @@ def in_collision(field: GraspField, R: torch.Tensor,  # [N, 3, 3] world_from_gri
                  t: torch.Tensor,  # [N, 3] translations, metres
                  gripper_points: torch.Tensor,  # [M, 3] gripper frame
                  voxel: float, alpha_thr: float, min_points: int,
-                 chunk_points: int, floor_z: float | None = None, point_block: int = 0) -> torch.Tensor:  # [N] bool
+                 chunk_points: int, floor_z: float | None = None, point_block: int = 0,
+                 min_call: int = 0) -> torch.Tensor:  # [N] bool
     """Density-based collision test of N gripper poses, ``chunk_points`` field queries at a time.
 
     ``floor_z``: world z below which every point counts as occupied (None: density only).
@@ -104,7 +105,9 @@ def in_collision(field: GraspField, R: torch.Tensor,  # [N, 3, 3] world_from_gri
     and a pose whose count already reached ``min_points`` skips the remaining blocks. The answer is the same
     (the count only grows); the field queries drop to about ``point_block`` per colliding pose, which is most
     proposals (F3RM's random rotations around surface voxels mostly cut through the object), and a free pose
-    takes a few passes instead of ``M / point_block``. 0: every point of every pose at once.
+    takes a few passes instead of ``M / point_block``. 0: every point of every pose at once. ``min_call`` (with
+    ``point_block``): a block is widened so that it queries at least this many points in all (few poses left: fewer
+    passes, each a field query with its fixed cost); the answer is the same.
     """
     n, m = R.shape[0], gripper_points.shape[0]
     if n == 0 or m == 0:
@@ -118,6 +121,9 @@ def in_collision(field: GraspField, R: torch.Tensor,  # [N, 3, 3] world_from_gri
         live = torch.arange(n, device=t.device)
         j, block = 0, point_block
         while j < m and live.numel():
+            # a field query costs ~1.6 ms on one CPU thread before its first point (as much as ~1500 points): with
+            # few poses left, a block takes at least min_call points in all (EARLY_EXIT_MIN_CALL)
+            block = max(block, -(-min_call // live.numel()))
             counts[live] += _occupied_counts(field, R[live], t[live], pts[j:j + block], voxel, alpha_thr,
                                              chunk_points, floor_z)
             live = live[counts[live] < min_points]

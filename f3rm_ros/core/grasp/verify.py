@@ -57,6 +57,7 @@ class VerifySettings:
     fine_check: bool = True  # the check without margin adds the fine whole-gripper points (fine_check_after)
     chunk_points: int = 2**18
     point_block: int = 0  # > 0: early-exit collision checks and adaptive blocks (PlannerConfig.early_exit)
+    min_call: int = 0  # with point_block: each early-exit block queries at least this many points in all
 
 
 @dataclass
@@ -93,16 +94,17 @@ class Verifier:
         if clearance:  # the floor is known exactly (and already a margin above the table): no clearance there
             return in_collision(self.field, R, t, self.clear_points, s.collision_voxel_m, s.collision_alpha,
                                 s.clearance_min_points, s.chunk_points,
-                                None if floor is None else floor - s.clearance_m, s.point_block)
+                                None if floor is None else floor - s.clearance_m, s.point_block, s.min_call)
         coll = in_collision(self.field, R, t, self.coarse_points, s.collision_voxel_m, s.collision_alpha,
-                            self.coarse_min, s.chunk_points, floor, s.point_block)
+                            self.coarse_min, s.chunk_points, floor, s.point_block, s.min_call)
         if not s.fine_check:
             return coll
         if s.point_block > 0:  # early exit: the fine check only for the poses the coarse one let through
             free = torch.nonzero(~coll)[:, 0]
             coll = coll.clone()
             coll[free] = in_collision(self.field, R[free], t[free], self.fine_points, s.collision_voxel_m,
-                                      s.collision_alpha, self.fine_min, s.chunk_points, floor, s.point_block)
+                                      s.collision_alpha, self.fine_min, s.chunk_points, floor, s.point_block,
+                                      s.min_call)
             return coll
         return coll | in_collision(self.field, R, t, self.fine_points, s.collision_voxel_m, s.collision_alpha,
                                    self.fine_min, s.chunk_points, floor)
