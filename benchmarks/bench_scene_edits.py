@@ -192,7 +192,10 @@ def plan(a: argparse.Namespace) -> int:
         r = s.plan(text)
         row = _result_row(text, r, time.perf_counter() - t0)
         if old_box is not None:
-            row["old_place_found"] = bool(s.plan(text, workspace=tuple(map(tuple, old_box))).found)
+            r_old = s.plan(text, workspace=tuple(map(tuple, old_box)))
+            row["old_place_found"] = bool(r_old.found)
+            if r_old.found:  # what it holds is the judge's to say (a leftover of the target, a neighbour, nothing)
+                row["old_place_grasp"] = r_old.best.T_world_gripper.tolist()
         return row
 
     def train(data_dir: Path, run: Path, ex):
@@ -350,6 +353,9 @@ def judge(a: argparse.Namespace) -> int:
             for key in ("after_edit", "after_refresh"):
                 if key in row:
                     check(checker, row[key], target)
+                    if row[key].get("old_place_grasp") is not None:  # what the grasp at the old place would hold
+                        g = checker.check(np.asarray(row[key]["old_place_grasp"]))
+                        row[key]["old_place_holds"] = (g.object if g.success else None) or "nothing"
                 for u, q in zip(row.get("unmoved_" + key, []), others, strict=False):  # none after a refused edit
                     check(checker, u, q)
             row["scene"], row["before"] = name, sc["before"]
@@ -362,7 +368,10 @@ def judge(a: argparse.Namespace) -> int:
                     f"{row['refresh_psnr']:.2f}")
             if "full_psnr" in row:
                 line += f" full {row['full_psnr']:.2f} ({row['refresh_psnr'] - row['full_psnr']:+.2f} dB)"
-            print(line + f"; {ae.get('detail', row.get('edit_error', ''))[:70]} | {ar['detail'][:70]}")
+            held = [f"{k[6:]} holds {row[k]['old_place_holds']!r}" for k in ("after_edit", "after_refresh")
+                    if "old_place_holds" in row.get(k, {})]
+            print(line + f"; {ae.get('detail', row.get('edit_error', ''))[:70]} | {ar['detail'][:70]}"
+                  + (f" | old-place grasp: {', '.join(held)}" if held else ""))
 
     def rate(vals: list[bool]) -> dict:
         k, n = sum(bool(v) for v in vals), len(vals)
@@ -396,6 +405,12 @@ def judge(a: argparse.Namespace) -> int:
         "psnr_within_1db": rate([r["refresh_psnr"] >= r["full_psnr"] - 1.0 for r in full]),
         "edit_psnr_median": med([r["edit_psnr"] for r in rows if "edit_psnr" in r]),
         "psnr_refresh_minus_edit": [round(r["refresh_psnr"] - r["edit_psnr"], 2) for r in rows if "edit_psnr" in r],
+        # what the grasps found at the old place would hold (the ground truth): the moved thing's leftover, a
+        # neighbour reaching into the box, or nothing
+        "old_place_holds_after_edit": [r["after_edit"]["old_place_holds"] for r in rows
+                                       if "old_place_holds" in r.get("after_edit", {})],
+        "old_place_holds_after_refresh": [r["after_refresh"]["old_place_holds"] for r in rows
+                                          if "old_place_holds" in r["after_refresh"]],
     }
     for key, v in summ.items():
         if isinstance(v, dict):
