@@ -119,3 +119,47 @@ def test_early_exit_collision_with_a_minimum_call_size_matches_plain(field_kind)
                 fast = in_collision(f, R[:n], t[:n], pts, 0.0075, 0.2, mp, 2**15, 0.004, point_block=64,
                                     min_call=min_call)
                 assert torch.equal(fast, plain[:n]), (mp, n, min_call)
+
+
+@pytest.fixture(scope="module")
+def oracle_clearance_first():
+    """Planners on the oracle field of a built-in scene with demo_clearance_first, plain and with the CPU fast
+    paths (the CPU preset with fewer steps and candidates: seconds)."""
+    from f3rm_ros.core.features.configs import LabelFeatureConfig
+    from f3rm_ros.core.features.labels import LabelFeatureExtractor
+    from f3rm_ros.core.grasp import GraspPlanner, PlannerConfig, load_default_tasks
+    from f3rm_ros.core.grasp.oracle import OracleField
+    from f3rm_ros.core.presets import PLANNER_CPU
+    from f3rm_ros.core.sim.scene import resolve_scene
+
+    scene = resolve_scene("mug_bowl_box")
+    table, _ = scene.label_table()
+    ex = LabelFeatureExtractor(LabelFeatureConfig(), table=table)
+    field = OracleField.from_extractor(scene, ex, resolution=0.006, device="cpu")
+    ws = dict(workspace_min_m=(-0.35, -0.3, 0.005), workspace_max_m=(0.35, 0.3, 0.3), device="cpu")
+    base = {**PLANNER_CPU, "num_steps": 5, "rotations_per_voxel": 2, "geometric_max_seeds": 24,
+            "geometric_max_candidates": 256, "geometric_verify": 8, "antipodal_candidates": 8, "max_grasps": 5,
+            "demo_clearance_first": True}
+    return {name: GraspPlanner(field, ex, load_default_tasks(), config=PlannerConfig(**ws, **{**base, **kw}))
+            for name, kw in (("plain", {"early_exit": False, "geometric_only_if_needed": False}),
+                             ("fast", {"early_exit": True, "geometric_only_if_needed": True}))}
+
+
+@pytest.mark.parametrize("query", ["mug handle", "bowl"])
+def test_demo_clearance_first_fast_paths_match_plain_and_grasps_are_clear(oracle_clearance_first, query):
+    """With demo_clearance_first the demonstration-guided candidates are chosen among the poses free with the
+    clearance margin and not checked again; the CPU fast paths give the plain planner's grasps, and every returned
+    grasp is free with the margin by a check of every point."""
+    import numpy as np
+
+    plain, fast = (oracle_clearance_first[k].plan(query) for k in ("plain", "fast"))
+    assert plain.found and any(g.source == "demo" for g in plain.grasps), plain.reason
+    assert len(plain.grasps) == len(fast.grasps) and plain.reason == fast.reason
+    for g, h in zip(plain.grasps, fast.grasps, strict=True):
+        assert np.allclose(g.T_world_gripper, h.T_world_gripper, atol=1e-6) and g.source == h.source
+        assert g.score == pytest.approx(h.score, abs=1e-6)
+    planner = oracle_clearance_first["plain"]
+    T = torch.as_tensor(np.stack([g.T_world_gripper for g in plain.grasps]), dtype=torch.float32)
+    coll = planner.verifier().collides(T[:, :3, :3], T[:, :3, 3], planner.floor_z(), clearance=True)
+    print(query, [(g.source, round(g.score, 3)) for g in plain.grasps], plain.stats.get("final_checked"))
+    assert not bool(coll.any())

@@ -49,7 +49,7 @@ PLANNER_CPU: dict[str, Any] = {"num_steps": 20, "rotations_per_voxel": 3, "max_p
                                "keep_fraction": 0.8, "min_poses": 64, "antipodal_candidates": 16,
                                "antipodal_refine_iters": 1, "geometric_max_seeds": 96,
                                "geometric_max_candidates": 1024, "geometric_verify": 16, "early_exit": True,
-                               "geometric_only_if_needed": True}
+                               "geometric_only_if_needed": True, "demo_clearance_first": True}
 
 _SMALL: dict[str, Any] = {
     "model.rgb.grid.num_levels": 8, "model.rgb.grid.log2_hashmap_size": 15,

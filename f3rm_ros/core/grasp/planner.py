@@ -275,7 +275,7 @@ class GraspPlanner:
         R, tr, loss = R[by_loss], tr[by_loss], loss[by_loss]
         need = max(c.max_grasps, c.antipodal_candidates) if c.max_grasps > 0 else tr.shape[0]
         keep, checked, _ = self.verifier(c).first_free(R, tr, torch.arange(tr.shape[0], device=tr.device), need,
-                                                       max(64, 2 * need), floor, clearance=False)
+                                                       max(64, 2 * need), floor, clearance=c.demo_clearance_first)
         res.stats[f"{tag}final_checked"] = checked
         R, tr, loss = R[keep], tr[keep], loss[keep]
         res.stats[f"{tag}final_free"] = int(tr.shape[0])
@@ -469,7 +469,8 @@ class GraspPlanner:
             # among themselves, demonstration-guided grasps that pass keep F3RM's order (by the demonstrations' loss;
             # quality only breaks near-ties): the field's contact estimate is the noisier of the two on a rough field
             fit_term = (-loss).clamp(0.0, 2.0) / 2.0
-            n_ok = accept("demo", task.name, R, tr, c.demo_preference + fit_term, quality_weight=0.1)
+            n_ok = accept("demo", task.name, R, tr, c.demo_preference + fit_term, quality_weight=0.1,
+                          free_with_clearance=c.demo_clearance_first)
             t0 = lap("verify", t0)
             if n_ok:
                 break
