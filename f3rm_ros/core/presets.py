@@ -44,7 +44,10 @@ __all__ = ["TRAINER_PRESETS", "PLANNER_CPU", "trainer_preset", "trainer_config"]
 # poses, 32 + 32 candidates, 192 seeds) the top grasp passed 24 of 29 present queries on the trained fields of the
 # three built-in scenes and the demo's (absent ones: 22 of 22 got none); with these settings 27 of 29 (22 of 22),
 # the median query taking 2.2 instead of 9.3 s of CPU time (max 4.3 instead of 27.6; benchmarks/bench_cpu_demo.py
-# query, one thread; benchmarks/NOTES_cpu_demo.md).
+# query, one thread; benchmarks/NOTES_cpu_demo.md). demo_clearance_first (the demonstration-guided candidates chosen
+# among the poses free with the clearance margin, each checked once) and the exact batching of the field queries
+# after that: 27 of 29 and 22 of 22 still, median 2.28 -> 1.86 s against 916a044 in the same run at load 4-5
+# (results/cpu_query_table_6b27b4a.json).
 PLANNER_CPU: dict[str, Any] = {"num_steps": 20, "rotations_per_voxel": 3, "max_proposals": 768, "prune_after_step": 3,
                                "keep_fraction": 0.8, "min_poses": 64, "antipodal_candidates": 16,
                                "antipodal_refine_iters": 1, "geometric_max_seeds": 96,
