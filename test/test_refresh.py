@@ -423,3 +423,27 @@ def test_refresh_through_the_edits_keeps_them_in_the_checkpoint(tiny, tmp_path):
                        ({"teacher": EditedField(load_trained_field(ck), [edit])}, "no teacher")):
         with pytest.raises(ValueError, match=match):
             refresh_field(ck, ds, range(8, 12), None, 1, features=ex, live_edits=[edit], **bad)
+
+
+def test_near_changed_pixels_are_the_surfaces_around_a_changed_place():
+    """A camera 1 m above a table looking down: the pixels whose surface lies within near_m of a changed place are
+    left out, except what ``keep`` spares; no depth (0) is never left out."""
+    from f3rm_ros.core.workflows.refresh import near_changed_pixels
+
+    Kd = CameraIntrinsics(fx=50.0, fy=50.0, cx=16.0, cy=12.0, width=32, height=24)
+    c2w = look_at_opencv([0.0, 0.0, 1.0], [0.0, 0.0, 0.0], up=[0.0, 1.0, 0.0])
+    depth = np.ones((24, 32), np.float32)
+    depth[0, 0] = 0.0
+    place = np.array([[0.1, 0.0, 0.0]])
+    m = near_changed_pixels(c2w, Kd, depth, place, 0.05)
+    # back-project every pixel to the table and measure: the mask is exactly the disc of 5 cm around the place
+    v, u = np.mgrid[0:24, 0:32]
+    cam = np.stack([(u + 0.5 - 16.0) / 50.0, (v + 0.5 - 12.0) / 50.0, np.ones_like(u, dtype=float)], -1)
+    world = cam @ c2w[:3, :3].T + c2w[:3, 3]
+    want = np.linalg.norm(world - place[0], axis=-1) <= 0.05
+    want[0, 0] = False
+    assert m.sum() > 10 and np.array_equal(m, want)
+    spared = near_changed_pixels(c2w, Kd, depth, place, 0.05, keep=lambda x: x[:, 0] > 0.1)
+    assert np.array_equal(spared, want & ~(world[..., 0] > 0.1)) and spared.sum() < m.sum()
+    assert not near_changed_pixels(c2w, Kd, depth, place, 0.0).any()
+    assert not near_changed_pixels(c2w, Kd, depth, np.zeros((0, 3)), 0.05).any()

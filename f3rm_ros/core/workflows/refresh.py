@@ -24,8 +24,8 @@ import torch
 
 from f3rm_ros.core.checkpoint import CheckpointError, load_checkpoint
 
-__all__ = ["frames_seeing", "changed_mask", "disagreeing_pixels", "changed_points", "edit_places", "bake_points",
-           "boxes_points", "teach_frames",
+__all__ = ["frames_seeing", "changed_mask", "disagreeing_pixels", "near_changed_pixels", "changed_points",
+           "edit_places", "bake_points", "boxes_points", "teach_frames",
            "RefreshResult", "refresh_field", "refresh_scene"]
 
 
@@ -109,6 +109,33 @@ def disagreeing_pixels(c2w: np.ndarray, K: Any, depth: np.ndarray, old_points: n
         zmin, _ = _zbuffer(c2w, K, new_points, spacing, margin_px)
         bad |= np.isfinite(zmin) & ((d <= 0) | (d >= zmin - margin_m))
     return bad
+
+
+def near_changed_pixels(c2w: np.ndarray, K: Any, depth: np.ndarray, places: np.ndarray, near_m: float,
+                        keep: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
+    """[H, W] bool: the pixels of a frame (camera ``(c2w, K)``, OpenCV, world; its z-depth ``depth`` [H, W] in metres,
+    0 = nothing) whose surface lies within ``near_m`` of ``places`` (points [M, 3], world: where things were and went
+    since the frame was captured): shadows, reflections and contact there changed with the move. ``keep`` (world
+    points [N, 3] -> [N] bool) spares surfaces the frame still tells the truth about (the moved thing itself, seen at
+    the old place it is read from)."""
+    from scipy.spatial import cKDTree  # noqa: PLC0415
+
+    d = np.asarray(depth, np.float64)
+    out = np.zeros(d.shape, dtype=bool)
+    P = np.asarray(places, np.float64).reshape(-1, 3)
+    v, u = np.nonzero(d > 0)
+    if not len(P) or not len(v) or near_m <= 0:
+        return out
+    z = d[v, u]
+    cam = np.stack([(u + 0.5 - K.cx) / K.fx * z, (v + 0.5 - K.cy) / K.fy * z, z], 1)
+    T = np.asarray(c2w, np.float64)
+    world = cam @ T[:3, :3].T + T[:3, 3]
+    dist, _ = cKDTree(P).query(world, distance_upper_bound=near_m)
+    near = np.isfinite(dist)
+    if keep is not None and near.any():
+        near[near] &= ~np.asarray(keep(world[near]), dtype=bool)
+    out[v[near], u[near]] = True
+    return out
 
 
 class _MaskedDataset:
@@ -325,7 +352,7 @@ def refresh_field(checkpoint: str | Path, dataset: Any, new_frames: Sequence[int
                   clear_mult: float = 1.0, depth_margin_m: float = 0.01, teacher: Any = None,
                   bake_points: np.ndarray | None = None, bake_mult: float = 1.0, new_repeat: int = 1,
                   lr_scale: float = 0.1, live_edits: Sequence[Any] = (),
-                  frame_edits: Sequence[int] | None = None) -> RefreshResult:
+                  frame_edits: Sequence[int] | None = None, near_m: float = 0.0) -> RefreshResult:
     """Fine-tune ``checkpoint`` on ``dataset``'s ``new_frames`` plus its other frames, for ``num_steps`` steps. An old
     frame that sees ``changed`` (points [M, 3] sampled every ``spacing`` m, e.g. :func:`changed_points` of the edits;
     None trusts every old frame) is, with ``old_frames`` "mask", kept with the pixels the changed places project onto
@@ -351,7 +378,10 @@ def refresh_field(checkpoint: str | Path, dataset: Any, new_frames: Sequence[int
     empty for them, and the old frames, which saw the old scene, train the field as it is. Every old frame stays whole
     (no masks, no teacher); the refreshed checkpoint carries the edits (``live_edits`` key: the edits and each scene
     version's count), and ``load_trained_field`` serves it through them. ``changed``, ``old_frames``, the teacher and
-    the clear / bake terms do not apply then.
+    the clear / bake terms do not apply then. ``near_m`` > 0: an old frame with a depth image leaves out the pixels
+    whose surface lies within ``near_m`` of the old or new place of an edit it did not see, other than the moved thing
+    itself at its old place (:func:`near_changed_pixels`): the shadows and contact around both places changed, and
+    only the newer frames show them as they are now.
 
     Args:
         features: the feature source as in ``TrainSceneRequest.features`` (the field's own extractor, e.g. a label
@@ -395,8 +425,27 @@ def refresh_field(checkpoint: str | Path, dataset: Any, new_frames: Sequence[int
     kept_old, masks, bad = [], {}, {}
     for i, s_ in zip(old, sees, strict=True):
         if through:
-            if fe[i] >= 0:
-                kept_old.append(i)
+            if fe[i] < 0:
+                continue
+            unseen = list(live_edits)[int(fe[i]):]
+            depth = dataset.get_depth(i) if near_m > 0 and unseen and getattr(dataset, "has_depth", False) else None
+            if depth is not None:
+                places = changed_points(unseen, 0.01)
+                moved = [e.region for e in unseen if not e.removed]
+
+                def keep(x: np.ndarray, regions=moved) -> np.ndarray:
+                    xt = torch.as_tensor(x, dtype=torch.float32)
+                    return np.logical_or.reduce([r.contains(xt).numpy() for r in regions]) if regions else \
+                        np.zeros(len(x), bool)
+
+                m = ~near_changed_pixels(dataset.c2w[i], dataset.intrinsics[i], depth, places, near_m, keep)
+                own = dataset.get_mask(i) if hasattr(dataset, "get_mask") else None
+                m = m if own is None else m & own
+                if m.mean() < min_kept_fraction:
+                    continue
+                if not m.all():
+                    masks[len(new) * reps + len(kept_old)] = m
+            kept_old.append(i)
         elif not s_:
             kept_old.append(i)
         elif old_frames in ("mask", "teach"):
