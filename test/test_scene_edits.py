@@ -219,3 +219,26 @@ def test_renders_and_clouds_of_a_trained_field_follow_the_edits():
     assert float(out["accumulation"].max()) < 1e-6
     pts, _ = gone.point_cloud([(c2w, K)], min_accumulation=0.5)
     assert len(pts) == 0
+
+
+def test_what_moved_together_stays_together():
+    """A second move of a thing takes its first edit's whole moved region along when the new selection covers most
+    of it (a part the query matches less, here the lid, does not stay behind as a leftover); an earlier edit the
+    selection barely touches is not taken in; fraction 0 is off."""
+    from f3rm_ros.core.edits import keep_together
+
+    T = rot_z(30, (0.2, 0.0, 0.0))
+    jar = VoxelRegion.from_points(np.random.default_rng(0).uniform((-0.03, -0.03, 0.0), (0.03, 0.03, 0.12), (600, 3)),
+                                  0.01, 0.01, 0.0)  # the first move's region: body and lid
+    first = SceneEdit(jar, T, "jar")
+    body_now = apply(T, jar.sample_points())
+    body_now = body_now[body_now[:, 2] < 0.08]  # the second selection misses the lid (z > 0.08)
+    sel = VoxelRegion.from_points(body_now, 0.01, 0.0, 0.0)
+    lid_now = torch.as_tensor(apply(T, np.array([[0.0, 0.0, 0.1], [0.02, 0.01, 0.11]])), dtype=torch.float32)
+    assert not sel.contains(lid_now).any()
+    whole = keep_together(sel, [first], 0.5, 0.0)
+    assert whole.contains(lid_now).all() and whole.contains(torch.as_tensor(body_now, dtype=torch.float32)).all()
+    assert keep_together(sel, [first], 0.0) is sel  # off
+    far = SceneEdit(BOX_A, rot_z(0, (0.0, 0.3, 0.0)), "other")  # moved elsewhere: not in the selection
+    assert keep_together(sel, [far], 0.5) is sel
+    assert keep_together(sel, [SceneEdit(jar, None, "gone")], 0.5) is sel  # a removal moved nothing here

@@ -37,7 +37,7 @@ from torch import Tensor
 
 __all__ = ["EditError", "BoxRegion", "VoxelRegion", "SceneEdit", "EditedField", "EditWarp", "FieldWarp", "check_rigid",
            "rigid_from_pose",
-           "region_from_selection", "MAX_EDITS"]
+           "region_from_selection", "keep_together", "MAX_EDITS"]
 
 MAX_EDITS = 64  # a stack deeper than this is refused (each query walks every edit)
 
@@ -236,6 +236,34 @@ def region_from_selection(points: np.ndarray, score: np.ndarray, min_score: floa
     _, lab = connected_components(g, directed=False)
     best = int(np.argmax(s[sel]))
     return VoxelRegion.from_points(Q[lab == lab[best]], voxel, dilate_m, floor_z)
+
+
+def keep_together(region: VoxelRegion, edits: Sequence[Any], fraction: float = 0.5,
+                  floor_z: float | None = None) -> VoxelRegion:
+    """``region`` (a query's selection of a thing, in the scene after ``edits``) with, whole, every earlier edit's
+    moved region whose new place lies at least ``fraction`` inside it: what moved together stays together. A thing
+    moved before carries its whole earlier region (its dilated skin, a part whose features the query matches less,
+    such as a lid), and a second move of it must take all of that along, or what the selection missed stays behind
+    at the place it leaves as a floating leftover. Voxels below ``floor_z`` are not added; ``region`` itself is
+    returned when nothing is added."""
+    if fraction <= 0 or not edits:
+        return region
+    extra = []
+    for e in edits:
+        if e.removed:
+            continue
+        T = e.T_world_new_old
+        moved = e.region.sample_points(region.voxel) @ T[:3, :3].T + T[:3, 3]
+        if not len(moved):
+            continue
+        inside = region.contains(torch.as_tensor(moved, dtype=torch.float32)).numpy()
+        if inside.mean() >= fraction:
+            extra.append(moved[~inside])
+    extra = [x for x in extra if len(x)]
+    if not extra:
+        return region
+    pts = np.concatenate([region.sample_points(), *extra])
+    return VoxelRegion.from_points(pts, region.voxel, 0.0, floor_z)
 
 
 # ------------------------------------------------------------------------------------------------- edits

@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from f3rm_ros.core.config import param
-from f3rm_ros.core.edits import BoxRegion, EditedField, EditError, SceneEdit, VoxelRegion, region_from_selection
+from f3rm_ros.core.edits import (BoxRegion, EditedField, EditError, SceneEdit, VoxelRegion, keep_together,
+                                 region_from_selection)
 
 __all__ = ["EditConfig", "EditRequest", "EditOutcome", "select_region", "edit_field", "session_with_field",
            "base_field", "edit_count"]
@@ -49,6 +50,9 @@ class EditConfig:
                                           "neighbour) and are left out (0 = keep them)", range=(0.0, 1.0))
     check_workspace: bool = param(True, "refuse a move that puts the region's centre outside the planner's "
                                         "workspace box")
+    keep_together: float = param(0.5, "a query's region takes in, whole, an earlier edit's moved region when at "
+                                      "least this fraction of its new place lies in the selection (what moved "
+                                      "together stays together; 0 = off)", range=(0.0, 1.0))
 
 
 @dataclass
@@ -156,6 +160,10 @@ def edit_field(session: Any, req: EditRequest, config: EditConfig | None = None)
 
             check_rigid(req.T_world_new_old)
         region = select_region(session, req.text, c)
+        if c.keep_together > 0 and cur.edits:
+            floor = session.planner.floor_z()
+            region = keep_together(region, cur.edits, c.keep_together,
+                                   None if floor is None else floor - c.floor_margin_m)
         label = " ".join(req.text.split())
     pc = session.planner_config
     ws = (pc.workspace_min_m, pc.workspace_max_m) if c.check_workspace else None
