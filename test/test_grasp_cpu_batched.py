@@ -8,35 +8,13 @@ call). Seconds, no training, no ROS.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import torch
 
 from f3rm_ros.core.grasp.geometric import GeometricSettings, geometric_candidates
 
-FIXTURE = Path(__file__).resolve().parent / "fixtures" / "field_v1.ckpt"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-class BallOnTable:
-    """Density of a 3 cm ball resting on the table plane z = 0 (the table is z < 0)."""
-
-    device = torch.device("cpu")
-
-    def __init__(self, centre=(0.3, 0.0, 0.03), r=0.03):
-        self.c, self.r = torch.tensor(centre), r
-
-    def query_density(self, p):
-        sdf = torch.minimum((p - self.c).norm(dim=-1) - self.r, p[:, 2])
-        return 2000.0 * torch.sigmoid(-sdf / 0.001)
+from test_grasp_cpu_fast import FIXTURE, BallOnTable, one_thread  # noqa: E402, F401 - one_thread: autouse fixture
 
 
 def _same(a, b) -> None:
