@@ -126,6 +126,8 @@ def test_edits_saved_restored_and_refreshed_over_dds(tmp_path):
             served = query.session.field
             assert isinstance(served, EditedField) and served.fixed == 1 and not stack.exists()
             assert not edit_stack_path(res.checkpoint_path, query._edits_owner()).exists()
+            info = client.load_field(res.checkpoint_path)  # asked again: it says what it carries
+            assert info.num_edits == 1 and "carries 1 edit(s) from its refresh" in info.message, info.message
             info = client.load_field(str(F))  # loading the first field again: its edits were cleared
             assert info.num_edits == 0 and "restored its" not in info.message
 

@@ -298,6 +298,9 @@ class QueryNode(LifecycleNode):
             elif why:
                 msg += f"; its saved edits were NOT restored (the field is served as trained): {why}"
                 self._last_error = why
+            carried = int(getattr(new.field, "fixed", 0) or 0)
+            if carried:  # a field refreshed through edits serves the scene through them (core/workflows/refresh.py)
+                msg += f"; it carries {carried} edit(s) from its refresh (served through them, not undoable)"
             if new.planner is not None:
                 try:
                     new.planner.surface()
