@@ -226,3 +226,28 @@ def test_refresh_inputs_and_baked_history(tmp_path):
     edits2, versions2 = checkpoint_live_edits(load_checkpoint(t2.field))
     assert [e.label for e in edits2] == ["bowl", "mug"] and versions2 == {0: 0, 1: 1, 2: 2}
     assert ti2["edits"]["live_before"] == 1 and ti2["result"]["frames_old_kept"] == 11
+
+
+def test_edits_made_while_a_refresh_ran_are_carried_over():
+    """The refreshed field carries the edits the refresh went through; the served field's later ones go on top of it;
+    a field that carries other edits, or has edits of its own already (restored), takes nothing."""
+    from types import SimpleNamespace
+
+    from f3rm_ros.core.edit_store import carry_over_edits, edits_from_json, edits_to_json
+
+    def shift(x: float) -> np.ndarray:
+        T = np.eye(4)
+        T[0, 3] = x
+        return T
+
+    base = SimpleNamespace(feature_dim=0)
+    a = SceneEdit(BoxRegion.from_bounds((0.0, 0.0, 0.0), (0.1, 0.1, 0.1)), shift(0.2), "a")
+    b = SceneEdit(BoxRegion.from_bounds((0.3, 0.0, 0.0), (0.4, 0.1, 0.1)), None, "b")
+    c = SceneEdit(BoxRegion.from_bounds((-0.3, 0.0, 0.0), (-0.2, 0.1, 0.1)), shift(-0.1), "c")
+    served = EditedField(base, [a, b, c])  # the refresh went through a; b and c were made while it ran
+    refreshed = EditedField(base, edits_from_json(edits_to_json([a])), fixed=1)  # as loaded from its checkpoint
+    out, n = carry_over_edits(served, refreshed)
+    assert n == 2 and out.fixed == 1 and [e.label for e in out.edits] == ["a", "b", "c"]
+    assert carry_over_edits(served, EditedField(base, [c], fixed=1))[1] == 0  # it carries other edits
+    assert carry_over_edits(served, EditedField(refreshed, [c]))[1] == 0  # edits of its own already
+    assert carry_over_edits(base, refreshed)[1] == 0 and carry_over_edits(served, base)[1] == 0

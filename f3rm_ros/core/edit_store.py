@@ -39,7 +39,7 @@ from f3rm_ros.core.io import atomic_write_json
 
 __all__ = ["EDITS_FORMAT", "EDITS_VERSION", "EditStoreError", "SavedEdits", "edit_stack_path", "edits_to_json",
            "edits_from_json", "save_edit_stack", "load_edit_stack", "remove_edit_stack", "checkpoint_stamp",
-           "keep_field_edits", "restore_field_edits", "checkpoint_live_edits"]
+           "keep_field_edits", "restore_field_edits", "checkpoint_live_edits", "carry_over_edits"]
 
 EDITS_FORMAT = "f3rm_ros.edits"
 EDITS_VERSION = 1
@@ -268,3 +268,19 @@ def checkpoint_live_edits(ck: Any, where: str = "checkpoint") -> tuple[tuple[Sce
     if any(not 0 <= v <= len(edits) for v in versions.values()):
         raise EditStoreError(f"{where}: live_edits versions name counts outside [0, {len(edits)}]")
     return edits, versions
+
+
+def carry_over_edits(old: Any, new: Any) -> tuple[Any, int]:
+    """A field refreshed through edits (``new``, its :attr:`~f3rm_ros.core.edits.EditedField.fixed` edits from the
+    refresh) swapped in for the served ``old`` one: the edits ``old`` got after the ones the refresh went through (made
+    while it ran) are put on top of ``new``, so they are not lost. Only when ``new``'s carried edits are exactly the
+    oldest of ``old``'s stack (same regions and motions): otherwise ``new`` is another field and takes nothing.
+    Returns (the field to serve, how many edits were carried over)."""
+    if not isinstance(old, EditedField) or not isinstance(new, EditedField) or not new.fixed or \
+            len(new.edits) != new.fixed:  # new already has edits of its own (restored): nothing to add
+        return new, 0
+    carried = new.edits[:new.fixed]
+    if len(old.edits) <= len(carried) or edits_to_json(old.edits[:len(carried)]) != edits_to_json(carried):
+        return new, 0
+    extra = old.edits[len(carried):]
+    return EditedField(new, extra), len(extra)

@@ -57,7 +57,8 @@ from std_msgs.msg import String
 from visualization_msgs.msg import MarkerArray
 
 from f3rm_ros.core.config import param
-from f3rm_ros.core.edit_store import edit_stack_path, keep_field_edits, remove_edit_stack, restore_field_edits
+from f3rm_ros.core.edit_store import (carry_over_edits, edit_stack_path, keep_field_edits, remove_edit_stack,
+                                      restore_field_edits)
 from f3rm_ros.core.edits import EditError, rigid_from_pose
 from f3rm_ros.core.grasp.config import PlannerConfig, TaskConfig
 from f3rm_ros.core.grasp.session import QueryConfig, QueryRefused, QuerySession
@@ -301,6 +302,12 @@ class QueryNode(LifecycleNode):
             carried = int(getattr(new.field, "fixed", 0) or 0)
             if carried:  # a field refreshed through edits serves the scene through them (core/workflows/refresh.py)
                 msg += f"; it carries {carried} edit(s) from its refresh (served through them, not undoable)"
+                field, kept = carry_over_edits(old.field, new.field)  # edits made while the refresh ran
+                if kept:
+                    session_with_field(new, field)
+                    saved, err = keep_field_edits(field, new.checkpoint_path, self._edits_owner())
+                    msg += (f"; the {kept} edit(s) made while it was refreshed are kept on top"
+                            + (f" (saved in {saved})" if saved else f" (not saved: {err})"))
             if new.planner is not None:
                 try:
                     new.planner.surface()
@@ -315,7 +322,7 @@ class QueryNode(LifecycleNode):
                 except OSError as e:
                     self.get_logger().warning(f"edit stack of {prev} not removed: {e}")
         release_free_memory()
-        if edits and (another or prev is None or not restored):
+        if edits and not carried and (another or prev is None or not restored):
             msg += f"; the {edits} edit(s) of the previous field are cleared"
         self.get_logger().info(msg)
         self._publish_cloud_async(new)
