@@ -8,13 +8,13 @@ call). Seconds, no training, no ROS.
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 
 from f3rm_ros.core.grasp.geometric import GeometricSettings, geometric_candidates
 
-from test_grasp_cpu_fast import FIXTURE, BallOnTable, one_thread  # noqa: E402, F401 - one_thread: autouse fixture
+from test_grasp_cpu_fast import (FIXTURE, BallOnTable, make_oracle_planners,  # noqa: E402, F401 - one_thread:
+                                 one_thread)  # autouse fixture
 
 
 def _same(a, b) -> None:
@@ -103,24 +103,9 @@ def test_early_exit_collision_with_a_minimum_call_size_matches_plain(field_kind)
 def oracle_clearance_first():
     """Planners on the oracle field of a built-in scene with demo_clearance_first, plain and with the CPU fast
     paths (the CPU preset with fewer steps and candidates: seconds)."""
-    from f3rm_ros.core.features.configs import LabelFeatureConfig
-    from f3rm_ros.core.features.labels import LabelFeatureExtractor
-    from f3rm_ros.core.grasp import GraspPlanner, PlannerConfig, load_default_tasks
-    from f3rm_ros.core.grasp.oracle import OracleField
-    from f3rm_ros.core.presets import PLANNER_CPU
-    from f3rm_ros.core.sim.scene import resolve_scene
-
-    scene = resolve_scene("mug_bowl_box")
-    table, _ = scene.label_table()
-    ex = LabelFeatureExtractor(LabelFeatureConfig(), table=table)
-    field = OracleField.from_extractor(scene, ex, resolution=0.006, device="cpu")
-    ws = dict(workspace_min_m=(-0.35, -0.3, 0.005), workspace_max_m=(0.35, 0.3, 0.3), device="cpu")
-    base = {**PLANNER_CPU, "num_steps": 5, "rotations_per_voxel": 2, "geometric_max_seeds": 24,
-            "geometric_max_candidates": 256, "geometric_verify": 8, "antipodal_candidates": 8, "max_grasps": 5,
-            "demo_clearance_first": True}
-    return {name: GraspPlanner(field, ex, load_default_tasks(), config=PlannerConfig(**ws, **{**base, **kw}))
-            for name, kw in (("plain", {"early_exit": False, "geometric_only_if_needed": False}),
-                             ("fast", {"early_exit": True, "geometric_only_if_needed": True}))}
+    return make_oracle_planners({"plain": {"early_exit": False, "geometric_only_if_needed": False},
+                                 "fast": {"early_exit": True, "geometric_only_if_needed": True}},
+                                demo_clearance_first=True)
 
 
 @pytest.mark.parametrize("query", ["mug handle", "bowl"])

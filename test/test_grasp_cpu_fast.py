@@ -112,8 +112,9 @@ def test_first_free_and_verify_match_with_early_exit():
             assert torch.equal(ka, kb) and na >= min(need, 1) and nb >= min(need, 1)
 
 
-@pytest.fixture(scope="module")
-def oracle_planners():
+def make_oracle_planners(variants: dict[str, dict], **extra) -> dict:
+    """Planners on the oracle field of mug_bowl_box, one per ``variants`` entry (name -> its settings, last): the CPU
+    preset with fewer steps and candidates (seconds: parity does not depend on them), ``extra`` on top of it."""
     from f3rm_ros.core.features.configs import LabelFeatureConfig
     from f3rm_ros.core.features.labels import LabelFeatureExtractor
     from f3rm_ros.core.grasp.oracle import OracleField
@@ -124,15 +125,18 @@ def oracle_planners():
     ex = LabelFeatureExtractor(LabelFeatureConfig(), table=table)
     field = OracleField.from_extractor(scene, ex, resolution=0.006, device="cpu")
     ws = dict(workspace_min_m=(-0.35, -0.3, 0.005), workspace_max_m=(0.35, 0.3, 0.3), device="cpu")
-    # the CPU preset with fewer steps and candidates (seconds): parity does not depend on them
     base = {**PLANNER_CPU, "num_steps": 5, "rotations_per_voxel": 2, "geometric_max_seeds": 24,
-            "geometric_max_candidates": 256, "geometric_verify": 8, "antipodal_candidates": 8, "max_grasps": 5}
-    out = {}
-    for name, kw in (("plain", {"early_exit": False, "geometric_only_if_needed": False}),
-                     ("early_exit", {"early_exit": True, "geometric_only_if_needed": False}),
-                     ("fast", {"early_exit": True, "geometric_only_if_needed": True})):
-        out[name] = GraspPlanner(field, ex, load_default_tasks(), config=PlannerConfig(**ws, **{**base, **kw}))
-    return out
+            "geometric_max_candidates": 256, "geometric_verify": 8, "antipodal_candidates": 8, "max_grasps": 5,
+            **extra}
+    return {name: GraspPlanner(field, ex, load_default_tasks(), config=PlannerConfig(**ws, **{**base, **kw}))
+            for name, kw in variants.items()}
+
+
+@pytest.fixture(scope="module")
+def oracle_planners():
+    return make_oracle_planners({"plain": {"early_exit": False, "geometric_only_if_needed": False},
+                                 "early_exit": {"early_exit": True, "geometric_only_if_needed": False},
+                                 "fast": {"early_exit": True, "geometric_only_if_needed": True}})
 
 
 @pytest.mark.parametrize("query", ["mug handle", "bowl"])
