@@ -268,7 +268,7 @@ def plan(a: argparse.Namespace) -> int:
                 for key in ("old_frames", "bake", "teacher", "clear_points"):
                     kw.pop(key, None)
                 edit_counts[k] = len(edited.edits) if edited is not None else -1
-                versions = [int((fx or {}).get("scene_version", 0) or 0) for fx in ds.frames_extra]
+                versions = rf_mod.scene_versions(ds)
                 kw.update(live_edits=edited.edits if edited is not None else (),
                           frame_edits=[edit_counts.get(v, -1) for v in versions])
             elif edits_so_far:  # every edit since the first capture: its frames contradict each of them

@@ -344,10 +344,11 @@ class FieldWarp:
     None or < 0: all of them). Points no edit moves are returned bit for bit."""
 
     def __init__(self, warp: EditWarp, nerf_to_world: Any, active_per_image: Sequence[int] | None = None):
-        M = np.asarray(nerf_to_world, dtype=np.float64)
-        s = float(np.cbrt(np.linalg.det(M[:3, :3])))
+        from f3rm_ros.core.field_api import _similarity_parts  # noqa: PLC0415 - the checked split TrainedField uses
+
+        s, R, t = _similarity_parts(nerf_to_world)
         self.warp, self._s = warp, s
-        self._np = (M[:3, :3] / s, M[:3, 3])
+        self._np = (R, t)
         self._active = None if active_per_image is None else np.asarray(active_per_image, dtype=np.int64)
         self._t: dict = {}
 

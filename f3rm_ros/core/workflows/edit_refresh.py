@@ -76,7 +76,7 @@ def refresh_with_edits(request: Any, refresh_from: str | Path, edits: Sequence[S
     """
     from f3rm_ros.core.device import resolve_device  # noqa: PLC0415
     from f3rm_ros.core.io import atomic_write_json  # noqa: PLC0415
-    from f3rm_ros.core.workflows.refresh import _trained_on, refresh_field  # noqa: PLC0415
+    from f3rm_ros.core.workflows.refresh import _trained_on, refresh_field, scene_versions  # noqa: PLC0415
     from f3rm_ros.core.workflows.train_scene import (RUN_FORMAT, RUN_VERSION, TrainSceneResult,  # noqa: PLC0415
                                                      load_scene)
 
@@ -104,7 +104,7 @@ def refresh_with_edits(request: Any, refresh_from: str | Path, edits: Sequence[S
     if trained_on is not None and trained_on != Path(ds.root).resolve():
         raise ValueError(f"the field {src} was trained on {trained_on}, not on the refresh's dataset {ds.root}: a "
                          f"refresh continues a field on its own dataset")
-    versions = [int((fx or {}).get("scene_version", 0) or 0) for fx in ds.frames_extra] or [0]
+    versions = scene_versions(ds) or [0]
     top = max(versions)
     if top == 0:
         raise ValueError(f"{ds.root} has no appended frames (no scene_version): capture the changed scene with APPEND "

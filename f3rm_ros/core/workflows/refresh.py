@@ -24,9 +24,14 @@ import torch
 
 from f3rm_ros.core.checkpoint import CheckpointError, load_checkpoint
 
-__all__ = ["frames_seeing", "changed_mask", "disagreeing_pixels", "near_changed_pixels", "changed_points",
-           "edit_places", "bake_points", "boxes_points", "teach_frames",
+__all__ = ["scene_versions", "frames_seeing", "changed_mask", "disagreeing_pixels", "near_changed_pixels",
+           "changed_points", "edit_places", "bake_points", "boxes_points", "teach_frames",
            "RefreshResult", "refresh_field", "refresh_scene"]
+
+
+def scene_versions(dataset: Any) -> list[int]:
+    """Each frame's ``scene_version`` (capture APPEND; 0 for frames of the first capture)."""
+    return [int((fx or {}).get("scene_version", 0) or 0) for fx in getattr(dataset, "frames_extra", [])]
 
 
 def frames_seeing(dataset: Any, points: np.ndarray, frames: Sequence[int] | None = None,
@@ -519,7 +524,7 @@ def refresh_field(checkpoint: str | Path, dataset: Any, new_frames: Sequence[int
         with torch.no_grad():  # its tensors made now, not inside a CUDA graph capture
             tr.ray_warp(torch.zeros(1, 1, 3, device=tr.device), torch.zeros(1, 3, device=tr.device),
                         torch.zeros(1, dtype=torch.long, device=tr.device))
-        versions = [int((fx or {}).get("scene_version", 0) or 0) for fx in getattr(dataset, "frames_extra", [])]
+        versions = scene_versions(dataset)
         tr.checkpoint_extra["live_edits"] = {
             "edits": edits_to_json(live_edits),
             "versions": {str(v): int(c) for v, c in sorted(zip(versions, fe.tolist(), strict=False)) if c >= 0}}
