@@ -67,6 +67,16 @@ def test_pick_and_place_with_edits(world):
     out = edit_field(s, EditRequest(text=obj, T_world_new_old=T1))
     assert out.seconds < 2.0, out.seconds  # target 0.2 s; generous here (shared CPU)
     print(out.message, f"{out.seconds:.3f} s")
+    # the old place's floor is read from a free patch of the table beside it, at the table's height (z = 0)
+    fill = out.field.edits[-1].fill
+    assert fill is not None and fill.z_lo < 0.0 < fill.z_hi and fill.z_hi < 0.02, fill.describe()
+    patch = out.region.footprint() + fill.offset[:2]
+    for o in scene.objects:  # nothing stands on the patch (ground truth)
+        c, r = footprint(scene, o.name)
+        assert np.min(np.linalg.norm(patch - c, axis=1)) > r, (o.name, fill.describe())
+    floor = torch.as_tensor(np.c_[out.region.footprint(), np.full(len(patch), -0.002)], dtype=torch.float32)
+    assert torch.equal(out.field.query_density(floor),
+                       s.field.query_density(floor + torch.as_tensor(fill.offset, dtype=torch.float32)))
     s1 = session_with_field(s, out.field, fresh(s))
     assert s.field is not s1.field and len(s1.field.edits) == 1  # the old session still plans on the old field
     r1 = s1.plan(obj)

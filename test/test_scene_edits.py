@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from f3rm_ros.core.edits import (BoxRegion, EditedField, EditError, SceneEdit, VoxelRegion, check_rigid,
-                                 region_from_selection, rigid_from_pose)
+from f3rm_ros.core.edits import (BoxRegion, EditedField, EditError, EditWarp, FloorFill, SceneEdit, VoxelRegion,
+                                 check_rigid, region_from_selection, rigid_from_pose)
 from f3rm_ros.core.fields.protocol import FoldableField, FusedQueryField, GraspField
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "field_v1.ckpt"
@@ -242,3 +242,40 @@ def test_what_moved_together_stays_together():
     far = SceneEdit(BOX_A, rot_z(0, (0.0, 0.3, 0.0)), "other")  # moved elsewhere: not in the selection
     assert keep_together(sel, [far], 0.5) is sel
     assert keep_together(sel, [SceneEdit(jar, None, "gone")], 0.5) is sel  # a removal moved nothing here
+
+
+def test_the_old_place_floor_is_read_from_beside():
+    """A floor fill: the old place's footprint, in its band about the support, reads the field at x + offset (not
+    empty, not the thing's underside); above the band the old place is empty; the new place and frames that saw no
+    edit read as before; a fill needs a voxel region and a sane band."""
+    base = Blobs([(0.0, 0.0, 0.0), (0.0, 0.2, 0.0), (0.0, 0.0, 0.06)])  # the support here and beside; the thing
+    thing = VoxelRegion.from_points(np.random.default_rng(0).uniform((-0.03, -0.03, 0.0), (0.03, 0.03, 0.1), (500, 3)),
+                                    0.01, 0.01, -0.005)
+    T = rot_z(40, (0.3, 0.0, 0.0))
+    fill = FloorFill((0.0, 0.2, 0.0), -0.02, 0.01)
+    ef = EditedField(base).with_edit(SceneEdit(thing, T, "thing", fill))
+    plain = EditedField(base).with_edit(SceneEdit(thing, T, "thing"))
+    rng = np.random.default_rng(1)
+    band = torch.as_tensor(rng.uniform((-0.02, -0.02, -0.015), (0.02, 0.02, 0.008), (300, 3)), dtype=torch.float32)
+    off = torch.as_tensor(fill.offset, dtype=torch.float32)
+    assert torch.allclose(ef.query_density(band), base.query_density(band + off))
+    assert torch.allclose(ef.query_features(band), base.query_features(band + off), atol=1e-5)
+    inside = thing.contains(band)
+    assert inside.any() and float(plain.query_density(band[inside]).abs().max()) == 0.0  # without: a hole
+    above = torch.as_tensor(rng.uniform((-0.02, -0.02, 0.02), (0.02, 0.02, 0.09), (300, 3)), dtype=torch.float32)
+    assert float(ef.query_density(above).abs().max()) == 0.0
+    at_new = torch.as_tensor(apply(T, band.numpy().astype(np.float64)), dtype=torch.float32)
+    assert torch.equal(ef.query_density(at_new), plain.query_density(at_new))
+    x, _, empty = EditWarp(ef.edits)(band, None, torch.zeros(len(band), dtype=torch.long))
+    assert torch.equal(x, band) and not empty.any()  # a frame captured before the edit sees the floor as it was
+    g = band.clone().requires_grad_(True)
+    ef.query_density(g).sum().backward()
+    h = (band + off).clone().requires_grad_(True)
+    base.query_density(h).sum().backward()
+    assert torch.allclose(g.grad, h.grad, atol=1e-3)
+    with pytest.raises(EditError, match="needs a voxel region"):
+        SceneEdit(BOX_A, T, "box", fill)
+    with pytest.raises(EditError, match="bad floor fill"):
+        FloorFill((0.0, 0.2, 0.0), 0.01, -0.02)
+    with pytest.raises(EditError, match="bad floor fill"):
+        FloorFill((np.nan, 0.2, 0.0), -0.02, 0.01)

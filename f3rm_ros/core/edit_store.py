@@ -34,7 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from f3rm_ros.core.edits import MAX_EDITS, BoxRegion, EditedField, EditError, SceneEdit, VoxelRegion, check_rigid
+from f3rm_ros.core.edits import (MAX_EDITS, BoxRegion, EditedField, EditError, FloorFill, SceneEdit, VoxelRegion,
+                                 check_rigid)
 from f3rm_ros.core.io import atomic_write_json
 
 __all__ = ["EDITS_FORMAT", "EDITS_VERSION", "EditStoreError", "SavedEdits", "edit_stack_path", "edits_to_json",
@@ -90,7 +91,9 @@ def _region_to_json(region: Any) -> dict[str, Any]:
 def edits_to_json(edits: Sequence[SceneEdit]) -> list[dict[str, Any]]:
     """The JSON entries of ``edits`` (oldest first), as the file holds them."""
     return [{"label": e.label, "removed": e.removed, "region": _region_to_json(e.region),
-             "T_world_new_old": None if e.removed else np.asarray(e.T_world_new_old, np.float64).tolist()}
+             "T_world_new_old": None if e.removed else np.asarray(e.T_world_new_old, np.float64).tolist(),
+             **({"fill": {"offset": e.fill.offset.tolist(), "z_lo": e.fill.z_lo, "z_hi": e.fill.z_hi}}
+                if e.fill is not None else {})}
             for e in edits]
 
 
@@ -136,6 +139,18 @@ def _region_from_json(d: Any, what: str) -> BoxRegion | VoxelRegion:
     raise EditStoreError(f"{what}.type must be 'box' or 'voxels', got {kind!r}")
 
 
+def _fill_from_json(d: Any, what: str) -> FloorFill | None:
+    if d is None:  # files written before floor fills: the floor stays as the field has it
+        return None
+    if not isinstance(d, dict):
+        raise EditStoreError(f"{what} is not an object")
+    z = _floats([d.get("z_lo"), d.get("z_hi")], (2,), f"{what}.z_lo/z_hi")
+    try:
+        return FloorFill(_floats(d.get("offset"), (3,), f"{what}.offset"), float(z[0]), float(z[1]))
+    except EditError as err:
+        raise EditStoreError(f"{what}: {err}") from None
+
+
 def edits_from_json(entries: Any, where: str = "edits") -> tuple[SceneEdit, ...]:
     """The edits of JSON ``entries`` (as :func:`edits_to_json` writes them), each checked; EditStoreError naming the
     first bad entry and what is wrong with it."""
@@ -159,7 +174,11 @@ def edits_from_json(entries: Any, where: str = "edits") -> tuple[SceneEdit, ...]
         except EditError as err:  # an empty region, a non-rigid motion...
             raise EditStoreError(f"{what}: {err}") from None
         label = e.get("label", "")
-        out.append(SceneEdit(region, M, label if isinstance(label, str) else str(label)))
+        fill = _fill_from_json(e.get("fill"), f"{what}.fill")
+        try:
+            out.append(SceneEdit(region, M, label if isinstance(label, str) else str(label), fill))
+        except EditError as err:  # a fill on a box
+            raise EditStoreError(f"{what}: {err}") from None
     return tuple(out)
 
 

@@ -13,6 +13,9 @@ What the edited field answers at a world point ``x`` (walk the edits from the ne
 * else ``x`` in the region's old place (or in a removed region): empty space (density 0, features of empty
   space: the feature head's bias, i.e. a hidden activation of zeros, so ``query_features == hidden @ W.T + b``
   still holds; zeros for a field without a head), stop;
+* else ``x`` in the old place's floor patch (the edit's :class:`FloorFill`: the region's footprint, in a thin band
+  about the support it stood on): ``x <- x + offset``, go on with the older edits (the table under a thing was
+  never seen; what the edit shows there is the table beside it);
 * else: unchanged.
 
 Features are not rotated by a motion (distilled CLIP/label features are not directions in space); view
@@ -35,9 +38,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["EditError", "BoxRegion", "VoxelRegion", "SceneEdit", "EditedField", "EditWarp", "FieldWarp", "check_rigid",
-           "rigid_from_pose",
-           "region_from_selection", "keep_together", "MAX_EDITS"]
+__all__ = ["EditError", "BoxRegion", "VoxelRegion", "FloorFill", "SceneEdit", "EditedField", "EditWarp", "FieldWarp",
+           "check_rigid", "rigid_from_pose", "region_from_selection", "keep_together", "MAX_EDITS"]
 
 MAX_EDITS = 64  # a stack deeper than this is refused (each query walks every edit)
 
@@ -199,6 +201,22 @@ class VoxelRegion:
     def sample_points(self, spacing: float | None = None) -> np.ndarray:  # [M, 3] voxel centres
         return self.lo + (np.argwhere(self.occ) + 0.5) * self.voxel
 
+    def footprint(self) -> np.ndarray:  # [M, 2] xy centres of the columns that hold a voxel
+        return self.lo[:2] + (np.argwhere(self.occ.any(2)) + 0.5) * self.voxel
+
+    def footprint_contains(self, x: Tensor) -> Tensor:  # [N, 3] world -> [N] bool: in a column that holds a voxel
+        if "fp" not in self._t:
+            self._t["fp"] = self.occ.any(2)
+        key = ("fp", x.device)
+        if key not in self._t:
+            self._t[key] = torch.as_tensor(self._t["fp"], device=x.device)
+        lo, _, shape = self._tensors(x.device)
+        fp = self._t[key]
+        i = torch.floor((x[:, :2].detach().float() - lo[:2]) / self.voxel).long()
+        inside = ((i >= 0) & (i < shape[:2])).all(dim=-1)
+        i = torch.where(inside[:, None], i, torch.zeros_like(i))
+        return inside & fp[i[:, 0], i[:, 1]]
+
     def corners(self) -> np.ndarray:  # [8, 3] of the occupied voxels' bounding box
         ij = np.argwhere(self.occ)
         a, b = self.lo + ij.min(0) * self.voxel, self.lo + (ij.max(0) + 1) * self.voxel
@@ -268,13 +286,43 @@ def keep_together(region: VoxelRegion, edits: Sequence[Any], fraction: float = 0
 
 # ------------------------------------------------------------------------------------------------- edits
 @dataclass(frozen=True)
+class FloorFill:
+    """The floor of a thing's old place: the points of its region's footprint (:meth:`VoxelRegion.footprint`) with
+    world z in [``z_lo``, ``z_hi``] (a band about the support the thing stood on) read the field at ``x + offset``
+    (``offset`` [3], world metres, horizontal: a patch of the same support beside the old place that nothing stands
+    on). The support under a thing was never seen, and the thing's own underside blurs into it: without the fill its
+    old place keeps a ghost of its bottom on the table, which every new view has to retrain away."""
+
+    offset: np.ndarray
+    z_lo: float
+    z_hi: float
+
+    def __post_init__(self) -> None:
+        off = np.asarray(self.offset, np.float64).reshape(3)
+        if not (np.all(np.isfinite(off)) and math.isfinite(self.z_lo) and math.isfinite(self.z_hi)
+                and self.z_hi > self.z_lo):
+            raise EditError(f"bad floor fill (offset {off.tolist()}, z {self.z_lo} .. {self.z_hi})")
+        object.__setattr__(self, "offset", off)
+
+    def describe(self) -> str:
+        return f"floor from {np.round(self.offset, 3).tolist()} m beside, z {self.z_lo:.3f} .. {self.z_hi:.3f}"
+
+
+@dataclass(frozen=True)
 class SceneEdit:
     """One edit: ``region`` (where the thing was before this edit) moved by ``T_world_new_old`` (4x4, world), or
-    removed (``T_world_new_old`` None). ``label``: what was moved (the query text or "box"), for messages."""
+    removed (``T_world_new_old`` None). ``label``: what was moved (the query text or "box"), for messages.
+    ``fill``: its old place's floor (:class:`FloorFill`, a :class:`VoxelRegion` only), None: the floor stays as the
+    field has it."""
 
     region: BoxRegion | VoxelRegion
     T_world_new_old: np.ndarray | None
     label: str = ""
+    fill: FloorFill | None = None
+
+    def __post_init__(self) -> None:
+        if self.fill is not None and not isinstance(self.region, VoxelRegion):
+            raise EditError("a floor fill needs a voxel region (a query's selection), not a box")
 
     @property
     def removed(self) -> bool:
@@ -316,20 +364,39 @@ class EditWarp:
             e = self.edits[k]
             on = None if active is None else active > k
             if e.removed:
-                inside = e.region.contains(x)
-                empty = empty | (inside if on is None else inside & on)
-                continue
-            R, t = self._motion(k, x.device)
-            x_old = (x - t) @ R  # rows: R^T (x - t)
-            at_new = e.region.contains(x_old) & ~empty
-            if on is not None:
-                at_new = at_new & on
+                at_new = torch.zeros_like(empty)
+                x_old = x
+            else:
+                R, t = self._motion(k, x.device)
+                x_old = (x - t) @ R  # rows: R^T (x - t)
+                at_new = e.region.contains(x_old) & ~empty
+                if on is not None:
+                    at_new = at_new & on
+            filled = self._floor(k, x) & ~at_new & ~empty if e.fill is not None else None
+            if filled is not None and on is not None:
+                filled = filled & on
             at_old = e.region.contains(x) & ~at_new
+            if filled is not None:
+                at_old = at_old & ~filled
             empty = empty | (at_old if on is None else at_old & on)
-            x = torch.where(at_new[:, None], x_old, x)
-            if d is not None:
-                d = torch.where(at_new[:, None], d @ R, d)
+            if not e.removed:
+                x = torch.where(at_new[:, None], x_old, x)
+                if d is not None:
+                    d = torch.where(at_new[:, None], d @ R, d)
+            if filled is not None:
+                x = torch.where(filled[:, None], x + self._offset(k, x.device), x)
         return x, d, empty
+
+    def _offset(self, k: int, device: torch.device) -> Tensor:
+        key = ("fill", k, device)
+        if key not in self._motions:
+            self._motions[key] = torch.as_tensor(self.edits[k].fill.offset, dtype=torch.float32, device=device)
+        return self._motions[key]
+
+    def _floor(self, k: int, x: Tensor) -> Tensor:  # [N] bool: in edit k's floor patch
+        f = self.edits[k].fill
+        z = x[:, 2].detach()
+        return (z >= f.z_lo) & (z <= f.z_hi) & self.edits[k].region.footprint_contains(x)
 
     def in_field(self, nerf_to_world: Any, active_per_image: Sequence[int] | None = None) -> FieldWarp:
         """This warp in a field's frame, for ``FieldModel.render_rays(warp=...)``."""
@@ -423,7 +490,7 @@ class EditedField:
                             f"from new views (TrainFields) or load a new one")
         if not edit.removed:
             T = check_rigid(edit.T_world_new_old)
-            edit = SceneEdit(edit.region, T, edit.label)
+            edit = SceneEdit(edit.region, T, edit.label, edit.fill)
             if workspace is not None:
                 lo, hi = (np.asarray(v, np.float64).reshape(3) for v in workspace)
                 c = T[:3, :3] @ edit.region.centre() + T[:3, 3]

@@ -25,11 +25,11 @@ import numpy as np
 import torch
 
 from f3rm_ros.core.config import param
-from f3rm_ros.core.edits import (BoxRegion, EditedField, EditError, SceneEdit, VoxelRegion, keep_together,
-                                 region_from_selection)
+from f3rm_ros.core.edits import (BoxRegion, EditedField, EditError, FloorFill, SceneEdit, VoxelRegion,
+                                 keep_together, region_from_selection)
 
-__all__ = ["EditConfig", "EditRequest", "EditOutcome", "select_region", "edit_field", "session_with_field",
-           "base_field", "edit_count"]
+__all__ = ["EditConfig", "EditRequest", "EditOutcome", "select_region", "floor_fill", "edit_field",
+           "session_with_field", "base_field", "edit_count"]
 
 
 @dataclass
@@ -50,6 +50,14 @@ class EditConfig:
                                           "neighbour) and are left out (0 = keep them)", range=(0.0, 1.0))
     check_workspace: bool = param(True, "refuse a move that puts the region's centre outside the planner's "
                                         "workspace box")
+    fill_floor: bool = param(True, "a query's edit fills its old place's floor (the region's footprint, from "
+                                   "fill_below_m under to fill_above_m over the support) from a free patch of the "
+                                   "same support beside it (the table under a thing was never seen)")
+    fill_below_m: float = param(0.02, "the floor fill reaches this far under the support's surface", range=(0.0, 0.1))
+    fill_above_m: float = param(0.01, "the floor fill reaches this far over the support's surface (the thing's "
+                                      "underside, blurred into the table)", range=(0.0, 0.05))
+    fill_gap_m: float = param(0.02, "the patch a floor fill reads lies this far beside the footprint and this far "
+                                    "from anything standing", range=(0.0, 0.2))
     keep_together: float = param(0.5, "a query's region takes in, whole, an earlier edit's moved region when at "
                                       "least this fraction of its new place lies in the selection (what moved "
                                       "together stays together; 0 = off)", range=(0.0, 1.0))
@@ -128,6 +136,56 @@ def select_region(session: Any, text: str, config: EditConfig | None = None) -> 
     return region
 
 
+def floor_fill(session: Any, field: Any, region: VoxelRegion, config: EditConfig | None = None) -> FloorFill | None:
+    """The :class:`~f3rm_ros.core.edits.FloorFill` of ``region``'s old place in ``field`` (the scene the edit starts
+    from): the nearest patch of the footprint's shape beside it (16 directions, ``fill_gap_m`` apart) that stays in
+    the workspace, has no surface point of anything standing (over 1 cm above the floor) within ``fill_gap_m``, and
+    shows a support surface (the field's first opaque sample down its columns) under most of its columns; the band is
+    about that surface's median height. None when no patch qualifies (the floor then stays as the field has it)."""
+    from scipy.spatial import cKDTree  # noqa: PLC0415
+
+    from f3rm_ros.core.grasp.field_utils import alpha_from_density, query_density_chunked  # noqa: PLC0415
+
+    c = config or EditConfig()
+    pc, planner = session.planner_config, session.planner
+    fp = region.footprint()
+    lo, hi = np.asarray(pc.workspace_min_m, np.float64), np.asarray(pc.workspace_max_m, np.float64)
+    pts, _ = planner.surface()
+    P = pts.cpu().numpy().astype(np.float64)
+    floor = planner.floor_z()
+    if len(P):  # things standing (not the support's own surface, not the thing itself: it is leaving)
+        P = P[(P[:, 2] > (lo[2] if floor is None else floor) + 0.01)
+              & ~region.contains(torch.as_tensor(P, dtype=torch.float32)).numpy()]
+    tree = cKDTree(P[:, :2]) if len(P) else None
+    zc = np.asarray(np.argwhere(region.occ)[:, 2].min(), np.float64) * region.voxel + region.lo[2]
+    top = float(zc) + 0.03 if floor is None else max(float(zc), floor) + 0.03
+    step = 0.0025
+    zs = top - step * np.arange(int((0.03 + 0.05) / step) + 1)
+    cands = []
+    for ang in np.linspace(0.0, 2 * np.pi, 16, endpoint=False):
+        u = np.array([np.cos(ang), np.sin(ang)])
+        proj = fp @ u
+        cands.append((float(proj.max() - proj.min()) + region.voxel + c.fill_gap_m, u))
+    for shift, u in sorted(cands, key=lambda t: t[0]):
+        cells = fp + shift * u
+        if np.any(cells.min(0) - region.voxel / 2 < lo[:2]) or np.any(cells.max(0) + region.voxel / 2 > hi[:2]):
+            continue
+        if tree is not None and any(len(n) for n in tree.query_ball_point(cells, region.voxel * 0.75 + c.fill_gap_m)):
+            continue
+        sub = cells[np.linspace(0, len(cells) - 1, min(len(cells), 64)).astype(int)]
+        q = np.concatenate([np.repeat(sub, len(zs), 0), np.tile(zs, len(sub))[:, None]], 1)
+        a = alpha_from_density(query_density_chunked(field, torch.as_tensor(q, dtype=torch.float32,
+                                                                              device=planner.device),
+                                                     pc.chunk_points), step).reshape(len(sub), len(zs))
+        hit = (a >= pc.surface_alpha).cpu().numpy()
+        seen = hit.any(1)
+        if seen.mean() < 0.5:
+            continue
+        z = float(np.median(zs[np.argmax(hit[seen], axis=1)]))
+        return FloorFill(np.array([*(shift * u), 0.0]), z - c.fill_below_m, z + c.fill_above_m)
+    return None
+
+
 def edit_field(session: Any, req: EditRequest, config: EditConfig | None = None) -> EditOutcome:
     """The session's field with ``req`` applied (the session is unchanged); EditError with the reason otherwise."""
     c = config or EditConfig()
@@ -167,7 +225,8 @@ def edit_field(session: Any, req: EditRequest, config: EditConfig | None = None)
         label = " ".join(req.text.split())
     pc = session.planner_config
     ws = (pc.workspace_min_m, pc.workspace_max_m) if c.check_workspace else None
-    edit = SceneEdit(region, None if req.removed else np.asarray(req.T_world_new_old, np.float64), label)
+    fill = floor_fill(session, cur, region, c) if c.fill_floor and isinstance(region, VoxelRegion) else None
+    edit = SceneEdit(region, None if req.removed else np.asarray(req.T_world_new_old, np.float64), label, fill)
     new = cur.with_edit(edit, ws)
     return EditOutcome(new, f"edit {len(new.edits)}: {new.edits[-1].describe()}", time.perf_counter() - t0, region)
 
