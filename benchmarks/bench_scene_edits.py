@@ -9,6 +9,8 @@ against a full retrain in the same run; in three halves, as bench_grasp_generali
    labels), per move ``move-K/new/`` (``--new-views`` views of the moved scene, what a capture APPEND adds),
    ``move-K/heldout/`` (``--heldout`` other views, PNG colour: nobody trains on them) and, for the moves in
    ``--full-moves``, ``move-K/full/`` (the whole original trajectory rendered in the moved scene: the full retrain).
+   Every move is drawn before anything is rendered: a scene whose target has no free place for all ``--moves`` is
+   skipped (the next development seed is taken), so every scene gives the full sequence.
 2. ``plan`` (torch only, no open3d: runs on the GPU machine): per scene, train a field on ``data/`` (label features);
    the target and the other objects are queried; then per move: **edit** (``edit_field`` with the target's query and
    the motion; timed), the target's query again, the same query limited to its old place, the other objects;
@@ -104,24 +106,31 @@ def render(a: argparse.Namespace) -> int:
             print(f"seed {seed}: no object query expecting a grasp; skipped")
             continue
         d = a.out / f"seed-{seed:05d}"
-        done += 1
         if (d / "moves.json").exists():
+            done += 1
             continue
         t0 = time.perf_counter()
         scene, target = gen.scene, objq[0]
-        render_dataset(scene, d / "data", cfg, overwrite=True)
-        write_generated(gen, d)
         rng = np.random.default_rng(seed)
-        moves = []
+        plan_moves, sc = [], scene  # every move drawn first: a scene whose target has no room for them all is skipped
         for k in range(1, a.moves + 1):
             name = target.objects[0]
-            c, r = footprint(scene, name)
+            c, r = footprint(sc, name)
             try:
-                T = free_place(scene, name, rng, min_shift_m=2 * r + 0.03)
+                T = free_place(sc, name, rng, min_shift_m=2 * r + 0.03)
             except RuntimeError as e:
-                print(f"  seed {seed} move {k}: {e}; the sequence ends here")
+                print(f"seed {seed}: move {k} of {target.text!r}: {e}; skipped")
                 break
-            old_box = [[c[0] - r, c[1] - r, WORKSPACE[0][2]], [c[0] + r, c[1] + r, WORKSPACE[1][2]]]
+            plan_moves.append((T, [[c[0] - r, c[1] - r, WORKSPACE[0][2]], [c[0] + r, c[1] + r, WORKSPACE[1][2]]]))
+            sc = move_object(sc, name, T)
+        if len(plan_moves) < a.moves:
+            continue
+        done += 1
+        render_dataset(scene, d / "data", cfg, overwrite=True)
+        write_generated(gen, d)
+        moves = []
+        for k, (T, old_box) in enumerate(plan_moves, start=1):
+            name = target.objects[0]
             scene = move_object(scene, name, T)
             traj = replace(TrajectoryConfig(), num_views=a.new_views + a.heldout, seed=NEW_TRAJ_SEED + k)
             cam = SimCamera(scene, K, scan_poses(traj), cfg.render)
@@ -385,6 +394,10 @@ def judge(a: argparse.Namespace) -> int:
     full = [r for r in rows if "full_psnr" in r]
     summ = {
         "after_edit": rate([r.get("after_edit", {}).get("ok", False) for r in rows]),
+        # the same over the scenes whose target the first field found and grasped (the edit's part, apart from the
+        # planner's own misses before any move)
+        "after_edit_target_ok_before": rate([r.get("after_edit", {}).get("ok", False) for r in rows
+                                             if r["before"][0].get("ok")]),
         "no_grasp_at_old_place_after_edit": rate([r.get("after_edit", {}).get("old_place_found") is False
                                                   for r in rows]),
         "after_refresh": rate([r["after_refresh"]["ok"] for r in rows]),
