@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from f3rm_ros.core.checkpoint import CheckpointError, load_checkpoint
+from f3rm_ros.core.field_api import _similarity_parts  # the checked split TrainedField uses
 
 __all__ = ["scene_versions", "frames_seeing", "changed_mask", "disagreeing_pixels", "near_changed_pixels",
            "changed_points", "edit_places", "bake_points", "boxes_points", "teach_frames",
@@ -284,9 +285,8 @@ def _clear_loss(tr: Any, points_world: np.ndarray, weight: float, voxel_m: float
                 ) -> Callable[[], torch.Tensor]:
     """A loss term: ``weight`` x the mean opacity over ``voxel_m`` of the field at a random batch of ``points_world``
     (jittered inside their voxels), i.e. a push towards empty space where the scene is known empty."""
-    nw = np.asarray(tr.nerf_to_world, np.float64)
-    s = float(np.cbrt(np.linalg.det(nw[:3, :3])))
-    pn = ((np.asarray(points_world, np.float64) - nw[:3, 3]) @ (nw[:3, :3] / s)) / s
+    s, R, t = _similarity_parts(tr.nerf_to_world)
+    pn = ((np.asarray(points_world, np.float64) - t) @ R) / s
     pts = torch.as_tensor(pn, dtype=torch.float32, device=tr.device)
     half = 0.5 * voxel_m / s
     delta = voxel_m / s
@@ -316,9 +316,8 @@ def _bake_loss(tr: Any, teacher: Any, points_world: np.ndarray, weight: float, v
         tdev = getattr(teacher, "device", dev)
         a_t = torch.cat([1 - torch.exp(-teacher.query_density(c.to(tdev)).reshape(-1).float() * voxel_m)
                          for c in P.split(65536)]).to(dev)
-    nw = np.asarray(tr.nerf_to_world, np.float64)
-    s = float(np.cbrt(np.linalg.det(nw[:3, :3])))
-    pn = ((P.double().numpy() - nw[:3, 3]) @ (nw[:3, :3] / s)) / s
+    s, R, t = _similarity_parts(tr.nerf_to_world)
+    pn = ((P.double().numpy() - t) @ R) / s
     pts = torch.as_tensor(pn, dtype=torch.float32, device=dev)
     n, gen = len(pts), tr.generator
 
@@ -498,8 +497,7 @@ def refresh_field(checkpoint: str | Path, dataset: Any, new_frames: Sequence[int
     tr.model.load_state_dict(state)
     # the new frames in the checkpoint's field frame (the model's frame), not a frame of their own
     nw = np.asarray(ck["nerf_to_world"], np.float64)
-    s = float(np.cbrt(np.linalg.det(nw[:3, :3])))
-    R, t = nw[:3, :3] / s, nw[:3, 3]
+    s, R, t = _similarity_parts(nw)
     c2w = np.asarray(sub.c2w, np.float64).copy()
     c2w_n = c2w.copy()
     c2w_n[:, :3, :3] = R.T @ c2w[:, :3, :3]
