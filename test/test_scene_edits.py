@@ -273,6 +273,12 @@ def test_the_old_place_floor_is_read_from_beside():
     h = (band + off).clone().requires_grad_(True)
     base.query_density(h).sum().backward()
     assert torch.allclose(g.grad, h.grad, atol=1e-3)
+    # the warp's one-lookup test of region and floor patch answers as the plain region test and band x footprint
+    w = EditWarp(ef.edits)
+    pts = torch.as_tensor(rng.uniform((-0.08, -0.08, -0.05), (0.08, 0.08, 0.15), (20000, 3)), dtype=torch.float32)
+    in_region, in_floor = w._place(0, pts)
+    assert torch.equal(in_region, thing.contains(pts)) and torch.equal(in_floor, w._floor_reference(0, pts))
+    assert in_region.any() and in_floor.any() and (in_floor & ~in_region).any()
     with pytest.raises(EditError, match="needs a voxel region"):
         SceneEdit(BOX_A, T, "box", fill)
     with pytest.raises(EditError, match="bad floor fill"):

@@ -331,10 +331,11 @@ class SceneEdit:
     def describe(self) -> str:
         what = self.label or "region"
         if self.removed:
-            return f"{what} removed ({self.region.describe()})"
+            return f"{what} removed ({self.region.describe()}{f'; {self.fill.describe()}' if self.fill else ''})"
         T = self.T_world_new_old
         ang = math.degrees(math.acos(float(np.clip((np.trace(T[:3, :3]) - 1) / 2, -1, 1))))
-        return f"{what} moved by {np.round(T[:3, 3], 3).tolist()} m, {ang:.1f} deg ({self.region.describe()})"
+        fill = f"; {self.fill.describe()}" if self.fill is not None else ""
+        return f"{what} moved by {np.round(T[:3, 3], 3).tolist()} m, {ang:.1f} deg ({self.region.describe()}{fill})"
 
 
 class EditWarp:
@@ -372,10 +373,14 @@ class EditWarp:
                 at_new = e.region.contains(x_old) & ~empty
                 if on is not None:
                     at_new = at_new & on
-            filled = self._floor(k, x) & ~at_new & ~empty if e.fill is not None else None
-            if filled is not None and on is not None:
-                filled = filled & on
-            at_old = e.region.contains(x) & ~at_new
+            if e.fill is None:
+                filled, in_region = None, e.region.contains(x)
+            else:
+                in_region, floor = self._place(k, x)
+                filled = floor & ~at_new & ~empty
+                if on is not None:
+                    filled = filled & on
+            at_old = in_region & ~at_new
             if filled is not None:
                 at_old = at_old & ~filled
             empty = empty | (at_old if on is None else at_old & on)
@@ -393,7 +398,30 @@ class EditWarp:
             self._motions[key] = torch.as_tensor(self.edits[k].fill.offset, dtype=torch.float32, device=device)
         return self._motions[key]
 
-    def _floor(self, k: int, x: Tensor) -> Tensor:  # [N] bool: in edit k's floor patch
+    def _place(self, k: int, x: Tensor) -> tuple[Tensor, Tensor]:
+        """[N] bool each: ``x`` in edit k's region, in its floor patch (the region's footprint, z in the fill's band).
+        One lookup in a grid holding both (bit 0: a region voxel, bit 1: a footprint column), the region's grid
+        stretched down and up to the band: as ``region.contains(x)`` and ``_floor_reference(k, x)``, in one gather."""
+        e, key = self.edits[k], ("place", k, x.device)
+        if key not in self._motions:
+            r, f = e.region, e.fill
+            below = max(0, math.ceil((r.lo[2] - f.z_lo) / r.voxel))
+            above = max(0, math.ceil((f.z_hi - r.lo[2]) / r.voxel) + 1 - r.occ.shape[2])
+            code = np.pad(r.occ, ((0, 0), (0, 0), (below, above))).astype(np.uint8)
+            code |= (r.occ.any(2)[:, :, None] * 2).astype(np.uint8)
+            self._motions[key] = (torch.as_tensor(r.lo, dtype=torch.float32, device=x.device),
+                                  torch.as_tensor(code, device=x.device),
+                                  torch.as_tensor(code.shape, device=x.device), below)
+        lo, code, shape, below = self._motions[key]
+        i = torch.floor((x.detach().float() - lo) / e.region.voxel).long()
+        i[:, 2] += below
+        inside = ((i >= 0) & (i < shape)).all(dim=-1)
+        i = torch.where(inside[:, None], i, torch.zeros_like(i))
+        c = torch.where(inside, code[i[:, 0], i[:, 1], i[:, 2]], torch.zeros_like(code[0, 0, :1]))
+        z = x[:, 2].detach()
+        return (c & 1) > 0, ((c & 2) > 0) & (z >= e.fill.z_lo) & (z <= e.fill.z_hi)
+
+    def _floor_reference(self, k: int, x: Tensor) -> Tensor:  # [N] bool: in edit k's floor patch, the plain way
         f = self.edits[k].fill
         z = x[:, 2].detach()
         return (z >= f.z_lo) & (z <= f.z_hi) & self.edits[k].region.footprint_contains(x)

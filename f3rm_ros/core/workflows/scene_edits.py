@@ -58,6 +58,10 @@ class EditConfig:
                                       "underside, blurred into the table)", range=(0.0, 0.05))
     fill_gap_m: float = param(0.02, "the patch a floor fill reads lies this far beside the footprint and this far "
                                     "from anything standing", range=(0.0, 0.2))
+    fill_flat_m: float = param(0.004, "a floor fill's patch shows the support at the height of the ring around the "
+                                      "footprint within this much", range=(0.0, 0.05))
+    fill_match: float = param(0.8, "a floor fill's patch looks like the ring around the footprint: feature cosine "
+                                   "at least this", range=(-1.0, 1.0))
     keep_together: float = param(0.5, "a query's region takes in, whole, an earlier edit's moved region when at "
                                       "least this fraction of its new place lies in the selection (what moved "
                                       "together stays together; 0 = off)", range=(0.0, 1.0))
@@ -138,16 +142,22 @@ def select_region(session: Any, text: str, config: EditConfig | None = None) -> 
 
 def floor_fill(session: Any, field: Any, region: VoxelRegion, config: EditConfig | None = None) -> FloorFill | None:
     """The :class:`~f3rm_ros.core.edits.FloorFill` of ``region``'s old place in ``field`` (the scene the edit starts
-    from): the nearest patch of the footprint's shape beside it (16 directions, ``fill_gap_m`` apart) that stays in
-    the workspace, has no surface point of anything standing (over 1 cm above the floor) within ``fill_gap_m``, and
-    shows a support surface (the field's first opaque sample down its columns) under most of its columns; the band is
-    about that surface's median height. None when no patch qualifies (the floor then stays as the field has it)."""
+    from). The support is what the ring of columns just around the footprint shows (the field's first opaque sample
+    down each column: its median height and mean feature). The patch is the nearest copy of the footprint beside it
+    (16 directions, ``fill_gap_m`` apart) that stays in the workspace, has no surface point of anything standing
+    (over 1 cm above the floor) within ``fill_gap_m``, and shows that same support under nearly all its columns: seen,
+    flat (within ``fill_flat_m`` of the ring's height) and alike (feature cosine to the ring's >= ``fill_match``), so
+    a plate, a shadow or the table's edge is not copied. The band is about the ring's height. None when no patch
+    qualifies (the floor then stays as the field has it)."""
+    from scipy import ndimage  # noqa: PLC0415
     from scipy.spatial import cKDTree  # noqa: PLC0415
 
-    from f3rm_ros.core.grasp.field_utils import alpha_from_density, query_density_chunked  # noqa: PLC0415
+    from f3rm_ros.core.grasp.field_utils import (alpha_from_density, query_density_chunked,  # noqa: PLC0415
+                                                 query_features_chunked)
 
     c = config or EditConfig()
     pc, planner = session.planner_config, session.planner
+    dev = planner.device
     fp = region.footprint()
     lo, hi = np.asarray(pc.workspace_min_m, np.float64), np.asarray(pc.workspace_max_m, np.float64)
     pts, _ = planner.surface()
@@ -157,10 +167,36 @@ def floor_fill(session: Any, field: Any, region: VoxelRegion, config: EditConfig
         P = P[(P[:, 2] > (lo[2] if floor is None else floor) + 0.01)
               & ~region.contains(torch.as_tensor(P, dtype=torch.float32)).numpy()]
     tree = cKDTree(P[:, :2]) if len(P) else None
-    zc = np.asarray(np.argwhere(region.occ)[:, 2].min(), np.float64) * region.voxel + region.lo[2]
-    top = float(zc) + 0.03 if floor is None else max(float(zc), floor) + 0.03
+    zc = float(np.argwhere(region.occ)[:, 2].min()) * region.voxel + region.lo[2]
+    top = zc + 0.03 if floor is None else max(zc, floor) + 0.03
     step = 0.0025
     zs = top - step * np.arange(int((0.03 + 0.05) / step) + 1)
+
+    def support(cells: np.ndarray) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:  # heights (nan: none), features
+        cells = cells[np.linspace(0, len(cells) - 1, min(len(cells), 96)).astype(int)]
+        q = np.concatenate([np.repeat(cells, len(zs), 0), np.tile(zs, len(cells))[:, None]], 1)
+        a = alpha_from_density(query_density_chunked(field, torch.as_tensor(q, dtype=torch.float32, device=dev),
+                                                     pc.chunk_points), step).reshape(len(cells), len(zs))
+        hit = (a >= pc.surface_alpha).cpu().numpy()
+        h = np.where(hit.any(1), zs[np.argmax(hit, axis=1)], np.nan)
+        ok = np.isfinite(h)
+        f = query_features_chunked(field, torch.as_tensor(np.c_[cells[ok], h[ok]], dtype=torch.float32, device=dev),
+                                   pc.chunk_points) if ok.any() else torch.zeros(0, 1, device=dev)
+        return h, ok, f / f.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+    occ2 = region.occ.any(2)
+    pad = np.pad(occ2, 3)
+    ring = ndimage.binary_dilation(pad, np.ones((3, 3), bool), iterations=2) & ~pad
+    ring_cells = region.lo[:2] + (np.argwhere(ring) - 3 + 0.5) * region.voxel
+    h_r, ok_r, f_r = support(ring_cells)
+    if ok_r.mean() < 0.5:
+        return None
+    z = float(np.median(h_r[ok_r]))
+    flat = np.abs(h_r[ok_r] - z) <= c.fill_flat_m
+    if flat.sum() < 4:
+        return None
+    f_ring = f_r[torch.as_tensor(flat, device=f_r.device)].mean(0)
+    f_ring = f_ring / f_ring.norm().clamp_min(1e-12)
     cands = []
     for ang in np.linspace(0.0, 2 * np.pi, 16, endpoint=False):
         u = np.array([np.cos(ang), np.sin(ang)])
@@ -172,17 +208,11 @@ def floor_fill(session: Any, field: Any, region: VoxelRegion, config: EditConfig
             continue
         if tree is not None and any(len(n) for n in tree.query_ball_point(cells, region.voxel * 0.75 + c.fill_gap_m)):
             continue
-        sub = cells[np.linspace(0, len(cells) - 1, min(len(cells), 64)).astype(int)]
-        q = np.concatenate([np.repeat(sub, len(zs), 0), np.tile(zs, len(sub))[:, None]], 1)
-        a = alpha_from_density(query_density_chunked(field, torch.as_tensor(q, dtype=torch.float32,
-                                                                              device=planner.device),
-                                                     pc.chunk_points), step).reshape(len(sub), len(zs))
-        hit = (a >= pc.surface_alpha).cpu().numpy()
-        seen = hit.any(1)
-        if seen.mean() < 0.5:
-            continue
-        z = float(np.median(zs[np.argmax(hit[seen], axis=1)]))
-        return FloorFill(np.array([*(shift * u), 0.0]), z - c.fill_below_m, z + c.fill_above_m)
+        h, ok, f = support(cells)
+        alike = np.zeros(len(h), bool)
+        alike[ok] = (np.abs(h[ok] - z) <= c.fill_flat_m) & ((f @ f_ring).cpu().numpy() >= c.fill_match)
+        if alike.mean() >= 0.9:
+            return FloorFill(np.array([*(shift * u), 0.0]), z - c.fill_below_m, z + c.fill_above_m)
     return None
 
 
