@@ -256,6 +256,7 @@ def plan(a: argparse.Namespace) -> int:
                 res = edit_field(session, EditRequest(text=target, T_world_new_old=T))
                 sync()
                 row["edit_s"], row["edit_wall_s"] = res.seconds, time.perf_counter() - t0
+                row["edit_message"] = res.message  # the region and the floor fill
                 edited = res.field
                 s_edit = session_with_field(session, edited, session_on(edited, ex))
                 row["after_edit"] = ask(s_edit, target, mv["old_box"])
