@@ -285,3 +285,47 @@ def test_the_old_place_floor_is_read_from_beside():
         FloorFill((0.0, 0.2, 0.0), 0.01, -0.02)
     with pytest.raises(EditError, match="bad floor fill"):
         FloorFill((np.nan, 0.2, 0.0), -0.02, 0.01)
+
+
+def test_a_region_grows_into_missed_parts_and_leaves_out_only_a_neighbour_reaching_in():
+    """A jar's selection (its body) grows into the parts it missed that match the query enough (a lid, a handle)
+    and join it, not into a neighbour or the table; a touching neighbour reaching into the region is left out, a band
+    of the jar's own that matches less (not joined to anything outside) stays."""
+    from f3rm_ros.core.edits import exclude_neighbours, grow_region
+
+    def box(x, lo, hi):
+        return np.all((x >= lo) & (x <= hi), axis=1)
+
+    parts = [  # (lo, hi, score), the first that holds a point scores it: a patch of the body (a label, away from
+        # the neighbour), the body, lid, handle, the neighbour, the table
+        ((0.0, -0.03, 0.05), (0.03, 0.03, 0.06), 0.2), ((-0.03, -0.03, 0.0), (0.03, 0.03, 0.10), 1.0),
+        ((-0.03, -0.03, 0.10), (0.03, 0.03, 0.13), 0.6), ((0.03, -0.01, 0.04), (0.06, 0.01, 0.07), 0.8),
+        ((-0.12, -0.05, 0.0), (-0.031, 0.05, 0.08), 0.1), ((-0.5, -0.5, -0.02), (0.5, 0.5, 0.0), 0.2)]
+
+    def probe(x):
+        occ, score = np.zeros(len(x), bool), np.full(len(x), -1.0)
+        for lo, hi, sc in parts:
+            m = box(x, lo, hi) & ~occ
+            occ |= m
+            score[m] = sc
+        return occ, score
+
+    body = np.random.default_rng(0).uniform((-0.025, -0.025, 0.005), (0.025, 0.025, 0.095), (800, 3))
+    sel = VoxelRegion.from_points(body, 0.01, 0.0, 0.0)
+    t = lambda p: torch.as_tensor(np.asarray(p, np.float64).reshape(-1, 3), dtype=torch.float32)  # noqa: E731
+    lid, handle, other = t([0.0, 0.0, 0.12]), t([0.05, 0.0, 0.055]), t([-0.09, 0.0, 0.04])
+    assert not sel.contains(lid).any() and not sel.contains(handle).any()
+    grown = grow_region(sel, probe, 0.5, 0.04, 0.0, 0.0, 0.0)
+    assert grown.contains(lid).all() and grown.contains(handle).all() and not grown.contains(other).any()
+    assert not grown.contains(t([0.0, 0.0, -0.01])).any()  # nothing of the table
+    assert grow_region(sel, probe, 0.5, 0.0) is sel and grow_region(sel, probe, 2.0, 0.04) is sel
+    # the selection dilated into the neighbour: its voxels there go, the jar's own band stays
+    wide = VoxelRegion.from_points(body, 0.01, 0.02, 0.0)
+    nb_in = t([-0.04, 0.0, 0.04])
+    band = t([0.015, 0.0, 0.055])
+    assert wide.contains(nb_in).all() and wide.contains(band).all()
+    out = exclude_neighbours(wide, probe, 0.5, True, 0.0)
+    assert not out.contains(nb_in).any() and out.contains(band).all()
+    assert out.contains(t(body)).sum() >= 0.95 * len(body)
+    plain = exclude_neighbours(wide, probe, 0.5, False, 0.0)  # every low-matching voxel goes: the band too
+    assert not plain.contains(band).any() and not plain.contains(nb_in).any()

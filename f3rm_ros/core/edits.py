@@ -30,7 +30,7 @@ with determinant +1, and (with a workspace box) the moved region's centre inside
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,7 +39,8 @@ import torch
 from torch import Tensor
 
 __all__ = ["EditError", "BoxRegion", "VoxelRegion", "FloorFill", "SceneEdit", "EditedField", "EditWarp", "FieldWarp",
-           "check_rigid", "rigid_from_pose", "region_from_selection", "keep_together", "MAX_EDITS"]
+           "check_rigid", "rigid_from_pose", "region_from_selection", "grow_region", "exclude_neighbours",
+           "keep_together", "MAX_EDITS"]
 
 MAX_EDITS = 64  # a stack deeper than this is refused (each query walks every edit)
 
@@ -254,6 +255,85 @@ def region_from_selection(points: np.ndarray, score: np.ndarray, min_score: floa
     _, lab = connected_components(g, directed=False)
     best = int(np.argmax(s[sel]))
     return VoxelRegion.from_points(Q[lab == lab[best]], voxel, dilate_m, floor_z)
+
+
+Probe = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # world points [N, 3] -> occupied [N], score [N]
+
+
+def _probe_grid(region: VoxelRegion, pad: int, probe: Probe, where: np.ndarray | None = None
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``region``'s grid padded by ``pad`` voxels: (its occupancy, origin lo, occupied, score) with the probe asked at
+    the voxel centres of ``where`` (default all; elsewhere not occupied, score -inf)."""
+    occ = np.pad(region.occ, pad)
+    lo = region.lo - pad * region.voxel
+    ijk = np.argwhere(np.ones(occ.shape, bool) if where is None else where)
+    occupied, score = np.zeros(occ.shape, bool), np.full(occ.shape, -np.inf)
+    if len(ijk):
+        o, sc = probe(lo + (ijk + 0.5) * region.voxel)
+        occupied[tuple(ijk.T)], score[tuple(ijk.T)] = np.asarray(o, bool), np.asarray(sc, np.float64)
+    return occ, lo, occupied, score
+
+
+def _below(shape: tuple[int, ...], lo: np.ndarray, voxel: float, z: float | None) -> np.ndarray:
+    """[X, Y, Z] bool of a grid: the voxels whose centre lies below world height ``z`` (none for None)."""
+    out = np.zeros(shape, bool)
+    if z is not None:
+        out[:, :, lo[2] + (np.arange(shape[2]) + 0.5) * voxel < z] = True
+    return out
+
+
+def grow_region(region: VoxelRegion, probe: Probe, min_score: float, grow_m: float, dilate_m: float = 0.0,
+                floor_z: float | None = None, cut_z: float | None = None) -> VoxelRegion:
+    """``region`` with the parts its selection missed (a lid of another colour, a handle): the voxels up to
+    ``grow_m`` beyond it, over ``floor_z`` + a voxel (the support is nobody's part), that ``probe`` finds occupied
+    with a score >= ``min_score`` and that join the region through voxels like them; those grown by ``dilate_m`` (as
+    a selection is), nothing below ``cut_z``. ``region`` itself when nothing joins."""
+    from scipy import ndimage  # noqa: PLC0415
+
+    g = int(math.ceil(grow_m / region.voxel))
+    if g <= 0:
+        return region
+    shape = tuple(n + 2 * g for n in region.occ.shape)
+    lo0 = region.lo - g * region.voxel
+    ask = ~np.pad(region.occ, g) & ~_below(shape, lo0, region.voxel,
+                                           None if floor_z is None else floor_z + region.voxel)
+    occ, lo, occupied, score = _probe_grid(region, g, probe, ask)
+    cand = occupied & (score >= min_score)
+    lab, _ = ndimage.label(cand | occ, structure=np.ones((3, 3, 3), bool))
+    joined = np.unique(lab[occ])
+    grown = cand & np.isin(lab, joined[joined > 0])
+    if not grown.any():
+        return region
+    k = int(math.ceil(dilate_m / region.voxel))
+    if k:
+        grown = ndimage.binary_dilation(grown, np.ones((3, 3, 3), bool), iterations=k)
+    grown &= ~_below(occ.shape, lo, region.voxel, cut_z)
+    return VoxelRegion(lo, region.voxel, occ | grown)
+
+
+def exclude_neighbours(region: VoxelRegion, probe: Probe, max_score: float, joined: bool = True,
+                       floor_z: float | None = None) -> VoxelRegion:
+    """``region`` less a touching neighbour: its voxels that ``probe`` finds occupied with a score below
+    ``max_score`` (something else), with ``joined`` only those joined, through such voxels over ``floor_z`` + a voxel,
+    to such voxels just outside the region: a neighbour reaching in goes on outside, the thing's own lid or base of
+    another colour does not (below that height, where the support joins everything, every such voxel is left out).
+    ``region`` itself when nothing, or everything, would be left out."""
+    from scipy import ndimage  # noqa: PLC0415
+
+    g = 2 if joined else 0
+    pad = np.pad(region.occ, g)
+    look = ndimage.binary_dilation(pad, np.ones((3, 3, 3), bool), iterations=g) if g else pad
+    occ, lo, occupied, score = _probe_grid(region, g, probe, look)
+    low = occupied & (score < max_score)
+    other = low & occ
+    if g:
+        slab = _below(occ.shape, lo, region.voxel, None if floor_z is None else floor_z + region.voxel)
+        lab, _ = ndimage.label(low & ~slab, structure=np.ones((3, 3, 3), bool))
+        out = np.unique(lab[low & ~occ & ~slab])
+        other &= np.isin(lab, out[out > 0]) | slab
+    if not other.any() or not (occ & ~other).any():
+        return region
+    return VoxelRegion(lo, region.voxel, occ & ~other)
 
 
 def keep_together(region: VoxelRegion, edits: Sequence[Any], fraction: float = 0.5,

@@ -26,7 +26,7 @@ import torch
 
 from f3rm_ros.core.config import param
 from f3rm_ros.core.edits import (BoxRegion, EditedField, EditError, FloorFill, SceneEdit, VoxelRegion,
-                                 keep_together, region_from_selection)
+                                 exclude_neighbours, grow_region, keep_together, region_from_selection)
 
 __all__ = ["EditConfig", "EditRequest", "EditOutcome", "select_region", "floor_fill", "edit_field",
            "session_with_field", "base_field", "edit_count"]
@@ -48,6 +48,14 @@ class EditConfig:
     exclude_relative: float = param(0.5, "occupied voxels of the grown region whose feature matches the query less "
                                           "than this x the selection's bar belong to something else (a touching "
                                           "neighbour) and are left out (0 = keep them)", range=(0.0, 1.0))
+    exclude_joined: bool = param(True, "only such voxels joined (through others like them) to occupied space "
+                                       "outside the region are left out: a neighbour reaching in goes on outside, "
+                                       "the thing's own lid or base does not")
+    grow_m: float = param(0.04, "the region takes in the occupied voxels up to this far beyond it, over the floor, "
+                                "that match the query at least grow_relative x the bar and join it (parts the "
+                                "selection missed: a lid, a handle; 0 = off)", range=(0.0, 0.2))
+    grow_relative: float = param(0.5, "what the region grows into matches the query at least this x the selection's "
+                                      "bar", range=(0.0, 1.0))
     check_workspace: bool = param(True, "refuse a move that puts the region's centre outside the planner's "
                                         "workspace box")
     fill_floor: bool = param(True, "a query's edit fills its old place's floor (the region's footprint, from "
@@ -124,19 +132,21 @@ def select_region(session: Any, text: str, config: EditConfig | None = None) -> 
     floor = planner.floor_z()
     region = region_from_selection(pts.cpu().numpy(), score.cpu().numpy(), bar, c.voxel_m, c.dilate_m,
                                    None if floor is None else floor - c.floor_margin_m, c.link_m)
-    if c.exclude_relative > 0:  # occupied voxels of something else (a touching neighbour) stay where they are
+    if c.grow_m > 0 or c.exclude_relative > 0:
         from f3rm_ros.core.grasp.field_utils import alpha_from_density, query_density_chunked  # noqa: PLC0415
 
-        ijk = np.argwhere(region.occ)
-        centres = torch.as_tensor(region.lo + (ijk + 0.5) * region.voxel, dtype=torch.float32, device=planner.device)
-        alpha = alpha_from_density(query_density_chunked(planner.field, centres, pc.chunk_points), region.voxel)
-        fv = query_features_chunked(planner.field, centres, pc.chunk_points)
-        cv = (fv / fv.norm(dim=-1, keepdim=True).clamp_min(1e-12)) @ pos
-        other = ((alpha >= pc.surface_alpha) & (cv < c.exclude_relative * bar)).cpu().numpy()
-        if other.any() and not other.all():
-            occ = region.occ.copy()
-            occ[tuple(ijk[other].T)] = False
-            region = VoxelRegion(region.lo, region.voxel, occ)
+        def probe(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # world points -> occupied, cosine to the query
+            t = torch.as_tensor(x, dtype=torch.float32, device=planner.device)
+            alpha = alpha_from_density(query_density_chunked(planner.field, t, pc.chunk_points), c.voxel_m)
+            fv = query_features_chunked(planner.field, t, pc.chunk_points)
+            cv = (fv / fv.norm(dim=-1, keepdim=True).clamp_min(1e-12)) @ pos
+            return (alpha >= pc.surface_alpha).cpu().numpy(), cv.float().cpu().numpy()
+
+        cut = None if floor is None else floor - c.floor_margin_m
+        if c.grow_m > 0:  # parts the selection missed (a lid of another colour, a handle)
+            region = grow_region(region, probe, c.grow_relative * bar, c.grow_m, c.dilate_m, floor, cut)
+        if c.exclude_relative > 0:  # occupied voxels of something else (a touching neighbour) stay where they are
+            region = exclude_neighbours(region, probe, c.exclude_relative * bar, c.exclude_joined, floor)
     return region
 
 
