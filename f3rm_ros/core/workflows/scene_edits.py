@@ -10,8 +10,12 @@ The region of a query is the planner's own selection on the workspace surface (t
 ``min_similarity``), narrowed to the points whose features match the query at least ``select_relative`` x the 90th
 percentile of the selection (as the planner's contact test), the connected cluster of the best one, as voxels filled
 down to the object's base, dilated by ``dilate_m`` and cut at the planner's floor less ``floor_margin_m`` (the
-table under the object stays), less the occupied voxels whose features match the query less than
-``exclude_relative`` x that bar (a touching neighbour stays where it is).
+table under the object stays); grown by ``grow_m`` into the occupied voxels that match the query at least
+``grow_relative`` x that bar and join it (a lid or handle the selection missed: :func:`~f3rm_ros.core.edits.
+grow_region`); less the occupied voxels whose features match the query less than ``exclude_relative`` x that bar and
+that go on outside the region (a touching neighbour stays where it is:
+:func:`~f3rm_ros.core.edits.exclude_neighbours`). The edit's old place reads its floor from a free patch of the same
+support beside it (:func:`floor_fill`).
 """
 
 from __future__ import annotations
