@@ -158,10 +158,11 @@ def floor_fill(session: Any, field: Any, region: VoxelRegion, config: EditConfig
     """The :class:`~f3rm_ros.core.edits.FloorFill` of ``region``'s old place in ``field`` (the scene the edit starts
     from). The support is what the ring of columns just around the footprint shows (the field's first opaque sample
     down each column: its median height and mean feature). The patch is the nearest copy of the footprint beside it
-    (16 directions, ``fill_gap_m`` apart) that stays in the workspace, has no surface point of anything standing
-    (over 1 cm above the floor) within ``fill_gap_m``, and shows that same support under nearly all its columns: seen,
-    flat (within ``fill_flat_m`` of the ring's height) and alike (feature cosine to the ring's >= ``fill_match``), so
-    a plate, a shadow or the table's edge is not copied. The band is about the ring's height. None when no patch
+    (16 directions, ``fill_gap_m`` apart) that stays in the workspace (or no further out than the footprint itself
+    reaches), has no surface point of anything standing (over 3 cm above the floor; a floater lower down is not a
+    thing) within ``fill_gap_m``, and shows that same support under nearly all its columns: seen, flat (within
+    ``fill_flat_m`` of the ring's height) and alike (feature cosine to the ring's >= ``fill_match``), so a plate, a
+    shadow or the table's edge is not copied. The band is about the ring's height. None when no patch
     qualifies (the floor then stays as the field has it)."""
     from scipy import ndimage  # noqa: PLC0415
     from scipy.spatial import cKDTree  # noqa: PLC0415
@@ -177,8 +178,8 @@ def floor_fill(session: Any, field: Any, region: VoxelRegion, config: EditConfig
     pts, _ = planner.surface()
     P = pts.cpu().numpy().astype(np.float64)
     floor = planner.floor_z()
-    if len(P):  # things standing (not the support's own surface, not the thing itself: it is leaving)
-        P = P[(P[:, 2] > (lo[2] if floor is None else floor) + 0.01)
+    if len(P):  # things standing (not the support, nor a floater just over it; not the thing itself: it is leaving)
+        P = P[(P[:, 2] > (lo[2] if floor is None else floor) + 0.03)
               & ~region.contains(torch.as_tensor(P, dtype=torch.float32)).numpy()]
     tree = cKDTree(P[:, :2]) if len(P) else None
     zc = float(np.argwhere(region.occ)[:, 2].min()) * region.voxel + region.lo[2]
@@ -211,6 +212,9 @@ def floor_fill(session: Any, field: Any, region: VoxelRegion, config: EditConfig
         return None
     f_ring = f_r[torch.as_tensor(flat, device=f_r.device)].mean(0)
     f_ring = f_ring / f_ring.norm().clamp_min(1e-12)
+    # the patch stays in the workspace, or no further out than the footprint itself reaches (a thing at its edge)
+    inner_lo = np.minimum(lo[:2] + region.voxel / 2, fp.min(0)) - 1e-6
+    inner_hi = np.maximum(hi[:2] - region.voxel / 2, fp.max(0)) + 1e-6
     cands = []
     for ang in np.linspace(0.0, 2 * np.pi, 16, endpoint=False):
         u = np.array([np.cos(ang), np.sin(ang)])
@@ -218,7 +222,7 @@ def floor_fill(session: Any, field: Any, region: VoxelRegion, config: EditConfig
         cands.append((float(proj.max() - proj.min()) + region.voxel + c.fill_gap_m, u))
     for shift, u in sorted(cands, key=lambda t: t[0]):
         cells = fp + shift * u
-        if np.any(cells.min(0) - region.voxel / 2 < lo[:2]) or np.any(cells.max(0) + region.voxel / 2 > hi[:2]):
+        if np.any(cells.min(0) < inner_lo) or np.any(cells.max(0) > inner_hi):
             continue
         if tree is not None and any(len(n) for n in tree.query_ball_point(cells, region.voxel * 0.75 + c.fill_gap_m)):
             continue
