@@ -180,10 +180,7 @@ class VoxelRegion:
             k = 2 * int(math.ceil(dilate_m / voxel)) + 1
             t = torch.from_numpy(occ.astype(np.float32))[None, None]
             occ = (torch.nn.functional.max_pool3d(t, k, stride=1, padding=k // 2)[0, 0] > 0).numpy()
-        if floor_z is not None:
-            zc = lo[2] + (zs + 0.5) * voxel
-            occ[:, :, zc < floor_z] = False
-        return cls(lo, voxel, occ)
+        return cls(lo, voxel, occ & ~_below(occ.shape, lo, voxel, floor_z))
 
     def _tensors(self, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
         if device not in self._t:
@@ -260,18 +257,15 @@ def region_from_selection(points: np.ndarray, score: np.ndarray, min_score: floa
 Probe = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # world points [N, 3] -> occupied [N], score [N]
 
 
-def _probe_grid(region: VoxelRegion, pad: int, probe: Probe, where: np.ndarray | None = None
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """``region``'s grid padded by ``pad`` voxels: (its occupancy, origin lo, occupied, score) with the probe asked at
-    the voxel centres of ``where`` (default all; elsewhere not occupied, score -inf)."""
-    occ = np.pad(region.occ, pad)
-    lo = region.lo - pad * region.voxel
-    ijk = np.argwhere(np.ones(occ.shape, bool) if where is None else where)
-    occupied, score = np.zeros(occ.shape, bool), np.full(occ.shape, -np.inf)
+def _probe_grid(lo: np.ndarray, voxel: float, probe: Probe, where: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The probe asked at the centres of the voxels ``where`` [X, Y, Z] of a grid whose first voxel starts at ``lo``:
+    (occupied, score) [X, Y, Z] (elsewhere not occupied, score -inf)."""
+    ijk = np.argwhere(where)
+    occupied, score = np.zeros(where.shape, bool), np.full(where.shape, -np.inf)
     if len(ijk):
-        o, sc = probe(lo + (ijk + 0.5) * region.voxel)
+        o, sc = probe(lo + (ijk + 0.5) * voxel)
         occupied[tuple(ijk.T)], score[tuple(ijk.T)] = np.asarray(o, bool), np.asarray(sc, np.float64)
-    return occ, lo, occupied, score
+    return occupied, score
 
 
 def _below(shape: tuple[int, ...], lo: np.ndarray, voxel: float, z: float | None) -> np.ndarray:
@@ -293,11 +287,10 @@ def grow_region(region: VoxelRegion, probe: Probe, min_score: float, grow_m: flo
     g = int(math.ceil(grow_m / region.voxel))
     if g <= 0:
         return region
-    shape = tuple(n + 2 * g for n in region.occ.shape)
-    lo0 = region.lo - g * region.voxel
-    ask = ~np.pad(region.occ, g) & ~_below(shape, lo0, region.voxel,
-                                           None if floor_z is None else floor_z + region.voxel)
-    occ, lo, occupied, score = _probe_grid(region, g, probe, ask)
+    occ = np.pad(region.occ, g)
+    lo = region.lo - g * region.voxel
+    ask = ~occ & ~_below(occ.shape, lo, region.voxel, None if floor_z is None else floor_z + region.voxel)
+    occupied, score = _probe_grid(lo, region.voxel, probe, ask)
     cand = occupied & (score >= min_score)
     lab, _ = ndimage.label(cand | occ, structure=np.ones((3, 3, 3), bool))
     joined = np.unique(lab[occ])
@@ -321,9 +314,10 @@ def exclude_neighbours(region: VoxelRegion, probe: Probe, max_score: float, join
     from scipy import ndimage  # noqa: PLC0415
 
     g = 2 if joined else 0
-    pad = np.pad(region.occ, g)
-    look = ndimage.binary_dilation(pad, np.ones((3, 3, 3), bool), iterations=g) if g else pad
-    occ, lo, occupied, score = _probe_grid(region, g, probe, look)
+    occ = np.pad(region.occ, g)
+    lo = region.lo - g * region.voxel
+    look = ndimage.binary_dilation(occ, np.ones((3, 3, 3), bool), iterations=g) if g else occ
+    occupied, score = _probe_grid(lo, region.voxel, probe, look)
     low = occupied & (score < max_score)
     other = low & occ
     if g:
