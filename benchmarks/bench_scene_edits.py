@@ -70,6 +70,8 @@ from f3rm_ros.core.presets import PLANNER_CPU  # noqa: E402 - no torch, no open3
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_grasp_generalization import WORKSPACE, wilson  # noqa: E402 - the synthetic table; 95 % Wilson interval
 
+PART_NAMES = ("rest", "moved", "near")  # the held-out error's parts (plan's held_parts)
+NEAR_M = 0.08  # "near" a place: within this of the table under it (a 15 cm thing's shadow reaches ~6 cm)
 FAST = {**PLANNER_CPU, "sources": "geometric", "geometric_max_seeds": 64, "geometric_max_candidates": 256,
         "geometric_verify": 16}
 NEW_TRAJ_SEED = 100  # the new views of move K are drawn on trajectory seed NEW_TRAJ_SEED + K
@@ -182,6 +184,9 @@ def plan(a: argparse.Namespace) -> int:
     tcfg = trainer_config(a.preset, seed=1, rays_per_batch=a.rays, eval_every=0, eval_num_images=0,
                           checkpoint_every=0)
     refresh_kw = json.loads(a.refresh_options)
+    variants = json.loads(a.variants)
+    if not isinstance(variants, list) or not all(isinstance(v, dict) for v in variants):
+        raise SystemExit("--variants takes a JSON list of refresh option objects")
     out: dict = {"device": str(device), "gpu": torch.cuda.get_device_name(0) if device.type == "cuda" else None,
                  "commit": os.environ.get("F3RM_COMMIT", "unknown"),
                  "args": {k: str(v) for k, v in vars(a).items() if k != "func"}, "scenes": {}}
@@ -215,14 +220,39 @@ def plan(a: argparse.Namespace) -> int:
         sync()
         return r, time.perf_counter() - t0
 
-    def psnr(field, held) -> float:
-        vals = []
+    def psnr(field, held, parts: list[np.ndarray] | None = None, into: dict | None = None) -> float:
+        """Mean held-out PSNR; with ``parts`` (per frame [H, W] of PART_NAMES' indices) ``into`` gets each part's
+        share of the mean squared error (x 1e4: the sums over its pixels / all pixels, averaged over the frames)."""
+        vals, shares = [], np.zeros(len(PART_NAMES))
         with torch.no_grad():
             for i in range(len(held)):
                 o = field.render(held.c2w[i], held.intrinsics[i], with_features=False)["rgb"].clamp(0, 1)
                 gt = torch.as_tensor(np.array(held.get_image(i)), dtype=torch.float32, device=o.device) / 255.0
-                vals.append(-10 * np.log10(max(float(((o - gt) ** 2).mean()), 1e-10)))
+                se = ((o - gt) ** 2).mean(-1).cpu().numpy()
+                vals.append(-10 * np.log10(max(float(se.mean()), 1e-10)))
+                if parts is not None:
+                    shares += np.bincount(parts[i].ravel(), se.ravel(), len(PART_NAMES)) / se.size
+        if parts is not None and into is not None:
+            into.update({n: round(float(v) * 1e4 / len(held), 2) for n, v in zip(PART_NAMES, shares, strict=True)})
         return float(np.mean(vals))
+
+    def held_parts(held, ids: list[int], mv: dict) -> list[np.ndarray] | None:
+        """Per held-out frame [H, W]: 1 = the moved thing (its labels), 2 = another surface within NEAR_M of the
+        table under its old or new place (its shadow, contact, the floor it left), 0 = the rest."""
+        if not getattr(held, "has_depth", False) or held.get_labels(0) is None:
+            return None
+        (x0, y0, _), (x1, y1, _) = mv["old_box"]
+        g = np.mgrid[x0:x1:0.01, y0:y1:0.01].reshape(2, -1).T
+        old = np.concatenate([np.c_[g, np.full(len(g), z)] for z in (0.0, 0.01)])
+        T = np.asarray(mv["T_world_new_old"], np.float64)
+        places = np.concatenate([old, old @ T[:3, :3].T + T[:3, 3]])
+        out = []
+        for i in range(len(held)):
+            part = np.zeros(held.get_depth(i).shape, np.int64)
+            part[rf_mod.near_changed_pixels(held.c2w[i], held.intrinsics[i], held.get_depth(i), places, NEAR_M)] = 2
+            part[np.isin(held.get_labels(i), ids)] = 1
+            out.append(part)
+        return out
 
     dirs = _scene_dirs(a.data_root)[:a.limit or None]
     if a.shard:
@@ -231,6 +261,8 @@ def plan(a: argparse.Namespace) -> int:
     for d in dirs:
         info = json.loads((d / "moves.json").read_text())
         target, others = info["target"]["text"], [q["text"] for q in info["others"]]
+        table = json.loads((d / "data" / "transforms.json").read_text()).get("f3rm_labels") or {}
+        target_ids = [int(i) for i, v in table.items() if v["object"] in info["target"]["objects"]]
         work = a.work / d.name
         if work.exists():
             shutil.rmtree(work)
@@ -272,41 +304,47 @@ def plan(a: argparse.Namespace) -> int:
                 w.add_frame(np.asarray(new_ds.get_image(i)), new_ds.intrinsics[i], new_ds.c2w[i],
                             extra={"scene_version": k}, labels=new_ds.get_labels(i), depth_m=new_ds.get_depth(i))
             ds = load_dataset(data, eval_every=0)
-            kw = dict(refresh_kw)
-            through = bool(kw.pop("through", False))
-            if through:  # through the edits: the field keeps the first scene, each frame sees its own edits
-                for key in ("old_frames", "bake", "teacher", "clear_points"):
-                    kw.pop(key, None)
-                edit_counts[k] = len(edited.edits) if edited is not None else -1
-                versions = rf_mod.scene_versions(ds)
-                kw.update(live_edits=edited.edits if edited is not None else (),
-                          frame_edits=[edit_counts.get(v, -1) for v in versions])
-            elif edits_so_far:  # every edit since the first capture: its frames contradict each of them
-                old, new, _ = rf_mod.edit_places(edits_so_far)
-                kw.update(changed_old=old, changed_new=new)
-                if edited is not None and kw.pop("bake", False):
-                    kw.update(teacher=edited, bake_points=rf_mod.bake_points(edited.edits))
-                if edited is not None and kw.get("old_frames") == "teach":
-                    kw["teacher"] = edited
-            kw.pop("bake", None)
-            if not through and "teacher" not in kw and kw.get("old_frames") == "teach":  # a refused edit: masks
-                kw["old_frames"] = "mask"
-            sync()
-            t0 = time.perf_counter()
-            rf = rf_mod.refresh_field(ckpt, ds, range(first, len(ds)),
-                                      rf_mod.changed_points(edits_so_far) if edits_so_far and not through else None,
-                                      a.refresh_steps, features=ex, device=device, out_path=work / f"refresh{k}.ckpt",
-                                      **kw)
-            sync()
-            row["refresh_s"] = time.perf_counter() - t0
+            edit_counts[k] = len(edited.edits) if edited is not None else -1  # what the new frames saw
+
+            def refresh_with(opts: dict, out_path: Path, ds=ds, first=first, edited=edited, ckpt=ckpt, ex=ex,
+                             edits_so_far=edits_so_far, edit_counts=edit_counts):
+                kw = dict(opts)
+                if kw.pop("through", False):  # the field keeps the first scene, each frame sees its own edits
+                    for key in ("old_frames", "bake", "teacher", "clear_points"):
+                        kw.pop(key, None)
+                    versions = rf_mod.scene_versions(ds)
+                    kw.update(live_edits=edited.edits if edited is not None else (),
+                              frame_edits=[edit_counts.get(v, -1) for v in versions])
+                    changed = None
+                else:
+                    if edits_so_far:  # every edit since the first capture: its frames contradict each of them
+                        old, new, _ = rf_mod.edit_places(edits_so_far)
+                        kw.update(changed_old=old, changed_new=new)
+                        if edited is not None and kw.pop("bake", False):
+                            kw.update(teacher=edited, bake_points=rf_mod.bake_points(edited.edits))
+                        if edited is not None and kw.get("old_frames") == "teach":
+                            kw["teacher"] = edited
+                    kw.pop("bake", None)
+                    if "teacher" not in kw and kw.get("old_frames") == "teach":  # a refused edit: masks
+                        kw["old_frames"] = "mask"
+                    changed = rf_mod.changed_points(edits_so_far) if edits_so_far else None
+                sync()
+                t0 = time.perf_counter()
+                rf = rf_mod.refresh_field(ckpt, ds, range(first, len(ds)), changed, a.refresh_steps, features=ex,
+                                          device=device, out_path=out_path, **kw)
+                sync()
+                return rf, time.perf_counter() - t0
+
+            rf, row["refresh_s"] = refresh_with(refresh_kw, work / f"refresh{k}.ckpt")
             row["refresh"] = {"frames_new": rf.frames_new, "frames_old_kept": rf.frames_old_kept,
                               "frames_old_dropped": rf.frames_old_dropped, "frames_old_masked": rf.frames_old_masked,
                               "train_s": rf.train_s, "steps": a.refresh_steps, "options": refresh_kw}
             held = load_dataset(d / f"move-{k}" / "heldout", eval_every=0)
+            parts = held_parts(held, target_ids, mv)
             if edited is not None:  # the edit itself on the same views: what the refresh starts from
-                row["edit_psnr"] = psnr(edited, held)
+                row["edit_psnr"] = psnr(edited, held, parts, row.setdefault("edit_parts", {}))
             field_r = load_trained_field(rf.checkpoint, device)
-            row["refresh_psnr"] = psnr(field_r, held)
+            row["refresh_psnr"] = psnr(field_r, held, parts, row.setdefault("refresh_parts", {}))
             s_ref = session_on(field_r, ex)
             row["after_refresh"] = ask(s_ref, target, mv["old_box"])
             row["unmoved_after_refresh"] = [ask(s_ref, t) for t in others]
@@ -314,13 +352,24 @@ def plan(a: argparse.Namespace) -> int:
                 full_ex = create_extractor({"extractor": "labels", "labels": {"dataset": str(d / f"move-{k}/full")}})
                 rfull, t_full = train(d / f"move-{k}" / "full", work / f"full{k}", full_ex)
                 row["full_s"], row["full_train_s"] = t_full, rfull.train_s
-                row["full_psnr"] = psnr(load_trained_field(rfull.field, device), held)
+                row["full_psnr"] = psnr(load_trained_field(rfull.field, device), held, parts,
+                                        row.setdefault("full_parts", {}))
+                row["variants"] = []
+                for j, opts in enumerate(variants):  # side by side, from the same field; the sequence goes on
+                    rv, t_v = refresh_with(opts, work / f"refresh{k}_v{j}.ckpt")  # with the main refresh
+                    v = {"options": opts, "refresh_s": t_v, "parts": {}}
+                    v["psnr"] = psnr(load_trained_field(rv.checkpoint, device), held, parts, v["parts"])
+                    row["variants"].append(v)
+                    print(f"  move {k} variant {opts}: PSNR {v['psnr']:.2f} in {t_v:.1f} s, error parts x1e4 "
+                          f"{v['parts']}", flush=True)
             ae, ar = row.get("after_edit", {}), row["after_refresh"]
             print(f"  move {k}: edit {row.get('edit_s', float('nan')):.3f} s found={ae.get('found')} (old place "
                   f"{ae.get('old_place_found')}); refresh {row['refresh_s']:.1f} s found={ar['found']} (old place "
                   f"{ar['old_place_found']}), PSNR {row['refresh_psnr']:.2f} dB"
                   + (f" vs full retrain {row['full_psnr']:.2f} dB in {row['full_s']:.1f} s" if "full_psnr" in row
-                     else ""), flush=True)
+                     else "")
+                  + "".join(f"; {n} error x1e4 {row[n + '_parts']}" for n in ("edit", "refresh", "full")
+                            if row.get(n + "_parts")), flush=True)
             scene_out["moves"].append(row)
             session, ckpt = s_ref, rf.checkpoint  # edits_so_far stays: the first capture still shows every old place
         out["scenes"][d.name] = scene_out
@@ -477,6 +526,8 @@ def main(argv: list[str] | None = None) -> int:
                              "defaults")
         pl.add_argument("--refresh-options", default="{}", help="JSON keyword arguments of refresh_field (and "
                         "\"bake\": true: the edited field teaches the changed places)")
+        pl.add_argument("--variants", default="[]", help="JSON list of other refresh options, each refreshed from "
+                        "the same field beside the main refresh on the moves with a full retrain (PSNR only)")
         pl.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
         pl.add_argument("--limit", type=int, default=0, help="only the first N scenes (0 = all)")
         pl.add_argument("--shard", default="", help="I/N: every N-th scene from the I-th (one GPU call each)")
