@@ -273,9 +273,11 @@ def edit_field(session: Any, req: EditRequest, config: EditConfig | None = None)
         label = " ".join(req.text.split())
     pc = session.planner_config
     ws = (pc.workspace_min_m, pc.workspace_max_m) if c.check_workspace else None
+    T = None if req.removed else np.asarray(req.T_world_new_old, np.float64)
+    new = cur.with_edit(SceneEdit(region, T, label), ws)  # a move off the workspace is refused before the floor work
     fill = floor_fill(session, cur, region, c) if c.fill_floor and isinstance(region, VoxelRegion) else None
-    edit = SceneEdit(region, None if req.removed else np.asarray(req.T_world_new_old, np.float64), label, fill)
-    new = cur.with_edit(edit, ws)
+    if fill is not None:
+        new = cur.with_edit(SceneEdit(region, T, label, fill), ws)
     return EditOutcome(new, f"edit {len(new.edits)}: {new.edits[-1].describe()}", time.perf_counter() - t0, region)
 
 
