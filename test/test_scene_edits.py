@@ -329,3 +329,44 @@ def test_a_region_grows_into_missed_parts_and_leaves_out_only_a_neighbour_reachi
     assert out.contains(t(body)).sum() >= 0.95 * len(body)
     plain = exclude_neighbours(wide, probe, 0.5, False, 0.0)  # every low-matching voxel goes: the band too
     assert not plain.contains(band).any() and not plain.contains(nb_in).any()
+
+
+def test_a_touching_neighbour_leaves_with_its_blurred_skin_and_its_half_of_the_gap():
+    """Features blur across a contact: a box's voxels next to a can score between the two. The region of the can
+    (dilated 2 cm into the box) loses the box, its blurred skin (followed one voxel in, up to halfway between the
+    two scores) and the empty voxels of the gap nearer the box; the can itself stays whole. Two stray low voxels
+    outside do not count as a neighbour."""
+    from f3rm_ros.core.edits import exclude_neighbours
+
+    def probe_for(gap):
+        def probe(x):
+            can = (np.linalg.norm(x[:, :2], axis=1) <= 0.03) & (x[:, 2] >= 0.0) & (x[:, 2] <= 0.10)
+            box = (x[:, 0] >= 0.03 + gap) & (x[:, 0] <= 0.12) & (np.abs(x[:, 1]) <= 0.05) & (x[:, 2] >= 0.0) & \
+                (x[:, 2] <= 0.08)
+            score = np.where(can, 1.0, np.where(box, np.where(x[:, 0] < 0.03 + gap + 0.01, 0.52, 0.1), -1.0))
+            return can | box, score
+        return probe
+
+    t = lambda p: torch.as_tensor(np.asarray(p, np.float64).reshape(-1, 3), dtype=torch.float32)  # noqa: E731
+    rng = np.random.default_rng(1)
+    r, a = 0.03 * np.sqrt(rng.random(3000)), rng.random(3000) * 2 * np.pi
+    body = np.c_[r * np.cos(a), r * np.sin(a), rng.uniform(0.012, 0.1, 3000)]
+    for gap in (0.0, 0.012):
+        wide = VoxelRegion.from_points(body, 0.01, 0.02, 0.0)
+        box_pts = np.c_[rng.uniform(0.03 + gap, 0.12, 4000), rng.uniform(-0.05, 0.05, 4000),
+                        rng.uniform(0.015, 0.08, 4000)]
+        assert wide.contains(t(box_pts)).sum() > 100
+        out = exclude_neighbours(wide, probe_for(gap), 0.5, True, 0.0)
+        assert out.contains(t(body)).float().mean() >= 0.97, gap
+        # of the box, at most what shares a voxel with the can's skin
+        deep = box_pts[:, 0] > 0.03 + gap + 0.01
+        assert not out.contains(t(box_pts[deep])).any(), gap
+    # the same can alone but for a stray pair of voxels just outside: nothing is left out
+    wide = VoxelRegion.from_points(body, 0.01, 0.02, 0.0)
+
+    def stray(x):
+        can = (np.linalg.norm(x[:, :2], axis=1) <= 0.03) & (x[:, 2] >= 0.0) & (x[:, 2] <= 0.10)
+        pair = (np.abs(x[:, 0] - 0.065) < 0.006) & (np.abs(x[:, 1]) < 0.011) & (np.abs(x[:, 2] - 0.05) < 0.006)
+        return can | pair, np.where(can, np.where(x[:, 0] > 0.02, 0.55, 1.0), np.where(pair, 0.45, -1.0))
+    kept = exclude_neighbours(wide, stray, 0.5, True, 0.0)
+    assert kept.contains(t(body)).all()

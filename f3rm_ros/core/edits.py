@@ -310,7 +310,14 @@ def exclude_neighbours(region: VoxelRegion, probe: Probe, max_score: float, join
     ``max_score`` (something else), with ``joined`` only those joined, through such voxels over ``floor_z`` + a voxel,
     to such voxels just outside the region: a neighbour reaching in goes on outside, the thing's own lid or base of
     another colour does not (below that height, where the support joins everything, every such voxel is left out).
-    ``region`` itself when nothing, or everything, would be left out."""
+    With ``joined``, where the two touch (a neighbour of at least 4 voxels outside the region), their features blur
+    into each other over a voxel or so: the voxels touching the neighbour are its own up to halfway between its score
+    and the thing's (the medians of its voxels outside the region and of the thing's at or above ``max_score``), if
+    that is higher; and the empty voxels of the gap between them are split: those nearer the neighbour's occupied
+    voxels than the thing's are left out too (a voxel is probed at its centre, so one whose centre lies in the gap can
+    still hold the neighbour's skin; 10 mm voxels of a selection dilated towards a box touching a can took 6 mm of the
+    box's face along with the can, 2.5 mm with both). ``region`` itself when nothing, or everything,
+    would be left out."""
     from scipy import ndimage  # noqa: PLC0415
 
     g = 2 if joined else 0
@@ -322,9 +329,27 @@ def exclude_neighbours(region: VoxelRegion, probe: Probe, max_score: float, join
     other = low & occ
     if g:
         slab = _below(occ.shape, lo, region.voxel, None if floor_z is None else floor_z + region.voxel)
-        lab, _ = ndimage.label(low & ~slab, structure=np.ones((3, 3, 3), bool))
-        out = np.unique(lab[low & ~occ & ~slab])
-        other &= np.isin(lab, out[out > 0]) | slab
+
+        def reaching_in(low: np.ndarray) -> np.ndarray:  # low voxels joined to low voxels outside the region
+            lab, _ = ndimage.label(low & ~slab, structure=np.ones((3, 3, 3), bool))
+            out = np.unique(lab[low & ~occ & ~slab])
+            return np.isin(lab, out[out > 0])
+
+        neighbour = reaching_in(low)
+        mine = occ & occupied & ~low
+        if int((neighbour & ~occ).sum()) >= 4 and mine.any():  # a thing beside (not a stray voxel or two)
+            # features blur across a contact: the neighbour is followed one voxel further in, up to halfway
+            # between its score and the thing's
+            cut = 0.5 * (float(np.median(score[mine])) + float(np.median(score[neighbour & ~occ])))
+            if cut > max_score:
+                touch = ndimage.binary_dilation(neighbour, np.ones((3, 3, 3), bool))
+                neighbour = reaching_in(occupied & ((score < max_score) | (touch & (score < cut))))
+        other = (occ & neighbour) | (low & occ & slab)
+        own = occ & occupied & ~other
+        if neighbour.any() and own.any():  # the gap: each empty voxel goes with the nearer occupied side
+            gap = occ & ~occupied
+            nearer = ndimage.distance_transform_edt(~neighbour) < ndimage.distance_transform_edt(~own)
+            other |= gap & nearer
     if not other.any() or not (occ & ~other).any():
         return region
     return VoxelRegion(lo, region.voxel, occ & ~other)
