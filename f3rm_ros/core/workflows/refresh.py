@@ -356,8 +356,7 @@ def refresh_field(checkpoint: str | Path, dataset: Any, new_frames: Sequence[int
                   clear_mult: float = 1.0, depth_margin_m: float = 0.01, teacher: Any = None,
                   bake_points: np.ndarray | None = None, bake_mult: float = 1.0, new_repeat: int = 1,
                   lr_scale: float = 0.1, live_edits: Sequence[Any] = (),
-                  frame_edits: Sequence[int] | None = None, near_m: float = 0.0,
-                  mask_moved: bool = False) -> RefreshResult:
+                  frame_edits: Sequence[int] | None = None, near_m: float = 0.0) -> RefreshResult:
     """Fine-tune ``checkpoint`` on ``dataset``'s ``new_frames`` plus its other frames, for ``num_steps`` steps. An old
     frame that sees ``changed`` (points [M, 3] sampled every ``spacing`` m, e.g. :func:`changed_points` of the edits;
     None trusts every old frame) is, with ``old_frames`` "mask", kept with the pixels the changed places project onto
@@ -386,9 +385,7 @@ def refresh_field(checkpoint: str | Path, dataset: Any, new_frames: Sequence[int
     the clear / bake terms do not apply then. ``near_m`` > 0: an old frame with a depth image leaves out the pixels
     whose surface lies within ``near_m`` of the old or new place of an edit it did not see, other than the moved thing
     itself at its old place (:func:`near_changed_pixels`): the shadows and contact around both places changed, and
-    only the newer frames show them as they are now. ``mask_moved``: such a frame leaves out the moved thing too (its
-    shading turned with it under the room's light; the newer frames alone say how it looks now, and what none of
-    them sees keeps the colour the field had).
+    only the newer frames show them as they are now.
 
     Args:
         features: the feature source as in ``TrainSceneRequest.features`` (the field's own extractor, e.g. a label
@@ -435,8 +432,7 @@ def refresh_field(checkpoint: str | Path, dataset: Any, new_frames: Sequence[int
             if fe[i] < 0:
                 continue
             unseen = list(live_edits)[int(fe[i]):]
-            depth = dataset.get_depth(i) if (near_m > 0 or mask_moved) and unseen and \
-                getattr(dataset, "has_depth", False) else None
+            depth = dataset.get_depth(i) if near_m > 0 and unseen and getattr(dataset, "has_depth", False) else None
             if depth is not None:
                 places = changed_points(unseen, 0.01)
                 moved = [e.region for e in unseen if not e.removed]
@@ -446,9 +442,7 @@ def refresh_field(checkpoint: str | Path, dataset: Any, new_frames: Sequence[int
                     return np.logical_or.reduce([r.contains(xt).numpy() for r in regions]) if regions else \
                         np.zeros(len(x), bool)
 
-                # the places are sampled every 1 cm: a surface within that of them is on them (the moved thing)
-                m = ~near_changed_pixels(dataset.c2w[i], dataset.intrinsics[i], depth, places,
-                                         max(near_m, 0.01) if mask_moved else near_m, None if mask_moved else keep)
+                m = ~near_changed_pixels(dataset.c2w[i], dataset.intrinsics[i], depth, places, near_m, keep)
                 own = dataset.get_mask(i) if hasattr(dataset, "get_mask") else None
                 m = m if own is None else m & own
                 if m.mean() < min_kept_fraction:
