@@ -354,7 +354,7 @@ def refresh_field(checkpoint: str | Path, dataset: Any, new_frames: Sequence[int
                   min_kept_fraction: float = 0.2, spacing: float = 0.01, changed_old: np.ndarray | None = None,
                   changed_new: np.ndarray | None = None, clear_points: np.ndarray | None = None,
                   clear_mult: float = 1.0, depth_margin_m: float = 0.01, teacher: Any = None,
-                  bake_points: np.ndarray | None = None, bake_mult: float = 1.0, new_repeat: int = 1,
+                  bake_points: np.ndarray | None = None, bake_mult: float = 1.0, new_repeat: int = 4,
                   lr_scale: float = 0.1, live_edits: Sequence[Any] = (),
                   frame_edits: Sequence[int] | None = None, near_m: float = 0.0) -> RefreshResult:
     """Fine-tune ``checkpoint`` on ``dataset``'s ``new_frames`` plus its other frames, for ``num_steps`` steps. An old
@@ -368,8 +368,9 @@ def refresh_field(checkpoint: str | Path, dataset: Any, new_frames: Sequence[int
     views do not look. ``teacher`` (e.g. the query node's :class:`~f3rm_ros.core.edits.EditedField`) bakes the edit:
     at ``bake_points`` (world: the changed places above the table) the refreshed field's opacity is pulled towards the
     teacher's (``bake_mult``), so the moved thing keeps the shape all the old views gave it, where the few new views
-    see only some of its sides. ``new_repeat`` > 1 lists each new frame that many times, so the ray batches draw
-    from the few new views as often as from that many old ones (the changed places are seen by the new views alone).
+    see only some of its sides. ``new_repeat`` (4: what the scene-edit bench measures) lists each new frame that many
+    times, so the ray batches draw from the few new views as often as from that many old ones (the changed places are
+    seen by the new views alone).
     ``lr_scale`` scales the checkpoint's learning rates (``lr``, ``lr_final``; unless ``overrides`` sets ``lr``): the
     optimiser starts afresh, and Adam's first steps move every touched parameter by about the learning rate whatever
     its gradient, which at a from-scratch rate shakes the whole converged field (on the H100 bench, 400 steps at the
