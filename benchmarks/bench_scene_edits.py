@@ -33,11 +33,17 @@ against a full retrain in the same run; in three halves, as bench_grasp_generali
     # on the GPU machine (torch only; 20 trainings of 2000 steps, 30 refreshes and the queries: ~8 min on an H100;
     # --shard 0/2 then --shard 1/2 splits it in two calls; .gpudata/run_se.sh runs it from a git archive of HEAD):
     python benchmarks/bench_scene_edits.py plan --data-root .gpudata/edits10 --device cuda --steps 2000 \\
-        --refresh-steps 400 --refresh-options '{"new_repeat": 4, "old_frames": "teach", "bake": true}' \\
-        --rays 4096 --planner reference --out $OUT/scene_edits_gpu_0.json
+        --refresh-steps 800 --refresh-options '{"new_repeat": 4, "through": true}' \\
+        --variants '[{"through": true, "near_m": 0.0}]' --rays 4096 --planner reference \\
+        --out $OUT/scene_edits_gpu_0.json
     # back here (the shards are merged):
     python benchmarks/bench_scene_edits.py judge benchmarks/results/scene_edits_gpu_0.json \\
         benchmarks/results/scene_edits_gpu_1.json --data-root .gpudata/edits10
+
+Held-out PSNR comes with its error split (``*_parts``, x 1e-4 of the mean squared error: the moved thing's pixels,
+the surfaces within ``NEAR_M`` of the table under its old or new place, the rest), for the edit, the refresh and the
+full retrain. ``--variants`` (a JSON list of refresh options) refreshes the same field again per variant beside the
+main refresh on the moves with a full retrain (PSNR and split only; the sequence goes on from the main refresh).
 
 ``--refresh-options`` takes refresh_field's keyword arguments as JSON (``new_repeat``, ``clear_mult``, ...; with
 ``"through": true`` the refresh goes through the edits, as the train node's does with edits: the field keeps its
