@@ -316,8 +316,8 @@ def exclude_neighbours(region: VoxelRegion, probe: Probe, max_score: float, join
     that is higher; and the empty voxels of the gap between them are split: those nearer the neighbour's occupied
     voxels than the thing's are left out too (a voxel is probed at its centre, so one whose centre lies in the gap can
     still hold the neighbour's skin; 10 mm voxels of a selection dilated towards a box touching a can took 6 mm of the
-    box's face along with the can, 2.5 mm with both). ``region`` itself when nothing, or everything,
-    would be left out."""
+    box's face along with the can, 2.5 mm with both). ``region`` itself when nothing, or everything, would be left
+    out."""
     from scipy import ndimage  # noqa: PLC0415
 
     g = 2 if joined else 0
