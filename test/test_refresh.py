@@ -125,8 +125,9 @@ def test_refresh_fine_tunes_in_the_field_frame_and_drops_frames_that_see_the_cha
     f = load_trained_field(res.checkpoint)
     assert f.feature_dim == load_trained_field(ck).feature_dim
     # stop at once: a checkpoint of step 0 is still written
-    r0 = refresh_field(ck, ds, range(8, 12), None, 4, features=ex, should_stop=lambda: True)
+    r0 = refresh_field(ck, ds, range(8, 12), None, 4, features=ex, should_stop=lambda: True, keep_trainer=True)
     assert r0.stopped and r0.frames_old_dropped == 0
+    assert len(r0.trainer.train_indices) == 4 * 4 + 8  # by default each new frame is drawn as often as 4 old ones
 
 
 def test_changed_mask_covers_the_projection():
