@@ -448,3 +448,51 @@ def test_near_changed_pixels_are_the_surfaces_around_a_changed_place():
     assert np.array_equal(spared, want & ~(world[..., 0] > 0.1)) and spared.sum() < m.sum()
     assert not near_changed_pixels(c2w, Kd, depth, place, 0.0).any()
     assert not near_changed_pixels(c2w, Kd, depth, np.zeros((0, 3)), 0.05).any()
+
+
+def test_near_changed_places_leave_out_the_colour_or_the_whole_ray(tiny, tmp_path):
+    """``near_m`` through the edits: an old frame's pixels around the changed places keep training depth and features
+    with ``near_mode`` "rgb" (every pixel sampleable, their colour weighs 0), and leave the batches with "ray"; the new
+    frames are whole either way; another mode is refused."""
+    import torch
+
+    from f3rm_ros.core.edits import BoxRegion, SceneEdit
+    from f3rm_ros.core.features import create_extractor
+    from f3rm_ros.core.workflows.refresh import refresh_field
+
+    torch.set_num_threads(1)
+    ck, data, T = tiny
+    from f3rm_ros.core.sim.moves import move_object
+    from f3rm_ros.core.sim.render import Renderer
+    from f3rm_ros.core.sim.scene import resolve_scene
+
+    base = load_dataset(data, eval_every=0)
+    scene = resolve_scene("mug_bowl_box")
+    worlds = [Renderer(scene)] * 8 + [Renderer(move_object(scene, "bowl", T))] * 4
+    # the fixture's frames with the simulator's depth of the scene each one saw
+    class WithDepth:
+        has_depth = True
+
+        def __len__(self):
+            return len(base)
+
+        def __getattr__(self, name):
+            return getattr(base, name)
+
+        def get_depth(self, i):
+            return worlds[i].render(base.intrinsics[i], base.c2w[i]).depth
+
+    ds = WithDepth()
+    ex = create_extractor({"extractor": "labels", "labels": {"dataset": str(data), "patch_size": 4}})
+    edit = SceneEdit(BoxRegion.from_bounds((0.06, -0.16, 0.0), (0.22, 0.0, 0.08)), T, "bowl")
+    kw = dict(features=ex, live_edits=[edit], frame_edits=[0] * 8 + [1] * 4, new_repeat=1, keep_trainer=True,
+              near_m=0.08)
+    rgb = refresh_field(ck, ds, range(8, 12), None, 1, near_mode="rgb", **kw).trainer.batcher
+    ray = refresh_field(ck, ds, range(8, 12), None, 1, near_mode="ray", **kw).trainer.batcher
+    pixels = rgb.pixels.shape[0]
+    assert rgb.valid is None and rgb.num_pixels == pixels
+    new_px = int(rgb.starts[4])  # the 4 new frames come first
+    assert torch.all(rgb.rgb_weight[:new_px] == 1) and 0 < int((rgb.rgb_weight == 0).sum()) < pixels - new_px
+    assert ray.rgb_weight is None and ray.num_pixels == pixels - int((rgb.rgb_weight == 0).sum())
+    with pytest.raises(ValueError, match="near_mode"):
+        refresh_field(ck, ds, range(8, 12), None, 1, features=ex, live_edits=[edit], near_m=0.08, near_mode="pixel")

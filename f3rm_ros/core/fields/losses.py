@@ -30,9 +30,15 @@ class LossConfig:
                                   range=(0.0, 10.0))
 
 
-def rgb_mse(pred: Tensor, target: Tensor) -> Tensor:
-    """Mean squared error over rays and channels; ``pred, target  # [R, 3]``."""
-    return torch.mean((pred.float() - target.float()) ** 2)
+def rgb_mse(pred: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
+    """Mean squared error over rays and channels; ``pred, target  # [R, 3]``. ``weight`` [R] (e.g. 0 for a pixel
+    whose colour is not to be trusted, 1 otherwise) weights each ray: the mean over the weighted rays (0 when every
+    weight is 0)."""
+    err = (pred.float() - target.float()) ** 2
+    if weight is None:
+        return torch.mean(err)
+    w = weight.float()
+    return (err.mean(-1) * w).sum() / w.sum().clamp(min=1e-6)
 
 
 def feature_mse(pred: Tensor, target: Tensor) -> Tensor:

@@ -72,6 +72,15 @@ class RayBatcher:
                 parts.append(full if m is None else full[torch.as_tensor(m).reshape(-1)])
             self.valid = torch.cat(parts).to(dev)
         self.num_pixels = int(self.valid.numel() if self.valid is not None else self.pixels.shape[0])
+        # per-pixel colour trust ([P] float, 1 = trusted, 0 = its colour is left out while its depth and features stay;
+        # the dataset's ``get_rgb_mask``, True = trusted), None = every colour
+        self.rgb_weight: Tensor | None = None
+        rgb_masks = [dataset.get_rgb_mask(int(i)) if hasattr(dataset, "get_rgb_mask") else None
+                     for i in train_indices]
+        if any(m is not None for m in rgb_masks):
+            self.rgb_weight = torch.cat([torch.ones(int(counts[k])) if m is None else
+                                         torch.as_tensor(np.asarray(m, bool).reshape(-1)).float()
+                                         for k, m in enumerate(rgb_masks)]).to(dev)
         self.K_train = intrinsics_tensor([intrinsics[int(i)] for i in train_indices], device=dev)
         self.c2w_train = torch.as_tensor(c2w_nerf[train_indices], dtype=torch.float32, device=dev)
         self.frame_of_train = torch.as_tensor(train_indices, device=dev)
@@ -154,20 +163,24 @@ class RayBatcher:
         by_error = torch.searchsorted(cdf, u).clamp_(max=self.num_pixels - 1)
         return torch.cat([uniform, by_error])
 
-    def record_pixel_error(self, sample: Tensor, pred_rgb: Tensor, target_rgb: Tensor) -> None:
-        """Write each drawn pixel's squared RGB error (mean over channels) into the error map (if any); a pixel
+    def record_pixel_error(self, sample: Tensor, pred_rgb: Tensor, target_rgb: Tensor,
+                           rgb_weight: Tensor | None = None) -> None:
+        """Write each drawn pixel's squared RGB error (mean over channels, times ``rgb_weight`` [B] when given: a
+        pixel whose colour is left out is not drawn for its colour) into the error map (if any); a pixel
         drawn twice in one batch keeps the larger error (a max does not depend on the order the writes land in,
         so the map, and every later draw, is deterministic; a plain indexed write of duplicates is not)."""
         if self.pixel_error is None:
             return
         with torch.no_grad():
             err = (pred_rgb.detach().float() - target_rgb.float()).square().mean(-1)
+            if rgb_weight is not None:
+                err = err * rgb_weight.float()
             self.pixel_error.scatter_reduce_(0, sample, err, reduce="amax", include_self=False)
 
     def sample(self) -> dict[str, Tensor]:
         """A random ray batch: origins/directions (field frame), rgb targets, camera and pixel indices
         (``sample``: the index into the sampleable pixels, for the error map), and when present
-        ``depth``/``depth_valid`` and ``features`` targets."""
+        ``rgb_weight`` (the colour's trust), ``depth``/``depth_valid`` and ``features`` targets."""
         sample = self.draw_pixels()
         flat = sample
         if self.valid is not None:
@@ -183,6 +196,8 @@ class RayBatcher:
             o, d = generate_rays(self.K_train[cam], self.c2w_train[cam], pix)
         batch = {"origins": o, "directions": d, "rgb": self.pixels[flat].float() / 255.0, "camera_idx": cam,
                  "sample": sample}
+        if self.rgb_weight is not None:
+            batch["rgb_weight"] = self.rgb_weight[flat]
         if self.depth_t is not None:
             batch["depth"], batch["depth_valid"] = self.depth_t[flat], self.depth_valid[flat]
         if self.feature_maps is not None:

@@ -213,7 +213,7 @@ class Trainer:
             out = self.model.render_rays(batch["origins"], batch["directions"], batch["camera_idx"], training=True,
                                          step=self.step, update_proposals=update, generator=self.generator,
                                          warp=self.ray_warp)
-        losses = {"rgb": rgb_mse(out["rgb"], batch["rgb"]),
+        losses = {"rgb": rgb_mse(out["rgb"], batch["rgb"], batch.get("rgb_weight")),
                   "interlevel": cfg.losses.interlevel_mult * interlevel_loss(out["s_edges"], out["weights"],
                                                                               out["proposals"]),
                   "distortion": cfg.losses.distortion_mult * distortion_loss(out["s_edges"], out["weights"])}
@@ -225,7 +225,7 @@ class Trainer:
                 cfg.losses.depth_margin_m * self.field_units_per_metre)
         for name, fn in self.extra_losses.items():
             losses[name] = fn()
-        self.batcher.record_pixel_error(batch["sample"], out["rgb"], batch["rgb"])
+        self.batcher.record_pixel_error(batch["sample"], out["rgb"], batch["rgb"], batch.get("rgb_weight"))
         total = sum(losses.values())
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
