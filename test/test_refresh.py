@@ -453,7 +453,8 @@ def test_near_changed_pixels_are_the_surfaces_around_a_changed_place():
 def test_near_changed_places_leave_out_the_colour_or_the_whole_ray(tiny, tmp_path):
     """``near_m`` through the edits: an old frame's pixels around the changed places keep training depth and features
     with ``near_mode`` "rgb" (every pixel sampleable, their colour weighs 0), and leave the batches with "ray"; the new
-    frames are whole either way; another mode is refused."""
+    frames are whole either way; ``near_moved`` leaves out the moved thing's own colour too; another mode is
+    refused."""
     import torch
 
     from f3rm_ros.core.edits import BoxRegion, SceneEdit
@@ -494,5 +495,9 @@ def test_near_changed_places_leave_out_the_colour_or_the_whole_ray(tiny, tmp_pat
     new_px = int(rgb.starts[4])  # the 4 new frames come first
     assert torch.all(rgb.rgb_weight[:new_px] == 1) and 0 < int((rgb.rgb_weight == 0).sum()) < pixels - new_px
     assert ray.rgb_weight is None and ray.num_pixels == pixels - int((rgb.rgb_weight == 0).sum())
+    # near_moved: the bowl's own colour at its old place is left out too (it was spared above)
+    moved = refresh_field(ck, ds, range(8, 12), None, 1, near_mode="rgb", near_moved=True, **kw).trainer.batcher
+    assert torch.all(moved.rgb_weight[rgb.rgb_weight == 0] == 0)
+    assert int((moved.rgb_weight == 0).sum()) > int((rgb.rgb_weight == 0).sum())
     with pytest.raises(ValueError, match="near_mode"):
         refresh_field(ck, ds, range(8, 12), None, 1, features=ex, live_edits=[edit], near_m=0.08, near_mode="pixel")

@@ -363,7 +363,7 @@ def refresh_field(checkpoint: str | Path, dataset: Any, new_frames: Sequence[int
                   bake_points: np.ndarray | None = None, bake_mult: float = 1.0, new_repeat: int = 4,
                   lr_scale: float = 0.1, live_edits: Sequence[Any] = (),
                   frame_edits: Sequence[int] | None = None, near_m: float = 0.0,
-                  near_mode: str = "rgb") -> RefreshResult:
+                  near_mode: str = "rgb", near_moved: bool = False) -> RefreshResult:
     """Fine-tune ``checkpoint`` on ``dataset``'s ``new_frames`` plus its other frames, for ``num_steps`` steps. An old
     frame that sees ``changed`` (points [M, 3] sampled every ``spacing`` m, e.g. :func:`changed_points` of the edits;
     None trusts every old frame) is, with ``old_frames`` "mask", kept with the pixels the changed places project onto
@@ -392,15 +392,17 @@ def refresh_field(checkpoint: str | Path, dataset: Any, new_frames: Sequence[int
     version's count), and ``load_trained_field`` serves it through them. ``changed``, ``old_frames``, the teacher and
     the clear / bake terms do not apply then. ``near_m`` > 0 (e.g. 0.08: a 15 cm thing's shadow reaches ~6 cm): an old
     frame with a depth image leaves out the pixels whose surface lies within ``near_m`` of the old or new place of an
-    edit it did not see, other than the moved thing itself at its old place (:func:`near_changed_pixels`): the
-    shadows and contact around both places changed, and only the newer frames show them as they are now (and the
-    side of the moved thing that touched a neighbour, which no old frame saw, is trained at its new place by the new
-    frames alone). ``near_mode`` "rgb" leaves out only those pixels' colour (their depth and features still train
-    the field: the shapes and meanings there did not change, their light did), "ray" the whole ray (as the figures
-    below were measured). Side by side on 1500-step 2-core CPU fields of two generated scenes (``bench_scene_edits.py
-    --variants``), 0.08 against 0: held-out PSNR +0.50 and +0.53 dB, the error near the places 9.84 -> 5.25 and
-    4.78 -> 3.64 (x 1e-4); but on the 500-step fields of the CPU bench -0.16 and -0.48 dB, and an unmoved bottle
-    near a changed place lost its grasp after the refresh (its old views left out). Off (0) until the GPU bench says.
+    edit it did not see, other than the moved thing itself at its old place (:func:`near_changed_pixels`): the shadows
+    and contact around both places changed, and only the newer frames show them as they are now (and the side of the
+    moved thing that touched a neighbour, which no old frame saw, is trained at its new place by the new frames alone).
+    ``near_mode`` "rgb" leaves out only those pixels' colour (their depth and features still train the field: the shapes
+    and meanings there did not change, their light did), "ray" the whole ray (as the figures below were measured).
+    ``near_moved`` leaves out the moved thing itself at its old place too (its colour changed with its pose: the light
+    falls on it from another side, its neighbours' shadows moved). Side by side on 1500-step 2-core CPU fields of two
+    generated scenes (``bench_scene_edits.py --variants``), "ray" 0.08 against 0: held-out PSNR +0.50 and +0.53 dB, the
+    error near the places 9.84 -> 5.25 and 4.78 -> 3.64 (x 1e-4); but on the 500-step fields of the CPU bench -0.16 and
+    -0.48 dB, and an unmoved bottle near a changed place lost its grasp after the refresh (its old views left out). Off
+    (0) until the GPU bench says.
 
     Args:
         features: the feature source as in ``TrainSceneRequest.features`` (the field's own extractor, e.g. a label
@@ -459,7 +461,8 @@ def refresh_field(checkpoint: str | Path, dataset: Any, new_frames: Sequence[int
                     return np.logical_or.reduce([r.contains(xt).numpy() for r in regions]) if regions else \
                         np.zeros(len(x), bool)
 
-                m = ~near_changed_pixels(dataset.c2w[i], dataset.intrinsics[i], depth, places, near_m, keep)
+                m = ~near_changed_pixels(dataset.c2w[i], dataset.intrinsics[i], depth, places, near_m,
+                                         None if near_moved else keep)
                 if near_mode == "rgb":
                     if not m.all():
                         rgb_masks[len(new) * reps + len(kept_old)] = m
