@@ -493,11 +493,11 @@ def test_near_changed_places_leave_out_the_colour_or_the_whole_ray(tiny, tmp_pat
     pixels = rgb.pixels.shape[0]
     assert rgb.valid is None and rgb.num_pixels == pixels
     new_px = int(rgb.starts[4])  # the 4 new frames come first
-    assert torch.all(rgb.rgb_weight[:new_px] == 1) and 0 < int((rgb.rgb_weight == 0).sum()) < pixels - new_px
-    assert ray.rgb_weight is None and ray.num_pixels == pixels - int((rgb.rgb_weight == 0).sum())
+    assert torch.all(rgb.rgb_trust[:new_px]) and 0 < int((~rgb.rgb_trust).sum()) < pixels - new_px
+    assert ray.rgb_trust is None and ray.num_pixels == pixels - int((~rgb.rgb_trust).sum())
     # near_moved: the bowl's own colour at its old place is left out too (it was spared above)
     moved = refresh_field(ck, ds, range(8, 12), None, 1, near_mode="rgb", near_moved=True, **kw).trainer.batcher
-    assert torch.all(moved.rgb_weight[rgb.rgb_weight == 0] == 0)
-    assert int((moved.rgb_weight == 0).sum()) > int((rgb.rgb_weight == 0).sum())
+    assert not moved.rgb_trust[~rgb.rgb_trust].any()
+    assert int((~moved.rgb_trust).sum()) > int((~rgb.rgb_trust).sum())
     with pytest.raises(ValueError, match="near_mode"):
         refresh_field(ck, ds, range(8, 12), None, 1, features=ex, live_edits=[edit], near_m=0.08, near_mode="pixel")

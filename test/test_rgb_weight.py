@@ -37,7 +37,7 @@ def test_untrusted_colour_stays_sampleable_and_weighs_nothing():
     tr = Trainer(small_config(rays_per_batch=2048, error_sampling=0.5), masked, fm, "cpu")
     b = tr.batcher
     assert b.num_pixels == plain.batcher.num_pixels and b.valid is None  # every pixel is still drawn
-    assert plain.batcher.rgb_weight is None and "rgb_weight" not in plain.sample_batch()
+    assert plain.batcher.rgb_trust is None and "rgb_weight" not in plain.sample_batch()
     batch = tr.sample_batch()
     flat = batch["sample"]
     cam = batch["camera_idx"]

@@ -72,15 +72,15 @@ class RayBatcher:
                 parts.append(full if m is None else full[torch.as_tensor(m).reshape(-1)])
             self.valid = torch.cat(parts).to(dev)
         self.num_pixels = int(self.valid.numel() if self.valid is not None else self.pixels.shape[0])
-        # per-pixel colour trust ([P] float, 1 = trusted, 0 = its colour is left out while its depth and features stay;
-        # the dataset's ``get_rgb_mask``, True = trusted), None = every colour
-        self.rgb_weight: Tensor | None = None
+        # per-pixel colour trust ([P] bool, True = trusted, False = its colour is left out while its depth and features
+        # stay; the dataset's ``get_rgb_mask``), None = every colour; batches carry it as ``rgb_weight`` (1 / 0)
+        self.rgb_trust: Tensor | None = None
         rgb_masks = [dataset.get_rgb_mask(int(i)) if hasattr(dataset, "get_rgb_mask") else None
                      for i in train_indices]
         if any(m is not None for m in rgb_masks):
-            self.rgb_weight = torch.cat([torch.ones(int(counts[k])) if m is None else
-                                         torch.as_tensor(np.asarray(m, bool).reshape(-1)).float()
-                                         for k, m in enumerate(rgb_masks)]).to(dev)
+            self.rgb_trust = torch.cat([torch.ones(int(counts[k]), dtype=torch.bool) if m is None else
+                                        torch.as_tensor(np.asarray(m, bool).reshape(-1))
+                                        for k, m in enumerate(rgb_masks)]).to(dev)
         self.K_train = intrinsics_tensor([intrinsics[int(i)] for i in train_indices], device=dev)
         self.c2w_train = torch.as_tensor(c2w_nerf[train_indices], dtype=torch.float32, device=dev)
         self.frame_of_train = torch.as_tensor(train_indices, device=dev)
@@ -196,8 +196,8 @@ class RayBatcher:
             o, d = generate_rays(self.K_train[cam], self.c2w_train[cam], pix)
         batch = {"origins": o, "directions": d, "rgb": self.pixels[flat].float() / 255.0, "camera_idx": cam,
                  "sample": sample}
-        if self.rgb_weight is not None:
-            batch["rgb_weight"] = self.rgb_weight[flat]
+        if self.rgb_trust is not None:
+            batch["rgb_weight"] = self.rgb_trust[flat].float()
         if self.depth_t is not None:
             batch["depth"], batch["depth_valid"] = self.depth_t[flat], self.depth_valid[flat]
         if self.feature_maps is not None:
