@@ -501,3 +501,33 @@ def test_near_changed_places_leave_out_the_colour_or_the_whole_ray(tiny, tmp_pat
     assert int((~moved.rgb_trust).sum()) > int((~rgb.rgb_trust).sum())
     with pytest.raises(ValueError, match="near_mode"):
         refresh_field(ck, ds, range(8, 12), None, 1, features=ex, live_edits=[edit], near_m=0.08, near_mode="pixel")
+
+
+def test_near_places_answers_as_the_plain_tree_query_over_every_pixel():
+    """NearPlaces looks only at the pixels the places' cells project onto: on random cameras, depths and places
+    (cameras looking at them and past them, places behind a camera) it marks exactly what a tree query of every
+    pixel's surface marks."""
+    from scipy.spatial import cKDTree
+
+    from f3rm_ros.core.workflows.refresh import NearPlaces
+
+    rng = np.random.default_rng(0)
+    Kd = CameraIntrinsics(fx=40.0, fy=40.0, cx=20.0, cy=15.0, width=40, height=30)
+    v, u = np.mgrid[0:30, 0:40]
+    marked = 0
+    for trial in range(12):
+        places = rng.uniform(-0.3, 0.3, (int(rng.integers(1, 200)), 3)) * [1, 1, 0.3]
+        eye = rng.uniform(-1, 1, 3) * [1, 1, 0.5] + [0, 0, 0.8]
+        if trial % 3 == 0:  # a camera among the places: some of their cells lie behind it
+            eye = rng.uniform(-0.2, 0.2, 3) * [1, 1, 0.3]
+        c2w = look_at_opencv(eye, rng.uniform(-0.4, 0.4, 3) * [1, 1, 0] + [0.5, 0, 0], up=[0.0, 0.0, 1.0])
+        depth = rng.uniform(0.2, 2.0, (30, 40)) * (rng.uniform(size=(30, 40)) > 0.1)
+        near_m = float(rng.uniform(0.01, 0.2))
+        got = NearPlaces(places, near_m).pixels(c2w, Kd, depth)
+        cam = np.stack([(u + 0.5 - 20.0) / 40.0 * depth, (v + 0.5 - 15.0) / 40.0 * depth, depth], -1)
+        world = cam @ c2w[:3, :3].T + c2w[:3, 3]
+        dist, _ = cKDTree(places).query(world.reshape(-1, 3), distance_upper_bound=near_m)
+        want = (np.isfinite(dist).reshape(30, 40)) & (depth > 0)
+        assert np.array_equal(got, want), trial
+        marked += int(want.any())
+    assert marked >= 10

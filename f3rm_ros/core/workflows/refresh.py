@@ -123,25 +123,74 @@ def near_changed_pixels(c2w: np.ndarray, K: Any, depth: np.ndarray, places: np.n
     0 = nothing) whose surface lies within ``near_m`` of ``places`` (points [M, 3], world: where things were and went
     since the frame was captured): shadows, reflections and contact there changed with the move. ``keep`` (world
     points [N, 3] -> [N] bool) spares surfaces the frame still tells the truth about (the moved thing itself, seen at
-    the old place it is read from)."""
-    from scipy.spatial import cKDTree  # noqa: PLC0415
+    the old place it is read from). Many frames against the same places: :class:`NearPlaces` once, then its
+    ``pixels``."""
+    return NearPlaces(places, near_m).pixels(c2w, K, depth, keep)
 
-    d = np.asarray(depth, np.float64)
-    out = np.zeros(d.shape, dtype=bool)
-    P = np.asarray(places, np.float64).reshape(-1, 3)
-    v, u = np.nonzero(d > 0)
-    if not len(P) or not len(v) or near_m <= 0:
+
+class NearPlaces:
+    """What lies within ``near_m`` of ``places`` (points [M, 3], world), asked of many frames (:meth:`pixels`).
+
+    Cells (at least ``near_m`` wide, at most 64 along the places' span) that hold a place, and their neighbours, hold
+    every surface within ``near_m`` of a place: a frame looks only at the pixels their boxes project onto, and of
+    those only the ones whose surface lies in such a cell ask the tree of places (most of a frame is far from any
+    changed place; the answer is the tree's, exactly)."""
+
+    def __init__(self, places: np.ndarray, near_m: float):
+        from scipy import ndimage  # noqa: PLC0415
+        from scipy.spatial import cKDTree  # noqa: PLC0415
+
+        self.P = np.asarray(places, np.float64).reshape(-1, 3)
+        self.near_m = float(near_m)
+        self.empty = not len(self.P) or not self.near_m > 0
+        if self.empty:
+            return
+        self.tree = cKDTree(self.P)
+        self.h = h = max(self.near_m, float(np.ptp(self.P, axis=0).max()) / 64)
+        self.lo = self.P.min(0) - h
+        cell = np.floor((self.P - self.lo) / h).astype(np.int64)
+        occ = np.zeros(tuple(cell.max(0) + 2), dtype=bool)
+        occ[tuple(cell.T)] = True
+        self.occ = ndimage.binary_dilation(occ, np.ones((3, 3, 3), bool))
+        self.corners = self.lo + (np.argwhere(self.occ)[:, None, :] + np.array(list(np.ndindex(2, 2, 2)))[None]) * h
+
+    def pixels(self, c2w: np.ndarray, K: Any, depth: np.ndarray,
+               keep: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
+        """As :func:`near_changed_pixels` for these places."""
+        d = np.asarray(depth, np.float64)
+        out = np.zeros(d.shape, dtype=bool)
+        if self.empty:
+            return out
+        T = np.asarray(c2w, np.float64)
+        look = d > 0
+        cc = (self.corners - T[:3, 3]) @ T[:3, :3]  # [k, 8, 3] camera frame (OpenCV)
+        if np.all(cc[..., 2] > 1e-6):  # every box in front of the camera: the bounding rectangles of their projections
+            uu = K.fx * cc[..., 0] / cc[..., 2] + K.cx
+            vv = K.fy * cc[..., 1] / cc[..., 2] + K.cy
+            H, W = d.shape
+            boxes = np.stack([np.floor(uu.min(1)), np.ceil(uu.max(1)), np.floor(vv.min(1)), np.ceil(vv.max(1))], 1)
+            boxes = np.clip(boxes, 0, [W, W, H, H]).astype(np.int64)
+            seen = np.zeros_like(look)
+            for u0, u1, v0, v1 in boxes:
+                seen[v0:v1, u0:u1] = True
+            look &= seen
+        v, u = np.nonzero(look)
+        if not len(v):
+            return out
+        z = d[v, u]
+        cam = np.stack([(u + 0.5 - K.cx) / K.fx * z, (v + 0.5 - K.cy) / K.fy * z, z], 1)
+        world = cam @ T[:3, :3].T + T[:3, 3]
+        c = np.floor((world - self.lo) / self.h).astype(np.int64)
+        cand = np.flatnonzero(np.all((c >= 0) & (c < np.array(self.occ.shape)), axis=1))
+        cand = cand[self.occ[tuple(c[cand].T)]]
+        near = np.zeros(len(world), dtype=bool)
+        if len(cand):
+            dist, _ = self.tree.query(world[cand], distance_upper_bound=self.near_m)
+            near[cand] = np.isfinite(dist)
+        if keep is not None and near.any():
+            near[near] &= ~np.asarray(keep(world[near]), dtype=bool)
+        out[v[near], u[near]] = True
         return out
-    z = d[v, u]
-    cam = np.stack([(u + 0.5 - K.cx) / K.fx * z, (v + 0.5 - K.cy) / K.fy * z, z], 1)
-    T = np.asarray(c2w, np.float64)
-    world = cam @ T[:3, :3].T + T[:3, 3]
-    dist, _ = cKDTree(P).query(world, distance_upper_bound=near_m)
-    near = np.isfinite(dist)
-    if keep is not None and near.any():
-        near[near] &= ~np.asarray(keep(world[near]), dtype=bool)
-    out[v[near], u[near]] = True
-    return out
 
 
 class _MaskedDataset:
@@ -445,7 +494,7 @@ def refresh_field(checkpoint: str | Path, dataset: Any, new_frames: Sequence[int
     if near_mode not in ("rgb", "ray"):
         raise ValueError(f"near_mode must be 'rgb' or 'ray', got {near_mode!r}")
     reps = max(1, int(new_repeat))
-    kept_old, masks, bad, rgb_masks = [], {}, {}, {}
+    kept_old, masks, bad, rgb_masks, near_places = [], {}, {}, {}, {}
     for i, s_ in zip(old, sees, strict=True):
         if through:
             if fe[i] < 0:
@@ -453,7 +502,8 @@ def refresh_field(checkpoint: str | Path, dataset: Any, new_frames: Sequence[int
             unseen = list(live_edits)[int(fe[i]):]
             depth = dataset.get_depth(i) if near_m > 0 and unseen and getattr(dataset, "has_depth", False) else None
             if depth is not None:
-                places = changed_points(unseen, 0.01)
+                if int(fe[i]) not in near_places:  # the frames of one scene version share their places
+                    near_places[int(fe[i])] = NearPlaces(changed_points(unseen, 0.01), near_m)
                 moved = [e.region for e in unseen if not e.removed]
 
                 def keep(x: np.ndarray, regions=moved) -> np.ndarray:
@@ -461,8 +511,8 @@ def refresh_field(checkpoint: str | Path, dataset: Any, new_frames: Sequence[int
                     return np.logical_or.reduce([r.contains(xt).numpy() for r in regions]) if regions else \
                         np.zeros(len(x), bool)
 
-                m = ~near_changed_pixels(dataset.c2w[i], dataset.intrinsics[i], depth, places, near_m,
-                                         None if near_moved else keep)
+                m = ~near_places[int(fe[i])].pixels(dataset.c2w[i], dataset.intrinsics[i], depth,
+                                                     None if near_moved else keep)
                 if near_mode == "rgb":
                     if not m.all():
                         rgb_masks[len(new) * reps + len(kept_old)] = m
