@@ -43,7 +43,9 @@ against a full retrain in the same run; in three halves, as bench_grasp_generali
 Held-out PSNR comes with its error split (``*_parts``, x 1e-4 of the mean squared error: the moved thing's pixels,
 the surfaces within ``NEAR_M`` of the table under its old or new place, the rest), for the edit, the refresh and the
 full retrain. ``--variants`` (a JSON list of refresh options) refreshes the same field again per variant beside the
-main refresh on the moves with a full retrain (PSNR and split only; the sequence goes on from the main refresh).
+main refresh on the moves with a full retrain (PSNR with its split, and the same queries: the judge checks their
+grasps and sums each variant up beside the main refresh on the same moves; the sequence goes on from the main
+refresh).
 
 ``--refresh-options`` takes refresh_field's keyword arguments as JSON (``new_repeat``, ``clear_mult``, ...; with
 ``"through": true`` the refresh goes through the edits, as the train node's does with edits: the field keeps its
@@ -364,10 +366,16 @@ def plan(a: argparse.Namespace) -> int:
                 for j, opts in enumerate(variants):  # side by side, from the same field; the sequence goes on
                     rv, t_v = refresh_with(opts, work / f"refresh{k}_v{j}.ckpt")  # with the main refresh
                     v = {"options": opts, "refresh_s": t_v, "parts": {}}
-                    v["psnr"] = psnr(load_trained_field(rv.checkpoint, device), held, parts, v["parts"])
+                    field_v = load_trained_field(rv.checkpoint, device)
+                    v["psnr"] = psnr(field_v, held, parts, v["parts"])
+                    s_v = session_on(field_v, ex)  # the same queries: a variant's grasps are judged as the main's
+                    v["after_refresh"] = ask(s_v, target, mv["old_box"])
+                    v["unmoved_after_refresh"] = [ask(s_v, t) for t in others]
                     row["variants"].append(v)
                     print(f"  move {k} variant {opts}: PSNR {v['psnr']:.2f} in {t_v:.1f} s, error parts x1e4 "
-                          f"{v['parts']}", flush=True)
+                          f"{v['parts']}; found={v['after_refresh']['found']} (old place "
+                          f"{v['after_refresh']['old_place_found']}), unmoved found "
+                          f"{[u['found'] for u in v['unmoved_after_refresh']]}", flush=True)
             ae, ar = row.get("after_edit", {}), row["after_refresh"]
             print(f"  move {k}: edit {row.get('edit_s', float('nan')):.3f} s found={ae.get('found')} (old place "
                   f"{ae.get('old_place_found')}); refresh {row['refresh_s']:.1f} s found={ar['found']} (old place "
@@ -423,6 +431,11 @@ def judge(a: argparse.Namespace) -> int:
                         row[key]["old_place_holds"] = (g.object if g.success else None) or "nothing"
                 for u, q in zip(row.get("unmoved_" + key, []), others, strict=False):  # none after a refused edit
                     check(checker, u, q)
+            for v in row.get("variants", []):  # each refresh variant's grasps, in the same moved scene
+                if "after_refresh" in v:
+                    check(checker, v["after_refresh"], target)
+                    for u, q in zip(v["unmoved_after_refresh"], others, strict=False):
+                        check(checker, u, q)
             row["scene"], row["before"] = name, sc["before"]
             rows.append(row)
             ae, ar = row.get("after_edit", {}), row["after_refresh"]
@@ -437,6 +450,12 @@ def judge(a: argparse.Namespace) -> int:
                     if "old_place_holds" in row.get(k, {})]
             print(line + f"; {ae.get('detail', row.get('edit_error', ''))[:70]} | {ar['detail'][:70]}"
                   + (f" | old-place grasp: {', '.join(held)}" if held else ""))
+            for v in row.get("variants", []):
+                if "after_refresh" in v:
+                    print(f"    variant {v['options']}: PSNR {v['psnr']:.2f} ({v['psnr'] - row['full_psnr']:+.2f} dB), "
+                          f"target {'pass' if v['after_refresh']['ok'] else 'FAIL'} (old place "
+                          f"{'grasp!' if v['after_refresh'].get('old_place_found') else 'none'}), unmoved "
+                          f"{sum(u['ok'] for u in v['unmoved_after_refresh'])}/{len(v['unmoved_after_refresh'])}")
 
     def rate(vals: list[bool]) -> dict:
         k, n = sum(bool(v) for v in vals), len(vals)
@@ -481,8 +500,26 @@ def judge(a: argparse.Namespace) -> int:
         "old_place_holds_after_refresh": [r["after_refresh"]["old_place_holds"] for r in rows
                                           if "old_place_holds" in r["after_refresh"]],
     }
+    # each refresh variant beside the main refresh, on the moves it ran on (those with a full retrain)
+    vrows = [(r, v) for r in full for v in r.get("variants", []) if "after_refresh" in v]
+    for opts in dict.fromkeys(json.dumps(v["options"], sort_keys=True) for _, v in vrows):
+        mine = [(r, v) for r, v in vrows if json.dumps(v["options"], sort_keys=True) == opts]
+        summ[f"variant {opts}"] = {
+            "moves": len(mine),
+            "psnr_minus_full": [round(v["psnr"] - r["full_psnr"], 2) for r, v in mine],
+            "psnr_minus_main": [round(v["psnr"] - r["refresh_psnr"], 2) for r, v in mine],
+            "psnr_within_1db": rate([v["psnr"] >= r["full_psnr"] - 1.0 for r, v in mine]),
+            "after_refresh": rate([v["after_refresh"]["ok"] for _, v in mine]),
+            "main_after_refresh": rate([r["after_refresh"]["ok"] for r, _ in mine]),
+            "no_grasp_at_old_place": rate([v["after_refresh"].get("old_place_found") is False for _, v in mine]),
+            "unmoved_after_refresh": rate([u["ok"] for _, v in mine for u in v["unmoved_after_refresh"]]),
+            "main_unmoved_after_refresh": rate([u["ok"] for r, _ in mine for u in r["unmoved_after_refresh"]]),
+            "refresh_s_median": med([v["refresh_s"] for _, v in mine])}
     for key, v in summ.items():
-        if isinstance(v, dict):
+        if key.startswith("variant "):
+            print(f"{key}: " + ", ".join(f"{n} {w['k']}/{w['n']}" if isinstance(w, dict) else f"{n} {w}"
+                                         for n, w in v.items()))
+        elif isinstance(v, dict):
             lo, hi = v["wilson95"]
             pct = 100 * (v["rate"] or 0)
             print(f"{key:38s} {v['k']:3d}/{v['n']:<3d} = {pct:5.1f} %  [{100 * lo:.1f}, {100 * hi:.1f}]")
@@ -533,7 +570,8 @@ def main(argv: list[str] | None = None) -> int:
         pl.add_argument("--refresh-options", default="{}", help="JSON keyword arguments of refresh_field (and "
                         "\"bake\": true: the edited field teaches the changed places)")
         pl.add_argument("--variants", default="[]", help="JSON list of other refresh options, each refreshed from "
-                        "the same field beside the main refresh on the moves with a full retrain (PSNR only)")
+                        "the same field beside the main refresh on the moves with a full retrain (PSNR and the same "
+                        "queries)")
         pl.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
         pl.add_argument("--limit", type=int, default=0, help="only the first N scenes (0 = all)")
         pl.add_argument("--shard", default="", help="I/N: every N-th scene from the I-th (one GPU call each)")
