@@ -488,15 +488,17 @@ def test_near_changed_places_leave_out_the_colour_or_the_whole_ray(tiny, tmp_pat
     edit = SceneEdit(BoxRegion.from_bounds((0.06, -0.16, 0.0), (0.22, 0.0, 0.08)), T, "bowl")
     kw = dict(features=ex, live_edits=[edit], frame_edits=[0] * 8 + [1] * 4, new_repeat=1, keep_trainer=True,
               near_m=0.08)
-    rgb = refresh_field(ck, ds, range(8, 12), None, 1, near_mode="rgb", **kw).trainer.batcher
-    ray = refresh_field(ck, ds, range(8, 12), None, 1, near_mode="ray", **kw).trainer.batcher
+    rgb = refresh_field(ck, ds, range(8, 12), None, 1, near_mode="rgb", near_moved=False, **kw).trainer.batcher
+    ray = refresh_field(ck, ds, range(8, 12), None, 1, near_mode="ray", near_moved=False, **kw).trainer.batcher
     pixels = rgb.pixels.shape[0]
     assert rgb.valid is None and rgb.num_pixels == pixels
     new_px = int(rgb.starts[4])  # the 4 new frames come first
     assert torch.all(rgb.rgb_trust[:new_px]) and 0 < int((~rgb.rgb_trust).sum()) < pixels - new_px
     assert ray.rgb_trust is None and ray.num_pixels == pixels - int((~rgb.rgb_trust).sum())
-    # near_moved: the bowl's own colour at its old place is left out too (it was spared above)
-    moved = refresh_field(ck, ds, range(8, 12), None, 1, near_mode="rgb", near_moved=True, **kw).trainer.batcher
+    # near_moved (and the defaults: 8 cm, colour only, the moved thing too): the bowl's own colour at its old place is
+    # left out too (it was spared above)
+    kw.pop("near_m")
+    moved = refresh_field(ck, ds, range(8, 12), None, 1, **kw).trainer.batcher
     assert not moved.rgb_trust[~rgb.rgb_trust].any()
     assert int((~moved.rgb_trust).sum()) > int((~rgb.rgb_trust).sum())
     with pytest.raises(ValueError, match="near_mode"):

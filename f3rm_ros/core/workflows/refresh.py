@@ -394,7 +394,9 @@ class RefreshResult:
     frames_new: int
     frames_old_kept: int
     frames_old_dropped: int
-    frames_old_masked: int  # old frames kept with the changed places' pixels left out (or, "teach", re-rendered)
+    # old frames kept with the changed places' pixels left out (or, "teach", re-rendered; through the edits, the colour
+    # of the pixels near the changed places)
+    frames_old_masked: int
     seconds: float  # the whole refresh (features, setup, training, saving)
     train_s: float
     losses: dict[str, float] = field(default_factory=dict)
@@ -411,8 +413,8 @@ def refresh_field(checkpoint: str | Path, dataset: Any, new_frames: Sequence[int
                   clear_mult: float = 1.0, depth_margin_m: float = 0.01, teacher: Any = None,
                   bake_points: np.ndarray | None = None, bake_mult: float = 1.0, new_repeat: int = 4,
                   lr_scale: float = 0.1, live_edits: Sequence[Any] = (),
-                  frame_edits: Sequence[int] | None = None, near_m: float = 0.0,
-                  near_mode: str = "rgb", near_moved: bool = False) -> RefreshResult:
+                  frame_edits: Sequence[int] | None = None, near_m: float = 0.08,
+                  near_mode: str = "rgb", near_moved: bool = True) -> RefreshResult:
     """Fine-tune ``checkpoint`` on ``dataset``'s ``new_frames`` plus its other frames, for ``num_steps`` steps. An old
     frame that sees ``changed`` (points [M, 3] sampled every ``spacing`` m, e.g. :func:`changed_points` of the edits;
     None trusts every old frame) is, with ``old_frames`` "mask", kept with the pixels the changed places project onto
@@ -436,22 +438,20 @@ def refresh_field(checkpoint: str | Path, dataset: Any, new_frames: Sequence[int
     oldest edits were in force when each frame was captured, -1 = unknown: the frame is dropped): nothing is regrown.
     The field keeps the scene of the first capture and every frame trains it through its own edits (the trainer's
     ``ray_warp``): a new view's rays at the moved thing's new place read the field at its old place, its old place is
-    empty for them, and the old frames, which saw the old scene, train the field as it is. Every old frame stays whole
-    (no masks, no teacher); the refreshed checkpoint carries the edits (``live_edits`` key: the edits and each scene
-    version's count), and ``load_trained_field`` serves it through them. ``changed``, ``old_frames``, the teacher and
-    the clear / bake terms do not apply then. ``near_m`` > 0 (e.g. 0.08: a 15 cm thing's shadow reaches ~6 cm): an old
-    frame with a depth image leaves out the pixels whose surface lies within ``near_m`` of the old or new place of an
-    edit it did not see, other than the moved thing itself at its old place (:func:`near_changed_pixels`): the shadows
-    and contact around both places changed, and only the newer frames show them as they are now (and the side of the
-    moved thing that touched a neighbour, which no old frame saw, is trained at its new place by the new frames alone).
-    ``near_mode`` "rgb" leaves out only those pixels' colour (their depth and features still train the field: the shapes
-    and meanings there did not change, their light did), "ray" the whole ray (as the figures below were measured).
-    ``near_moved`` leaves out the moved thing itself at its old place too (its colour changed with its pose: the light
-    falls on it from another side, its neighbours' shadows moved). Side by side on 1500-step 2-core CPU fields of two
-    generated scenes (``bench_scene_edits.py --variants``), "ray" 0.08 against 0: held-out PSNR +0.50 and +0.53 dB, the
-    error near the places 9.84 -> 5.25 and 4.78 -> 3.64 (x 1e-4); but on the 500-step fields of the CPU bench -0.16 and
-    -0.48 dB, and an unmoved bottle near a changed place lost its grasp after the refresh (its old views left out). Off
-    (0) until the GPU bench says.
+    empty for them, and the old frames, which saw the old scene, train the field as it is. Every old frame stays (no
+    masks of whole rays, no teacher); the refreshed checkpoint carries the edits (``live_edits`` key: the edits and each
+    scene version's count), and ``load_trained_field`` serves it through them. ``changed``, ``old_frames``, the teacher
+    and the clear / bake terms do not apply then. ``near_m`` (0.08: a 15 cm thing's shadow reaches ~6 cm; 0 = off): an
+    old frame with a depth image leaves out the colour of the pixels whose surface lies within ``near_m`` of the old or
+    new place of an edit it did not see (:func:`near_changed_pixels`; ``near_mode`` "rgb"): the shadows around both
+    places moved, and the moved thing itself (``near_moved``) is lit from another side in its new pose, so only the
+    newer frames show their colours as they are now; those pixels' depth and features still train the field (the shapes
+    and meanings did not change). ``near_mode`` "ray" leaves the whole ray out, ``near_moved`` False spares the moved
+    thing. Side by side (``bench_scene_edits.py --variants``, CPU): on 1500-step fields of two generated scenes,
+    held-out PSNR +0.79 and +0.71 dB against ``near_m`` 0 (26.05 -> 26.84, 29.62 -> 30.33; the full retrains 27.90,
+    30.80), "rgb" without the moved thing +0.56 / +0.58, "ray" +0.50 / +0.53; on the 500-step fields of the CPU bench
+    -0.06 dB, and an unmoved bottle beside a changed place keeps its grasp ("ray" lost it: its old views left out; so
+    did every variant with ``lr_scale`` 0.2, which gave another +0.2 / +0.5 dB on the sharp fields).
 
     Args:
         features: the feature source as in ``TrainSceneRequest.features`` (the field's own extractor, e.g. a label
@@ -607,7 +607,7 @@ def refresh_field(checkpoint: str | Path, dataset: Any, new_frames: Sequence[int
     train_s = time.perf_counter() - t1
     path = tr.save_checkpoint(Path(out_path), include_optimizer=False) if out_path is not None else None
     return RefreshResult(path, res.step, res.stopped, len(new), len(kept_old), len(old) - len(kept_old),
-                         len(masks) + len(bad),
+                         len(masks) + len(bad) + len(rgb_masks),
                          time.perf_counter() - t0, train_s, dict(res.losses), tr if keep_trainer else None)
 
 
