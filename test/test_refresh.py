@@ -495,12 +495,13 @@ def test_near_changed_places_leave_out_the_colour_or_the_whole_ray(tiny, tmp_pat
     new_px = int(rgb.starts[4])  # the 4 new frames come first
     assert torch.all(rgb.rgb_trust[:new_px]) and 0 < int((~rgb.rgb_trust).sum()) < pixels - new_px
     assert ray.rgb_trust is None and ray.num_pixels == pixels - int((~rgb.rgb_trust).sum())
-    # near_moved (and the defaults: 8 cm, colour only, the moved thing too): the bowl's own colour at its old place is
-    # left out too (it was spared above)
-    kw.pop("near_m")
+    # near_m alone (colour only, the moved thing too, by default): the bowl's own colour at its old place is left out
+    # too (it was spared above)
     moved = refresh_field(ck, ds, range(8, 12), None, 1, **kw).trainer.batcher
     assert not moved.rgb_trust[~rgb.rgb_trust].any()
     assert int((~moved.rgb_trust).sum()) > int((~rgb.rgb_trust).sum())
+    kw.pop("near_m")  # off by default
+    assert refresh_field(ck, ds, range(8, 12), None, 1, **kw).trainer.batcher.rgb_trust is None
     with pytest.raises(ValueError, match="near_mode"):
         refresh_field(ck, ds, range(8, 12), None, 1, features=ex, live_edits=[edit], near_m=0.08, near_mode="pixel")
 

@@ -413,7 +413,7 @@ def refresh_field(checkpoint: str | Path, dataset: Any, new_frames: Sequence[int
                   clear_mult: float = 1.0, depth_margin_m: float = 0.01, teacher: Any = None,
                   bake_points: np.ndarray | None = None, bake_mult: float = 1.0, new_repeat: int = 4,
                   lr_scale: float = 0.1, live_edits: Sequence[Any] = (),
-                  frame_edits: Sequence[int] | None = None, near_m: float = 0.08,
+                  frame_edits: Sequence[int] | None = None, near_m: float = 0.0,
                   near_mode: str = "rgb", near_moved: bool = True) -> RefreshResult:
     """Fine-tune ``checkpoint`` on ``dataset``'s ``new_frames`` plus its other frames, for ``num_steps`` steps. An old
     frame that sees ``changed`` (points [M, 3] sampled every ``spacing`` m, e.g. :func:`changed_points` of the edits;
@@ -441,17 +441,18 @@ def refresh_field(checkpoint: str | Path, dataset: Any, new_frames: Sequence[int
     empty for them, and the old frames, which saw the old scene, train the field as it is. Every old frame stays (no
     masks of whole rays, no teacher); the refreshed checkpoint carries the edits (``live_edits`` key: the edits and each
     scene version's count), and ``load_trained_field`` serves it through them. ``changed``, ``old_frames``, the teacher
-    and the clear / bake terms do not apply then. ``near_m`` (0.08: a 15 cm thing's shadow reaches ~6 cm; 0 = off): an
-    old frame with a depth image leaves out the colour of the pixels whose surface lies within ``near_m`` of the old or
-    new place of an edit it did not see (:func:`near_changed_pixels`; ``near_mode`` "rgb"): the shadows around both
-    places moved, and the moved thing itself (``near_moved``) is lit from another side in its new pose, so only the
-    newer frames show their colours as they are now; those pixels' depth and features still train the field (the shapes
-    and meanings did not change). ``near_mode`` "ray" leaves the whole ray out, ``near_moved`` False spares the moved
-    thing. Side by side (``bench_scene_edits.py --variants``, CPU): on 1500-step fields of two generated scenes,
-    held-out PSNR +0.79 and +0.71 dB against ``near_m`` 0 (26.05 -> 26.84, 29.62 -> 30.33; the full retrains 27.90,
-    30.80), "rgb" without the moved thing +0.56 / +0.58, "ray" +0.50 / +0.53; on the 500-step fields of the CPU bench
-    -0.06 dB, and an unmoved bottle beside a changed place keeps its grasp ("ray" lost it: its old views left out; so
-    did every variant with ``lr_scale`` 0.2, which gave another +0.2 / +0.5 dB on the sharp fields).
+    and the clear / bake terms do not apply then. ``near_m`` (> 0, e.g. 0.08: a 15 cm thing's shadow reaches ~6 cm; 0 =
+    off, the default): an old frame with a depth image leaves out the colour of the pixels whose surface lies within
+    ``near_m`` of the old or new place of an edit it did not see (:func:`near_changed_pixels`; ``near_mode`` "rgb"): the
+    shadows around both places moved, and the moved thing itself (``near_moved``) is lit from another side in its new
+    pose, so only the newer frames show their colours as they are now; those pixels' depth and features still train the
+    field (the shapes and meanings did not change). ``near_mode`` "ray" leaves the whole ray out, ``near_moved`` False
+    spares the moved thing. Side by side (``bench_scene_edits.py --variants``, CPU): on 1500-step fields of two
+    generated scenes, 0.08 gave held-out PSNR +0.79 and +0.71 dB against 0 (26.05 -> 26.84, 29.62 -> 30.33; the full
+    retrains 27.90, 30.80), "rgb" without the moved thing +0.56 / +0.58, "ray" +0.50 / +0.53. On the 500-step fields of
+    the CPU bench it gave -0.40 / -0.06 dB, and an unmoved bottle beside the changed places lost its grasp after the
+    second refresh (after the first it kept it with "rgb" and lost it with "ray" or with ``lr_scale`` 0.2, which gave
+    another +0.2 / +0.5 dB on the sharp fields). Off until the GPU bench says.
 
     Args:
         features: the feature source as in ``TrainSceneRequest.features`` (the field's own extractor, e.g. a label
