@@ -34,7 +34,7 @@ against a full retrain in the same run; in three halves, as bench_grasp_generali
     # --shard 0/2 then --shard 1/2 splits it in two calls; .gpudata/run_se.sh runs it from a git archive of HEAD):
     python benchmarks/bench_scene_edits.py plan --data-root .gpudata/edits10 --device cuda --steps 2000 \\
         --refresh-steps 800 --refresh-options '{"new_repeat": 4, "through": true}' \\
-        --variants '[{"through": true, "near_m": 0.0}]' --rays 4096 --planner reference \\
+        --variants '[{"through": true, "near_m": 0.08}]' --rays 4096 --planner reference \\
         --out $OUT/scene_edits_gpu_0.json
     # back here (the shards are merged):
     python benchmarks/bench_scene_edits.py judge benchmarks/results/scene_edits_gpu_0.json \\
