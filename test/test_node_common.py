@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -130,7 +131,12 @@ def test_run_node_sigint_and_factory_error(tmp_path):
     p.send_signal(signal.SIGINT)
     out, _ = p.communicate(timeout=20)
     print(f"SIGINT: rc={p.returncode} output={out!r}")
-    assert p.returncode == 0 and "CLOSED" in out and "Traceback" not in out
+    # rclpy's own race, not ours: a KeyboardInterrupt that lands inside rclpy's Task() (the executor building a
+    # callback's task) leaves a half-made Task whose __del__ prints "Exception ignored in: <function Future.__del__
+    # ...> ... 'Task' object has no attribute '_exception'"; any other traceback is the node's and fails the test
+    ours = re.sub(r"Exception ignored in: <function Future\.__del__.*?has no attribute '_exception'\n", "", out,
+                  flags=re.S)
+    assert p.returncode == 0 and "CLOSED" in out and "Traceback" not in ours
 
     r = subprocess.run([sys.executable, str(script), "broken"], capture_output=True, text=True, timeout=60, env=env)
     print(f"broken factory: rc={r.returncode} stderr={r.stderr.strip()!r}")
