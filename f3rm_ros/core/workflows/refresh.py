@@ -505,15 +505,16 @@ def refresh_field(checkpoint: str | Path, dataset: Any, new_frames: Sequence[int
             if depth is not None:
                 if int(fe[i]) not in near_places:  # the frames of one scene version share their places
                     near_places[int(fe[i])] = NearPlaces(changed_points(unseen, 0.01), near_m)
-                moved = [e.region for e in unseen if not e.removed]
+                keep = None
+                if not near_moved:  # the moved thing, seen at the old place it is read from, keeps its colour
+                    moved = [e.region for e in unseen if not e.removed]
 
-                def keep(x: np.ndarray, regions=moved) -> np.ndarray:
-                    xt = torch.as_tensor(x, dtype=torch.float32)
-                    return np.logical_or.reduce([r.contains(xt).numpy() for r in regions]) if regions else \
-                        np.zeros(len(x), bool)
+                    def keep(x: np.ndarray, regions=moved) -> np.ndarray:
+                        xt = torch.as_tensor(x, dtype=torch.float32)
+                        return np.logical_or.reduce([r.contains(xt).numpy() for r in regions]) if regions else \
+                            np.zeros(len(x), bool)
 
-                m = ~near_places[int(fe[i])].pixels(dataset.c2w[i], dataset.intrinsics[i], depth,
-                                                     None if near_moved else keep)
+                m = ~near_places[int(fe[i])].pixels(dataset.c2w[i], dataset.intrinsics[i], depth, keep)
                 if near_mode == "rgb":
                     if not m.all():
                         rgb_masks[len(new) * reps + len(kept_old)] = m
