@@ -495,7 +495,7 @@ def refresh_field(checkpoint: str | Path, dataset: Any, new_frames: Sequence[int
     if near_mode not in ("rgb", "ray"):
         raise ValueError(f"near_mode must be 'rgb' or 'ray', got {near_mode!r}")
     reps = max(1, int(new_repeat))
-    kept_old, masks, bad, rgb_masks, near_places = [], {}, {}, {}, {}
+    kept_old, masks, bad, rgb_masks, near_places, near_depths = [], {}, {}, {}, {}, {}
     for i, s_ in zip(old, sees, strict=True):
         if through:
             if fe[i] < 0:
@@ -515,6 +515,7 @@ def refresh_field(checkpoint: str | Path, dataset: Any, new_frames: Sequence[int
                             np.zeros(len(x), bool)
 
                 m = ~near_places[int(fe[i])].pixels(dataset.c2w[i], dataset.intrinsics[i], depth, keep)
+                near_depths[len(new) * reps + len(kept_old)] = depth  # read once: the batcher's depth targets too
                 if near_mode == "rgb":
                     if not m.all():
                         rgb_masks[len(new) * reps + len(kept_old)] = m
@@ -564,7 +565,10 @@ def refresh_field(checkpoint: str | Path, dataset: Any, new_frames: Sequence[int
     maps, images, depths = feats.maps, {}, {}
     if bad:
         images, depths, maps = teach_frames(teacher, sub, bad, maps)
-    tr = Trainer(cfg, _MaskedDataset(sub, masks, images, depths, rgb_masks) if masks or images or rgb_masks else sub,
+    if cfg.losses.depth_mult > 0:  # the depth images the near pixels were found with
+        depths = {**near_depths, **depths}
+    tr = Trainer(cfg, _MaskedDataset(sub, masks, images, depths, rgb_masks) if masks or images or rgb_masks or depths
+                 else sub,
                  maps, device,
                  extractor_info=ck.get("extractor_info"))
     state = dict(ck["model"])
