@@ -346,7 +346,8 @@ def plan(a: argparse.Namespace) -> int:
             rf, row["refresh_s"] = refresh_with(refresh_kw, work / f"refresh{k}.ckpt")
             row["refresh"] = {"frames_new": rf.frames_new, "frames_old_kept": rf.frames_old_kept,
                               "frames_old_dropped": rf.frames_old_dropped, "frames_old_masked": rf.frames_old_masked,
-                              "train_s": rf.train_s, "steps": a.refresh_steps, "options": refresh_kw}
+                              "train_s": rf.train_s, "steps": a.refresh_steps, "options": refresh_kw,
+                              "times": rf.times}
             held = load_dataset(d / f"move-{k}" / "heldout", eval_every=0)
             parts = held_parts(held, target_ids, mv)
             if edited is not None:  # the edit itself on the same views: what the refresh starts from
@@ -365,7 +366,7 @@ def plan(a: argparse.Namespace) -> int:
                 row["variants"] = []
                 for j, opts in enumerate(variants):  # side by side, from the same field; the sequence goes on
                     rv, t_v = refresh_with(opts, work / f"refresh{k}_v{j}.ckpt")  # with the main refresh
-                    v = {"options": opts, "refresh_s": t_v, "parts": {}}
+                    v = {"options": opts, "refresh_s": t_v, "parts": {}, "times": rv.times}
                     field_v = load_trained_field(rv.checkpoint, device)
                     v["psnr"] = psnr(field_v, held, parts, v["parts"])
                     s_v = session_on(field_v, ex)  # the same queries: a variant's grasps are judged as the main's

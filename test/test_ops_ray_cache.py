@@ -46,6 +46,18 @@ def test_direction_table_rays_match_generate_rays():
     assert direction_table_bytes(table.shape[0]) == table.numel() * 4
 
 
+def test_direction_table_of_repeated_cameras_is_each_image_own_table():
+    """Images of one camera share their directions (computed once): the table is exactly the images' own tables
+    one after another, also where a camera comes back after another one."""
+    Ks, _ = _cameras()
+    order = [0, 1, 0, 2, 1, 1]
+    K9 = intrinsics_tensor([Ks[i] for i in order])
+    sizes = torch.tensor([[Ks[i].width, Ks[i].height] for i in order])
+    table = camera_direction_table(K9, sizes, chunk=100)
+    own = torch.cat([camera_direction_table(K9[k:k + 1], sizes[k:k + 1], chunk=100) for k in range(len(order))])
+    assert torch.equal(table, own)
+
+
 def test_direction_table_bad_shapes():
     with pytest.raises(ValueError):
         camera_direction_table(torch.zeros(2, 8), torch.zeros(2, 2, dtype=torch.long))

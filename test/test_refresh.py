@@ -450,16 +450,18 @@ def test_near_changed_pixels_are_the_surfaces_around_a_changed_place():
     assert not near_changed_pixels(c2w, Kd, depth, np.zeros((0, 3)), 0.05).any()
 
 
-def test_near_changed_places_leave_out_the_colour_or_the_whole_ray(tiny, tmp_path):
+def test_near_changed_places_leave_out_their_colour(tiny, tmp_path):
     """``near_m`` through the edits: an old frame's pixels around the changed places keep training depth and features
-    with ``near_mode`` "rgb" (every pixel sampleable, their colour weighs 0), and leave the batches with "ray"; the new
-    frames are whole either way; ``near_moved`` leaves out the moved thing's own colour too; another mode is
-    refused."""
+    (every pixel sampleable, their colour weighs 0); which pixels, found on the trainer's device from its depth targets,
+    are the ones the plain reference (:func:`near_changed_pixels` on the frame's depth image) marks, up to pixels whose
+    surface lies within 0.1 mm of the ``near_m`` line (float32 targets); the new frames are whole; ``near_moved`` False
+    spares the moved thing's own colour; off by default."""
     import torch
+    from scipy.spatial import cKDTree
 
     from f3rm_ros.core.edits import BoxRegion, SceneEdit
     from f3rm_ros.core.features import create_extractor
-    from f3rm_ros.core.workflows.refresh import refresh_field
+    from f3rm_ros.core.workflows.refresh import changed_points, near_changed_pixels, refresh_field
 
     torch.set_num_threads(1)
     ck, data, T = tiny
@@ -470,49 +472,86 @@ def test_near_changed_places_leave_out_the_colour_or_the_whole_ray(tiny, tmp_pat
     base = load_dataset(data, eval_every=0)
     scene = resolve_scene("mug_bowl_box")
     worlds = [Renderer(scene)] * 8 + [Renderer(move_object(scene, "bowl", T))] * 4
-    # the fixture's frames with the simulator's depth of the scene each one saw
+    # the fixture's frames with the simulator's depth of the scene each one saw (a subset keeps them)
     class WithDepth:
         has_depth = True
 
+        def __init__(self, ds, worlds):
+            self.ds, self.worlds = ds, worlds
+
         def __len__(self):
-            return len(base)
+            return len(self.ds)
 
         def __getattr__(self, name):
-            return getattr(base, name)
+            return getattr(self.ds, name)
 
         def get_depth(self, i):
-            return worlds[i].render(base.intrinsics[i], base.c2w[i]).depth
+            return self.worlds[i].render(self.ds.intrinsics[i], self.ds.c2w[i]).depth
 
-    ds = WithDepth()
+        def subset(self, idx):
+            return WithDepth(self.ds.subset(idx), [self.worlds[int(i)] for i in idx])
+
+    ds = WithDepth(base, worlds)
     ex = create_extractor({"extractor": "labels", "labels": {"dataset": str(data), "patch_size": 4}})
     edit = SceneEdit(BoxRegion.from_bounds((0.06, -0.16, 0.0), (0.22, 0.0, 0.08)), T, "bowl")
     kw = dict(features=ex, live_edits=[edit], frame_edits=[0] * 8 + [1] * 4, new_repeat=1, keep_trainer=True,
               near_m=0.08)
-    rgb = refresh_field(ck, ds, range(8, 12), None, 1, near_mode="rgb", near_moved=False, **kw).trainer.batcher
-    ray = refresh_field(ck, ds, range(8, 12), None, 1, near_mode="ray", near_moved=False, **kw).trainer.batcher
-    pixels = rgb.pixels.shape[0]
-    assert rgb.valid is None and rgb.num_pixels == pixels
-    new_px = int(rgb.starts[4])  # the 4 new frames come first
-    assert torch.all(rgb.rgb_trust[:new_px]) and 0 < int((~rgb.rgb_trust).sum()) < pixels - new_px
-    assert ray.rgb_trust is None and ray.num_pixels == pixels - int((~rgb.rgb_trust).sum())
-    # near_m alone (colour only, the moved thing too, by default): the bowl's own colour at its old place is left out
-    # too (it was spared above)
-    moved = refresh_field(ck, ds, range(8, 12), None, 1, **kw).trainer.batcher
-    assert not moved.rgb_trust[~rgb.rgb_trust].any()
-    assert int((~moved.rgb_trust).sum()) > int((~rgb.rgb_trust).sum())
+    places = changed_points([edit], 0.01)
+    tree = cKDTree(places)
+
+    def check(res, keep):
+        b, tr = res.trainer.batcher, res.trainer
+        assert b.valid is None and b.num_pixels == b.pixels.shape[0]
+        order = [8, 9, 10, 11] + list(range(8))  # the new frames first, then the old ones
+        marked = 0
+        for k, j in enumerate(tr.train_indices):
+            i = order[int(j)]
+            W, H = int(b.sizes[k, 0]), int(b.sizes[k, 1])
+            got = ~b.rgb_trust[int(b.starts[k]):int(b.starts[k]) + W * H].reshape(H, W).cpu().numpy()
+            if i >= 8:
+                assert not got.any(), i
+                continue
+            depth = ds.get_depth(i)
+            want = near_changed_pixels(ds.c2w[i], ds.intrinsics[i], depth, places, 0.08, keep)
+            v, u = np.nonzero(got != want)
+            if len(v):  # only at an edge: the reference's float64 surface against the float32 targets
+                K = ds.intrinsics[i]
+                z = depth[v, u]
+                cam = np.stack([(u + 0.5 - K.cx) / K.fx * z, (v + 0.5 - K.cy) / K.fy * z, z], 1)
+                x = cam @ ds.c2w[i][:3, :3].T + ds.c2w[i][:3, 3]
+                at_line = np.abs(tree.query(x)[0] - 0.08) < 1e-4
+                at_box = np.zeros(len(x), bool) if keep is None else \
+                    np.any([keep(x + d) != keep(x) for d in np.vstack([np.eye(3), -np.eye(3)]) * 1e-4], axis=0)
+                assert np.all(at_line | at_box), (i, x[~(at_line | at_box)])
+                assert len(v) <= 0.01 * max(1, want.sum()) + 5
+            marked += int(want.sum())
+        assert 0 < int((~b.rgb_trust).sum()) and marked > 0
+        assert res.frames_old_masked == sum(1 for k in range(4, 12) if
+                                            (~b.rgb_trust[int(b.starts[k]):int(b.starts[k]) + int(b.sizes[k].prod())]
+                                             ).any())
+        return b
+
+    def in_box(x):
+        return edit.region.contains(torch.as_tensor(x, dtype=torch.float32)).numpy()
+
+    spared = check(refresh_field(ck, ds, range(8, 12), None, 1, near_moved=False, **kw), in_box)
+    # near_m alone (the moved thing too, by default): the bowl's own colour at its old place is left out too
+    moved = check(refresh_field(ck, ds, range(8, 12), None, 1, **kw), None)
+    assert not moved.rgb_trust[~spared.rgb_trust].any()
+    assert int((~moved.rgb_trust).sum()) > int((~spared.rgb_trust).sum())
     kw.pop("near_m")  # off by default
     assert refresh_field(ck, ds, range(8, 12), None, 1, **kw).trainer.batcher.rgb_trust is None
-    with pytest.raises(ValueError, match="near_mode"):
-        refresh_field(ck, ds, range(8, 12), None, 1, features=ex, live_edits=[edit], near_m=0.08, near_mode="pixel")
 
 
 def test_near_places_answers_as_the_plain_tree_query_over_every_pixel():
     """NearPlaces looks only at the pixels the places' cells project onto: on random cameras, depths and places
     (cameras looking at them and past them, places behind a camera) it marks exactly what a tree query of every
-    pixel's surface marks."""
+    pixel's surface marks; so does its tensor way (:meth:`NearPlaces.near`, on the CPU and on CUDA when there is one)
+    on those pixels' points, and the plain distances of :func:`within` (chunked)."""
+    import torch
     from scipy.spatial import cKDTree
 
-    from f3rm_ros.core.workflows.refresh import NearPlaces
+    from f3rm_ros.core.workflows.refresh import NearPlaces, within
 
     rng = np.random.default_rng(0)
     Kd = CameraIntrinsics(fx=40.0, fy=40.0, cx=20.0, cy=15.0, width=40, height=30)
@@ -532,5 +571,11 @@ def test_near_places_answers_as_the_plain_tree_query_over_every_pixel():
         dist, _ = cKDTree(places).query(world.reshape(-1, 3), distance_upper_bound=near_m)
         want = (np.isfinite(dist).reshape(30, 40)) & (depth > 0)
         assert np.array_equal(got, want), trial
+        # the tensor way (what a refresh asks on the trainer's device): the points of every pixel with a depth
+        pts = torch.from_numpy(world.reshape(-1, 3)[(depth > 0).reshape(-1)])
+        assert np.array_equal(NearPlaces(places, near_m).near(pts).numpy(), want[depth > 0]), trial
+        assert np.array_equal(within(pts, torch.from_numpy(places), near_m, chunk=997).numpy(), want[depth > 0])
+        if torch.cuda.is_available():
+            assert np.array_equal(NearPlaces(places, near_m).near(pts.cuda()).cpu().numpy(), want[depth > 0])
         marked += int(want.any())
     assert marked >= 10

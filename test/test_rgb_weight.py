@@ -6,8 +6,6 @@ import torch
 
 from f3rm_ros.core.fields.losses import rgb_mse
 from f3rm_ros.core.trainer import Trainer
-from f3rm_ros.core.workflows.refresh import _MaskedDataset
-
 from test_trainer import small_config, sphere_dataset
 
 
@@ -33,9 +31,23 @@ def test_untrusted_colour_stays_sampleable_and_weighs_nothing():
     frame = int(plain.batcher.train_indices[k])
     m = torch.ones(32, 32, dtype=torch.bool)
     m[:, :16] = False
-    masked = _MaskedDataset(ds, {}, rgb_masks={frame: m.numpy()})
-    tr = Trainer(small_config(rays_per_batch=2048, error_sampling=0.5), masked, fm, "cpu")
+
+    class Masked:  # a dataset whose one frame's left half has an untrusted colour
+        def __len__(self):
+            return len(ds)
+
+        def __getattr__(self, name):
+            return getattr(ds, name)
+
+        def get_rgb_mask(self, i):
+            return m.numpy() if int(i) == frame else None
+
+    tr = Trainer(small_config(rays_per_batch=2048, error_sampling=0.5), Masked(), fm, "cpu")
     b = tr.batcher
+    # the same trust set on the plain trainer's batcher afterwards (what a refresh does on its device)
+    plain.batcher.distrust_colour(torch.nonzero(~m.reshape(-1)).squeeze(1) + int(plain.batcher.starts[k]))
+    assert torch.equal(plain.batcher.rgb_trust, b.rgb_trust)
+    plain.batcher.rgb_trust = None
     assert b.num_pixels == plain.batcher.num_pixels and b.valid is None  # every pixel is still drawn
     assert plain.batcher.rgb_trust is None and "rgb_weight" not in plain.sample_batch()
     batch = tr.sample_batch()

@@ -47,15 +47,21 @@ def camera_direction_table(intrinsics: Tensor,  # [N, 9] packed (cameras.intrins
                          f"{tuple(sizes.shape)}")
     dev = intrinsics.device
     eye = torch.eye(4, dtype=torch.float32, device=dev)
-    parts = []
-    for k in range(intrinsics.shape[0]):
+    parts, seen = [], {}
+    keys = [(*row, W, H) for row, (W, H) in zip(intrinsics.tolist(), sizes.tolist(), strict=True)]
+    for k, key in enumerate(keys):
+        if key in seen:  # the same camera (a robot's one camera: every image): the same directions
+            parts.extend(seen[key])
+            continue
         W, H = int(sizes[k, 0]), int(sizes[k, 1])
         n = W * H
+        seen[key] = []
         for s in range(0, n, chunk):
             flat = torch.arange(s, min(n, s + chunk), device=dev)
             pix = torch.stack([flat % W, torch.div(flat, W, rounding_mode="floor")], -1).float() + 0.5
             _, d = generate_rays(intrinsics[k].expand(flat.shape[0], -1), eye.expand(flat.shape[0], 4, 4), pix)
-            parts.append(d)
+            seen[key].append(d)
+        parts.extend(seen[key])
     if not parts:
         return torch.zeros(0, 3, dtype=torch.float32, device=dev)
     return torch.cat(parts)

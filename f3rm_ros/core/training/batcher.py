@@ -132,6 +132,29 @@ class RayBatcher:
             valids.append(valid)
         return torch.cat(dists), torch.cat(valids)
 
+    def surface_points(self, k: int) -> tuple[Tensor, Tensor]:
+        """Training image ``k``'s measured surface in its camera frame (OpenCV, metres) ``[W*H, 3]`` (row-major, as
+        the pixel buffer) and which of its pixels have a depth measurement ``[W*H]`` bool; needs depth targets."""
+        if self.depth_t is None:
+            raise ValueError("surface points need depth targets (losses.depth_mult > 0 and a dataset with depth)")
+        W, H = int(self.sizes[k, 0]), int(self.sizes[k, 1])
+        start = int(self.starts[k])
+        if self.dirs_table is not None:
+            d = self.dirs_table[start:start + W * H]
+        else:
+            d = camera_direction_table(self.K_train[k:k + 1], self.sizes[k:k + 1])
+        dist = self.depth_t[start:start + W * H] / self.field_units_per_metre
+        return d * dist[:, None], self.depth_valid[start:start + W * H] > 0
+
+    def distrust_colour(self, flat: Tensor) -> None:
+        """Leave out the colour of the pixels ``flat`` (indices into the pixel buffer, [n]): their ``rgb_weight`` is 0
+        from now on, their depth and features stay (as a dataset's ``get_rgb_mask`` does)."""
+        if not flat.numel():
+            return
+        if self.rgb_trust is None:
+            self.rgb_trust = torch.ones(self.pixels.shape[0], dtype=torch.bool, device=self.device)
+        self.rgb_trust[flat.to(self.device)] = False
+
     def set_poses(self, c2w_nerf: np.ndarray, field_units_per_metre: float) -> None:
         """New camera poses (field frame) and scale, e.g. from a checkpoint: the depth targets follow the scale."""
         self.c2w_train = torch.as_tensor(c2w_nerf[self.train_indices], dtype=torch.float32, device=self.device)

@@ -192,17 +192,53 @@ class NearPlaces:
         out[v[near], u[near]] = True
         return out
 
+    def near(self, world: torch.Tensor, chunk: int = 1 << 22) -> torch.Tensor:
+        """Which of the points ``world`` [N, 3] (metres, any device) lie within ``near_m`` of a place, [N] bool: the
+        points in an occupied cell, then their distance to the places (on the CPU the tree's query, as
+        :meth:`pixels`; elsewhere exact distances in float64, ``chunk`` pairs at a time)."""
+        out = torch.zeros(len(world), dtype=torch.bool, device=world.device)
+        if self.empty or not len(world):
+            return out
+        dev = world.device
+        occ = torch.as_tensor(self.occ, device=dev)
+        shape = torch.tensor(self.occ.shape, device=dev)
+        c = torch.floor((world.double() - torch.as_tensor(self.lo, device=dev)) / self.h).long()
+        inside = ((c >= 0) & (c < shape)).all(1)
+        cand = torch.nonzero(inside).squeeze(1)
+        cand = cand[occ[tuple(c[cand].T)]]
+        if not len(cand):
+            return out
+        x = world[cand].double()
+        if dev.type == "cpu":
+            dist, _ = self.tree.query(x.numpy(), distance_upper_bound=self.near_m)
+            out[cand] = torch.from_numpy(np.isfinite(dist))
+            return out
+        out[cand] = within(x, torch.as_tensor(self.P, device=dev), self.near_m, chunk)
+        return out
+
+
+def within(x: torch.Tensor, places: torch.Tensor, near_m: float, chunk: int = 1 << 22) -> torch.Tensor:
+    """[N] bool: which points ``x`` [N, 3] lie within ``near_m`` of one of ``places`` [M, 3] (float64 distances to
+    every place, ``chunk`` pairs at a time: the device's way of a tree query)."""
+    hit = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+    if not len(places):
+        return hit
+    x, places = x.double(), places.double()
+    step = max(1, chunk // len(places))
+    for a in range(0, len(x), step):
+        d2 = (x[a:a + step, None, :] - places[None]).square().sum(-1)
+        hit[a:a + step] = d2.min(1).values <= near_m ** 2
+    return hit
+
 
 class _MaskedDataset:
-    """A dataset whose frames ``masks`` (index -> [H, W] bool, True = use the pixel) replace their own masks, whose
-    frames ``images`` / ``depths`` (index -> [H, W, 3] uint8 / [H, W] metres) replace their own pictures, and whose
-    frames ``rgb_masks`` (index -> [H, W] bool, True = trust the colour) leave some pixels' colour out."""
+    """A dataset whose frames ``masks`` (index -> [H, W] bool, True = use the pixel) replace their own masks, and whose
+    frames ``images`` / ``depths`` (index -> [H, W, 3] uint8 / [H, W] metres) replace their own pictures."""
 
     def __init__(self, ds: Any, masks: dict[int, np.ndarray], images: dict[int, np.ndarray] | None = None,
-                 depths: dict[int, np.ndarray] | None = None, rgb_masks: dict[int, np.ndarray] | None = None):
+                 depths: dict[int, np.ndarray] | None = None):
         self._ds, self._masks = ds, masks
         self._images, self._depths = images or {}, depths or {}
-        self._rgb_masks = rgb_masks or {}
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._ds, name)
@@ -214,10 +250,6 @@ class _MaskedDataset:
         m = self._masks.get(int(index))
         return m if m is not None else self._ds.get_mask(index)
 
-    def get_rgb_mask(self, index: int) -> np.ndarray | None:
-        """[H, W] bool: the pixels whose colour is trusted (None: all); their depth and features count either way."""
-        return self._rgb_masks.get(int(index))
-
     def get_image(self, index: int) -> Any:
         im = self._images.get(int(index))
         return im if im is not None else self._ds.get_image(index)
@@ -225,6 +257,53 @@ class _MaskedDataset:
     def get_depth(self, index: int) -> np.ndarray | None:
         d = self._depths.get(int(index))
         return d if d is not None else self._ds.get_depth(index)
+
+
+def _distrust_near_colour(tr: Any, sub: Any, near_frames: dict[int, int], live_edits: list[Any], near_m: float,
+                          near_moved: bool) -> int:
+    """Leave out, in the trainer's batches, the colour of the old frames' pixels whose measured surface lies within
+    ``near_m`` of a place an edit changed after the frame was taken (``near_frames``: subset index -> the frame's
+    edit count); ``near_moved`` False spares the moved thing itself (seen at the old place it is read from). Found on
+    the trainer's device from its depth targets, all frames of one scene version at once (:meth:`NearPlaces.near`).
+    Returns how many frames lost some colour (frames without depth lose none)."""
+    b = tr.batcher
+    made = b.depth_t is None
+    if made:  # no depth loss: the targets only for this
+        if not getattr(sub, "has_depth", False):
+            return 0
+        b.depth_t, b.depth_valid = b.depth_targets()
+    where = {int(j): k for k, j in enumerate(tr.train_indices)}  # subset index -> training image
+    by_version: dict[int, list[int]] = {}
+    for j, count in near_frames.items():
+        if j in where:
+            by_version.setdefault(count, []).append(j)
+    masked = 0
+    for count, js in sorted(by_version.items()):
+        unseen = live_edits[count:]
+        places = NearPlaces(changed_points(unseen, 0.01), near_m)
+        moved = [e.region for e in unseen if not e.removed] if not near_moved else []
+        pts, idx, owner = [], [], []
+        for j in js:
+            k = where[j]
+            cam, valid = b.surface_points(k)
+            T = torch.as_tensor(np.asarray(sub.c2w[j], np.float32), device=cam.device)
+            sel = torch.nonzero(valid).squeeze(1)
+            pts.append(cam[sel] @ T[:3, :3].T + T[:3, 3])
+            idx.append(sel + int(b.starts[k]))
+            owner.append(torch.full_like(sel, j))
+        world, flat, frame = torch.cat(pts), torch.cat(idx), torch.cat(owner)
+        near = places.near(world)
+        if moved and bool(near.any()):
+            w = world[near].cpu()
+            spare = torch.zeros(len(w), dtype=torch.bool)
+            for r in moved:
+                spare |= r.contains(w)
+            near[torch.nonzero(near).squeeze(1)[spare.to(near.device)]] = False
+        b.distrust_colour(flat[near])
+        masked += int(torch.unique(frame[near]).numel())
+    if made:
+        b.depth_t = b.depth_valid = None
+    return masked
 
 
 def teach_frames(teacher: Any, dataset: Any, bad: dict[int, np.ndarray], feature_maps: torch.Tensor | None,
@@ -401,6 +480,9 @@ class RefreshResult:
     train_s: float
     losses: dict[str, float] = field(default_factory=dict)
     trainer: Any = None
+    # where the time went (s): "load" (which old frames stay, the checkpoint), "features", "trainer" (pixels, depth,
+    # model, warp), "near" (the colour left out near the changes), "train", "save"
+    times: dict[str, float] = field(default_factory=dict)
 
 
 def refresh_field(checkpoint: str | Path, dataset: Any, new_frames: Sequence[int], changed: np.ndarray | None,
@@ -414,7 +496,7 @@ def refresh_field(checkpoint: str | Path, dataset: Any, new_frames: Sequence[int
                   bake_points: np.ndarray | None = None, bake_mult: float = 1.0, new_repeat: int = 4,
                   lr_scale: float = 0.1, live_edits: Sequence[Any] = (),
                   frame_edits: Sequence[int] | None = None, near_m: float = 0.0,
-                  near_mode: str = "rgb", near_moved: bool = True) -> RefreshResult:
+                  near_moved: bool = True) -> RefreshResult:
     """Fine-tune ``checkpoint`` on ``dataset``'s ``new_frames`` plus its other frames, for ``num_steps`` steps. An old
     frame that sees ``changed`` (points [M, 3] sampled every ``spacing`` m, e.g. :func:`changed_points` of the edits;
     None trusts every old frame) is, with ``old_frames`` "mask", kept with the pixels the changed places project onto
@@ -443,16 +525,17 @@ def refresh_field(checkpoint: str | Path, dataset: Any, new_frames: Sequence[int
     scene version's count), and ``load_trained_field`` serves it through them. ``changed``, ``old_frames``, the teacher
     and the clear / bake terms do not apply then. ``near_m`` (> 0, e.g. 0.08: a 15 cm thing's shadow reaches ~6 cm; 0 =
     off, the default): an old frame with a depth image leaves out the colour of the pixels whose surface lies within
-    ``near_m`` of the old or new place of an edit it did not see (:func:`near_changed_pixels`; ``near_mode`` "rgb"): the
-    shadows around both places moved, and the moved thing itself (``near_moved``) is lit from another side in its new
-    pose, so only the newer frames show their colours as they are now; those pixels' depth and features still train the
-    field (the shapes and meanings did not change). ``near_mode`` "ray" leaves the whole ray out, ``near_moved`` False
-    spares the moved thing. Side by side (``bench_scene_edits.py --variants``, CPU): on 1500-step fields of two
-    generated scenes, 0.08 gave held-out PSNR +0.79 and +0.71 dB against 0 (26.05 -> 26.84, 29.62 -> 30.33; the full
-    retrains 27.90, 30.80), "rgb" without the moved thing +0.56 / +0.58, "ray" +0.50 / +0.53. On the 500-step fields of
-    the CPU bench it gave -0.40 / -0.06 dB, and an unmoved bottle beside the changed places lost its grasp after the
-    second refresh (after the first it kept it with "rgb" and lost it with "ray" or with ``lr_scale`` 0.2, which gave
-    another +0.2 / +0.5 dB on the sharp fields). Off until the GPU bench says.
+    ``near_m`` of the old or new place of an edit it did not see (found on the trainer's device from its depth targets;
+    :func:`near_changed_pixels` is the plain reference): the shadows around both places moved, and the moved thing
+    itself (``near_moved``) is lit from another side in its new pose, so only the newer frames show their colours as
+    they are now; those pixels' depth and features still train the field (the shapes and meanings did not change).
+    ``near_moved`` False spares the moved thing. Side by side (``bench_scene_edits.py --variants``, CPU): on 1500-step
+    fields of two generated scenes, 0.08 gave held-out PSNR +0.79 and +0.71 dB against 0 (26.05 -> 26.84, 29.62 ->
+    30.33; the full retrains 27.90, 30.80), without the moved thing +0.56 / +0.58, leaving the whole ray out (an option
+    then) +0.50 / +0.53. On the 500-step fields of the CPU bench it gave -0.40 / -0.06 dB, and an unmoved bottle beside
+    the changed places lost its grasp after the second refresh (after the first it kept it, and lost it with whole rays
+    left out or with ``lr_scale`` 0.2, which gave another +0.2 / +0.5 dB on the sharp fields). Off until the GPU bench
+    says.
 
     Args:
         features: the feature source as in ``TrainSceneRequest.features`` (the field's own extractor, e.g. a label
@@ -492,41 +575,14 @@ def refresh_field(checkpoint: str | Path, dataset: Any, new_frames: Sequence[int
         raise ValueError(f"old_frames must be 'mask', 'drop' or 'teach', got {old_frames!r}")
     if old_frames == "teach" and teacher is None:
         raise ValueError("old_frames='teach' needs a teacher (the edited field)")
-    if near_mode not in ("rgb", "ray"):
-        raise ValueError(f"near_mode must be 'rgb' or 'ray', got {near_mode!r}")
     reps = max(1, int(new_repeat))
-    kept_old, masks, bad, rgb_masks, near_places, near_depths = [], {}, {}, {}, {}, {}
+    kept_old, masks, bad, near_frames = [], {}, {}, {}
     for i, s_ in zip(old, sees, strict=True):
         if through:
             if fe[i] < 0:
                 continue
-            unseen = list(live_edits)[int(fe[i]):]
-            depth = dataset.get_depth(i) if near_m > 0 and unseen and getattr(dataset, "has_depth", False) else None
-            if depth is not None:
-                if int(fe[i]) not in near_places:  # the frames of one scene version share their places
-                    near_places[int(fe[i])] = NearPlaces(changed_points(unseen, 0.01), near_m)
-                keep = None
-                if not near_moved:  # the moved thing, seen at the old place it is read from, keeps its colour
-                    moved = [e.region for e in unseen if not e.removed]
-
-                    def keep(x: np.ndarray, regions=moved) -> np.ndarray:
-                        xt = torch.as_tensor(x, dtype=torch.float32)
-                        return np.logical_or.reduce([r.contains(xt).numpy() for r in regions]) if regions else \
-                            np.zeros(len(x), bool)
-
-                m = ~near_places[int(fe[i])].pixels(dataset.c2w[i], dataset.intrinsics[i], depth, keep)
-                near_depths[len(new) * reps + len(kept_old)] = depth  # read once: the batcher's depth targets too
-                if near_mode == "rgb":
-                    if not m.all():
-                        rgb_masks[len(new) * reps + len(kept_old)] = m
-                    kept_old.append(i)
-                    continue
-                own = dataset.get_mask(i) if hasattr(dataset, "get_mask") else None
-                m = m if own is None else m & own
-                if m.mean() < min_kept_fraction:
-                    continue
-                if not m.all():
-                    masks[len(new) * reps + len(kept_old)] = m
+            if near_m > 0 and int(fe[i]) < len(live_edits):  # an edit it did not see: its colour near the places
+                near_frames[len(new) * reps + len(kept_old)] = int(fe[i])
             kept_old.append(i)
         elif not s_:
             kept_old.append(i)
@@ -556,7 +612,9 @@ def refresh_field(checkpoint: str | Path, dataset: Any, new_frames: Sequence[int
         raise ValueError(f"lr_scale must be > 0, got {lr_scale}")
     lrs = {} if "lr" in (overrides or {}) else {"lr": cfg.lr * lr_scale, "lr_final": cfg.lr_final * lr_scale}
     cfg = replace(cfg, **{"eval_every": 0, "eval_num_images": 0, "checkpoint_every": 0, **lrs, **(overrides or {})})
+    times = {"load": time.perf_counter() - t0}
     feats = scene_features(features, sub, feature_cache)
+    times["features"] = time.perf_counter() - t0 - sum(times.values())
     ck_dim = int((ck.get("extractor_info") or {}).get("feature_dim", 0) or 0)
     got = int(feats.maps.shape[-1]) if feats.maps is not None else 0
     if ck_dim and got != ck_dim:
@@ -565,11 +623,7 @@ def refresh_field(checkpoint: str | Path, dataset: Any, new_frames: Sequence[int
     maps, images, depths = feats.maps, {}, {}
     if bad:
         images, depths, maps = teach_frames(teacher, sub, bad, maps)
-    if cfg.losses.depth_mult > 0:  # the depth images the near pixels were found with
-        depths = {**near_depths, **depths}
-    tr = Trainer(cfg, _MaskedDataset(sub, masks, images, depths, rgb_masks) if masks or images or rgb_masks or depths
-                 else sub,
-                 maps, device,
+    tr = Trainer(cfg, _MaskedDataset(sub, masks, images, depths) if masks or images or depths else sub, maps, device,
                  extractor_info=ck.get("extractor_info"))
     state = dict(ck["model"])
     key = "rgb_field.appearance.weight"
@@ -608,13 +662,19 @@ def refresh_field(checkpoint: str | Path, dataset: Any, new_frames: Sequence[int
         tr.checkpoint_extra["live_edits"] = {
             "edits": edits_to_json(live_edits),
             "versions": {str(v): int(c) for v, c in sorted(zip(versions, fe.tolist(), strict=False)) if c >= 0}}
+    times["trainer"] = time.perf_counter() - t0 - sum(times.values())
+    near_masked = _distrust_near_colour(tr, sub, near_frames, list(live_edits), near_m, near_moved) \
+        if near_frames else 0
+    times["near"] = time.perf_counter() - t0 - sum(times.values())
     t1 = time.perf_counter()
     res = tr.train(int(num_steps), on_progress=on_progress, should_stop=should_stop)
-    train_s = time.perf_counter() - t1
+    train_s = times["train"] = time.perf_counter() - t1
     path = tr.save_checkpoint(Path(out_path), include_optimizer=False) if out_path is not None else None
+    times["save"] = time.perf_counter() - t0 - sum(times.values())
     return RefreshResult(path, res.step, res.stopped, len(new), len(kept_old), len(old) - len(kept_old),
-                         len(masks) + len(bad) + len(rgb_masks),
-                         time.perf_counter() - t0, train_s, dict(res.losses), tr if keep_trainer else None)
+                         len(masks) + len(bad) + near_masked,
+                         time.perf_counter() - t0, train_s, dict(res.losses), tr if keep_trainer else None,
+                         {k: round(v, 4) for k, v in times.items()})
 
 
 def boxes_points(boxes: Sequence[float], spacing: float = 0.02) -> np.ndarray:
