@@ -547,11 +547,11 @@ def test_near_places_answers_as_the_plain_tree_query_over_every_pixel():
     """NearPlaces looks only at the pixels the places' cells project onto: on random cameras, depths and places
     (cameras looking at them and past them, places behind a camera) it marks exactly what a tree query of every
     pixel's surface marks; so does its tensor way (:meth:`NearPlaces.near`, on the CPU and on CUDA when there is one)
-    on those pixels' points, and the plain distances of :func:`within` (chunked)."""
+    on those pixels' points."""
     import torch
     from scipy.spatial import cKDTree
 
-    from f3rm_ros.core.workflows.refresh import NearPlaces, within
+    from f3rm_ros.core.workflows.refresh import NearPlaces
 
     rng = np.random.default_rng(0)
     Kd = CameraIntrinsics(fx=40.0, fy=40.0, cx=20.0, cy=15.0, width=40, height=30)
@@ -574,7 +574,6 @@ def test_near_places_answers_as_the_plain_tree_query_over_every_pixel():
         # the tensor way (what a refresh asks on the trainer's device): the points of every pixel with a depth
         pts = torch.from_numpy(world.reshape(-1, 3)[(depth > 0).reshape(-1)])
         assert np.array_equal(NearPlaces(places, near_m).near(pts).numpy(), want[depth > 0]), trial
-        assert np.array_equal(within(pts, torch.from_numpy(places), near_m, chunk=997).numpy(), want[depth > 0])
         if torch.cuda.is_available():
             assert np.array_equal(NearPlaces(places, near_m).near(pts.cuda()).cpu().numpy(), want[depth > 0])
         marked += int(want.any())

@@ -143,6 +143,7 @@ class NearPlaces:
         self.P = np.asarray(places, np.float64).reshape(-1, 3)
         self.near_m = float(near_m)
         self.empty = not len(self.P) or not self.near_m > 0
+        self._fine = None  # near()'s cells, made on its first call
         if self.empty:
             return
         self.tree = cKDTree(self.P)
@@ -192,43 +193,35 @@ class NearPlaces:
         out[v[near], u[near]] = True
         return out
 
-    def near(self, world: torch.Tensor, chunk: int = 1 << 22) -> torch.Tensor:
+    def near(self, world: torch.Tensor) -> torch.Tensor:
         """Which of the points ``world`` [N, 3] (metres, any device) lie within ``near_m`` of a place, [N] bool: the
-        points in an occupied cell, then their distance to the places (on the CPU the tree's query, as
-        :meth:`pixels`; elsewhere exact distances in float64, ``chunk`` pairs at a time)."""
+        points in a fine cell (about 1 cm) whose centre lies within ``near_m`` + the cell's diagonal of a place's cell
+        (a distance transform, once: no point outside those cells can be near), then the tree's query of those alone
+        (on the CPU, every core), as :meth:`pixels` asks it."""
         out = torch.zeros(len(world), dtype=torch.bool, device=world.device)
         if self.empty or not len(world):
             return out
         dev = world.device
-        occ = torch.as_tensor(self.occ, device=dev)
-        shape = torch.tensor(self.occ.shape, device=dev)
-        c = torch.floor((world.double() - torch.as_tensor(self.lo, device=dev)) / self.h).long()
-        inside = ((c >= 0) & (c < shape)).all(1)
+        if self._fine is None:
+            from scipy import ndimage  # noqa: PLC0415
+
+            r = max(min(self.near_m / 4, 0.01), float(np.ptp(self.P, axis=0).max()) / 200)
+            pad = self.near_m + 2 * r
+            lo = self.P.min(0) - pad
+            occ = np.zeros(tuple(np.floor((self.P.max(0) + pad - lo) / r).astype(np.int64) + 1), dtype=bool)
+            occ[tuple(np.floor((self.P - lo) / r).astype(np.int64).T)] = True
+            # a point in cell c and a place in cell c' are at least |centre c - centre c'| - r sqrt(3) apart
+            self._fine = (lo, r, ndimage.distance_transform_edt(~occ) * r <= self.near_m + r * np.sqrt(3))
+        lo, r, cells = self._fine
+        c = torch.floor((world.double() - torch.as_tensor(lo, device=dev)) / r).long()
+        inside = ((c >= 0) & (c < torch.tensor(cells.shape, device=dev))).all(1)
         cand = torch.nonzero(inside).squeeze(1)
-        cand = cand[occ[tuple(c[cand].T)]]
+        cand = cand[torch.as_tensor(cells, device=dev)[tuple(c[cand].T)]]
         if not len(cand):
             return out
-        x = world[cand].double()
-        if dev.type == "cpu":
-            dist, _ = self.tree.query(x.numpy(), distance_upper_bound=self.near_m)
-            out[cand] = torch.from_numpy(np.isfinite(dist))
-            return out
-        out[cand] = within(x, torch.as_tensor(self.P, device=dev), self.near_m, chunk)
+        dist, _ = self.tree.query(world[cand].double().cpu().numpy(), distance_upper_bound=self.near_m, workers=-1)
+        out[cand] = torch.from_numpy(np.isfinite(dist)).to(dev)
         return out
-
-
-def within(x: torch.Tensor, places: torch.Tensor, near_m: float, chunk: int = 1 << 22) -> torch.Tensor:
-    """[N] bool: which points ``x`` [N, 3] lie within ``near_m`` of one of ``places`` [M, 3] (float64 distances to
-    every place, ``chunk`` pairs at a time: the device's way of a tree query)."""
-    hit = torch.zeros(len(x), dtype=torch.bool, device=x.device)
-    if not len(places):
-        return hit
-    x, places = x.double(), places.double()
-    step = max(1, chunk // len(places))
-    for a in range(0, len(x), step):
-        d2 = (x[a:a + step, None, :] - places[None]).square().sum(-1)
-        hit[a:a + step] = d2.min(1).values <= near_m ** 2
-    return hit
 
 
 class _MaskedDataset:
