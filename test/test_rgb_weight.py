@@ -4,12 +4,12 @@ error map."""
 
 import torch
 
-from f3rm_ros.core.fields.losses import rgb_mse
+from f3rm_ros.core.fields.losses import feature_mse, rgb_mse
 from f3rm_ros.core.trainer import Trainer
 from test_trainer import small_config, sphere_dataset
 
 
-def test_weighted_rgb_mse_is_the_mean_over_the_trusted_rays_and_gives_the_others_no_gradient():
+def test_weighted_rgb_and_feature_mse_are_the_means_over_the_trusted_rays_and_give_the_others_no_gradient():
     g = torch.Generator().manual_seed(0)
     pred = torch.rand(64, 3, generator=g, requires_grad=True)
     target = torch.rand(64, 3, generator=g)
@@ -21,6 +21,14 @@ def test_weighted_rgb_mse_is_the_mean_over_the_trusted_rays_and_gives_the_others
     got.backward()
     assert torch.all(pred.grad[~keep] == 0) and torch.all(pred.grad[keep].abs().sum(-1) > 0)
     assert float(rgb_mse(pred.detach(), target, torch.zeros(64))) == 0.0
+    # the feature loss weights its rays the same way
+    fp = torch.rand(64, 8, generator=g, requires_grad=True)
+    ft = torch.rand(64, 8, generator=g)
+    assert torch.allclose(feature_mse(fp, ft, torch.ones(64)), feature_mse(fp, ft))
+    got = feature_mse(fp, ft, w)
+    assert torch.allclose(got, torch.mean((fp[keep] - ft[keep]) ** 2))
+    got.backward()
+    assert torch.all(fp.grad[~keep] == 0) and torch.all(fp.grad[keep].abs().sum(-1) > 0)
 
 
 def test_untrusted_colour_stays_sampleable_and_weighs_nothing():

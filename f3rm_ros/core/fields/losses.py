@@ -41,9 +41,14 @@ def rgb_mse(pred: Tensor, target: Tensor, weight: Tensor | None = None) -> Tenso
     return (err.mean(-1) * w).sum() / w.sum().clamp(min=1e-6)
 
 
-def feature_mse(pred: Tensor, target: Tensor) -> Tensor:
-    """Mean squared error over rays and feature channels; ``pred, target  # [R, D]``."""
-    return torch.mean((pred.float() - target.float()) ** 2)
+def feature_mse(pred: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
+    """Mean squared error over rays and feature channels; ``pred, target  # [R, D]``; ``weight`` [R] as in
+    :func:`rgb_mse` (0 for a pixel whose feature is not to be trusted)."""
+    err = (pred.float() - target.float()) ** 2
+    if weight is None:
+        return torch.mean(err)
+    w = weight.float()
+    return (err.mean(-1) * w).sum() / w.sum().clamp(min=1e-6)
 
 
 def depth_loss(weights: Tensor, t_edges: Tensor, target: Tensor, valid: Tensor, margin: float) -> Tensor:

@@ -81,6 +81,7 @@ class RayBatcher:
             self.rgb_trust = torch.cat([torch.ones(int(counts[k]), dtype=torch.bool) if m is None else
                                         torch.as_tensor(np.asarray(m, bool).reshape(-1))
                                         for k, m in enumerate(rgb_masks)]).to(dev)
+        self.feature_trust: Tensor | None = None  # the same for the feature targets (distrust_features)
         self.K_train = intrinsics_tensor([intrinsics[int(i)] for i in train_indices], device=dev)
         self.c2w_train = torch.as_tensor(c2w_nerf[train_indices], dtype=torch.float32, device=dev)
         self.frame_of_train = torch.as_tensor(train_indices, device=dev)
@@ -155,6 +156,14 @@ class RayBatcher:
             self.rgb_trust = torch.ones(self.pixels.shape[0], dtype=torch.bool, device=self.device)
         self.rgb_trust[flat.to(self.device)] = False
 
+    def distrust_features(self, flat: Tensor) -> None:
+        """Leave out the feature targets of the pixels ``flat`` (as :meth:`distrust_colour`): ``feature_weight`` 0."""
+        if not flat.numel():
+            return
+        if self.feature_trust is None:
+            self.feature_trust = torch.ones(self.pixels.shape[0], dtype=torch.bool, device=self.device)
+        self.feature_trust[flat.to(self.device)] = False
+
     def set_poses(self, c2w_nerf: np.ndarray, field_units_per_metre: float) -> None:
         """New camera poses (field frame) and scale, e.g. from a checkpoint: the depth targets follow the scale."""
         self.c2w_train = torch.as_tensor(c2w_nerf[self.train_indices], dtype=torch.float32, device=self.device)
@@ -203,7 +212,8 @@ class RayBatcher:
     def sample(self) -> dict[str, Tensor]:
         """A random ray batch: origins/directions (field frame), rgb targets, camera and pixel indices
         (``sample``: the index into the sampleable pixels, for the error map), and when present
-        ``rgb_weight`` (the colour's trust), ``depth``/``depth_valid`` and ``features`` targets."""
+        ``rgb_weight`` (the colour's trust), ``depth``/``depth_valid`` and ``features`` targets (with
+        ``feature_weight``, their trust, when some are left out)."""
         sample = self.draw_pixels()
         flat = sample
         if self.valid is not None:
@@ -226,4 +236,6 @@ class RayBatcher:
         if self.feature_maps is not None:
             frame = self.frame_of_train[cam]
             batch["features"] = nearest_patch_targets(self.feature_maps, frame, px, py, W, self.sizes[cam, 1]).float()
+            if self.feature_trust is not None:
+                batch["feature_weight"] = self.feature_trust[flat].float()
         return batch

@@ -218,7 +218,8 @@ class Trainer:
                                                                               out["proposals"]),
                   "distortion": cfg.losses.distortion_mult * distortion_loss(out["s_edges"], out["weights"])}
         if "features" in out:
-            losses["feature"] = cfg.losses.feature_mult * feature_mse(out["features"], batch["features"])
+            losses["feature"] = cfg.losses.feature_mult * feature_mse(out["features"], batch["features"],
+                                                                      batch.get("feature_weight"))
         if "depth" in batch:
             losses["depth"] = cfg.losses.depth_mult * depth_loss(
                 out["weights"], out["t_edges"], batch["depth"], batch["depth_valid"],

@@ -252,13 +252,14 @@ class _MaskedDataset:
         return d if d is not None else self._ds.get_depth(index)
 
 
-def _distrust_near_colour(tr: Any, sub: Any, near_frames: dict[int, int], live_edits: list[Any], near_m: float,
-                          near_moved: bool) -> int:
-    """Leave out, in the trainer's batches, the colour of the old frames' pixels whose measured surface lies within
-    ``near_m`` of a place an edit changed after the frame was taken (``near_frames``: subset index -> the frame's
-    edit count); ``near_moved`` False spares the moved thing itself (seen at the old place it is read from). Found on
-    the trainer's device from its depth targets, all frames of one scene version at once (:meth:`NearPlaces.near`).
-    Returns how many frames lost some colour (frames without depth lose none)."""
+def _distrust_near(tr: Any, sub: Any, near_frames: dict[int, int], live_edits: list[Any], near_m: float,
+                   near_moved: bool, features: bool = False) -> int:
+    """Leave out, in the trainer's batches, the colour (and with ``features`` the feature targets) of the old frames'
+    pixels whose measured surface lies within ``near_m`` of a place an edit changed after the frame was taken
+    (``near_frames``: subset index -> the frame's edit count); ``near_moved`` False spares the moved thing itself (seen
+    at the old place it is read from). Found on the trainer's device from its depth targets, all frames of one scene
+    version at once (:meth:`NearPlaces.near`). Returns how many frames lost some pixels (frames without depth lose
+    none)."""
     b = tr.batcher
     made = b.depth_t is None
     if made:  # no depth loss: the targets only for this
@@ -293,6 +294,8 @@ def _distrust_near_colour(tr: Any, sub: Any, near_frames: dict[int, int], live_e
                 spare |= r.contains(w)
             near[torch.nonzero(near).squeeze(1)[spare.to(near.device)]] = False
         b.distrust_colour(flat[near])
+        if features:
+            b.distrust_features(flat[near])
         masked += int(torch.unique(frame[near]).numel())
     if made:
         b.depth_t = b.depth_valid = None
@@ -489,7 +492,7 @@ def refresh_field(checkpoint: str | Path, dataset: Any, new_frames: Sequence[int
                   bake_points: np.ndarray | None = None, bake_mult: float = 1.0, new_repeat: int = 4,
                   lr_scale: float = 0.1, live_edits: Sequence[Any] = (),
                   frame_edits: Sequence[int] | None = None, near_m: float = 0.0,
-                  near_moved: bool = True) -> RefreshResult:
+                  near_moved: bool = True, near_features: bool = False) -> RefreshResult:
     """Fine-tune ``checkpoint`` on ``dataset``'s ``new_frames`` plus its other frames, for ``num_steps`` steps. An old
     frame that sees ``changed`` (points [M, 3] sampled every ``spacing`` m, e.g. :func:`changed_points` of the edits;
     None trusts every old frame) is, with ``old_frames`` "mask", kept with the pixels the changed places project onto
@@ -521,14 +524,16 @@ def refresh_field(checkpoint: str | Path, dataset: Any, new_frames: Sequence[int
     ``near_m`` of the old or new place of an edit it did not see (found on the trainer's device from its depth targets;
     :func:`near_changed_pixels` is the plain reference): the shadows around both places moved, and the moved thing
     itself (``near_moved``) is lit from another side in its new pose, so only the newer frames show their colours as
-    they are now; those pixels' depth and features still train the field (the shapes and meanings did not change).
-    ``near_moved`` False spares the moved thing. Side by side (``bench_scene_edits.py --variants``, CPU): on 1500-step
-    fields of two generated scenes, 0.08 gave held-out PSNR +0.79 and +0.71 dB against 0 (26.05 -> 26.84, 29.62 ->
-    30.33; the full retrains 27.90, 30.80), without the moved thing +0.56 / +0.58, leaving the whole ray out (an option
-    then) +0.50 / +0.53. On the 500-step fields of the CPU bench it gave -0.40 / -0.06 dB, and an unmoved bottle beside
-    the changed places lost its grasp after the second refresh (after the first it kept it, and lost it with whole rays
-    left out or with ``lr_scale`` 0.2, which gave another +0.2 / +0.5 dB on the sharp fields). Off until the GPU bench
-    says.
+    they are now; those pixels' depth and features still train the field (the shapes did not change).
+    ``near_moved`` False spares the moved thing. ``near_features`` leaves those pixels' feature targets out too (a
+    patch feature near a thing that moved away still shows some of it: a neighbour's rim keeps the moved thing's
+    meaning, and a query for it finds that rim at the old place). Side by side (``bench_scene_edits.py --variants``,
+    CPU): on 1500-step fields of two generated scenes, 0.08 gave held-out PSNR +0.79 and +0.71 dB against 0 (26.05 ->
+    26.84, 29.62 -> 30.33; the full retrains 27.90, 30.80), without the moved thing +0.56 / +0.58, leaving the whole
+    ray out (an option then) +0.50 / +0.53. On the 500-step fields of the CPU bench it gave -0.40 / -0.06 dB, and an
+    unmoved bottle beside the changed places lost its grasp after the second refresh (after the first it kept it, and
+    lost it with whole rays left out or with ``lr_scale`` 0.2, which gave another +0.2 / +0.5 dB on the sharp fields).
+    Off until the GPU bench says.
 
     Args:
         features: the feature source as in ``TrainSceneRequest.features`` (the field's own extractor, e.g. a label
@@ -656,7 +661,7 @@ def refresh_field(checkpoint: str | Path, dataset: Any, new_frames: Sequence[int
             "edits": edits_to_json(live_edits),
             "versions": {str(v): int(c) for v, c in sorted(zip(versions, fe.tolist(), strict=False)) if c >= 0}}
     times["trainer"] = time.perf_counter() - t0 - sum(times.values())
-    near_masked = _distrust_near_colour(tr, sub, near_frames, list(live_edits), near_m, near_moved) \
+    near_masked = _distrust_near(tr, sub, near_frames, list(live_edits), near_m, near_moved, near_features) \
         if near_frames else 0
     times["near"] = time.perf_counter() - t0 - sum(times.values())
     t1 = time.perf_counter()
