@@ -455,7 +455,7 @@ def test_near_changed_places_leave_out_their_colour(tiny, tmp_path):
     (every pixel sampleable, their colour weighs 0); which pixels, found on the trainer's device from its depth targets,
     are the ones the plain reference (:func:`near_changed_pixels` on the frame's depth image) marks, up to pixels whose
     surface lies within 0.1 mm of the ``near_m`` line (float32 targets); the new frames are whole; ``near_moved`` False
-    spares the moved thing's own colour; ``near_features`` leaves the same pixels' features out; ``near_m`` 0 is off."""
+    spares the moved thing's own colour; ``near_features`` leaves the same pixels' features out; off by default."""
     import torch
     from scipy.spatial import cKDTree
 
@@ -543,9 +543,8 @@ def test_near_changed_places_leave_out_their_colour(tiny, tmp_path):
     both = refresh_field(ck, ds, range(8, 12), None, 1, near_features=True, **kw).trainer.batcher
     assert torch.equal(both.rgb_trust, moved.rgb_trust) and torch.equal(both.feature_trust, both.rgb_trust)
     assert "feature_weight" in both.sample()
-    kw.pop("near_m")  # 0.08 by default; 0 turns it off
-    assert torch.equal(refresh_field(ck, ds, range(8, 12), None, 1, **kw).trainer.batcher.rgb_trust, moved.rgb_trust)
-    assert refresh_field(ck, ds, range(8, 12), None, 1, near_m=0.0, **kw).trainer.batcher.rgb_trust is None
+    kw.pop("near_m")  # off by default
+    assert refresh_field(ck, ds, range(8, 12), None, 1, **kw).trainer.batcher.rgb_trust is None
 
 
 def test_near_places_answers_as_the_plain_tree_query_over_every_pixel():
