@@ -254,10 +254,11 @@ def plan(a: argparse.Namespace) -> int:
         old = np.concatenate([np.c_[g, np.full(len(g), z)] for z in (0.0, 0.01)])
         T = np.asarray(mv["T_world_new_old"], np.float64)
         places = np.concatenate([old, old @ T[:3, :3].T + T[:3, 3]])
-        out = []
+        out, near = [], rf_mod.NearPlaces(places, NEAR_M)  # the same places for every held-out view
         for i in range(len(held)):
-            part = np.zeros(held.get_depth(i).shape, np.int64)
-            part[rf_mod.near_changed_pixels(held.c2w[i], held.intrinsics[i], held.get_depth(i), places, NEAR_M)] = 2
+            depth = held.get_depth(i)
+            part = np.zeros(depth.shape, np.int64)
+            part[near.pixels(held.c2w[i], held.intrinsics[i], depth)] = 2
             part[np.isin(held.get_labels(i), ids)] = 1
             out.append(part)
         return out

@@ -150,19 +150,20 @@ class RayBatcher:
     def distrust_colour(self, flat: Tensor) -> None:
         """Leave out the colour of the pixels ``flat`` (indices into the pixel buffer, [n]): their ``rgb_weight`` is 0
         from now on, their depth and features stay (as a dataset's ``get_rgb_mask`` does)."""
-        if not flat.numel():
-            return
-        if self.rgb_trust is None:
-            self.rgb_trust = torch.ones(self.pixels.shape[0], dtype=torch.bool, device=self.device)
-        self.rgb_trust[flat.to(self.device)] = False
+        self.rgb_trust = self._untrusted(self.rgb_trust, flat)
 
     def distrust_features(self, flat: Tensor) -> None:
         """Leave out the feature targets of the pixels ``flat`` (as :meth:`distrust_colour`): ``feature_weight`` 0."""
+        self.feature_trust = self._untrusted(self.feature_trust, flat)
+
+    def _untrusted(self, trust: Tensor | None, flat: Tensor) -> Tensor | None:
+        """``trust`` ([P] bool, None = all trusted) with the pixels ``flat`` set False (None stays None for none)."""
         if not flat.numel():
-            return
-        if self.feature_trust is None:
-            self.feature_trust = torch.ones(self.pixels.shape[0], dtype=torch.bool, device=self.device)
-        self.feature_trust[flat.to(self.device)] = False
+            return trust
+        if trust is None:
+            trust = torch.ones(self.pixels.shape[0], dtype=torch.bool, device=self.device)
+        trust[flat.to(self.device)] = False
+        return trust
 
     def set_poses(self, c2w_nerf: np.ndarray, field_units_per_metre: float) -> None:
         """New camera poses (field frame) and scale, e.g. from a checkpoint: the depth targets follow the scale."""
