@@ -45,7 +45,7 @@ the surfaces within ``NEAR_M`` of the table under its old or new place, the rest
 full retrain. ``--variants`` (a JSON list of refresh options) refreshes the same field again per variant beside the
 main refresh on the moves with a full retrain (PSNR with its split, and the same queries: the judge checks their
 grasps and sums each variant up beside the main refresh on the same moves; the sequence goes on from the main
-refresh).
+refresh). A variant's ``"steps"`` replaces ``--refresh-steps`` for it.
 
 ``--refresh-options`` takes refresh_field's keyword arguments as JSON (``new_repeat``, ``clear_mult``, ...; with
 ``"through": true`` the refresh goes through the edits, as the train node's does with edits: the field keeps its
@@ -318,6 +318,7 @@ def plan(a: argparse.Namespace) -> int:
             def refresh_with(opts: dict, out_path: Path, ds=ds, first=first, edited=edited, ckpt=ckpt, ex=ex,
                              edits_so_far=edits_so_far, edit_counts=edit_counts):
                 kw = dict(opts)
+                steps = int(kw.pop("steps", a.refresh_steps))  # a variant may train longer or shorter
                 if kw.pop("through", False):  # the field keeps the first scene, each frame sees its own edits
                     for key in ("old_frames", "bake", "teacher", "clear_points"):
                         kw.pop(key, None)
@@ -339,7 +340,7 @@ def plan(a: argparse.Namespace) -> int:
                     changed = rf_mod.changed_points(edits_so_far) if edits_so_far else None
                 sync()
                 t0 = time.perf_counter()
-                rf = rf_mod.refresh_field(ckpt, ds, range(first, len(ds)), changed, a.refresh_steps, features=ex,
+                rf = rf_mod.refresh_field(ckpt, ds, range(first, len(ds)), changed, steps, features=ex,
                                           device=device, out_path=out_path, **kw)
                 sync()
                 return rf, time.perf_counter() - t0
