@@ -179,6 +179,7 @@ def plan(a: argparse.Namespace) -> int:
     from f3rm_ros.core.field_api import load_trained_field  # noqa: PLC0415
     from f3rm_ros.core.grasp.config import PlannerConfig  # noqa: PLC0415
     from f3rm_ros.core.grasp.session import QueryConfig, QuerySession  # noqa: PLC0415
+    from f3rm_ros.core.image_codec import encode_rgb  # noqa: PLC0415
     from f3rm_ros.core.presets import trainer_config  # noqa: PLC0415
     from f3rm_ros.core.workflows import refresh as rf_mod  # noqa: PLC0415
     from f3rm_ros.core.workflows.scene_edits import EditRequest, edit_field, session_with_field  # noqa: PLC0415
@@ -228,14 +229,20 @@ def plan(a: argparse.Namespace) -> int:
         sync()
         return r, time.perf_counter() - t0
 
-    def psnr(field, held, parts: list[np.ndarray] | None = None, into: dict | None = None) -> float:
+    def psnr(field, held, parts: list[np.ndarray] | None = None, into: dict | None = None,
+             save: Path | None = None) -> float:
         """Mean held-out PSNR; with ``parts`` (per frame [H, W] of PART_NAMES' indices) ``into`` gets each part's
-        share of the mean squared error (x 1e4: the sums over its pixels / all pixels, averaged over the frames)."""
+        share of the mean squared error (x 1e4: the sums over its pixels / all pixels, averaged over the frames).
+        ``save`` (with ``--images``): each render beside its ground truth, ``<save>_<i>.png``."""
         vals, shares = [], np.zeros(len(PART_NAMES))
         with torch.no_grad():
             for i in range(len(held)):
                 o = field.render(held.c2w[i], held.intrinsics[i], with_features=False)["rgb"].clamp(0, 1)
                 gt = torch.as_tensor(np.array(held.get_image(i)), dtype=torch.float32, device=o.device) / 255.0
+                if save is not None:
+                    save.parent.mkdir(parents=True, exist_ok=True)
+                    pair = (torch.cat([o, gt], 1) * 255).round().byte().cpu().numpy()
+                    (save.parent / f"{save.name}_{i}.png").write_bytes(encode_rgb(pair, "png"))
                 se = ((o - gt) ** 2).mean(-1).cpu().numpy()
                 vals.append(-10 * np.log10(max(float(se.mean()), 1e-10)))
                 if parts is not None:
@@ -243,6 +250,9 @@ def plan(a: argparse.Namespace) -> int:
         if parts is not None and into is not None:
             into.update({n: round(float(v) * 1e4 / len(held), 2) for n, v in zip(PART_NAMES, shares, strict=True)})
         return float(np.mean(vals))
+
+    def shot(d: Path, k: int, name: str) -> Path | None:
+        return a.images / d.name / f"move-{k}" / name if a.images is not None else None
 
     def held_parts(held, ids: list[int], mv: dict) -> list[np.ndarray] | None:
         """Per held-out frame [H, W]: 1 = the moved thing (its labels), 2 = another surface within NEAR_M of the
@@ -264,6 +274,9 @@ def plan(a: argparse.Namespace) -> int:
         return out
 
     dirs = _scene_dirs(a.data_root)[:a.limit or None]
+    if a.seeds:
+        want = {int(x) for x in a.seeds.split(",") if x.strip()}
+        dirs = [d for d in dirs if int(d.name.split("-")[-1]) in want]
     if a.shard:
         i, n = (int(x) for x in a.shard.split("/"))
         dirs = dirs[i::n]
@@ -286,7 +299,7 @@ def plan(a: argparse.Namespace) -> int:
         print(f"{d.name}: target {target!r}, trained {a.steps} steps in {t_train:.1f} s", flush=True)
         edits_so_far: list = []
         edit_counts = {0: 0}  # scene version -> edits in force when it was captured (refreshes through the edits)
-        for mv in info["moves"]:
+        for mv in info["moves"][:a.max_moves or None]:
             k = mv["move"]
             T = np.asarray(mv["T_world_new_old"], dtype=np.float64)
             row: dict = {"move": k}
@@ -353,9 +366,10 @@ def plan(a: argparse.Namespace) -> int:
             held = load_dataset(d / f"move-{k}" / "heldout", eval_every=0)
             parts = held_parts(held, target_ids, mv)
             if edited is not None:  # the edit itself on the same views: what the refresh starts from
-                row["edit_psnr"] = psnr(edited, held, parts, row.setdefault("edit_parts", {}))
+                row["edit_psnr"] = psnr(edited, held, parts, row.setdefault("edit_parts", {}), shot(d, k, "edit"))
             field_r = load_trained_field(rf.checkpoint, device)
-            row["refresh_psnr"] = psnr(field_r, held, parts, row.setdefault("refresh_parts", {}))
+            row["refresh_psnr"] = psnr(field_r, held, parts, row.setdefault("refresh_parts", {}),
+                                      shot(d, k, "refresh"))
             s_ref = session_on(field_r, ex)
             row["after_refresh"] = ask(s_ref, target, mv["old_box"])
             row["unmoved_after_refresh"] = [ask(s_ref, t) for t in others]
@@ -364,13 +378,13 @@ def plan(a: argparse.Namespace) -> int:
                 rfull, t_full = train(d / f"move-{k}" / "full", work / f"full{k}", full_ex)
                 row["full_s"], row["full_train_s"] = t_full, rfull.train_s
                 row["full_psnr"] = psnr(load_trained_field(rfull.field, device), held, parts,
-                                        row.setdefault("full_parts", {}))
+                                        row.setdefault("full_parts", {}), shot(d, k, "full"))
                 row["variants"] = []
                 for j, opts in enumerate(variants):  # side by side, from the same field; the sequence goes on
                     rv, t_v = refresh_with(opts, work / f"refresh{k}_v{j}.ckpt")  # with the main refresh
                     v = {"options": opts, "refresh_s": t_v, "parts": {}, "times": rv.times}
                     field_v = load_trained_field(rv.checkpoint, device)
-                    v["psnr"] = psnr(field_v, held, parts, v["parts"])
+                    v["psnr"] = psnr(field_v, held, parts, v["parts"], shot(d, k, f"variant{j}"))
                     s_v = session_on(field_v, ex)  # the same queries: a variant's grasps are judged as the main's
                     v["after_refresh"] = ask(s_v, target, mv["old_box"])
                     v["unmoved_after_refresh"] = [ask(s_v, t) for t in others]
@@ -578,6 +592,10 @@ def main(argv: list[str] | None = None) -> int:
         pl.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
         pl.add_argument("--limit", type=int, default=0, help="only the first N scenes (0 = all)")
         pl.add_argument("--shard", default="", help="I/N: every N-th scene from the I-th (one GPU call each)")
+        pl.add_argument("--max-moves", type=int, default=0, help="only each scene's first N moves (0 = all)")
+        pl.add_argument("--seeds", default="", help="only these scenes' seeds, e.g. 10,17 (after --limit, --shard)")
+        pl.add_argument("--images", type=Path, default=None, help="save each held-out render beside its ground "
+                        "truth here (PNG, per scene and move: edit, refresh, full, variantJ)")
 
     r = sub.add_parser("render", help="scenes, moves, new / held-out / full views (needs open3d)")
     render_args(r)
