@@ -252,7 +252,7 @@ def plan(a: argparse.Namespace) -> int:
         return float(np.mean(vals))
 
     def shot(d: Path, k: int, name: str) -> Path | None:
-        return a.images / d.name / f"move-{k}" / name if a.images is not None else None
+        return a.images / f"{d.name}_move{k}_{name}" if a.images is not None else None  # one flat folder
 
     def held_parts(held, ids: list[int], mv: dict) -> list[np.ndarray] | None:
         """Per held-out frame [H, W]: 1 = the moved thing (its labels), 2 = another surface within NEAR_M of the
@@ -595,7 +595,7 @@ def main(argv: list[str] | None = None) -> int:
         pl.add_argument("--max-moves", type=int, default=0, help="only each scene's first N moves (0 = all)")
         pl.add_argument("--seeds", default="", help="only these scenes' seeds, e.g. 10,17 (after --limit, --shard)")
         pl.add_argument("--images", type=Path, default=None, help="save each held-out render beside its ground "
-                        "truth here (PNG, per scene and move: edit, refresh, full, variantJ)")
+                        "truth here (PNG: <scene>_move<K>_<edit|refresh|full|variantJ>_<view>.png)")
 
     r = sub.add_parser("render", help="scenes, moves, new / held-out / full views (needs open3d)")
     render_args(r)
