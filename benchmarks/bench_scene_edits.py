@@ -230,19 +230,18 @@ def plan(a: argparse.Namespace) -> int:
         return r, time.perf_counter() - t0
 
     def psnr(field, held, parts: list[np.ndarray] | None = None, into: dict | None = None,
-             save: Path | None = None) -> float:
+             save: tuple[str, str] | None = None) -> float:
         """Mean held-out PSNR; with ``parts`` (per frame [H, W] of PART_NAMES' indices) ``into`` gets each part's
         share of the mean squared error (x 1e4: the sums over its pixels / all pixels, averaged over the frames).
-        ``save`` (with ``--images``): each render beside its ground truth, ``<save>_<i>.png``."""
+        ``save`` (``shot``'s key and name, with ``--images``): each render kept for the move's montage."""
         vals, shares = [], np.zeros(len(PART_NAMES))
         with torch.no_grad():
             for i in range(len(held)):
                 o = field.render(held.c2w[i], held.intrinsics[i], with_features=False)["rgb"].clamp(0, 1)
                 gt = torch.as_tensor(np.array(held.get_image(i)), dtype=torch.float32, device=o.device) / 255.0
                 if save is not None:
-                    save.parent.mkdir(parents=True, exist_ok=True)
-                    pair = (torch.cat([o, gt], 1) * 255).round().byte().cpu().numpy()
-                    (save.parent / f"{save.name}_{i}.png").write_bytes(encode_rgb(pair, "png"))
+                    rows = gallery.setdefault(save[0], {}).setdefault(i, [gt])
+                    rows.append(o)
                 se = ((o - gt) ** 2).mean(-1).cpu().numpy()
                 vals.append(-10 * np.log10(max(float(se.mean()), 1e-10)))
                 if parts is not None:
@@ -251,8 +250,20 @@ def plan(a: argparse.Namespace) -> int:
             into.update({n: round(float(v) * 1e4 / len(held), 2) for n, v in zip(PART_NAMES, shares, strict=True)})
         return float(np.mean(vals))
 
-    def shot(d: Path, k: int, name: str) -> Path | None:
-        return a.images / f"{d.name}_move{k}_{name}" if a.images is not None else None  # one flat folder
+    gallery: dict[str, dict[int, list]] = {}  # --images: per scene and move, per held-out view, its renders
+
+    def shot(d: Path, k: int, name: str) -> tuple[str, str] | None:
+        return (f"{d.name}_move{k}", name) if a.images is not None else None
+
+    def write_gallery() -> None:
+        """One PNG per held-out view (one flat folder: the device brings back no deeper one), the renders stacked
+        top to bottom in the order they were made: ground truth, edit, refresh, full retrain, variants."""
+        for key, views in gallery.items():
+            a.images.mkdir(parents=True, exist_ok=True)
+            for i, rows in views.items():
+                img = (torch.cat(rows, 0) * 255).round().byte().cpu().numpy()
+                (a.images / f"{key}_view{i}.png").write_bytes(encode_rgb(img, "png"))
+        gallery.clear()
 
     def held_parts(held, ids: list[int], mv: dict) -> list[np.ndarray] | None:
         """Per held-out frame [H, W]: 1 = the moved thing (its labels), 2 = another surface within NEAR_M of the
@@ -402,6 +413,7 @@ def plan(a: argparse.Namespace) -> int:
                   + "".join(f"; {n} error x1e4 {row[n + '_parts']}" for n in ("edit", "refresh", "full")
                             if row.get(n + "_parts")), flush=True)
             scene_out["moves"].append(row)
+            write_gallery()
             session, ckpt = s_ref, rf.checkpoint  # edits_so_far stays: the first capture still shows every old place
         out["scenes"][d.name] = scene_out
         a.out.parent.mkdir(parents=True, exist_ok=True)
@@ -594,8 +606,8 @@ def main(argv: list[str] | None = None) -> int:
         pl.add_argument("--shard", default="", help="I/N: every N-th scene from the I-th (one GPU call each)")
         pl.add_argument("--max-moves", type=int, default=0, help="only each scene's first N moves (0 = all)")
         pl.add_argument("--seeds", default="", help="only these scenes' seeds, e.g. 10,17 (after --limit, --shard)")
-        pl.add_argument("--images", type=Path, default=None, help="save each held-out render beside its ground "
-                        "truth here (PNG: <scene>_move<K>_<edit|refresh|full|variantJ>_<view>.png)")
+        pl.add_argument("--images", type=Path, default=None, help="save the held-out renders here, one PNG per "
+                        "view (<scene>_move<K>_view<I>.png: ground truth, edit, refresh, full, variants, top down)")
 
     r = sub.add_parser("render", help="scenes, moves, new / held-out / full views (needs open3d)")
     render_args(r)
