@@ -27,14 +27,15 @@ against a full retrain in the same run; in three halves, as bench_grasp_generali
     # CPU (small; what runs on the 2-core machine)
     python benchmarks/bench_scene_edits.py all --device cpu --threads 2 --scenes 2 --start 2 --moves 2 --steps 500 \\
         --rays 1024 --preset small+synthetic+depth+error_map --planner fast --refresh-steps 400 \\
-        --refresh-options '{"new_repeat": 4}' --width 160 --height 120 --views 40 --work /tmp/f3rm_scene_edits
+        --refresh-preset cpu --refresh-options '{"through": true}' --width 160 --height 120 --views 40 \\
+        --work /tmp/f3rm_scene_edits
     # GPU, the issue's figures (10 scenes x 3 moves). Here (open3d), ~43 MB with full retrains of move 1:
     python benchmarks/bench_scene_edits.py render --scenes 10 --moves 3 --full-moves 1 --out .gpudata/edits10
     # on the GPU machine (torch only; 20 trainings of 2000 steps, 30 refreshes and the queries: ~8 min on an H100;
     # --shard 0/2 then --shard 1/2 splits it in two calls; .gpudata/run_se.sh runs it from a git archive of HEAD):
     python benchmarks/bench_scene_edits.py plan --data-root .gpudata/edits10 --device cuda --steps 2000 \\
-        --refresh-steps 800 --refresh-options '{"new_repeat": 4, "through": true}' \\
-        --variants '[{"through": true, "near_m": 0.08}]' --rays 4096 --planner reference \\
+        --refresh-steps 800 --refresh-options '{"through": true}' \\
+        --variants '[{"through": true, "near_m": 0, "lr_scale": 0.1}]' --rays 4096 --planner reference \\
         --out $OUT/scene_edits_gpu_0.json
     # back here (the shards are merged):
     python benchmarks/bench_scene_edits.py judge benchmarks/results/scene_edits_gpu_0.json \\
@@ -60,6 +61,7 @@ it as two roots of 5 scenes, ``--start``, and merge by judging each.)
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -167,7 +169,15 @@ def render(a: argparse.Namespace) -> int:
 def _result_row(text: str, res, wall: float) -> dict:
     g = res.best
     return {"query": text, "found": bool(res.found), "reason": res.reason, "seconds": wall,
-            "T_world_gripper": g.T_world_gripper.tolist() if g is not None else None}
+            "T_world_gripper": g.T_world_gripper.tolist() if g is not None else None, **_language_stats(res)}
+
+
+def _language_stats(res) -> dict:
+    """What the language mask saw: the best similarity over the searched surface and how many voxels it kept (to
+    tell a leftover at an old place from a thing)."""
+    st = res.stats or {}
+    return {k: (round(float(st[k]), 4) if k == "best_similarity" else int(st[k]))
+            for k in ("best_similarity", "masked") if k in st}
 
 
 def plan(a: argparse.Namespace) -> int:
@@ -180,7 +190,8 @@ def plan(a: argparse.Namespace) -> int:
     from f3rm_ros.core.grasp.config import PlannerConfig  # noqa: PLC0415
     from f3rm_ros.core.grasp.session import QueryConfig, QuerySession  # noqa: PLC0415
     from f3rm_ros.core.image_codec import encode_rgb  # noqa: PLC0415
-    from f3rm_ros.core.presets import trainer_config  # noqa: PLC0415
+    from f3rm_ros.core.config import replace  # noqa: PLC0415
+    from f3rm_ros.core.presets import REFRESH_CPU, trainer_config  # noqa: PLC0415
     from f3rm_ros.core.workflows import refresh as rf_mod  # noqa: PLC0415
     from f3rm_ros.core.workflows.scene_edits import EditRequest, edit_field, session_with_field  # noqa: PLC0415
     from f3rm_ros.core.workflows.train_scene import TrainSceneRequest, train_scene  # noqa: PLC0415
@@ -217,6 +228,7 @@ def plan(a: argparse.Namespace) -> int:
         if old_box is not None:
             r_old = s.plan(text, workspace=tuple(map(tuple, old_box)))
             row["old_place_found"] = bool(r_old.found)
+            row["old_place_language"] = _language_stats(r_old)
             if r_old.found:  # what it holds is the judge's to say (a leftover of the target, a neighbour, nothing)
                 row["old_place_grasp"] = r_old.best.T_world_gripper.tolist()
         return row
@@ -251,6 +263,13 @@ def plan(a: argparse.Namespace) -> int:
         return float(np.mean(vals))
 
     gallery: dict[str, dict[int, list]] = {}  # --images: per scene and move, per held-out view, its renders
+
+    base_refresh = replace(rf_mod.RefreshConfig(), **(REFRESH_CPU if a.refresh_preset == "cpu" else {}))
+    refresh_keys = {f.name for f in dataclasses.fields(rf_mod.RefreshConfig)}
+
+    def refresh_config(kw: dict):
+        """The RefreshConfig of refresh options ``kw`` (its keys popped from ``kw``) on top of --refresh-preset."""
+        return replace(base_refresh, **{k: kw.pop(k) for k in list(kw) if k in refresh_keys})
 
     def shot(d: Path, k: int, name: str) -> tuple[str, str] | None:
         return (f"{d.name}_move{k}", name) if a.images is not None else None
@@ -343,6 +362,7 @@ def plan(a: argparse.Namespace) -> int:
                              edits_so_far=edits_so_far, edit_counts=edit_counts):
                 kw = dict(opts)
                 steps = int(kw.pop("steps", a.refresh_steps))  # a variant may train longer or shorter
+                kw["config"] = refresh_config(kw)  # RefreshConfig's keys out of kw, on top of --refresh-preset
                 if kw.pop("through", False):  # the field keeps the first scene, each frame sees its own edits
                     for key in ("old_frames", "bake", "teacher", "clear_points"):
                         kw.pop(key, None)
@@ -373,6 +393,7 @@ def plan(a: argparse.Namespace) -> int:
             row["refresh"] = {"frames_new": rf.frames_new, "frames_old_kept": rf.frames_old_kept,
                               "frames_old_dropped": rf.frames_old_dropped, "frames_old_masked": rf.frames_old_masked,
                               "train_s": rf.train_s, "steps": a.refresh_steps, "options": refresh_kw,
+                              "config": dataclasses.asdict(refresh_config(dict(refresh_kw))),
                               "times": rf.times}
             held = load_dataset(d / f"move-{k}" / "heldout", eval_every=0)
             parts = held_parts(held, target_ids, mv)
@@ -596,8 +617,12 @@ def main(argv: list[str] | None = None) -> int:
         pl.add_argument("--planner", choices=("fast", "cpu", "reference"), default="reference",
                         help="fast: geometric grasps, few seeds (CPU); cpu: the demo's CPU settings; reference: "
                              "defaults")
-        pl.add_argument("--refresh-options", default="{}", help="JSON keyword arguments of refresh_field (and "
-                        "\"bake\": true: the edited field teaches the changed places)")
+        pl.add_argument("--refresh-options", default="{}", help="JSON keyword arguments of refresh_field and "
+                        "RefreshConfig's keys (new_repeat, lr_scale, near_m, ...; and \"bake\": true: the edited field "
+                        "teaches the changed places)")
+        pl.add_argument("--refresh-preset", choices=("reference", "cpu"), default="reference",
+                        help="RefreshConfig's defaults (reference) or with presets.REFRESH_CPU on top (cpu), under "
+                             "--refresh-options and each variant's")
         pl.add_argument("--variants", default="[]", help="JSON list of other refresh options, each refreshed from "
                         "the same field beside the main refresh on the moves with a full retrain (PSNR and the same "
                         "queries)")

@@ -1,12 +1,14 @@
 """A refresh through the TrainFields action over real DDS (issue 18): the train node trains a tiny field on a scan,
 frames of the changed scene are appended (scene_version 1, as a capture APPEND writes them), and a goal with
 ``refresh_from`` fine-tunes that field on them for a few steps with feedback; the refreshed checkpoint is announced
-on ~/checkpoint; a refresh on another dataset, without appended frames, or with malformed boxes is refused with the
-reason."""
+on ~/checkpoint, and the node's ``refresh.*`` parameters (RefreshConfig) are what it fine-tuned with; a refresh on
+another dataset, without appended frames, or with malformed boxes is refused with the reason."""
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -43,6 +45,7 @@ def test_refresh_goal(tmp_path):
     with rclpy.init():
         params = [Parameter("data_root", value=str(data)), Parameter("checkpoint_root", value=str(ckpt))]
         params += [Parameter(k, value=v) for k, v in TINY.items()]
+        params += [Parameter("refresh.lr_scale", value=0.5)]  # a RefreshConfig setting reaches the fine-tuning
         node = TrainNode(namespace=NS, parameter_overrides=params)
         client = F3RMClient(namespace=NS)
         sp = Spinner(node, threads=6)
@@ -74,6 +77,9 @@ def test_refresh_goal(tmp_path):
             assert res.steps_done == 40 and "refresh" in res.checkpoint_path and fb and fb[-1].total_steps == 40
             a, b = load_checkpoint(first.checkpoint_path), load_checkpoint(res.checkpoint_path)
             assert np.allclose(a["nerf_to_world"], b["nerf_to_world"])
+            assert b["config"]["lr"] == pytest.approx(0.5 * a["config"]["lr"])  # refresh.lr_scale
+            run = json.loads((Path(res.checkpoint_path).parent / "run.json").read_text())
+            assert run["refresh"]["lr_scale"] == 0.5 and run["refresh"]["near_m"] == node.refresh_config.near_m
             assert node._last_checkpoint == res.checkpoint_path  # announced on ~/checkpoint for the query node
         finally:
             client.close()

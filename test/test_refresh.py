@@ -13,8 +13,10 @@ import pytest
 
 from f3rm_ros.core.cameras import CameraIntrinsics
 from f3rm_ros.core.capture import CaptureConfig, CaptureSession
+from f3rm_ros.core.config import replace
 from f3rm_ros.core.dataset import load_dataset
 from f3rm_ros.core.geometry import look_at_opencv
+from f3rm_ros.core.workflows.refresh import RefreshConfig
 
 NS = 1_000_000_000
 K = CameraIntrinsics(fx=30.0, fy=30.0, cx=16.0, cy=12.0, width=32, height=24)
@@ -229,7 +231,7 @@ def test_refresh_with_depth_aware_masks_and_the_edit_as_teacher(tiny, tmp_path):
     old, new, clear = edit_places([edit])
     res = refresh_field(ck, ds, range(8, 12), np.concatenate([old, new]), 3, features=ex, changed_old=old,
                         changed_new=new, clear_points=clear, teacher=teacher, bake_points=bake_points([edit]),
-                        new_repeat=2, out_path=tmp_path / "r.ckpt")
+                        config=RefreshConfig(new_repeat=2), out_path=tmp_path / "r.ckpt")
     assert res.step == 3 and res.frames_new == 4 and res.frames_old_kept == 8
     assert "clear" in res.losses and "bake" in res.losses and np.isfinite(res.losses["bake"])
     assert load_trained_field(res.checkpoint).feature_dim == load_trained_field(ck).feature_dim
@@ -313,11 +315,13 @@ def test_refresh_taught_by_the_edit_keeps_every_old_frame(tiny, tmp_path):
 
 def test_refresh_fine_tunes_at_a_fraction_of_the_training_rate(tiny):
     """A fresh Adam moves every touched parameter by about the learning rate: the refresh scales the checkpoint's
-    rates (lr_scale, 0.1 by default) unless overrides set lr; a non-positive scale is refused."""
+    rates (RefreshConfig.lr_scale) unless overrides set lr; a non-positive scale is refused (and out of the config's
+    range)."""
     import torch
 
     from f3rm_ros.core.checkpoint import load_checkpoint
     from f3rm_ros.core.features import create_extractor
+    from f3rm_ros.core.config import ConfigError
     from f3rm_ros.core.workflows.refresh import refresh_field
 
     torch.set_num_threads(1)
@@ -325,12 +329,16 @@ def test_refresh_fine_tunes_at_a_fraction_of_the_training_rate(tiny):
     ds = load_dataset(data, eval_every=0)
     ex = create_extractor({"extractor": "labels", "labels": {"dataset": str(data), "patch_size": 4}})
     lr = float(load_checkpoint(ck)["config"]["lr"])
-    for kw, want in (({}, 0.1 * lr), ({"lr_scale": 0.5}, 0.5 * lr), ({"overrides": {"lr": 0.003}}, 0.003)):
+    default = RefreshConfig().lr_scale
+    for kw, want in (({}, default * lr), ({"config": RefreshConfig(lr_scale=0.5)}, 0.5 * lr),
+                     ({"overrides": {"lr": 0.003}}, 0.003)):
         tr = refresh_field(ck, ds, range(8, 12), None, 1, features=ex, keep_trainer=True, **kw).trainer
         assert tr.config.lr == pytest.approx(want)
         assert tr.optimizer.param_groups[0]["initial_lr"] == pytest.approx(want)
     with pytest.raises(ValueError, match="lr_scale"):
-        refresh_field(ck, ds, range(8, 12), None, 1, features=ex, lr_scale=0.0)
+        refresh_field(ck, ds, range(8, 12), None, 1, features=ex, config=RefreshConfig(lr_scale=0.0))
+    with pytest.raises(ConfigError, match="lr_scale"):
+        replace(RefreshConfig(), lr_scale=0.0)
 
 
 def test_render_rays_through_the_edits_warp(tiny):
@@ -400,7 +408,8 @@ def test_refresh_through_the_edits_keeps_them_in_the_checkpoint(tiny, tmp_path):
     edit = SceneEdit(BoxRegion.from_bounds((0.06, -0.16, 0.0), (0.22, 0.0, 0.08)), T, "bowl")
     counts = [0] * 8 + [1] * 4
     res = refresh_field(ck, ds, range(8, 12), None, 2, features=ex, live_edits=[edit], frame_edits=counts,
-                        new_repeat=2, keep_trainer=True, out_path=tmp_path / "thr" / "field.ckpt")
+                        config=RefreshConfig(new_repeat=2), keep_trainer=True,
+                        out_path=tmp_path / "thr" / "field.ckpt")
     assert res.step == 2 and res.frames_new == 4 and res.frames_old_kept == 8 and res.frames_old_masked == 0
     assert isinstance(res.trainer.ray_warp, FieldWarp)
     assert res.trainer.ray_warp._active.tolist() == [1] * 8 + [0] * 8  # new frames twice, then the old ones
@@ -455,7 +464,7 @@ def test_near_changed_places_leave_out_their_colour(tiny, tmp_path):
     (every pixel sampleable, their colour weighs 0); which pixels, found on the trainer's device from its depth targets,
     are the ones the plain reference (:func:`near_changed_pixels` on the frame's depth image) marks, up to pixels whose
     surface lies within 0.1 mm of the ``near_m`` line (float32 targets); the new frames are whole; ``near_moved`` False
-    spares the moved thing's own colour; ``near_features`` leaves the same pixels' features out; off by default."""
+    spares the moved thing's own colour; ``near_features`` leaves the same pixels' features out; 0 = off."""
     import torch
     from scipy.spatial import cKDTree
 
@@ -494,8 +503,8 @@ def test_near_changed_places_leave_out_their_colour(tiny, tmp_path):
     ds = WithDepth(base, worlds)
     ex = create_extractor({"extractor": "labels", "labels": {"dataset": str(data), "patch_size": 4}})
     edit = SceneEdit(BoxRegion.from_bounds((0.06, -0.16, 0.0), (0.22, 0.0, 0.08)), T, "bowl")
-    kw = dict(features=ex, live_edits=[edit], frame_edits=[0] * 8 + [1] * 4, new_repeat=1, keep_trainer=True,
-              near_m=0.08)
+    cfg = RefreshConfig(new_repeat=1, near_m=0.08)
+    kw = dict(features=ex, live_edits=[edit], frame_edits=[0] * 8 + [1] * 4, keep_trainer=True)
     places = changed_points([edit], 0.01)
     tree = cKDTree(places)
 
@@ -534,17 +543,17 @@ def test_near_changed_places_leave_out_their_colour(tiny, tmp_path):
     def in_box(x):
         return edit.region.contains(torch.as_tensor(x, dtype=torch.float32)).numpy()
 
-    spared = check(refresh_field(ck, ds, range(8, 12), None, 1, near_moved=False, **kw), in_box)
+    spared = check(refresh_field(ck, ds, range(8, 12), None, 1, config=replace(cfg, near_moved=False), **kw), in_box)
     # near_m alone (the moved thing too, by default): the bowl's own colour at its old place is left out too
-    moved = check(refresh_field(ck, ds, range(8, 12), None, 1, **kw), None)
+    moved = check(refresh_field(ck, ds, range(8, 12), None, 1, config=cfg, **kw), None)
     assert not moved.rgb_trust[~spared.rgb_trust].any()
     assert int((~moved.rgb_trust).sum()) > int((~spared.rgb_trust).sum())
     assert moved.feature_trust is None  # the features stay unless asked
-    both = refresh_field(ck, ds, range(8, 12), None, 1, near_features=True, **kw).trainer.batcher
+    both = refresh_field(ck, ds, range(8, 12), None, 1, config=replace(cfg, near_features=True), **kw).trainer.batcher
     assert torch.equal(both.rgb_trust, moved.rgb_trust) and torch.equal(both.feature_trust, both.rgb_trust)
     assert "feature_weight" in both.sample()
-    kw.pop("near_m")  # off by default
-    assert refresh_field(ck, ds, range(8, 12), None, 1, **kw).trainer.batcher.rgb_trust is None
+    off = replace(cfg, near_m=0.0)  # 0 = off (REFRESH_CPU)
+    assert refresh_field(ck, ds, range(8, 12), None, 1, config=off, **kw).trainer.batcher.rgb_trust is None
 
 
 def test_near_places_answers_as_the_plain_tree_query_over_every_pixel():

@@ -30,6 +30,9 @@ aborted at once, ``success: false`` and the reason in ``message`` (and in the lo
    node's saved edit stack, under ``checkpoint_root``; ``refresh_from`` "" = the field it was made on) the changed
    places are the edits' own old and new places (:func:`~f3rm_ros.core.workflows.edit_refresh.refresh_with_edits`),
    after those the field itself was refreshed with; a stack that is malformed or of another field is refused.
+   How the refresh fine-tunes is the ``refresh.*`` parameters (``RefreshConfig`` of ``core/workflows/refresh.py``,
+   read when a goal starts; on a 2-core CPU set ``REFRESH_CPU`` of ``core/presets.py``: ``refresh.near_m`` 0,
+   ``refresh.lr_scale`` 0.1).
 5. success: the checkpoint path is published on ``~/checkpoint`` (``std_msgs/String``, transient-local); the query
    node loads it beside the served field and swaps it in (queries in flight finish on the old one).
 
@@ -57,6 +60,7 @@ from f3rm_ros.action import TrainFields
 from f3rm_ros.core.config import param
 from f3rm_ros.core.features.configs import FeaturesConfig
 from f3rm_ros.core.training import TrainerConfig
+from f3rm_ros.core.workflows.refresh import RefreshConfig
 from f3rm_ros.core.workflows.runs import RunState, dataset_runs, resumable_run, run_state
 from f3rm_ros.core.workflows.train_job import TrainJob
 from f3rm_ros.core.workflows.train_scene import TrainBudget, TrainSceneRequest, latest_dataset
@@ -97,7 +101,8 @@ class TrainNode(LifecycleNode):
                        # progress every step (the default 10 would make feedback lag by up to 10 steps on a CPU)
                        "trainer": ParamBinding(self, TrainerConfig, "trainer", overrides={"progress_every": 1}),
                        "budget": ParamBinding(self, TrainBudget, "trainer"),  # trainer.num_steps
-                       "features": ParamBinding(self, FeaturesConfig, "features")}
+                       "features": ParamBinding(self, FeaturesConfig, "features"),
+                       "refresh": ParamBinding(self, RefreshConfig, "refresh")}
 
         self.state = "unconfigured"
         self._lock = threading.Lock()
@@ -123,6 +128,7 @@ class TrainNode(LifecycleNode):
     trainer_config: TrainerConfig = property(lambda self: self.params["trainer"].config)  # type: ignore[assignment]
     budget: TrainBudget = property(lambda self: self.params["budget"].config)  # type: ignore[assignment]
     features_config: FeaturesConfig = property(lambda self: self.params["features"].config)  # type: ignore[assignment]
+    refresh_config: RefreshConfig = property(lambda self: self.params["refresh"].config)  # type: ignore[assignment]
 
     # ------------------------------------------------------------------------------ lifecycle
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -272,10 +278,10 @@ class TrainNode(LifecycleNode):
             from f3rm_ros.core.workflows.edit_refresh import refresh_with_edits
 
             runner = functools.partial(refresh_with_edits, refresh_from=src, edits=saved.edits, changed_boxes=boxes,
-                                       edits_path=saved.path)
+                                       edits_path=saved.path, config=self.refresh_config)
             what = f"{len(saved.edits)} edits of {saved.path}, {len(boxes) // 6} changed boxes"
         else:
-            runner = functools.partial(refresh_scene, refresh_from=src, changed_boxes=boxes)
+            runner = functools.partial(refresh_scene, refresh_from=src, changed_boxes=boxes, config=self.refresh_config)
             what = f"{len(boxes) // 6} changed boxes"
         job = TrainJob(TrainSceneRequest(
             dataset, num_steps=steps, trainer=self.trainer_config, features=features,

@@ -16,6 +16,8 @@ edits' counts and file).
 
 from __future__ import annotations
 
+import dataclasses
+
 import datetime
 from collections.abc import Sequence
 from pathlib import Path
@@ -57,7 +59,7 @@ def changed_places(edits: Sequence[SceneEdit], changed_boxes: Sequence[float] = 
 
 def refresh_with_edits(request: Any, refresh_from: str | Path, edits: Sequence[SceneEdit],
                        changed_boxes: Sequence[float] = (), edits_path: str | Path | None = None,
-                       through: bool | None = None) -> Any:
+                       through: bool | None = None, config: Any = None) -> Any:
     """``refresh_scene`` (the request's dataset, features, device, budget, callbacks, run folder; the new frames are
     the dataset's highest ``scene_version``) with ``edits`` (made on ``refresh_from``, oldest first, after the edits
     the checkpoint itself carries).
@@ -67,7 +69,8 @@ def refresh_with_edits(request: Any, refresh_from: str | Path, edits: Sequence[S
     trains the field through the edits in force when its scene version was captured (the checkpoint's record; the
     new frames: all of them; version 0: none; any other version not on record is left out), and the refreshed
     checkpoint carries them all. Otherwise the changed places are ``edits`` after the ones ``refresh_from`` was itself
-    refreshed with (:func:`baked_edits`), plus ``changed_boxes``, and the result is a plain field.
+    refreshed with (:func:`baked_edits`), plus ``changed_boxes``, and the result is a plain field. ``config``: the
+    refresh's :class:`~f3rm_ros.core.workflows.refresh.RefreshConfig` (None: its defaults).
 
     Raises:
         ValueError: no appended frames, another dataset than the field's, malformed boxes, a field that carries live
@@ -122,13 +125,14 @@ def refresh_with_edits(request: Any, refresh_from: str | Path, edits: Sequence[S
     out = run_dir / "field.ckpt" if run_dir is not None else None
     res = refresh_field(src, ds, new, num_steps=req.num_steps, features=req.features, device=device, out_path=out,
                         on_progress=req.on_progress, should_stop=req.should_stop, feature_cache=req.feature_cache,
-                        **places)
+                        config=config, **places)
     if run_dir is not None:
         baked = save_edit_stack(run_dir / BAKED_EDITS_NAME, src, every) if every and src.is_file() and \
             not through else None
         atomic_write_json(run_dir / "run.json", {
             "format": RUN_FORMAT, "version": RUN_VERSION, "data_dir": str(Path(ds.root).resolve()),
             "num_frames": len(ds), "device": str(device), "num_steps": int(req.num_steps), "command": req.command,
+            "refresh": dataclasses.asdict(config) if config is not None else None,
             "refreshed_from": str(src), "scene_version": top,
             "edits": {"given": len(edits), "baked_before": len(history), "file": str(edits_path or ""),
                       "baked": str(baked or ""), "through": bool(through), "live_before": len(live),

@@ -23,11 +23,12 @@ import numpy as np
 import torch
 
 from f3rm_ros.core.checkpoint import CheckpointError, load_checkpoint
+from f3rm_ros.core.config import param
 from f3rm_ros.core.field_api import _similarity_parts  # the checked split TrainedField uses
 
 __all__ = ["scene_versions", "frames_seeing", "changed_mask", "disagreeing_pixels", "near_changed_pixels",
            "changed_points", "edit_places", "bake_points", "boxes_points", "teach_frames",
-           "RefreshResult", "refresh_field", "refresh_scene"]
+           "RefreshConfig", "RefreshResult", "refresh_field", "refresh_scene"]
 
 
 def scene_versions(dataset: Any) -> list[int]:
@@ -462,6 +463,25 @@ def _bake_loss(tr: Any, teacher: Any, points_world: np.ndarray, weight: float, v
 
 
 @dataclass
+class RefreshConfig:
+    """How a refresh fine-tunes a field (the train node's ``refresh.*`` parameters; :func:`refresh_field`'s
+    ``config``). The defaults are what the H100 scene-edit bench measured best (2000-step fields, 800-step refreshes
+    through the edits, ``benchmarks/results/scene_edits_gpu_H100_b2396a5*``); a 2-core CPU's short fields want
+    :data:`~f3rm_ros.core.presets.REFRESH_CPU` on top (``near_m`` 0, ``lr_scale`` 0.1: see :func:`refresh_field`)."""
+
+    new_repeat: int = param(4, "each new frame is drawn as often as this many old ones (the changed places are seen by "
+                               "the few new views alone)", range=(1, 1000))
+    lr_scale: float = param(0.2, "the checkpoint's learning rates (lr, lr_final) times this: the optimiser starts "
+                                 "afresh, and at the training rate its first steps shake the whole converged field",
+                            range=(1e-6, 10.0))
+    near_m: float = param(0.08, "through the edits, an old frame with depth leaves out the colour of its surfaces "
+                                "within this many metres of a place an edit it did not see changed (moved shadows, the "
+                                "moved thing lit from another side); 0 = off", range=(0.0, 1.0))
+    near_moved: bool = param(True, "near_m covers the moved thing itself too (its light changed with its pose)")
+    near_features: bool = param(False, "near_m leaves those pixels' feature targets out too")
+
+
+@dataclass
 class RefreshResult:
     checkpoint: Path | None
     step: int
@@ -489,10 +509,9 @@ def refresh_field(checkpoint: str | Path, dataset: Any, new_frames: Sequence[int
                   min_kept_fraction: float = 0.2, spacing: float = 0.01, changed_old: np.ndarray | None = None,
                   changed_new: np.ndarray | None = None, clear_points: np.ndarray | None = None,
                   clear_mult: float = 1.0, depth_margin_m: float = 0.01, teacher: Any = None,
-                  bake_points: np.ndarray | None = None, bake_mult: float = 1.0, new_repeat: int = 4,
-                  lr_scale: float = 0.1, live_edits: Sequence[Any] = (),
-                  frame_edits: Sequence[int] | None = None, near_m: float = 0.0,
-                  near_moved: bool = True, near_features: bool = False) -> RefreshResult:
+                  bake_points: np.ndarray | None = None, bake_mult: float = 1.0,
+                  live_edits: Sequence[Any] = (), frame_edits: Sequence[int] | None = None,
+                  config: RefreshConfig | None = None) -> RefreshResult:
     """Fine-tune ``checkpoint`` on ``dataset``'s ``new_frames`` plus its other frames, for ``num_steps`` steps. An old
     frame that sees ``changed`` (points [M, 3] sampled every ``spacing`` m, e.g. :func:`changed_points` of the edits;
     None trusts every old frame) is, with ``old_frames`` "mask", kept with the pixels the changed places project onto
@@ -504,13 +523,13 @@ def refresh_field(checkpoint: str | Path, dataset: Any, new_frames: Sequence[int
     views do not look. ``teacher`` (e.g. the query node's :class:`~f3rm_ros.core.edits.EditedField`) bakes the edit:
     at ``bake_points`` (world: the changed places above the table) the refreshed field's opacity is pulled towards the
     teacher's (``bake_mult``), so the moved thing keeps the shape all the old views gave it, where the few new views
-    see only some of its sides. ``new_repeat`` (4: what the scene-edit bench measures) lists each new frame that many
-    times, so the ray batches draw from the few new views as often as from that many old ones (the changed places are
-    seen by the new views alone).
-    ``lr_scale`` scales the checkpoint's learning rates (``lr``, ``lr_final``; unless ``overrides`` sets ``lr``): the
-    optimiser starts afresh, and Adam's first steps move every touched parameter by about the learning rate whatever
-    its gradient, which at a from-scratch rate shakes the whole converged field (on the H100 bench, 400 steps at the
-    training rate cost 3-7 dB of held-out PSNR everywhere, not only at the moved thing).
+    see only some of its sides. ``config`` (:class:`RefreshConfig`, default its defaults): ``new_repeat`` lists each
+    new frame that many times, so the ray batches draw from the few new views as often as from that many old ones (the
+    changed places are seen by the new views alone). ``lr_scale`` scales the checkpoint's learning rates (``lr``,
+    ``lr_final``; unless ``overrides`` sets ``lr``): the optimiser starts afresh, and Adam's first steps move every
+    touched parameter by about the learning rate whatever its gradient, which at a from-scratch rate shakes the whole
+    converged field (on the H100 bench, 400 steps at the training rate cost 3-7 dB of held-out PSNR everywhere, not
+    only at the moved thing).
 
     **Through the edits** (``live_edits``, the edit stack oldest first; ``frame_edits`` [len(dataset)]: how many of the
     oldest edits were in force when each frame was captured, -1 = unknown: the frame is dropped): nothing is regrown.
@@ -519,29 +538,27 @@ def refresh_field(checkpoint: str | Path, dataset: Any, new_frames: Sequence[int
     empty for them, and the old frames, which saw the old scene, train the field as it is. Every old frame stays (no
     masks of whole rays, no teacher); the refreshed checkpoint carries the edits (``live_edits`` key: the edits and each
     scene version's count), and ``load_trained_field`` serves it through them. ``changed``, ``old_frames``, the teacher
-    and the clear / bake terms do not apply then. ``near_m`` (> 0, e.g. 0.08: a 15 cm thing's shadow reaches ~6 cm; 0 =
-    off, the default): an old frame with a depth image leaves out the colour of the pixels whose surface lies within
-    ``near_m`` of the old or new place of an edit it did not see (found on the trainer's device from its depth targets;
+    and the clear / bake terms do not apply then. ``config.near_m`` (> 0; 0 = off): an old frame with a depth image
+    leaves out the colour of the pixels whose surface lies within ``near_m`` of the old or new place of an edit it did
+    not see (a 15 cm thing's shadow reaches ~6 cm; found on the trainer's device from its depth targets,
     :func:`near_changed_pixels` is the plain reference): the shadows around both places moved, and the moved thing
     itself (``near_moved``) is lit from another side in its new pose, so only the newer frames show their colours as
     they are now; those pixels' depth and features still train the field (the shapes did not change).
-    ``near_moved`` False spares the moved thing. ``near_features`` leaves those pixels' feature targets out too (a
-    patch feature near a thing that moved away still shows some of it: a neighbour's rim keeps the moved thing's
-    meaning, and a query for it finds that rim at the old place). Side by side (``bench_scene_edits.py --variants``,
-    CPU): on 1500-step fields of two generated scenes, 0.08 gave held-out PSNR +0.79 and +0.71 dB against 0 (26.05 ->
-    26.84, 29.62 -> 30.33; the full retrains 27.90, 30.80), without the moved thing +0.56 / +0.58, leaving the whole
-    ray out (an option then) +0.50 / +0.53. On the 500-step fields of the CPU bench it gave -0.40 / -0.06 dB, and an
-    unmoved bottle beside the changed places lost its grasp after the second refresh (after the first it kept it, and
-    lost it with whole rays left out or with ``lr_scale`` 0.2, which gave another +0.2 / +0.5 dB on the sharp fields).
-    On the H100 bench (10 scenes, 2000-step fields, ``scene_edits_gpu_H100_a886211*``) 0.08 beside 0 on the first
-    moves: within 1 dB of the full retrain 7/10 against 4/10 (median +0.75 dB over 0), the target's grasp 10/10
-    against 9/10, the unmoved objects 19/21 against 20/21 (a mug's grasp 29 deg off the normal against the cone's
-    26.6; 0 fails it on the third move), no extra time (the near pixels are found on the device). But in the CPU
-    bench's sequence (``scene_edits_cpu_9112864*``, 0.08 through both moves) the second edit's grasp failed (39 deg off
-    a normal, on the refreshed field) and the unmoved bottle lost its grasp after the second refresh, as at 296c100;
-    with 0 every check passes (``scene_edits_cpu_a886211*``). The GPU's later moves with 0.08 are not measured: off.
-    ``near_features``: 6/10 within 1 dB on the H100, the same old-place grasp of seed 9 (a teal cup's rim in the
-    bottle's old box), and on the CPU bench it lost the jar's grasp: off.
+    ``near_features`` leaves those pixels' feature targets out too (a patch feature near a thing that moved away still
+    shows some of it).
+
+    How the defaults were chosen (``bench_scene_edits.py``, refreshes side by side from the same field on the first
+    moves; figures in the README): on the H100 (10 scenes, 2000-step fields, 800-step refreshes) ``near_m`` 0.08
+    with ``lr_scale`` 0.2 brought 8/10 refreshes within 1 dB of the full retrain against 3/10 for ``near_m`` 0 with
+    0.1 (``scene_edits_gpu_H100_b2396a5*``; 0.08 alone 7/10 against 6/10, ``_d2e2bc0*``), with the grasps of the
+    whole 3-move sequence as good as with 0 (target, old place, unmoved objects), at no extra time. ``new_repeat`` 8,
+    ``lr_scale`` 0.3 and error-map sampling did not help there; more steps did (950: 9/10). On a 2-core CPU's
+    500-step fields (400-step refreshes) the same settings cost grasps: through the CPU bench's sequence
+    ``near_m`` 0.08 lost the second edit's grasp and an unmoved bottle's after the second refresh
+    (``scene_edits_cpu_9112864*``, ``_296c100*``), ``lr_scale`` 0.2 that bottle too (``_f30452f_seed3_variants*``),
+    where ``near_m`` 0 with 0.1 passes every check and is within 1 dB anyway (``_a886211*``): hence
+    :data:`~f3rm_ros.core.presets.REFRESH_CPU`. ``near_features``: 6/10 within 1 dB on the H100, no help with an
+    old-place grasp, and it lost a jar's grasp on the CPU: off.
 
     Args:
         features: the feature source as in ``TrainSceneRequest.features`` (the field's own extractor, e.g. a label
@@ -581,7 +598,11 @@ def refresh_field(checkpoint: str | Path, dataset: Any, new_frames: Sequence[int
         raise ValueError(f"old_frames must be 'mask', 'drop' or 'teach', got {old_frames!r}")
     if old_frames == "teach" and teacher is None:
         raise ValueError("old_frames='teach' needs a teacher (the edited field)")
-    reps = max(1, int(new_repeat))
+    rc = config if config is not None else RefreshConfig()
+    if not isinstance(rc, RefreshConfig):
+        raise TypeError(f"config must be a RefreshConfig, got {type(rc).__name__}")
+    near_m = float(rc.near_m)
+    reps = max(1, int(rc.new_repeat))
     kept_old, masks, bad, near_frames = [], {}, {}, {}
     for i, s_ in zip(old, sees, strict=True):
         if through:
@@ -614,9 +635,9 @@ def refresh_field(checkpoint: str | Path, dataset: Any, new_frames: Sequence[int
     if overrides and any(k.startswith("model.") for k in overrides):
         raise CheckpointError("model settings cannot be changed when refreshing")
     cfg = from_dict(TrainerConfig, ck["config"])
-    if not lr_scale > 0:
-        raise ValueError(f"lr_scale must be > 0, got {lr_scale}")
-    lrs = {} if "lr" in (overrides or {}) else {"lr": cfg.lr * lr_scale, "lr_final": cfg.lr_final * lr_scale}
+    if not rc.lr_scale > 0:
+        raise ValueError(f"lr_scale must be > 0, got {rc.lr_scale}")
+    lrs = {} if "lr" in (overrides or {}) else {"lr": cfg.lr * rc.lr_scale, "lr_final": cfg.lr_final * rc.lr_scale}
     cfg = replace(cfg, **{"eval_every": 0, "eval_num_images": 0, "checkpoint_every": 0, **lrs, **(overrides or {})})
     times = {"load": time.perf_counter() - t0}
     feats = scene_features(features, sub, feature_cache)
@@ -669,7 +690,7 @@ def refresh_field(checkpoint: str | Path, dataset: Any, new_frames: Sequence[int
             "edits": edits_to_json(live_edits),
             "versions": {str(v): int(c) for v, c in sorted(zip(versions, fe.tolist(), strict=False)) if c >= 0}}
     times["trainer"] = time.perf_counter() - t0 - sum(times.values())
-    near_masked = _distrust_near(tr, sub, near_frames, list(live_edits), near_m, near_moved, near_features) \
+    near_masked = _distrust_near(tr, sub, near_frames, list(live_edits), near_m, rc.near_moved, rc.near_features) \
         if near_frames else 0
     times["near"] = time.perf_counter() - t0 - sum(times.values())
     t1 = time.perf_counter()
@@ -710,7 +731,8 @@ def _trained_on(checkpoint: Path) -> Path | None:
     return None
 
 
-def refresh_scene(request: Any, refresh_from: str | Path, changed_boxes: Sequence[float] = ()) -> Any:
+def refresh_scene(request: Any, refresh_from: str | Path, changed_boxes: Sequence[float] = (),
+                  config: RefreshConfig | None = None) -> Any:
     """:func:`refresh_field` as a ``train_scene``-like workflow (a ``TrainJob`` runner of the train node) with the
     changed places given as boxes only: :func:`~f3rm_ros.core.workflows.edit_refresh.refresh_with_edits` without new
     edits (the ones ``refresh_from`` was itself refreshed with still count). Writes ``RUN_DIR/field.ckpt`` and
@@ -721,4 +743,4 @@ def refresh_scene(request: Any, refresh_from: str | Path, changed_boxes: Sequenc
     """
     from f3rm_ros.core.workflows.edit_refresh import refresh_with_edits  # noqa: PLC0415
 
-    return refresh_with_edits(request, refresh_from, (), changed_boxes)
+    return refresh_with_edits(request, refresh_from, (), changed_boxes, config=config)
