@@ -556,7 +556,9 @@ def refresh_field(checkpoint: str | Path, dataset: Any, new_frames: Sequence[int
     500-step fields (400-step refreshes) the same settings cost grasps: through the CPU bench's sequence
     ``near_m`` 0.08 lost the second edit's grasp and an unmoved bottle's after the second refresh
     (``scene_edits_cpu_9112864*``, ``_296c100*``), ``lr_scale`` 0.2 that bottle too (``_f30452f_seed3_variants*``),
-    where ``near_m`` 0 with 0.1 passes every check and is within 1 dB anyway (``_a886211*``): hence
+    and both together lost it from the first refresh on (``_b2396a5_near008_lr02*``: unmoved 2/4 after the
+    refreshes, 1/2 against 2/2 for 0 and 0.1 side by side), where ``near_m`` 0 with 0.1 passes every check and is
+    within 1 dB anyway (``_a886211*``): hence
     :data:`~f3rm_ros.core.presets.REFRESH_CPU`. ``near_features``: 6/10 within 1 dB on the H100, no help with an
     old-place grasp, and it lost a jar's grasp on the CPU: off.
 
