@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from f3rm_ros.core.presets import PLANNER_CPU, trainer_preset
+from f3rm_ros.core.presets import PLANNER_CPU, REFRESH_CPU, trainer_preset
 from f3rm_ros.ros.bringup import CONFIG_DIR, REPO_ROOT
 from f3rm_ros.ros.common import stop_process
 
@@ -68,7 +68,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         # 3.5 s at one thread); test_end_to_end asks for two.
         "train_node": {"device": "cpu", "torch_threads": 1, "trainer.num_steps": 500, "trainer.rays_per_batch": 512,
                        "trainer.eval_every": 0, "trainer.eval_num_images": 1, "trainer.checkpoint_every": 0,
-                       "trainer.progress_every": 10, **SMALL_MODEL},
+                       "trainer.progress_every": 10, **SMALL_MODEL,
+                       # a refresh goal's settings on 2 cores (core/presets.py REFRESH_CPU)
+                       **{f"refresh.{k}": v for k, v in REFRESH_CPU.items()}},
         # a query must take seconds on 2 cores (core/presets.py PLANNER_CPU)
         "query_node": {"device": "cpu", **{f"planner.{k}": v for k, v in PLANNER_CPU.items()},
                        "cloud_cameras": 4, "cloud_scale": 0.5},
