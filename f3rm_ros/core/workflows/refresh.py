@@ -550,10 +550,12 @@ def refresh_field(checkpoint: str | Path, dataset: Any, new_frames: Sequence[int
     How the defaults were chosen (``bench_scene_edits.py``, refreshes side by side from the same field on the first
     moves; figures in the README): on the H100 (10 scenes, 2000-step fields, 800-step refreshes) ``near_m`` 0.08
     with ``lr_scale`` 0.2 brought 8/10 refreshes within 1 dB of the full retrain against 3/10 for ``near_m`` 0 with
-    0.1 (``scene_edits_gpu_H100_b2396a5*``; 0.08 alone 7/10 against 6/10, ``_d2e2bc0*``), with the grasps of the
-    whole 3-move sequence as good as with 0 (target, old place, unmoved objects), at no extra time. ``new_repeat`` 8,
-    ``lr_scale`` 0.3 and error-map sampling did not help there; more steps did (950: 9/10). On a 2-core CPU's
-    500-step fields (400-step refreshes) the same settings cost grasps: through the CPU bench's sequence
+    0.1 (``scene_edits_gpu_H100_b2396a5*``; 0.08 alone 7/10 against 6/10, ``_d2e2bc0*``), at no extra time; through
+    the whole 3-move sequence the target's grasp passed after 28/30 edits and 29/30 refreshes, no grasp at the old
+    place 30/30 and 28/30, the unmoved objects 59/63 and 60/63 (``near_m`` 0 and 0.1 at a886211: 30/30, 29/30, 29/30,
+    29/30, 60/63, 59/63; the first edits, on the same first fields, differ by the GPU's nondeterminism).
+    ``new_repeat`` 8, ``lr_scale`` 0.3 and error-map sampling did not help there; more steps did (950: 9/10). On a
+    2-core CPU's 500-step fields (400-step refreshes) the same settings cost grasps: through the CPU bench's sequence
     ``near_m`` 0.08 lost the second edit's grasp and an unmoved bottle's after the second refresh
     (``scene_edits_cpu_9112864*``, ``_296c100*``), ``lr_scale`` 0.2 that bottle too (``_f30452f_seed3_variants*``),
     and both together lost it from the first refresh on (``_b2396a5_near008_lr02*``: unmoved 2/4 after the
