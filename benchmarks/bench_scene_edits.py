@@ -183,6 +183,7 @@ def _language_stats(res) -> dict:
 def plan(a: argparse.Namespace) -> int:
     import torch  # noqa: PLC0415
 
+    from f3rm_ros.core.config import replace  # noqa: PLC0415
     from f3rm_ros.core.dataset import DatasetWriter, load_dataset  # noqa: PLC0415
     from f3rm_ros.core.device import resolve_device  # noqa: PLC0415
     from f3rm_ros.core.features import create_extractor  # noqa: PLC0415
@@ -190,7 +191,6 @@ def plan(a: argparse.Namespace) -> int:
     from f3rm_ros.core.grasp.config import PlannerConfig  # noqa: PLC0415
     from f3rm_ros.core.grasp.session import QueryConfig, QuerySession  # noqa: PLC0415
     from f3rm_ros.core.image_codec import encode_rgb  # noqa: PLC0415
-    from f3rm_ros.core.config import replace  # noqa: PLC0415
     from f3rm_ros.core.presets import REFRESH_CPU, trainer_config  # noqa: PLC0415
     from f3rm_ros.core.workflows import refresh as rf_mod  # noqa: PLC0415
     from f3rm_ros.core.workflows.scene_edits import EditRequest, edit_field, session_with_field  # noqa: PLC0415
@@ -392,7 +392,8 @@ def plan(a: argparse.Namespace) -> int:
             rf, row["refresh_s"] = refresh_with(refresh_kw, work / f"refresh{k}.ckpt")
             row["refresh"] = {"frames_new": rf.frames_new, "frames_old_kept": rf.frames_old_kept,
                               "frames_old_dropped": rf.frames_old_dropped, "frames_old_masked": rf.frames_old_masked,
-                              "train_s": rf.train_s, "steps": a.refresh_steps, "options": refresh_kw,
+                              "train_s": rf.train_s, "steps": int(refresh_kw.get("steps", a.refresh_steps)),
+                              "options": refresh_kw,
                               "config": dataclasses.asdict(refresh_config(dict(refresh_kw))),
                               "times": rf.times}
             held = load_dataset(d / f"move-{k}" / "heldout", eval_every=0)
@@ -630,7 +631,8 @@ def main(argv: list[str] | None = None) -> int:
         pl.add_argument("--limit", type=int, default=0, help="only the first N scenes (0 = all)")
         pl.add_argument("--shard", default="", help="I/N: every N-th scene from the I-th (one GPU call each)")
         pl.add_argument("--max-moves", type=int, default=0, help="only each scene's first N moves (0 = all)")
-        pl.add_argument("--seeds", default="", help="only these scenes' seeds, e.g. 10,17 (after --limit, --shard)")
+        pl.add_argument("--seeds", default="", help="only these scenes' seeds, e.g. 10,17 (after --limit, before "
+                        "--shard)")
         pl.add_argument("--images", type=Path, default=None, help="save the held-out renders here, one PNG per "
                         "view (<scene>_move<K>_view<I>.png: ground truth, edit, refresh, full, variants, top down)")
 
