@@ -17,17 +17,19 @@ edits' counts and file).
 from __future__ import annotations
 
 import dataclasses
-
 import datetime
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from f3rm_ros.core.edit_store import load_edit_stack, save_edit_stack
 from f3rm_ros.core.edits import SceneEdit
+
+if TYPE_CHECKING:
+    from f3rm_ros.core.workflows.refresh import RefreshConfig
 
 __all__ = ["BAKED_EDITS_NAME", "baked_edits", "changed_places", "refresh_with_edits"]
 
@@ -59,7 +61,7 @@ def changed_places(edits: Sequence[SceneEdit], changed_boxes: Sequence[float] = 
 
 def refresh_with_edits(request: Any, refresh_from: str | Path, edits: Sequence[SceneEdit],
                        changed_boxes: Sequence[float] = (), edits_path: str | Path | None = None,
-                       through: bool | None = None, config: Any = None) -> Any:
+                       through: bool | None = None, config: RefreshConfig | None = None) -> Any:
     """``refresh_scene`` (the request's dataset, features, device, budget, callbacks, run folder; the new frames are
     the dataset's highest ``scene_version``) with ``edits`` (made on ``refresh_from``, oldest first, after the edits
     the checkpoint itself carries).
@@ -79,7 +81,8 @@ def refresh_with_edits(request: Any, refresh_from: str | Path, edits: Sequence[S
     """
     from f3rm_ros.core.device import resolve_device  # noqa: PLC0415
     from f3rm_ros.core.io import atomic_write_json  # noqa: PLC0415
-    from f3rm_ros.core.workflows.refresh import _trained_on, refresh_field, scene_versions  # noqa: PLC0415
+    from f3rm_ros.core.workflows.refresh import (RefreshConfig, _trained_on, refresh_field,  # noqa: PLC0415
+                                                 scene_versions)
     from f3rm_ros.core.workflows.train_scene import (RUN_FORMAT, RUN_VERSION, TrainSceneResult,  # noqa: PLC0415
                                                      load_scene)
 
@@ -132,7 +135,7 @@ def refresh_with_edits(request: Any, refresh_from: str | Path, edits: Sequence[S
         atomic_write_json(run_dir / "run.json", {
             "format": RUN_FORMAT, "version": RUN_VERSION, "data_dir": str(Path(ds.root).resolve()),
             "num_frames": len(ds), "device": str(device), "num_steps": int(req.num_steps), "command": req.command,
-            "refresh": dataclasses.asdict(config) if config is not None else None,
+            "refresh": dataclasses.asdict(config if config is not None else RefreshConfig()),
             "refreshed_from": str(src), "scene_version": top,
             "edits": {"given": len(edits), "baked_before": len(history), "file": str(edits_path or ""),
                       "baked": str(baked or ""), "through": bool(through), "live_before": len(live),
