@@ -193,7 +193,8 @@ def plan(a: argparse.Namespace) -> int:
     from f3rm_ros.core.image_codec import encode_rgb  # noqa: PLC0415
     from f3rm_ros.core.presets import REFRESH_CPU, trainer_config  # noqa: PLC0415
     from f3rm_ros.core.workflows import refresh as rf_mod  # noqa: PLC0415
-    from f3rm_ros.core.workflows.scene_edits import EditRequest, edit_field, session_with_field  # noqa: PLC0415
+    from f3rm_ros.core.workflows.scene_edits import (EditConfig, EditRequest, edit_field,  # noqa: PLC0415
+                                                     session_with_field)
     from f3rm_ros.core.workflows.train_scene import TrainSceneRequest, train_scene  # noqa: PLC0415
 
     if a.threads:
@@ -264,6 +265,7 @@ def plan(a: argparse.Namespace) -> int:
 
     gallery: dict[str, dict[int, list]] = {}  # --images: per scene and move, per held-out view, its renders
 
+    edit_cfg = replace(EditConfig(), **json.loads(a.edit_options))  # the query node's edit.* settings
     base_refresh = replace(rf_mod.RefreshConfig(), **(REFRESH_CPU if a.refresh_preset == "cpu" else {}))
     refresh_keys = {f.name for f in dataclasses.fields(rf_mod.RefreshConfig)}
 
@@ -337,7 +339,7 @@ def plan(a: argparse.Namespace) -> int:
             try:
                 sync()
                 t0 = time.perf_counter()
-                res = edit_field(session, EditRequest(text=target, T_world_new_old=T))
+                res = edit_field(session, EditRequest(text=target, T_world_new_old=T), edit_cfg)
                 sync()
                 row["edit_s"], row["edit_wall_s"] = res.seconds, time.perf_counter() - t0
                 row["edit_message"] = res.message  # the region and the floor fill
@@ -621,6 +623,8 @@ def main(argv: list[str] | None = None) -> int:
         pl.add_argument("--refresh-options", default="{}", help="JSON keyword arguments of refresh_field and "
                         "RefreshConfig's keys (new_repeat, lr_scale, near_m, ...; and \"bake\": true: the edited field "
                         "teaches the changed places)")
+        pl.add_argument("--edit-options", default="{}", help="JSON EditConfig keys of the edits (the query node's "
+                        "edit.* parameters), e.g. '{\"unmix_ring_m\": 0.03}'")
         pl.add_argument("--refresh-preset", choices=("reference", "cpu"), default="reference",
                         help="RefreshConfig's defaults (reference) or with presets.REFRESH_CPU on top (cpu), under "
                              "--refresh-options and each variant's")

@@ -17,7 +17,7 @@ import torch
 
 from f3rm_ros.core.edit_store import (EditStoreError, edit_stack_path, keep_field_edits, load_edit_stack,
                                       restore_field_edits, save_edit_stack)
-from f3rm_ros.core.edits import BoxRegion, EditedField, FloorFill, SceneEdit, VoxelRegion
+from f3rm_ros.core.edits import BoxRegion, EditedField, FloorFill, SceneEdit, Unmix, VoxelRegion
 
 
 class Blobs:
@@ -49,7 +49,8 @@ def _edits():
     voxels = VoxelRegion.from_points(pts, 0.01, 0.01, floor_z=0.0)
     return (SceneEdit(BoxRegion.from_bounds((-0.05, -0.05, 0.0), (0.05, 0.05, 0.1)), rot_z(30, (0.0, 0.2, 0.0)),
                       "mug"),
-            SceneEdit(voxels, rot_z(-90, (-0.1, -0.2, 0.0)), "bowl", FloorFill((0.0, 0.12, 0.0), -0.02, 0.01)),
+            SceneEdit(voxels, rot_z(-90, (-0.1, -0.2, 0.0)), "bowl", FloorFill((0.0, 0.12, 0.0), -0.02, 0.01),
+                      Unmix(np.array([0.6, 0.0, 0.8]), 0.03)),
             SceneEdit(BoxRegion((0.0, -0.3, 0.05), (0.04, 0.04, 0.05), rot_z(20)[:3, :3]), None, "box"))
 
 
@@ -75,7 +76,9 @@ def test_a_saved_stack_comes_back_answering_as_before(ckpt):
     assert np.array_equal(back.edits[1].region.occ, edited.edits[1].region.occ)
     assert np.array_equal(back.edits[1].fill.offset, edited.edits[1].fill.offset)
     assert (back.edits[1].fill.z_lo, back.edits[1].fill.z_hi) == (-0.02, 0.01)
-    assert back.edits[0].fill is None
+    assert back.edits[0].fill is None and back.edits[0].unmix is None
+    assert np.array_equal(back.edits[1].unmix.direction, edited.edits[1].unmix.direction)
+    assert back.edits[1].unmix.ring_m == 0.03
     x = torch.as_tensor(np.random.default_rng(1).uniform((-0.4, -0.4, 0.0), (0.4, 0.4, 0.12), (5000, 3)),
                         dtype=torch.float32)
     d0, d1 = edited.query_density(x), back.query_density(x)
@@ -124,6 +127,9 @@ def test_bad_stacks_are_refused_with_the_reason(ckpt, tmp_path):
         "bad floor fill": lambda d: d["edits"][1]["fill"].update(z_hi=-0.03),
         "fill.offset must have shape": lambda d: d["edits"][1]["fill"].update(offset=[0.0, 0.1]),
         "needs a voxel region": lambda d: d["edits"][0].update(fill=d["edits"][1]["fill"]),
+        "bad unmix ring": lambda d: d["edits"][1]["unmix"].update(ring_m=0.0),
+        "unmix.direction must be": lambda d: d["edits"][1]["unmix"].update(direction="up"),
+        "bad unmix direction": lambda d: d["edits"][1]["unmix"].update(direction=[1.0, 1.0, 0.0]),
         "names no checkpoint": lambda d: d.pop("checkpoint"),
         "was rewritten": lambda d: d.update(checkpoint_size=1),
     }

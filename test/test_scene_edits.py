@@ -370,3 +370,48 @@ def test_a_touching_neighbour_leaves_with_its_blurred_skin_and_its_half_of_the_g
         return can | pair, np.where(can, np.where(x[:, 0] > 0.02, 0.55, 1.0), np.where(pair, 0.45, -1.0))
     kept = exclude_neighbours(wide, stray, 0.5, True, 0.0)
     assert kept.contains(t(body)).all()
+
+
+def test_an_unmix_takes_the_moved_things_meaning_out_of_its_old_neighbours_only():
+    """``SceneEdit.unmix``: within ``ring_m`` of the region, outside it and on what no edit moved, a feature loses its
+    positive component along the direction; the moved content, the old place, points beyond the ring and features
+    with a negative component are unchanged; the folded head is not offered then. ``thing_unmix`` is the mean unit
+    feature of the region's held voxels. Bad unmixes are refused."""
+    from f3rm_ros.core.edits import Unmix
+    from f3rm_ros.core.workflows.scene_edits import thing_unmix
+
+    g = np.mgrid[-0.02:0.021:0.01, -0.02:0.021:0.01, 0.03:0.071:0.01].reshape(3, -1).T  # around the blob at the origin
+    region = VoxelRegion.from_points(g, voxel=0.01, dilate_m=0.0)
+    T = rot_z(0.0, (0.0, 0.3, 0.0))
+    m = np.array([0.6, 0.8, 0.0])
+    plain = EditedField(field(), [SceneEdit(region, T, "a")])
+    ef = EditedField(field(), [SceneEdit(region, T, "a", unmix=Unmix(m, 0.03))])
+    ring_pts = torch.tensor([[0.045, 0.0, 0.05], [0.0, -0.045, 0.04], [-0.04, 0.01, 0.06]])
+    other = torch.tensor([[0.12, 0.0, 0.05], [0.3, 0.0, 0.05],  # beyond the ring, the other blob
+                          [0.0, 0.3, 0.05], [0.01, 0.31, 0.04],  # the moved content at its new place
+                          [0.0, 0.0, 0.05]])  # the old place (empty)
+    f0, f1 = plain.query_features(ring_pts), ef.query_features(ring_pts)
+    mt = torch.as_tensor(m, dtype=torch.float32)
+    want = f0 - (f0 @ mt).clamp(min=0)[:, None] * mt
+    assert torch.allclose(f1, want, atol=1e-6)
+    assert (f0 @ mt).max() > 0 and not torch.allclose(f1, f0)  # something to take out, and it was
+    assert torch.allclose(ef.query_features(other), plain.query_features(other))
+    neg = EditedField(field(), [SceneEdit(region, T, "a", unmix=Unmix(-m, 0.03))])  # the other sign
+    fn = neg.query_features(ring_pts)
+    assert torch.allclose(fn, f0 - (f0 @ -mt).clamp(min=0)[:, None] * -mt, atol=1e-6)
+    assert hasattr(plain, "query_feature_hidden") and not hasattr(ef, "query_feature_hidden")
+    # undo drops it, a further edit keeps it
+    assert not ef.undo()._unmixes
+    assert ef.with_edit(SceneEdit(BOX_A, rot_z(0.0, (0.0, -0.3, 0.0)), "b")).edits[0].unmix is not None
+    # thing_unmix: the held voxels' mean unit feature
+    u = thing_unmix(EditedField(field()), region, 0.03)
+    c = torch.as_tensor(region.sample_points(), dtype=torch.float32)
+    held = EditedField(field()).query_alpha(c, 0.01) >= 0.1
+    f = torch.nn.functional.normalize(field().query_features(c[held]), dim=-1).mean(0)
+    assert u is not None and u.ring_m == 0.03 and np.allclose(u.direction, (f / f.norm()).numpy(), atol=1e-5)
+    assert thing_unmix(EditedField(field()), VoxelRegion.from_points(g + 5.0, 0.01, 0.0), 0.03) is None  # nothing
+    for d, r in ((m * 2, 0.03), ([np.nan, 0, 1], 0.03), (m, 0.0), (m, 0.5)):
+        with pytest.raises(EditError, match="unmix"):
+            Unmix(np.asarray(d, float), r)
+    with pytest.raises(EditError, match="voxel region"):
+        SceneEdit(BOX_A, T, "a", unmix=Unmix(m, 0.03))

@@ -34,8 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from f3rm_ros.core.edits import (MAX_EDITS, BoxRegion, EditedField, EditError, FloorFill, SceneEdit, VoxelRegion,
-                                 check_rigid)
+from f3rm_ros.core.edits import (MAX_EDITS, BoxRegion, EditedField, EditError, FloorFill, SceneEdit, Unmix,
+                                 VoxelRegion, check_rigid)
 from f3rm_ros.core.io import atomic_write_json
 
 __all__ = ["EDITS_FORMAT", "EDITS_VERSION", "EditStoreError", "SavedEdits", "edit_stack_path", "edits_to_json",
@@ -93,7 +93,9 @@ def edits_to_json(edits: Sequence[SceneEdit]) -> list[dict[str, Any]]:
     return [{"label": e.label, "removed": e.removed, "region": _region_to_json(e.region),
              "T_world_new_old": None if e.removed else np.asarray(e.T_world_new_old, np.float64).tolist(),
              **({"fill": {"offset": e.fill.offset.tolist(), "z_lo": e.fill.z_lo, "z_hi": e.fill.z_hi}}
-                if e.fill is not None else {})}
+                if e.fill is not None else {}),
+             **({"unmix": {"direction": e.unmix.direction.tolist(), "ring_m": e.unmix.ring_m}}
+                if e.unmix is not None else {})}
             for e in edits]
 
 
@@ -151,6 +153,22 @@ def _fill_from_json(d: Any, what: str) -> FloorFill | None:
         raise EditStoreError(f"{what}: {err}") from None
 
 
+def _unmix_from_json(d: Any, what: str) -> Unmix | None:
+    if d is None:  # files written before unmixing, or an edit without it
+        return None
+    if not isinstance(d, dict):
+        raise EditStoreError(f"{what} is not an object")
+    direction = d.get("direction")
+    n = len(direction) if isinstance(direction, list) else -1
+    if n < 1:
+        raise EditStoreError(f"{what}.direction must be a list of numbers")
+    try:
+        return Unmix(_floats(direction, (n,), f"{what}.direction"), float(_floats([d.get("ring_m")], (1,),
+                                                                                  f"{what}.ring_m")[0]))
+    except EditError as err:
+        raise EditStoreError(f"{what}: {err}") from None
+
+
 def edits_from_json(entries: Any, where: str = "edits") -> tuple[SceneEdit, ...]:
     """The edits of JSON ``entries`` (as :func:`edits_to_json` writes them), each checked; EditStoreError naming the
     first bad entry and what is wrong with it."""
@@ -175,9 +193,10 @@ def edits_from_json(entries: Any, where: str = "edits") -> tuple[SceneEdit, ...]
             raise EditStoreError(f"{what}: {err}") from None
         label = e.get("label", "")
         fill = _fill_from_json(e.get("fill"), f"{what}.fill")
+        unmix = _unmix_from_json(e.get("unmix"), f"{what}.unmix")
         try:
-            out.append(SceneEdit(region, M, label if isinstance(label, str) else str(label), fill))
-        except EditError as err:  # a fill on a box
+            out.append(SceneEdit(region, M, label if isinstance(label, str) else str(label), fill, unmix))
+        except EditError as err:  # a fill or an unmix on a box
             raise EditStoreError(f"{what}: {err}") from None
     return tuple(out)
 

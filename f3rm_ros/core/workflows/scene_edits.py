@@ -29,10 +29,10 @@ import numpy as np
 import torch
 
 from f3rm_ros.core.config import param
-from f3rm_ros.core.edits import (BoxRegion, EditedField, EditError, FloorFill, SceneEdit, VoxelRegion,
+from f3rm_ros.core.edits import (BoxRegion, EditedField, EditError, FloorFill, SceneEdit, Unmix, VoxelRegion,
                                  exclude_neighbours, grow_region, keep_together, region_from_selection)
 
-__all__ = ["EditConfig", "EditRequest", "EditOutcome", "select_region", "floor_fill", "edit_field",
+__all__ = ["EditConfig", "EditRequest", "EditOutcome", "select_region", "floor_fill", "thing_unmix", "edit_field",
            "session_with_field", "base_field", "edit_count"]
 
 
@@ -77,6 +77,10 @@ class EditConfig:
     keep_together: float = param(0.5, "a query's region takes in, whole, an earlier edit's moved region when at "
                                       "least this fraction of its new place lies in the selection (what moved "
                                       "together stays together; 0 = off)", range=(0.0, 1.0))
+    unmix_ring_m: float = param(0.0, "a query's edit takes the thing's meaning (its mean feature direction at the "
+                                     "old place) out of its old neighbours' features within this many metres, so a "
+                                     "neighbour's rim no longer answers to its name (edits.Unmix; 0 = off: measured "
+                                     "on label features only)", range=(0.0, 0.2))
 
 
 @dataclass
@@ -234,6 +238,25 @@ def floor_fill(session: Any, field: Any, region: VoxelRegion, config: EditConfig
     return None
 
 
+def thing_unmix(field: Any, region: VoxelRegion, ring_m: float, min_alpha: float = 0.1) -> Unmix | None:
+    """The :class:`~f3rm_ros.core.edits.Unmix` of the thing in ``region`` (its place in ``field`` now): the mean of the
+    unit features at the region's voxel centres the field holds something at (alpha at the voxel size >=
+    ``min_alpha``), normalised; None when the region holds nothing or the field has no features."""
+    if not int(getattr(field, "feature_dim", 0) or 0):
+        return None
+    dev = getattr(field, "device", torch.device("cpu"))
+    with torch.no_grad():
+        c = torch.as_tensor(region.sample_points(), dtype=torch.float32, device=dev)
+        held = field.query_alpha(c, region.voxel).reshape(-1) >= min_alpha
+        if not bool(held.any()):
+            return None
+        f = torch.nn.functional.normalize(field.query_features(c[held]).float(), dim=-1).mean(0)
+    n = float(f.norm())
+    if not n > 1e-6:
+        return None
+    return Unmix((f / n).cpu().numpy(), float(ring_m))
+
+
 def edit_field(session: Any, req: EditRequest, config: EditConfig | None = None) -> EditOutcome:
     """The session's field with ``req`` applied (the session is unchanged); EditError with the reason otherwise."""
     c = config or EditConfig()
@@ -276,8 +299,10 @@ def edit_field(session: Any, req: EditRequest, config: EditConfig | None = None)
     T = None if req.removed else np.asarray(req.T_world_new_old, np.float64)
     new = cur.with_edit(SceneEdit(region, T, label), ws)  # a move off the workspace is refused before the floor work
     fill = floor_fill(session, cur, region, c) if c.fill_floor and isinstance(region, VoxelRegion) else None
-    if fill is not None:
-        new = cur.with_edit(SceneEdit(region, T, label, fill), ws)
+    unmix = thing_unmix(cur, region, c.unmix_ring_m) if c.unmix_ring_m > 0 and isinstance(region, VoxelRegion) \
+        else None
+    if fill is not None or unmix is not None:
+        new = cur.with_edit(SceneEdit(region, T, label, fill, unmix), ws)
     return EditOutcome(new, f"edit {len(new.edits)}: {new.edits[-1].describe()}", time.perf_counter() - t0, region)
 
 
