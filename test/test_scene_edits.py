@@ -415,3 +415,6 @@ def test_an_unmix_takes_the_moved_things_meaning_out_of_its_old_neighbours_only(
             Unmix(np.asarray(d, float), r)
     with pytest.raises(EditError, match="voxel region"):
         SceneEdit(BOX_A, T, "a", unmix=Unmix(m, 0.03))
+    wrong = EditedField(field(), [SceneEdit(region, T, "a", unmix=Unmix(np.array([0.0, 0.6, 0.0, 0.8]), 0.03))])
+    with pytest.raises(EditError, match="4 feature dims, the field 3"):
+        wrong.query_features(ring_pts)

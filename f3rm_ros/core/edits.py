@@ -726,6 +726,9 @@ class EditedField:
                 self._rings[key] = (e.unmix.ring(e.region),
                                     torch.as_tensor(e.unmix.direction, dtype=torch.float32, device=f.device))
             ring, m = self._rings[key]
+            if m.shape[0] != f.shape[-1]:
+                raise EditError(f"edit {k + 1}'s unmix has {m.shape[0]} feature dims, the field {f.shape[-1]}: the "
+                                f"edits belong to another field")
             if static is None:
                 static = (x_read.detach() == points_world.detach()).all(dim=-1)
             p = points_world.detach()
