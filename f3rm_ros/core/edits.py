@@ -641,7 +641,7 @@ class EditedField:
     def __getattr__(self, name: str) -> Any:  # the base's other attributes (model, chunk, world_to_nerf, ...)
         if name in ("base", "edits", "fixed", "_warp", "_rings"):
             raise AttributeError(name)
-        if name == "query_feature_hidden" and any(e.unmix is not None for e in self.__dict__.get("edits", ())):
+        if name == "query_feature_hidden" and "edits" in self.__dict__ and self._unmixes:
             raise AttributeError(name)  # not the base's either: an unmix acts on the features (the property says)
         return getattr(self.base, name)
 
