@@ -122,3 +122,21 @@ def test_bad_edit_requests_change_nothing(world):
     empty = QuerySession()
     with pytest.raises(EditError, match="no field is loaded"):
         edit_field(empty, EditRequest(text="bowl", removed=True))
+
+
+def test_an_edit_with_unmix_ring_m_carries_the_things_meaning(world):
+    """``edit.unmix_ring_m`` > 0: the query's edit carries an Unmix of the thing's mean unit feature at its old place
+    (``thing_unmix`` of the field before the edit); 0, the default, none."""
+    from f3rm_ros.core.config import replace
+    from f3rm_ros.core.edits import EditedField
+    from f3rm_ros.core.workflows.scene_edits import EditConfig, thing_unmix
+
+    scene, s = world
+    T = np.eye(4)
+    T[:3, 3] = (0.0, 0.08, 0.0)
+    assert edit_field(s, EditRequest(text="bowl", T_world_new_old=T)).field.edits[-1].unmix is None
+    out = edit_field(s, EditRequest(text="bowl", T_world_new_old=T), replace(EditConfig(), unmix_ring_m=0.03))
+    u = out.field.edits[-1].unmix
+    want = thing_unmix(EditedField(s.field), out.region, 0.03)
+    assert u is not None and want is not None and u.ring_m == 0.03
+    assert np.allclose(u.direction, want.direction, atol=1e-6)
