@@ -490,11 +490,14 @@ class EditWarp:
                                   torch.as_tensor(T[:3, 3], dtype=torch.float32, device=device))
         return self._motions[key]
 
-    def __call__(self, x: Tensor, d: Tensor | None = None, active: Tensor | None = None
-                 ) -> tuple[Tensor, Tensor | None, Tensor]:
+    def __call__(self, x: Tensor, d: Tensor | None = None, active: Tensor | None = None, mover: bool = False
+                 ) -> tuple[Tensor, ...]:
         """World points [N, 3] (and directions [N, 3]; ``active`` [N] int: edits in force, default all) -> where the
-        base field is read [N, 3] (its directions), and [N] bool: empty space. Differentiable w.r.t. ``x``."""
+        base field is read [N, 3] (its directions), and [N] bool: empty space. Differentiable w.r.t. ``x``. With
+        ``mover``, also [N] long: the oldest edit that moved each point (-1: none; the one whose region holds the
+        thing's content in the base field, ``fields.moved_colour``)."""
         empty = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        who = torch.full((x.shape[0],), -1, dtype=torch.long, device=x.device) if mover else None
         for k in range(len(self.edits) - 1, -1, -1):
             e = self.edits[k]
             on = None if active is None else active > k
@@ -522,9 +525,11 @@ class EditWarp:
                 x = torch.where(at_new[:, None], x_old, x)
                 if d is not None:
                     d = torch.where(at_new[:, None], d @ R, d)
+                if who is not None:
+                    who = torch.where(at_new, torch.full_like(who, k), who)
             if filled is not None:
                 x = torch.where(filled[:, None], x + self._offset(k, x.device), x)
-        return x, d, empty
+        return (x, d, empty, who) if mover else (x, d, empty)
 
     def _offset(self, k: int, device: torch.device) -> Tensor:
         key = ("fill", k, device)
@@ -589,8 +594,9 @@ class FieldWarp:
                                None if self._active is None else torch.as_tensor(self._active, device=device))
         return self._t[device]
 
-    def __call__(self, positions: Tensor, directions: Tensor, camera_idx: Tensor | None = None
-                 ) -> tuple[Tensor, Tensor, Tensor]:
+    def __call__(self, positions: Tensor, directions: Tensor, camera_idx: Tensor | None = None, mover: bool = False
+                 ) -> tuple[Tensor, ...]:
+        """With ``mover``, also [R, S] long: the oldest edit that moved each sample (:class:`EditWarp`)."""
         Rt, t, act = self._tensors(positions.device)
         Rn, S = positions.shape[:2]
         d = directions if directions.dim() == 3 else directions[:, None, :].expand(Rn, S, 3)
@@ -602,11 +608,12 @@ class FieldWarp:
             idx = camera_idx.reshape(-1).long()
             per_ray = torch.where(idx >= 0, act[idx.clamp(min=0)], torch.full_like(idx, len(self.warp.edits)))
             active = per_ray[:, None].expand(Rn, S).reshape(-1)
-        xs, ds, empty = self.warp(xw, dw, active)
+        xs, ds, empty, *who = self.warp(xw, dw, active, mover=mover)
         moved = (xs != xw).any(dim=-1, keepdim=True)
         pn = torch.where(moved, (((xs - t) @ Rt.T) / self._s).to(p.dtype), p)
         dn = torch.where(moved, (ds @ Rt.T).to(d.dtype), d.reshape(-1, 3))
-        return pn.reshape(Rn, S, 3), dn.reshape(Rn, S, 3), empty.reshape(Rn, S)
+        out = (pn.reshape(Rn, S, 3), dn.reshape(Rn, S, 3), empty.reshape(Rn, S))
+        return (*out, who[0].reshape(Rn, S)) if mover else out
 
 
 class EditedField:

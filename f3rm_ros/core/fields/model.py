@@ -16,6 +16,7 @@ from f3rm_ros.core.config import param
 from f3rm_ros.core.fields.density_field import ProposalDensityField, ProposalNetConfig
 from f3rm_ros.core.hashgrid import HashGridConfig
 from f3rm_ros.core.fields.feature_field import FeatureField, FeatureFieldConfig
+from f3rm_ros.core.fields.moved_colour import MovedColour
 from f3rm_ros.core.fields.rendering import (render_accumulation, render_depth, render_rgb,
                                             render_weights, sample_midpoints)
 from f3rm_ros.core.fields.rgb_field import RGBField, RGBFieldConfig
@@ -61,6 +62,15 @@ class FieldModel(nn.Module):
         self.feature_field = FeatureField(config.feature, feature_dim, device) if feature_dim > 0 else None
         self.feature_dim = int(feature_dim)
         self.sampler = ProposalSampler(config.sampler)
+        # a refresh through edits: the moved things' own colour (fields.moved_colour), read through a warp only
+        self.moved_colour: MovedColour | None = None
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):  # noqa: ANN001, ANN201
+        """``nn.Module.load_state_dict``; the moved things' colour grids (``moved_colour.*``, a refresh through edits)
+        are made to the state's shapes first, and dropped when the state has none."""
+        dev = next(self.parameters()).device
+        self.moved_colour = MovedColour.from_state(state_dict, device=dev)
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def hashgrid_backends(self) -> dict[str, str]:
         """Which backend each hash grid runs on."""
@@ -87,7 +97,8 @@ class FieldModel(nn.Module):
             warp: the scene seen through edits (``f3rm_ros.core.edits.FieldWarp``): ``warp(positions [R, S, 3],
                 directions, camera_idx) -> (positions, directions [R, S, 3], empty [R, S])``; every net (proposals
                 included) is read at the warped samples, with the warped view directions, and the empty samples
-                have no density. None: the field as it is.
+                have no density; with :attr:`moved_colour`, the samples an edit moved get their colour residual
+                (``warp(..., mover=True)`` gives the oldest edit that moved each sample). None: the field as it is.
         Returns:
             dict with rgb [R,3], depth [R] (ray distance, field units), accumulation [R],
             weights [R,N], s_edges / t_edges [R,N+1], proposals (list), and features [R,D] if rendered.
@@ -101,8 +112,13 @@ class FieldModel(nn.Module):
         if warp is None:
             density, rgb = self.rgb_field(positions, directions, camera_idx)
         else:
-            positions, dirs, empty = warp(positions, directions, camera_idx)
-            density, rgb = self.rgb_field(positions, dirs, camera_idx)
+            if self.moved_colour is not None and len(self.moved_colour):
+                positions, dirs, empty, mover = warp(positions, directions, camera_idx, mover=True)
+                density, rgb = self.rgb_field(positions, dirs, camera_idx)
+                rgb = self.moved_colour.apply(rgb, positions, mover)
+            else:
+                positions, dirs, empty = warp(positions, directions, camera_idx)
+                density, rgb = self.rgb_field(positions, dirs, camera_idx)
             density = torch.where(empty, torch.zeros_like(density), density)
         weights = render_weights(density, t)
         out: dict = {

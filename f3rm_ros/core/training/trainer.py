@@ -114,12 +114,7 @@ class Trainer:
         self.model = FieldModel(config.model, len(self.train_indices), self.feature_dim, dev)
         log.info("hash grid backends: %s", self.model.hashgrid_backends())
         self.use_amp = bool(config.mixed_precision and dev.type == "cuda")
-        # CUDA: fused Adam (one multi-tensor kernel; the grad scaler's unscale and inf check happen inside it)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, eps=config.adam_eps,
-                                          **({"fused": True} if dev.type == "cuda" else {}))
-        ratio = config.lr_final / config.lr if config.lr > 0 else 1.0
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: ratio ** min(s / config.lr_decay_steps, 1.0))
+        self.reset_optimizer()
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.generator = torch.Generator(device=dev if dev.type == "cuda" else torch.device("cpu"))
         self.generator.manual_seed(config.seed)
@@ -142,6 +137,17 @@ class Trainer:
         # query server's edits: ``f3rm_ros.core.edits.FieldWarp`` with each image's edits); None: the field as it is
         self.ray_warp: Callable[[Tensor, Tensor, Tensor | None], tuple[Tensor, Tensor, Tensor]] | None = None
         self.checkpoint_extra: dict[str, Any] = {}  # more keys for every checkpoint written (e.g. a refresh's edits)
+
+    def reset_optimizer(self) -> None:
+        """A fresh optimiser and learning-rate schedule over the model's parameters as they are now (after modules were
+        added to the model, e.g. a refresh's colour grids; before the first step: the CUDA graphs capture them)."""
+        cfg, dev = self.config, next(self.model.parameters()).device
+        # CUDA: fused Adam (one multi-tensor kernel; the grad scaler's unscale and inf check happen inside it)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, eps=cfg.adam_eps,
+                                          **({"fused": True} if dev.type == "cuda" else {}))
+        ratio = cfg.lr_final / cfg.lr if cfg.lr > 0 else 1.0
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: ratio ** min(s / cfg.lr_decay_steps, 1.0))
 
     @property
     def cuda_graphs_active(self) -> bool:

@@ -27,7 +27,7 @@ from f3rm_ros.core.config import param
 from f3rm_ros.core.field_api import _similarity_parts  # the checked split TrainedField uses
 
 __all__ = ["scene_versions", "frames_seeing", "changed_mask", "disagreeing_pixels", "near_changed_pixels",
-           "changed_points", "edit_places", "bake_points", "boxes_points", "teach_frames",
+           "changed_points", "edit_places", "bake_points", "boxes_points", "teach_frames", "moved_colour_grids",
            "RefreshConfig", "RefreshResult", "refresh_field", "refresh_scene"]
 
 
@@ -479,6 +479,11 @@ class RefreshConfig:
                                 "moved thing lit from another side); 0 = off", range=(0.0, 1.0))
     near_moved: bool = param(True, "near_m covers the moved thing itself too (its light changed with its pose)")
     near_features: bool = param(False, "near_m leaves those pixels' feature targets out too")
+    colour_voxel_m: float = param(0.004, "through the edits, each moving edit's thing gets a colour residual of its "
+                                         "own (a dense grid at this spacing, metres, over its content; the side it "
+                                         "hid against a neighbour no longer shares that neighbour's hash cells); "
+                                         "0 = off", range=(0.0, 0.1))
+    colour_lr: float = param(0.01, "the colour residuals' learning rate (logits per step)", range=(1e-6, 10.0))
 
 
 @dataclass
@@ -662,6 +667,10 @@ def refresh_field(checkpoint: str | Path, dataset: Any, new_frames: Sequence[int
         w = state[key]
         state[key] = w.float().mean(0, keepdim=True).expand_as(tr.model.rgb_field.appearance.weight).clone()
     tr.model.load_state_dict(state)
+    if through and (rc.colour_voxel_m > 0 or tr.model.moved_colour is not None):
+        moved_colour_grids(tr.model, live_edits, np.asarray(ck["nerf_to_world"], np.float64),
+                           rc.colour_voxel_m, rc.colour_lr / cfg.lr if cfg.lr > 0 else 1.0, tr.device)
+        tr.reset_optimizer()
     # the new frames in the checkpoint's field frame (the model's frame), not a frame of their own
     nw = np.asarray(ck["nerf_to_world"], np.float64)
     s, R, t = _similarity_parts(nw)
@@ -706,6 +715,30 @@ def refresh_field(checkpoint: str | Path, dataset: Any, new_frames: Sequence[int
                          len(masks) + len(bad) + near_masked,
                          time.perf_counter() - t0, train_s, dict(res.losses), tr if keep_trainer else None,
                          {k: round(v, 4) for k, v in times.items()})
+
+
+def moved_colour_grids(model: Any, live_edits: Sequence[Any], nerf_to_world: np.ndarray, voxel_m: float, gain: float,
+                       device: torch.device | str) -> Any:
+    """Give ``model`` (a ``FieldModel``) a zero colour grid (:mod:`f3rm_ros.core.fields.moved_colour`) for every
+    moving edit of ``live_edits`` (oldest first) that has none, at ``voxel_m`` (metres; 0: none added) over the field
+    positions its thing is read from (its region taken back through the older edits), and ``gain`` for every grid,
+    the grids it had keeping their residuals. Returns the model's :class:`MovedColour`."""
+    from f3rm_ros.core.edits import EditWarp  # noqa: PLC0415
+    from f3rm_ros.core.fields.moved_colour import MovedColour  # noqa: PLC0415
+
+    mc = model.moved_colour if model.moved_colour is not None else MovedColour()
+    s, R, t = _similarity_parts(nerf_to_world)
+    for k, e in enumerate(live_edits):
+        if e.removed or str(k) in mc.grids or not voxel_m > 0:
+            continue
+        p = torch.as_tensor(e.region.sample_points(voxel_m), dtype=torch.float32)
+        read = (EditWarp(live_edits[:k])(p)[0] if k else p).double().numpy()
+        pn = ((read - t) @ R) / s
+        pad = 2 * voxel_m / s
+        mc.add(k, pn.min(0) - pad, pn.max(0) + pad, voxel_m / s, gain)
+    mc.set_gain(gain)
+    model.moved_colour = mc.to(device) if len(mc) else None
+    return mc
 
 
 def boxes_points(boxes: Sequence[float], spacing: float = 0.02) -> np.ndarray:
