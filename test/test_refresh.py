@@ -591,3 +591,47 @@ def test_near_places_answers_as_the_plain_tree_query_over_every_pixel():
             assert np.array_equal(NearPlaces(places, near_m).near(pts.cuda()).cpu().numpy(), want[depth > 0])
         marked += int(want.any())
     assert marked >= 10
+
+
+def test_a_refresh_through_the_edits_gives_each_moved_thing_its_own_colour(tiny, tmp_path):
+    """``RefreshConfig.colour_voxel_m``: the refresh makes a zero colour grid for the moving edit over the field
+    positions the thing is read from, trains it (the new views see the moved bowl), saves it in the checkpoint, and
+    the loaded field renders through it; a second refresh with one more edit keeps the first grid as it was and adds
+    one for the new edit; 0 makes none."""
+    import torch
+
+    from f3rm_ros.core.edits import BoxRegion, SceneEdit
+    from f3rm_ros.core.features import create_extractor
+    from f3rm_ros.core.field_api import load_trained_field
+    from f3rm_ros.core.workflows.refresh import refresh_field
+
+    torch.set_num_threads(1)
+    ck, data, T = tiny
+    ds = load_dataset(data, eval_every=0)
+    ex = create_extractor({"extractor": "labels", "labels": {"dataset": str(data), "patch_size": 4}})
+    edit = SceneEdit(BoxRegion.from_bounds((0.06, -0.16, 0.0), (0.22, 0.0, 0.08)), T, "bowl")
+    kw = dict(features=ex, live_edits=[edit], frame_edits=[0] * 8 + [1] * 4, keep_trainer=True)
+    res = refresh_field(ck, ds, range(8, 12), None, 4, config=RefreshConfig(colour_voxel_m=0.02, colour_lr=0.05),
+                        out_path=tmp_path / "c" / "field.ckpt", **kw)
+    mc = res.trainer.model.moved_colour
+    assert mc is not None and list(mc.grids) == ["0"]
+    g = mc.grids["0"]
+    field = load_trained_field(res.checkpoint)
+    corners = torch.as_tensor(field.base.world_to_nerf(torch.as_tensor(edit.region.corners(), dtype=torch.float32)))
+    assert bool((g.box[0] <= corners.min(0).values).all() and (g.box[1] >= corners.max(0).values).all())
+    assert float(g.value.detach().abs().max()) > 0  # trained
+    assert abs(float(g.gain) - 0.05 / (1e-2 * RefreshConfig().lr_scale)) < 1e-4
+    loaded = field.base.model.moved_colour
+    assert loaded is not None and torch.equal(loaded.grids["0"].value.cpu(), g.value.detach().cpu())
+    # a second refresh with one more edit: the first grid kept, a zero one for the new edit
+    box = SceneEdit(BoxRegion.from_bounds((-0.3, -0.3, 0.0), (-0.2, -0.2, 0.1)), np.eye(4), "box")
+    r2 = refresh_field(res.checkpoint, ds, range(8, 12), None, 0, features=ex, live_edits=[edit, box],
+                       frame_edits=[0] * 8 + [2] * 4, keep_trainer=True,
+                       config=RefreshConfig(colour_voxel_m=0.02, colour_lr=0.05))
+    m2 = r2.trainer.model.moved_colour
+    assert sorted(m2.grids) == ["0", "1"] and float(m2.grids["1"].value.abs().max()) == 0
+    # the residual as trained (its gain follows the rate of the refreshed checkpoint's config)
+    assert torch.allclose((m2.grids["0"].gain * m2.grids["0"].value).detach().cpu(), (g.gain * g.value).detach().cpu(),
+                          atol=1e-6)
+    off = refresh_field(ck, ds, range(8, 12), None, 1, config=RefreshConfig(colour_voxel_m=0.0), **kw)
+    assert off.trainer.model.moved_colour is None

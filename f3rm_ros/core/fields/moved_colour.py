@@ -87,7 +87,7 @@ class MovedColour(nn.Module):
         lo_t, hi_t = torch.as_tensor(lo, dtype=torch.float32), torch.as_tensor(hi, dtype=torch.float32)
         if not (torch.isfinite(lo_t).all() and torch.isfinite(hi_t).all() and (hi_t > lo_t).all()) or not voxel > 0:
             raise ValueError(f"a colour grid needs a box with hi > lo and voxel > 0, got {lo_t}, {hi_t}, {voxel}")
-        n = [min(max_cells, max(2, math.ceil(float(e) / voxel) + 1)) for e in (hi_t - lo_t).tolist()]
+        n = [min(max_cells, max(2, math.ceil(float(e) / voxel - 1e-6) + 1)) for e in (hi_t - lo_t).tolist()]
         grid = ColourGrid(lo_t, hi_t, (n[2], n[1], n[0]), gain, device)
         self.grids[str(int(k))] = grid
         return grid

@@ -1,0 +1,116 @@
+"""The moved things' own colour (issue 18, ``fields.moved_colour``): the grid's grid_sample against the plain
+trilinear interpolation (outputs and gradients), a zero grid changing nothing, the residual only on the samples its
+edit moved, the oldest moving edit found through a stack, and a state dict's grids made again on load."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from f3rm_ros.core.edits import BoxRegion, EditWarp, SceneEdit
+from f3rm_ros.core.fields.moved_colour import MovedColour, trilinear_reference
+
+
+def _grid(seed: int = 0) -> MovedColour:
+    torch.manual_seed(seed)
+    mc = MovedColour()
+    g = mc.add(3, torch.tensor([-0.2, -0.1, 0.0]), torch.tensor([0.3, 0.2, 0.25]), 0.05, gain=2.0)
+    with torch.no_grad():
+        g.value.normal_()
+    return mc
+
+
+def test_grid_sample_is_the_plain_trilinear_interpolation_outputs_and_gradients():
+    mc = _grid()
+    g = mc.grids["3"]
+    assert tuple(g.value.shape) == (1, 3, 6, 7, 11)  # z, y, x nodes at 5 cm over 0.25 x 0.3 x 0.5
+    p = torch.rand(500, 3) * torch.tensor([0.7, 0.5, 0.45]) + torch.tensor([-0.3, -0.15, -0.05])  # some outside
+    w = torch.randn(500, 3)
+    (g(p) * w).sum().backward()
+    fast, grad = g(p).detach(), g.value.grad.clone()
+    g.value.grad = None
+    ref = 2.0 * trilinear_reference(g.value, g.box, p)
+    (ref * w).sum().backward()
+    assert torch.allclose(fast, ref.detach(), atol=1e-5)
+    assert torch.allclose(grad, g.value.grad, atol=1e-4)
+    # a node reads its own value; far outside reads nothing
+    node = g.box[0] + torch.tensor([2, 3, 1]) * (g.box[1] - g.box[0]) / torch.tensor([10, 6, 5])
+    assert torch.allclose(g(node[None])[0], 2.0 * g.value[0, :, 1, 3, 2], atol=1e-5)
+    assert torch.equal(g(torch.tensor([[5.0, 5.0, 5.0]])), torch.zeros(1, 3))
+
+
+def test_the_residual_changes_only_the_samples_its_edit_moved():
+    mc = _grid()
+    rgb = torch.rand(4, 5, 3) * 0.98 + 0.01
+    pos = torch.rand(4, 5, 3) * 0.2
+    mover = torch.full((4, 5), -1)
+    mover[1] = 3
+    mover[2] = 7  # an edit without a grid: its residual is 0
+    out = mc.apply(rgb, pos, mover)
+    assert torch.equal(out[0], rgb[0]) and torch.equal(out[3], rgb[3])
+    assert torch.allclose(out[2], rgb[2], atol=1e-5)
+    want = torch.sigmoid(torch.logit(rgb[1]) + mc.grids["3"](pos[1]))
+    assert torch.allclose(out[1], want, atol=1e-5) and not torch.allclose(out[1], rgb[1], atol=1e-3)
+    # a new gain keeps the residual; a fresh grid is zero: the colour as it was
+    before = mc.residual(pos, mover)
+    mc.set_gain(0.5)
+    assert torch.allclose(mc.residual(pos, mover), before, atol=1e-5)
+    fresh = MovedColour()
+    fresh.add(3, torch.zeros(3), torch.ones(3), 0.1, gain=1.0)
+    assert torch.equal(fresh.apply(rgb, pos, mover)[1], torch.sigmoid(torch.logit(rgb[1].clamp(1e-5, 1 - 1e-5))))
+
+
+def test_bad_boxes_are_refused():
+    with pytest.raises(ValueError, match="hi > lo"):
+        MovedColour().add(0, torch.zeros(3), torch.tensor([1.0, 0.0, 1.0]), 0.1, 1.0)
+    with pytest.raises(ValueError, match="voxel > 0"):
+        MovedColour().add(0, torch.zeros(3), torch.ones(3), 0.0, 1.0)
+
+
+def test_the_oldest_moving_edit_of_each_point():
+    """Edit 0 moves a cup +x, edit 1 moves it again (+y), edit 2 moves a box: the cup's points at its last place are
+    read from edit 0's region and belong to edit 0; the box's to edit 2; the rest to none."""
+    def shift(x, y):
+        T = np.eye(4)
+        T[:2, 3] = x, y
+        return T
+
+    cup = BoxRegion.from_bounds((0.0, 0.0, 0.0), (0.1, 0.1, 0.1))
+    cup1 = BoxRegion.from_bounds((0.3, 0.0, 0.0), (0.4, 0.1, 0.1))
+    box = BoxRegion.from_bounds((-0.5, -0.5, 0.0), (-0.3, -0.3, 0.1))
+    edits = [SceneEdit(cup, shift(0.3, 0.0), "cup"), SceneEdit(cup1, shift(0.0, 0.4), "cup"),
+             SceneEdit(box, shift(0.0, -0.3), "box")]
+    x = torch.tensor([[0.35, 0.45, 0.05],   # the cup now
+                      [-0.4, -0.7, 0.05],   # the box now
+                      [0.35, 0.05, 0.05],   # the cup's place after edit 0: empty now
+                      [0.8, 0.8, 0.05]])    # nothing moved
+    read, _, empty, who = EditWarp(edits)(x, mover=True)
+    assert who.tolist() == [0, 2, -1, -1]
+    assert torch.allclose(read[0], torch.tensor([0.05, 0.05, 0.05])) and empty.tolist() == [False, False, True, False]
+    plain = EditWarp(edits)(x)
+    assert len(plain) == 3 and torch.equal(plain[0], read)
+    # only the first edit in force (a frame taken after it): the cup at its first new place, edit 0's
+    _, _, _, who1 = EditWarp(edits)(x, active=torch.ones(4, dtype=torch.long), mover=True)
+    assert who1.tolist() == [-1, -1, 0, -1]
+
+
+def test_a_model_state_with_grids_loads_them_and_one_without_drops_them():
+    from f3rm_ros.core.fields.model import FieldModel, FieldModelConfig
+    from f3rm_ros.core.fields.rgb_field import RGBFieldConfig
+    from f3rm_ros.core.hashgrid import HashGridConfig
+
+    small = HashGridConfig(num_levels=2, features_per_level=2, log2_hashmap_size=8, base_res=4, max_res=8)
+    cfg = FieldModelConfig(rgb=RGBFieldConfig(grid=small))
+    a = FieldModel(cfg, 2, 0)
+    plain = {k: v.clone() for k, v in a.state_dict().items()}
+    a.moved_colour = _grid()
+    state = a.state_dict()
+    assert any(k.startswith("moved_colour.grids.3.") for k in state)
+    b = FieldModel(cfg, 2, 0)
+    b.load_state_dict(state)
+    assert b.moved_colour is not None and list(b.moved_colour.grids) == ["3"]
+    assert torch.equal(b.moved_colour.grids["3"].value, a.moved_colour.grids["3"].value)
+    assert float(b.moved_colour.grids["3"].gain) == 2.0
+    b.load_state_dict(plain)
+    assert b.moved_colour is None and not any(k.startswith("moved_colour") for k in b.state_dict())
