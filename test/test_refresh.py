@@ -313,10 +313,10 @@ def test_refresh_taught_by_the_edit_keeps_every_old_frame(tiny, tmp_path):
     assert res.step == 2 and res.frames_old_kept == 8 and res.frames_old_dropped == 0 and res.frames_old_masked > 0
 
 
-def test_refresh_fine_tunes_at_a_fraction_of_the_training_rate(tiny, tmp_path):
-    """A fresh Adam moves every touched parameter by about the learning rate: the refresh scales the field's training
-    rates (RefreshConfig.lr_scale; a refreshed field's too, not its refresh's) unless overrides set lr; a non-positive
-    scale is refused (and out of the config's range)."""
+def test_refresh_fine_tunes_at_a_fraction_of_the_training_rate(tiny):
+    """A fresh Adam moves every touched parameter by about the learning rate: the refresh scales the checkpoint's
+    rates (RefreshConfig.lr_scale) unless overrides set lr; a non-positive scale is refused (and out of the config's
+    range)."""
     import torch
 
     from f3rm_ros.core.checkpoint import load_checkpoint
@@ -335,17 +335,6 @@ def test_refresh_fine_tunes_at_a_fraction_of_the_training_rate(tiny, tmp_path):
         tr = refresh_field(ck, ds, range(8, 12), None, 1, features=ex, keep_trainer=True, **kw).trainer
         assert tr.config.lr == pytest.approx(want)
         assert tr.optimizer.param_groups[0]["initial_lr"] == pytest.approx(want)
-    # a refresh of a refreshed field: the same fraction of the first training's rates, not of the refresh's
-    from f3rm_ros.core.edits import BoxRegion, SceneEdit
-
-    T = np.eye(4)
-    T[:3, 3] = (-0.2, 0.2, 0.0)
-    edit = SceneEdit(BoxRegion.from_bounds((0.06, -0.16, 0.0), (0.22, 0.0, 0.08)), T, "bowl")
-    kw = dict(features=ex, live_edits=[edit], frame_edits=[0] * 8 + [1] * 4, keep_trainer=True)
-    first = refresh_field(ck, ds, range(8, 12), None, 1, out_path=tmp_path / "r1" / "field.ckpt", **kw)
-    assert load_checkpoint(first.checkpoint)["training_lr"]["lr"] == pytest.approx(lr)
-    again = refresh_field(first.checkpoint, ds, range(8, 12), None, 1, **kw).trainer
-    assert again.config.lr == pytest.approx(default * lr)
     with pytest.raises(ValueError, match="lr_scale"):
         refresh_field(ck, ds, range(8, 12), None, 1, features=ex, config=RefreshConfig(lr_scale=0.0))
     with pytest.raises(ConfigError, match="lr_scale"):
@@ -640,7 +629,7 @@ def test_a_refresh_through_the_edits_gives_each_moved_thing_its_own_colour(tiny,
                        frame_edits=[0] * 8 + [2] * 4, keep_trainer=True,
                        config=RefreshConfig(colour_voxel_m=0.02, colour_lr=0.05))
     m2 = r2.trainer.model.moved_colour
-    assert sorted(m2.grids) == ["0", "1"] and float(m2.grids["1"].value.detach().abs().max()) == 0
+    assert sorted(m2.grids) == ["0", "1"] and float(m2.grids["1"].value.abs().max()) == 0
     # the residual as trained (its gain follows the rate of the refreshed checkpoint's config)
     assert torch.allclose((m2.grids["0"].gain * m2.grids["0"].value).detach().cpu(), (g.gain * g.value).detach().cpu(),
                           atol=1e-6)

@@ -530,12 +530,14 @@ def refresh_field(checkpoint: str | Path, dataset: Any, new_frames: Sequence[int
     teacher's (``bake_mult``), so the moved thing keeps the shape all the old views gave it, where the few new views
     see only some of its sides. ``config`` (:class:`RefreshConfig`, default its defaults): ``new_repeat`` lists each
     new frame that many times, so the ray batches draw from the few new views as often as from that many old ones (the
-    changed places are seen by the new views alone). ``lr_scale`` scales the learning rates (``lr``, ``lr_final``) the
-    checkpoint's field was first trained at (a refreshed checkpoint records them, ``training_lr``: every refresh of a
-    sequence runs at the same fraction; unless ``overrides`` sets ``lr``): the optimiser starts afresh, and Adam's
-    first steps move every touched parameter by about the learning rate whatever its gradient, which at a
-    from-scratch rate shakes the whole converged field (on the H100 bench, 400 steps at the training rate cost 3-7 dB
-    of held-out PSNR everywhere, not only at the moved thing).
+    changed places are seen by the new views alone). ``lr_scale`` scales the checkpoint's learning rates (``lr``,
+    ``lr_final``; unless ``overrides`` sets ``lr``; a refreshed checkpoint's are its refresh's, so a sequence's
+    refreshes get gentler, 0.2, 0.04, 0.008 of the training rate: the same fraction each time cost the 2-core CPU
+    bench's fragile unmoved bottle its grasp after the second refresh, ``scene_edits_cpu_0f71be3_samerate*``; the
+    colour grids' rate does not shrink with it): the optimiser starts afresh, and Adam's first steps move every
+    touched parameter by about the learning rate whatever its gradient, which at a from-scratch rate shakes the whole
+    converged field (on the H100 bench, 400 steps at the training rate cost 3-7 dB of held-out PSNR everywhere, not
+    only at the moved thing).
 
     **Through the edits** (``live_edits``, the edit stack oldest first; ``frame_edits`` [len(dataset)]: how many of the
     oldest edits were in force when each frame was captured, -1 = unknown: the frame is dropped): nothing is regrown.
@@ -647,11 +649,7 @@ def refresh_field(checkpoint: str | Path, dataset: Any, new_frames: Sequence[int
     cfg = from_dict(TrainerConfig, ck["config"])
     if not rc.lr_scale > 0:
         raise ValueError(f"lr_scale must be > 0, got {rc.lr_scale}")
-    # the training's rates: a refreshed checkpoint's config holds its refresh's (scaled) ones, and scaling those again
-    # would slow every later refresh of a sequence by lr_scale once more
-    base = ck.get("training_lr") or {"lr": cfg.lr, "lr_final": cfg.lr_final}
-    lrs = {} if "lr" in (overrides or {}) else {"lr": float(base["lr"]) * rc.lr_scale,
-                                                  "lr_final": float(base["lr_final"]) * rc.lr_scale}
+    lrs = {} if "lr" in (overrides or {}) else {"lr": cfg.lr * rc.lr_scale, "lr_final": cfg.lr_final * rc.lr_scale}
     cfg = replace(cfg, **{"eval_every": 0, "eval_num_images": 0, "checkpoint_every": 0, **lrs, **(overrides or {})})
     times = {"load": time.perf_counter() - t0}
     feats = scene_features(features, sub, feature_cache)
@@ -672,7 +670,6 @@ def refresh_field(checkpoint: str | Path, dataset: Any, new_frames: Sequence[int
         w = state[key]
         state[key] = w.float().mean(0, keepdim=True).expand_as(tr.model.rgb_field.appearance.weight).clone()
     tr.model.load_state_dict(state)
-    tr.checkpoint_extra["training_lr"] = {"lr": float(base["lr"]), "lr_final": float(base["lr_final"])}
     if through and (rc.colour_voxel_m > 0 or tr.model.moved_colour is not None):
         moved_colour_grids(tr.model, live_edits, np.asarray(ck["nerf_to_world"], np.float64),
                            rc.colour_voxel_m, rc.colour_lr / cfg.lr if cfg.lr > 0 else 1.0, tr.device)
