@@ -58,9 +58,10 @@ PLANNER_CPU: dict[str, Any] = {"num_steps": 20, "rotations_per_voxel": 3, "max_p
 # refreshes keep the old views' colour near the changed places and the checkpoint's rate x 0.1. The GPU's defaults
 # (near_m 0.08, lr_scale 0.2: 8/10 refreshes within 1 dB of a full retrain on the H100 against 3/10) cost an unmoved
 # bottle's grasp and an edit's through the CPU bench's sequence, where these pass every check (refresh_field's
-# docstring; benchmarks/results/scene_edits_cpu_*). No colour grids for the moved things (colour_voxel_m 0): on the
-# CPU bench they moved the refreshes' PSNR by +0.05 / +0.09 dB, cost ~3-4 s of a refresh, and the unmoved bottle lost
-# its grasp beside them after the first refresh (scene_edits_cpu_432af02_colour*; a loaded machine).
+# docstring; benchmarks/results/scene_edits_cpu_*). No colour grids for the moved things (colour_voxel_m 0, the
+# default too): on the CPU bench they moved the refreshes' PSNR by +0.05 / +0.09 dB, cost ~3-4 s of a refresh, and
+# the unmoved bottle lost its grasp beside them after the first refresh (scene_edits_cpu_432af02_colour*; a loaded
+# machine).
 REFRESH_CPU: dict[str, Any] = {"near_m": 0.0, "lr_scale": 0.1, "colour_voxel_m": 0.0}
 
 _SMALL: dict[str, Any] = {

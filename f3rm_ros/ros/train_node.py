@@ -32,7 +32,7 @@ aborted at once, ``success: false`` and the reason in ``message`` (and in the lo
    after those the field itself was refreshed with; a stack that is malformed or of another field is refused.
    How the refresh fine-tunes is the ``refresh.*`` parameters (``RefreshConfig`` of ``core/workflows/refresh.py``,
    read when a goal starts; on a 2-core CPU set ``REFRESH_CPU`` of ``core/presets.py``: ``refresh.near_m`` 0,
-   ``refresh.lr_scale`` 0.1, ``refresh.colour_voxel_m`` 0).
+   ``refresh.lr_scale`` 0.1).
 5. success: the checkpoint path is published on ``~/checkpoint`` (``std_msgs/String``, transient-local); the query
    node loads it beside the served field and swaps it in (queries in flight finish on the old one).
 

@@ -479,10 +479,11 @@ class RefreshConfig:
                                 "moved thing lit from another side); 0 = off", range=(0.0, 1.0))
     near_moved: bool = param(True, "near_m covers the moved thing itself too (its light changed with its pose)")
     near_features: bool = param(False, "near_m leaves those pixels' feature targets out too")
-    colour_voxel_m: float = param(0.004, "through the edits, each moving edit's thing gets a colour residual of its "
-                                         "own (a dense grid at this spacing, metres, over its content; the side it "
-                                         "hid against a neighbour no longer shares that neighbour's hash cells); "
-                                         "0 = off", range=(0.0, 0.1))
+    colour_voxel_m: float = param(0.0, "through the edits, each moving edit's thing gets a colour residual of its "
+                                       "own (a dense grid at this spacing, metres, e.g. 0.004, over its content; the "
+                                       "side it hid against a neighbour no longer shares that neighbour's hash "
+                                       "cells); 0 = off (it did not close seed 10's gap on a CPU field)",
+                                  range=(0.0, 0.1))
     colour_lr: float = param(0.01, "the colour residuals' learning rate (logits per step)", range=(1e-6, 10.0))
 
 
