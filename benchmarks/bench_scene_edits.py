@@ -364,7 +364,7 @@ def plan(a: argparse.Namespace) -> int:
                              edits_so_far=edits_so_far, edit_counts=edit_counts):
                 kw = dict(opts)
                 steps = int(kw.pop("steps", a.refresh_steps))  # a variant may train longer or shorter
-                kw["config"] = refresh_config(kw)  # RefreshConfig's keys out of kw, on top of --refresh-preset
+                kw["config"] = config = refresh_config(kw)  # RefreshConfig's keys out of kw, over --refresh-preset
                 if kw.pop("through", False):  # the field keeps the first scene, each frame sees its own edits
                     for key in ("old_frames", "bake", "teacher", "clear_points"):
                         kw.pop(key, None)
@@ -389,15 +389,13 @@ def plan(a: argparse.Namespace) -> int:
                 rf = rf_mod.refresh_field(ckpt, ds, range(first, len(ds)), changed, steps, features=ex,
                                           device=device, out_path=out_path, **kw)
                 sync()
-                return rf, time.perf_counter() - t0
+                return rf, time.perf_counter() - t0, steps, config
 
-            rf, row["refresh_s"] = refresh_with(refresh_kw, work / f"refresh{k}.ckpt")
+            rf, row["refresh_s"], steps, config = refresh_with(refresh_kw, work / f"refresh{k}.ckpt")
             row["refresh"] = {"frames_new": rf.frames_new, "frames_old_kept": rf.frames_old_kept,
                               "frames_old_dropped": rf.frames_old_dropped, "frames_old_masked": rf.frames_old_masked,
-                              "train_s": rf.train_s, "steps": int(refresh_kw.get("steps", a.refresh_steps)),
-                              "options": refresh_kw,
-                              "config": dataclasses.asdict(refresh_config(dict(refresh_kw))),
-                              "times": rf.times}
+                              "train_s": rf.train_s, "steps": steps, "options": refresh_kw,
+                              "config": dataclasses.asdict(config), "times": rf.times}
             held = load_dataset(d / f"move-{k}" / "heldout", eval_every=0)
             parts = held_parts(held, target_ids, mv)
             if edited is not None:  # the edit itself on the same views: what the refresh starts from
@@ -416,7 +414,7 @@ def plan(a: argparse.Namespace) -> int:
                                         row.setdefault("full_parts", {}), shot(d, k, "full"))
                 row["variants"] = []
                 for j, opts in enumerate(variants):  # side by side, from the same field; the sequence goes on
-                    rv, t_v = refresh_with(opts, work / f"refresh{k}_v{j}.ckpt")  # with the main refresh
+                    rv, t_v, _, _ = refresh_with(opts, work / f"refresh{k}_v{j}.ckpt")  # with the main refresh
                     v = {"options": opts, "refresh_s": t_v, "parts": {}, "times": rv.times}
                     field_v = load_trained_field(rv.checkpoint, device)
                     v["psnr"] = psnr(field_v, held, parts, v["parts"], shot(d, k, f"variant{j}"))

@@ -29,6 +29,7 @@ with determinant +1, and (with a workspace box) the moved region's centre inside
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -662,7 +663,7 @@ class EditedField:
                             f"from new views (TrainFields) or load a new one")
         if not edit.removed:
             T = check_rigid(edit.T_world_new_old)
-            edit = SceneEdit(edit.region, T, edit.label, edit.fill, edit.unmix)
+            edit = dataclasses.replace(edit, T_world_new_old=T)  # its fill and unmix kept
             if workspace is not None:
                 lo, hi = (np.asarray(v, np.float64).reshape(3) for v in workspace)
                 c = T[:3, :3] @ edit.region.centre() + T[:3, 3]

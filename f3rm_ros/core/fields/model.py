@@ -112,13 +112,14 @@ class FieldModel(nn.Module):
         if warp is None:
             density, rgb = self.rgb_field(positions, directions, camera_idx)
         else:
+            mover = None
             if self.moved_colour is not None and len(self.moved_colour):
                 positions, dirs, empty, mover = warp(positions, directions, camera_idx, mover=True)
-                density, rgb = self.rgb_field(positions, dirs, camera_idx)
-                rgb = self.moved_colour.apply(rgb, positions, mover)
             else:
                 positions, dirs, empty = warp(positions, directions, camera_idx)
-                density, rgb = self.rgb_field(positions, dirs, camera_idx)
+            density, rgb = self.rgb_field(positions, dirs, camera_idx)
+            if mover is not None:
+                rgb = self.moved_colour.apply(rgb, positions, mover)
             density = torch.where(empty, torch.zeros_like(density), density)
         weights = render_weights(density, t)
         out: dict = {

@@ -671,12 +671,12 @@ def refresh_field(checkpoint: str | Path, dataset: Any, new_frames: Sequence[int
         w = state[key]
         state[key] = w.float().mean(0, keepdim=True).expand_as(tr.model.rgb_field.appearance.weight).clone()
     tr.model.load_state_dict(state)
+    nw = np.asarray(ck["nerf_to_world"], np.float64)
     if through and (rc.colour_voxel_m > 0 or tr.model.moved_colour is not None):
-        moved_colour_grids(tr.model, live_edits, np.asarray(ck["nerf_to_world"], np.float64),
-                           rc.colour_voxel_m, rc.colour_lr / cfg.lr if cfg.lr > 0 else 1.0, tr.device)
+        moved_colour_grids(tr.model, live_edits, nw, rc.colour_voxel_m,
+                           rc.colour_lr / cfg.lr if cfg.lr > 0 else 1.0, tr.device)
         tr.reset_optimizer()
     # the new frames in the checkpoint's field frame (the model's frame), not a frame of their own
-    nw = np.asarray(ck["nerf_to_world"], np.float64)
     s, R, t = _similarity_parts(nw)
     c2w = np.asarray(sub.c2w, np.float64).copy()
     c2w_n = c2w.copy()
