@@ -635,3 +635,42 @@ def test_a_refresh_through_the_edits_gives_each_moved_thing_its_own_colour(tiny,
                           atol=1e-6)
     off = refresh_field(ck, ds, range(8, 12), None, 1, config=RefreshConfig(colour_voxel_m=0.0), **kw)
     assert off.trainer.model.moved_colour is None
+
+
+def test_a_refresh_through_the_edits_learns_which_part_of_each_region_moved(tiny, tmp_path):
+    """``RefreshConfig.share_voxel_m``: the refresh gives the moving edit a membership grid (shares 1: the hard
+    region) over the field positions its thing is read from, trains it, saves it, and the loaded field's queries
+    weigh the density with it; 0 makes none."""
+    import torch
+
+    from f3rm_ros.core.edits import BoxRegion, SceneEdit
+    from f3rm_ros.core.features import create_extractor
+    from f3rm_ros.core.field_api import load_trained_field
+    from f3rm_ros.core.workflows.refresh import refresh_field
+
+    torch.set_num_threads(1)
+    ck, data, T = tiny
+    ds = load_dataset(data, eval_every=0)
+    ex = create_extractor({"extractor": "labels", "labels": {"dataset": str(data), "patch_size": 4}})
+    edit = SceneEdit(BoxRegion.from_bounds((0.06, -0.16, 0.0), (0.22, 0.0, 0.08)), T, "bowl")
+    kw = dict(features=ex, live_edits=[edit], frame_edits=[0] * 8 + [1] * 4, keep_trainer=True)
+    res = refresh_field(ck, ds, range(8, 12), None, 4, config=RefreshConfig(share_voxel_m=0.02, share_lr=0.05),
+                        out_path=tmp_path / "s" / "field.ckpt", **kw)
+    ms = res.trainer.model.membership
+    assert ms is not None and list(ms.grids) == ["0"] and ms.grids["0"].value.shape[1] == 1
+    g = ms.grids["0"]
+    assert float(g.value.detach().abs().max()) > 0  # trained
+    field = load_trained_field(res.checkpoint)
+    loaded = field.base.model.membership
+    assert loaded is not None and torch.equal(loaded.grids["0"].value.cpu(), g.value.detach().cpu())
+    # the queries: the base's density at the read points times the weight the grid gives them
+    pts = torch.as_tensor(edit.region.sample_points(0.02), dtype=torch.float32)
+    pts = torch.cat([pts, pts @ torch.as_tensor(T[:3, :3].T, dtype=torch.float32)
+                     + torch.as_tensor(T[:3, 3], dtype=torch.float32)])
+    x, _, _, _, bits, vac = field._warp(pts, parts=True)
+    with torch.no_grad():
+        want = field.base.query_density(x).reshape(-1) * loaded.weight(field.base.world_to_nerf(x), bits, vac)
+        got = field.query_density(pts)
+    assert torch.allclose(got, want, atol=1e-4) and bool((vac == 0).any()) and bool((bits == 1).any())
+    off = refresh_field(ck, ds, range(8, 12), None, 1, config=RefreshConfig(share_voxel_m=0.0), **kw)
+    assert off.trainer.model.membership is None
