@@ -491,66 +491,45 @@ class EditWarp:
                                   torch.as_tensor(T[:3, 3], dtype=torch.float32, device=device))
         return self._motions[key]
 
-    def __call__(self, x: Tensor, d: Tensor | None = None, active: Tensor | None = None, mover: bool = False,
-                 parts: bool = False) -> tuple[Tensor, ...]:
+    def __call__(self, x: Tensor, d: Tensor | None = None, active: Tensor | None = None, mover: bool = False
+                 ) -> tuple[Tensor, ...]:
         """World points [N, 3] (and directions [N, 3]; ``active`` [N] int: edits in force, default all) -> where the
         base field is read [N, 3] (its directions), and [N] bool: empty space. Differentiable w.r.t. ``x``. With
         ``mover``, also [N] long: the oldest edit that moved each point (-1: none; the one whose region holds the
-        thing's content in the base field, ``fields.moved_colour``). With ``parts``, the mover and also [N] int64:
-        a bit per edit that moved the point (bit k: edit k, the first ``membership.MAX_BITS``) and [N] long: the edit
-        whose old place emptied it (-1: none; -2: a removal, two edits or an edit past the bits), for
-        ``fields.membership``; a point one edit emptied is then read where that place's content lies in the base
-        field (through the older edits; without ``parts`` an empty point is read where it is), and the same
-        point stays ``empty``."""
-        from f3rm_ros.core.fields.membership import MAX_BITS  # noqa: PLC0415
-
+        thing's content in the base field, ``fields.moved_colour``)."""
         empty = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-        mover = mover or parts
         who = torch.full((x.shape[0],), -1, dtype=torch.long, device=x.device) if mover else None
-        bits = torch.zeros(x.shape[0], dtype=torch.long, device=x.device) if parts else None
-        vac = torch.full((x.shape[0],), -1, dtype=torch.long, device=x.device) if parts else None
         for k in range(len(self.edits) - 1, -1, -1):
             e = self.edits[k]
             on = None if active is None else active > k
-            # what older edits still move: with parts, a point one edit emptied goes on to where its content lies
-            free = ~empty if vac is None else vac != -2
             if e.removed:
                 at_new = torch.zeros_like(empty)
                 x_old = x
             else:
                 R, t = self._motion(k, x.device)
                 x_old = (x - t) @ R  # rows: R^T (x - t)
-                at_new = e.region.contains(x_old) & free
+                at_new = e.region.contains(x_old) & ~empty
                 if on is not None:
                     at_new = at_new & on
             if e.fill is None:
                 filled, in_region = None, e.region.contains(x)
             else:
                 in_region, floor = self._place(k, x)
-                filled = floor & ~at_new & free
+                filled = floor & ~at_new & ~empty
                 if on is not None:
                     filled = filled & on
             at_old = in_region & ~at_new
             if filled is not None:
                 at_old = at_old & ~filled
-            at_old = at_old if on is None else at_old & on
-            if vac is not None:
-                mine = k if not e.removed and k < MAX_BITS else -2
-                vac = torch.where(at_old, torch.where(empty, torch.full_like(vac, -2), torch.full_like(vac, mine)),
-                                  vac)
-            empty = empty | at_old
+            empty = empty | (at_old if on is None else at_old & on)
             if not e.removed:
                 x = torch.where(at_new[:, None], x_old, x)
                 if d is not None:
                     d = torch.where(at_new[:, None], d @ R, d)
                 if who is not None:
                     who = torch.where(at_new, torch.full_like(who, k), who)
-                if bits is not None and k < MAX_BITS:
-                    bits = bits | (at_new.long() << k)
             if filled is not None:
                 x = torch.where(filled[:, None], x + self._offset(k, x.device), x)
-        if parts:
-            return x, d, empty, who, bits, vac
         return (x, d, empty, who) if mover else (x, d, empty)
 
     def _offset(self, k: int, device: torch.device) -> Tensor:
@@ -616,10 +595,9 @@ class FieldWarp:
                                None if self._active is None else torch.as_tensor(self._active, device=device))
         return self._t[device]
 
-    def __call__(self, positions: Tensor, directions: Tensor, camera_idx: Tensor | None = None, mover: bool = False,
-                 parts: bool = False) -> tuple[Tensor, ...]:
-        """With ``mover``, also [R, S] long: the oldest edit that moved each sample; with ``parts``, the mover, the
-        moved bits and the vacating edit, [R, S] each (:class:`EditWarp`)."""
+    def __call__(self, positions: Tensor, directions: Tensor, camera_idx: Tensor | None = None, mover: bool = False
+                 ) -> tuple[Tensor, ...]:
+        """With ``mover``, also [R, S] long: the oldest edit that moved each sample (:class:`EditWarp`)."""
         Rt, t, act = self._tensors(positions.device)
         Rn, S = positions.shape[:2]
         d = directions if directions.dim() == 3 else directions[:, None, :].expand(Rn, S, 3)
@@ -631,12 +609,12 @@ class FieldWarp:
             idx = camera_idx.reshape(-1).long()
             per_ray = torch.where(idx >= 0, act[idx.clamp(min=0)], torch.full_like(idx, len(self.warp.edits)))
             active = per_ray[:, None].expand(Rn, S).reshape(-1)
-        xs, ds, empty, *extra = self.warp(xw, dw, active, mover=mover, parts=parts)
+        xs, ds, empty, *who = self.warp(xw, dw, active, mover=mover)
         moved = (xs != xw).any(dim=-1, keepdim=True)
         pn = torch.where(moved, (((xs - t) @ Rt.T) / self._s).to(p.dtype), p)
         dn = torch.where(moved, (ds @ Rt.T).to(d.dtype), d.reshape(-1, 3))
         out = (pn.reshape(Rn, S, 3), dn.reshape(Rn, S, 3), empty.reshape(Rn, S))
-        return (*out, *(v.reshape(Rn, S) for v in extra))
+        return (*out, who[0].reshape(Rn, S)) if mover else out
 
 
 class EditedField:
@@ -710,27 +688,6 @@ class EditedField:
         [N] bool: empty space (an old place or a removed region). Differentiable w.r.t. ``x``."""
         return self._warp(x, d)
 
-    def _shares(self) -> Any:
-        """The base model's membership grids (``fields.membership``: a refresh through the checkpoint's edits learnt
-        which part of each region moved), or None."""
-        ms = getattr(getattr(self.base, "model", None), "membership", None)
-        return ms if ms is not None and len(ms) else None
-
-    def _read(self, points_world: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
-        """Where the base is read for world points [N, 3], [N] bool: nothing there, and the density weight [N] of
-        the membership grids (None without them)."""
-        ms = self._shares()
-        if ms is None:
-            x, _, empty = self.warp(points_world)
-            return x, empty, None
-        x, _, empty, _, bits, vac = self._warp(points_world, parts=True)
-        w = ms.weight(self.base.world_to_nerf(x), bits, vac)
-        return x, w <= 0, w
-
-    @staticmethod
-    def _weighted(d: Tensor, empty: Tensor, w: Tensor | None) -> Tensor:  # density [N] through _read's answer
-        return torch.where(empty, torch.zeros_like(d), d if w is None else d * w.to(d.dtype))
-
     # --- queries (the GraspField protocol) -----------------------------------------------------------
     def _check(self, points: Tensor) -> None:
         if points.dim() != 2 or points.shape[-1] != 3:
@@ -741,8 +698,9 @@ class EditedField:
         self._check(points_world)
         if not self.edits:
             return self.base.query_density(points_world)
-        x, empty, w = self._read(points_world)
-        return self._weighted(self.base.query_density(x).reshape(-1), empty, w)
+        x, _, empty = self.warp(points_world)
+        d = self.base.query_density(x).reshape(-1)
+        return torch.where(empty, torch.zeros_like(d), d)
 
     def query_alpha(self, points_world: Tensor, delta_m: float) -> Tensor:  # [N, 3] -> [N]
         return 1.0 - torch.exp(-self.query_density(points_world) * float(delta_m))
@@ -794,7 +752,7 @@ class EditedField:
         self._check(points_world)
         if not self.edits:
             return self.base.query_features(points_world)
-        x, empty, _ = self._read(points_world)
+        x, _, empty = self.warp(points_world)
         f = self.base.query_features(x)
         f = torch.where(empty[:, None], self._empty_features(f), f)
         return self._unmixed(points_world, x, f) if self._unmixes else f
@@ -811,10 +769,11 @@ class EditedField:
             self._check(points_world)
             if not self.edits:
                 return both(points_world)
-            x, empty, w = self._read(points_world)
+            x, _, empty = self.warp(points_world)
             d, f = both(x)
+            d = d.reshape(-1)
             f = torch.where(empty[:, None], self._empty_features(f), f)
-            return (self._weighted(d.reshape(-1), empty, w),
+            return (torch.where(empty, torch.zeros_like(d), d),
                     self._unmixed(points_world, x, f) if self._unmixes else f)
 
         return fn
@@ -832,7 +791,7 @@ class EditedField:
             self._check(points_world)
             if not self.edits:
                 return hid(points_world)
-            x, empty, _ = self._read(points_world)
+            x, _, empty = self.warp(points_world)
             h = hid(x)
             return torch.where(empty[:, None], torch.zeros_like(h), h)
 

@@ -16,7 +16,6 @@ from f3rm_ros.core.config import param
 from f3rm_ros.core.fields.density_field import ProposalDensityField, ProposalNetConfig
 from f3rm_ros.core.hashgrid import HashGridConfig
 from f3rm_ros.core.fields.feature_field import FeatureField, FeatureFieldConfig
-from f3rm_ros.core.fields.membership import Membership
 from f3rm_ros.core.fields.moved_colour import MovedColour
 from f3rm_ros.core.fields.rendering import (render_accumulation, render_depth, render_rgb,
                                             render_weights, sample_midpoints)
@@ -65,16 +64,12 @@ class FieldModel(nn.Module):
         self.sampler = ProposalSampler(config.sampler)
         # a refresh through edits: the moved things' own colour (fields.moved_colour), read through a warp only
         self.moved_colour: MovedColour | None = None
-        # and which part of each moving edit's region moved (fields.membership), read through a warp only
-        self.membership: Membership | None = None
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):  # noqa: ANN001, ANN201
-        """``nn.Module.load_state_dict``; the moved things' colour and membership grids (``moved_colour.*``,
-        ``membership.*``: a refresh through edits) are made to the state's shapes first, and dropped when the state has
-        none."""
+        """``nn.Module.load_state_dict``; the moved things' colour grids (``moved_colour.*``, a refresh through edits)
+        are made to the state's shapes first, and dropped when the state has none."""
         dev = next(self.parameters()).device
-        self.moved_colour = MovedColour.from_state(state_dict, "moved_colour.", device=dev)
-        self.membership = Membership.from_state(state_dict, "membership.", device=dev)
+        self.moved_colour = MovedColour.from_state(state_dict, device=dev)
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def hashgrid_backends(self) -> dict[str, str]:
@@ -109,28 +104,23 @@ class FieldModel(nn.Module):
             weights [R,N], s_edges / t_edges [R,N+1], proposals (list), and features [R,D] if rendered.
         """
         nets: list = list(self.proposal_nets)
-        shares = self.membership if self.membership is not None and len(self.membership) else None
         if warp is not None:
-            nets = [_warped_density(net, warp, directions, camera_idx, shares) for net in nets]
+            nets = [_warped_density(net, warp, directions, camera_idx) for net in nets]
         s, t, proposals = self.sampler(origins, directions, nets, training=training, step=step,
                                        update_proposals=update_proposals, generator=generator)
         positions = sample_midpoints(origins, directions, t)
         if warp is None:
             density, rgb = self.rgb_field(positions, directions, camera_idx)
         else:
-            mover = weight = None
-            coloured = self.moved_colour is not None and len(self.moved_colour)
-            if shares is not None:
-                positions, dirs, empty, mover, bits, vac = warp(positions, directions, camera_idx, parts=True)
-                weight = shares.weight(positions, bits, vac)
-            elif coloured:
+            mover = None
+            if self.moved_colour is not None and len(self.moved_colour):
                 positions, dirs, empty, mover = warp(positions, directions, camera_idx, mover=True)
             else:
                 positions, dirs, empty = warp(positions, directions, camera_idx)
             density, rgb = self.rgb_field(positions, dirs, camera_idx)
-            if coloured:
+            if mover is not None:
                 rgb = self.moved_colour.apply(rgb, positions, mover)
-            density = _emptied(density, empty, weight)
+            density = torch.where(empty, torch.zeros_like(density), density)
         weights = render_weights(density, t)
         out: dict = {
             "rgb": render_rgb(weights, rgb, self.config.background),
@@ -143,25 +133,13 @@ class FieldModel(nn.Module):
         return out
 
 
-def _emptied(density: Tensor, empty: Tensor, weight: Tensor | None) -> Tensor:
-    """``density`` [R, S] (or [R, S, 1]) through the edits: 0 where ``empty``, or times the membership ``weight``
-    [R, S] when there is one (0 where it is 0, so nothing the field holds there leaks through)."""
-    if weight is None:
-        return torch.where(empty.reshape(density.shape), torch.zeros_like(density), density)
-    w = weight.reshape(density.shape).to(density.dtype)
-    return torch.where(w > 0, density * w, torch.zeros_like(density))
-
-
-def _warped_density(net: nn.Module, warp: Callable, directions: Tensor, camera_idx: Tensor | None,
-                    shares: Membership | None = None) -> Callable[[Tensor], Tensor]:
-    """A proposal net read through ``warp`` (render_rays): zero density where the warp says empty, or the
-    membership's weight (``shares``)."""
+def _warped_density(net: nn.Module, warp: Callable, directions: Tensor, camera_idx: Tensor | None
+                    ) -> Callable[[Tensor], Tensor]:
+    """A proposal net read through ``warp`` (render_rays): zero density where the warp says empty."""
 
     def fn(positions: Tensor) -> Tensor:
-        if shares is None:
-            p, _, empty = warp(positions, directions, camera_idx)
-            return _emptied(net(p), empty, None)
-        p, _, empty, _, bits, vac = warp(positions, directions, camera_idx, parts=True)
-        return _emptied(net(p), empty, shares.weight(p, bits, vac))
+        p, _, empty = warp(positions, directions, camera_idx)
+        sigma = net(p)
+        return torch.where(empty, torch.zeros_like(sigma), sigma)
 
     return fn

@@ -24,33 +24,32 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-__all__ = ["MovedColour", "EditGrids", "ColourGrid", "trilinear_reference"]
+__all__ = ["MovedColour", "ColourGrid", "trilinear_reference"]
 
 
 class ColourGrid(nn.Module):
-    """One edit's grid (module docstring). ``lo``, ``hi``: the field-frame box [3] its nodes span; ``channels`` per node
-    (3 colour residuals; 1 for :mod:`~f3rm_ros.core.fields.membership`)."""
+    """One edit's grid (module docstring). ``lo``, ``hi``: the field-frame box [3] its nodes span."""
 
     def __init__(self, lo: Tensor, hi: Tensor, shape_zyx: tuple[int, int, int], gain: float = 1.0,
-                 device: torch.device | str | None = None, channels: int = 3):
+                 device: torch.device | str | None = None):
         super().__init__()
-        self.value = nn.Parameter(torch.zeros(1, int(channels), *shape_zyx, device=device))
+        self.value = nn.Parameter(torch.zeros(1, 3, *shape_zyx, device=device))
         self.register_buffer("box", torch.stack([torch.as_tensor(lo, dtype=torch.float32),
                                                  torch.as_tensor(hi, dtype=torch.float32)]).to(device))
         self.register_buffer("gain", torch.tensor(float(gain), device=device))
 
     def forward(self, positions: Tensor) -> Tensor:
-        """Residuals [M, channels] at field-frame points ``positions`` [M, 3]; 0 outside the box."""
+        """Residual logits [M, 3] at field-frame points ``positions`` [M, 3]; 0 outside the box."""
         lo, hi = self.box[0], self.box[1]
         u = (positions.float() - lo) / (hi - lo).clamp(min=1e-12) * 2 - 1  # [-1, 1] at the first / last node
         g = u.reshape(1, 1, 1, -1, 3)  # grid_sample's (x, y, z) = (W, H, D)
         out = nn.functional.grid_sample(self.value, g, mode="bilinear", padding_mode="zeros", align_corners=True)
-        return (self.gain * out).reshape(self.value.shape[1], -1).T
+        return (self.gain * out).reshape(3, -1).T
 
 
 def trilinear_reference(value: Tensor, box: Tensor, positions: Tensor) -> Tensor:
     """The plain trilinear interpolation :class:`ColourGrid` computes with ``grid_sample`` (without its gain), for
-    tests: ``value`` [1, C, D, H, W], ``box`` [2, 3], ``positions`` [M, 3] -> [M, C]; 0 where a corner falls
+    tests: ``value`` [1, 3, D, H, W], ``box`` [2, 3], ``positions`` [M, 3] -> [M, 3]; 0 where a corner falls
     outside."""
     v = value[0]
     D, H, W = v.shape[1:]
@@ -58,7 +57,7 @@ def trilinear_reference(value: Tensor, box: Tensor, positions: Tensor) -> Tensor
     f = (positions.float() - box[0]) / (box[1] - box[0]) * size  # (x, y, z) in node units
     i0 = torch.floor(f).long()
     w = f - i0
-    out = torch.zeros(len(positions), v.shape[0], device=positions.device)
+    out = torch.zeros(len(positions), 3, device=positions.device)
     for dx in (0, 1):
         for dy in (0, 1):
             for dz in (0, 1):
@@ -66,16 +65,13 @@ def trilinear_reference(value: Tensor, box: Tensor, positions: Tensor) -> Tensor
                 ok = (ix >= 0) & (ix < W) & (iy >= 0) & (iy < H) & (iz >= 0) & (iz < D)
                 wt = ((w[:, 0] if dx else 1 - w[:, 0]) * (w[:, 1] if dy else 1 - w[:, 1])
                       * (w[:, 2] if dz else 1 - w[:, 2]))
-                val = v[:, iz.clamp(0, D - 1), iy.clamp(0, H - 1), ix.clamp(0, W - 1)].T  # [M, C]
+                val = v[:, iz.clamp(0, D - 1), iy.clamp(0, H - 1), ix.clamp(0, W - 1)].T  # [M, 3]
                 out += torch.where(ok[:, None], wt[:, None] * val, torch.zeros_like(val))
     return out
 
 
-class EditGrids(nn.Module):
-    """Dense grids of an edit stack, keyed by edit index, each over the field positions its edit's thing is read from
-    (:class:`MovedColour`, :class:`~f3rm_ros.core.fields.membership.Membership`); ``channels`` per node."""
-
-    channels = 3
+class MovedColour(nn.Module):
+    """The grids of an edit stack, keyed by edit index (module docstring)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -90,9 +86,9 @@ class EditGrids(nn.Module):
         ``max_cells`` nodes a side, at least 2)."""
         lo_t, hi_t = torch.as_tensor(lo, dtype=torch.float32), torch.as_tensor(hi, dtype=torch.float32)
         if not (torch.isfinite(lo_t).all() and torch.isfinite(hi_t).all() and (hi_t > lo_t).all()) or not voxel > 0:
-            raise ValueError(f"a grid needs a box with hi > lo and voxel > 0, got {lo_t}, {hi_t}, {voxel}")
+            raise ValueError(f"a colour grid needs a box with hi > lo and voxel > 0, got {lo_t}, {hi_t}, {voxel}")
         n = [min(max_cells, max(2, math.ceil(float(e) / voxel - 1e-6) + 1)) for e in (hi_t - lo_t).tolist()]
-        grid = ColourGrid(lo_t, hi_t, (n[2], n[1], n[0]), gain, device, self.channels)
+        grid = ColourGrid(lo_t, hi_t, (n[2], n[1], n[0]), gain, device)
         self.grids[str(int(k))] = grid
         return grid
 
@@ -102,25 +98,6 @@ class EditGrids(nn.Module):
             for g in self.grids.values():
                 g.value.mul_(g.gain / gain)
                 g.gain.fill_(gain)
-
-    @classmethod
-    def from_state(cls, state: Mapping[str, Tensor], prefix: str, device: torch.device | str | None = None
-                   ) -> EditGrids | None:
-        """The grids a state dict holds under ``prefix`` (their shapes from it; values not loaded), None if none."""
-        keys = sorted({k[len(prefix):].split(".")[1] for k in state if k.startswith(prefix + "grids.")}, key=int)
-        if not keys:
-            return None
-        out = cls()
-        for k in keys:
-            box = state[f"{prefix}grids.{k}.box"]
-            value = state[f"{prefix}grids.{k}.value"]
-            out.grids[k] = ColourGrid(box[0], box[1], tuple(value.shape[2:]), float(state[f"{prefix}grids.{k}.gain"]),
-                                      device, value.shape[1])
-        return out
-
-
-class MovedColour(EditGrids):
-    """The colour grids of an edit stack, keyed by edit index (module docstring)."""
 
     def residual(self, positions: Tensor, mover: Tensor) -> Tensor:
         """Residual logits [..., 3] at field-frame ``positions`` [..., 3] of samples whose oldest moving edit is
@@ -138,3 +115,17 @@ class MovedColour(EditGrids):
         res = self.residual(positions, mover)
         c = torch.sigmoid(torch.logit(rgb.float().clamp(1e-5, 1 - 1e-5)) + res).to(rgb.dtype)
         return torch.where((mover >= 0)[..., None], c, rgb)
+
+    @staticmethod
+    def from_state(state: Mapping[str, Tensor], prefix: str = "moved_colour.",
+                   device: torch.device | str | None = None) -> MovedColour | None:
+        """The grids a state dict holds under ``prefix`` (their shapes from it; values not loaded), None if none."""
+        keys = sorted({k[len(prefix):].split(".")[1] for k in state if k.startswith(prefix + "grids.")}, key=int)
+        if not keys:
+            return None
+        mc = MovedColour()
+        for k in keys:
+            box = state[f"{prefix}grids.{k}.box"]
+            shape = tuple(state[f"{prefix}grids.{k}.value"].shape[2:])
+            mc.grids[k] = ColourGrid(box[0], box[1], shape, float(state[f"{prefix}grids.{k}.gain"]), device)
+        return mc

@@ -28,7 +28,7 @@ from f3rm_ros.core.field_api import _similarity_parts  # the checked split Train
 
 __all__ = ["scene_versions", "frames_seeing", "changed_mask", "disagreeing_pixels", "near_changed_pixels",
            "changed_points", "edit_places", "bake_points", "boxes_points", "teach_frames", "moved_colour_grids",
-           "membership_grids", "RefreshConfig", "RefreshResult", "refresh_field", "refresh_scene"]
+           "RefreshConfig", "RefreshResult", "refresh_field", "refresh_scene"]
 
 
 def scene_versions(dataset: Any) -> list[int]:
@@ -485,11 +485,6 @@ class RefreshConfig:
                                        "cells); 0 = off (it did not close seed 10's gap on a CPU field)",
                                   range=(0.0, 0.1))
     colour_lr: float = param(0.01, "the colour residuals' learning rate (logits per step)", range=(1e-6, 10.0))
-    share_voxel_m: float = param(0.0, "through the edits, each moving edit learns which part of its region moved (a "
-                                      "dense grid of its share of the content at this spacing, metres, e.g. 0.003: "
-                                      "the few millimetres of a touching neighbour the region took along go back "
-                                      "to the old place, fields.membership); 0 = off", range=(0.0, 0.1))
-    share_lr: float = param(0.02, "the membership shares' learning rate (share per step)", range=(1e-6, 10.0))
 
 
 @dataclass
@@ -677,12 +672,9 @@ def refresh_field(checkpoint: str | Path, dataset: Any, new_frames: Sequence[int
         state[key] = w.float().mean(0, keepdim=True).expand_as(tr.model.rgb_field.appearance.weight).clone()
     tr.model.load_state_dict(state)
     nw = np.asarray(ck["nerf_to_world"], np.float64)
-    if through and (rc.colour_voxel_m > 0 or tr.model.moved_colour is not None or rc.share_voxel_m > 0
-                    or tr.model.membership is not None):
+    if through and (rc.colour_voxel_m > 0 or tr.model.moved_colour is not None):
         moved_colour_grids(tr.model, live_edits, nw, rc.colour_voxel_m,
                            rc.colour_lr / cfg.lr if cfg.lr > 0 else 1.0, tr.device)
-        membership_grids(tr.model, live_edits, nw, rc.share_voxel_m, rc.share_lr / cfg.lr if cfg.lr > 0 else 1.0,
-                         tr.device)
         tr.reset_optimizer()
     # the new frames in the checkpoint's field frame (the model's frame), not a frame of their own
     s, R, t = _similarity_parts(nw)
@@ -735,43 +727,22 @@ def moved_colour_grids(model: Any, live_edits: Sequence[Any], nerf_to_world: np.
     moving edit of ``live_edits`` (oldest first) that has none, at ``voxel_m`` (metres; 0: none added) over the field
     positions its thing is read from (its region taken back through the older edits), and ``gain`` for every grid,
     the grids it had keeping their residuals. Returns the model's :class:`MovedColour`."""
+    from f3rm_ros.core.edits import EditWarp  # noqa: PLC0415
     from f3rm_ros.core.fields.moved_colour import MovedColour  # noqa: PLC0415
 
-    mc = _edit_grids(model.moved_colour if model.moved_colour is not None else MovedColour(), live_edits,
-                     nerf_to_world, voxel_m, gain)
-    model.moved_colour = mc.to(device) if len(mc) else None
-    return mc
-
-
-def membership_grids(model: Any, live_edits: Sequence[Any], nerf_to_world: np.ndarray, voxel_m: float, gain: float,
-                     device: torch.device | str) -> Any:
-    """:func:`moved_colour_grids` for the membership grids (:mod:`f3rm_ros.core.fields.membership`): every moving
-    edit without one gets a grid of shares 1 (the hard region) at ``voxel_m``. Returns the model's Membership."""
-    from f3rm_ros.core.fields.membership import MAX_BITS, Membership  # noqa: PLC0415
-
-    ms = _edit_grids(model.membership if model.membership is not None else Membership(), live_edits[:MAX_BITS],
-                     nerf_to_world, voxel_m, gain)
-    model.membership = ms.to(device) if len(ms) else None
-    return ms
-
-
-def _edit_grids(grids: Any, live_edits: Sequence[Any], nerf_to_world: np.ndarray, voxel_m: float, gain: float) -> Any:
-    """``grids`` (an ``EditGrids``) with a zero grid for each moving edit that has none (``voxel_m`` > 0) over the
-    field positions its thing is read from (the region's voxels whole, and two cells more), and ``gain`` for all of
-    them."""
-    from f3rm_ros.core.edits import EditWarp  # noqa: PLC0415
-
+    mc = model.moved_colour if model.moved_colour is not None else MovedColour()
     s, R, t = _similarity_parts(nerf_to_world)
     for k, e in enumerate(live_edits):
-        if e.removed or str(k) in grids.grids or not voxel_m > 0:
+        if e.removed or str(k) in mc.grids or not voxel_m > 0:
             continue
         p = torch.as_tensor(e.region.sample_points(voxel_m), dtype=torch.float32)
         read = (EditWarp(live_edits[:k])(p)[0] if k else p).double().numpy()
         pn = ((read - t) @ R) / s
-        pad = (0.5 * float(getattr(e.region, "voxel", 0.0)) + 2 * voxel_m) / s  # the voxels' outer halves too
-        grids.add(k, pn.min(0) - pad, pn.max(0) + pad, voxel_m / s, gain)
-    grids.set_gain(gain)
-    return grids
+        pad = 2 * voxel_m / s
+        mc.add(k, pn.min(0) - pad, pn.max(0) + pad, voxel_m / s, gain)
+    mc.set_gain(gain)
+    model.moved_colour = mc.to(device) if len(mc) else None
+    return mc
 
 
 def boxes_points(boxes: Sequence[float], spacing: float = 0.02) -> np.ndarray:
