@@ -418,3 +418,36 @@ def test_an_unmix_takes_the_moved_things_meaning_out_of_its_old_neighbours_only(
     wrong = EditedField(field(), [SceneEdit(region, T, "a", unmix=Unmix(np.array([0.0, 0.6, 0.0, 0.8]), 0.03))])
     with pytest.raises(EditError, match="4 feature dims, the field 3"):
         wrong.query_features(ring_pts)
+
+
+def test_the_cpu_warp_of_the_touched_points_alone_is_the_plain_warp():
+    """``EditWarp.__call__`` on the CPU sends only the points inside the boxes an edit can touch through the stack;
+    on a stack with a rotation, a floor fill, a second move of the same thing and a removal, random points (many in
+    the changed places) get the plain path's read points, directions, empty flags, movers and point gradients, also
+    with a prefix of the edits in force per point."""
+    rng = np.random.default_rng(3)
+    thing = VoxelRegion.from_points(rng.uniform((-0.03, -0.03, 0.0), (0.03, 0.03, 0.1), (500, 3)), 0.01, 0.01, -0.005)
+    T1 = rot_z(40, (0.3, 0.0, 0.0))
+    moved = VoxelRegion.from_points(apply(T1, thing.sample_points()), 0.01, 0.0, -0.005)
+    edits = [SceneEdit(thing, T1, "thing", FloorFill((0.0, 0.2, 0.0), -0.02, 0.01)),
+             SceneEdit(moved, rot_z(-25, (0.0, 0.25, 0.0)), "thing"),
+             SceneEdit(BOX_A, None, "box")]
+    warp = EditWarp(edits)
+    boxes = warp._touched_boxes()
+    inside = np.concatenate([rng.uniform(b[0] - 0.01, b[1] + 0.01, (800, 3)) for b in boxes])
+    pts = np.concatenate([inside, rng.uniform(-0.6, 0.6, (3000, 3))])
+    x = torch.as_tensor(pts, dtype=torch.float32)
+    d = torch.nn.functional.normalize(torch.randn_like(x), dim=-1)
+    assert x.shape[0] >= EditWarp.SUBSET_MIN and 0 < int(warp.touched(x).sum()) < x.shape[0]
+    for active in (None, torch.as_tensor(rng.integers(0, 4, x.shape[0]))):
+        xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+        fast = warp(xa, d, active, mover=True)
+        ref = warp.warp_all(xb, d, active, mover=True)
+        assert torch.allclose(fast[0], ref[0], atol=1e-6) and torch.allclose(fast[1], ref[1], atol=1e-6)
+        assert torch.equal(fast[2], ref[2]) and torch.equal(fast[3], ref[3])
+        assert bool(ref[2].any()) and bool((ref[3] >= 0).any())  # the stack did something to these points
+        w = torch.randn_like(x)
+        (fast[0] * w).sum().backward()
+        (ref[0] * w).sum().backward()
+        assert torch.allclose(xa.grad, xb.grad, atol=1e-5)
+    assert len(warp(x)) == 3 and len(EditWarp([])(x)) == 3
