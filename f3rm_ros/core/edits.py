@@ -479,7 +479,8 @@ class EditWarp:
     there: a camera frame captured after the k-th edit saw the scene through the first k edits only (a refresh through
     the edits trains every frame through its own prefix). Graph-safe: no host synchronisation, except on the CPU,
     where only the points inside the boxes an edit can touch (:meth:`touched`) go through the stack (a refresh's
-    samples are mostly elsewhere; :meth:`warp_all` is the plain path, and the two agree, ``test/test_edits.py``)."""
+    samples are mostly elsewhere; :meth:`warp_all` is the plain path, and ``test/test_scene_edits.py`` compares
+    them)."""
 
     # the CPU path warps the touched points alone from this many points up (fewer: the plain path)
     SUBSET_MIN = 2048
