@@ -4,7 +4,6 @@ of the edited trained field follow the edits. No training, no ROS: seconds."""
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -452,57 +451,3 @@ def test_the_cpu_warp_of_the_touched_points_alone_is_the_plain_warp():
         (ref[0] * w).sum().backward()
         assert torch.allclose(xa.grad, xb.grad, atol=1e-5)
     assert len(warp(x)) == 3 and len(EditWarp([])(x)) == 3
-
-
-class _SharedMeaning:
-    """A solid block (z 0 .. 0.1 m, |x|, |y| < 0.2 m) whose features share a component, as CLIP features of different
-    things do: a thing on the z axis (r < 0.02 m) is 0.8 u + 0.6 v_thing, its neighbour all around 0.8 u + 0.6 v_other
-    (cosine 0.64 between them), blurred between r = 0.02 and 0.035 m."""
-
-    feature_dim = 3
-    device = torch.device("cpu")
-
-    def query_density(self, p):
-        inside = (p[:, 2] >= 0.0) & (p[:, 2] <= 0.1) & (p[:, :2].abs() < 0.2).all(-1)
-        return torch.where(inside, torch.full_like(p[:, 0], 1000.0), torch.zeros_like(p[:, 0]))
-
-    def query_alpha(self, p, delta_m):
-        return 1.0 - torch.exp(-self.query_density(p) * float(delta_m))
-
-    def query_features(self, p):
-        lam = ((p[:, :2].norm(dim=-1) - 0.02) / 0.015).clamp(0.0, 1.0)
-        return torch.stack([torch.full_like(lam, 0.8), 0.6 * (1 - lam), 0.6 * lam], dim=-1)
-
-
-def test_an_unmix_keeps_what_the_neighbours_share_with_the_thing_beyond_the_blur():
-    """``Unmix.baseline`` (``thing_unmix``: the cosine with the thing's direction that the shell beyond the ring
-    holds): a neighbour's own features in the ring, which share 0.64 of their direction with the thing, stay as they
-    are; a blurred rim point loses only the excess above that cosine. Without the baseline the neighbour itself would
-    lose its shared part. The baseline is kept in the edit store's JSON."""
-    from f3rm_ros.core.edit_store import edits_from_json, edits_to_json
-    from f3rm_ros.core.edits import Unmix
-    from f3rm_ros.core.workflows.scene_edits import thing_unmix
-
-    base = _SharedMeaning()
-    g = np.mgrid[-0.01:0.011:0.01, -0.01:0.011:0.01, 0.015:0.09:0.01].reshape(3, -1).T
-    region = VoxelRegion.from_points(g, voxel=0.01, dilate_m=0.0)
-    u = thing_unmix(EditedField(base), region, 0.03)
-    assert u is not None and np.allclose(u.direction, [0.8, 0.6, 0.0], atol=1e-5)
-    assert abs(u.baseline - 0.64) < 1e-3
-    T = rot_z(0.0, (0.0, 0.5, 0.0))
-    ef = EditedField(base, [SceneEdit(region, T, "thing", unmix=u)])
-    neighbour = torch.tensor([[0.038, 0.0, 0.05], [0.0, -0.039, 0.03]])  # in the ring, beyond the blur
-    rim = torch.tensor([[0.025, 0.0, 0.05], [-0.022, 0.012, 0.06]])  # in the ring, blurred
-    assert bool(u.ring(region).contains(torch.cat([neighbour, rim])).all())
-    assert not bool(region.contains(torch.cat([neighbour, rim])).any())
-    assert torch.allclose(ef.query_features(neighbour), base.query_features(neighbour), atol=1e-6)
-    f0, f1 = base.query_features(rim), ef.query_features(rim)
-    m = torch.as_tensor(u.direction)
-    assert bool(((f0 @ m) > 0.64 * f0.norm(dim=-1) + 0.01).all())  # something to take out
-    assert torch.allclose(f1 @ m, 0.64 * f0.norm(dim=-1), atol=1e-3)  # down to the neighbours' share
-    plain = EditedField(base, [SceneEdit(region, T, "thing", unmix=Unmix(u.direction, 0.03))])
-    assert not torch.allclose(plain.query_features(neighbour), base.query_features(neighbour), atol=1e-2)
-    back = edits_from_json(json.loads(json.dumps(edits_to_json(ef.edits))))
-    assert abs(back[0].unmix.baseline - u.baseline) < 1e-6 and "above cosine 0.64" in back[0].describe()
-    with pytest.raises(EditError, match="baseline"):
-        Unmix(u.direction, 0.03, 1.0)

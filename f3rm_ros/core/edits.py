@@ -411,18 +411,15 @@ class FloorFill:
 @dataclass(frozen=True)
 class Unmix:
     """The meaning a moved (or removed) thing left on its old neighbours, taken out: a point within ``ring_m`` of the
-    edit's region (outside the region, on something no edit moves or fills) loses the part of its feature's component
-    along ``direction`` (unit [D]: the thing's mean unit feature at its old place when the edit was made) above
-    ``baseline`` times the feature's norm (``baseline``: the cosine with ``direction`` the surroundings beyond the
-    ring have, :func:`~f3rm_ros.core.workflows.scene_edits.thing_unmix`; 0 = every positive part). Distilled features
-    blur across things that touch, so once the thing has gone a neighbour's rim still answers to its name, and a query
-    limited to the old place finds it there (the scene-edit bench's seed 9: a teal cup's rim for "bottle"). With label
-    features the names are nearly orthogonal (baseline ~0); CLIP features of different things share much of their
-    direction, and the baseline keeps that shared part: only the excess the blur brought is taken out."""
+    edit's region (outside the region, on something no edit moves or fills) loses the positive part of its feature's
+    component along ``direction`` (unit [D]: the thing's mean unit feature at its old place when the edit was made).
+    Distilled features blur across things that touch, so once the thing has gone a neighbour's rim still answers to
+    its name, and a query limited to the old place finds it there (the scene-edit bench's seed 9: a teal cup's rim
+    for "bottle"). With label features the names are nearly orthogonal and the neighbour keeps its own meaning; CLIP
+    features of different things share much of their direction, so measure before using it on them."""
 
     direction: np.ndarray
     ring_m: float
-    baseline: float = 0.0
 
     def __post_init__(self) -> None:
         d = np.asarray(self.direction, np.float32).reshape(-1)
@@ -430,10 +427,7 @@ class Unmix:
             raise EditError("bad unmix direction: a finite unit vector is needed")
         if not (math.isfinite(self.ring_m) and 0.0 < self.ring_m <= 0.2):
             raise EditError(f"bad unmix ring {self.ring_m} m: it must be in (0, 0.2]")
-        if not (math.isfinite(self.baseline) and 0.0 <= self.baseline < 1.0):
-            raise EditError(f"bad unmix baseline {self.baseline}: a cosine in [0, 1) is needed")
         object.__setattr__(self, "direction", d)
-        object.__setattr__(self, "baseline", float(self.baseline))
 
     def ring(self, region: VoxelRegion) -> VoxelRegion:
         """The voxels within ``ring_m`` of ``region``'s (centre to centre), the region's own included."""
@@ -471,13 +465,11 @@ class SceneEdit:
 
     def describe(self) -> str:
         what = self.label or "region"
-        fill = f"; {self.fill.describe()}" if self.fill is not None else ""
-        if self.unmix is not None:
-            fill += f"; unmix within {self.unmix.ring_m:.3f} m above cosine {self.unmix.baseline:.2f}"
         if self.removed:
-            return f"{what} removed ({self.region.describe()}{fill})"
+            return f"{what} removed ({self.region.describe()}{f'; {self.fill.describe()}' if self.fill else ''})"
         T = self.T_world_new_old
         ang = math.degrees(math.acos(float(np.clip((np.trace(T[:3, :3]) - 1) / 2, -1, 1))))
+        fill = f"; {self.fill.describe()}" if self.fill is not None else ""
         return f"{what} moved by {np.round(T[:3, 3], 3).tolist()} m, {ang:.1f} deg ({self.region.describe()}{fill})"
 
 
@@ -796,7 +788,7 @@ class EditedField:
     def _unmixed(self, points_world: Tensor, x_read: Tensor, f: Tensor) -> Tensor:
         """Features ``f`` [N, D] at ``points_world`` (read at ``x_read``) with every edit's :class:`Unmix` applied:
         only points read where they are (nothing moved or filled them) within an edit's ring and outside its
-        region lose their component along its direction above its baseline."""
+        region lose their positive component along its direction."""
         static = None
         for k, e in enumerate(self.edits):
             if e.unmix is None:
@@ -806,7 +798,6 @@ class EditedField:
                 self._rings[key] = (e.unmix.ring(e.region),
                                     torch.as_tensor(e.unmix.direction, dtype=torch.float32, device=f.device))
             ring, m = self._rings[key]
-            base = e.unmix.baseline
             if m.shape[0] != f.shape[-1]:
                 raise EditError(f"edit {k + 1}'s unmix has {m.shape[0]} feature dims, the field {f.shape[-1]}: the "
                                 f"edits belong to another field")
@@ -815,7 +806,7 @@ class EditedField:
             p = points_world.detach()
             sel = static & ring.contains(p) & ~e.region.contains(p)
             m = m.to(f.dtype)
-            c = ((f @ m) - base * f.norm(dim=-1) if base > 0 else f @ m).clamp(min=0) * sel.to(f.dtype)
+            c = (f @ m).clamp(min=0) * sel.to(f.dtype)
             f = f - c[:, None] * m[None, :]
         return f
 

@@ -241,10 +241,7 @@ def floor_fill(session: Any, field: Any, region: VoxelRegion, config: EditConfig
 def thing_unmix(field: Any, region: VoxelRegion, ring_m: float, min_alpha: float = 0.1) -> Unmix | None:
     """The :class:`~f3rm_ros.core.edits.Unmix` of the thing in ``region`` (its place in ``field`` now): the mean of the
     unit features at the region's voxel centres the field holds something at (alpha at the voxel size >=
-    ``min_alpha``), normalised; its baseline the 90th percentile of the cosines with that direction of what the field
-    holds in the shell from ``ring_m`` to twice that around the region (beyond the blur: what the most thing-like of
-    the surroundings, a neighbour rather than the table, shares with the thing anyway; clipped to [0, 0.95], 0 when the
-    shell holds nothing). None when the region holds nothing or the field has no features."""
+    ``min_alpha``), normalised; None when the region holds nothing or the field has no features."""
     if not int(getattr(field, "feature_dim", 0) or 0):
         return None
     dev = getattr(field, "device", torch.device("cpu"))
@@ -254,22 +251,10 @@ def thing_unmix(field: Any, region: VoxelRegion, ring_m: float, min_alpha: float
         if not bool(held.any()):
             return None
         f = torch.nn.functional.normalize(field.query_features(c[held]).float(), dim=-1).mean(0)
-        n = float(f.norm())
-        if not n > 1e-6:
-            return None
-        m = f / n
-        inner = Unmix(m.cpu().numpy(), float(ring_m)).ring(region)
-        outer = Unmix(m.cpu().numpy(), min(0.2, 2 * float(ring_m))).ring(region)
-        shell = outer.sample_points()
-        shell = shell[~inner.contains(torch.as_tensor(shell, dtype=torch.float32)).numpy()]
-        base = 0.0
-        if len(shell):
-            s = torch.as_tensor(shell, dtype=torch.float32, device=dev)
-            s = s[field.query_alpha(s, region.voxel).reshape(-1) >= min_alpha]
-            if len(s):
-                cos = torch.nn.functional.normalize(field.query_features(s).float(), dim=-1) @ m
-                base = float(np.clip(float(torch.quantile(cos, 0.9)), 0.0, 0.95))
-    return Unmix(m.cpu().numpy(), float(ring_m), base)
+    n = float(f.norm())
+    if not n > 1e-6:
+        return None
+    return Unmix((f / n).cpu().numpy(), float(ring_m))
 
 
 def edit_field(session: Any, req: EditRequest, config: EditConfig | None = None) -> EditOutcome:
