@@ -454,11 +454,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="with --attach: stop the capture once its counts stayed the same this long, seconds")
     ap.add_argument("--write-params", default=None, metavar="FILE",
                     help="only write the demo's node parameters (preset, --out roots) to FILE and exit")
-    ap.add_argument("--pick-and-place", action=argparse.BooleanOptionalAction, default=True,
+    ap.add_argument("--pick-and-place", action=argparse.BooleanOptionalAction, default=None,
                     help="after the queries, move the bowl, edit the field (object_moved) and query it again "
-                         "(issue 18; one edit and one query: the CPU demo took 60 s with it, 59 s without)")
+                         "(issue 18; one edit and one query: the CPU demo took 60 s with it, 59 s without; default: "
+                         "on, off with --attach, whose nodes outlive the demo and would keep the edit on their field)")
     ap.add_argument("--feedback-every", type=float, default=10.0, help="seconds between printed feedback lines")
     args = ap.parse_args(argv)
+    if args.pick_and_place is None:
+        args.pick_and_place = not args.attach
     if args.write_params:
         preset = args.preset if args.preset != "auto" else "cpu"
         run_dir = Path(args.out) if args.out else REPO_ROOT / "runs" / time.strftime("demo-%Y%m%d-%H%M%S")
