@@ -451,3 +451,16 @@ def test_the_cpu_warp_of_the_touched_points_alone_is_the_plain_warp():
         (ref[0] * w).sum().backward()
         assert torch.allclose(xa.grad, xb.grad, atol=1e-5)
     assert len(warp(x)) == 3 and len(EditWarp([])(x)) == 3
+
+
+def test_a_full_stack_refuses_another_edit_and_says_a_refresh_would_keep_it():
+    """At MAX_EDITS edits another is refused with the reason (the field unchanged); a refresh trains through its
+    edits and its checkpoint carries them, so the way out is a new capture and field, and the message says so."""
+    from f3rm_ros.core.edits import MAX_EDITS
+
+    step = SceneEdit(BOX_A, rot_z(0.0, (0.0, 0.0, 0.0)), "blob")
+    full = EditedField(field(), [step] * MAX_EDITS, fixed=10)
+    with pytest.raises(EditError, match=f"{MAX_EDITS} edits are stacked already .*10 of them carried by the "
+                                        f"refreshed checkpoint.*capture the scene anew"):
+        full.with_edit(step)
+    assert len(full.edits) == MAX_EDITS and len(full.undo().with_edit(step).edits) == MAX_EDITS

@@ -723,8 +723,10 @@ class EditedField:
         """A new field with ``edit`` on top (this one is unchanged). Raises EditError for a bad motion, one that
         takes the region's centre out of ``workspace`` (lo, hi), or a stack of :data:`MAX_EDITS` edits."""
         if len(self.edits) >= MAX_EDITS:
-            raise EditError(f"{len(self.edits)} edits are stacked already (at most {MAX_EDITS}); refresh the field "
-                            f"from new views (TrainFields) or load a new one")
+            carried = f", {self.fixed} of them carried by the refreshed checkpoint" if self.fixed else ""
+            raise EditError(f"{len(self.edits)} edits are stacked already (at most {MAX_EDITS}{carried}); a refresh "
+                            f"keeps them (it trains through them): capture the scene anew and train a new field "
+                            f"(TrainFields on the new dataset), or load another field")
         if not edit.removed:
             T = check_rigid(edit.T_world_new_old)
             edit = dataclasses.replace(edit, T_world_new_old=T)  # its fill and unmix kept
