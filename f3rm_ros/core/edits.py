@@ -488,7 +488,6 @@ class EditWarp:
     def __init__(self, edits: Sequence[SceneEdit]):
         self.edits = tuple(edits)
         self._motions: dict = {}
-        self._boxes_np = self._touched_boxes()
 
     def _touched_boxes(self) -> np.ndarray:
         """[B, 2, 3] world boxes (lo, hi) that hold every point an edit of the stack reads elsewhere or empties: each
@@ -519,8 +518,8 @@ class EditWarp:
     def touched(self, x: Tensor) -> Tensor:
         """[N] bool: world points [N, 3] inside a box of :meth:`_touched_boxes` (every other point is left as it is)."""
         key = ("boxes", x.device)
-        if key not in self._motions:
-            self._motions[key] = torch.as_tensor(self._boxes_np, dtype=torch.float32, device=x.device)
+        if key not in self._motions:  # made on first use: the CUDA path never asks
+            self._motions[key] = torch.as_tensor(self._touched_boxes(), dtype=torch.float32, device=x.device)
         b = self._motions[key]
         p = x.detach()[:, None, :]
         return ((p >= b[None, :, 0]) & (p <= b[None, :, 1])).all(dim=-1).any(dim=-1)
