@@ -158,3 +158,14 @@ def test_grasps_pass_ground_truth_check(pipeline):
     assert results[0].success and results[0].object == "bowl", results[0].reason
     with pytest.raises(RequestFailed, match="not found"):
         c.query_grasps("banana", workspace=BOWL_BOX, timeout=240)
+
+
+def test_the_demo_does_its_pick_and_place_step_unless_attached_or_told_not_to():
+    """Issue 18: the demo shows one pick-and-place step by default; with --attach (nodes that outlive the demo would
+    keep the edit) only when asked; --no-pick-and-place leaves it out."""
+    from f3rm_ros.ros.demo import parse_args
+
+    assert parse_args([]).pick_and_place is True
+    assert parse_args(["--no-pick-and-place"]).pick_and_place is False
+    assert parse_args(["--attach"]).pick_and_place is False
+    assert parse_args(["--attach", "--pick-and-place"]).pick_and_place is True

@@ -437,7 +437,8 @@ def run_demo(args: argparse.Namespace) -> int:
     return code
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The demo's command line (``--pick-and-place`` resolved: on unless ``--attach``)."""
     ap = argparse.ArgumentParser(prog="f3rm-ros demo", description=__doc__.split("\n\n")[0])
     ap.add_argument("--preset", choices=("auto", "cpu", "gpu"), default="auto", help="auto: gpu if CUDA is available")
     ap.add_argument("--scene", default="mug_bowl_box", help="built-in scene (with a mug and a bowl)")
@@ -462,6 +463,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.pick_and_place is None:
         args.pick_and_place = not args.attach
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     if args.write_params:
         preset = args.preset if args.preset != "auto" else "cpu"
         run_dir = Path(args.out) if args.out else REPO_ROOT / "runs" / time.strftime("demo-%Y%m%d-%H%M%S")
