@@ -395,7 +395,7 @@ def plan(a: argparse.Namespace) -> int:
             row["refresh"] = {"frames_new": rf.frames_new, "frames_old_kept": rf.frames_old_kept,
                               "frames_old_dropped": rf.frames_old_dropped, "frames_old_masked": rf.frames_old_masked,
                               "train_s": rf.train_s, "steps": steps, "options": refresh_kw,
-                              "config": dataclasses.asdict(config), "times": rf.times}
+                              "config": dataclasses.asdict(config), "times": rf.times, "moments": rf.moments}
             held = load_dataset(d / f"move-{k}" / "heldout", eval_every=0)
             parts = held_parts(held, target_ids, mv)
             if edited is not None:  # the edit itself on the same views: what the refresh starts from

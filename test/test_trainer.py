@@ -113,6 +113,45 @@ def test_resume_gives_the_same_next_step(tmp_path):
         load_checkpoint(tmp_path / "missing.ckpt")
 
 
+def test_warm_start_moments_takes_the_second_moments_and_keeps_the_new_learning_rate(tmp_path):
+    """A fine-tune's Adam starts from the training's second moments (and step counts), its first moments at zero,
+    its own learning rate; a parameter whose shape changed (the appearance embedding of another image count) starts
+    afresh; the first step of a tiny gradient moves a warm parameter far less than a fresh Adam's ~lr."""
+    torch.set_num_threads(2)
+    ds, fm = sphere_dataset()
+    a = Trainer(small_config(rays_per_batch=128), ds, fm, "cpu")
+    for _ in range(4):
+        a.train_step()
+    saved = a.optimizer.state_dict()
+    b = Trainer(small_config(rays_per_batch=128, lr=1e-3), ds, fm, "cpu")
+    b.model.load_state_dict(a.model.state_dict())
+    emb = b.model.rgb_field.appearance
+    if emb is not None:  # another image count: that parameter's moments do not fit
+        b.model.rgb_field.appearance = torch.nn.Embedding(emb.num_embeddings + 3, emb.embedding_dim)
+        b.reset_optimizer()
+    n = b.warm_start_moments(saved)
+    pa, pb = list(a.model.parameters()), list(b.model.parameters())
+    same = [j for j in range(len(pb)) if pa[j].shape == pb[j].shape and a.optimizer.state.get(pa[j])]
+    print(f"{n} of {len(pb)} parameters warm ({len(same)} with moments and the same shape)")
+    assert n == len(same) and 0 < n <= len(pb) - (emb is not None)
+    for j in same:
+        sa, sb = a.optimizer.state[pa[j]], b.optimizer.state[pb[j]]
+        assert torch.equal(sa["exp_avg_sq"], sb["exp_avg_sq"]) and not sb["exp_avg"].any()
+        assert float(sb["step"]) == float(sa["step"]) == 4.0
+    assert all(g["lr"] == pytest.approx(1e-3) for g in b.optimizer.param_groups)
+    # a parameter whose training gradients were large gets a small step from a tiny gradient
+    j = max(same, key=lambda j: float(a.optimizer.state[pa[j]]["exp_avg_sq"].max()))
+    p = pb[j]
+    before = p.detach().clone()
+    k = int(a.optimizer.state[pa[j]]["exp_avg_sq"].reshape(-1).argmax())
+    p.grad = torch.zeros_like(p)
+    p.grad.view(-1)[k] = 1e-8
+    b.optimizer.step()
+    moved = float((p.detach() - before).abs().view(-1)[k])
+    print(f"warm step of a 1e-8 gradient: {moved:.3e} (lr 1e-3)")
+    assert moved < 1e-5
+
+
 def test_checkpoint_round_trip_and_world_units(tmp_path):
     torch.set_num_threads(2)
     ds, fm = sphere_dataset()

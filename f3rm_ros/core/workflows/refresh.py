@@ -13,6 +13,7 @@ every load).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -28,7 +29,9 @@ from f3rm_ros.core.field_api import _similarity_parts  # the checked split Train
 
 __all__ = ["scene_versions", "frames_seeing", "changed_mask", "disagreeing_pixels", "near_changed_pixels",
            "changed_points", "edit_places", "bake_points", "boxes_points", "teach_frames", "moved_colour_grids",
-           "RefreshConfig", "RefreshResult", "refresh_field", "refresh_scene"]
+           "RefreshConfig", "RefreshResult", "refresh_field", "refresh_scene", "training_state"]
+
+log = logging.getLogger(__name__)
 
 
 def scene_versions(dataset: Any) -> list[int]:
@@ -485,6 +488,9 @@ class RefreshConfig:
                                        "cells); 0 = off (it did not close seed 10's gap on a CPU field)",
                                   range=(0.0, 0.1))
     colour_lr: float = param(0.01, "the colour residuals' learning rate (logits per step)", range=(1e-6, 10.0))
+    adam_moments: bool = param(False, "start Adam from the checkpoint's second moments (each parameter's step "
+                                      "relative to how its gradients ran in training; a checkpoint without its "
+                                      "optimiser state starts afresh); the refreshed checkpoint keeps its own")
 
 
 @dataclass
@@ -505,6 +511,7 @@ class RefreshResult:
     # where the time went (s): "load" (which old frames stay, the checkpoint), "features", "trainer" (pixels, depth,
     # model, warp), "near" (the colour left out near the changes), "train", "save"
     times: dict[str, float] = field(default_factory=dict)
+    moments: int = 0  # parameters whose Adam started from the checkpoint's moments (RefreshConfig.adam_moments)
 
 
 def refresh_field(checkpoint: str | Path, dataset: Any, new_frames: Sequence[int], changed: np.ndarray | None,
@@ -676,6 +683,10 @@ def refresh_field(checkpoint: str | Path, dataset: Any, new_frames: Sequence[int
         moved_colour_grids(tr.model, live_edits, nw, rc.colour_voxel_m,
                            rc.colour_lr / cfg.lr if cfg.lr > 0 else 1.0, tr.device)
         tr.reset_optimizer()
+    moments = 0
+    saved = training_state(checkpoint, ck) if rc.adam_moments else None
+    if saved is not None:
+        moments = tr.warm_start_moments(saved)
     # the new frames in the checkpoint's field frame (the model's frame), not a frame of their own
     s, R, t = _similarity_parts(nw)
     c2w = np.asarray(sub.c2w, np.float64).copy()
@@ -713,12 +724,28 @@ def refresh_field(checkpoint: str | Path, dataset: Any, new_frames: Sequence[int
     t1 = time.perf_counter()
     res = tr.train(int(num_steps), on_progress=on_progress, should_stop=should_stop)
     train_s = times["train"] = time.perf_counter() - t1
-    path = tr.save_checkpoint(Path(out_path), include_optimizer=False) if out_path is not None else None
+    path = tr.save_checkpoint(Path(out_path), include_optimizer=rc.adam_moments) if out_path is not None else None
     times["save"] = time.perf_counter() - t0 - sum(times.values())
     return RefreshResult(path, res.step, res.stopped, len(new), len(kept_old), len(old) - len(kept_old),
                          len(masks) + len(bad) + near_masked,
                          time.perf_counter() - t0, train_s, dict(res.losses), tr if keep_trainer else None,
-                         {k: round(v, 4) for k, v in times.items()})
+                         {k: round(v, 4) for k, v in times.items()}, moments)
+
+
+def training_state(path: str | Path, ck: dict[str, Any]) -> dict[str, Any] | None:
+    """The optimiser state of checkpoint ``path`` (loaded: ``ck``): its own, or for a query-only file (a training
+    run's ``field.ckpt``) the one of the same step in the run's ``checkpoints/`` beside it; None when there is none."""
+    if isinstance(ck.get("optimizer"), dict):
+        return ck["optimizer"]
+    full = Path(path).parent / "checkpoints" / f"step-{int(ck.get('step', -1)):07d}.ckpt"
+    if not full.is_file():
+        return None
+    try:
+        other = load_checkpoint(full)
+    except CheckpointError as e:
+        log.warning("the training state beside %s does not load (%s): Adam starts afresh", path, e)
+        return None
+    return other.get("optimizer") if isinstance(other.get("optimizer"), dict) else None
 
 
 def moved_colour_grids(model: Any, live_edits: Sequence[Any], nerf_to_world: np.ndarray, voxel_m: float, gain: float,
