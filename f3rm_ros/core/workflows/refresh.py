@@ -13,6 +13,7 @@ every load).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -488,6 +489,10 @@ class RefreshConfig:
                                        "cells); 0 = off (it did not close seed 10's gap on a CPU field)",
                                   range=(0.0, 0.1))
     colour_lr: float = param(0.01, "the colour residuals' learning rate (logits per step)", range=(1e-6, 10.0))
+    keep_fill: bool = param(True, "through the edits, the old places keep their floor fills (a patch of the table "
+                                  "beside, read in place of the floor under the thing); False: the refresh drops them, "
+                                  "the new views train the old place's own floor, and the refreshed field serves the "
+                                  "edits without them")
     adam_moments: bool = param(False, "start Adam from the checkpoint's second moments (each parameter's step "
                                       "relative to how its gradients ran in training; a checkpoint without its "
                                       "optimiser state starts afresh); the refreshed checkpoint keeps its own")
@@ -603,6 +608,11 @@ def refresh_field(checkpoint: str | Path, dataset: Any, new_frames: Sequence[int
         raise ValueError(f"new frame indices must be in [0, {n}), got {new[0]}..{new[-1]}")
     old = [i for i in range(n) if i not in set(new)]
     through = len(live_edits) > 0
+    rc = config if config is not None else RefreshConfig()
+    if not isinstance(rc, RefreshConfig):
+        raise TypeError(f"config must be a RefreshConfig, got {type(rc).__name__}")
+    if through and not rc.keep_fill:
+        live_edits = [dataclasses.replace(e, fill=None) for e in live_edits]
     if through:
         if teacher is not None or bake_points is not None or clear_points is not None:
             raise ValueError("a refresh through the edits needs no teacher, bake or clear points: nothing is regrown")
@@ -618,9 +628,6 @@ def refresh_field(checkpoint: str | Path, dataset: Any, new_frames: Sequence[int
         raise ValueError(f"old_frames must be 'mask', 'drop' or 'teach', got {old_frames!r}")
     if old_frames == "teach" and teacher is None:
         raise ValueError("old_frames='teach' needs a teacher (the edited field)")
-    rc = config if config is not None else RefreshConfig()
-    if not isinstance(rc, RefreshConfig):
-        raise TypeError(f"config must be a RefreshConfig, got {type(rc).__name__}")
     near_m = float(rc.near_m)
     reps = max(1, int(rc.new_repeat))
     kept_old, masks, bad, near_frames = [], {}, {}, {}
