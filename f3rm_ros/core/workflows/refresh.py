@@ -583,7 +583,13 @@ def refresh_field(checkpoint: str | Path, dataset: Any, new_frames: Sequence[int
     refreshes, 1/2 against 2/2 for 0 and 0.1 side by side), where ``near_m`` 0 with 0.1 passes every check and is
     within 1 dB anyway (``_a886211*``): hence
     :data:`~f3rm_ros.core.presets.REFRESH_CPU`. ``near_features``: 6/10 within 1 dB on the H100, no help with an
-    old-place grasp, and it lost a jar's grasp on the CPU: off.
+    old-place grasp, and it lost a jar's grasp on the CPU: off. ``keep_fill`` False and ``adam_moments``: on six
+    fresh development scenes (seeds 60-66, ``scene_edits_gpu_H100_tune6_90ca26a*``) neither stood out of the run-to-run
+    spread; on the bench's ten (``_nofill_d63df80*``, side by side on the first moves) ``keep_fill`` False brought 9/10
+    within 1 dB against 8/10 for the defaults (seeds 1 and 10 closer, the old place's floor trained as it is instead of
+    a patch from beside whose grain does not line up) but lost 2.6 dB on a bowl (seed 13: -2.95 dB against the full
+    retrain, its wide base's ghost stays on the table), and with ``adam_moments`` the same 9/10 and the same bowl:
+    both off.
 
     Args:
         features: the feature source as in ``TrainSceneRequest.features`` (the field's own extractor, e.g. a label
