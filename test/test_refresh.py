@@ -635,3 +635,52 @@ def test_a_refresh_through_the_edits_gives_each_moved_thing_its_own_colour(tiny,
                           atol=1e-6)
     off = refresh_field(ck, ds, range(8, 12), None, 1, config=RefreshConfig(colour_voxel_m=0.0), **kw)
     assert off.trainer.model.moved_colour is None
+
+
+def test_refresh_options_keep_fill_and_adam_moments(tiny, tmp_path):
+    """``keep_fill`` False: the refresh trains and saves the edits without their floor fills (default: kept);
+    ``adam_moments``: Adam starts from the checkpoint's moments (a query-only file finds them in the run's
+    ``checkpoints/`` of the same step) and the refreshed checkpoint keeps its own; a file with none starts afresh."""
+    import shutil
+
+    import torch
+
+    from f3rm_ros.core.checkpoint import load_checkpoint
+    from f3rm_ros.core.edit_store import checkpoint_live_edits
+    from f3rm_ros.core.edits import FloorFill, SceneEdit, VoxelRegion
+    from f3rm_ros.core.features import create_extractor
+    from f3rm_ros.core.workflows.refresh import refresh_field, training_state
+
+    torch.set_num_threads(1)
+    ck, data, T = tiny
+    ds = load_dataset(data, eval_every=0)
+    ex = create_extractor({"extractor": "labels", "labels": {"dataset": str(data), "patch_size": 4}})
+    occ = np.zeros((16, 16, 8), bool)
+    occ[2:14, 2:14, 1:7] = True
+    edit = SceneEdit(VoxelRegion((0.06, -0.16, 0.0), 0.01, occ), T, "bowl",
+                     fill=FloorFill(np.array([0.0, 0.2, 0.0]), -0.01, 0.012))
+    kw = dict(features=ex, live_edits=[edit], frame_edits=[0] * 8 + [1] * 4)
+    kept = refresh_field(ck, ds, range(8, 12), None, 1, out_path=tmp_path / "a.ckpt", **kw)
+    dropped = refresh_field(ck, ds, range(8, 12), None, 1, out_path=tmp_path / "b.ckpt",
+                            config=RefreshConfig(keep_fill=False, adam_moments=True), **kw)
+    (e_kept,), _ = checkpoint_live_edits(load_checkpoint(kept.checkpoint))
+    (e_dropped,), _ = checkpoint_live_edits(load_checkpoint(dropped.checkpoint))
+    assert e_kept.fill is not None and e_dropped.fill is None
+    assert np.allclose(e_dropped.T_world_new_old, T) and np.array_equal(e_dropped.region.occ, occ)
+    # the moments: from the checkpoint itself; the refreshed one keeps its own, the default writes none
+    assert kept.moments == 0 and "optimizer" not in load_checkpoint(kept.checkpoint)
+    n_params = len(list(load_checkpoint(ck)["optimizer"]["state"]))
+    assert 0 < dropped.moments <= n_params and "optimizer" in load_checkpoint(dropped.checkpoint)
+    again = refresh_field(dropped.checkpoint, ds, range(8, 12), None, 1, config=RefreshConfig(adam_moments=True), **kw)
+    assert again.moments >= dropped.moments  # the appearance embedding too now: a refresh's own image count
+    # a run's query-only field.ckpt: the moments of the same step in checkpoints/ beside it, else none
+    full = load_checkpoint(ck)
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    torch.save({k: v for k, v in full.items() if k not in ("optimizer",)}, run / "field.ckpt")
+    assert training_state(run / "field.ckpt", {k: v for k, v in full.items() if k != "optimizer"}) is None
+    shutil.copy(ck, run / "checkpoints" / f"step-{int(full['step']):07d}.ckpt")
+    st = training_state(run / "field.ckpt", {k: v for k, v in full.items() if k != "optimizer"})
+    assert st is not None and len(st["state"]) == n_params
+    (run / "checkpoints" / f"step-{int(full['step']):07d}.ckpt").write_bytes(b"not a checkpoint")
+    assert training_state(run / "field.ckpt", {k: v for k, v in full.items() if k != "optimizer"}) is None
