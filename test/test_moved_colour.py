@@ -114,3 +114,40 @@ def test_a_model_state_with_grids_loads_them_and_one_without_drops_them():
     assert float(b.moved_colour.grids["3"].gain) == 2.0
     b.load_state_dict(plain)
     assert b.moved_colour is None and not any(k.startswith("moved_colour") for k in b.state_dict())
+
+
+def test_a_floor_fill_has_its_own_grid_over_the_patch_it_reads():
+    """The points of an old place's floor read from a fill are marked -(k + 2) (an older edit moving them wins: the
+    moved thing's key); ``moved_colour_grids`` gives each fill a grid over the patch it reads (key -(k + 2)), whose
+    residual changes those samples' colour alone; the plain and the CPU subset warps agree."""
+    from f3rm_ros.core.edits import FloorFill, VoxelRegion
+    from f3rm_ros.core.fields.model import FieldModel, FieldModelConfig
+    from f3rm_ros.core.workflows.refresh import moved_colour_grids
+
+    occ = np.zeros((10, 10, 10), bool)
+    occ[2:8, 2:8, 1:9] = True
+    region = VoxelRegion((0.0, 0.0, 0.0), 0.01, occ)  # a thing over x, y in 0.02 .. 0.08, z 0.01 .. 0.09
+    T = np.eye(4)
+    T[:2, 3] = 0.3, 0.0
+    fill = FloorFill(np.array([0.0, 0.15, 0.0]), -0.01, 0.01)
+    edits = [SceneEdit(region, T, "cup", fill=fill)]
+    x = torch.tensor([[0.05, 0.05, 0.0],    # the old place's floor: read from the fill
+                      [0.35, 0.05, 0.05],   # the cup at its new place
+                      [0.05, 0.05, 0.05],   # the old place above the floor: empty
+                      [0.8, 0.8, 0.0]])     # the floor elsewhere
+    read, _, empty, who = EditWarp(edits).warp_all(x, mover=True)
+    assert who.tolist() == [-2, 0, -1, -1] and empty.tolist() == [False, False, True, False]
+    assert torch.allclose(read[0], torch.tensor([0.05, 0.2, 0.0]))
+    many = torch.cat([x, torch.rand(4000, 3) * 0.4 - 0.05])
+    a, b = EditWarp(edits)(many, mover=True), EditWarp(edits).warp_all(many, mover=True)
+    assert all(torch.equal(u, v) for u, v in zip(a, b, strict=True) if u is not None)  # directions: none given
+    model = FieldModel(FieldModelConfig(), num_images=1)
+    mc = moved_colour_grids(model, edits, np.eye(4), 0.0, 1.0, "cpu", fill_voxel_m=0.01)
+    assert list(mc.grids) == ["-2"]
+    g = mc.grids["-2"]
+    assert bool(((read[0] >= g.box[0]) & (read[0] <= g.box[1])).all())
+    with torch.no_grad():
+        g.value.fill_(1.0)
+    rgb = torch.full((4, 3), 0.5)
+    out = mc.apply(rgb, read, who)
+    assert torch.equal(out[1:], rgb[1:]) and bool((out[0] > 0.6).all())

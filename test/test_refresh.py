@@ -649,6 +649,7 @@ def test_refresh_options_keep_fill_and_adam_moments(tiny, tmp_path):
     from f3rm_ros.core.edit_store import checkpoint_live_edits
     from f3rm_ros.core.edits import FloorFill, SceneEdit, VoxelRegion
     from f3rm_ros.core.features import create_extractor
+    from f3rm_ros.core.field_api import load_trained_field
     from f3rm_ros.core.workflows.refresh import refresh_field, training_state
 
     torch.set_num_threads(1)
@@ -666,6 +667,16 @@ def test_refresh_options_keep_fill_and_adam_moments(tiny, tmp_path):
     (e_kept,), _ = checkpoint_live_edits(load_checkpoint(kept.checkpoint))
     (e_dropped,), _ = checkpoint_live_edits(load_checkpoint(dropped.checkpoint))
     assert e_kept.fill is not None and e_dropped.fill is None
+    # the fill's own colour grid (fill_colour_voxel_m): trained, saved and loaded with the field
+    graded = refresh_field(ck, ds, range(8, 12), None, 2, out_path=tmp_path / "c.ckpt",
+                           config=RefreshConfig(fill_colour_voxel_m=0.01), **kw)
+    state = load_checkpoint(graded.checkpoint)["model"]
+    assert [k for k in state if k.startswith("moved_colour.")] == ["moved_colour.grids.-2.value",
+                                                                   "moved_colour.grids.-2.box",
+                                                                   "moved_colour.grids.-2.gain"]
+    assert float(state["moved_colour.grids.-2.value"].abs().max()) > 0  # the new views trained it
+    served = load_trained_field(graded.checkpoint)
+    assert served.base.model.moved_colour is not None and list(served.base.model.moved_colour.grids) == ["-2"]
     assert np.allclose(e_dropped.T_world_new_old, T) and np.array_equal(e_dropped.region.occ, occ)
     # the moments: from the checkpoint itself; the refreshed one keeps its own, the default writes none
     assert kept.moments == 0 and "optimizer" not in load_checkpoint(kept.checkpoint)

@@ -537,8 +537,9 @@ class EditWarp:
         """World points [N, 3] (and directions [N, 3]; ``active`` [N] int: edits in force, default all) -> where the
         base field is read [N, 3] (its directions), and [N] bool: empty space. Differentiable w.r.t. ``x``. With
         ``mover``, also [N] long: the oldest edit that moved each point (-1: none; the one whose region holds the
-        thing's content in the base field, ``fields.moved_colour``). On the CPU only the :meth:`touched` points go
-        through the stack (class docstring); elsewhere :meth:`warp_all`."""
+        thing's content in the base field, ``fields.moved_colour``; ``-(k + 2)``: read from edit k's floor fill).
+        On the CPU only the :meth:`touched` points go through the stack (class docstring); elsewhere
+        :meth:`warp_all`."""
         if x.device.type != "cpu" or x.shape[0] < self.SUBSET_MIN or not self.edits:
             return self.warp_all(x, d, active, mover)
         idx = self.touched(x).nonzero().squeeze(1)
@@ -593,6 +594,8 @@ class EditWarp:
                     who = torch.where(at_new, torch.full_like(who, k), who)
             if filled is not None:
                 x = torch.where(filled[:, None], x + self._offset(k, x.device), x)
+                if who is not None:  # read from edit k's floor fill: -(k + 2) (an older edit moving it wins)
+                    who = torch.where(filled, torch.full_like(who, -(k + 2)), who)
         return (x, d, empty, who) if mover else (x, d, empty)
 
     def _offset(self, k: int, device: torch.device) -> Tensor:

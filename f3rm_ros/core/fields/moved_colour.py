@@ -7,8 +7,11 @@ at the old one), one set of weights is asked for two colours and both come out m
 samples a moving edit reads elsewhere a colour of their own: the field's colour, in logit space, plus a residual
 trilinearly sampled from the grid of the **oldest edit that moved the sample** (the edit whose region holds the
 thing's content in the field; later edits of the same thing reach it through the earlier ones, so one grid serves a
-thing moved several times). Every other sample keeps the field's colour bit for bit, and a grid starts at zero: a
-field with fresh grids renders exactly as without them.
+thing moved several times). The floor patch a fill reads in place of an old place's floor (``edits.FloorFill``, a
+patch of the table beside) gets a grid of its own the same way (key ``-(k + 2)`` for edit k's fill, the warp's
+``mover`` of those samples): the patch's grain does not line up with the floor the new views see there, and the
+patch's own cells also serve the floor beside. Every other sample keeps the field's colour bit for bit, and a grid
+starts at zero: a field with fresh grids renders exactly as without them.
 
 A grid covers its edit's read positions (the field frame) at ``voxel`` spacing: ``box`` [2, 3] (first and last
 node), ``value`` [1, 3, D, H, W] (z, y, x), the residual ``gain * value`` (the trainer's one learning rate, scaled
@@ -110,11 +113,11 @@ class MovedColour(nn.Module):
         return out.reshape(*positions.shape[:-1], 3)
 
     def apply(self, rgb: Tensor, positions: Tensor, mover: Tensor) -> Tensor:
-        """``rgb`` [..., 3] in (0, 1) with the residual added in logit space where ``mover`` >= 0; elsewhere ``rgb``
-        as it is."""
+        """``rgb`` [..., 3] in (0, 1) with the residual added in logit space where ``mover`` is not -1; elsewhere
+        ``rgb`` as it is."""
         res = self.residual(positions, mover)
         c = torch.sigmoid(torch.logit(rgb.float().clamp(1e-5, 1 - 1e-5)) + res).to(rgb.dtype)
-        return torch.where((mover >= 0)[..., None], c, rgb)
+        return torch.where((mover != -1)[..., None], c, rgb)
 
     @staticmethod
     def from_state(state: Mapping[str, Tensor], prefix: str = "moved_colour.",

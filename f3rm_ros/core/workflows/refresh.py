@@ -489,6 +489,10 @@ class RefreshConfig:
                                        "cells); 0 = off (it did not close seed 10's gap on a CPU field)",
                                   range=(0.0, 0.1))
     colour_lr: float = param(0.01, "the colour residuals' learning rate (logits per step)", range=(1e-6, 10.0))
+    fill_colour_voxel_m: float = param(0.0, "through the edits, each floor fill gets a colour residual of its own "
+                                            "(a dense grid at this spacing, metres, e.g. 0.004, over the patch it "
+                                            "reads): the new views line the patch's grain up with the floor they see "
+                                            "at the old place; 0 = off", range=(0.0, 0.1))
     keep_fill: bool = param(True, "through the edits, the old places keep their floor fills (a patch of the table "
                                   "beside, read in place of the floor under the thing); False: the refresh drops them, "
                                   "the new views train the old place's own floor, and the refreshed field serves the "
@@ -692,9 +696,9 @@ def refresh_field(checkpoint: str | Path, dataset: Any, new_frames: Sequence[int
         state[key] = w.float().mean(0, keepdim=True).expand_as(tr.model.rgb_field.appearance.weight).clone()
     tr.model.load_state_dict(state)
     nw = np.asarray(ck["nerf_to_world"], np.float64)
-    if through and (rc.colour_voxel_m > 0 or tr.model.moved_colour is not None):
+    if through and (rc.colour_voxel_m > 0 or rc.fill_colour_voxel_m > 0 or tr.model.moved_colour is not None):
         moved_colour_grids(tr.model, live_edits, nw, rc.colour_voxel_m,
-                           rc.colour_lr / cfg.lr if cfg.lr > 0 else 1.0, tr.device)
+                           rc.colour_lr / cfg.lr if cfg.lr > 0 else 1.0, tr.device, fill_voxel_m=rc.fill_colour_voxel_m)
         tr.reset_optimizer()
     moments = 0
     saved = training_state(checkpoint, ck) if rc.adam_moments else None
@@ -762,24 +766,33 @@ def training_state(path: str | Path, ck: dict[str, Any]) -> dict[str, Any] | Non
 
 
 def moved_colour_grids(model: Any, live_edits: Sequence[Any], nerf_to_world: np.ndarray, voxel_m: float, gain: float,
-                       device: torch.device | str) -> Any:
+                       device: torch.device | str, fill_voxel_m: float = 0.0) -> Any:
     """Give ``model`` (a ``FieldModel``) a zero colour grid (:mod:`f3rm_ros.core.fields.moved_colour`) for every
     moving edit of ``live_edits`` (oldest first) that has none, at ``voxel_m`` (metres; 0: none added) over the field
-    positions its thing is read from (its region taken back through the older edits), and ``gain`` for every grid,
-    the grids it had keeping their residuals. Returns the model's :class:`MovedColour`."""
+    positions its thing is read from (its region taken back through the older edits), for every floor fill that has
+    none at ``fill_voxel_m`` (key ``-(k + 2)``) over the positions the fill reads, and ``gain`` for every grid, the
+    grids it had keeping their residuals. Returns the model's :class:`MovedColour`."""
     from f3rm_ros.core.edits import EditWarp  # noqa: PLC0415
     from f3rm_ros.core.fields.moved_colour import MovedColour  # noqa: PLC0415
 
     mc = model.moved_colour if model.moved_colour is not None else MovedColour()
     s, R, t = _similarity_parts(nerf_to_world)
-    for k, e in enumerate(live_edits):
-        if e.removed or str(k) in mc.grids or not voxel_m > 0:
-            continue
-        p = torch.as_tensor(e.region.sample_points(voxel_m), dtype=torch.float32)
+
+    def add(key: int, k: int, points: np.ndarray, voxel: float) -> None:  # a grid over what edit k reads at points
+        p = torch.as_tensor(points, dtype=torch.float32)
         read = (EditWarp(live_edits[:k])(p)[0] if k else p).double().numpy()
         pn = ((read - t) @ R) / s
-        pad = 2 * voxel_m / s
-        mc.add(k, pn.min(0) - pad, pn.max(0) + pad, voxel_m / s, gain)
+        pad = 2 * voxel / s
+        mc.add(key, pn.min(0) - pad, pn.max(0) + pad, voxel / s, gain)
+
+    for k, e in enumerate(live_edits):
+        if not e.removed and str(k) not in mc.grids and voxel_m > 0:
+            add(k, k, e.region.sample_points(voxel_m), voxel_m)
+        if e.fill is not None and str(-(k + 2)) not in mc.grids and fill_voxel_m > 0:
+            xy = e.region.footprint()
+            zs = np.arange(e.fill.z_lo, e.fill.z_hi + 0.5 * fill_voxel_m, fill_voxel_m)
+            pts = np.concatenate([np.c_[xy, np.full(len(xy), z)] for z in zs]) + e.fill.offset
+            add(-(k + 2), k, pts, fill_voxel_m)
     mc.set_gain(gain)
     model.moved_colour = mc.to(device) if len(mc) else None
     return mc
