@@ -151,3 +151,29 @@ def test_a_floor_fill_has_its_own_grid_over_the_patch_it_reads():
     rgb = torch.full((4, 3), 0.5)
     out = mc.apply(rgb, read, who)
     assert torch.equal(out[1:], rgb[1:]) and bool((out[0] > 0.6).all())
+
+
+def test_the_cpu_residual_of_the_moved_samples_alone_is_the_plain_one_outputs_and_gradients():
+    """On the CPU only the samples some edit moved or filled are sampled: the same residuals and the same gradients
+    (grid values and positions) as every grid at every sample; no moved sample gives zeros."""
+    torch.manual_seed(1)
+    mc = MovedColour()
+    for k in (0, 2, -3):
+        g = mc.add(k, torch.tensor([-0.2, -0.1, 0.0]), torch.tensor([0.3, 0.2, 0.25]), 0.05, gain=1.5)
+        with torch.no_grad():
+            g.value.normal_()
+    pos = (torch.rand(64, 9, 3) * torch.tensor([0.6, 0.4, 0.3]) - torch.tensor([0.25, 0.15, 0.02])).requires_grad_()
+    mover = torch.tensor([-1, -1, -1, 0, 2, -3, 5])[torch.randint(7, (64, 9))]
+    w = torch.randn(64, 9, 3)
+    outs, grads = [], []
+    for fn in (mc.residual, mc.residual_all):
+        for g in mc.grids.values():
+            g.value.grad = None
+        pos.grad = None
+        r = fn(pos, mover)
+        (r * w).sum().backward()
+        outs.append(r.detach())
+        grads.append([pos.grad.clone(), *[g.value.grad.clone() for g in mc.grids.values()]])
+    assert torch.allclose(outs[0], outs[1], atol=1e-6) and bool(outs[0].abs().sum() > 0)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(grads[0], grads[1], strict=True))
+    assert torch.equal(mc.residual(pos, torch.full((64, 9), -1)), torch.zeros(64, 9, 3))

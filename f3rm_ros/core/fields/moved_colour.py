@@ -104,7 +104,19 @@ class MovedColour(nn.Module):
 
     def residual(self, positions: Tensor, mover: Tensor) -> Tensor:
         """Residual logits [..., 3] at field-frame ``positions`` [..., 3] of samples whose oldest moving edit is
-        ``mover`` [...] (-1: none, 0 there)."""
+        ``mover`` [...] (-1: none, 0 there). On the CPU only the samples some edit moved or filled are sampled (a
+        few per cent of a batch); elsewhere :meth:`residual_all` (graph-safe: no shapes that depend on the data)."""
+        if positions.device.type != "cpu":
+            return self.residual_all(positions, mover)
+        p = positions.reshape(-1, 3)
+        m = mover.reshape(-1)
+        idx = (m != -1).nonzero().squeeze(1)
+        sub = self.residual_all(p[idx], m[idx])
+        out = torch.zeros(len(p), 3, device=p.device, dtype=sub.dtype).index_put((idx,), sub)
+        return out.reshape(*positions.shape[:-1], 3)
+
+    def residual_all(self, positions: Tensor, mover: Tensor) -> Tensor:
+        """:meth:`residual` with every grid sampled at every point (the plain path)."""
         p = positions.reshape(-1, 3)
         m = mover.reshape(-1)
         out = torch.zeros(len(p), 3, device=p.device)
