@@ -127,7 +127,12 @@ class MovedColour(nn.Module):
     def apply(self, rgb: Tensor, positions: Tensor, mover: Tensor) -> Tensor:
         """``rgb`` [..., 3] in (0, 1) with the residual added in logit space where ``mover`` is not -1; elsewhere
         ``rgb`` as it is."""
-        res = self.residual(positions, mover)
+        if rgb.device.type == "cpu":  # only the samples some edit moved or filled (as :meth:`residual`)
+            flat, p, m = rgb.reshape(-1, 3), positions.reshape(-1, 3), mover.reshape(-1)
+            idx = (m != -1).nonzero().squeeze(1)
+            c = torch.sigmoid(torch.logit(flat[idx].float().clamp(1e-5, 1 - 1e-5)) + self.residual_all(p[idx], m[idx]))
+            return flat.index_put((idx,), c.to(rgb.dtype)).reshape(rgb.shape)
+        res = self.residual_all(positions, mover)
         c = torch.sigmoid(torch.logit(rgb.float().clamp(1e-5, 1 - 1e-5)) + res).to(rgb.dtype)
         return torch.where((mover != -1)[..., None], c, rgb)
 
