@@ -593,7 +593,9 @@ def refresh_field(checkpoint: str | Path, dataset: Any, new_frames: Sequence[int
     within 1 dB against 8/10 for the defaults (seeds 1 and 10 closer, the old place's floor trained as it is instead of
     a patch from beside whose grain does not line up) but lost 2.6 dB on a bowl (seed 13: -2.95 dB against the full
     retrain, its wide base's ghost stays on the table), and with ``adam_moments`` the same 9/10 and the same bowl:
-    both off.
+    both off. ``fill_colour_voxel_m`` keeps the fills and lets the new views correct the patch's colour: on the CPU it
+    took the old place's error of a scene whose patch was off from 3.19 to 1.15 x1e-4 and left one where the fill
+    helps as it was (``scene_edits_cpu_fillgrid_2c4dad4*``); off until the H100 bench has measured it.
 
     Args:
         features: the feature source as in ``TrainSceneRequest.features`` (the field's own extractor, e.g. a label
