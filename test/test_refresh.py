@@ -637,8 +637,9 @@ def test_a_refresh_through_the_edits_gives_each_moved_thing_its_own_colour(tiny,
     assert off.trainer.model.moved_colour is None
 
 
-def test_refresh_options_keep_fill_and_adam_moments(tiny, tmp_path):
+def test_refresh_options_keep_fill_fill_colour_and_adam_moments(tiny, tmp_path):
     """``keep_fill`` False: the refresh trains and saves the edits without their floor fills (default: kept);
+    ``fill_colour_voxel_m``: the fill's patch gets a colour grid, trained, saved and served with the field;
     ``adam_moments``: Adam starts from the checkpoint's moments (a query-only file finds them in the run's
     ``checkpoints/`` of the same step) and the refreshed checkpoint keeps its own; a file with none starts afresh."""
     import shutil
@@ -667,6 +668,7 @@ def test_refresh_options_keep_fill_and_adam_moments(tiny, tmp_path):
     (e_kept,), _ = checkpoint_live_edits(load_checkpoint(kept.checkpoint))
     (e_dropped,), _ = checkpoint_live_edits(load_checkpoint(dropped.checkpoint))
     assert e_kept.fill is not None and e_dropped.fill is None
+    assert np.allclose(e_dropped.T_world_new_old, T) and np.array_equal(e_dropped.region.occ, occ)
     # the fill's own colour grid (fill_colour_voxel_m): trained, saved and loaded with the field
     graded = refresh_field(ck, ds, range(8, 12), None, 2, out_path=tmp_path / "c.ckpt",
                            config=RefreshConfig(fill_colour_voxel_m=0.01), **kw)
@@ -677,7 +679,6 @@ def test_refresh_options_keep_fill_and_adam_moments(tiny, tmp_path):
     assert float(state["moved_colour.grids.-2.value"].abs().max()) > 0  # the new views trained it
     served = load_trained_field(graded.checkpoint)
     assert served.base.model.moved_colour is not None and list(served.base.model.moved_colour.grids) == ["-2"]
-    assert np.allclose(e_dropped.T_world_new_old, T) and np.array_equal(e_dropped.region.occ, occ)
     # the moments: from the checkpoint itself; the refreshed one keeps its own, the default writes none
     assert kept.moments == 0 and "optimizer" not in load_checkpoint(kept.checkpoint)
     n_params = len(list(load_checkpoint(ck)["optimizer"]["state"]))
