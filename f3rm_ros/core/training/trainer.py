@@ -149,27 +149,26 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: ratio ** min(s / cfg.lr_decay_steps, 1.0))
 
-    def warm_start_moments(self, saved: dict[str, Any], keep_first: bool = False) -> int:
+    def warm_start_moments(self, saved: dict[str, Any]) -> int:
         """Give the optimiser (fresh, before the first step) Adam's moments from ``saved`` (an Adam ``state_dict()``
         of this model's parameters in the same order, e.g. a checkpoint's ``optimizer``): each parameter's second
-        moment and step count (and with ``keep_first`` its first moment; else zero), where the shapes agree; the
-        learning rates and schedule stay this trainer's. A fine-tune then moves each parameter relative to how its
-        gradients ran in training, instead of Adam's fresh start, which moves every touched parameter by about the
-        learning rate whatever its gradient. Returns how many parameters got moments."""
+        moment and step count (its first moment zero: the fine-tune's direction comes from its own data), where the
+        shapes agree; the learning rates and schedule stay this trainer's. A fine-tune then moves each parameter
+        relative to how its gradients ran in training, instead of Adam's fresh start, which moves every touched
+        parameter by about the learning rate whatever its gradient. Returns how many parameters got moments."""
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         ids = [i for g in saved.get("param_groups", []) for i in g["params"]]
         mine = self.optimizer.state_dict()
         my_ids = [i for g in mine["param_groups"] for i in g["params"]]
-        state = {}
+        theirs, state = saved.get("state", {}), {}
         for j, (p, i) in enumerate(zip(params, ids, strict=False)):
-            st = saved.get("state", {}).get(i)
+            st = theirs.get(i)
             if not st or "exp_avg_sq" not in st or tuple(st["exp_avg_sq"].shape) != tuple(p.shape):
                 continue
             v = st["exp_avg_sq"].to(p.device, torch.float32)
-            m = st["exp_avg"].to(p.device, torch.float32) if keep_first else torch.zeros_like(v)
             step = st["step"] if torch.is_tensor(st["step"]) else torch.tensor(float(st["step"]))
             state[my_ids[j]] = {
-                "step": step.detach().clone().float(), "exp_avg": m.clone(), "exp_avg_sq": v.clone()}
+                "step": step.detach().clone().float(), "exp_avg": torch.zeros_like(v), "exp_avg_sq": v.clone()}
         mine["state"] = state
         self.optimizer.load_state_dict(mine)
         return len(state)
