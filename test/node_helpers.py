@@ -102,16 +102,24 @@ def start_node(module: str, namespace: str, params: dict[str, Any], log_path: Pa
 
 
 def call_service(node: Any, srv_type: Any, name: str, request: Any, timeout: float = 20.0) -> Any:
-    """Call a service from ``node`` (spun elsewhere) and wait for the answer."""
-    client = node.create_client(srv_type, name)
-    try:
-        if not client.wait_for_service(timeout_sec=timeout):
-            raise AssertionError(f"service {name} did not appear within {timeout} s")
-        fut = client.call_async(request)
-        wait_for(fut.done, timeout, f"answer of {name}")
-        return fut.result()
-    finally:
-        node.destroy_client(client)
+    """Call a service from ``node`` (spun elsewhere) and wait for the answer.
+
+    The client is made once per node and service and kept for the node's later calls, as ``f3rm_ros.ros.client``
+    does: a client made just before its call races the server's discovery of its response reader, and Fast DDS
+    drops a response whose reader the server has not matched within 100 ms (ros2/rmw_fastrtps#390, #467), which a
+    2-core machine busy rendering and training can miss (a CaptureControl answer lost that way timed a test out)."""
+    clients = node.__dict__.setdefault("_f3rm_test_clients", {})
+    client = clients.get((srv_type, name))
+    fresh = client is None
+    if fresh:
+        client = clients[(srv_type, name)] = node.create_client(srv_type, name)
+    if not client.wait_for_service(timeout_sec=timeout):
+        raise AssertionError(f"service {name} did not appear within {timeout} s")
+    if fresh:
+        time.sleep(0.2)  # the server's side of the matching (its response writer to this client's reader)
+    fut = client.call_async(request)
+    wait_for(fut.done, timeout, f"answer of {name}")
+    return fut.result()
 
 
 def context() -> Any:
