@@ -151,6 +151,11 @@ def test_a_floor_fill_has_its_own_grid_over_the_patch_it_reads():
     rgb = torch.full((4, 3), 0.5)
     out = mc.apply(rgb, read, who)
     assert torch.equal(out[1:], rgb[1:]) and bool((out[0] > 0.6).all())
+    # the moved cup's samples (edit 0 has no grid here) keep the field's colour bit for bit, even where a logit
+    # round trip would not (colours at 0 and 1)
+    rgb = torch.tensor([[0.5] * 3, [0.0, 1.0, 1e-7], [0.5] * 3, [1.0, 0.0, 0.3]])
+    for out in (mc.apply(rgb, read, who), mc.apply(rgb.to(torch.float64), read, who)):
+        assert torch.equal(out[1:], rgb[1:].to(out.dtype))
 
 
 def test_the_cpu_residual_of_the_moved_samples_alone_is_the_plain_one_outputs_and_gradients():

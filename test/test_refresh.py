@@ -684,7 +684,19 @@ def test_refresh_options_keep_fill_fill_colour_and_adam_moments(tiny, tmp_path):
     n_params = len(list(load_checkpoint(ck)["optimizer"]["state"]))
     assert 0 < dropped.moments <= n_params and "optimizer" in load_checkpoint(dropped.checkpoint)
     again = refresh_field(dropped.checkpoint, ds, range(8, 12), None, 1, config=RefreshConfig(adam_moments=True), **kw)
-    assert again.moments >= dropped.moments  # the appearance embedding too now: a refresh's own image count
+    assert again.moments >= dropped.moments
+    # a refreshed field with a colour grid, refreshed again: the grid takes its own moments (step count goes on)
+    cfg_g = RefreshConfig(fill_colour_voxel_m=0.01, adam_moments=True)
+    g1 = refresh_field(ck, ds, range(8, 12), None, 2, out_path=tmp_path / "g1.ckpt", config=cfg_g, **kw)
+    g2 = refresh_field(g1.checkpoint, ds, range(8, 12), None, 1, config=cfg_g, keep_trainer=True, **kw)
+    grid = g2.trainer.model.moved_colour.grids["-2"].value
+    assert float(g2.trainer.optimizer.state[grid]["step"]) == 3.0  # 2 steps of the first refresh, 1 of this one
+    # a checkpoint refreshed through edits carries its optimiser now, but is not resumed as a plain field
+    from f3rm_ros.core.checkpoint import CheckpointError, check_resumable, model_config
+
+    c = load_checkpoint(dropped.checkpoint)
+    with pytest.raises(CheckpointError, match="refreshed through scene edits"):
+        check_resumable(c, int(c["num_train_images"]), int(c["feature_dim"]), model_config(c))
     # a run's query-only field.ckpt: the moments of the same step in checkpoints/ beside it, else none
     full = load_checkpoint(ck)
     run = tmp_path / "run"

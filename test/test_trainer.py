@@ -131,9 +131,12 @@ def test_warm_start_moments_takes_the_second_moments_and_keeps_the_new_learning_
         b.reset_optimizer()
     n = b.warm_start_moments(saved)
     pa, pb = list(a.model.parameters()), list(b.model.parameters())
-    same = [j for j in range(len(pb)) if pa[j].shape == pb[j].shape and a.optimizer.state.get(pa[j])]
+    names = [k for k, _ in b.model.named_parameters()]
+    same = [j for j in range(len(pb)) if pa[j].shape == pb[j].shape and a.optimizer.state.get(pa[j])
+            and names[j] not in Trainer.FRESH_MOMENTS]
     print(f"{n} of {len(pb)} parameters warm ({len(same)} with moments and the same shape)")
     assert n == len(same) and 0 < n <= len(pb) - (emb is not None)
+    assert "rgb_field.appearance.weight" not in [names[j] for j in same]  # indexed by image: always afresh
     for j in same:
         sa, sb = a.optimizer.state[pa[j]], b.optimizer.state[pb[j]]
         assert torch.equal(sa["exp_avg_sq"], sb["exp_avg_sq"]) and not sb["exp_avg"].any()
@@ -150,6 +153,48 @@ def test_warm_start_moments_takes_the_second_moments_and_keeps_the_new_learning_
     moved = float((p.detach() - before).abs().view(-1)[k])
     print(f"warm step of a 1e-8 gradient: {moved:.3e} (lr 1e-3)")
     assert moved < 1e-5
+
+
+def test_warm_start_moments_match_parameters_by_name_not_position():
+    """A refreshed field's colour grids come back from its checkpoint in the order they were saved, which need not be
+    the order of a model built otherwise: the moments follow the parameter names (two grids of one shape, each with
+    moments of its own scale, built in the other order, each gets its own), and a state saved without names falls
+    back to positions."""
+    from f3rm_ros.core.fields.moved_colour import MovedColour
+
+    torch.set_num_threads(2)
+    ds, fm = sphere_dataset()
+
+    def with_grids(keys):
+        tr = Trainer(small_config(rays_per_batch=128), ds, fm, "cpu")
+        mc = MovedColour()
+        for k in keys:
+            mc.add(k, torch.zeros(3), torch.ones(3), 0.5, 1.0)
+        tr.model.moved_colour = mc
+        tr.reset_optimizer()
+        return tr
+
+    a = with_grids([0, -2])
+    scale = {"0": 1.0, "-2": 100.0}
+    for name, p in a.model.named_parameters():
+        key = name.split(".")[2] if name.startswith("moved_colour.") else None
+        p.grad = torch.full_like(p, scale[key] if key else 1e-3)
+    a.optimizer.step()
+    saved = a.optimizer.state_dict()
+    assert saved["param_groups"][0]["param_names"][-2:] == ["moved_colour.grids.0.value", "moved_colour.grids.-2.value"]
+    b = with_grids([-2, 0])  # the other order
+    assert b.warm_start_moments(saved) > 2
+    for key in ("0", "-2"):
+        va = a.optimizer.state[a.model.moved_colour.grids[key].value]["exp_avg_sq"]
+        vb = b.optimizer.state[b.model.moved_colour.grids[key].value]["exp_avg_sq"]
+        assert torch.equal(va, vb), key
+    # without names (a state saved before the optimiser had them): by position, so the grids swap here
+    for g in saved["param_groups"]:
+        del g["param_names"]
+    c = with_grids([-2, 0])
+    c.warm_start_moments(saved)
+    vc = c.optimizer.state[c.model.moved_colour.grids["-2"].value]["exp_avg_sq"]
+    assert torch.equal(vc, a.optimizer.state[a.model.moved_colour.grids["0"].value]["exp_avg_sq"])
 
 
 def test_checkpoint_round_trip_and_world_units(tmp_path):

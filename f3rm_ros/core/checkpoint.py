@@ -155,8 +155,13 @@ def check_resumable(ck: Mapping[str, Any], num_train_images: int, feature_dim: i
     ``config_model`` can continue from checkpoint dict ``ck``.
 
     Raises:
-        CheckpointError: other images or features, a query-only file, or another model config.
+        CheckpointError: other images or features, a query-only file, a field refreshed through scene edits, or
+            another model config.
     """
+    if ck.get("live_edits"):
+        raise CheckpointError("this checkpoint was refreshed through scene edits (live_edits): it is served through "
+                              "them, and training it on as a plain field would drop them; refresh it again "
+                              "(refresh_from / edits_path) or train a new field")
     if int(ck["num_train_images"]) != num_train_images or int(ck["feature_dim"]) != feature_dim:
         raise CheckpointError(f"checkpoint was trained on {ck['num_train_images']} images with feature_dim "
                               f"{ck['feature_dim']}, but this run has {num_train_images} images and "

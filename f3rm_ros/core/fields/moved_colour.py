@@ -102,15 +102,23 @@ class MovedColour(nn.Module):
                 g.value.mul_(g.gain / gain)
                 g.gain.fill_(gain)
 
+    def _hit(self, mover: Tensor) -> Tensor:
+        """Where ``mover`` names an edit that has a grid (a sample moved or filled by an edit without one keeps the
+        field's colour)."""
+        hit = torch.zeros_like(mover, dtype=torch.bool)
+        for key in self.grids:
+            hit = hit | (mover == int(key))
+        return hit
+
     def residual(self, positions: Tensor, mover: Tensor) -> Tensor:
         """Residual logits [..., 3] at field-frame ``positions`` [..., 3] of samples whose oldest moving edit is
-        ``mover`` [...] (-1: none, 0 there). On the CPU only the samples some edit moved or filled are sampled (a
-        few per cent of a batch); elsewhere :meth:`residual_all` (graph-safe: no shapes that depend on the data)."""
+        ``mover`` [...] (-1: none, 0 there). On the CPU only the samples of an edit with a grid are sampled (a few
+        per cent of a batch); elsewhere :meth:`residual_all` (graph-safe: no shapes that depend on the data)."""
         if positions.device.type != "cpu":
             return self.residual_all(positions, mover)
         p = positions.reshape(-1, 3)
         m = mover.reshape(-1)
-        idx = (m != -1).nonzero().squeeze(1)
+        idx = self._hit(m).nonzero().squeeze(1)
         sub = self.residual_all(p[idx], m[idx])
         out = torch.zeros(len(p), 3, device=p.device, dtype=sub.dtype).index_put((idx,), sub)
         return out.reshape(*positions.shape[:-1], 3)
@@ -125,22 +133,23 @@ class MovedColour(nn.Module):
         return out.reshape(*positions.shape[:-1], 3)
 
     def apply(self, rgb: Tensor, positions: Tensor, mover: Tensor) -> Tensor:
-        """``rgb`` [..., 3] in (0, 1) with the residual added in logit space where ``mover`` is not -1; elsewhere
-        ``rgb`` as it is."""
-        if rgb.device.type == "cpu":  # only the samples some edit moved or filled (as :meth:`residual`)
+        """``rgb`` [..., 3] in (0, 1) with the residual added in logit space where ``mover`` names an edit with a
+        grid; elsewhere ``rgb`` as it is, bit for bit."""
+        if rgb.device.type == "cpu":  # only the samples of an edit with a grid (as :meth:`residual`)
             flat, p, m = rgb.reshape(-1, 3), positions.reshape(-1, 3), mover.reshape(-1)
-            idx = (m != -1).nonzero().squeeze(1)
+            idx = self._hit(m).nonzero().squeeze(1)
             c = torch.sigmoid(torch.logit(flat[idx].float().clamp(1e-5, 1 - 1e-5)) + self.residual_all(p[idx], m[idx]))
             return flat.index_put((idx,), c.to(rgb.dtype)).reshape(rgb.shape)
         res = self.residual_all(positions, mover)
         c = torch.sigmoid(torch.logit(rgb.float().clamp(1e-5, 1 - 1e-5)) + res).to(rgb.dtype)
-        return torch.where((mover != -1)[..., None], c, rgb)
+        return torch.where(self._hit(mover)[..., None], c, rgb)
 
     @staticmethod
     def from_state(state: Mapping[str, Tensor], prefix: str = "moved_colour.",
                    device: torch.device | str | None = None) -> MovedColour | None:
         """The grids a state dict holds under ``prefix`` (their shapes from it; values not loaded), None if none."""
-        keys = sorted({k[len(prefix):].split(".")[1] for k in state if k.startswith(prefix + "grids.")}, key=int)
+        # in the order they were saved (made), as the model's parameters were when an optimiser state was saved
+        keys = list(dict.fromkeys(k[len(prefix):].split(".")[1] for k in state if k.startswith(prefix + "grids.")))
         if not keys:
             return None
         mc = MovedColour()

@@ -143,32 +143,52 @@ class Trainer:
         added to the model, e.g. a refresh's colour grids; before the first step: the CUDA graphs capture them)."""
         cfg, dev = self.config, next(self.model.parameters()).device
         # CUDA: fused Adam (one multi-tensor kernel; the grad scaler's unscale and inf check happen inside it)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, eps=cfg.adam_eps,
+        # named: the state dict's param_groups carry ``param_names`` (a later fine-tune matches moments by name)
+        self.optimizer = torch.optim.Adam(self.model.named_parameters(), lr=cfg.lr, eps=cfg.adam_eps,
                                           **({"fused": True} if dev.type == "cuda" else {}))
         ratio = cfg.lr_final / cfg.lr if cfg.lr > 0 else 1.0
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: ratio ** min(s / cfg.lr_decay_steps, 1.0))
 
+    # parameters whose moments a fine-tune never takes over: the appearance embedding is indexed by training image,
+    # and image i of the earlier run is another frame than image i of this one
+    FRESH_MOMENTS = ("rgb_field.appearance.weight",)
+
     def warm_start_moments(self, saved: dict[str, Any]) -> int:
         """Give the optimiser (fresh, before the first step) Adam's moments from ``saved`` (an Adam ``state_dict()``
-        of this model's parameters in the same order, e.g. a checkpoint's ``optimizer``): each parameter's second
-        moment and step count (its first moment zero: the fine-tune's direction comes from its own data), where the
-        shapes agree; the learning rates and schedule stay this trainer's. A fine-tune then moves each parameter
-        relative to how its gradients ran in training, instead of Adam's fresh start, which moves every touched
-        parameter by about the learning rate whatever its gradient. Returns how many parameters got moments."""
-        params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        ids = [i for g in saved.get("param_groups", []) for i in g["params"]]
+        of this model's parameters, e.g. a checkpoint's ``optimizer``): each parameter's second moment and step count
+        (its first moment zero: the fine-tune's direction comes from its own data), where the shapes agree; the
+        learning rates and schedule stay this trainer's. Parameters are matched by name (``param_names`` of the saved
+        groups: a refreshed field's colour grids come back from a checkpoint in another order than they were made),
+        by position in a state saved without names; :attr:`FRESH_MOMENTS` start afresh. A fine-tune then moves each
+        parameter relative to how its gradients ran in training, instead of Adam's fresh start, which moves every
+        touched parameter by about the learning rate whatever its gradient. Returns how many parameters got
+        moments."""
+        groups = saved.get("param_groups", [])
+        ids = [i for g in groups for i in g["params"]]
+        names = [n for g in groups for n in g.get("param_names", [])]
+        by_name = dict(zip(names, ids, strict=True)) if len(names) == len(ids) and names else None
         mine = self.optimizer.state_dict()
         my_ids = [i for g in mine["param_groups"] for i in g["params"]]
+        my_names = [n for g in mine["param_groups"] for n in g.get("param_names", [])]
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
         theirs, state = saved.get("state", {}), {}
-        for j, (p, i) in enumerate(zip(params, ids, strict=False)):
-            st = theirs.get(i)
+        for j, p in enumerate(params):
+            name = my_names[j] if j < len(my_names) else None
+            if name in self.FRESH_MOMENTS:
+                continue
+            if by_name is not None:
+                i = by_name.get(name)
+            else:
+                i = ids[j] if j < len(ids) else None
+            st = theirs.get(i) if i is not None else None
             if not st or "exp_avg_sq" not in st or tuple(st["exp_avg_sq"].shape) != tuple(p.shape):
                 continue
             v = st["exp_avg_sq"].to(p.device, torch.float32)
+            if v is st["exp_avg_sq"]:  # not copied by the move: the optimiser must not update the caller's tensor
+                v = v.clone()
             step = st["step"] if torch.is_tensor(st["step"]) else torch.tensor(float(st["step"]))
-            state[my_ids[j]] = {
-                "step": step.detach().clone().float(), "exp_avg": torch.zeros_like(v), "exp_avg_sq": v.clone()}
+            state[my_ids[j]] = {"step": step.detach().float().clone(), "exp_avg": torch.zeros_like(v), "exp_avg_sq": v}
         mine["state"] = state
         self.optimizer.load_state_dict(mine)
         return len(state)

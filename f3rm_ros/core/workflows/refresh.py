@@ -703,9 +703,14 @@ def refresh_field(checkpoint: str | Path, dataset: Any, new_frames: Sequence[int
                            rc.colour_lr / cfg.lr if cfg.lr > 0 else 1.0, tr.device, fill_voxel_m=rc.fill_colour_voxel_m)
         tr.reset_optimizer()
     moments = 0
-    saved = training_state(checkpoint, ck) if rc.adam_moments else None
-    if saved is not None:
-        moments = tr.warm_start_moments(saved)
+    if rc.adam_moments:
+        saved = training_state(checkpoint, ck)
+        if saved is None:
+            log.info("adam_moments: %s carries no optimiser state (nor a training checkpoint of its step beside it): "
+                     "Adam starts afresh", checkpoint)
+        else:
+            moments = tr.warm_start_moments(saved)
+        del saved  # both moments of every table, on the host: not kept through the fine-tune
     # the new frames in the checkpoint's field frame (the model's frame), not a frame of their own
     s, R, t = _similarity_parts(nw)
     c2w = np.asarray(sub.c2w, np.float64).copy()
@@ -784,7 +789,8 @@ def moved_colour_grids(model: Any, live_edits: Sequence[Any], nerf_to_world: np.
         p = torch.as_tensor(points, dtype=torch.float32)
         read = (EditWarp(live_edits[:k])(p)[0] if k else p).double().numpy()
         pn = ((read - t) @ R) / s
-        pad = 2 * voxel / s
+        # two grid cells beyond the points, and half a region voxel: a footprint's points are its columns' centres
+        pad = (2 * voxel + 0.5 * float(getattr(live_edits[k].region, "voxel", 0.0))) / s
         mc.add(key, pn.min(0) - pad, pn.max(0) + pad, voxel / s, gain)
 
     for k, e in enumerate(live_edits):
