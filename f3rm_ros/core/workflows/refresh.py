@@ -595,7 +595,9 @@ def refresh_field(checkpoint: str | Path, dataset: Any, new_frames: Sequence[int
     retrain, its wide base's ghost stays on the table), and with ``adam_moments`` the same 9/10 and the same bowl:
     both off. ``fill_colour_voxel_m`` keeps the fills and lets the new views correct the patch's colour: on the CPU it
     took the old place's error of a scene whose patch was off from 3.19 to 1.15 x1e-4 and left one where the fill
-    helps as it was (``scene_edits_cpu_fillgrid_2c4dad4*``); off until the H100 bench has measured it.
+    helps as it was (``scene_edits_cpu_fillgrid_2c4dad4*``); on 1500-step CPU fields of four H100 bench scenes it
+    gained +0.35, +0.31 and +0.51 dB where the patch was off and -0.04 dB on the bowl (``scene_edits_cpu_sharp_
+    fillgrid_*``); off until the H100 bench has measured it (it has never run on CUDA).
 
     Args:
         features: the feature source as in ``TrainSceneRequest.features`` (the field's own extractor, e.g. a label
