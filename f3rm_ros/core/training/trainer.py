@@ -167,14 +167,13 @@ class Trainer:
         groups = saved.get("param_groups", [])
         ids = [i for g in groups for i in g["params"]]
         names = [n for g in groups for n in g.get("param_names", [])]
-        by_name = dict(zip(names, ids, strict=True)) if len(names) == len(ids) and names else None
-        mine = self.optimizer.state_dict()
+        by_name = dict(zip(names, ids, strict=True)) if names and len(names) == len(ids) else None
+        mine = self.optimizer.state_dict()  # reset_optimizer's: named
         my_ids = [i for g in mine["param_groups"] for i in g["params"]]
-        my_names = [n for g in mine["param_groups"] for n in g.get("param_names", [])]
+        my_names = [n for g in mine["param_groups"] for n in g["param_names"]]
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         theirs, state = saved.get("state", {}), {}
-        for j, p in enumerate(params):
-            name = my_names[j] if j < len(my_names) else None
+        for j, (p, name) in enumerate(zip(params, my_names, strict=True)):
             if name in self.FRESH_MOMENTS:
                 continue
             if by_name is not None:
