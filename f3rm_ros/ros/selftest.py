@@ -137,15 +137,26 @@ class SelfTestClient(Node):
         if not ok:
             self.failures.append(what)
 
-    def call(self, srv_type, name: str, request, timeout: float = 10.0):
+    def call(self, srv_type, name: str, request, timeout: float = 10.0, resend_after: float = 2.0):
+        """Call ``name`` and return its answer. A request unanswered after ``resend_after`` s is sent again (every
+        echo service is stateless): a client made just before its first call races the server's matching of its
+        response reader, and Fast DDS drops a response to a reader not matched within 100 ms
+        (ros2/rmw_fastrtps#390, #467), which a loaded 2-core machine can miss (the first QueryGrasps timed out
+        that way in a full test run)."""
         client = self.create_client(srv_type, name)
+        deadline = time.monotonic() + timeout
         if not client.wait_for_service(timeout_sec=timeout):
             raise TimeoutError(f"service {NS}/{name} did not appear within {timeout} s")
-        future = client.call_async(request)
-        rclpy.spin_until_future_complete(self, future, timeout_sec=timeout)
-        if not future.done():
-            raise TimeoutError(f"service {NS}/{name} did not answer within {timeout} s")
-        return future.result()
+        while True:
+            future = client.call_async(request)
+            left = deadline - time.monotonic()
+            rclpy.spin_until_future_complete(self, future, timeout_sec=max(0.0, min(resend_after, left)))
+            if future.done():
+                return future.result()
+            client.remove_pending_request(future)
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"service {NS}/{name} did not answer within {timeout} s")
+            print(f"  (no answer from {NS}/{name} after {resend_after:g} s: sent again)", flush=True)
 
     def run_all(self) -> list[str]:
         req = QueryGrasps.Request(text="mug handle", negatives=["object", "stuff"], max_grasps=3,
