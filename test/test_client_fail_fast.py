@@ -57,6 +57,10 @@ def test_query_node_killed_while_a_request_waits(client, tmp_path):
         with logs_on_failure(log):
             with pytest.raises(RequestFailed, match="no field"):  # served: the node is up
                 client.query_similarity("bowl", timeout=60)
+            # its first request waited for the server to match the client's response reader (_MATCH_SETTLE_S)
+            sim = client.name(client.names.query_node, "query_similarity")
+            first = client._matched.get(sim)
+            assert first is not None
             # the request is in flight when the node dies: stopped first so that it cannot answer, then killed
             proc.send_signal(signal.SIGSTOP)
             th, box = _in_thread(client.query_grasps, "mug handle", timeout=60)
@@ -82,6 +86,7 @@ def test_query_node_killed_while_a_request_waits(client, tmp_path):
             proc = start_node("query_node", NS, params, tmp_path / "query_node2.log")
             with pytest.raises(RequestFailed, match="no field"):
                 client.query_similarity("bowl", timeout=60)
+            assert client._matched[sim] != first  # the new process's server got its own wait before the request
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGCONT)

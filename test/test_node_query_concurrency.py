@@ -65,6 +65,11 @@ def test_cheap_requests_not_blocked_by_grasp_queries(tmp_path):
         client = F3RMClient(namespace=NS)
         try:
             client.query_similarity("bowl", timeout=60)  # warm: the table's surface is cached
+            # and each service's first request behind us (the client waits _MATCH_SETTLE_S before it)
+            with pytest.raises(RequestFailed, match="empty query"):
+                client.query_grasps("  ", timeout=30)
+            with pytest.raises(RequestFailed, match="outside the allowed root"):
+                client.load_field("/etc/passwd", timeout=30)
             box: dict = {}
             long_q = _timed(box, "long", client.query_grasps, "mug handle", workspace=BIG, timeout=120)
             time.sleep(0.5)  # planning now

@@ -90,6 +90,11 @@ class Busy(RequestFailed):
 
 
 _GRACE_S = 0.3  # a call on a node that is not alive spins this long for news of it before it gives up
+# A request sent at once by a client that has just found its server (new, or the server's node restarted) races the
+# server's matching of the client's response reader: Fast DDS drops a response whose reader the server has not
+# matched within 100 ms (ros2/rmw_fastrtps#390, #467), so on a loaded machine a fast answer (an edit, a load) could
+# be lost and the call time out after the server had acted on it. Such a first request waits this long first.
+_MATCH_SETTLE_S = 0.25
 
 
 class _Watch:
@@ -102,6 +107,7 @@ class _Watch:
         self.alive = 0  # writers alive now
         self.seen = False  # ever alive
         self.changed = time.monotonic()  # of the liveliness (creation until the first event)
+        self.revivals = 0  # times it became alive after not being so (a start or restart of the node)
         self.state = ""  # the last readiness the node published
         self.local = False  # the beacon is in this process (see check_local)
         self.sub = client.node.create_subscription(
@@ -112,8 +118,10 @@ class _Watch:
         self.state = msg.data
         if self.alive == 0:  # a message is news from a live writer (a dead one cannot send, nor replay its history)
             self.alive, self.seen, self.changed = 1, True, time.monotonic()
+            self.revivals += 1
 
     def _on_liveliness(self, info: Any) -> None:
+        self.revivals += int(self.alive == 0 and info.alive_count > 0)
         self.alive = int(info.alive_count)
         self.seen = self.seen or self.alive > 0
         self.changed = time.monotonic()
@@ -245,6 +253,8 @@ class F3RMClient:
         self.namespace = ns
         self.names = _Names(query_node, train_node, capture_node)
         self._clients: dict[str, Any] = {}
+        # per service / action called: its node's ``_Watch.revivals`` when its server was last waited for
+        self._matched: dict[str, int] = {}
         self._watches: dict[str, _Watch] = {}
         self._lock = threading.Lock()
         self._spin_lock = threading.Lock()  # one thread spins the own executor at a time
@@ -262,6 +272,7 @@ class F3RMClient:
                 c.destroy()
             except Exception:  # noqa: BLE001 - best effort on shutdown
                 pass
+        self._matched.clear()
         self._clients.clear()
         for w in self._watches.values():
             try:
@@ -342,6 +353,26 @@ class F3RMClient:
             self._spin_or_wait(min(left, 0.05), ev)
         return ""
 
+    def _ready_and_matched(self, is_ready: Callable[[], bool], watch: _Watch, name: str, key: str,
+                           deadline: float) -> None:
+        """:meth:`_wait_ready`, then, the first time ``key`` is called, when its server was not there at the call or
+        when its node came alive again since (a restart), :data:`_MATCH_SETTLE_S` for the server to match this
+        client's response reader (at most up to ``deadline``). A node in this process cannot restart on its own, and
+        its beacon's liveliness lapses and returns with DDS leases (``_Watch.check_local``): it is not counted."""
+        def generation() -> int:
+            return 0 if watch.local else watch.revivals
+
+        absent = not is_ready()
+        self._wait_ready(is_ready, watch, name, deadline)  # (it also sees a restarted node's liveliness)
+        with self._lock:
+            settle = absent or self._matched.get(key) != generation()
+        if settle:
+            end = min(deadline, time.monotonic() + _MATCH_SETTLE_S)
+            while (left := end - time.monotonic()) > 0:
+                self._spin_or_wait(min(left, 0.02))
+            with self._lock:
+                self._matched[key] = generation()
+
     def _wait_ready(self, is_ready: Callable[[], bool], watch: _Watch, name: str, deadline: float) -> None:
         """Wait for the server of ``name`` (and, when its node has a beacon, for the beacon to be alive: a killed
         node stays in the graph for ~20 s). Every call spins at least ``_GRACE_S`` before it gives up, so that the
@@ -376,7 +407,7 @@ class F3RMClient:
         deadline = time.monotonic() + timeout
         client = self._client(srv_type, name)
         watch = self._watch(node)
-        self._wait_ready(client.service_is_ready, watch, f"service {name}", deadline)
+        self._ready_and_matched(client.service_is_ready, watch, f"service {name}", name, deadline)
         future = client.call_async(request)
         why = self._wait_future(future, deadline, lambda: self._gone_reason(watch, client.service_is_ready,
                                                                             f"service {name}"))
@@ -540,7 +571,7 @@ class F3RMClient:
         deadline = time.monotonic() + timeout
         client = self._client(TrainFields, name, action=True)
         watch = self._watch(self.names.train_node)
-        self._wait_ready(client.server_is_ready, watch, f"action {name}", deadline)
+        self._ready_and_matched(client.server_is_ready, watch, f"action {name}", name, deadline)
         count, last = [0], [None]
 
         def on_feedback(msg: Any) -> None:
