@@ -21,7 +21,9 @@ Every call has a deadline (``timeout`` seconds, for the service to appear and to
   expensive work is full).
 
 A client survives a restart of a node: the next call waits (up to its deadline) for the node to come back
-and is served by the new process; nothing has to be rebuilt.
+and is served by the new process; nothing has to be rebuilt. The first request to each service or action (and the
+first after its node came back) waits 0.25 s before it is sent, so that the server has matched the client's reader
+of its answer (``_MATCH_SETTLE_S``); later requests go at once.
 
 With ``node=None`` the client owns a node and spins it itself (calls from several threads at once are fine).
 With a node of yours that is spun by your own executor in another thread, pass it as ``node``; the client
