@@ -50,7 +50,7 @@ def _edits():
     return (SceneEdit(BoxRegion.from_bounds((-0.05, -0.05, 0.0), (0.05, 0.05, 0.1)), rot_z(30, (0.0, 0.2, 0.0)),
                       "mug"),
             SceneEdit(voxels, rot_z(-90, (-0.1, -0.2, 0.0)), "bowl", FloorFill((0.0, 0.12, 0.0), -0.02, 0.01),
-                      Unmix(np.array([0.6, 0.0, 0.8]), 0.03)),
+                      Unmix(np.array([0.6, 0.0, 0.8]), 0.03, 0.25)),
             SceneEdit(BoxRegion((0.0, -0.3, 0.05), (0.04, 0.04, 0.05), rot_z(20)[:3, :3]), None, "box"))
 
 
@@ -78,7 +78,7 @@ def test_a_saved_stack_comes_back_answering_as_before(ckpt):
     assert (back.edits[1].fill.z_lo, back.edits[1].fill.z_hi) == (-0.02, 0.01)
     assert back.edits[0].fill is None and back.edits[0].unmix is None
     assert np.array_equal(back.edits[1].unmix.direction, edited.edits[1].unmix.direction)
-    assert back.edits[1].unmix.ring_m == 0.03
+    assert (back.edits[1].unmix.ring_m, back.edits[1].unmix.floor) == (0.03, 0.25)
     x = torch.as_tensor(np.random.default_rng(1).uniform((-0.4, -0.4, 0.0), (0.4, 0.4, 0.12), (5000, 3)),
                         dtype=torch.float32)
     d0, d1 = edited.query_density(x), back.query_density(x)
@@ -128,6 +128,8 @@ def test_bad_stacks_are_refused_with_the_reason(ckpt, tmp_path):
         "fill.offset must have shape": lambda d: d["edits"][1]["fill"].update(offset=[0.0, 0.1]),
         "needs a voxel region": lambda d: d["edits"][0].update(fill=d["edits"][1]["fill"]),
         "bad unmix ring": lambda d: d["edits"][1]["unmix"].update(ring_m=0.0),
+        "bad unmix floor": lambda d: d["edits"][1]["unmix"].update(floor=1.0),
+        "unmix.floor has non-finite": lambda d: d["edits"][1]["unmix"].update(floor=float("nan")),
         "unmix.direction must be": lambda d: d["edits"][1]["unmix"].update(direction="up"),
         "bad unmix direction": lambda d: d["edits"][1]["unmix"].update(direction=[1.0, 1.0, 0.0]),
         "names no checkpoint": lambda d: d.pop("checkpoint"),

@@ -420,6 +420,87 @@ def test_an_unmix_takes_the_moved_things_meaning_out_of_its_old_neighbours_only(
         wrong.query_features(ring_pts)
 
 
+class SharedMeaning:
+    """A thing (a can, r 3 cm, 10 cm tall, at the origin) touching a neighbour (a box from x = 3 cm) on a table; the
+    features share a common direction as CLIP's do (``shared`` times e0, plus e1 for the can, e2 the box, e3 the
+    table; ``shared`` 0: label-like, orthogonal) and the can's meaning blurs onto what is within 1.5 cm of it
+    (weight falling linearly from 1 at its surface to 0)."""
+
+    feature_dim = 8
+    device = torch.device("cpu")
+    extractor_info = {"type": "test"}
+    nerf_to_world = np.eye(4)
+
+    def __init__(self, shared: float):
+        self.shared = shared
+
+    @staticmethod
+    def parts(p):
+        r = torch.linalg.norm(p[:, :2], dim=1)
+        z_in = (p[:, 2] >= 0.0) & (p[:, 2] <= 0.1)
+        can = (r <= 0.03) & z_in
+        box = (p[:, 0] >= 0.03) & (p[:, 0] <= 0.1) & (p[:, 1].abs() <= 0.05) & (p[:, 2] >= 0.0) & (p[:, 2] <= 0.08)
+        table = (p[:, 2] < 0.0) & (p[:, 2] >= -0.02)
+        gap = torch.sqrt((r - 0.03).clamp(min=0) ** 2 + (p[:, 2] - p[:, 2].clamp(0.0, 0.1)) ** 2)
+        return can, box, table, (1.0 - gap / 0.015).clamp(min=0.0)
+
+    def query_density(self, p):
+        can, box, table, _ = self.parts(p)
+        return 1000.0 * (can | box | table).float()
+
+    def query_features(self, p):
+        can, box, table, blur = self.parts(p)
+        f = torch.zeros(len(p), 8)
+        f[:, 0] = self.shared
+        f[:, 1] = torch.where(can, torch.ones_like(blur), blur)
+        f[:, 2] = (box & ~can).float()
+        f[:, 3] = (table & ~can & ~box).float()
+        return f
+
+
+@pytest.mark.parametrize("shared", [0.0, 1.2])
+def test_an_unmix_keeps_what_the_neighbourhood_shares_with_the_thing(shared):
+    """``thing_unmix``'s floor is the neighbourhood's own cosine with the thing's direction (features beyond the
+    ring): with CLIP-like features (a shared direction; the box's and the can's features 0.59 alike) the box's rim,
+    which the can's meaning blurred onto, comes down to the floor and the rest of the box keeps its feature exactly,
+    where the floor-less unmix would take 0.59 of the can's direction out of every box feature in the ring (its cosine
+    with its own meaning 0.81); with label-like features the floor is ~0 and the rim loses nearly all of the can's
+    meaning."""
+    from f3rm_ros.core.edits import Unmix
+    from f3rm_ros.core.workflows.scene_edits import thing_unmix
+
+    base = SharedMeaning(shared)
+    rng = np.random.default_rng(4)
+    r, a = 0.03 * np.sqrt(rng.random(3000)), rng.random(3000) * 2 * np.pi
+    body = np.c_[r * np.cos(a), r * np.sin(a), rng.uniform(0.0, 0.1, 3000)]
+    region = VoxelRegion.from_points(body, 0.01, 0.0, 0.0)
+    u = thing_unmix(EditedField(base), region, 0.03)
+    own = torch.nn.functional.normalize(torch.tensor([shared, 0.0, 1.0, 0, 0, 0, 0, 0]), dim=0)  # the box's meaning
+    pure = float(torch.tensor(u.direction) @ own)
+    print(f"shared {shared}: floor {u.floor:.3f}, the box's own cosine with the can's direction {pure:.3f}")
+    assert u.floor == pytest.approx(max(pure, 0.0), abs=0.01)
+    T = rot_z(0.0, (0.0, 0.4, 0.0))
+    ef = EditedField(base, [SceneEdit(region, T, "can", unmix=u)])
+    bare = EditedField(base, [SceneEdit(region, T, "can", unmix=Unmix(u.direction, 0.03))])  # no floor
+    x = torch.as_tensor(np.c_[rng.uniform(0.03, 0.09, 20000), rng.uniform(-0.05, 0.05, 20000),
+                              rng.uniform(0.005, 0.075, 20000)], dtype=torch.float32)
+    ring = u.ring(region).contains(x) & ~region.contains(x)
+    _, _, _, blur = base.parts(x)
+    rim, clean = ring & (blur > 0.5), ring & (blur == 0)
+    assert int(rim.sum()) > 50 and int(clean.sum()) > 500
+    d = torch.as_tensor(u.direction, dtype=torch.float32)
+    cos = lambda f, v: torch.nn.functional.normalize(f, dim=-1) @ v  # noqa: E731
+    f0, f1, fb = base.query_features(x), ef.query_features(x), bare.query_features(x)
+    assert float(cos(f0[rim], d).min()) > u.floor + 0.1  # the blur to take out
+    assert float(cos(f1[rim], d).max()) <= u.floor + 1e-4  # taken out down to the floor
+    assert float(cos(f1[rim], own).min()) > float(cos(f0[rim], own).min())  # the rim reads more as the box again
+    assert torch.allclose(f1[clean], f0[clean], atol=1e-5)  # the rest of the box as it was
+    if shared:
+        assert float(cos(fb[clean], own).max()) < 0.85  # without the floor the whole ring loses its meaning
+    else:
+        assert u.floor < 0.1  # (the region's voxels took in a little of the box: its direction has some e2)
+
+
 def test_the_cpu_warp_of_the_touched_points_alone_is_the_plain_warp():
     """``EditWarp.__call__`` on the CPU sends only the points inside the boxes an edit can touch through the stack;
     on a stack with a rotation, a floor fill, a second move of the same thing and a removal, random points (many in

@@ -94,7 +94,8 @@ def edits_to_json(edits: Sequence[SceneEdit]) -> list[dict[str, Any]]:
              "T_world_new_old": None if e.removed else np.asarray(e.T_world_new_old, np.float64).tolist(),
              **({"fill": {"offset": e.fill.offset.tolist(), "z_lo": e.fill.z_lo, "z_hi": e.fill.z_hi}}
                 if e.fill is not None else {}),
-             **({"unmix": {"direction": e.unmix.direction.tolist(), "ring_m": e.unmix.ring_m}}
+             **({"unmix": {"direction": e.unmix.direction.tolist(), "ring_m": e.unmix.ring_m,
+                           "floor": e.unmix.floor}}
                 if e.unmix is not None else {})}
             for e in edits]
 
@@ -163,8 +164,9 @@ def _unmix_from_json(d: Any, what: str) -> Unmix | None:
     if n < 1:
         raise EditStoreError(f"{what}.direction must be a list of numbers")
     try:
-        return Unmix(_floats(direction, (n,), f"{what}.direction"), float(_floats([d.get("ring_m")], (1,),
-                                                                                  f"{what}.ring_m")[0]))
+        ring = float(_floats([d.get("ring_m")], (1,), f"{what}.ring_m")[0])
+        floor = float(_floats([d.get("floor", 0.0)], (1,), f"{what}.floor")[0])  # files before the floor: 0
+        return Unmix(_floats(direction, (n,), f"{what}.direction"), ring, floor)
     except EditError as err:
         raise EditStoreError(f"{what}: {err}") from None
 

@@ -415,11 +415,16 @@ class Unmix:
     component along ``direction`` (unit [D]: the thing's mean unit feature at its old place when the edit was made).
     Distilled features blur across things that touch, so once the thing has gone a neighbour's rim still answers to
     its name, and a query limited to the old place finds it there (the scene-edit bench's seed 9: a teal cup's rim
-    for "bottle"). With label features the names are nearly orthogonal and the neighbour keeps its own meaning; CLIP
-    features of different things share much of their direction, so measure before using it on them."""
+    for "bottle"). ``floor`` is what the neighbourhood shares with the thing anyway (the median cosine with
+    ``direction`` of the features just beyond the ring, :func:`~f3rm_ros.core.workflows.scene_edits.thing_unmix`):
+    a point keeps that cosine with ``direction`` and loses only the excess. Label features of different
+    names are orthogonal (floor ~0: the whole positive component goes); CLIP features of different things share much
+    of their direction (cosines of 0.5 and more), and a neighbour no more alike the thing than the neighbourhood
+    keeps its feature exactly."""
 
     direction: np.ndarray
     ring_m: float
+    floor: float = 0.0
 
     def __post_init__(self) -> None:
         d = np.asarray(self.direction, np.float32).reshape(-1)
@@ -427,6 +432,8 @@ class Unmix:
             raise EditError("bad unmix direction: a finite unit vector is needed")
         if not (math.isfinite(self.ring_m) and 0.0 < self.ring_m <= 0.2):
             raise EditError(f"bad unmix ring {self.ring_m} m: it must be in (0, 0.2]")
+        if not (math.isfinite(self.floor) and 0.0 <= self.floor < 1.0):
+            raise EditError(f"bad unmix floor {self.floor}: it must be in [0, 1)")
         object.__setattr__(self, "direction", d)
 
     def ring(self, region: VoxelRegion) -> VoxelRegion:
@@ -792,7 +799,7 @@ class EditedField:
     def _unmixed(self, points_world: Tensor, x_read: Tensor, f: Tensor) -> Tensor:
         """Features ``f`` [N, D] at ``points_world`` (read at ``x_read``) with every edit's :class:`Unmix` applied:
         only points read where they are (nothing moved or filled them) within an edit's ring and outside its
-        region lose their positive component along its direction."""
+        region lose their component along its direction above its floor (times their length)."""
         static = None
         for k, e in enumerate(self.edits):
             if e.unmix is None:
@@ -810,7 +817,11 @@ class EditedField:
             p = points_world.detach()
             sel = static & ring.contains(p) & ~e.region.contains(p)
             m = m.to(f.dtype)
-            c = (f @ m).clamp(min=0) * sel.to(f.dtype)
+            over = f @ m
+            if e.unmix.floor > 0:  # the cosine with m the neighbourhood has anyway stays: (par - c) / |f - c m| = floor
+                perp = ((f * f).sum(-1) - over * over).clamp(min=0.0).add(1e-12).sqrt()
+                over = over - e.unmix.floor / math.sqrt(1.0 - e.unmix.floor ** 2) * perp
+            c = over.clamp(min=0) * sel.to(f.dtype)
             f = f - c[:, None] * m[None, :]
         return f
 

@@ -238,23 +238,44 @@ def floor_fill(session: Any, field: Any, region: VoxelRegion, config: EditConfig
     return None
 
 
-def thing_unmix(field: Any, region: VoxelRegion, ring_m: float, min_alpha: float = 0.1) -> Unmix | None:
-    """The :class:`~f3rm_ros.core.edits.Unmix` of the thing in ``region`` (its place in ``field`` now): the mean of the
-    unit features at the region's voxel centres the field holds something at (alpha at the voxel size >=
-    ``min_alpha``), normalised; None when the region holds nothing or the field has no features."""
+def thing_unmix(field: Any, region: VoxelRegion, ring_m: float, min_alpha: float = 0.1,
+                beyond_m: float = 0.02) -> Unmix | None:
+    """The :class:`~f3rm_ros.core.edits.Unmix` of the thing in ``region`` (its place in ``field`` now): its direction
+    is the mean of the unit features at the region's voxel centres the field holds something at (alpha at the voxel
+    size >= ``min_alpha``), normalised; its floor what the neighbourhood shares with it anyway: the median cosine
+    with that direction of the held voxels from ``ring_m`` to ``ring_m + beyond_m`` of the region (beyond the
+    ring, so beyond the thing's blur; clipped to [0, 0.95]; 0 when nothing is held there). None when the region holds
+    nothing or the field has no features."""
     if not int(getattr(field, "feature_dim", 0) or 0):
         return None
     dev = getattr(field, "device", torch.device("cpu"))
-    with torch.no_grad():
-        c = torch.as_tensor(region.sample_points(), dtype=torch.float32, device=dev)
+
+    def held_unit_features(pts: np.ndarray) -> torch.Tensor:
+        c = torch.as_tensor(pts, dtype=torch.float32, device=dev).reshape(-1, 3)
+        if not len(c):
+            return c.new_zeros((0, 1))
         held = field.query_alpha(c, region.voxel).reshape(-1) >= min_alpha
         if not bool(held.any()):
+            return c.new_zeros((0, 1))
+        return torch.nn.functional.normalize(field.query_features(c[held]).float(), dim=-1)
+
+    with torch.no_grad():
+        u = held_unit_features(region.sample_points())
+        if not len(u):
             return None
-        f = torch.nn.functional.normalize(field.query_features(c[held]).float(), dim=-1).mean(0)
-    n = float(f.norm())
-    if not n > 1e-6:
-        return None
-    return Unmix((f / n).cpu().numpy(), float(ring_m))
+        f = u.mean(0)
+        n = float(f.norm())
+        if not n > 1e-6:
+            return None
+        d = f / n
+        inner = Unmix(d.cpu().numpy(), float(ring_m))
+        outer = Unmix(d.cpu().numpy(), float(ring_m) + beyond_m).ring(region)
+        pts = outer.sample_points()
+        t = torch.as_tensor(pts, dtype=torch.float32, device=dev)
+        shell = pts[~inner.ring(region).contains(t).cpu().numpy()]
+        nb = held_unit_features(shell)
+        floor = float((nb @ d).median().clamp(0.0, 0.95)) if len(nb) and nb.shape[-1] == d.shape[0] else 0.0
+    return Unmix(d.cpu().numpy(), float(ring_m), floor)
 
 
 def edit_field(session: Any, req: EditRequest, config: EditConfig | None = None) -> EditOutcome:
