@@ -375,8 +375,8 @@ def test_a_touching_neighbour_leaves_with_its_blurred_skin_and_its_half_of_the_g
 def test_an_unmix_takes_the_moved_things_meaning_out_of_its_old_neighbours_only():
     """``SceneEdit.unmix``: within ``ring_m`` of the region, outside it and on what no edit moved, a feature loses its
     positive component along the direction; the moved content, the old place, points beyond the ring and features
-    with a negative component are unchanged; the folded head is not offered then. ``thing_unmix`` is the mean unit
-    feature of the region's held voxels. Bad unmixes are refused."""
+    with a negative component are unchanged; the folded head is not offered then. ``thing_unmix`` takes the name's
+    vector as its direction. Bad unmixes are refused."""
     from f3rm_ros.core.edits import Unmix
     from f3rm_ros.core.workflows.scene_edits import thing_unmix
 
@@ -403,13 +403,12 @@ def test_an_unmix_takes_the_moved_things_meaning_out_of_its_old_neighbours_only(
     # undo drops it, a further edit keeps it
     assert not ef.undo()._unmixes
     assert ef.with_edit(SceneEdit(BOX_A, rot_z(0.0, (0.0, -0.3, 0.0)), "b")).edits[0].unmix is not None
-    # thing_unmix: the held voxels' mean unit feature
-    u = thing_unmix(EditedField(field()), region, 0.03)
-    c = torch.as_tensor(region.sample_points(), dtype=torch.float32)
-    held = EditedField(field()).query_alpha(c, 0.01) >= 0.1
-    f = torch.nn.functional.normalize(field().query_features(c[held]), dim=-1).mean(0)
-    assert u is not None and u.ring_m == 0.03 and np.allclose(u.direction, (f / f.norm()).numpy(), atol=1e-5)
-    assert thing_unmix(EditedField(field()), VoxelRegion.from_points(g + 5.0, 0.01, 0.0), 0.03) is None  # nothing
+    # thing_unmix: the name as given, the floor from the held features beyond the ring (Blobs': [x, y, z] @ W + b)
+    q = torch.nn.functional.normalize(torch.tensor([1.0, -2.0, 0.5]), dim=0)
+    u = thing_unmix(EditedField(field()), region, 0.03, q)
+    assert u is not None and u.ring_m == 0.03 and np.allclose(u.direction, q.numpy()) and 0.0 <= u.floor < 0.95
+    assert thing_unmix(EditedField(field()), region, 0.03, torch.ones(4) / 2) is None  # another dimension
+    assert thing_unmix(EditedField(field()), VoxelRegion.from_points(g + 5.0, 0.01, 0.0), 0.03, q).floor == 0.0
     for d, r in ((m * 2, 0.03), ([np.nan, 0, 1], 0.03), (m, 0.0), (m, 0.5)):
         with pytest.raises(EditError, match="unmix"):
             Unmix(np.asarray(d, float), r)
@@ -459,13 +458,12 @@ class SharedMeaning:
 
 
 @pytest.mark.parametrize("shared", [0.0, 1.2])
-def test_an_unmix_keeps_what_the_neighbourhood_shares_with_the_thing(shared):
-    """``thing_unmix``'s floor is the neighbourhood's own cosine with the thing's direction (features beyond the
-    ring): with CLIP-like features (a shared direction; the box's and the can's features 0.59 alike) the box's rim,
-    which the can's meaning blurred onto, comes down to the floor and the rest of the box keeps its feature exactly,
-    where the floor-less unmix would take 0.59 of the can's direction out of every box feature in the ring (its cosine
-    with its own meaning 0.81); with label-like features the floor is ~0 and the rim loses nearly all of the can's
-    meaning."""
+def test_an_unmix_takes_the_name_out_down_to_what_the_scene_answers_to_it(shared):
+    """``thing_unmix``: the query's text vector, and a floor that is the scene's own cosine with it (held features
+    10-15 cm from the region). CLIP-like features (image features share e0, text vectors e7 and a little of e0, so a
+    text vector is about as alike every image feature): the box's rim, which the can's blur reached, comes down to
+    the floor and the rest of the box keeps its feature exactly, where a floor-less unmix would take the name out of
+    every box feature in the ring. Label-like features: the floor is 0 and the rim loses all of the can's name."""
     from f3rm_ros.core.edits import Unmix
     from f3rm_ros.core.workflows.scene_edits import thing_unmix
 
@@ -474,11 +472,14 @@ def test_an_unmix_keeps_what_the_neighbourhood_shares_with_the_thing(shared):
     r, a = 0.03 * np.sqrt(rng.random(3000)), rng.random(3000) * 2 * np.pi
     body = np.c_[r * np.cos(a), r * np.sin(a), rng.uniform(0.0, 0.1, 3000)]
     region = VoxelRegion.from_points(body, 0.01, 0.0, 0.0)
-    u = thing_unmix(EditedField(base), region, 0.03)
+    name = torch.tensor([0.5, 0.5, 0, 0, 0, 0, 0, 1.0]) if shared else torch.tensor([0.0, 1.0, 0, 0, 0, 0, 0, 0])
+    name = name / name.norm()
+    u = thing_unmix(EditedField(base), region, 0.03, name)
+    table = torch.nn.functional.normalize(torch.tensor([shared, 0, 0, 1.0, 0, 0, 0, 0]), dim=0)
     own = torch.nn.functional.normalize(torch.tensor([shared, 0.0, 1.0, 0, 0, 0, 0, 0]), dim=0)  # the box's meaning
-    pure = float(torch.tensor(u.direction) @ own)
-    print(f"shared {shared}: floor {u.floor:.3f}, the box's own cosine with the can's direction {pure:.3f}")
-    assert u.floor == pytest.approx(max(pure, 0.0), abs=0.01)
+    print(f"shared {shared}: floor {u.floor:.3f}; the table's cosine with the name {float(table @ name):.3f}, the "
+          f"box's {float(own @ name):.3f}")
+    assert u.floor == pytest.approx(float(table @ name), abs=1e-4) and np.allclose(u.direction, name.numpy())
     T = rot_z(0.0, (0.0, 0.4, 0.0))
     ef = EditedField(base, [SceneEdit(region, T, "can", unmix=u)])
     bare = EditedField(base, [SceneEdit(region, T, "can", unmix=Unmix(u.direction, 0.03))])  # no floor
@@ -488,17 +489,18 @@ def test_an_unmix_keeps_what_the_neighbourhood_shares_with_the_thing(shared):
     _, _, _, blur = base.parts(x)
     rim, clean = ring & (blur > 0.5), ring & (blur == 0)
     assert int(rim.sum()) > 50 and int(clean.sum()) > 500
-    d = torch.as_tensor(u.direction, dtype=torch.float32)
     cos = lambda f, v: torch.nn.functional.normalize(f, dim=-1) @ v  # noqa: E731
     f0, f1, fb = base.query_features(x), ef.query_features(x), bare.query_features(x)
-    assert float(cos(f0[rim], d).min()) > u.floor + 0.1  # the blur to take out
-    assert float(cos(f1[rim], d).max()) <= u.floor + 1e-4  # taken out down to the floor
+    assert float(cos(f0[rim], name).min()) > u.floor + 0.1  # the blur to take out
+    assert float(cos(f1[rim], name).max()) <= u.floor + 1e-4  # taken out down to the floor
     assert float(cos(f1[rim], own).min()) > float(cos(f0[rim], own).min())  # the rim reads more as the box again
     assert torch.allclose(f1[clean], f0[clean], atol=1e-5)  # the rest of the box as it was
-    if shared:
-        assert float(cos(fb[clean], own).max()) < 0.85  # without the floor the whole ring loses its meaning
+    far = ~u.ring(region).contains(x)
+    assert torch.equal(f1[far], f0[far])
+    if shared:  # a floor-less unmix takes the name out of the whole ring
+        assert float(cos(fb[clean], name).abs().max()) < 1e-4 and float(cos(f0[clean], name).min()) > 0.2
     else:
-        assert u.floor < 0.1  # (the region's voxels took in a little of the box: its direction has some e2)
+        assert u.floor == 0.0 and torch.allclose(f1, fb)
 
 
 def test_the_cpu_warp_of_the_touched_points_alone_is_the_plain_warp():

@@ -410,17 +410,16 @@ class FloorFill:
 
 @dataclass(frozen=True)
 class Unmix:
-    """The meaning a moved (or removed) thing left on its old neighbours, taken out: a point within ``ring_m`` of the
-    edit's region (outside the region, on something no edit moves or fills) loses the positive part of its feature's
-    component along ``direction`` (unit [D]: the thing's mean unit feature at its old place when the edit was made).
-    Distilled features blur across things that touch, so once the thing has gone a neighbour's rim still answers to
-    its name, and a query limited to the old place finds it there (the scene-edit bench's seed 9: a teal cup's rim
-    for "bottle"). ``floor`` is what the neighbourhood shares with the thing anyway (the median cosine with
-    ``direction`` of the features just beyond the ring, :func:`~f3rm_ros.core.workflows.scene_edits.thing_unmix`):
-    a point keeps that cosine with ``direction`` and loses only the excess. Label features of different
-    names are orthogonal (floor ~0: the whole positive component goes); CLIP features of different things share much
-    of their direction (cosines of 0.5 and more), and a neighbour no more alike the thing than the neighbourhood
-    keeps its feature exactly."""
+    """The name a moved (or removed) thing left on its old neighbours, taken out: a point within ``ring_m`` of the
+    edit's region (outside the region, on something no edit moves or fills) keeps at most a cosine of ``floor`` with
+    ``direction`` (unit [D]: the text vector of the query that named the thing) and loses its component along it
+    above that. Distilled features blur across things that touch, so once the thing has gone a neighbour's rim still
+    answers to its name, and a query limited to the old place finds it there (the scene-edit bench's seed 9: a teal
+    cup's rim for "bottle"). ``floor`` is what the scene around answers to the name anyway
+    (:func:`~f3rm_ros.core.workflows.scene_edits.thing_unmix`): 0 with label features (every name's vector orthogonal
+    to the others'); with CLIP a text vector is about as alike every image feature, and a neighbour that answers to
+    the name no more than the scene does keeps its feature exactly. Along the name alone: the rest of a neighbour's
+    feature (what it shares with the thing's image features, its own meaning) stays."""
 
     direction: np.ndarray
     ring_m: float
@@ -473,10 +472,14 @@ class SceneEdit:
     def describe(self) -> str:
         what = self.label or "region"
         if self.removed:
-            return f"{what} removed ({self.region.describe()}{f'; {self.fill.describe()}' if self.fill else ''})"
+            un = (f"; its name taken out within {self.unmix.ring_m:.3f} m down to cosine {self.unmix.floor:.2f}"
+                  if self.unmix is not None else "")
+            return f"{what} removed ({self.region.describe()}{f'; {self.fill.describe()}' if self.fill else ''}{un})"
         T = self.T_world_new_old
         ang = math.degrees(math.acos(float(np.clip((np.trace(T[:3, :3]) - 1) / 2, -1, 1))))
         fill = f"; {self.fill.describe()}" if self.fill is not None else ""
+        if self.unmix is not None:
+            fill += f"; its name taken out within {self.unmix.ring_m:.3f} m down to cosine {self.unmix.floor:.2f}"
         return f"{what} moved by {np.round(T[:3, 3], 3).tolist()} m, {ang:.1f} deg ({self.region.describe()}{fill})"
 
 

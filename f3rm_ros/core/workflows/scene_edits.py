@@ -77,10 +77,11 @@ class EditConfig:
     keep_together: float = param(0.5, "a query's region takes in, whole, an earlier edit's moved region when at "
                                       "least this fraction of its new place lies in the selection (what moved "
                                       "together stays together; 0 = off)", range=(0.0, 1.0))
-    unmix_ring_m: float = param(0.0, "a query's edit takes the thing's meaning (its mean feature direction at the "
-                                     "old place) out of its old neighbours' features within this many metres, so a "
-                                     "neighbour's rim no longer answers to its name (edits.Unmix; 0 = off: measured "
-                                     "on label features only)", range=(0.0, 0.2))
+    unmix_ring_m: float = param(0.0, "a query's edit takes the thing's name (the query's text vector) out of its "
+                                     "old neighbours' features within this many metres, down to what the scene "
+                                     "around answers to it anyway, so a neighbour's rim no longer answers to the "
+                                     "name (edits.Unmix, thing_unmix; 0 = off: measured on label features only)",
+                                range=(0.0, 0.2))
 
 
 @dataclass
@@ -238,44 +239,36 @@ def floor_fill(session: Any, field: Any, region: VoxelRegion, config: EditConfig
     return None
 
 
-def thing_unmix(field: Any, region: VoxelRegion, ring_m: float, min_alpha: float = 0.1,
-                beyond_m: float = 0.02) -> Unmix | None:
-    """The :class:`~f3rm_ros.core.edits.Unmix` of the thing in ``region`` (its place in ``field`` now): its direction
-    is the mean of the unit features at the region's voxel centres the field holds something at (alpha at the voxel
-    size >= ``min_alpha``), normalised; its floor what the neighbourhood shares with it anyway: the median cosine
-    with that direction of the held voxels from ``ring_m`` to ``ring_m + beyond_m`` of the region (beyond the
-    ring, so beyond the thing's blur; clipped to [0, 0.95]; 0 when nothing is held there). None when the region holds
-    nothing or the field has no features."""
-    if not int(getattr(field, "feature_dim", 0) or 0):
+def thing_unmix(field: Any, region: VoxelRegion, ring_m: float, name: Any, min_alpha: float = 0.1,
+                shell_m: tuple[float, float] = (0.07, 0.12), max_shell_points: int = 4096) -> Unmix | None:
+    """The :class:`~f3rm_ros.core.edits.Unmix` of the thing in ``region`` named by the unit text vector ``name`` (the
+    query's, [D]): within ``ring_m`` of its old place a feature keeps no more of the name than the scene around
+    answers to it anyway, the floor: the median cosine with ``name`` of the features the field holds (alpha at the
+    voxel size >= ``min_alpha``) from ``ring_m + shell_m[0]`` to ``ring_m + shell_m[1]`` of the region (beyond the
+    thing's blur; at most ``max_shell_points`` of them, evenly strided; clipped to [0, 0.95]; 0 when none is held
+    there). Label features: the name's vector is orthogonal to every other name's, the floor 0; CLIP: a text vector
+    is about as alike every image feature (the modality gap), and that much stays. None when the field has no
+    features or the name has another dimension."""
+    dim = int(getattr(field, "feature_dim", 0) or 0)
+    q = torch.as_tensor(name, dtype=torch.float32).reshape(-1).cpu()
+    if not dim or q.numel() != dim or not bool(torch.isfinite(q).all()) or not float(q.norm()) > 1e-6:
         return None
+    q = q / q.norm()
     dev = getattr(field, "device", torch.device("cpu"))
-
-    def held_unit_features(pts: np.ndarray) -> torch.Tensor:
-        c = torch.as_tensor(pts, dtype=torch.float32, device=dev).reshape(-1, 3)
-        if not len(c):
-            return c.new_zeros((0, 1))
-        held = field.query_alpha(c, region.voxel).reshape(-1) >= min_alpha
-        if not bool(held.any()):
-            return c.new_zeros((0, 1))
-        return torch.nn.functional.normalize(field.query_features(c[held]).float(), dim=-1)
-
-    with torch.no_grad():
-        u = held_unit_features(region.sample_points())
-        if not len(u):
-            return None
-        f = u.mean(0)
-        n = float(f.norm())
-        if not n > 1e-6:
-            return None
-        d = f / n
-        inner = Unmix(d.cpu().numpy(), float(ring_m))
-        outer = Unmix(d.cpu().numpy(), float(ring_m) + beyond_m).ring(region)
-        pts = outer.sample_points()
-        t = torch.as_tensor(pts, dtype=torch.float32, device=dev)
-        shell = pts[~inner.ring(region).contains(t).cpu().numpy()]
-        nb = held_unit_features(shell)
-        floor = float((nb @ d).median().clamp(0.0, 0.95)) if len(nb) and nb.shape[-1] == d.shape[0] else 0.0
-    return Unmix(d.cpu().numpy(), float(ring_m), floor)
+    qn = q.numpy()
+    inner = Unmix(qn, float(ring_m) + shell_m[0]).ring(region)
+    pts = Unmix(qn, float(ring_m) + shell_m[1]).ring(region).sample_points()
+    pts = pts[~inner.contains(torch.as_tensor(pts, dtype=torch.float32)).numpy()]
+    pts = pts[::max(1, -(-len(pts) // max_shell_points))]
+    floor = 0.0
+    if len(pts):
+        with torch.no_grad():
+            c = torch.as_tensor(pts, dtype=torch.float32, device=dev)
+            held = field.query_alpha(c, region.voxel).reshape(-1) >= min_alpha
+            if bool(held.any()):
+                f = torch.nn.functional.normalize(field.query_features(c[held]).float(), dim=-1)
+                floor = float((f @ q.to(f.device)).median().clamp(0.0, 0.95))
+    return Unmix(qn, float(ring_m), floor)
 
 
 def edit_field(session: Any, req: EditRequest, config: EditConfig | None = None) -> EditOutcome:
@@ -320,8 +313,12 @@ def edit_field(session: Any, req: EditRequest, config: EditConfig | None = None)
     T = None if req.removed else np.asarray(req.T_world_new_old, np.float64)
     new = cur.with_edit(SceneEdit(region, T, label), ws)  # a move off the workspace is refused before the floor work
     fill = floor_fill(session, cur, region, c) if c.fill_floor and isinstance(region, VoxelRegion) else None
-    unmix = thing_unmix(cur, region, c.unmix_ring_m) if c.unmix_ring_m > 0 and isinstance(region, VoxelRegion) \
-        else None
+    unmix = None
+    if c.unmix_ring_m > 0 and isinstance(region, VoxelRegion) and req.box is None:
+        from f3rm_ros.core.grasp.language import encode_texts  # noqa: PLC0415
+
+        name = encode_texts(session.encoder, [req.text], session.planner.device)[0]
+        unmix = thing_unmix(cur, region, c.unmix_ring_m, name)
     if fill is not None or unmix is not None:
         new = cur.with_edit(SceneEdit(region, T, label, fill, unmix), ws)
     return EditOutcome(new, f"edit {len(new.edits)}: {new.edits[-1].describe()}", time.perf_counter() - t0, region)
