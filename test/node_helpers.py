@@ -116,7 +116,9 @@ def call_service(node: Any, srv_type: Any, name: str, request: Any, timeout: flo
     if not client.wait_for_service(timeout_sec=timeout):
         raise AssertionError(f"service {name} did not appear within {timeout} s")
     if fresh:
-        time.sleep(0.2)  # the server's side of the matching (its response writer to this client's reader)
+        from f3rm_ros.ros.client import MATCH_SETTLE_S  # noqa: PLC0415 - the client's own settle time
+
+        time.sleep(MATCH_SETTLE_S)  # the server's side of the matching (its response writer to this client's reader)
     fut = client.call_async(request)
     wait_for(fut.done, timeout, f"answer of {name}")
     return fut.result()

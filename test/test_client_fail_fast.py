@@ -57,7 +57,7 @@ def test_query_node_killed_while_a_request_waits(client, tmp_path):
         with logs_on_failure(log):
             with pytest.raises(RequestFailed, match="no field"):  # served: the node is up
                 client.query_similarity("bowl", timeout=60)
-            # its first request waited for the server to match the client's response reader (_MATCH_SETTLE_S)
+            # its first request waited for the server to match the client's response reader (MATCH_SETTLE_S)
             sim = client.name(client.names.query_node, "query_similarity")
             first = client._matched.get(sim)
             assert first is not None

@@ -65,7 +65,7 @@ def test_cheap_requests_not_blocked_by_grasp_queries(tmp_path):
         client = F3RMClient(namespace=NS)
         try:
             client.query_similarity("bowl", timeout=60)  # warm: the table's surface is cached
-            # and each service's first request behind us (the client waits _MATCH_SETTLE_S before it)
+            # and each service's first request behind us (the client waits MATCH_SETTLE_S before it)
             with pytest.raises(RequestFailed, match="empty query"):
                 client.query_grasps("  ", timeout=30)
             with pytest.raises(RequestFailed, match="outside the allowed root"):

@@ -23,7 +23,7 @@ Every call has a deadline (``timeout`` seconds, for the service to appear and to
 A client survives a restart of a node: the next call waits (up to its deadline) for the node to come back
 and is served by the new process; nothing has to be rebuilt. The first request to each service or action (and the
 first after its node came back) waits 0.25 s before it is sent, so that the server has matched the client's reader
-of its answer (``_MATCH_SETTLE_S``); later requests go at once.
+of its answer (``MATCH_SETTLE_S``); later requests go at once.
 
 With ``node=None`` the client owns a node and spins it itself (calls from several threads at once are fine).
 With a node of yours that is spun by your own executor in another thread, pass it as ``node``; the client
@@ -52,7 +52,7 @@ from f3rm_ros.srv import CaptureControl, EditScene, LoadField, QueryGrasps, Quer
 
 __all__ = ["F3RMClient", "GraspResult", "SimilarityResult", "FieldInfo", "TrainOutcome", "CaptureOutcome",
            "DemoOutcome", "F3RMError", "ServiceUnavailable", "ServerGone", "Timeout", "RequestFailed", "NotReady",
-           "Busy", "CAPTURE_COMMANDS"]
+           "Busy", "CAPTURE_COMMANDS", "MATCH_SETTLE_S"]
 
 CAPTURE_COMMANDS = {"start": CaptureControl.Request.START, "stop": CaptureControl.Request.STOP,
                     "clear": CaptureControl.Request.CLEAR, "save": CaptureControl.Request.SAVE,
@@ -96,7 +96,7 @@ _GRACE_S = 0.3  # a call on a node that is not alive spins this long for news of
 # server's matching of the client's response reader: Fast DDS drops a response whose reader the server has not
 # matched within 100 ms (ros2/rmw_fastrtps#390, #467), so on a loaded machine a fast answer (an edit, a load) could
 # be lost and the call time out after the server had acted on it. Such a first request waits this long first.
-_MATCH_SETTLE_S = 0.25
+MATCH_SETTLE_S = 0.25
 
 
 class _Watch:
@@ -358,7 +358,7 @@ class F3RMClient:
     def _ready_and_matched(self, is_ready: Callable[[], bool], watch: _Watch, name: str, key: str,
                            deadline: float) -> None:
         """:meth:`_wait_ready`, then, the first time ``key`` is called, when its server was not there at the call or
-        when its node came alive again since (a restart), :data:`_MATCH_SETTLE_S` for the server to match this
+        when its node came alive again since (a restart), :data:`MATCH_SETTLE_S` for the server to match this
         client's response reader (at most up to ``deadline``). A node in this process cannot restart on its own, and
         its beacon's liveliness lapses and returns with DDS leases (``_Watch.check_local``): it is not counted."""
         def generation() -> int:
@@ -369,7 +369,7 @@ class F3RMClient:
         with self._lock:
             settle = absent or self._matched.get(key) != generation()
         if settle:
-            end = min(deadline, time.monotonic() + _MATCH_SETTLE_S)
+            end = min(deadline, time.monotonic() + MATCH_SETTLE_S)
             while (left := end - time.monotonic()) > 0:
                 self._spin_or_wait(min(left, 0.02))
             with self._lock:
