@@ -128,6 +128,23 @@ def test_train_latest_capture_feedback_and_checkpoint_topic(setup):
     assert got[-1] == res.checkpoint_path
 
 
+def test_a_goal_shorter_than_a_feedback_period_still_gets_its_last_progress(setup):
+    """A job that ends before the first feedback period (a few steps on a fast machine: 12 steps took 0.2 s against
+    a 0.2 s period in a full run, and the goal had no feedback at all) still sends its last progress once."""
+    node = setup["node"]
+    assert node.set_parameters([Parameter("feedback_rate_hz", value=0.1)])[0].successful  # a 10 s period
+    try:
+        t0 = time.perf_counter()
+        status, res, fb = run_goal(setup["ac"], dataset_path="", num_steps=0, feature_type="")
+        dt = time.perf_counter() - t0
+        wait_for(lambda: fb, 5.0, "the last progress (feedback and result travel on different topics)")
+    finally:
+        assert node.set_parameters([Parameter("feedback_rate_hz", value=TINY["feedback_rate_hz"])])[0].successful
+    print(f"goal of {res.steps_done} steps in {dt:.1f} s: {len(fb)} feedback message(s), last step {fb[-1].step}")
+    assert status == GoalStatus.STATUS_SUCCEEDED and dt < 10.0
+    assert len(fb) == 1 and fb[-1].step == res.steps_done == fb[-1].total_steps == TINY["trainer.num_steps"]
+
+
 def test_cancel_halfway_keeps_checkpoint_and_second_goal_turned_away(setup):
     from f3rm_ros.core.trainer import load_checkpoint
 

@@ -12,7 +12,7 @@ aborted at once, ``success: false`` and the reason in ``message`` (and in the lo
    ``<checkpoint_root>/feature_cache``. A missing model (no CLIP weights offline) ends the goal with its message.
 3. training: the ``trainer.*`` parameters for ``num_steps`` (0 = ``trainer.num_steps``) in a worker thread (the
    executor keeps serving) into ``<checkpoint_root>/<dataset folder>/<time>-<feature type>-<goal>``; feedback
-   at ``feedback_rate_hz`` with the latest progress.
+   at ``feedback_rate_hz`` with the latest progress, and once more with the last before the result.
 4. cancel: the trainer stops at the next step and writes its last checkpoint; the result (status CANCELED)
    carries ``steps_done`` and that ``checkpoint_path``.
 4b. resume (goal field ``resume``): ``"latest"`` continues the newest interrupted (the node died) or cancelled
@@ -341,14 +341,20 @@ class TrainNode(LifecycleNode):
         try:
             job.start()
             period = 1.0 / self.settings.feedback_rate_hz
+
+            def send_feedback() -> None:
+                try:
+                    goal_handle.publish_feedback(self._feedback(job))
+                except Exception as e:  # feedback is best effort
+                    self.get_logger().warning(f"feedback not sent: {e}", throttle_duration_sec=10.0)
+
             while not job.join(timeout=period):
                 if goal_handle.is_cancel_requested or not goal_handle.is_active:  # not active: shutting down
                     job.stop()
                 if goal_handle.is_active:
-                    try:
-                        goal_handle.publish_feedback(self._feedback(job))
-                    except Exception as e:  # feedback is best effort
-                        self.get_logger().warning(f"feedback not sent: {e}", throttle_duration_sec=10.0)
+                    send_feedback()
+            if goal_handle.is_active and job.progress is not None:  # the last progress, also of a job shorter than
+                send_feedback()  # one feedback period (a few steps on a fast machine)
             return self._finish(goal_handle, job)
         except Exception as e:  # a bug must not take the node down: end the goal with the reason
             self.get_logger().error(f"goal failed unexpectedly: {traceback.format_exc()}")
