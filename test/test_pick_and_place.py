@@ -125,8 +125,8 @@ def test_bad_edit_requests_change_nothing(world):
 
 
 def test_an_edit_with_unmix_ring_m_carries_the_things_meaning(world):
-    """``edit.unmix_ring_m`` > 0: the query's edit carries an Unmix of the query's text vector, its floor from the
-    field before the edit (``thing_unmix``; ~0 on label features); 0, the default, none."""
+    """``edit.unmix_ring_m`` > 0: the query's edit carries an Unmix of the query's text vector less the negatives'
+    share, its floor from the field before the edit (``thing_unmix``; ~0 on label features); 0, the default, none."""
     from f3rm_ros.core.config import replace
     from f3rm_ros.core.edits import EditedField
     from f3rm_ros.core.grasp.language import encode_texts
@@ -138,9 +138,10 @@ def test_an_edit_with_unmix_ring_m_carries_the_things_meaning(world):
     assert edit_field(s, EditRequest(text="bowl", T_world_new_old=T)).field.edits[-1].unmix is None
     out = edit_field(s, EditRequest(text="bowl", T_world_new_old=T), replace(EditConfig(), unmix_ring_m=0.03))
     u = out.field.edits[-1].unmix
-    name = encode_texts(s.encoder, ["bowl"], s.planner.device)[0]
-    want = thing_unmix(EditedField(s.field), out.region, 0.03, name)
+    emb = encode_texts(s.encoder, ["bowl", *s.planner_config.negatives], s.planner.device)
+    want = thing_unmix(EditedField(s.field), out.region, 0.03, emb[0], emb[1:])
     assert u is not None and want is not None and u.ring_m == 0.03 and u.floor == pytest.approx(want.floor)
-    assert np.allclose(u.direction, name.cpu().numpy(), atol=1e-6)
+    assert np.allclose(u.direction, want.direction, atol=1e-6)
+    assert np.allclose(u.direction, emb[0].cpu().numpy(), atol=1e-4)  # label negatives share nothing with a name
     print(f"the bowl's unmix floor on the label field: {u.floor:.3f}")
     assert u.floor < 0.05  # label features: nothing else answers to the name

@@ -459,12 +459,14 @@ class SharedMeaning:
 
 @pytest.mark.parametrize("shared", [0.0, 1.2])
 def test_an_unmix_takes_the_name_out_down_to_what_the_scene_answers_to_it(shared):
-    """``thing_unmix``: the query's text vector, and a floor that is the scene's own cosine with it (held features
-    10-15 cm from the region). CLIP-like features (image features share e0, text vectors e7 and a little of e0, so a
-    text vector is about as alike every image feature): the box's rim, which the can's blur reached, comes down to
-    the floor and the rest of the box keeps its feature exactly, where a floor-less unmix would take the name out of
-    every box feature in the ring. Label-like features: the floor is 0 and the rim loses all of the can's name."""
+    """``thing_unmix``: the query's text vector less what the negatives share with it, and a floor that is the
+    scene's own cosine with that (held features 10-15 cm from the region). CLIP-like features (image features share
+    e0; text vectors share e7 and a little of e0, so a text vector is about as alike every image feature; the
+    negatives too): the box's rim, which the can's blur reached, comes down to the table's relevancy for 'can' and
+    the rest of the box keeps its feature exactly, where the raw name with no floor would take itself out of every
+    box feature in the ring. Label-like features: the floor is 0 and the rim loses all of the can's name."""
     from f3rm_ros.core.edits import Unmix
+    from f3rm_ros.core.grasp.language import pairwise_softmax
     from f3rm_ros.core.workflows.scene_edits import thing_unmix
 
     base = SharedMeaning(shared)
@@ -472,14 +474,19 @@ def test_an_unmix_takes_the_name_out_down_to_what_the_scene_answers_to_it(shared
     r, a = 0.03 * np.sqrt(rng.random(3000)), rng.random(3000) * 2 * np.pi
     body = np.c_[r * np.cos(a), r * np.sin(a), rng.uniform(0.0, 0.1, 3000)]
     region = VoxelRegion.from_points(body, 0.01, 0.0, 0.0)
-    name = torch.tensor([0.5, 0.5, 0, 0, 0, 0, 0, 1.0]) if shared else torch.tensor([0.0, 1.0, 0, 0, 0, 0, 0, 0])
-    name = name / name.norm()
-    u = thing_unmix(EditedField(base), region, 0.03, name)
-    table = torch.nn.functional.normalize(torch.tensor([shared, 0, 0, 1.0, 0, 0, 0, 0]), dim=0)
-    own = torch.nn.functional.normalize(torch.tensor([shared, 0.0, 1.0, 0, 0, 0, 0, 0]), dim=0)  # the box's meaning
-    print(f"shared {shared}: floor {u.floor:.3f}; the table's cosine with the name {float(table @ name):.3f}, the "
-          f"box's {float(own @ name):.3f}")
-    assert u.floor == pytest.approx(float(table @ name), abs=1e-4) and np.allclose(u.direction, name.numpy())
+    unit = lambda *v: torch.nn.functional.normalize(torch.tensor(v, dtype=torch.float32), dim=-1)  # noqa: E731
+    if shared:  # 'can', then 'object' and 'things'
+        name = unit(0.5, 0.5, 0, 0, 0, 0, 0, 1.0)
+        negs = unit([0.5, 0, 0, 0, 0, 0, 0.3, 1.0], [0.5, 0, 0, 0, 0, 0.3, 0, 1.0])
+    else:
+        name, negs = unit(0.0, 1.0, 0, 0, 0, 0, 0, 0), unit([0, 0, 0, 0, 0, 0, 1.0, 0], [0, 0, 0, 0, 0, 1.0, 0, 0])
+    u = thing_unmix(EditedField(base), region, 0.03, name, negs)
+    d = torch.as_tensor(u.direction)
+    table, own = unit(shared, 0, 0, 1.0, 0, 0, 0, 0), unit(shared, 0.0, 1.0, 0, 0, 0, 0, 0)  # own: the box's meaning
+    print(f"shared {shared}: floor {u.floor:.3f}; direction . name {float(d @ name):.3f}; the table's cosine with "
+          f"the direction {float(table @ d):.3f}, the box's {float(own @ d):.3f}")
+    assert u.floor == pytest.approx(max(float(table @ d), 0.0), abs=1e-4)
+    assert float((negs @ d).abs().max()) < 1e-5 and float(d @ name) > 0.4  # the name, less what the negatives share
     T = rot_z(0.0, (0.0, 0.4, 0.0))
     ef = EditedField(base, [SceneEdit(region, T, "can", unmix=u)])
     bare = EditedField(base, [SceneEdit(region, T, "can", unmix=Unmix(u.direction, 0.03))])  # no floor
@@ -489,16 +496,22 @@ def test_an_unmix_takes_the_name_out_down_to_what_the_scene_answers_to_it(shared
     _, _, _, blur = base.parts(x)
     rim, clean = ring & (blur > 0.5), ring & (blur == 0)
     assert int(rim.sum()) > 50 and int(clean.sum()) > 500
-    cos = lambda f, v: torch.nn.functional.normalize(f, dim=-1) @ v  # noqa: E731
+    unitf = lambda f: torch.nn.functional.normalize(f, dim=-1)  # noqa: E731
     f0, f1, fb = base.query_features(x), ef.query_features(x), bare.query_features(x)
-    assert float(cos(f0[rim], name).min()) > u.floor + 0.1  # the blur to take out
-    assert float(cos(f1[rim], name).max()) <= u.floor + 1e-4  # taken out down to the floor
-    assert float(cos(f1[rim], own).min()) > float(cos(f0[rim], own).min())  # the rim reads more as the box again
+    rel = lambda f: pairwise_softmax(unitf(f), name, negs, 0.1)  # noqa: E731 - the query's relevancy for 'can'
+    scene = float(rel(table[None]))
+    print(f"relevancy for 'can': the table {scene:.3f}, the rim before {float(rel(f0[rim]).min()):.3f} .. "
+          f"{float(rel(f0[rim]).max()):.3f}, after {float(rel(f1[rim]).max()):.3f}")
+    assert float(rel(f0[rim]).min()) > scene + 0.05  # the blur answers to the name
+    assert float(rel(f1[rim]).max()) <= scene + 0.01  # no more than the table does
+    assert float((unitf(f1[rim]) @ d).max()) <= u.floor + 1e-4  # taken out down to the floor
+    assert float((unitf(f1[rim]) @ own).min()) > float((unitf(f0[rim]) @ own).min())  # reads more as the box
     assert torch.allclose(f1[clean], f0[clean], atol=1e-5)  # the rest of the box as it was
     far = ~u.ring(region).contains(x)
     assert torch.equal(f1[far], f0[far])
-    if shared:  # a floor-less unmix takes the name out of the whole ring
-        assert float(cos(fb[clean], name).abs().max()) < 1e-4 and float(cos(f0[clean], name).min()) > 0.2
+    if shared:  # the raw name with no floor would take itself out of the whole ring: 0.31 of every box feature
+        raw = EditedField(base, [SceneEdit(region, T, "can", unmix=Unmix(name.numpy(), 0.03))]).query_features(x)
+        assert float((unitf(f0[clean]) @ name).min()) > 0.3 and float((unitf(raw[clean]) @ name).abs().max()) < 1e-4
     else:
         assert u.floor == 0.0 and torch.allclose(f1, fb)
 

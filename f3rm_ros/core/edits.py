@@ -412,14 +412,14 @@ class FloorFill:
 class Unmix:
     """The name a moved (or removed) thing left on its old neighbours, taken out: a point within ``ring_m`` of the
     edit's region (outside the region, on something no edit moves or fills) keeps at most a cosine of ``floor`` with
-    ``direction`` (unit [D]: the text vector of the query that named the thing) and loses its component along it
-    above that. Distilled features blur across things that touch, so once the thing has gone a neighbour's rim still
-    answers to its name, and a query limited to the old place finds it there (the scene-edit bench's seed 9: a teal
-    cup's rim for "bottle"). ``floor`` is what the scene around answers to the name anyway
-    (:func:`~f3rm_ros.core.workflows.scene_edits.thing_unmix`): 0 with label features (every name's vector orthogonal
-    to the others'); with CLIP a text vector is about as alike every image feature, and a neighbour that answers to
-    the name no more than the scene does keeps its feature exactly. Along the name alone: the rest of a neighbour's
-    feature (what it shares with the thing's image features, its own meaning) stays."""
+    ``direction`` (unit [D]: the text vector of the query that named the thing, less what the planner's negative
+    phrases share with it) and loses its component along it above that. Distilled features blur across things that
+    touch, so once the thing has gone a neighbour's rim still answers to its name, and a query limited to the old
+    place finds it there (the scene-edit bench's seed 9: a teal cup's rim for "bottle"). ``floor`` is what the scene
+    around answers to the name anyway (:func:`~f3rm_ros.core.workflows.scene_edits.thing_unmix`): ~0 with label
+    features (every name's vector orthogonal to the others'); with CLIP a text vector is about as alike every image
+    feature, and a neighbour that answers to the name no more than the scene does keeps its feature exactly. Along
+    the name alone: the rest of a neighbour's feature (its own meaning) stays."""
 
     direction: np.ndarray
     ring_m: float

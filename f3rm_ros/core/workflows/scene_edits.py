@@ -77,7 +77,8 @@ class EditConfig:
     keep_together: float = param(0.5, "a query's region takes in, whole, an earlier edit's moved region when at "
                                       "least this fraction of its new place lies in the selection (what moved "
                                       "together stays together; 0 = off)", range=(0.0, 1.0))
-    unmix_ring_m: float = param(0.0, "a query's edit takes the thing's name (the query's text vector) out of its "
+    unmix_ring_m: float = param(0.0, "a query's edit takes the thing's name (the query's text vector less the "
+                                     "negatives' share) out of its "
                                      "old neighbours' features within this many metres, down to what the scene "
                                      "around answers to it anyway, so a neighbour's rim no longer answers to the "
                                      "name (edits.Unmix, thing_unmix; 0 = off: measured on label features only)",
@@ -239,21 +240,33 @@ def floor_fill(session: Any, field: Any, region: VoxelRegion, config: EditConfig
     return None
 
 
-def thing_unmix(field: Any, region: VoxelRegion, ring_m: float, name: Any, min_alpha: float = 0.1,
-                shell_m: tuple[float, float] = (0.07, 0.12), max_shell_points: int = 4096) -> Unmix | None:
-    """The :class:`~f3rm_ros.core.edits.Unmix` of the thing in ``region`` named by the unit text vector ``name`` (the
-    query's, [D]): within ``ring_m`` of its old place a feature keeps no more of the name than the scene around
-    answers to it anyway, the floor: the median cosine with ``name`` of the features the field holds (alpha at the
-    voxel size >= ``min_alpha``) from ``ring_m + shell_m[0]`` to ``ring_m + shell_m[1]`` of the region (beyond the
-    thing's blur; at most ``max_shell_points`` of them, evenly strided; clipped to [0, 0.95]; 0 when none is held
-    there). Label features: the name's vector is orthogonal to every other name's, the floor 0; CLIP: a text vector
-    is about as alike every image feature (the modality gap), and that much stays. None when the field has no
-    features or the name has another dimension."""
+def thing_unmix(field: Any, region: VoxelRegion, ring_m: float, name: Any, negatives: Any = None,
+                min_alpha: float = 0.1, shell_m: tuple[float, float] = (0.07, 0.12),
+                max_shell_points: int = 4096) -> Unmix | None:
+    """The :class:`~f3rm_ros.core.edits.Unmix` of the thing in ``region`` named by the text vector ``name`` (the
+    query's, [D]), weighed against ``negatives`` ([K, D], the planner's negative phrases, or None): its direction is
+    the name's part that the negatives do not share (the query's relevancy is its score against theirs: what they
+    share with it moves both alike), and within ``ring_m`` of its old place a feature keeps no more of it than the
+    scene around has anyway, the floor: the median cosine with the direction of the features the field holds (alpha
+    at the voxel size >= ``min_alpha``) from ``ring_m + shell_m[0]`` to ``ring_m + shell_m[1]`` of the region (beyond
+    the thing's blur; at most ``max_shell_points`` of them, evenly strided; clipped to [0, 0.95]; 0 when none is
+    held there). Label features: the name's vector is orthogonal to every other name's and to the negatives', the
+    floor ~0; CLIP: a text vector is about as alike every image feature (the modality gap), and that much stays.
+    None when the field has no features, the name has another dimension or the negatives span it."""
     dim = int(getattr(field, "feature_dim", 0) or 0)
     q = torch.as_tensor(name, dtype=torch.float32).reshape(-1).cpu()
     if not dim or q.numel() != dim or not bool(torch.isfinite(q).all()) or not float(q.norm()) > 1e-6:
         return None
     q = q / q.norm()
+    if negatives is not None:
+        n = torch.as_tensor(negatives, dtype=torch.float32).cpu().reshape(-1, dim)
+        if len(n) and bool(torch.isfinite(n).all()):
+            u, sv, _ = torch.linalg.svd(n.T, full_matrices=False)
+            basis = u[:, sv > 1e-6 * float(sv.max())]  # [D, <=K] orthonormal, the negatives' span
+            q = q - basis @ (basis.T @ q)
+            if not float(q.norm()) > 1e-3:
+                return None
+            q = q / q.norm()
     dev = getattr(field, "device", torch.device("cpu"))
     qn = q.numpy()
     inner = Unmix(qn, float(ring_m) + shell_m[0]).ring(region)
@@ -317,8 +330,8 @@ def edit_field(session: Any, req: EditRequest, config: EditConfig | None = None)
     if c.unmix_ring_m > 0 and isinstance(region, VoxelRegion) and req.box is None:
         from f3rm_ros.core.grasp.language import encode_texts  # noqa: PLC0415
 
-        name = encode_texts(session.encoder, [req.text], session.planner.device)[0]
-        unmix = thing_unmix(cur, region, c.unmix_ring_m, name)
+        emb = encode_texts(session.encoder, [req.text, *session.planner_config.negatives], session.planner.device)
+        unmix = thing_unmix(cur, region, c.unmix_ring_m, emb[0], emb[1:])
     if fill is not None or unmix is not None:
         new = cur.with_edit(SceneEdit(region, T, label, fill, unmix), ws)
     return EditOutcome(new, f"edit {len(new.edits)}: {new.edits[-1].describe()}", time.perf_counter() - t0, region)
