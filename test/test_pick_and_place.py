@@ -124,9 +124,10 @@ def test_bad_edit_requests_change_nothing(world):
         edit_field(empty, EditRequest(text="bowl", removed=True))
 
 
-def test_an_edit_with_unmix_ring_m_carries_the_things_meaning(world):
-    """``edit.unmix_ring_m`` > 0: the query's edit carries an Unmix of the query's text vector less the negatives'
-    share, its floor from the field before the edit (``thing_unmix``; ~0 on label features); 0, the default, none."""
+def test_an_edit_carries_the_names_unmix_by_default(world):
+    """``edit.unmix_ring_m`` > 0 (0.03, the default): the query's edit carries an Unmix of the query's text vector
+    less the negatives' share, its floor from the field before the edit (``thing_unmix``; ~0 on label features);
+    0: none."""
     from f3rm_ros.core.config import replace
     from f3rm_ros.core.edits import EditedField
     from f3rm_ros.core.grasp.language import encode_texts
@@ -135,8 +136,10 @@ def test_an_edit_with_unmix_ring_m_carries_the_things_meaning(world):
     scene, s = world
     T = np.eye(4)
     T[:3, 3] = (0.0, 0.08, 0.0)
-    assert edit_field(s, EditRequest(text="bowl", T_world_new_old=T)).field.edits[-1].unmix is None
-    out = edit_field(s, EditRequest(text="bowl", T_world_new_old=T), replace(EditConfig(), unmix_ring_m=0.03))
+    assert edit_field(s, EditRequest(text="bowl", T_world_new_old=T), replace(EditConfig(), unmix_ring_m=0.0)) \
+        .field.edits[-1].unmix is None
+    assert EditConfig().unmix_ring_m == 0.03
+    out = edit_field(s, EditRequest(text="bowl", T_world_new_old=T))
     u = out.field.edits[-1].unmix
     emb = encode_texts(s.encoder, ["bowl", *s.planner_config.negatives], s.planner.device)
     want = thing_unmix(EditedField(s.field), out.region, 0.03, emb[0], emb[1:])

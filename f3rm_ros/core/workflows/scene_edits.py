@@ -77,11 +77,10 @@ class EditConfig:
     keep_together: float = param(0.5, "a query's region takes in, whole, an earlier edit's moved region when at "
                                       "least this fraction of its new place lies in the selection (what moved "
                                       "together stays together; 0 = off)", range=(0.0, 1.0))
-    unmix_ring_m: float = param(0.0, "a query's edit takes the thing's name (the query's text vector less the "
-                                     "negatives' share) out of its "
-                                     "old neighbours' features within this many metres, down to what the scene "
-                                     "around answers to it anyway, so a neighbour's rim no longer answers to the "
-                                     "name (edits.Unmix, thing_unmix; 0 = off: measured on label features only)",
+    unmix_ring_m: float = param(0.03, "a query's edit takes the thing's name (the query's text vector less the "
+                                      "negatives' share) out of its old neighbours' features within this many "
+                                      "metres, down to what the scene around answers to it anyway, so a neighbour's "
+                                      "rim no longer answers to the name (edits.Unmix, thing_unmix); 0 = off",
                                 range=(0.0, 0.2))
 
 
