@@ -182,19 +182,23 @@ def test_the_cpu_residual_of_the_moved_samples_alone_is_the_plain_one_outputs_an
     assert torch.allclose(outs[0], outs[1], atol=1e-6) and bool(outs[0].abs().sum() > 0)
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(grads[0], grads[1], strict=True))
     assert torch.equal(mc.residual(pos, torch.full((64, 9), -1)), torch.zeros(64, 9, 3))
-    # apply: the CPU's subset against the plain expression, outputs and gradients (colour, positions, grids)
+    # apply: the CPU's subset against the plain path (apply_all, what runs off the CPU) and the plain expression,
+    # outputs and gradients (colour, positions, grids); samples of no edit with a grid (-1, 5) keep rgb bit for bit
     rgb = (torch.rand(64, 9, 3) * 0.98 + 0.01).requires_grad_()
     outs, grads = [], []
-    for fast in (True, False):
+    for way in ("apply", "apply_all", "expression"):
         for t in (rgb, pos, *[g.value for g in mc.grids.values()]):
             t.grad = None
-        if fast:
-            out = mc.apply(rgb, pos, mover)
-        else:
+        if way == "expression":
             c = torch.sigmoid(torch.logit(rgb.clamp(1e-5, 1 - 1e-5)) + mc.residual_all(pos, mover))
-            out = torch.where((mover != -1)[..., None], c, rgb)
+            out = torch.where(((mover != -1) & (mover != 5))[..., None], c, rgb)
+        else:
+            out = getattr(mc, way)(rgb, pos, mover)
         (out * w).sum().backward()
         outs.append(out.detach())
         grads.append([rgb.grad.clone(), pos.grad.clone(), *[g.value.grad.clone() for g in mc.grids.values()]])
-    assert torch.allclose(outs[0], outs[1], atol=1e-6)
-    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(grads[0], grads[1], strict=True))
+        kept = (mover == -1) | (mover == 5)
+        assert torch.equal(out.detach()[kept], rgb.detach()[kept]), way
+    for k in (1, 2):
+        assert torch.allclose(outs[0], outs[k], atol=1e-6)
+        assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(grads[0], grads[k], strict=True))

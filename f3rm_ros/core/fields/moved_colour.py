@@ -140,6 +140,11 @@ class MovedColour(nn.Module):
             idx = self._hit(m).nonzero().squeeze(1)
             c = torch.sigmoid(torch.logit(flat[idx].float().clamp(1e-5, 1 - 1e-5)) + self.residual_all(p[idx], m[idx]))
             return flat.index_put((idx,), c.to(rgb.dtype)).reshape(rgb.shape)
+        return self.apply_all(rgb, positions, mover)
+
+    def apply_all(self, rgb: Tensor, positions: Tensor, mover: Tensor) -> Tensor:
+        """:meth:`apply` with every grid sampled at every point (the plain path, graph-safe; the one used off the
+        CPU)."""
         res = self.residual_all(positions, mover)
         c = torch.sigmoid(torch.logit(rgb.float().clamp(1e-5, 1 - 1e-5)) + res).to(rgb.dtype)
         return torch.where(self._hit(mover)[..., None], c, rgb)
