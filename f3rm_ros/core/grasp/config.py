@@ -152,6 +152,14 @@ class PlannerConfig:
                                            "collision-free and its estimated angle drops)", range=(0, 20))
     antipodal_ray_grid: tuple[int, int] = param((3, 7), "ours: rays per finger pad (across its width, along its "
                                                         "length) of the antipodal estimate")
+    antipodal_check_grid: tuple[int, int] = param((7, 15), "ours: rays per finger pad (across, along) of a "
+                                                           "second, denser estimate that a grasp passing the final "
+                                                           "checks must pass too (a pad on an edge or a curved "
+                                                           "wall's corner the coarse rays miss); (0, 0) = off")
+    antipodal_check_max_deg: float = param(26.6, "ours: the denser estimate's angle limit: the friction cone of "
+                                                 "mu = 0.5 itself (its rays sit where the contact is; a thin "
+                                                 "plate's lip reads 16-22 deg there, a lying mug's rim corner "
+                                                 "36-41)", range=(0.0, 180.0))
     antipodal_step_m: float = param(0.001, "ours: sample spacing along the antipodal estimate's rays, metres",
                                     range=(1e-4, 0.01))
     antipodal_normal_step_m: float = param(0.003, "ours: finite-difference step of the log-density gradient "

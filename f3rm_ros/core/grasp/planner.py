@@ -205,7 +205,8 @@ class GraspPlanner:
                             antipodal_max_deg=c.antipodal_max_deg, contact_radius_m=c.contact_radius_m,
                             refine_iters=c.antipodal_refine_iters, fine_check=c.fine_check_after,
                             chunk_points=c.chunk_points, point_block=EARLY_EXIT_POINTS if c.early_exit else 0,
-                            min_call=EARLY_EXIT_MIN_CALL if c.early_exit else 0)
+                            min_call=EARLY_EXIT_MIN_CALL if c.early_exit else 0,
+                            check_grid=tuple(c.antipodal_check_grid), check_max_deg=c.antipodal_check_max_deg)
         return Verifier(self.field, self._clear_points[key], self._gripper_points, self._fine_points, self._corners,
                         self.antipodal_settings(c), vs, c.collision_min_points, c.fine_min_points)
 

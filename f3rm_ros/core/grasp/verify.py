@@ -21,6 +21,8 @@ Failures are counted by their first failing check, so a planner with no passing 
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 from collections import Counter
 from collections.abc import Callable
@@ -58,6 +60,8 @@ class VerifySettings:
     chunk_points: int = 2**18
     point_block: int = 0  # > 0: early-exit collision checks and adaptive blocks (PlannerConfig.early_exit)
     min_call: int = 0  # with point_block: each early-exit block queries at least this many points in all
+    check_grid: tuple[int, int] = (0, 0)  # > 0: the grasps that pass also pass an estimate with this denser ray grid
+    check_max_deg: float = 26.6  # ... its angle up to this
 
 
 @dataclass
@@ -212,6 +216,16 @@ class Verifier:
                                   strict=True):
             codes.append("collision" if cl else "no_contact" if not co else "not_antipodal" if not an
                          else "off_target" if not ot else "")
+        if self.s.check_grid[0] > 0 and self.s.check_grid[1] > 0 and n:
+            # a pad resting on an edge or a curved wall's corner: the coarse rays can miss it (their patch takes
+            # rays further in), the denser ones see it; only the grasps that pass everything else are estimated
+            idx = torch.nonzero(~coll & contact & antipodal & on_target)[:, 0]
+            if len(idx):
+                dense = estimate_antipodal(self.field, R[idx], t[idx],
+                                           dataclasses.replace(self.antipodal, ray_grid=tuple(self.s.check_grid)))
+                ok = dense.valid & (dense.angle_deg <= self.s.check_max_deg)
+                antipodal = antipodal.clone()
+                antipodal[idx] = ok
         passed = ~coll & contact & antipodal & on_target
         width = (est.contacts[:, 0] - est.contacts[:, 1]).norm(dim=-1)
         stats = {"checked": n, "passed": int(passed.sum()), "refined": improved, "failures": dict(Counter(
