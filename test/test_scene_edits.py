@@ -409,6 +409,8 @@ def test_an_unmix_takes_the_moved_things_meaning_out_of_its_old_neighbours_only(
     assert u is not None and u.ring_m == 0.03 and np.allclose(u.direction, q.numpy()) and 0.0 <= u.floor < 0.95
     assert thing_unmix(EditedField(field()), region, 0.03, torch.ones(4) / 2) is None  # another dimension
     assert thing_unmix(EditedField(field()), VoxelRegion.from_points(g + 5.0, 0.01, 0.0), 0.03, q).floor == 0.0
+    wide = thing_unmix(EditedField(field()), region, 0.2, q)  # the widest ring: its shell reaches 32 cm out
+    assert wide is not None and wide.ring_m == 0.2
     for d, r in ((m * 2, 0.03), ([np.nan, 0, 1], 0.03), (m, 0.0), (m, 0.5)):
         with pytest.raises(EditError, match="unmix"):
             Unmix(np.asarray(d, float), r)

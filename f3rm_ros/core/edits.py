@@ -41,7 +41,7 @@ from torch import Tensor
 
 __all__ = ["EditError", "BoxRegion", "VoxelRegion", "FloorFill", "Unmix", "SceneEdit", "EditedField", "EditWarp",
            "FieldWarp", "check_rigid", "rigid_from_pose", "region_from_selection", "grow_region", "exclude_neighbours",
-           "keep_together", "MAX_EDITS"]
+           "keep_together", "region_ring", "MAX_EDITS"]
 
 MAX_EDITS = 64  # a stack deeper than this is refused (each query walks every edit)
 
@@ -437,12 +437,17 @@ class Unmix:
 
     def ring(self, region: VoxelRegion) -> VoxelRegion:
         """The voxels within ``ring_m`` of ``region``'s (centre to centre), the region's own included."""
-        from scipy import ndimage  # noqa: PLC0415
+        return region_ring(region, self.ring_m)
 
-        r = int(math.ceil(self.ring_m / region.voxel))
-        occ = np.pad(region.occ, r)
-        near = ndimage.distance_transform_edt(~occ) * region.voxel <= self.ring_m
-        return VoxelRegion(region.lo - r * region.voxel, region.voxel, near)
+
+def region_ring(region: VoxelRegion, ring_m: float) -> VoxelRegion:
+    """The voxels within ``ring_m`` (>= 0) of ``region``'s (centre to centre), the region's own included."""
+    from scipy import ndimage  # noqa: PLC0415
+
+    r = int(math.ceil(max(float(ring_m), 0.0) / region.voxel))
+    occ = np.pad(region.occ, r)
+    near = ndimage.distance_transform_edt(~occ) * region.voxel <= ring_m
+    return VoxelRegion(region.lo - r * region.voxel, region.voxel, near)
 
 
 @dataclass(frozen=True)
@@ -802,7 +807,7 @@ class EditedField:
     def _unmixed(self, points_world: Tensor, x_read: Tensor, f: Tensor) -> Tensor:
         """Features ``f`` [N, D] at ``points_world`` (read at ``x_read``) with every edit's :class:`Unmix` applied:
         only points read where they are (nothing moved or filled them) within an edit's ring and outside its
-        region lose their component along its direction above its floor (times their length)."""
+        region lose their component along its direction beyond a cosine of its floor."""
         static = None
         for k, e in enumerate(self.edits):
             if e.unmix is None:

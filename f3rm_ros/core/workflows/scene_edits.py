@@ -30,7 +30,7 @@ import torch
 
 from f3rm_ros.core.config import param
 from f3rm_ros.core.edits import (BoxRegion, EditedField, EditError, FloorFill, SceneEdit, Unmix, VoxelRegion,
-                                 exclude_neighbours, grow_region, keep_together, region_from_selection)
+                                 exclude_neighbours, grow_region, keep_together, region_from_selection, region_ring)
 
 __all__ = ["EditConfig", "EditRequest", "EditOutcome", "select_region", "floor_fill", "thing_unmix", "edit_field",
            "session_with_field", "base_field", "edit_count"]
@@ -268,8 +268,8 @@ def thing_unmix(field: Any, region: VoxelRegion, ring_m: float, name: Any, negat
             q = q / q.norm()
     dev = getattr(field, "device", torch.device("cpu"))
     qn = q.numpy()
-    inner = Unmix(qn, float(ring_m) + shell_m[0]).ring(region)
-    pts = Unmix(qn, float(ring_m) + shell_m[1]).ring(region).sample_points()
+    inner = region_ring(region, float(ring_m) + shell_m[0])
+    pts = region_ring(region, float(ring_m) + shell_m[1]).sample_points()
     pts = pts[~inner.contains(torch.as_tensor(pts, dtype=torch.float32)).numpy()]
     pts = pts[::max(1, -(-len(pts) // max_shell_points))]
     floor = 0.0
