@@ -236,6 +236,8 @@ def test_lying_mug_rim_demo_returns_only_grasps_that_hold(lying_mug):
     gts = w.check(r)
     bad = [f"#{i}: {c.reason}" for i, c in enumerate(gts) if not c.success]
     assert not bad, bad
+    for v in r.stats["verified"]:  # every candidate the dense estimate turned away is counted (not_antipodal)
+        assert v["checked"] == v["passed"] + sum(v["failures"].values()), v
     cfg = w.planner.config
     w.planner.config = dataclasses.replace(cfg, antipodal_check_grid=(0, 0))
     try:

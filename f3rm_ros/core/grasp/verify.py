@@ -10,7 +10,8 @@ A candidate passes when all of these hold on the field (world frame, metres):
 2. **Contact**: rays across both finger pads hit something, and neither finger starts inside it
    (an object wider than the opening fails here).
 3. **Antipodal**: the estimated contact normals lie within ``antipodal_max_deg`` of the closing axis
-   (:mod:`f3rm_ros.core.grasp.antipodal`).
+   (:mod:`f3rm_ros.core.grasp.antipodal`), and a candidate that passes every check is estimated again with the
+   denser ``check_grid`` and must lie within ``check_max_deg`` there (a pad on an edge or a curved wall's corner).
 4. **On target**: both contact patches lie within ``contact_radius_m`` of a surface voxel the
    language selected, and (the planner's ``contact_test``) the field's features at both match the query
    nearly as well as the selected voxels do, so the fingers close on the queried thing (or part), not on
@@ -22,7 +23,6 @@ Failures are counted by their first failing check, so a planner with no passing 
 from __future__ import annotations
 
 import dataclasses
-
 import math
 from collections import Counter
 from collections.abc import Callable
@@ -211,11 +211,6 @@ class Verifier:
                 on_target &= contact_test(inner)
         else:
             on_target = torch.zeros(n, dtype=torch.bool, device=dev)
-        codes = []
-        for cl, co, an, ot in zip(coll.tolist(), contact.tolist(), antipodal.tolist(), on_target.tolist(),
-                                  strict=True):
-            codes.append("collision" if cl else "no_contact" if not co else "not_antipodal" if not an
-                         else "off_target" if not ot else "")
         if self.s.check_grid[0] > 0 and self.s.check_grid[1] > 0 and n:
             # a pad resting on an edge or a curved wall's corner: the coarse rays can miss it (their patch takes
             # rays further in), the denser ones see it; only the grasps that pass everything else are estimated
@@ -226,6 +221,11 @@ class Verifier:
                 ok = dense.valid & (dense.angle_deg <= self.s.check_max_deg)
                 antipodal = antipodal.clone()
                 antipodal[idx] = ok
+        codes = []
+        for cl, co, an, ot in zip(coll.tolist(), contact.tolist(), antipodal.tolist(), on_target.tolist(),
+                                  strict=True):
+            codes.append("collision" if cl else "no_contact" if not co else "not_antipodal" if not an
+                         else "off_target" if not ot else "")
         passed = ~coll & contact & antipodal & on_target
         width = (est.contacts[:, 0] - est.contacts[:, 1]).norm(dim=-1)
         stats = {"checked": n, "passed": int(passed.sum()), "refined": improved, "failures": dict(Counter(
