@@ -32,7 +32,7 @@ against a full retrain in the same run; in three halves, as bench_grasp_generali
     # GPU, the figures (10 scenes x 3 moves). Here (open3d), ~43 MB with full retrains of move 1:
     python benchmarks/bench_scene_edits.py render --scenes 10 --moves 3 --full-moves 1 --out .gpudata/edits10
     # on the GPU machine (torch only; 20 trainings of 2000 steps, 30 refreshes and the queries: ~8 min on an H100;
-    # --shard 0/2 then --shard 1/2 splits it in two calls; .gpudata/run_se.sh runs it from a git archive of HEAD):
+    # --shard 0/2 then --shard 1/2 splits it in two calls; benchmarks/run_scene_edits_gpu.sh runs N shards at once):
     python benchmarks/bench_scene_edits.py plan --data-root .gpudata/edits10 --device cuda --steps 2000 \\
         --refresh-steps 800 --refresh-options '{"through": true}' \\
         --variants '[{"through": true, "near_m": 0, "lr_scale": 0.1}]' --rays 4096 --planner reference \\
