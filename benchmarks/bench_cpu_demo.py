@@ -38,6 +38,7 @@ import io
 import json
 import os
 import pstats
+import re
 import random
 import statistics
 import subprocess
@@ -75,7 +76,7 @@ def _variant(spec: str) -> tuple[str, dict[str, Any]]:
         return spec, dict(PLANNER_CPU)
     name, _, rest = spec.partition("=")
     base = dict(PLANNER_CPU) if name.endswith("+") else dict(BASELINE_CPU)
-    for kv in filter(None, rest.split(",")):
+    for kv in filter(None, re.split(r",(?=\w+=)", rest)):  # a comma inside a JSON value ('[0,0]') stays
         k, _, v = kv.partition("=")
         base[k] = json.loads(v)
     return name.rstrip("+"), base
