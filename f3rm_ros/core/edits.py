@@ -440,13 +440,16 @@ class Unmix:
         return region_ring(region, self.ring_m)
 
 
-def region_ring(region: VoxelRegion, ring_m: float) -> VoxelRegion:
-    """The voxels within ``ring_m`` (>= 0) of ``region``'s (centre to centre), the region's own included."""
+def region_ring(region: VoxelRegion, ring_m: float, inner_m: float | None = None) -> VoxelRegion:
+    """The voxels within ``ring_m`` (>= 0) of ``region``'s (centre to centre), the region's own included; with
+    ``inner_m``, only those farther than that (a shell)."""
     from scipy import ndimage  # noqa: PLC0415
 
     r = int(math.ceil(max(float(ring_m), 0.0) / region.voxel))
-    occ = np.pad(region.occ, r)
-    near = ndimage.distance_transform_edt(~occ) * region.voxel <= ring_m
+    dist = ndimage.distance_transform_edt(~np.pad(region.occ, r)) * region.voxel
+    near = dist <= ring_m
+    if inner_m is not None:
+        near &= dist > inner_m
     return VoxelRegion(region.lo - r * region.voxel, region.voxel, near)
 
 

@@ -218,9 +218,7 @@ class Verifier:
             if len(idx):
                 dense = estimate_antipodal(self.field, R[idx], t[idx],
                                            dataclasses.replace(self.antipodal, ray_grid=tuple(self.s.check_grid)))
-                ok = dense.valid & (dense.angle_deg <= self.s.check_max_deg)
-                antipodal = antipodal.clone()
-                antipodal[idx] = ok
+                antipodal[idx] = dense.valid & (dense.angle_deg <= self.s.check_max_deg)  # (its own tensor)
         codes = []
         for cl, co, an, ot in zip(coll.tolist(), contact.tolist(), antipodal.tolist(), on_target.tolist(),
                                   strict=True):

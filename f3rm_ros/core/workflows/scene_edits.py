@@ -32,8 +32,8 @@ from f3rm_ros.core.config import param
 from f3rm_ros.core.edits import (BoxRegion, EditedField, EditError, FloorFill, SceneEdit, Unmix, VoxelRegion,
                                  exclude_neighbours, grow_region, keep_together, region_from_selection, region_ring)
 
-__all__ = ["EditConfig", "EditRequest", "EditOutcome", "select_region", "floor_fill", "thing_unmix", "edit_field",
-           "session_with_field", "base_field", "edit_count"]
+__all__ = ["EditConfig", "EditRequest", "EditOutcome", "query_embeddings", "select_region", "floor_fill", "thing_unmix",
+           "edit_field", "session_with_field", "base_field", "edit_count"]
 
 
 @dataclass
@@ -113,19 +113,29 @@ def edit_count(field: Any) -> int:
     return len(field.edits) if isinstance(field, EditedField) else 0
 
 
-def select_region(session: Any, text: str, config: EditConfig | None = None) -> VoxelRegion:
-    """The region of the thing ``text`` names in ``session``'s field (module docstring); EditError if not found."""
-    from f3rm_ros.core.grasp.field_utils import query_features_chunked  # noqa: PLC0415
-    from f3rm_ros.core.grasp.language import encode_texts, language_mask, pairwise_softmax  # noqa: PLC0415
+def query_embeddings(session: Any, text: str) -> torch.Tensor:
+    """``text`` checked as an object query, then its unit text vector and the planner's negatives' ([1 + K, D] on the
+    planner's device): what :func:`select_region` selects with and :func:`thing_unmix` takes out."""
+    from f3rm_ros.core.grasp.language import encode_texts  # noqa: PLC0415
 
-    c = config or EditConfig()
     session.check_text(text, "object")
     session.require()
+    return encode_texts(session.encoder, [text, *session.planner_config.negatives], session.planner.device)
+
+
+def select_region(session: Any, text: str, config: EditConfig | None = None,
+                  embeddings: torch.Tensor | None = None) -> VoxelRegion:
+    """The region of the thing ``text`` names in ``session``'s field (module docstring); EditError if not found.
+    ``embeddings``: :func:`query_embeddings` of ``text``, when the caller has them."""
+    from f3rm_ros.core.grasp.field_utils import query_features_chunked  # noqa: PLC0415
+    from f3rm_ros.core.grasp.language import language_mask, pairwise_softmax  # noqa: PLC0415
+
+    c = config or EditConfig()
+    emb = query_embeddings(session, text) if embeddings is None else embeddings
     planner, pc = session.planner, session.planner_config
     pts, _ = planner.surface()
     if pts.shape[0] == 0:
         raise EditError("no surface in the workspace box: nothing to select")
-    emb = encode_texts(session.encoder, [text, *pc.negatives], planner.device)
     pos, negs = emb[0], emb[1:]
     f = query_features_chunked(planner.field, pts, pc.chunk_points)
     f = f / f.norm(dim=-1, keepdim=True).clamp_min(1e-12)
@@ -268,9 +278,7 @@ def thing_unmix(field: Any, region: VoxelRegion, ring_m: float, name: Any, negat
             q = q / q.norm()
     dev = getattr(field, "device", torch.device("cpu"))
     qn = q.numpy()
-    inner = region_ring(region, float(ring_m) + shell_m[0])
-    pts = region_ring(region, float(ring_m) + shell_m[1]).sample_points()
-    pts = pts[~inner.contains(torch.as_tensor(pts, dtype=torch.float32)).numpy()]
+    pts = region_ring(region, float(ring_m) + shell_m[1], float(ring_m) + shell_m[0]).sample_points()
     pts = pts[::max(1, -(-len(pts) // max_shell_points))]
     floor = 0.0
     if len(pts):
@@ -314,7 +322,8 @@ def edit_field(session: Any, req: EditRequest, config: EditConfig | None = None)
             from f3rm_ros.core.edits import check_rigid  # noqa: PLC0415
 
             check_rigid(req.T_world_new_old)
-        region = select_region(session, req.text, c)
+        emb = query_embeddings(session, req.text)
+        region = select_region(session, req.text, c, emb)
         if c.keep_together > 0 and cur.edits:
             floor = session.planner.floor_z()
             region = keep_together(region, cur.edits, c.keep_together,
@@ -327,10 +336,7 @@ def edit_field(session: Any, req: EditRequest, config: EditConfig | None = None)
     fill = floor_fill(session, cur, region, c) if c.fill_floor and isinstance(region, VoxelRegion) else None
     unmix = None
     if c.unmix_ring_m > 0 and isinstance(region, VoxelRegion) and req.box is None:
-        from f3rm_ros.core.grasp.language import encode_texts  # noqa: PLC0415
-
-        emb = encode_texts(session.encoder, [req.text, *session.planner_config.negatives], session.planner.device)
-        unmix = thing_unmix(cur, region, c.unmix_ring_m, emb[0], emb[1:])
+        unmix = thing_unmix(cur, region, c.unmix_ring_m, emb[0], emb[1:])  # the vectors the selection used
     if fill is not None or unmix is not None:
         new = cur.with_edit(SceneEdit(region, T, label, fill, unmix), ws)
     return EditOutcome(new, f"edit {len(new.edits)}: {new.edits[-1].describe()}", time.perf_counter() - t0, region)
